@@ -1,0 +1,38 @@
+"""Regenerate weir/protos/ from the .proto files beside this script.
+
+Run from anywhere: ``python protos/generate.py`` (needs the ``dev`` extra: grpcio-tools for
+protoc and betterproto2-compiler for the plugin). The output is committed so that users need
+neither tool.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGET = HERE.parent / "weir" / "protos" / "snapchain"
+
+
+def main() -> int:
+    sources = sorted(str(p.name) for p in HERE.glob("*.proto"))
+    with tempfile.TemporaryDirectory() as out:
+        command = [
+            sys.executable, "-m", "grpc_tools.protoc", f"-I{HERE}",
+            f"--python_betterproto2_out={out}",
+            "--python_betterproto2_opt=client_generation=async,server_generation=async",
+            *sources,
+        ]
+        subprocess.run(command, check=True, cwd=HERE)
+        if TARGET.exists():
+            shutil.rmtree(TARGET)
+        shutil.copytree(out, TARGET)
+    print(f"generated {TARGET.relative_to(HERE.parent)} from {len(sources)} .proto files")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

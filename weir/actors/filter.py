@@ -1,0 +1,45 @@
+"""The filter actor: keeps the events a predicate accepts, evaluated on scanned keys only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from weir.actors.inbox import Inbox
+from weir.events import Chunk, Event
+
+Predicate = Callable[[Event], bool]
+
+
+async def run_filter(
+    stopping: trio.Event,
+    *,
+    receive: trio.MemoryReceiveChannel[Chunk],
+    send: trio.MemorySendChannel[Chunk],
+    predicate: Predicate | None,
+    on_filtered: Callable[[str, int, int], None] | None = None,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Forward every chunk with only the accepted events, until stopped and drained.
+
+    Chunks are forwarded even when nothing in them passes, because they carry ``through``: the
+    cursor must move past filtered-out events, or a restart would read them all again.
+
+    Args:
+        on_filtered: called with (partition, kept, dropped) per chunk, for metrics.
+    """
+    inbox = Inbox(receive, stopping)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(inbox.watch)
+        task_status.started()
+        while (chunk := await inbox.get()) is not None:
+            if predicate is not None and chunk.events:
+                kept = [event for event in chunk.events if predicate(event)]
+                if on_filtered is not None:
+                    on_filtered(chunk.partition, len(kept), len(chunk.events) - len(kept))
+                if len(kept) != len(chunk.events):
+                    chunk = chunk.with_events(kept)
+            await send.send(chunk)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,269 @@
+"""weir's configuration: one typed object, loaded from TOML, then environment, then flags.
+
+Precedence: built-in defaults < ``weir.toml`` < ``WEIR_<SECTION>_<KEY>`` environment variables <
+command-line ``--set section.key=value`` (and the named flags the CLI maps onto them). Every value is
+validated here, at the edge; a bad one raises :class:`ConfigError` with a one-line message that names
+the field and where the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
+
+MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
+ENV_PREFIX = "WEIR_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and its origin."""
+
+
+@attrs.frozen(kw_only=True)
+class RedisSettings:
+    url: str = ""  # empty: start the embedded redis-server
+    data_dir: str = "./weir-data"
+    appendfsync: str = "everysec"
+    prefix: str = "weir"
+    socket_timeout: float = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class BatchSettings:
+    max_events: int = 500
+    max_bytes: int = 1 << 20
+    max_age_ms: int = 50
+    eager: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionSettings:
+    max_restarts: int = 5
+    period: float = 30.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    breaker_failures: int = 5
+    breaker_reset: float = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class FarcasterSettings:
+    enabled: bool = True
+    url: str = MAINNET_SNAPCHAIN_URL
+    shards: tuple[int, ...] = ()  # empty: discover with GetInfo
+    # Where to begin when a shard has no cursor yet: "live" (from now), "oldest" (all retained), or an event id.
+    start: str = "live"
+    # Sent in SubscribeRequest (server-side); BLOCK_CONFIRMED is always added, for gap detection.
+    event_types: tuple[str, ...] = ()  # empty: every type
+    # Local filters, on scanned keys (no decoding). Empty: keep all.
+    fids: frozenset[int] = frozenset()
+    message_types: tuple[str, ...] = ()
+    keep_block_confirmed: bool = True
+    idle_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    read_batch: int = 512
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    redis: RedisSettings = RedisSettings()
+    batch: BatchSettings = BatchSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
+    farcaster: FarcasterSettings = FarcasterSettings()
+    log_level: str = "INFO"
+    log_format: str = "auto"  # auto | text | json
+
+
+_SECTIONS: dict[str, type] = {
+    "redis": RedisSettings,
+    "batch": BatchSettings,
+    "supervision": SupervisionSettings,
+    "farcaster": FarcasterSettings,
+}
+_TOP_LEVEL = {"log_level", "log_format"}
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from a TOML file, the environment and ``section.key=value`` overrides.
+
+    Raises:
+        ConfigError: unreadable file, unknown section or key, or an invalid value.
+    """
+    raw: dict[str, dict[str, tuple[Any, str]]] = {}  # section -> key -> (value, origin)
+    if path is not None:
+        path = Path(path)
+        try:
+            document = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        for section, body in document.items():
+            if section in _TOP_LEVEL:
+                raw.setdefault("", {})[section] = (body, str(path))
+                continue
+            if not isinstance(body, dict):
+                raise ConfigError(f"{section}: expected a [{section}] table in {path}")
+            for key, value in body.items():
+                if isinstance(value, dict):  # [farcaster.filter]-style sub-tables flatten into the section
+                    for sub_key, sub_value in value.items():
+                        raw.setdefault(section, {})[sub_key] = (sub_value, str(path))
+                else:
+                    raw.setdefault(section, {})[key] = (value, str(path))
+    for name, value in (os.environ if environ is None else environ).items():
+        if not name.startswith(ENV_PREFIX) or name == "WEIR_FIXTURES":
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower()
+        section, _, key = dotted.partition("_")
+        if section + "_" + key in _TOP_LEVEL:
+            raw.setdefault("", {})[section + "_" + key] = (value, f"environment {name}")
+        elif section in _SECTIONS and key:
+            raw.setdefault(section, {})[key] = (value, f"environment {name}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key and section in _TOP_LEVEL:
+            raw.setdefault("", {})[section] = (value, "command line")
+        else:
+            raw.setdefault(section, {})[key] = (value, "command line")
+    return _build(raw)
+
+
+def _build(raw: dict[str, dict[str, tuple[Any, str]]]) -> Config:
+    sections: dict[str, Any] = {}
+    for section, entries in raw.items():
+        if section == "":
+            continue
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            origin = next(iter(entries.values()))[1]
+            raise ConfigError(f"{section}: unknown section (from {origin}); known: {', '.join(_SECTIONS)}")
+        fields = {field.name: field for field in attrs.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, (value, origin) in entries.items():
+            field = fields.get(key)
+            if field is None:
+                raise ConfigError(f"{section}.{key}: unknown setting (from {origin}); known: {', '.join(fields)}")
+            values[key] = _coerce(f"{section}.{key}", value, field.type, origin)
+        sections[section] = cls(**values)
+    top = {key: str(value) for key, (value, _origin) in raw.get("", {}).items()}
+    config = Config(**sections, **top)
+    _validate(config, raw)
+    return config
+
+
+def _coerce(name: str, value: Any, kind: Any, origin: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, (str, int)):
+                raise ValueError
+            return str(value)
+        if kind.startswith(("tuple[int", "frozenset[int")):
+            items = _as_list(value)
+            numbers = tuple(int(item) for item in items)
+            return frozenset(numbers) if kind.startswith("frozenset") else numbers
+        if kind.startswith("tuple[str"):
+            return tuple(str(item).strip() for item in _as_list(value) if str(item).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {_describe(kind)}, got {value!r} (from {origin})") from None
+    raise ConfigError(f"{name}: unsupported setting type {kind}")  # a bug in this module, not the user's
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):  # environment / flags: comma-separated
+        return [part for part in value.split(",") if part.strip()]
+    raise ValueError
+
+
+def _describe(kind: str) -> str:
+    return {
+        "bool": "true or false",
+        "int": "an integer",
+        "float": "a number",
+        "str": "a string",
+    }.get(kind, "a list of integers" if "int" in kind else "a list of strings")
+
+
+def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> None:
+    def fail(name: str, message: str) -> None:
+        section, _, key = name.partition(".")
+        origin = raw.get(section, {}).get(key, (None, "defaults"))[1]
+        raise ConfigError(f"{name}: {message} (from {origin})")
+
+    if config.redis.url:
+        scheme = urlsplit(config.redis.url).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis.url!r}")
+    if config.redis.appendfsync not in {"always", "everysec"}:
+        fail("redis.appendfsync", f"expected 'always' or 'everysec', got {config.redis.appendfsync!r}")
+    for key in ("max_events", "max_bytes", "max_age_ms"):
+        if getattr(config.batch, key) <= 0:
+            fail(f"batch.{key}", f"must be positive, got {getattr(config.batch, key)}")
+    sup = config.supervision
+    if sup.max_restarts < 0:
+        fail("supervision.max_restarts", "must be 0 or more")
+    for key in ("period", "backoff_initial", "backoff_max", "breaker_reset"):
+        if getattr(sup, key) <= 0:
+            fail(f"supervision.{key}", f"must be positive, got {getattr(sup, key)}")
+    if sup.breaker_failures < 1:
+        fail("supervision.breaker_failures", "must be at least 1")
+    fc = config.farcaster
+    parts = urlsplit(fc.url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        fail("farcaster.url", f"expected http://host:port (plaintext) or https://host:port (TLS), got {fc.url!r}")
+    try:
+        parts.port
+    except ValueError:
+        fail("farcaster.url", f"invalid port in {fc.url!r}")
+    for shard in fc.shards:
+        if shard < 1:
+            fail("farcaster.shards", f"user shards are numbered from 1, got {shard}")
+    if fc.start not in {"live", "oldest"} and not fc.start.isdigit():
+        fail("farcaster.start", f"expected 'live', 'oldest' or an event id, got {fc.start!r}")
+    for name in fc.event_types:
+        if name.upper() not in HUB_EVENT_TYPE_BY_NAME or name.upper() == "NONE":
+            fail("farcaster.event_types", f"unknown hub event type {name!r}; known: {', '.join(list(HUB_EVENT_TYPE_BY_NAME)[1:])}")
+    for name in fc.message_types:
+        if name.upper() not in MESSAGE_TYPE_BY_NAME:
+            fail("farcaster.message_types", f"unknown message type {name!r}; known: {', '.join(MESSAGE_TYPE_BY_NAME)}")
+    for key in ("idle_timeout", "connect_timeout"):
+        if getattr(fc, key) <= 0:
+            fail(f"farcaster.{key}", "must be positive")
+    if fc.read_batch < 1:
+        fail("farcaster.read_batch", "must be at least 1")
+    if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        fail("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
+    if config.log_format not in {"auto", "text", "json"}:
+        fail("log_format", f"expected auto, text or json, got {config.log_format!r}")

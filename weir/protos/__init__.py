@@ -1,0 +1,1 @@
+"""Generated protobuf models (betterproto2). Do not edit: run ``python protos/generate.py``."""
