@@ -1,0 +1,160 @@
+"""Farcaster message validity, sans-IO: the BLAKE3-160 hash and the Ed25519 signature.
+
+Rules (shared/notes/protocols.md §1, the Snapchain node's validation):
+- ``hash_scheme`` must be BLAKE3 (1) and ``signature_scheme`` ED25519 (1);
+- ``hash`` is the first 20 bytes of BLAKE3 over ``data_bytes`` when present, else over the
+  encoded ``data`` field exactly as it appears on the wire;
+- ``signature`` is Ed25519 over that 20-byte hash with the public key ``signer``, verified
+  strictly by libsodium (through pynacl).
+
+Everything is checked against the bytes on the wire: re-encoding ``data`` can change them (empty
+packed fields, field order), and then a valid message would look invalid, or the reverse. The
+message is walked with the protowire reader; only ``fid`` and ``type`` are read out of the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import blake3
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
+
+from weir.codecs.protowire import LEN, VARINT, WireError, iter_fields, read_varint
+
+HASH_SCHEME_BLAKE3 = 1
+SIGNATURE_SCHEME_ED25519 = 1
+HASH_LENGTH = 20
+SIGNER_LENGTH = 32
+SIGNATURE_LENGTH = 64
+
+# Message fields: number -> (name, wire type)
+_MESSAGE_FIELDS = {
+    1: ("data", LEN),
+    2: ("hash", LEN),
+    3: ("hash_scheme", VARINT),
+    4: ("signature", LEN),
+    5: ("signature_scheme", VARINT),
+    6: ("signer", LEN),
+    7: ("data_bytes", LEN),
+}
+
+
+class InvalidMessage(ValueError):
+    """The message is not a valid Farcaster message; ``reason`` says what is wrong, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class VerifiedMessage:
+    """What a valid message proves.
+
+    Attributes:
+        hash: the 20-byte BLAKE3 hash (the message's identity).
+        signer: the 32-byte Ed25519 public key that signed it.
+        fid: the author's fid, from the signed data.
+        msg_type: the MessageType value, from the signed data.
+        data_bytes: the signed MessageData bytes, exactly as on the wire.
+    """
+
+    hash: bytes
+    signer: bytes
+    fid: int
+    msg_type: int
+    data_bytes: bytes
+
+
+def message_hash(data: bytes) -> bytes:
+    """BLAKE3-160 of ``data``: the Farcaster message hash."""
+    return blake3.blake3(data).digest(HASH_LENGTH)
+
+
+def verify_message(message_bytes: bytes) -> VerifiedMessage:
+    """Check a Message's hash and signature against its wire bytes.
+
+    Args:
+        message_bytes: one encoded ``Message``.
+
+    Returns:
+        The verified identity of the message.
+
+    Raises:
+        InvalidMessage: malformed, wrong scheme, wrong lengths, hash or signature mismatch.
+    """
+    buf = bytes(message_bytes)
+    try:
+        spans = _message_spans(buf)
+    except WireError as exc:
+        raise InvalidMessage(f"not a protobuf Message: {exc}") from exc
+
+    hash_scheme = spans.get("hash_scheme", 0)
+    if hash_scheme != HASH_SCHEME_BLAKE3:
+        raise InvalidMessage(f"hash_scheme is {hash_scheme}, expected BLAKE3 (1)")
+    signature_scheme = spans.get("signature_scheme", 0)
+    if signature_scheme != SIGNATURE_SCHEME_ED25519:
+        raise InvalidMessage(f"signature_scheme is {signature_scheme}, expected ED25519 (1)")
+
+    data_bytes = spans.get("data_bytes")
+    if not data_bytes:  # absent or empty: the node hashes the encoded data field instead
+        data_bytes = spans.get("data")
+    if not data_bytes:
+        raise InvalidMessage("message has neither data_bytes nor data")
+
+    claimed_hash = spans.get("hash", b"")
+    if len(claimed_hash) != HASH_LENGTH:
+        raise InvalidMessage(f"hash is {len(claimed_hash)} bytes, expected {HASH_LENGTH}")
+    signer = spans.get("signer", b"")
+    if len(signer) != SIGNER_LENGTH:
+        raise InvalidMessage(f"signer is {len(signer)} bytes, expected {SIGNER_LENGTH}")
+    signature = spans.get("signature", b"")
+    if len(signature) != SIGNATURE_LENGTH:
+        raise InvalidMessage(f"signature is {len(signature)} bytes, expected {SIGNATURE_LENGTH}")
+
+    computed = message_hash(data_bytes)
+    if computed != claimed_hash:
+        raise InvalidMessage(
+            f"hash mismatch: message says {claimed_hash.hex()}, BLAKE3-160 of data is {computed.hex()}"
+        )
+    try:
+        crypto_sign_open(signature + computed, signer)
+    except (BadSignatureError, ValueError, TypeError) as exc:
+        raise InvalidMessage(f"signature does not verify with signer {signer.hex()}") from exc
+
+    try:
+        fid, msg_type = _fid_and_type(data_bytes)
+    except WireError as exc:
+        raise InvalidMessage(f"signed data is not a protobuf MessageData: {exc}") from exc
+    return VerifiedMessage(hash=computed, signer=signer, fid=fid, msg_type=msg_type, data_bytes=data_bytes)
+
+
+def _message_spans(buf: bytes) -> dict[str, Any]:
+    """Field values of a Message by name (bytes for LEN fields, int for VARINT), last one wins."""
+    out: dict[str, Any] = {}
+    for field, wire_type, start, end in iter_fields(buf):
+        known = _MESSAGE_FIELDS.get(field)
+        if known is None:
+            continue  # unknown fields are not part of what is signed
+        name, expected = known
+        if wire_type != expected:
+            raise WireError(f"Message field {field} ({name}) has wire type {wire_type}, expected {expected}")
+        if wire_type == LEN:
+            out[name] = buf[start:end]
+        else:
+            out[name] = read_varint(buf, start, end)[0]
+    return out
+
+
+def _fid_and_type(data: bytes) -> tuple[int, int]:
+    fid = msg_type = 0
+    for field, wire_type, start, end in iter_fields(data):
+        if wire_type == VARINT and field in (1, 2):
+            value = read_varint(data, start, end)[0]
+            if field == 1:
+                msg_type = value
+            else:
+                fid = value
+    return fid, msg_type

@@ -1,0 +1,85 @@
+"""``python -m weir.sim snapchain [options]``: run a simulated network until SIGTERM/SIGINT.
+
+Prints exactly one line, ``weir-sim snapchain listening on HOST:PORT``, once it is serving (the
+readiness signal ``weir.sim.process`` waits for); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.snapchain import serve_snapchain
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("", "none") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m weir.sim", description=__doc__.splitlines()[0])
+    networks = parser.add_subparsers(dest="network", required=True)
+    snap = networks.add_parser("snapchain", help="a Farcaster Snapchain node (gRPC HubService)")
+    snap.add_argument("--host", default="127.0.0.1")
+    snap.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
+    snap.add_argument("--shards", type=int, default=2)
+    snap.add_argument("--seed", type=int, default=1)
+    snap.add_argument("--rate", type=float, default=1000.0, help="events/s per shard; 0 = as fast as possible")
+    snap.add_argument("--history", type=int, default=0, help="events per shard that exist at start")
+    snap.add_argument("--total", type=_optional_int, default=None, help="events per shard, then idle")
+    snap.add_argument("--retention", type=_optional_int, default=None, help="events kept per shard")
+    snap.add_argument("--corrupt-every", type=_optional_int, default=None)
+    snap.add_argument("--fids-per-shard", type=int, default=200)
+    snap.add_argument("--max-block-events", type=int, default=40)
+    snap.add_argument("--pregenerate", action="store_true", help="generate all --total events before serving")
+    snap.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SnapchainSimConfig:
+    return SnapchainSimConfig(
+        shards=args.shards,
+        seed=args.seed,
+        rate=args.rate,
+        history=args.history,
+        total=args.total,
+        retention=args.retention,
+        corrupt_every=args.corrupt_every,
+        fids_per_shard=args.fids_per_shard,
+        max_block_events=args.max_block_events,
+        pregenerate=args.pregenerate,
+    )
+
+
+async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    sim, bound = await serve_snapchain(config, host, port)
+    try:
+        print(f"weir-sim snapchain listening on {host}:{bound}", flush=True)
+        await stop.wait()
+    finally:
+        sim.close()
+        await sim.wait_closed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"weir-sim: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_run_snapchain(config, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
