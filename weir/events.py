@@ -81,12 +81,3 @@ class Chunk:
     def with_events(self, events: list[Event]) -> Chunk:
         return attrs.evolve(self, events=events)
 
-
-class _Drain:
-    """Sentinel a batch actor may send to the persist actor: flush, then return."""
-
-    def __repr__(self) -> str:
-        return "DRAIN"
-
-
-DRAIN = _Drain()

@@ -14,7 +14,7 @@ import math
 import attrs
 import trio
 
-from weir.actors.inbox import Inbox
+from weir.actors.inbox import open_inbox
 from weir.events import Chunk
 
 
@@ -63,9 +63,7 @@ async def run_batch(
     Once stopped, what is queued is taken, the last batch is flushed, and the actor returns.
     """
     pending = _Pending()
-    inbox = Inbox(receive, stopping)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(inbox.watch)
+    async with open_inbox(receive, stopping) as inbox:
         task_status.started()
         while True:
             if pending.chunks:
@@ -94,4 +92,3 @@ async def run_batch(
             pending.add(chunk)
         if pending.chunks:
             await send.send(pending.take())
-        nursery.cancel_scope.cancel()

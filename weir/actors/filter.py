@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from weir.actors.inbox import Inbox
+from weir.actors.inbox import open_inbox
 from weir.events import Chunk, Event
 
 Predicate = Callable[[Event], bool]
@@ -30,9 +30,7 @@ async def run_filter(
     Args:
         on_filtered: called with (partition, kept, dropped) per chunk, for metrics.
     """
-    inbox = Inbox(receive, stopping)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(inbox.watch)
+    async with open_inbox(receive, stopping) as inbox:
         task_status.started()
         while (chunk := await inbox.get()) is not None:
             if predicate is not None and chunk.events:
@@ -42,4 +40,3 @@ async def run_filter(
                 if len(kept) != len(chunk.events):
                     chunk = chunk.with_events(kept)
             await send.send(chunk)
-        nursery.cancel_scope.cancel()

@@ -9,6 +9,8 @@ is never half-forwarded (a later chunk's cursor could otherwise skip over it).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 import trio
@@ -19,7 +21,7 @@ T = TypeVar("T")
 class Inbox(Generic[T]):
     """Receive from ``channel`` until ``stopping`` is set, then only what is already queued.
 
-    Use it inside a nursery that runs :meth:`watch`.
+    Use it through :func:`open_inbox`, which runs :meth:`watch` alongside.
     """
 
     def __init__(self, channel: trio.MemoryReceiveChannel[T], stopping: trio.Event) -> None:
@@ -48,3 +50,22 @@ class Inbox(Generic[T]):
             return self._channel.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return None
+
+
+@asynccontextmanager
+async def open_inbox(channel: trio.MemoryReceiveChannel[T], stopping: trio.Event) -> AsyncIterator[Inbox[T]]:
+    """An :class:`Inbox` with its watcher running for the duration of the block.
+
+    An actor's own error leaves the block as itself, not wrapped in the watcher nursery's
+    ExceptionGroup, so supervisors and logs see the real exception.
+    """
+    inbox = Inbox(channel, stopping)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(inbox.watch)
+            yield inbox
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
+            raise group.exceptions[0] from None
+        raise

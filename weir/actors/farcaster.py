@@ -1,0 +1,390 @@
+"""Farcaster connection actor: one Snapchain shard's Subscribe stream -> chunks of events.
+
+The gRPC stream is read in asyncio (grpclib) as raw bytes, never decoded, and crosses into trio a
+list at a time (weir.bridge). Here each HubEvent's routing keys are scanned, malformed data becomes
+a dead letter, gaps are reported, and a chunk per received list goes down the pipeline. On any
+network fault the actor reconnects with backoff and resumes from the last id it received; a new
+incarnation (after a crash) resumes from the persisted cursor instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+
+from weir.bridge import call_asyncio, pump_batches, trio_sender
+from weir.codecs.farcaster_gaps import Gap, GapDetector
+from weir.codecs.farcaster_keys import (
+    BLOCK_CONFIRMED,
+    HUB_EVENT_TYPE_BY_NAME,
+    HUB_EVENT_TYPES,
+    MERGE_FAILURE,
+    MERGE_MESSAGE,
+    MESSAGE_TYPES,
+    PRUNE_MESSAGE,
+    REVOKE_MESSAGE,
+    scan_hub_event,
+)
+from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
+from weir.config import FarcasterSettings
+from weir.events import Chunk, DeadLetter, Event
+from weir.supervision import Backoff
+
+log = logging.getLogger("weir.actors.farcaster")
+
+SOURCE = "farcaster"
+FARCASTER_EPOCH = 1609459200  # 2021-01-01T00:00:00Z: Snapchain timestamps count seconds from here
+_MESSAGE_EVENTS = frozenset({MERGE_MESSAGE, PRUNE_MESSAGE, REVOKE_MESSAGE, MERGE_FAILURE})
+
+
+class IdleStream(Exception):
+    """The stream stayed open but delivered nothing for longer than the idle timeout."""
+
+
+class StreamEnded(Exception):
+    """The node ended the Subscribe stream (a live stream never ends on its own)."""
+
+
+@attrs.frozen(kw_only=True)
+class GrpcTarget:
+    """Where a Snapchain node listens; ``https`` selects TLS, ``http`` plaintext."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> GrpcTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://host:port or https://host:port, got {url!r}")
+        tls = parts.scheme == "https"
+        return cls(host=parts.hostname, port=parts.port or (443 if tls else 3383), tls=tls)
+
+    def __str__(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+def _open_channel(target: GrpcTarget):  # runs in asyncio
+    from grpclib.client import Channel
+
+    from weir.codecs.grpc_raw import RawBytesCodec
+
+    context = None
+    if target.tls:
+        context = ssl.create_default_context()
+        context.set_alpn_protocols(["h2"])
+    return Channel(target.host, target.port, ssl=context, codec=RawBytesCodec())
+
+
+async def _get_info_aio(target: GrpcTarget, timeout: float):
+    from weir.protos.snapchain import GetInfoRequest, HubServiceStub
+
+    channel = _open_channel(target)
+    try:
+        return await HubServiceStub(channel).get_info(GetInfoRequest(), timeout=timeout)
+    finally:
+        channel.close()
+
+
+async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[int]:
+    """Ask the node (GetInfo) which user shards exist: 1..num_shards (shard 0 holds no user data)."""
+    info = await call_asyncio(_get_info_aio, target, timeout)
+    if info.num_shards:
+        return list(range(1, info.num_shards + 1))
+    return sorted(s.shard_id for s in info.shard_infos if s.shard_id > 0)
+
+
+async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, read_batch: int, connect_timeout: float) -> None:
+    """Open Subscribe and pump raw HubEvent bytes to trio in lists (asyncio side)."""
+    import asyncio
+
+    from grpclib.const import Cardinality
+
+    channel = _open_channel(target)
+    try:
+        stream_cm = channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, bytes, bytes)
+        async with stream_cm as stream:
+            await asyncio.wait_for(stream.send_message(request_bytes, end=True), connect_timeout)
+            await pump_batches(stream, deliver, max_batch=read_batch)
+            # The status only arrives with the trailers: without this an error status (a node
+            # dropping us with UNAVAILABLE) would look like a normal end of stream.
+            await stream.recv_trailing_metadata()
+    finally:
+        channel.close()
+
+
+def subscribe_request(shard: int, from_id: int | None, event_types: list[int]) -> bytes:
+    """Encode SubscribeRequest{event_types=1, from_id=2, shard_index=4} (hand-encoded: tiny)."""
+    from weir.codecs.protowire import varint_field
+
+    out = b"".join(varint_field(1, t) for t in event_types)
+    if from_id is not None:
+        out += varint_field(2, from_id)  # proto3 optional: present even when 0
+    return out + varint_field(4, shard)
+
+
+def recover_event_id(payload: bytes) -> int | None:
+    """Best effort: the id (field 2) of a HubEvent whose body is malformed, if it precedes the damage."""
+    try:
+        for field, wire_type, start, _end in iter_fields(payload):
+            if field == 2 and wire_type == VARINT:
+                return read_varint(payload, start)[0]
+    except WireError:
+        pass
+    return None
+
+
+@attrs.define(eq=False)
+class ShardStats:
+    """Live counters of one shard's connection (read by the CLI's progress line and metrics)."""
+
+    connected: bool = False
+    connects: int = 0
+    reconnects: int = 0
+    received: int = 0
+    dead_letters: int = 0
+    duplicates_skipped: int = 0
+    gaps: int = 0
+    missed_events: int = 0
+    last_id: int | None = None
+    last_error: str | None = None
+
+
+@attrs.define(eq=False)
+class ShardReader:
+    """Turns one shard's raw HubEvent bytes into chunks; keeps the resume position (no I/O)."""
+
+    shard: int
+    partition: str
+    detector: GapDetector
+    stats: ShardStats
+    last_id: int | None = None
+    # Dead letters read before any id is known: they wait for the first chunk that has a position,
+    # because a chunk must carry a cursor and inventing one (0) would mean "replay everything".
+    _unplaced: list[DeadLetter] = attrs.Factory(list)
+
+    def read(self, payloads: list[bytes], received: float) -> Chunk | None:
+        events: list[Event] = []
+        dead: list[DeadLetter] = self._unplaced
+        self._unplaced = []
+        last_id = self.last_id
+        for payload in payloads:
+            try:
+                keys = scan_hub_event(payload)
+            except WireError as exc:
+                position = recover_event_id(payload)
+                if position is not None and last_id is not None and position <= last_id:
+                    continue
+                dead.append(self._dead(payload, f"malformed HubEvent: {exc}", position, received))
+                if position is not None:
+                    last_id = position
+                continue
+            event_id = keys.event_id
+            if last_id is not None and event_id <= last_id:
+                self.stats.duplicates_skipped += 1  # a node replaying what we already have
+                continue
+            last_id = event_id
+            for gap in self.detector.observe(keys):
+                self._report(gap)
+            if keys.event_type in _MESSAGE_EVENTS and not keys.msg_hash:
+                dead.append(self._dead(payload, f"{HUB_EVENT_TYPES[keys.event_type]} event carries no message", event_id, received))
+                continue
+            if keys.shard and keys.shard != self.shard:
+                dead.append(self._dead(payload, f"event for shard {keys.shard} on shard {self.shard}'s stream", event_id, received))
+                continue
+            fields: dict[str, object] = {"block": keys.block_number}
+            if keys.fid:
+                fields["fid"] = keys.fid
+            if keys.msg_type:
+                fields["type"] = MESSAGE_TYPES.get(keys.msg_type, str(keys.msg_type))
+            events.append(
+                Event(
+                    source=SOURCE,
+                    partition=self.partition,
+                    position=event_id,
+                    kind=HUB_EVENT_TYPES.get(keys.event_type, str(keys.event_type)),
+                    key=keys.msg_hash,
+                    payload=payload,
+                    timestamp=float(keys.timestamp + FARCASTER_EPOCH) if keys.timestamp else 0.0,
+                    received=received,
+                    fields=fields,
+                )
+            )
+        self.stats.received += len(payloads)
+        if last_id is None:
+            self._unplaced = dead
+            return None
+        self.last_id = last_id
+        self.stats.last_id = last_id
+        return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
+
+    def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
+        self.stats.dead_letters += 1
+        log.warning("shard %d: dead letter at event %s: %s", self.shard, position, reason)
+        return DeadLetter(source=SOURCE, partition=self.partition, payload=payload, reason=reason, position=position, received=received)
+
+    def _report(self, gap: Gap) -> None:
+        self.stats.gaps += 1
+        if gap.missing > 0:
+            self.stats.missed_events += gap.missing
+        log.warning("shard %d: gap (%s): %s", self.shard, gap.kind, gap.detail)
+
+
+def server_event_types(settings: FarcasterSettings) -> list[int]:
+    """The SubscribeRequest.event_types: the wanted types plus BLOCK_CONFIRMED (for gap checks).
+
+    The node sends only the listed types and nothing at all for an empty list, so "every type"
+    is spelled out.
+    """
+    if not settings.event_types:
+        return sorted(t for t in HUB_EVENT_TYPES if t != 0)
+    wanted = {HUB_EVENT_TYPE_BY_NAME[name.upper()] for name in settings.event_types}
+    return sorted(wanted | {BLOCK_CONFIRMED})
+
+
+_TRANSIENT_GRPC = {"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network faults a reconnect cures; anything else is a crash for the supervisor."""
+    from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient(inner) for inner in exc.exceptions)
+    if isinstance(exc, GRPCError):
+        return exc.status.name in _TRANSIENT_GRPC
+    import asyncio
+
+    import h2.exceptions
+
+    return isinstance(
+        exc,
+        (IdleStream, StreamEnded, StreamTerminatedError, ProtocolError, ConnectionError, OSError,
+         asyncio.TimeoutError, TimeoutError, h2.exceptions.ProtocolError, trio.BrokenResourceError),
+    )
+
+
+async def run_shard_connection(
+    stopping: trio.Event,
+    *,
+    settings: FarcasterSettings,
+    shard: int,
+    read_cursor: Callable[[], Awaitable[int | None]],
+    send: trio.MemorySendChannel[Chunk],
+    stats: ShardStats,
+    backoff: Backoff,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Stream one shard into ``send`` until ``stopping`` is set.
+
+    Stopping interrupts the stream at once: what was received but not yet sent is dropped, which is
+    safe because the cursor only ever covers chunks that were handed on (the next start replays).
+
+    Ready (``task_status.started``) once the persisted cursor is read; connecting happens after, so
+    a node that is down at start-up does not block the supervisor (the stats say "not connected").
+    """
+    target = GrpcTarget.from_url(settings.url)
+    rng = rng or random.Random()
+    event_types = server_event_types(settings)
+    reader = ShardReader(
+        shard=shard,
+        partition=str(shard),
+        detector=GapDetector(subscribed=event_types),
+        stats=stats,
+        last_id=await read_cursor(),
+    )
+    task_status.started()
+    attempt = 0
+    with trio.CancelScope() as outer:
+
+        async def stop_when_asked() -> None:
+            await stopping.wait()
+            outer.cancel()
+
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(stop_when_asked)
+            while True:
+                from_id = _resume_from(reader.last_id, settings.start)
+                request = subscribe_request(shard, from_id, event_types)
+                reader.detector.subscribed_from(from_id)
+                received_before = stats.received
+                try:
+                    await _stream_once(target, request, reader, send, settings, stats, log_from=from_id)
+                    raise StreamEnded("the node ended the stream")
+                except Exception as exc:
+                    stats.connected = False
+                    if not is_transient(exc):
+                        raise
+                    if stats.received > received_before:  # that connection worked: back off afresh
+                        attempt = 0
+                    stats.last_error = _describe(exc)
+                    delay = backoff.delay(attempt, rng)
+                    attempt += 1
+                    stats.reconnects += 1
+                    log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
+                                shard, target, stats.last_error, delay, _resume_from(reader.last_id, settings.start))
+                    await trio.sleep(delay)
+    stats.connected = False
+
+
+def _resume_from(last_id: int | None, start: str) -> int | None:
+    if last_id is not None:
+        return last_id + 1
+    if start == "live":
+        return None
+    if start == "oldest":
+        return 0
+    return int(start)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _describe(exc.exceptions[0])
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _stream_once(
+    target: GrpcTarget,
+    request: bytes,
+    reader: ShardReader,
+    send: trio.MemorySendChannel[Chunk],
+    settings: FarcasterSettings,
+    stats: ShardStats,
+    *,
+    log_from: int | None,
+) -> None:
+    raw_send, raw_receive = trio.open_memory_channel[list[bytes]](1)
+
+    async def pump() -> None:
+        async with raw_send:
+            await call_asyncio(_subscribe_aio, target, request, trio_sender(raw_send), settings.read_batch, settings.connect_timeout)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        stats.connects += 1
+        log.info("shard %d: subscribing to %s from %s", reader.shard, target, "live" if log_from is None else f"event {log_from}")
+        async with raw_receive:
+            while True:
+                payloads: list[bytes] | None = None
+                with trio.move_on_after(settings.idle_timeout):
+                    try:
+                        payloads = await raw_receive.receive()
+                    except trio.EndOfChannel:
+                        nursery.cancel_scope.cancel()
+                        raise StreamEnded("the node ended the stream") from None
+                if payloads is None:
+                    raise IdleStream(f"no data for {settings.idle_timeout:g}s")
+                if not stats.connected:
+                    stats.connected = True
+                    stats.last_error = None
+                chunk = reader.read(payloads, trio.current_time())
+                if chunk is not None:
+                    await send.send(chunk)

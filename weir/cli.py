@@ -1,0 +1,161 @@
+"""The ``weir`` console script: parse options, build the Config, and enter trio.
+
+Commands: ``run`` (the service), ``demo`` (simulator + pipeline + embedded Redis, with progress),
+``tail`` (print persisted events as JSON lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from weir import __version__
+from weir.config import Config, ConfigError, load_config
+from weir.logs import configure_logging
+
+log = logging.getLogger("weir.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file (default: none)")
+    parser.add_argument("--redis-url", metavar="URL", help="use this Redis instead of the embedded one (redis.url)")
+    parser.add_argument("--data-dir", metavar="DIR", help="embedded Redis data directory (redis.data_dir)")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="override any setting, e.g. --set batch.max_events=1000 (repeatable)")
+    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (log_level)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weir", description="Lossless ingestion of decentralised network streams into Redis.")
+    parser.add_argument("--version", action="version", version=f"weir {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the ingestion service")
+    _add_config_options(run)
+    run.add_argument("--farcaster-url", metavar="URL", help="Snapchain node, http://host:port or https://host:port (farcaster.url)")
+    run.add_argument("--shards", metavar="N,N", help="user shards to ingest; default: all, from GetInfo (farcaster.shards)")
+
+    demo = commands.add_parser("demo", help="simulated Snapchain -> weir -> embedded Redis, with live progress")
+    _add_config_options(demo)
+    demo.add_argument("--events", type=int, default=20_000, metavar="N", help="events per shard the simulator offers (default 20000)")
+    demo.add_argument("--shards", type=int, default=2, metavar="N", help="simulated user shards (default 2)")
+    demo.add_argument("--rate", type=float, default=5_000.0, metavar="R", help="events/s per shard, 0 = as fast as possible (default 5000)")
+    demo.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+
+    tail = commands.add_parser("tail", help="print persisted events from Redis as JSON lines")
+    _add_config_options(tail)
+    tail.add_argument("--source", default="farcaster", help="source name (default farcaster)")
+    tail.add_argument("--partition", default=None, help="partition (shard); default: every partition found")
+    tail.add_argument("--count", type=int, default=10, metavar="N", help="last N events per partition (default 10); 0 = all")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    tail.add_argument("--raw", action="store_true", help="print entry fields only, without decoding the payload")
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        overrides[key.strip()] = value
+    named = {
+        "redis.url": getattr(args, "redis_url", None),
+        "redis.data_dir": getattr(args, "data_dir", None),
+        "log_level": getattr(args, "log_level", None),
+        "farcaster.url": getattr(args, "farcaster_url", None),
+        "farcaster.shards": getattr(args, "shards", None) if args.command == "run" else None,
+    }
+    overrides.update({key: str(value) for key, value in named.items() if value is not None})
+    return load_config(args.config, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _config_from(args)
+    except ConfigError as exc:
+        print(f"weir: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(config.log_level, config.log_format)
+    if args.command == "run":
+        return trio.run(_run_command, config)
+    if args.command == "demo":
+        from weir.demo import run_demo
+
+        return trio.run(run_demo, config, args)
+    if args.command == "tail":
+        from weir.tail import run_tail
+
+        return trio.run(run_tail, config, args)
+    raise AssertionError(args.command)
+
+
+async def serve_until_signalled(config: Config, *, on_started=None) -> int:
+    """Run the service; first SIGINT/SIGTERM drains and exits 0, a second one exits at once."""
+    from weir.app import serve
+    from weir.supervision import SupervisorEscalation
+
+    stopping = trio.Event()
+    interrupted = False
+    failed = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def watch_signals() -> None:
+                    nonlocal interrupted
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if not stopping.is_set():
+                            log.info("%s: stopping (drain, flush, checkpoint); send it again to exit at once", name)
+                            stopping.set()
+                        else:
+                            log.warning("second %s: exiting at once (the persisted cursor keeps the data safe)", name)
+                            interrupted = True
+                            nursery.cancel_scope.cancel()
+                            return
+
+                async def serve_then_stop_watching(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    try:
+                        await serve(config, stopping=stopping, task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_signals)
+                service = await nursery.start(serve_then_stop_watching)
+                if on_started is not None:
+                    nursery.start_soon(on_started, service, stopping)
+        except* SupervisorEscalation as group:
+            log.error("giving up: %s", group.exceptions[0])
+            failed = True
+    if failed:
+        return EXIT_FAILURE
+    if interrupted:
+        return EXIT_INTERRUPTED
+    log.info("stopped cleanly")
+    return EXIT_OK
+
+
+async def _run_command(config: Config) -> int:
+    return await serve_until_signalled(config)
+
+
+def print_json(entry: dict) -> None:
+    sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""``weir demo``: a simulated Snapchain network -> weir -> an embedded Redis, with live progress."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import attrs
+import trio
+
+from weir.config import Config, load_config
+from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.process import open_snapchain_sim
+
+PROGRESS_INTERVAL = 0.5
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_demo(config: Config, args: argparse.Namespace) -> int:
+    from weir.cli import serve_until_signalled
+
+    sim_config = SnapchainSimConfig(shards=args.shards, seed=args.seed, rate=args.rate, total=args.events)
+    with tempfile.TemporaryDirectory(prefix="weir-demo-") as scratch:
+        data_dir = config.redis.data_dir if "--data-dir" in sys.argv else str(Path(scratch) / "redis")
+        print(f"weir demo: simulating {args.shards} shards x {args.events} events at "
+              f"{'full speed' if not args.rate else f'{args.rate:g} events/s per shard'} (seed {args.seed})",
+              file=sys.stderr)
+        async with open_snapchain_sim(sim_config) as sim:
+            demo_config = load_config(
+                args.config,
+                overrides={
+                    **{f"redis.{k}": str(v) for k, v in (("url", config.redis.url), ("data_dir", data_dir)) if v},
+                    "farcaster.url": sim.url,
+                    "farcaster.start": "oldest",
+                    "farcaster.idle_timeout": "10",
+                    "log_level": config.log_level,
+                    **{item.partition("=")[0]: item.partition("=")[2] for item in args.set},
+                },
+            )
+            demo_config = attrs.evolve(demo_config, farcaster=attrs.evolve(demo_config.farcaster, shards=tuple(range(1, args.shards + 1))))
+            summary: dict[str, object] = {}
+
+            async def watch(service, stopping: trio.Event) -> None:
+                print(f"weir demo: Redis at {service.redis_url} (redis-cli -u {service.redis_url})", file=sys.stderr)
+                start = trio.current_time()
+                last_time, last_done = start, 0
+                tty = sys.stderr.isatty()
+                while True:
+                    await trio.sleep(PROGRESS_INTERVAL)
+                    now = trio.current_time()
+                    received = sum(p.source.received for p in service.partitions)
+                    persisted = sum(p.sink.appended for p in service.partitions)
+                    done = sum(1 for p in service.partitions
+                               if p.source.received >= args.events and p.sink.cursor == p.source.last_id)
+                    durable = sum(p.sink.appended + p.sink.skipped for p in service.partitions)
+                    rate = (durable - last_done) / (now - last_time)
+                    last_time, last_done = now, durable
+                    restarts = service.root.statistics().restarts + sum(
+                        c.restarts for c in service.root.statistics().children)
+                    latencies = [x for p in service.partitions for x in p.sink.latencies[-2000:]]
+                    line = (f"{received:>9,} received  {persisted:>9,} persisted  {rate:>8,.0f} ev/s  "
+                            f"lag {max(0, received - durable - _filtered(service)):>6,}  "
+                            f"p50 {_percentile(latencies, 0.5) * 1000:5.1f} ms  restarts {restarts}")
+                    print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+                    if done == len(service.partitions):
+                        elapsed = now - start
+                        all_latencies = [x for p in service.partitions for x in p.sink.latencies]
+                        summary.update(
+                            persisted=persisted, elapsed=elapsed, rate=persisted / elapsed if elapsed else 0.0,
+                            p50=_percentile(all_latencies, 0.5), p99=_percentile(all_latencies, 0.99),
+                            dead=sum(p.sink.dead_appended for p in service.partitions),
+                            gaps=sum(p.source.gaps for p in service.partitions), restarts=restarts,
+                        )
+                        if tty:
+                            print(file=sys.stderr)
+                        stopping.set()
+                        return
+
+            code = await serve_until_signalled(demo_config, on_started=watch)
+    if summary:
+        print(
+            f"weir demo: {summary['persisted']:,} events persisted in {summary['elapsed']:.1f} s "
+            f"({summary['rate']:,.0f} events/s); latency receipt->durable p50 {summary['p50'] * 1000:.1f} ms, "
+            f"p99 {summary['p99'] * 1000:.1f} ms; dead letters {summary['dead']}; gaps {summary['gaps']}; "
+            f"restarts {summary['restarts']}",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _filtered(service) -> int:
+    return sum(getattr(p.sink, "filtered", 0) for p in service.partitions)

