@@ -2,8 +2,11 @@
 
 The pipeline owns the channels, so an actor that is restarted gets the same pipes back. The
 strategy is one_for_all: after any crash every actor restarts and the source resumes from the
-persisted cursor, which is the only truth (chunks still in the channels are written or skipped by
-the idempotent persist script; nothing is lost or written twice).
+persisted cursor, which is the only truth.
+
+Before the actors start again the channels are emptied. What is left in them was sent after
+whatever the crashed actor was holding; writing it first would move the cursor past the lost
+chunk, and the source's replay of that chunk would then be skipped as already durable.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class PipelineStats:
     skipped: int = 0
     dead_appended: int = 0
     batches: int = 0
+    purged: int = 0  # chunks discarded from the channels at a restart (the source replays them)
     cursor: int | None = None
     latencies: list[float] = attrs.Factory(list)  # receipt -> durable, seconds (bounded sample)
 
@@ -57,6 +61,19 @@ class PipelineStats:
                 room = LATENCY_SAMPLES - len(self.latencies)
                 if room <= 0:
                     break
+
+
+def purge(*channels: trio.MemoryReceiveChannel[Any]) -> int:
+    """Discard everything queued in ``channels``; return how many items were dropped."""
+    dropped = 0
+    for channel in channels:
+        while True:
+            try:
+                channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            dropped += 1
+    return dropped
 
 
 SourceTarget = Callable[..., Awaitable[None]]  # called as target(stopping, send=..., task_status=...)
@@ -90,14 +107,16 @@ def build_pipeline(
     def on_written(partition_: str, result: Any, chunks: list[Chunk]) -> None:
         stats.record(result, chunks)
 
+    async def persist_first_after_purge(stopping: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # persist starts first: under one_for_all every other actor is stopped at this point.
+        stats.purged += purge(filter_receive, batch_receive, persist_receive)
+        await run_persist(
+            stopping, receive=persist_receive, sink=sink, breaker=breaker, backoff=backoff,
+            on_written=on_written, rng=rng, task_status=task_status,
+        )
+
     children = [
-        ChildSpec(
-            name=f"{name}/persist",
-            target=functools.partial(
-                run_persist, receive=persist_receive, sink=sink, breaker=breaker, backoff=backoff, on_written=on_written
-            ),
-            shutdown_grace=10.0,
-        ),
+        ChildSpec(name=f"{name}/persist", target=persist_first_after_purge, shutdown_grace=10.0),
         ChildSpec(
             name=f"{name}/batch",
             target=functools.partial(run_batch, receive=batch_receive, send=batch_send, policy=policy),
