@@ -52,6 +52,7 @@ class Service:
     root: Supervisor
     partitions: list[PartitionView]
     breaker: CircuitBreaker
+    node_breaker: CircuitBreaker
 
     def stop(self) -> None:
         self.root.stop()
@@ -135,6 +136,9 @@ async def serve(
             settings = config.farcaster
             shards = list(settings.shards) or await discover_with_retry(settings, backoff, rng)
             breaker = CircuitBreaker("redis", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset)
+            node_breaker = CircuitBreaker(
+                f"snapchain {settings.url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset
+            )
             policy = BatchPolicy(
                 max_events=config.batch.max_events,
                 max_bytes=config.batch.max_bytes,
@@ -160,6 +164,7 @@ async def serve(
                     read_cursor=read_cursor,
                     stats=view.source,
                     backoff=backoff,
+                    breaker=node_breaker,
                     rng=rng,
                 )
                 pipeline = build_pipeline(
@@ -186,7 +191,7 @@ async def serve(
                 backoff=backoff,
                 rng=rng,
             )
-            service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker)
+            service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, node_breaker=node_breaker)
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(root.run, stopping)

@@ -34,7 +34,7 @@ from weir.codecs.farcaster_keys import (
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
 from weir.events import Chunk, DeadLetter, Event
-from weir.supervision import Backoff
+from weir.supervision import Backoff, CircuitBreaker
 
 log = logging.getLogger("weir.actors.farcaster")
 
@@ -280,6 +280,7 @@ async def run_shard_connection(
     send: trio.MemorySendChannel[Chunk],
     stats: ShardStats,
     backoff: Backoff,
+    breaker: CircuitBreaker | None = None,
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -290,6 +291,10 @@ async def run_shard_connection(
 
     Ready (``task_status.started``) once the persisted cursor is read; connecting happens after, so
     a node that is down at start-up does not block the supervisor (the stats say "not connected").
+
+    ``breaker`` guards the node (shared by all its shards): a connection that fails before
+    delivering anything counts as a failure, the first data as a success; while it is open no
+    shard tries to connect.
     """
     target = GrpcTarget.from_url(settings.url)
     rng = rng or random.Random()
@@ -316,11 +321,15 @@ async def run_shard_connection(
                 request = subscribe_request(shard, from_id, event_types)
                 reader.detector.subscribed_from(from_id)
                 received_before = stats.received
+                if breaker is not None:
+                    await breaker.wait_allowed()
                 try:
-                    await _stream_once(target, request, reader, send, settings, stats, log_from=from_id)
+                    await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
                     raise StreamEnded("the node ended the stream")
                 except Exception as exc:
                     stats.connected = False
+                    if breaker is not None and stats.received == received_before:
+                        breaker.record_failure()
                     if not is_transient(exc):
                         raise
                     if stats.received > received_before:  # that connection worked: back off afresh
@@ -332,6 +341,10 @@ async def run_shard_connection(
                     log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
                                 shard, target, stats.last_error, delay, _resume_from(reader.last_id, settings.start))
                     await trio.sleep(delay)
+                except BaseException:
+                    if breaker is not None:
+                        breaker.release_trial()  # cancelled: no verdict on the node
+                    raise
     stats.connected = False
 
 
@@ -358,6 +371,7 @@ async def _stream_once(
     send: trio.MemorySendChannel[Chunk],
     settings: FarcasterSettings,
     stats: ShardStats,
+    breaker: CircuitBreaker | None,
     *,
     log_from: int | None,
 ) -> None:
@@ -385,6 +399,8 @@ async def _stream_once(
                 if not stats.connected:
                     stats.connected = True
                     stats.last_error = None
+                    if breaker is not None:
+                        breaker.record_success()
                 chunk = reader.read(payloads, trio.current_time())
                 if chunk is not None:
                     await send.send(chunk)

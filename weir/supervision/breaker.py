@@ -203,7 +203,7 @@ class CircuitBreaker:
             self.record_failure()
             raise
         except BaseException:
-            self._release_trial()
+            self.release_trial()
             raise
         self.record_success()
         return result
@@ -218,7 +218,8 @@ class CircuitBreaker:
             reset_timeout=self._timeout,
         )
 
-    def _release_trial(self) -> None:
+    def release_trial(self) -> None:
+        """Give back a half-open trial slot without an outcome (the attempt was cancelled)."""
         if self._state is BreakerState.HALF_OPEN and self._trial_in_flight:
             self._trial_in_flight = False
             self._notify()
