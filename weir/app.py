@@ -117,13 +117,36 @@ async def discover_with_retry(settings: FarcasterSettings, backoff: Backoff, rng
         return shards
 
 
+async def _unless_stopped(stopping: trio.Event, work):
+    """Await ``work`` unless ``stopping`` is set first (then return None)."""
+    result = None
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            nonlocal result
+            result = await work
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await stopping.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(run)
+        nursery.start_soon(watch)
+    return result
+
+
 async def serve(
     config: Config,
     *,
     stopping: trio.Event | None = None,
-    task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Service | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the service until ``stopping`` is set (ordered drain) or the root supervisor gives up."""
+    """Run the service until ``stopping`` is set (ordered drain) or the root supervisor gives up.
+
+    Hands the caller the running :class:`Service` once every pipeline has started (``None`` if it
+    was stopped before it could start).
+    """
     if stopping is None:
         stopping = trio.Event()
     rng = random.Random()
@@ -134,7 +157,11 @@ async def serve(
         await sink.open()
         try:
             settings = config.farcaster
-            shards = list(settings.shards) or await discover_with_retry(settings, backoff, rng)
+            shards = list(settings.shards) or await _unless_stopped(stopping, discover_with_retry(settings, backoff, rng))
+            if shards is None:
+                log.info("stopped before the node answered GetInfo")
+                task_status.started(None)
+                return
             breaker = CircuitBreaker("redis", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset)
             node_breaker = CircuitBreaker(
                 f"snapchain {settings.url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset

@@ -34,6 +34,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                         help="override any setting, e.g. --set batch.max_events=1000 (repeatable)")
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (log_level)")
+    parser.add_argument("--log-format", metavar="FORMAT", help="auto, text or json (log_format)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,13 +68,14 @@ def _config_from(args: argparse.Namespace) -> Config:
     overrides: dict[str, str] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        if not sep or ("." not in key and key.strip() not in ("log_level", "log_format")):
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE (or log_level=, log_format=)")
         overrides[key.strip()] = value
     named = {
         "redis.url": getattr(args, "redis_url", None),
         "redis.data_dir": getattr(args, "data_dir", None),
         "log_level": getattr(args, "log_level", None),
+        "log_format": getattr(args, "log_format", None),
         "farcaster.url": getattr(args, "farcaster_url", None),
         "farcaster.shards": getattr(args, "shards", None) if args.command == "run" else None,
     }
@@ -135,7 +137,7 @@ async def serve_until_signalled(config: Config, *, on_started=None) -> int:
 
                 nursery.start_soon(watch_signals)
                 service = await nursery.start(serve_then_stop_watching)
-                if on_started is not None:
+                if on_started is not None and service is not None:
                     nursery.start_soon(on_started, service, stopping)
         except* SupervisorEscalation as group:
             log.error("giving up: %s", group.exceptions[0])

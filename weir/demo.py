@@ -15,6 +15,7 @@ from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
 
 PROGRESS_INTERVAL = 0.5
+CHECK_INTERVAL = 0.05  # completion is checked more often than progress is printed
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -53,13 +54,17 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                 start = trio.current_time()
                 last_time, last_done = start, 0
                 tty = sys.stderr.isatty()
+                next_print = start + PROGRESS_INTERVAL
                 while True:
-                    await trio.sleep(PROGRESS_INTERVAL)
+                    await trio.sleep(CHECK_INTERVAL)
                     now = trio.current_time()
+                    complete = all(p.source.received >= args.events and p.sink.cursor == p.source.last_id
+                                   for p in service.partitions)
+                    if now < next_print and not complete:
+                        continue
+                    next_print = now + PROGRESS_INTERVAL
                     received = sum(p.source.received for p in service.partitions)
                     persisted = sum(p.sink.appended for p in service.partitions)
-                    done = sum(1 for p in service.partitions
-                               if p.source.received >= args.events and p.sink.cursor == p.source.last_id)
                     durable = sum(p.sink.appended + p.sink.skipped for p in service.partitions)
                     rate = (durable - last_done) / (now - last_time)
                     last_time, last_done = now, durable
@@ -70,7 +75,7 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                             f"lag {max(0, received - durable - _filtered(service)):>6,}  "
                             f"p50 {_percentile(latencies, 0.5) * 1000:5.1f} ms  restarts {restarts}")
                     print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-                    if done == len(service.partitions):
+                    if complete:
                         elapsed = now - start
                         all_latencies = [x for p in service.partitions for x in p.sink.latencies]
                         summary.update(
