@@ -73,3 +73,13 @@ async def redis_client(redis_server: RedisServer, asyncio_loop: None) -> AsyncIt
         yield RedisClient(client)
     finally:
         await call_asyncio(client.aclose)
+
+
+@pytest.fixture
+async def durable_redis_client(durable_redis_server: RedisServer, asyncio_loop: None) -> AsyncIterator[RedisClient]:
+    """A :class:`RedisClient` on ``durable_redis_server``."""
+    client = aioredis.Redis.from_url(durable_redis_server.url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    try:
+        yield RedisClient(client)
+    finally:
+        await call_asyncio(client.aclose)

@@ -27,7 +27,7 @@ from weir.codecs.farcaster_keys import MESSAGE_TYPE_BY_NAME, MESSAGE_TYPES
 from weir.config import Config, FarcasterSettings
 from weir.events import Event
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
-from weir.sinks.redis_sink import RedisSink
+from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
 log = logging.getLogger("weir.app")
@@ -117,6 +117,26 @@ async def discover_with_retry(settings: FarcasterSettings, backoff: Backoff, rng
         return shards
 
 
+async def read_cursor_patiently(
+    sink: RedisSink, partition: str, breaker: CircuitBreaker, backoff: Backoff, rng: random.Random
+) -> Cursor | None:
+    """The partition's persisted cursor, waiting (behind the Redis breaker) while Redis is down.
+
+    Without it a pipeline starting while Redis is unreachable would crash until its restart
+    intensity escalated, although nothing is wrong that time will not cure.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await breaker.call(sink.read_cursor, partition)
+        except SinkUnavailable as exc:
+            delay = backoff.delay(attempt, rng)
+            if attempt == 0:
+                log.warning("partition %s: cannot read the cursor (%s); waiting for Redis", partition, exc)
+            attempt += 1
+            await trio.sleep(delay)
+
+
 async def _unless_stopped(stopping: trio.Event, work):
     """Await ``work`` unless ``stopping`` is set first (then return None)."""
     result = None
@@ -181,7 +201,7 @@ async def serve(
                 views.append(view)
 
                 async def read_cursor(shard: int = shard) -> int | None:
-                    cursor = await sink.read_cursor(str(shard))
+                    cursor = await read_cursor_patiently(sink, str(shard), breaker, backoff, rng)
                     return None if cursor is None else cursor.position
 
                 source = functools.partial(

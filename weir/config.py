@@ -66,7 +66,6 @@ class FarcasterSettings:
     # Local filters, on scanned keys (no decoding). Empty: keep all.
     fids: frozenset[int] = frozenset()
     message_types: tuple[str, ...] = ()
-    keep_block_confirmed: bool = True
     idle_timeout: float = 30.0
     connect_timeout: float = 10.0
     read_batch: int = 512

@@ -29,6 +29,7 @@ from weir.codecs.farcaster_keys import (
     MESSAGE_TYPES,
     PRUNE_MESSAGE,
     REVOKE_MESSAGE,
+    HubEventKeys,
     scan_hub_event,
 )
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
@@ -130,15 +131,21 @@ def subscribe_request(shard: int, from_id: int | None, event_types: list[int]) -
     return out + varint_field(4, shard)
 
 
-def recover_event_id(payload: bytes) -> int | None:
-    """Best effort: the id (field 2) of a HubEvent whose body is malformed, if it precedes the damage."""
+def recover_type_and_id(payload: bytes) -> tuple[int, int | None]:
+    """Best effort: (type, id) of a HubEvent whose body is malformed, read before the damage.
+
+    The type is 0 and the id None when they cannot be read.
+    """
+    event_type, event_id = 0, None
     try:
         for field, wire_type, start, _end in iter_fields(payload):
-            if field == 2 and wire_type == VARINT:
-                return read_varint(payload, start)[0]
+            if field == 1 and wire_type == VARINT:
+                event_type = read_varint(payload, start)[0]
+            elif field == 2 and wire_type == VARINT:
+                event_id = read_varint(payload, start)[0]
     except WireError:
         pass
-    return None
+    return event_type, event_id
 
 
 @attrs.define(eq=False)
@@ -179,12 +186,15 @@ class ShardReader:
             try:
                 keys = scan_hub_event(payload)
             except WireError as exc:
-                position = recover_event_id(payload)
+                event_type, position = recover_type_and_id(payload)
                 if position is not None and last_id is not None and position <= last_id:
                     continue
                 dead.append(self._dead(payload, f"malformed HubEvent: {exc}", position, received))
                 if position is not None:
                     last_id = position
+                    # It was received (and kept, as a dead letter): the block's counts include it.
+                    for gap in self.detector.observe(_bare_keys(event_type, position)):
+                        self._report(gap)
                 continue
             event_id = keys.event_id
             if last_id is not None and event_id <= last_id:
@@ -235,6 +245,10 @@ class ShardReader:
         if gap.missing > 0:
             self.stats.missed_events += gap.missing
         log.warning("shard %d: gap (%s): %s", self.shard, gap.kind, gap.detail)
+
+
+def _bare_keys(event_type: int, event_id: int) -> HubEventKeys:
+    return HubEventKeys(event_type, event_id, 0, event_id >> 14, 0, 0, 0, b"", None)
 
 
 def server_event_types(settings: FarcasterSettings) -> list[int]:
@@ -289,8 +303,9 @@ async def run_shard_connection(
     Stopping interrupts the stream at once: what was received but not yet sent is dropped, which is
     safe because the cursor only ever covers chunks that were handed on (the next start replays).
 
-    Ready (``task_status.started``) once the persisted cursor is read; connecting happens after, so
-    a node that is down at start-up does not block the supervisor (the stats say "not connected").
+    Ready (``task_status.started``) at once: reading the persisted cursor and connecting happen
+    after, so a Redis or a node that is down at start-up does not block the supervisor (the stats
+    say "not connected").
 
     ``breaker`` guards the node (shared by all its shards): a connection that fails before
     delivering anything counts as a failure, the first data as a success; while it is open no
@@ -299,13 +314,6 @@ async def run_shard_connection(
     target = GrpcTarget.from_url(settings.url)
     rng = rng or random.Random()
     event_types = server_event_types(settings)
-    reader = ShardReader(
-        shard=shard,
-        partition=str(shard),
-        detector=GapDetector(subscribed=event_types),
-        stats=stats,
-        last_id=await read_cursor(),
-    )
     task_status.started()
     attempt = 0
     with trio.CancelScope() as outer:
@@ -316,6 +324,13 @@ async def run_shard_connection(
 
         async with trio.open_nursery() as watcher:
             watcher.start_soon(stop_when_asked)
+            reader = ShardReader(
+                shard=shard,
+                partition=str(shard),
+                detector=GapDetector(subscribed=event_types),
+                stats=stats,
+                last_id=await read_cursor(),  # may wait for Redis; a stop request still ends it
+            )
             while True:
                 from_id = _resume_from(reader.last_id, settings.start)
                 request = subscribe_request(shard, from_id, event_types)
@@ -325,7 +340,6 @@ async def run_shard_connection(
                     await breaker.wait_allowed()
                 try:
                     await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
-                    raise StreamEnded("the node ended the stream")
                 except Exception as exc:
                     stats.connected = False
                     if breaker is not None and stats.received == received_before:
@@ -378,8 +392,12 @@ async def _stream_once(
     raw_send, raw_receive = trio.open_memory_channel[list[bytes]](1)
 
     async def pump() -> None:
-        async with raw_send:
+        try:
             await call_asyncio(_subscribe_aio, target, request, trio_sender(raw_send), settings.read_batch, settings.connect_timeout)
+        finally:
+            # close() has no checkpoint: the pump's own error (say a GRPCError status) is what
+            # leaves this task, not a Cancelled raised while closing.
+            raw_send.close()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
@@ -388,14 +406,14 @@ async def _stream_once(
         async with raw_receive:
             while True:
                 payloads: list[bytes] | None = None
-                with trio.move_on_after(settings.idle_timeout):
+                with trio.move_on_after(settings.idle_timeout) as idle:
                     try:
                         payloads = await raw_receive.receive()
                     except trio.EndOfChannel:
-                        nursery.cancel_scope.cancel()
-                        raise StreamEnded("the node ended the stream") from None
-                if payloads is None:
+                        break  # the nursery joins the pump: its error, if any, propagates
+                if idle.cancelled_caught:
                     raise IdleStream(f"no data for {settings.idle_timeout:g}s")
+                assert payloads is not None
                 if not stats.connected:
                     stats.connected = True
                     stats.last_error = None
@@ -404,3 +422,4 @@ async def _stream_once(
                 chunk = reader.read(payloads, trio.current_time())
                 if chunk is not None:
                     await send.send(chunk)
+    raise StreamEnded("the node ended the stream")

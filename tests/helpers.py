@@ -1,0 +1,124 @@
+"""Helpers for the end-to-end tests: condition waits, reading what weir persisted, exact comparisons."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from weir.app import Service, serve
+from weir.bridge import call_asyncio
+from weir.config import Config, load_config
+from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
+from weir.sim.snapchain import SnapchainSim, serve_snapchain
+from weir.sinks.keys import partition_keys
+
+POLL = 0.02
+
+
+def keys(shard: int | str):
+    return partition_keys("farcaster", str(shard))
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool] | bool], *, timeout: float, what: str) -> None:
+    """Poll ``condition`` (sync or async) every few ms until it holds; fail after ``timeout`` s."""
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                result = condition()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    return
+                await trio.sleep(POLL)
+    except trio.TooSlowError:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
+
+
+def e2e_config(redis_url: str, farcaster_url: str, *, shards: str = "1,2", **overrides: str) -> Config:
+    """A service config for tests: fast backoff, small timeouts, replay from the oldest event."""
+    values = {
+        "redis.url": redis_url,
+        "redis.socket_timeout": "1",
+        "farcaster.url": farcaster_url,
+        "farcaster.shards": shards,
+        "farcaster.start": "oldest",
+        "farcaster.idle_timeout": "5",
+        "farcaster.connect_timeout": "2",
+        "supervision.backoff_initial": "0.01",
+        "supervision.backoff_max": "0.2",
+        "supervision.breaker_reset": "0.2",
+        "supervision.max_restarts": "50",
+        "log_level": "WARNING",
+    }
+    values.update({key.replace("__", "."): value for key, value in overrides.items()})
+    return load_config(environ={}, overrides=values)
+
+
+@asynccontextmanager
+async def running_service(config: Config, *, stop_timeout: float = 10.0) -> AsyncIterator[tuple[Service, trio.Event]]:
+    """Run ``serve(config)`` for the block; on exit ask it to stop (ordered drain) and wait for it.
+
+    Fails if the drain takes longer than ``stop_timeout`` seconds.
+    """
+    stopping = trio.Event()
+    with trio.CancelScope() as bound:
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(functools.partial(serve, config, stopping=stopping))
+            try:
+                yield service, stopping
+            finally:
+                stopping.set()
+                bound.deadline = trio.current_time() + stop_timeout
+    if bound.cancelled_caught:
+        raise AssertionError(f"the service did not stop within {stop_timeout} s of being asked to")
+
+
+@asynccontextmanager
+async def in_process_sim(config: SnapchainSimConfig) -> AsyncIterator[tuple[SnapchainSim, str]]:
+    """The simulator in this process's asyncio loop (needs open_asyncio_loop); yields it and its URL."""
+    sim, port = await call_asyncio(serve_snapchain, config)
+    try:
+        yield sim, f"http://127.0.0.1:{port}"
+    finally:
+        with trio.CancelScope(shield=True):
+            sim.close()
+            await call_asyncio(sim.wait_closed)
+
+
+async def stream_entries(client: Any, shard: int | str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return await client("XRANGE", keys(shard).events, "-", "+")
+
+
+async def dead_entries(client: Any, shard: int | str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return await client("XRANGE", keys(shard).dead, "-", "+")
+
+
+async def cursor_position(client: Any, shard: int | str) -> int | None:
+    value = await client("HGET", keys(shard).cursor, "position")
+    return None if value is None else int(value)
+
+
+def offered(config: SnapchainSimConfig, shard: int, count: int | None = None) -> list[tuple[int, bytes]]:
+    """What the simulator offers on ``shard`` (all of ``total`` by default)."""
+    n = count if count is not None else config.total
+    assert n is not None
+    return generate_offered(config, shard, n)
+
+
+def assert_exact(entries: list[tuple[bytes, Mapping[bytes, bytes]]], expected: list[tuple[int, bytes]], *, shard: int | str) -> None:
+    """The stream holds exactly ``expected``: each once, in order, id ``<event id>-0``, data byte-identical."""
+    got_ids = [entry_id for entry_id, _ in entries]
+    want_ids = [b"%d-0" % id_ for id_, _ in expected]
+    if got_ids != want_ids:
+        got, want = set(got_ids), set(want_ids)
+        raise AssertionError(
+            f"shard {shard}: {len(got_ids)} entries, expected {len(want_ids)}; "
+            f"duplicates {len(got_ids) - len(got)}, missing {sorted(want - got)[:5]}, "
+            f"unexpected {sorted(got - want)[:5]}"
+        )
+    for (entry_id, fields), (_, payload) in zip(entries, expected):
+        assert fields[b"data"] == payload, f"shard {shard}: data of {entry_id!r} differs from what was offered"

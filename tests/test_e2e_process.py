@@ -1,0 +1,208 @@
+"""The real ``weir`` CLI as a subprocess: signals, kill -9 and restart, config errors, ``weir tail``.
+
+The simulator runs as a process of its own (``open_snapchain_sim``); Redis is the test's redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.process import open_snapchain_sim
+
+from helpers import (
+    assert_exact,
+    cursor_position,
+    e2e_config,
+    in_process_sim,
+    offered,
+    running_service,
+    stream_entries,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+SHARDS = (1, 2)
+TIMEOUT = 20.0
+
+
+def weir_args(command: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "weir.cli", command, *args]
+
+
+def run_args(redis_url: str, sim_url: str, *extra: str) -> list[str]:
+    return weir_args(
+        "run",
+        "--redis-url", redis_url,
+        "--farcaster-url", sim_url,
+        "--set", "farcaster.start=oldest",
+        "--set", "farcaster.shards=1,2",
+        "--set", "farcaster.idle_timeout=5",
+        "--set", "supervision.backoff_initial=0.01",
+        "--set", "supervision.backoff_max=0.2",
+        *extra,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def weir_process(args: list[str], log_path: Path) -> AsyncIterator[trio.Process]:
+    """Start ``weir``; on exit kill it if it is still running (only this process, by its handle)."""
+    with open(log_path, "ab") as log:
+        process = await trio.lowlevel.open_process(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(os.environ, PYTHONUNBUFFERED="1")
+        )
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+async def persisted(redis_client, shard: int) -> int:
+    return await redis_client("XLEN", f"{{weir:farcaster:{shard}}}:events")
+
+
+async def wait_exit(process: trio.Process, timeout: float, log_path: Path) -> tuple[int, float]:
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        await process.wait()
+    elapsed = trio.current_time() - start
+    if process.returncode is None:
+        raise AssertionError(f"weir did not exit within {timeout} s; log:\n{log_path.read_text()[-3000:]}")
+    return process.returncode, elapsed
+
+
+async def test_sigterm_under_load_drains_checkpoints_and_exits_0(redis_server, redis_client, tmp_path):
+    sim_config = SnapchainSimConfig(shards=2, seed=21, rate=3000, history=0, total=9000)
+    log_path = tmp_path / "weir.log"
+    async with open_snapchain_sim(sim_config) as sim:
+        async with weir_process(run_args(redis_server.url, sim.url), log_path) as process:
+
+            async def streaming() -> bool:
+                return all([await persisted(redis_client, shard) >= 500 for shard in SHARDS])
+
+            await wait_for(streaming, timeout=TIMEOUT, what="weir to persist events")
+            process.send_signal(signal.SIGTERM)
+            code, elapsed = await wait_exit(process, 10.0, log_path)
+    assert code == 0, log_path.read_text()[-3000:]
+    assert elapsed <= 5.0, f"took {elapsed:.1f} s to drain and exit"
+    for shard in SHARDS:
+        entries = await stream_entries(redis_client, shard)
+        events = offered(sim_config, shard)
+        assert 500 <= len(entries) < len(events), "the stop was not mid-stream"
+        assert_exact(entries, events[: len(entries)], shard=shard)
+        # the checkpoint covers exactly what was written: nothing in flight was dropped or skipped
+        assert await cursor_position(redis_client, shard) == int(entries[-1][0].split(b"-")[0])
+
+
+async def test_second_sigterm_exits_130_at_once(redis_server, redis_client, tmp_path):
+    sim_config = SnapchainSimConfig(shards=2, seed=22, rate=3000, history=0, total=9000)
+    log_path = tmp_path / "weir.log"
+    async with open_snapchain_sim(sim_config) as sim:
+        # a long socket timeout: with Redis hung, the drain cannot finish on its own
+        args = run_args(redis_server.url, sim.url, "--set", "redis.socket_timeout=60")
+        async with weir_process(args, log_path) as process:
+
+            async def streaming() -> bool:
+                return all([await persisted(redis_client, shard) >= 300 for shard in SHARDS])
+
+            await wait_for(streaming, timeout=TIMEOUT, what="weir to persist events")
+            redis_server.pause()  # a hung Redis: the persist actor waits on its reply
+            try:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(0.5):  # the drain is stuck: it must not have exited by itself
+                    await process.wait()
+                assert process.returncode is None, "weir exited although its drain could not finish"
+                process.send_signal(signal.SIGTERM)
+                code, elapsed = await wait_exit(process, 10.0, log_path)
+            finally:
+                redis_server.resume()
+    assert code == 130, log_path.read_text()[-3000:]
+    assert elapsed <= 2.0, f"a second SIGTERM took {elapsed:.1f} s to exit"
+    for shard in SHARDS:  # whatever was persisted is a clean prefix
+        entries = await stream_entries(redis_client, shard)
+        assert_exact(entries, offered(sim_config, shard, len(entries)), shard=shard)
+
+
+async def test_kill_9_mid_stream_then_restart_delivers_exactly_once(redis_server, redis_client, tmp_path):
+    sim_config = SnapchainSimConfig(shards=2, seed=23, rate=2500, history=0, total=4000)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+    log_path = tmp_path / "weir.log"
+    async with open_snapchain_sim(sim_config) as sim:
+        args = run_args(sim_url=sim.url, redis_url=redis_server.url)
+        async with weir_process(args, log_path) as process:
+
+            async def some() -> bool:
+                return all([await persisted(redis_client, shard) >= 600 for shard in SHARDS])
+
+            await wait_for(some, timeout=TIMEOUT, what="weir to persist some events")
+            process.kill()  # SIGKILL: no drain, no checkpoint, in-flight batches lost from memory
+            await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        for shard in SHARDS:
+            entries = await stream_entries(redis_client, shard)
+            assert 600 <= len(entries) < len(expected[shard]), "the kill was not mid-stream"
+            assert_exact(entries, expected[shard][: len(entries)], shard=shard)
+
+        async with weir_process(args, log_path) as process:
+
+            async def finished() -> bool:
+                return all([await cursor_position(redis_client, shard) == expected[shard][-1][0] for shard in SHARDS])
+
+            await wait_for(finished, timeout=TIMEOUT, what="the restarted weir to persist every event")
+            process.send_signal(signal.SIGTERM)
+            code, _ = await wait_exit(process, 10.0, log_path)
+        assert code == 0
+    for shard in SHARDS:
+        assert_exact(await stream_entries(redis_client, shard), expected[shard], shard=shard)
+        assert await cursor_position(redis_client, shard) == expected[shard][-1][0]
+
+
+async def test_bad_config_exits_2_with_a_one_line_message(tmp_path):
+    result = await trio.run_process(
+        weir_args("run", "--redis-url", "redis://127.0.0.1:1/0", "--set", "batch.max_events=0"),
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "batch.max_events" in lines[0]
+    assert result.stdout == b""
+
+
+async def test_tail_prints_the_last_events_of_each_partition_as_json(redis_server, redis_client):
+    sim_config = SnapchainSimConfig(shards=2, seed=24, rate=0, history=300, total=300)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+    async with in_process_sim(sim_config) as (_, url):
+        async with running_service(e2e_config(redis_server.url, url)) as (service, _):
+            await wait_for(
+                lambda: all(v.sink.cursor == expected[int(v.name[-1])][-1][0] for v in service.partitions),
+                timeout=TIMEOUT, what="the events to be persisted",
+            )
+    result = await trio.run_process(
+        weir_args("tail", "--redis-url", redis_server.url, "--count", "3"),
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert len(lines) == 6
+    for shard in SHARDS:
+        mine = [line for line in lines if line["partition"] == str(shard)]
+        want = [id_ for id_, _ in expected[shard][-3:]]
+        assert [line["id"] for line in mine] == [f"{id_}-0" for id_ in want]
+        assert [int(line["event"]["id"]) for line in mine] == want
+        assert all(line["event"]["shard_index"] == shard for line in mine)

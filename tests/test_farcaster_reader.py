@@ -1,0 +1,289 @@
+"""ShardReader (sans-IO): raw HubEvent bytes -> Chunk, dead letters, replay overlap, gaps.
+
+Also the SubscribeRequest the source sends: hand-encoded bytes that the node's schema must read back.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from weir.actors.farcaster import ShardReader, ShardStats, server_event_types, subscribe_request
+from weir.codecs.farcaster_gaps import GapDetector
+from weir.codecs.farcaster_keys import BLOCK_CONFIRMED, HUB_EVENT_TYPES, scan_hub_event
+from weir.codecs.protowire import encode_varint, read_varint
+from weir.config import FarcasterSettings, load_config
+from weir.protos.snapchain import SubscribeRequest
+from weir.sim.farcaster_data import (
+    MERGE_MESSAGE,
+    SnapchainSimConfig,
+    compose_hub_event,
+    generate_offered,
+)
+
+SIM = SnapchainSimConfig(shards=2, seed=7)
+SHARD = 1
+
+
+def reader(last_id: int | None = None, subscribed=(), from_id: int | None = 0) -> ShardReader:
+    r = ShardReader(
+        shard=SHARD,
+        partition=str(SHARD),
+        detector=GapDetector(subscribed=list(subscribed)),
+        stats=ShardStats(),
+        last_id=last_id,
+    )
+    r.detector.subscribed_from(from_id)
+    return r
+
+
+def offered(count: int) -> list[tuple[int, bytes]]:
+    return generate_offered(SIM, SHARD, count)
+
+
+def truncated_with_id(payload: bytes) -> bytes:
+    """A HubEvent cut inside its body: type and id (fields 1 and 2) are intact, the body runs past the end."""
+    cut = payload[: len(payload) // 2]
+    with pytest.raises(ValueError):
+        scan_hub_event(cut)
+    return cut
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+
+
+def test_chunk_carries_every_event_in_order_with_through_the_last_id():
+    events = offered(200)
+    r = reader()
+    chunk = r.read([payload for _, payload in events], received=12.5)
+    assert chunk is not None
+    assert [e.position for e in chunk.events] == [id_ for id_, _ in events]
+    assert [e.payload for e in chunk.events] == [payload for _, payload in events]
+    assert all(e.stream_id == f"{e.position}-0" for e in chunk.events)
+    assert all(e.received == 12.5 and e.partition == "1" and e.source == "farcaster" for e in chunk.events)
+    assert chunk.through == events[-1][0]
+    assert chunk.partition == "1"
+    assert chunk.dead == []
+    assert r.last_id == r.stats.last_id == events[-1][0]
+    assert r.stats.received == 200
+    assert r.stats.gaps == 0 and r.stats.dead_letters == 0
+
+
+def test_events_carry_kind_key_timestamp_and_routing_fields():
+    events = offered(60)
+    chunk = reader().read([payload for _, payload in events], received=0.0)
+    assert chunk is not None
+    for event, (_, payload) in zip(chunk.events, events):
+        keys = scan_hub_event(payload)
+        assert event.kind == HUB_EVENT_TYPES[keys.event_type]
+        assert event.key == keys.msg_hash
+        assert event.fields["block"] == keys.block_number
+        assert event.fields.get("fid", 0) == keys.fid
+        assert event.timestamp == keys.timestamp + 1609459200
+    kinds = {event.kind for event in chunk.events}
+    assert {"BLOCK_CONFIRMED", "MERGE_MESSAGE"} <= kinds
+    assert all("type" in e.fields for e in chunk.events if e.kind == "MERGE_MESSAGE")
+
+
+def test_events_at_or_below_last_id_are_skipped_as_replay_overlap():
+    events = offered(100)
+    last = events[39][0]
+    r = reader(last_id=last, from_id=last + 1)
+    chunk = r.read([payload for _, payload in events], received=0.0)
+    assert chunk is not None
+    assert [e.position for e in chunk.events] == [id_ for id_, _ in events[40:]]
+    assert r.stats.duplicates_skipped == 40
+    assert chunk.through == events[-1][0]
+
+    # a whole read that is all replay still reports how far we are, and moves nothing back
+    again = r.read([payload for _, payload in events[:50]], received=0.0)
+    assert again is not None and again.events == [] and again.through == events[-1][0]
+    assert r.last_id == events[-1][0]
+
+
+def test_separate_reads_continue_where_the_previous_one_ended():
+    events = offered(120)
+    r = reader()
+    first = r.read([p for _, p in events[:70]], received=0.0)
+    second = r.read([p for _, p in events[60:]], received=0.0)  # overlapping: 60..69 again
+    assert first is not None and second is not None
+    assert [e.position for e in first.events + second.events] == [id_ for id_, _ in events]
+    assert second.through == events[-1][0]
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+
+
+def test_malformed_event_becomes_a_dead_letter_with_its_recovered_position():
+    events = offered(30)
+    index = next(i for i, (id_, _) in enumerate(events) if id_ & 0x3FFF == 2)  # a non-BLOCK_CONFIRMED event
+    bad_id, bad_payload = events[index]
+    broken = truncated_with_id(bad_payload)
+    payloads = [p for _, p in events]
+    payloads[index] = broken
+    r = reader()
+    chunk = r.read(payloads, received=3.0)
+    assert chunk is not None
+    assert bad_id not in [e.position for e in chunk.events]
+    assert len(chunk.events) == len(events) - 1
+    [letter] = chunk.dead
+    assert letter.position == bad_id
+    assert letter.payload == broken
+    assert "malformed" in letter.reason and letter.reason.strip() != "malformed HubEvent:"
+    assert letter.received == 3.0 and letter.partition == "1" and letter.source == "farcaster"
+    assert r.stats.dead_letters == 1
+
+
+def test_malformed_event_as_the_last_of_a_read_still_moves_through():
+    events = offered(10)
+    last_id, last_payload = events[-1]
+    r = reader()
+    chunk = r.read([p for _, p in events[:-1]] + [truncated_with_id(last_payload)], received=0.0)
+    assert chunk is not None
+    assert chunk.through == last_id and r.last_id == last_id
+    assert [d.position for d in chunk.dead] == [last_id]
+
+
+def test_replayed_malformed_event_is_not_dead_lettered_twice():
+    events = offered(10)
+    bad_id, bad_payload = events[3]
+    broken = truncated_with_id(bad_payload)
+    r = reader(last_id=events[5][0])
+    chunk = r.read([broken] + [p for _, p in events[6:]], received=0.0)
+    assert chunk is not None and chunk.dead == []
+    assert r.stats.dead_letters == 0
+
+
+@pytest.mark.parametrize("garbage", [b"\xff", b"\x08\x01\x1a\x09abc", b"\x08\x01"], ids=["bad-varint", "truncated-body", "no-id"])
+def test_dead_letter_without_position_waits_for_a_chunk_that_has_one(garbage):
+    r = reader()
+    assert r.read([garbage], received=1.0) is None  # no chunk with through=0 ("replay everything")
+    assert r.read([garbage + b"\xff"], received=2.0) is None
+    assert r.last_id is None
+    events = offered(5)
+    chunk = r.read([p for _, p in events], received=3.0)
+    assert chunk is not None
+    assert chunk.through == events[-1][0] > 0
+    assert [d.payload for d in chunk.dead] == [garbage, garbage + b"\xff"]
+    assert all(d.position is None for d in chunk.dead)
+    assert [d.received for d in chunk.dead] == [1.0, 2.0]
+    assert len(chunk.events) == 5
+    # handed on exactly once
+    later = r.read([p for _, p in offered(8)[5:]], received=4.0)
+    assert later is not None and later.dead == []
+    assert r.stats.dead_letters == 2
+
+
+def test_dead_letter_without_position_goes_with_the_current_chunk_once_an_id_is_known():
+    events = offered(5)
+    r = reader()
+    chunk = r.read([events[0][1], b"\xff", events[1][1]], received=0.0)
+    assert chunk is not None and chunk.through == events[1][0]
+    assert len(chunk.dead) == 1 and chunk.dead[0].position is None
+
+
+def test_merge_message_without_a_message_is_a_dead_letter():
+    events = offered(5)
+    block = events[0][0] >> 14
+    empty = compose_hub_event(MERGE_MESSAGE, events[-1][0] + 1, b"", block, SHARD, 100)
+    r = reader()
+    chunk = r.read([p for _, p in events] + [empty], received=0.0)
+    assert chunk is not None
+    [letter] = chunk.dead
+    assert letter.position == events[-1][0] + 1
+    assert "MERGE_MESSAGE" in letter.reason and "no message" in letter.reason
+    assert chunk.through == events[-1][0] + 1
+    assert [e.position for e in chunk.events] == [id_ for id_, _ in events]
+
+
+def test_event_for_another_shard_is_a_dead_letter():
+    events = offered(3)
+    foreign_id = events[-1][0] + 1
+    r = reader()
+    chunk = r.read([p for _, p in events] + [shard2_event(foreign_id)], received=0.0)
+    assert chunk is not None
+    assert [d.position for d in chunk.dead] == [foreign_id]
+    assert "shard 2" in chunk.dead[0].reason
+    assert chunk.through == foreign_id
+
+
+def shard2_event(event_id: int) -> bytes:
+    """A valid MERGE_MESSAGE of shard 2, re-stamped with ``event_id``."""
+    for id_, payload in generate_offered(SIM, 2, 50):
+        keys = scan_hub_event(payload)
+        if keys.event_type == MERGE_MESSAGE and keys.msg_hash:
+            assert payload.startswith(b"\x08\x01\x10")
+            _, after_id = read_varint(payload, 3)
+            return b"\x08\x01\x10" + encode_varint(event_id) + payload[after_id:]
+    raise AssertionError("no MERGE_MESSAGE on shard 2")
+
+
+# -- gaps -----------------------------------------------------------------------------------------
+
+
+def blocks(events: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    out: dict[int, list[tuple[int, bytes]]] = {}
+    for id_, payload in events:
+        out.setdefault(id_ >> 14, []).append((id_, payload))
+    return list(out.values())
+
+
+def test_complete_blocks_report_no_gap():
+    r = reader()
+    r.read([p for _, p in offered(500)], received=0.0)
+    assert r.stats.gaps == 0 and r.stats.missed_events == 0
+
+
+def test_gap_reported_when_block_confirmed_counts_disagree():
+    events = offered(400)
+    by_block = blocks(events)
+    victim = next(i for i, b in enumerate(by_block[:-1]) if len(b) >= 3)
+    missing_id = by_block[victim][2][0]
+    payloads = [p for id_, p in events if id_ != missing_id]
+    r = reader()
+    chunk = r.read(payloads, received=0.0)
+    assert chunk is not None
+    assert r.stats.gaps == 1
+    assert r.stats.missed_events == 1
+    assert missing_id not in [e.position for e in chunk.events]
+
+
+def test_retention_gap_when_the_stream_starts_past_the_requested_id():
+    events = offered(400)
+    later_blocks = blocks(events)[5:]
+    r = reader(last_id=events[0][0], from_id=events[0][0] + 1)
+    r.read([p for b in later_blocks for _, p in b], received=0.0)
+    assert r.stats.gaps >= 1
+
+
+def test_corrupt_events_that_are_dead_lettered_are_not_reported_as_missed():
+    """A malformed event was received (it is in the dead-letter stream), not skipped by the node."""
+    config = SnapchainSimConfig(shards=2, seed=7, corrupt_every=5)
+    events = generate_offered(config, SHARD, 300)
+    r = reader()
+    chunk = r.read([p for _, p in events], received=0.0)
+    assert chunk is not None and len(chunk.dead) >= 10
+    assert r.stats.missed_events == 0, "dead-lettered events were counted as missed by the gap detector"
+    assert r.stats.gaps == 0
+
+
+# -- SubscribeRequest -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_id", [0, 1, 16385, (1 << 40) + 7, None])
+@pytest.mark.parametrize("shard", [1, 3])
+def test_subscribe_request_reads_back_with_the_node_schema(from_id, shard):
+    types = [1, 2, 3, 6, 9, 10, 11]
+    parsed = SubscribeRequest.parse(subscribe_request(shard, from_id, types))
+    assert [int(t) for t in parsed.event_types] == types
+    assert parsed.from_id == from_id  # 0 present (replay from the oldest), None absent (live)
+    assert parsed.shard_index == shard
+
+
+def test_server_event_types_always_lists_types():
+    every = server_event_types(FarcasterSettings())
+    assert every, "an empty list makes the node send nothing"
+    assert set(every) == {t for t in HUB_EVENT_TYPES if t != 0}
+    only = server_event_types(load_config(environ={}, overrides={"farcaster.event_types": "merge_message,PRUNE_MESSAGE"}).farcaster)
+    assert only == sorted({MERGE_MESSAGE, 2, BLOCK_CONFIRMED})
+    parsed = SubscribeRequest.parse(subscribe_request(1, 0, only))
+    assert sorted(int(t) for t in parsed.event_types) == only
