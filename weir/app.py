@@ -1,31 +1,31 @@
-"""Assemble the service from a Config: Redis, one pipeline per Farcaster shard, the root supervisor.
+"""Assemble the service from a Config: Redis, one pipeline per partition of every enabled network.
 
     root (one_for_one)
-     └── farcaster/<shard> (one_for_all: persist, batch, filter, source)
+     ├── farcaster/1 (one_for_all: persist, batch, filter, source)
+     ├── farcaster/2
+     └── <network>/<partition> …
 
 Everything here is wiring; the behaviour lives in the actors, the sink and the supervisor.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
 from weir.actors.batch import BatchPolicy
-from weir.actors.farcaster import SOURCE, GrpcTarget, ShardStats, discover_shards, is_transient, run_shard_connection
-from weir.actors.filter import Predicate
 from weir.actors.pipeline import PipelineStats, build_pipeline
 from weir.bridge import open_asyncio_loop
-from weir.codecs.farcaster_keys import MESSAGE_TYPE_BY_NAME, MESSAGE_TYPES
-from weir.config import Config, FarcasterSettings
-from weir.events import Event
+from weir.config import Config
+from weir.networks import NETWORKS, Network, NetworkContext
+from weir.networks.farcaster import farcaster_predicate  # noqa: F401  (TEMP: benchmarks import it from here)
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
@@ -40,7 +40,7 @@ class PartitionView:
     """One pipeline's live statistics."""
 
     name: str
-    source: ShardStats
+    source: Any  # the network's source statistics (e.g. ShardStats)
     sink: PipelineStats
 
 
@@ -52,30 +52,10 @@ class Service:
     root: Supervisor
     partitions: list[PartitionView]
     breaker: CircuitBreaker
-    node_breaker: CircuitBreaker
+    networks: list[Network]
 
     def stop(self) -> None:
         self.root.stop()
-
-
-def farcaster_predicate(settings: FarcasterSettings) -> Predicate | None:
-    """The local filter, on scanned keys: event types, fids, message types (all must match)."""
-    kinds = frozenset(name.upper() for name in settings.event_types)
-    fids = settings.fids
-    types = frozenset(MESSAGE_TYPES[MESSAGE_TYPE_BY_NAME[name.upper()]] for name in settings.message_types)
-    if not (kinds or fids or types):
-        return None
-
-    def accept(event: Event) -> bool:
-        if kinds and event.kind not in kinds:
-            return False
-        if fids and event.fields.get("fid") not in fids:
-            return False
-        if types and event.fields.get("type") not in types:
-            return False
-        return True
-
-    return accept
 
 
 @asynccontextmanager
@@ -94,27 +74,6 @@ async def open_redis_url(config: Config) -> AsyncIterator[str]:
             yield server.url
         finally:
             (data_dir / REDIS_URL_FILE).unlink(missing_ok=True)
-
-
-async def discover_with_retry(settings: FarcasterSettings, backoff: Backoff, rng: random.Random) -> list[int]:
-    """GetInfo until the node answers: at start-up a node that is down is waited for, loudly."""
-    target = GrpcTarget.from_url(settings.url)
-    attempt = 0
-    while True:
-        try:
-            shards = await discover_shards(target, timeout=settings.connect_timeout)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            delay = backoff.delay(attempt, rng)
-            attempt += 1
-            log.warning("GetInfo on %s failed (%s); retrying in %.2fs", target, exc, delay)
-            await trio.sleep(delay)
-            continue
-        if not shards:
-            raise RuntimeError(f"{target} reports no user shards")
-        log.info("%s has user shards %s", target, shards)
-        return shards
 
 
 async def read_cursor_patiently(
@@ -172,77 +131,70 @@ async def serve(
     rng = random.Random()
     sup = config.supervision
     backoff = Backoff(initial=sup.backoff_initial, maximum=sup.backoff_max)
-    async with open_asyncio_loop(), open_redis_url(config) as redis_url:
-        sink = RedisSink(redis_url, prefix=config.redis.prefix, source=SOURCE, socket_timeout=config.redis.socket_timeout)
-        await sink.open()
-        try:
-            settings = config.farcaster
-            shards = list(settings.shards) or await _unless_stopped(stopping, discover_with_retry(settings, backoff, rng))
-            if shards is None:
-                log.info("stopped before the node answered GetInfo")
+    breaker = CircuitBreaker("redis", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset)
+    context = NetworkContext(backoff=backoff, rng=rng, redis_breaker=breaker)
+    networks = [factory(config, context) for factory in NETWORKS.values() if factory.enabled(config)]
+    if not networks:
+        raise ValueError("no network is enabled: set farcaster.enabled (or another network's) to true")
+    policy = BatchPolicy(
+        max_events=config.batch.max_events,
+        max_bytes=config.batch.max_bytes,
+        max_age=config.batch.max_age_ms / 1000,
+        eager=config.batch.eager,
+    )
+    async with open_asyncio_loop(), open_redis_url(config) as redis_url, AsyncExitStack() as sinks:
+        children: list[ChildSpec] = []
+        views: list[PartitionView] = []
+        for network in networks:
+            sink = RedisSink(redis_url, prefix=config.redis.prefix, source=network.name, socket_timeout=config.redis.socket_timeout)
+            await sink.open()
+            sinks.push_async_callback(_close_shielded, sink)
+            partitions = await _unless_stopped(stopping, network.partitions())
+            if partitions is None:
+                log.info("stopped before %s's partitions were known", network.name)
                 task_status.started(None)
                 return
-            breaker = CircuitBreaker("redis", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset)
-            node_breaker = CircuitBreaker(
-                f"snapchain {settings.url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset
-            )
-            policy = BatchPolicy(
-                max_events=config.batch.max_events,
-                max_bytes=config.batch.max_bytes,
-                max_age=config.batch.max_age_ms / 1000,
-                eager=config.batch.eager,
-            )
-            predicate = farcaster_predicate(settings)
-            children = []
-            views = []
-            for shard in shards:
-                name = f"{SOURCE}/{shard}"
-                view = PartitionView(name=name, source=ShardStats(), sink=PipelineStats())
+            for partition in partitions:
+                view = PartitionView(name=f"{network.name}/{partition}", source=network.new_source_stats(), sink=PipelineStats())
                 views.append(view)
-
-                async def read_cursor(shard: int = shard) -> int | None:
-                    cursor = await read_cursor_patiently(sink, str(shard), breaker, backoff, rng)
-                    return None if cursor is None else cursor.position
-
-                source = functools.partial(
-                    run_shard_connection,
-                    settings=settings,
-                    shard=shard,
-                    read_cursor=read_cursor,
-                    stats=view.source,
-                    backoff=backoff,
-                    breaker=node_breaker,
-                    rng=rng,
+                children.append(
+                    ChildSpec(
+                        name=view.name,
+                        target=_pipeline(network, partition, view, sink, policy, breaker, context, sup).run,
+                        shutdown_grace=30.0,
+                    )
                 )
-                pipeline = build_pipeline(
-                    name,
-                    partition=str(shard),
-                    source=source,
-                    predicate=predicate,
-                    policy=policy,
-                    sink=sink,
-                    breaker=breaker,
-                    backoff=backoff,
-                    stats=view.sink,
-                    max_restarts=sup.max_restarts,
-                    period=sup.period,
-                    rng=rng,
-                )
-                children.append(ChildSpec(name=name, target=pipeline.run, shutdown_grace=30.0))
-            root = Supervisor(
-                "root",
-                children,
-                strategy=Strategy.ONE_FOR_ONE,
-                max_restarts=sup.max_restarts,
-                period=sup.period,
-                backoff=backoff,
-                rng=rng,
-            )
-            service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, node_breaker=node_breaker)
+        root = Supervisor(
+            "root", children, strategy=Strategy.ONE_FOR_ONE, max_restarts=sup.max_restarts, period=sup.period,
+            backoff=backoff, rng=rng,
+        )
+        service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, networks=networks)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(root.run, stopping)
+            task_status.started(service)
 
-            async with trio.open_nursery() as nursery:
-                await nursery.start(root.run, stopping)
-                task_status.started(service)
-        finally:
-            with trio.CancelScope(shield=True):
-                await sink.aclose()
+
+def _pipeline(network: Network, partition: str, view: PartitionView, sink: RedisSink, policy: BatchPolicy,
+              breaker: CircuitBreaker, context: NetworkContext, sup: Any) -> Supervisor:
+    async def read_cursor() -> Cursor | None:
+        return await read_cursor_patiently(sink, partition, breaker, context.backoff, context.rng)
+
+    return build_pipeline(
+        view.name,
+        partition=partition,
+        source=network.source(partition, read_cursor=read_cursor, stats=view.source),
+        predicate=network.predicate(),
+        policy=policy,
+        sink=sink,
+        breaker=breaker,
+        backoff=context.backoff,
+        stats=view.sink,
+        max_restarts=sup.max_restarts,
+        period=sup.period,
+        rng=context.rng,
+    )
+
+
+async def _close_shielded(sink: RedisSink) -> None:
+    with trio.CancelScope(shield=True):
+        await sink.aclose()

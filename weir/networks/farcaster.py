@@ -1,0 +1,104 @@
+"""Farcaster (Snapchain gRPC): one partition per user shard, named by its number."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import trio
+
+from weir.actors.farcaster import SOURCE, GrpcTarget, ShardStats, discover_shards, is_transient, run_shard_connection
+from weir.actors.filter import Predicate
+from weir.codecs.farcaster_keys import MESSAGE_TYPE_BY_NAME, MESSAGE_TYPES
+from weir.config import Config, FarcasterSettings
+from weir.events import Event
+from weir.networks.base import NetworkContext, ReadCursor
+from weir.supervision import CircuitBreaker
+
+log = logging.getLogger("weir.networks.farcaster")
+
+
+def farcaster_predicate(settings: FarcasterSettings) -> Predicate | None:
+    """The local filter, on scanned keys: event types, fids, message types (all must match)."""
+    kinds = frozenset(name.upper() for name in settings.event_types)
+    fids = settings.fids
+    types = frozenset(MESSAGE_TYPES[MESSAGE_TYPE_BY_NAME[name.upper()]] for name in settings.message_types)
+    if not (kinds or fids or types):
+        return None
+
+    def accept(event: Event) -> bool:
+        if kinds and event.kind not in kinds:
+            return False
+        if fids and event.fields.get("fid") not in fids:
+            return False
+        if types and event.fields.get("type") not in types:
+            return False
+        return True
+
+    return accept
+
+
+class FarcasterNetwork:
+    name: ClassVar[str] = SOURCE
+
+    def __init__(self, config: Config, context: NetworkContext) -> None:
+        self.settings = config.farcaster
+        self.context = context
+        sup = config.supervision
+        # One breaker per node, shared by its shards: a node that is down is not hammered by each.
+        self.node_breaker = CircuitBreaker(
+            f"snapchain {self.settings.url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset
+        )
+
+    @staticmethod
+    def enabled(config: Config) -> bool:
+        return config.farcaster.enabled
+
+    async def partitions(self) -> list[str]:
+        if self.settings.shards:
+            return [str(shard) for shard in self.settings.shards]
+        return [str(shard) for shard in await self._discover()]
+
+    async def _discover(self) -> list[int]:
+        """GetInfo until the node answers: at start-up a node that is down is waited for, loudly."""
+        target = GrpcTarget.from_url(self.settings.url)
+        attempt = 0
+        while True:
+            try:
+                shards = await discover_shards(target, timeout=self.settings.connect_timeout)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = self.context.backoff.delay(attempt, self.context.rng)
+                attempt += 1
+                log.warning("GetInfo on %s failed (%s); retrying in %.2fs", target, exc, delay)
+                await trio.sleep(delay)
+                continue
+            if not shards:
+                raise RuntimeError(f"{target} reports no user shards")
+            log.info("%s has user shards %s", target, shards)
+            return shards
+
+    def new_source_stats(self) -> ShardStats:
+        return ShardStats()
+
+    def source(self, partition: str, *, read_cursor: ReadCursor, stats: Any) -> Callable[..., Awaitable[None]]:
+        async def read_position() -> int | None:
+            cursor = await read_cursor()
+            return None if cursor is None else cursor.position
+
+        return functools.partial(
+            run_shard_connection,
+            settings=self.settings,
+            shard=int(partition),
+            read_cursor=read_position,
+            stats=stats,
+            backoff=self.context.backoff,
+            breaker=self.node_breaker,
+            rng=self.context.rng,
+        )
+
+    def predicate(self) -> Predicate | None:
+        return farcaster_predicate(self.settings)
