@@ -53,6 +53,7 @@ def e2e_config(redis_url: str, farcaster_url: str, *, shards: str = "1,2", **ove
         "supervision.breaker_reset": "0.2",
         "supervision.max_restarts": "50",
         "log_level": "WARNING",
+        "metrics.port": "0",  # any free port: tests (and concurrent test runs) never collide
     }
     values.update({key.replace("__", "."): value for key, value in overrides.items()})
     return load_config(environ={}, overrides=values)

@@ -51,6 +51,7 @@ def run_args(redis_url: str, sim_url: str, *extra: str) -> list[str]:
         "--set", "farcaster.idle_timeout=5",
         "--set", "supervision.backoff_initial=0.01",
         "--set", "supervision.backoff_max=0.2",
+        "--set", "metrics.port=0",
         *extra,
     )  # fmt: skip
 

@@ -26,6 +26,7 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import NETWORKS, Network, NetworkContext
 from weir.networks.farcaster import farcaster_predicate  # noqa: F401  (TEMP: benchmarks import it from here)
+from weir.observability.http import Observability, open_observability
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
@@ -53,6 +54,7 @@ class Service:
     partitions: list[PartitionView]
     breaker: CircuitBreaker
     networks: list[Network]
+    observability: Observability | None = None  # the /metrics endpoint (None: disabled or not bound)
 
     def stop(self) -> None:
         self.root.stop()
@@ -164,11 +166,18 @@ async def serve(
                         shutdown_grace=30.0,
                     )
                 )
+        # /metrics, /healthz, /readyz (weir/observability): the root's first child, so it is stopped last.
+        observability = await sinks.enter_async_context(open_observability(config.metrics))
+        if observability is not None:
+            children.insert(0, observability.child_spec())
         root = Supervisor(
             "root", children, strategy=Strategy.ONE_FOR_ONE, max_restarts=sup.max_restarts, period=sup.period,
             backoff=backoff, rng=rng,
         )
-        service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, networks=networks)
+        service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, networks=networks,
+                          observability=observability)
+        if observability is not None:
+            observability.attach(service)
         async with trio.open_nursery() as nursery:
             await nursery.start(root.run, stopping)
             task_status.started(service)

@@ -20,6 +20,8 @@ import attrs
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
 
 MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
+BSKY_RELAY_URL = "wss://bsky.network"
+BSKY_JETSTREAM_URL = "wss://jetstream2.us-east.bsky.network"
 ENV_PREFIX = "WEIR_"
 
 
@@ -72,11 +74,81 @@ class FarcasterSettings:
 
 
 @attrs.frozen(kw_only=True)
+class AtprotoSettings:
+    """The AT Protocol source (docs/atproto.md): the relay firehose or Jetstream, one partition."""
+
+    enabled: bool = False
+    mode: str = "firehose"  # firehose (com.atproto.sync.subscribeRepos, DAG-CBOR) | jetstream (JSON)
+    url: str = BSKY_RELAY_URL  # the firehose relay (mode = firehose)
+    jetstream_url: str = BSKY_JETSTREAM_URL  # the Jetstream server (mode = jetstream)
+    partition: str = ""  # empty: "<mode>-<host>"; the cursor unit (seq vs time_us) differs per mode
+    # Where to begin without a cursor: "live", "oldest" (all retained), or a seq / time_us.
+    start: str = "live"
+    # Filters, applied before records are decoded (Jetstream also gets collections and DIDs).
+    collections: tuple[str, ...] = ()  # exact NSIDs or "prefix.*"; empty: all
+    dids: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()  # create, update, delete
+    kinds: tuple[str, ...] = ()  # commit, identity, account, sync; empty: all
+    record_format: str = "dag-cbor"  # payload of record events: dag-cbor (original bytes) | json
+    compress: bool = False  # Jetstream zstd
+    zstd_dictionary: str = ""  # path to Jetstream's published zstd dictionary (needed for Bluesky's servers)
+    max_frame_bytes: int = 5_000_000
+    max_bad_frames: int = 20  # malformed frames in a row before the connection is dropped and reopened
+    rev_cache: int = 1_000_000  # DIDs whose last rev is remembered (for the stale-rev check)
+    idle_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    read_batch: int = 256
+
+
+@attrs.frozen(kw_only=True)
+class MetricsSettings:
+    """The HTTP endpoint for /metrics, /healthz and /readyz (docs/observability.md)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464  # 0: any free port (the bound one is logged and on Service.observability)
+    # /readyz fails for a partition with events pending and no durable write for this long.
+    stale_after: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class EthereumChainSettings:
+    """One Ethereum-family chain (docs/ethereum.md): a TOML ``[[ethereum.chains]]`` table."""
+
+    chain_id: int = 0  # checked against eth_chainId; the partition name
+    url: str = ""  # ws:// or wss:// JSON-RPC endpoint
+    addresses: tuple[str, ...] = ()  # eth_getLogs address filter; empty: every contract
+    topics: tuple[str, ...] = ()  # topic0 alternatives (OR); empty: every event
+    confirmations: int = 0  # emit a block's logs when this many blocks are on top of it
+    start: str = "latest"  # without a cursor: "latest" (the current head) or a block number
+    block_time: float = 12.0  # seconds, expected
+    idle_blocks: float = 5.0  # no head for idle_blocks x block_time: ask eth_blockNumber, reconnect
+    max_reorg_depth: int = 64  # deepest reorg that is retracted exactly (blocks kept in memory)
+    backfill_blocks: int = 1000  # blocks per eth_getLogs range when catching up (halved when refused)
+    gap_fetch: int = 16  # a gap up to this many blocks is filled block by block, above by ranges
+    request_timeout: float = 10.0
+    connect_timeout: float = 10.0
+
+
+@attrs.frozen(kw_only=True)
+class EthereumSettings:
+    """Ethereum-family chains: one pipeline per chain, partition = chain id."""
+
+    enabled: bool = False
+    chains: tuple[EthereumChainSettings, ...] = ()
+    # Extra event declarations to decode, e.g. "Approval(address indexed owner, address indexed spender, uint256 value)".
+    abis: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     redis: RedisSettings = RedisSettings()
     batch: BatchSettings = BatchSettings()
     supervision: SupervisionSettings = SupervisionSettings()
     farcaster: FarcasterSettings = FarcasterSettings()
+    ethereum: EthereumSettings = EthereumSettings()
+    atproto: AtprotoSettings = AtprotoSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | text | json
 
@@ -86,6 +158,9 @@ _SECTIONS: dict[str, type] = {
     "batch": BatchSettings,
     "supervision": SupervisionSettings,
     "farcaster": FarcasterSettings,
+    "ethereum": EthereumSettings,
+    "atproto": AtprotoSettings,
+    "metrics": MetricsSettings,
 }
 _TOP_LEVEL = {"log_level", "log_format"}
 
@@ -165,6 +240,8 @@ def _build(raw: dict[str, dict[str, tuple[Any, str]]]) -> Config:
 
 def _coerce(name: str, value: Any, kind: Any, origin: str) -> Any:
     kind = str(kind)
+    if kind.startswith("tuple[EthereumChainSettings"):  # outside the try: its errors are already ConfigErrors
+        return _coerce_tables(name, value, EthereumChainSettings, origin)
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -262,7 +339,127 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
             fail(f"farcaster.{key}", "must be positive")
     if fc.read_batch < 1:
         fail("farcaster.read_batch", "must be at least 1")
+    _validate_atproto(config.atproto, fail)
+    if not 0 <= config.metrics.port <= 65535:
+        fail("metrics.port", f"expected 0 (any free port) to 65535, got {config.metrics.port}")
+    if not config.metrics.host:
+        fail("metrics.host", "must not be empty (0.0.0.0 listens on every interface)")
+    if config.metrics.stale_after <= 0:
+        fail("metrics.stale_after", f"must be positive, got {config.metrics.stale_after}")
+    _validate_ethereum(config.ethereum, fail)
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         fail("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
     if config.log_format not in {"auto", "text", "json"}:
         fail("log_format", f"expected auto, text or json, got {config.log_format!r}")
+
+
+_ATPROTO_ACTIONS = ("create", "update", "delete")
+_ATPROTO_KINDS = ("commit", "identity", "account", "sync")
+
+
+def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
+    import re
+
+    if at.mode not in {"firehose", "jetstream"}:
+        fail("atproto.mode", f"expected 'firehose' or 'jetstream', got {at.mode!r}")
+    for key in ("url", "jetstream_url"):
+        parts = urlsplit(getattr(at, key))
+        if parts.scheme not in {"ws", "wss"} or not parts.hostname:
+            fail(f"atproto.{key}", f"expected ws://host[:port] or wss://host[:port], got {getattr(at, key)!r}")
+        try:
+            parts.port
+        except ValueError:
+            fail(f"atproto.{key}", f"invalid port in {getattr(at, key)!r}")
+    if at.partition and not re.fullmatch(r"[A-Za-z0-9._-]+", at.partition):
+        fail("atproto.partition", f"use letters, digits, '.', '_' or '-' only, got {at.partition!r}")
+    if at.start not in {"live", "oldest"} and not at.start.isdigit():
+        fail("atproto.start", f"expected 'live', 'oldest' or a cursor (seq or time_us), got {at.start!r}")
+    for pattern in at.collections:
+        if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(\.\*|\.[A-Za-z0-9-]+)", pattern):
+            fail("atproto.collections", f"expected an NSID (app.bsky.feed.post) or a prefix (app.bsky.*), got {pattern!r}")
+    for did in at.dids:
+        if not re.fullmatch(r"did:[a-z]+:[A-Za-z0-9._:%-]+", did):
+            fail("atproto.dids", f"expected a DID (did:plc:…), got {did!r}")
+    for action in at.actions:
+        if action not in _ATPROTO_ACTIONS:
+            fail("atproto.actions", f"unknown action {action!r}; known: {', '.join(_ATPROTO_ACTIONS)}")
+    for kind in at.kinds:
+        if kind not in _ATPROTO_KINDS:
+            fail("atproto.kinds", f"unknown kind {kind!r}; known: {', '.join(_ATPROTO_KINDS)}")
+    if at.record_format not in {"dag-cbor", "json"}:
+        fail("atproto.record_format", f"expected 'dag-cbor' or 'json', got {at.record_format!r}")
+    if at.zstd_dictionary and not Path(at.zstd_dictionary).is_file():
+        fail("atproto.zstd_dictionary", f"no such file {at.zstd_dictionary!r}")
+    for key in ("max_frame_bytes", "max_bad_frames", "rev_cache", "read_batch"):
+        if getattr(at, key) < 1:
+            fail(f"atproto.{key}", "must be at least 1")
+    for key in ("idle_timeout", "connect_timeout"):
+        if getattr(at, key) <= 0:
+            fail(f"atproto.{key}", "must be positive")
+
+
+def _coerce_tables(name: str, value: Any, cls: type, origin: str) -> tuple[Any, ...]:
+    """An array of tables (TOML ``[[section.key]]``), or the same as JSON text (environment, flags)."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: expected a JSON array of objects, got invalid JSON ({exc}) (from {origin})") from None
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(f"{name}: expected an array of tables ([[{name}]]), got {value!r} (from {origin})")
+    fields = {field.name: field for field in attrs.fields(cls)}
+    items = []
+    for i, table in enumerate(value):
+        values: dict[str, Any] = {}
+        for key, item in table.items():
+            field = fields.get(key)
+            if field is None:
+                raise ConfigError(f"{name}[{i}].{key}: unknown setting (from {origin}); known: {', '.join(fields)}")
+            values[key] = _coerce(f"{name}[{i}].{key}", item, field.type, origin)
+        items.append(cls(**values))
+    return tuple(items)
+
+
+def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
+    import re
+
+    seen: set[int] = set()
+    if eth.enabled and not eth.chains:
+        fail("ethereum.chains", "ethereum is enabled but no [[ethereum.chains]] is configured")
+    for i, chain in enumerate(eth.chains):
+        where = f"[{i}] (chain_id {chain.chain_id})"
+        if chain.chain_id < 1:
+            fail("ethereum.chains", f"{where}: chain_id must be a positive integer")
+        if chain.chain_id in seen:
+            fail("ethereum.chains", f"{where}: chain_id configured twice")
+        seen.add(chain.chain_id)
+        parts = urlsplit(chain.url)
+        if parts.scheme not in {"ws", "wss"} or not parts.hostname:
+            fail("ethereum.chains", f"{where}: url: expected ws://host[:port][/path] or wss://…, got {chain.url!r}")
+        for address in chain.addresses:
+            if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+                fail("ethereum.chains", f"{where}: addresses: expected 0x + 40 hex digits, got {address!r}")
+        for topic in chain.topics:
+            if not re.fullmatch(r"0x[0-9a-fA-F]{64}", topic):
+                fail("ethereum.chains", f"{where}: topics: expected 0x + 64 hex digits, got {topic!r}")
+        if chain.start != "latest" and not chain.start.isdigit():
+            fail("ethereum.chains", f"{where}: start: expected 'latest' or a block number, got {chain.start!r}")
+        if chain.confirmations < 0:
+            fail("ethereum.chains", f"{where}: confirmations must be 0 or more")
+        if chain.max_reorg_depth <= chain.confirmations:
+            fail("ethereum.chains", f"{where}: max_reorg_depth must exceed confirmations")
+        for key in ("block_time", "idle_blocks", "request_timeout", "connect_timeout"):
+            if getattr(chain, key) <= 0:
+                fail("ethereum.chains", f"{where}: {key} must be positive")
+        for key in ("backfill_blocks", "gap_fetch"):
+            if getattr(chain, key) < 1:
+                fail("ethereum.chains", f"{where}: {key} must be at least 1")
+    from weir.codecs.ethereum_logs import EventAbi
+
+    for text in eth.abis:
+        try:
+            EventAbi.parse(text)
+        except ValueError as exc:
+            fail("ethereum.abis", str(exc))

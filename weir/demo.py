@@ -43,6 +43,7 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                     "farcaster.start": "oldest",
                     "farcaster.idle_timeout": "10",
                     "log_level": config.log_level,
+                    "metrics.port": "0",  # any free port (printed below); --set metrics.port=N picks one
                     **{item.partition("=")[0]: item.partition("=")[2] for item in args.set},
                 },
             )
@@ -51,6 +52,8 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
 
             async def watch(service, stopping: trio.Event) -> None:
                 print(f"weir demo: Redis at {service.redis_url} (redis-cli -u {service.redis_url})", file=sys.stderr)
+                if service.observability is not None:
+                    print(f"weir demo: metrics at {service.observability.url}/metrics", file=sys.stderr)
                 start = trio.current_time()
                 last_time, last_done = start, 0
                 tty = sys.stderr.isatty()

@@ -8,11 +8,22 @@ import sys
 import time
 
 
+# Attributes every LogRecord has: anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg (+ exc when there is one)."""
+    """One JSON object per line: ts, level, logger, msg (+ exc when there is one), then the fields.
+
+    Fields are what the call passed as ``extra``, e.g.
+    ``log.warning("...", extra={"event": "disconnect", "partition": "1"})``: each becomes a top-level
+    key (never replacing ts, level, logger, msg or exc). Values that are not JSON scalars, lists or
+    dicts (objects attached for in-process handlers, like the supervisor's ``weir_event``) are left out.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -20,7 +31,14 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        for key, value in record.__dict__.items():
+            if key in _RECORD_ATTRIBUTES or key in entry or key.startswith("_"):
+                continue
+            if isinstance(value, _JSON_SCALARS):
+                entry[key] = value
+            elif isinstance(value, (list, tuple, dict)):
+                entry[key] = value if isinstance(value, dict) else list(value)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:

@@ -237,14 +237,18 @@ class ShardReader:
 
     def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
         self.stats.dead_letters += 1
-        log.warning("shard %d: dead letter at event %s: %s", self.shard, position, reason)
+        log.warning("shard %d: dead letter at event %s: %s", self.shard, position, reason,
+                    extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition,
+                           "position": position, "reason": reason})
         return DeadLetter(source=SOURCE, partition=self.partition, payload=payload, reason=reason, position=position, received=received)
 
     def _report(self, gap: Gap) -> None:
         self.stats.gaps += 1
         if gap.missing > 0:
             self.stats.missed_events += gap.missing
-        log.warning("shard %d: gap (%s): %s", self.shard, gap.kind, gap.detail)
+        log.warning("shard %d: gap (%s): %s", self.shard, gap.kind, gap.detail,
+                    extra={"event": "gap", "source": SOURCE, "partition": self.partition, "kind": gap.kind,
+                           "missing": gap.missing, "detail": gap.detail, "last_id": self.last_id})
 
 
 def _bare_keys(event_type: int, event_id: int) -> HubEventKeys:
@@ -352,8 +356,12 @@ async def run_shard_connection(
                     delay = backoff.delay(attempt, rng)
                     attempt += 1
                     stats.reconnects += 1
+                    resume_from = _resume_from(reader.last_id, settings.start)
                     log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
-                                shard, target, stats.last_error, delay, _resume_from(reader.last_id, settings.start))
+                                shard, target, stats.last_error, delay, resume_from,
+                                extra={"event": "disconnect", "source": SOURCE, "partition": str(shard),
+                                       "url": str(target), "error": stats.last_error, "reconnect_in": round(delay, 3),
+                                       "resume_from": resume_from, "reconnects": stats.reconnects})
                     await trio.sleep(delay)
                 except BaseException:
                     if breaker is not None:
@@ -402,7 +410,9 @@ async def _stream_once(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
         stats.connects += 1
-        log.info("shard %d: subscribing to %s from %s", reader.shard, target, "live" if log_from is None else f"event {log_from}")
+        log.info("shard %d: subscribing to %s from %s", reader.shard, target, "live" if log_from is None else f"event {log_from}",
+                 extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": str(target),
+                        "from_id": log_from, "connects": stats.connects})
         async with raw_receive:
             while True:
                 payloads: list[bytes] | None = None

@@ -28,15 +28,18 @@ async def run_filter(
     cursor must move past filtered-out events, or a restart would read them all again.
 
     Args:
-        on_filtered: called with (partition, kept, dropped) per chunk, for metrics.
+        on_filtered: called with (partition, kept, dropped) for every chunk (also without a
+            predicate), for metrics.
     """
     async with open_inbox(receive, stopping) as inbox:
         task_status.started()
         while (chunk := await inbox.get()) is not None:
+            dropped = 0
             if predicate is not None and chunk.events:
                 kept = [event for event in chunk.events if predicate(event)]
-                if on_filtered is not None:
-                    on_filtered(chunk.partition, len(kept), len(chunk.events) - len(kept))
-                if len(kept) != len(chunk.events):
+                dropped = len(chunk.events) - len(kept)
+                if dropped:
                     chunk = chunk.with_events(kept)
+            if on_filtered is not None:
+                on_filtered(chunk.partition, len(chunk.events), dropped)
             await send.send(chunk)

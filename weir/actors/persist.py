@@ -118,6 +118,8 @@ class _Writer:
                 partition,
                 batch[-1].through,
                 exc,
+                extra={"event": "sink_unavailable", "source": getattr(self.sink, "source", None), "partition": partition,
+                       "through": batch[-1].through, "error": str(exc)},
             )
         else:
             log.debug("partition %s: attempt %d failed: %s", partition, self.failures, exc)
@@ -130,6 +132,9 @@ class _Writer:
                 self.failures,
                 trio.current_time() - self.failing_since,
                 result.cursor,
+                extra={"event": "sink_available", "source": getattr(self.sink, "source", None), "partition": partition,
+                       "failed_attempts": self.failures,
+                       "outage_seconds": round(trio.current_time() - self.failing_since, 3), "cursor": result.cursor},
             )
             self.failing_since = None
             self.failures = 0
@@ -140,4 +145,6 @@ class _Writer:
                 partition,
                 result.stale,
                 result.cursor,
+                extra={"event": "stale_skipped", "source": getattr(self.sink, "source", None), "partition": partition,
+                       "stale": result.stale, "cursor": result.cursor},
             )

@@ -23,6 +23,7 @@ from weir.actors.batch import BatchPolicy, run_batch
 from weir.actors.filter import Predicate, run_filter
 from weir.actors.persist import run_persist
 from weir.events import Chunk
+from weir.observability.buckets import BATCH_SIZE_BOUNDS, LATENCY_BOUNDS, Buckets
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
 # Channel bounds, in chunks (each at most a network read batch). Small on purpose: memory stays
@@ -46,6 +47,21 @@ class PipelineStats:
     purged: int = 0  # chunks discarded from the channels at a restart (the source replays them)
     cursor: int | None = None
     latencies: list[float] = attrs.Factory(list)  # receipt -> durable, seconds (bounded sample)
+    # For the metrics (weir/observability), all updated per chunk or per batch, never per event:
+    filtered: int = 0  # events the filter dropped
+    in_flight: int = 0  # events past the filter and not yet durable (0 after a restart: they are replayed)
+    last_write: float | None = None  # trio.current_time() of the last durable write
+    started_at: float | None = None  # trio.current_time() of the pipeline's first start
+    batch_sizes: Buckets = attrs.Factory(lambda: Buckets(BATCH_SIZE_BOUNDS))  # events per batch
+    latency: Buckets = attrs.Factory(lambda: Buckets(LATENCY_BOUNDS))  # receipt -> durable, per chunk
+    # Live handles read at scrape time (set by build_pipeline): channel name -> its receive end, and
+    # the pipeline's supervisor.
+    channels: dict[str, Any] = attrs.Factory(dict)
+    supervisor: Any = None
+
+    def on_filtered(self, partition: str, kept: int, dropped: int) -> None:
+        self.filtered += dropped
+        self.in_flight += kept
 
     def record(self, result: Any, chunks: list[Chunk]) -> None:
         self.appended += result.appended
@@ -54,6 +70,17 @@ class PipelineStats:
         self.batches += 1
         self.cursor = result.cursor
         now = trio.current_time()
+        self.last_write = now
+        events = 0
+        latency = self.latency
+        for chunk in chunks:
+            if chunk.events:
+                # A chunk is one network read: its events share a receipt time (the first one's is
+                # the oldest otherwise), so a chunk is one weighted observation.
+                events += len(chunk.events)
+                latency.observe(now - chunk.events[0].received, len(chunk.events))
+        self.batch_sizes.observe(events)
+        self.in_flight = max(0, self.in_flight - events)
         room = LATENCY_SAMPLES - len(self.latencies)
         if room > 0:
             for chunk in chunks:
@@ -110,6 +137,9 @@ def build_pipeline(
     async def persist_first_after_purge(stopping: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         # persist starts first: under one_for_all every other actor is stopped at this point.
         stats.purged += purge(filter_receive, batch_receive, persist_receive)
+        stats.in_flight = 0  # every actor is stopped and the channels are empty: nothing is in flight
+        if stats.started_at is None:
+            stats.started_at = trio.current_time()
         await run_persist(
             stopping, receive=persist_receive, sink=sink, breaker=breaker, backoff=backoff,
             on_written=on_written, rng=rng, task_status=task_status,
@@ -124,12 +154,14 @@ def build_pipeline(
         ),
         ChildSpec(
             name=f"{name}/filter",
-            target=functools.partial(run_filter, receive=filter_receive, send=filter_send, predicate=predicate),
+            target=functools.partial(
+                run_filter, receive=filter_receive, send=filter_send, predicate=predicate, on_filtered=stats.on_filtered
+            ),
             shutdown_grace=5.0,
         ),
         ChildSpec(name=f"{name}/source", target=functools.partial(source, send=source_send), shutdown_grace=5.0),
     ]
-    return Supervisor(
+    supervisor = Supervisor(
         name,
         children,
         strategy=Strategy.ONE_FOR_ALL,
@@ -139,3 +171,6 @@ def build_pipeline(
         rng=rng,
         on_event=on_event,
     )
+    stats.channels = {"source_to_filter": filter_receive, "filter_to_batch": batch_receive, "batch_to_persist": persist_receive}
+    stats.supervisor = supervisor
+    return supervisor

@@ -1,7 +1,9 @@
 """``python -m weir.sim snapchain [options]``: run a simulated network until SIGTERM/SIGINT.
 
 Prints exactly one line, ``weir-sim snapchain listening on HOST:PORT``, once it is serving (the
-readiness signal ``weir.sim.process`` waits for); logs go to stderr.
+readiness signal ``weir.sim.process`` waits for); logs go to stderr. Chaos control (used by
+``weir.chaos.processes``): SIGUSR1 drops every open stream, SIGUSR2 toggles answering every new
+call with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import logging
 import signal
 import sys
+
+from grpclib.const import Status
 
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.snapchain import serve_snapchain
@@ -37,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--max-block-events", type=int, default=40)
     snap.add_argument("--pregenerate", action="store_true", help="generate all --total events before serving")
     snap.add_argument("--log-level", default="WARNING")
+    at = networks.add_parser("atproto", help="an AT Protocol relay (firehose) and Jetstream server (WebSocket)")
+    at.add_argument("--host", default="127.0.0.1")
+    at.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
+    at.add_argument("--seed", type=int, default=1)
+    at.add_argument("--total", type=int, default=1000, help="events in the history")
+    at.add_argument("--rate", type=float, default=0.0, help="events/s released; 0 = all at once")
+    at.add_argument("--dids", type=int, default=40)
+    at.add_argument("--corrupt-every", type=_optional_int, default=None)
+    at.add_argument("--drop-after", type=_optional_int, default=None, help="ConsumerTooSlow after N frames per connection")
+    at.add_argument("--reject-first", type=int, default=0, help="answer the first N handshakes with HTTP 429")
+    at.add_argument("--exclusive-replay", action="store_true", help="replay after the cursor, not from it")
+    at.add_argument("--log-level", default="WARNING")
+    from weir.sim import ethereum_main
+
+    ethereum_main.add_parser(networks)
     return parser
 
 
@@ -61,6 +80,15 @@ async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int) -> No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     sim, bound = await serve_snapchain(config, host, port)
+    failing = False
+
+    def toggle_error() -> None:
+        nonlocal failing
+        failing = not failing
+        sim.set_error(Status.UNAVAILABLE if failing else None)
+
+    loop.add_signal_handler(signal.SIGUSR1, sim.drop_streams)  # chaos control, see the docstring
+    loop.add_signal_handler(signal.SIGUSR2, toggle_error)
     try:
         print(f"weir-sim snapchain listening on {host}:{bound}", flush=True)
         await stop.wait()
@@ -72,12 +100,35 @@ async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int) -> No
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    if args.network == "atproto":
+        return _main_atproto(args)
+    if args.network == "ethereum":
+        from weir.sim import ethereum_main
+
+        return ethereum_main.main(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"weir-sim: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_run_snapchain(config, args.host, args.port))
+    return 0
+
+
+def _main_atproto(args: argparse.Namespace) -> int:
+    import trio
+
+    from weir.sim.atproto import serve_atproto_sim
+    from weir.sim.atproto_data import AtprotoSimConfig
+
+    config = AtprotoSimConfig(
+        seed=args.seed, total=args.total, rate=args.rate, dids=args.dids, corrupt_every=args.corrupt_every,
+        drop_after=args.drop_after, reject_first=args.reject_first, inclusive_replay=not args.exclusive_replay,
+    )
+    try:
+        trio.run(serve_atproto_sim, config, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from weir.sim.atproto_data import AtprotoSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
 READY_PREFIX = "weir-sim snapchain listening on "
@@ -99,6 +100,51 @@ async def open_snapchain_sim(
             raise SimulatorFailed(f"simulator did not become ready (exit code {process.poll()}, said {text!r})")
         bound_host, _, bound_port = text[len(READY_PREFIX):].rpartition(":")
         yield SimProcess(host=bound_host, port=int(bound_port), pid=process.pid, config=config)
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(stop_grace):
+                    await process.wait()
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
+
+
+@asynccontextmanager
+async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1", port: int = 0,
+                           ready_timeout: float = 60.0, stop_grace: float = 5.0) -> AsyncIterator[str]:
+    """Start ``python -m weir.sim atproto`` (firehose and Jetstream on one port); yield its ``ws://HOST:PORT``.
+
+    Raises:
+        SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
+    """
+    args = [sys.executable, "-m", "weir.sim", "atproto", "--host", host, "--port", str(port), "--seed", str(config.seed),
+            "--total", str(config.total), "--rate", repr(config.rate), "--dids", str(config.dids),
+            "--reject-first", str(config.reject_first)]
+    for flag, value in (("--corrupt-every", config.corrupt_every), ("--drop-after", config.drop_after)):
+        if value is not None:
+            args += [flag, str(value)]
+    if not config.inclusive_replay:
+        args.append("--exclusive-replay")
+    prefix = "weir-sim atproto listening on "
+    process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.move_on_after(ready_timeout):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(256)
+                if not chunk:
+                    break
+                line += chunk
+        text = line.decode(errors="replace").strip()
+        if not text.startswith(prefix):
+            raise SimulatorFailed(f"atproto simulator did not become ready (exit code {process.poll()}, said {text!r})")
+        yield f"ws://{text[len(prefix):]}"
     finally:
         with trio.CancelScope(shield=True):
             if process.poll() is None:

@@ -245,6 +245,14 @@ class CircuitBreaker:
             new.value,
             self._failures,
             self._timeout,
+            extra={
+                "event": "breaker_change",
+                "breaker": self._name,
+                "previous": old.value,
+                "state": new.value,
+                "failures": self._failures,
+                "reset_timeout": self._timeout,
+            },
         )
         self._notify()
         if self._on_change is not None:

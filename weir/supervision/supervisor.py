@@ -40,6 +40,17 @@ _LEVELS = {
 }
 
 
+# The ``event`` field of each kind's log record (machine-readable logs, see weir/logs.py).
+_LOG_EVENTS = {
+    "started": "start",
+    "exited": "exit",
+    "stopped": "stop",
+    "crashed": "crash",
+    "restarting": "restart",
+    "escalated": "escalation",
+}
+
+
 # Backoff is frozen, so one shared default instance is safe.
 _DEFAULT_BACKOFF = Backoff()
 
@@ -478,7 +489,16 @@ class Supervisor:
             f"child {event.child}" if event.child is not None else "supervisor",
             kind,
             " ".join(details),
-            extra={"weir_event": event},
+            extra={
+                "weir_event": event,
+                "event": _LOG_EVENTS[kind],
+                "supervisor": event.supervisor,
+                "child": event.child,
+                "strategy": event.strategy,
+                "error": event.error,
+                "delay": round(event.delay, 3),
+                "restarts_in_period": event.restarts_in_period,
+            },
         )
         if self._on_event is not None:
             try:

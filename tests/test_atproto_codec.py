@@ -1,0 +1,251 @@
+"""Sans-IO AT Protocol codecs: DAG-CBOR / CAR, firehose frames, Jetstream messages, the readers.
+
+Properties (hypothesis): arbitrary bytes never crash the frame decoder (only FrameError); the
+DAG-CBOR encoder and decoder round-trip; simulator frames decode to exactly their records.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from weir.actors.atproto import AtprotoStats, FirehoseReader, JetstreamReader, RevTracker, connect_url
+from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_firehose import FrameError, RecordFilter, decode_frame
+from weir.codecs.atproto_jetstream import JetstreamDecoder
+from weir.config import load_config
+from weir.sim.atproto_data import AtprotoSimConfig, error_frame, expected_records, generate_history, info_frame
+
+HISTORY = generate_history(AtprotoSimConfig(seed=2, total=300, corrupt_every=20))
+FRAMES = [event.frame for event in HISTORY]
+
+
+def reader(**kwargs) -> FirehoseReader:
+    return FirehoseReader(partition="p", stats=AtprotoStats(), **kwargs)
+
+
+# ----------------------------------------------------------------------------- DAG-CBOR, CAR
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=20)
+    | st.builds(cbor.CID.of_block, st.binary(max_size=8)),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(cbor_values)
+def test_dag_cbor_round_trips_and_agrees_with_libipld(value):
+    import libipld
+
+    encoded = cbor.encode(value)
+    assert cbor.decode(encoded) == value
+    assert cbor.from_json(json.loads(json.dumps(cbor.to_json(value)))) == value
+    assert libipld.encode_dag_cbor(libipld.decode_dag_cbor(encoded)) == encoded or _has_cid(value)
+
+
+def _has_cid(value) -> bool:
+    if isinstance(value, cbor.CID):
+        return True
+    if isinstance(value, dict):
+        return any(_has_cid(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_cid(v) for v in value)
+    return False
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\xa2aa\x01aa\x02", "out of canonical order"),
+        (b"\x18\x05", "non-minimal"),
+        (b"\xfb" + bytes(8), "no floats"),
+        (b"\xc1\x00", "only tag 42"),
+        (b"\x9f\xff", "indefinite"),
+        (b"\x01\x02", "trailing bytes"),
+        (b"\x62a", "runs past the end"),
+    ],
+)
+def test_strict_decoder_names_the_problem_and_offset(data, message):
+    with pytest.raises(cbor.CborError, match=message):
+        cbor.decode(data)
+
+
+def test_car_index_finds_every_block_and_verify_detects_a_bad_one():
+    blocks = [(cbor.CID.of_block(b), b) for b in (cbor.encode({"a": i}) for i in range(5))]
+    car = cbor.encode_car([blocks[0][0]], blocks)
+    index = cbor.index_car(car)
+    assert {cid: car[s:e] for cid, (s, e) in index.items()} == {cid.raw: data for cid, data in blocks}
+    assert cbor.verify_block(blocks[0][0].raw, blocks[0][1]) is None
+    assert "sha-256 differs" in cbor.verify_block(blocks[0][0].raw, blocks[1][1])
+    with pytest.raises(cbor.CborError, match="runs past the end"):
+        cbor.index_car(car[:-3])
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def test_simulator_frames_decode_to_exactly_their_records():
+    chunk = reader().read(FRAMES, 0.0)
+    expected, dead = expected_records(HISTORY)
+    assert [(e.position, e.sub, e.kind, e.payload) for e in chunk.events] == [(x.position, x.sub, x.kind, x.data) for x in expected]
+    assert [d.position for d in chunk.dead] == dead and dead
+    assert all("does not match its CID" in d.reason for d in chunk.dead)
+    assert chunk.through == HISTORY[-1].seq
+
+
+def test_filter_applies_before_records_and_keeps_op_indexes():
+    keep = RecordFilter.build(collections=["app.bsky.feed.*"], actions=["create"], kinds=["commit"])
+    chunk = reader(keep=keep).read(FRAMES, 0.0)
+    assert chunk.events and all(e.fields["collection"].startswith("app.bsky.feed.") and e.fields["action"] == "create" for e in chunk.events)
+    want = [(x.position, x.sub) for x in expected_records(HISTORY, collections=("app.bsky.feed.*",))[0]
+            if x.kind == "commit" and x.fields["action"] == "create"]
+    assert [(e.position, e.sub) for e in chunk.events] == want
+    # a filtered-out op never has its block looked up: a corrupt commit whose bad record is filtered out is fine
+    corrupt = next(e for e in HISTORY if e.corrupt)
+    bad = next(op for op in corrupt.ops if op.tampered)
+    others = [c for c in ("app.bsky.feed.post", "app.bsky.graph.follow") if c != bad.collection]
+    frame = decode_frame(corrupt.frame, keep=RecordFilter.build(collections=others))
+    assert all(op.collection != bad.collection for op in frame.ops)
+
+
+def test_replay_at_or_below_the_cursor_is_skipped():
+    r = reader(last_id=HISTORY[99].seq)
+    chunk = r.read(FRAMES[90:110], 0.0)
+    assert min(e.position for e in chunk.events) > HISTORY[99].seq
+    assert r.stats.duplicates_skipped == 10
+
+
+def test_stale_rev_is_reported_and_dropped():
+    commit = next(e for e in HISTORY if e.kind == "commit" and not e.corrupt)
+    r = reader()
+    r.revs.advance(commit.did, "zzzzzzzzzzzzz")
+    chunk = r.read([commit.frame], 0.0)
+    assert chunk.events == [] and r.stats.stale_revs == 1 and chunk.through == commit.seq
+
+
+def test_rev_tracker_is_bounded():
+    tracker = RevTracker(capacity=2)
+    assert tracker.advance("a", "1") and tracker.advance("b", "1") and tracker.advance("c", "1")
+    assert tracker.advance("a", "0")  # forgotten, so accepted again
+    assert not tracker.advance("c", "0")
+
+
+def test_info_error_and_unknown_frames():
+    unknown = cbor.encode({"t": "#new", "op": 1}) + cbor.encode({"seq": 1})
+    r = reader()
+    chunk = r.read([info_frame("OutdatedCursor"), unknown, FRAMES[0], error_frame("ConsumerTooSlow", "slow"), FRAMES[1]], 0.0)
+    assert r.stats.infos == 1 and r.stats.unknown_frames == 1 and r.stats.relay_errors == 1
+    assert r.relay_error is not None and r.relay_error.name == "ConsumerTooSlow"
+    assert chunk.through == HISTORY[0].seq  # nothing after the error frame is read
+
+
+def test_malformed_frames_become_dead_letters_with_their_position():
+    body = cbor.decode(HISTORY[0].body)
+    bad = cbor.encode({"t": "#commit", "op": 1}) + cbor.encode({**body, "ops": [{"action": "create", "path": "nope", "cid": None}]})
+    r = reader()
+    chunk = r.read([b"\x00garbage", bad, FRAMES[1]], 0.0)
+    assert [d.position for d in chunk.dead] == [None, HISTORY[0].seq]
+    assert "not DAG-CBOR" in chunk.dead[0].reason and "is not collection/rkey" in chunk.dead[1].reason
+    assert r.consecutive_bad == 0 and chunk.through == HISTORY[1].seq
+
+
+def test_frame_size_limit():
+    with pytest.raises(FrameError, match="exceeds the 100-byte limit"):
+        decode_frame(FRAMES[0], max_frame=100)
+
+
+def test_json_form_of_records():
+    chunk = reader(record_format="json").read(FRAMES[:30], 0.0)
+    records = [e for e in chunk.events if e.kind == "commit" and e.payload]
+    for event in records:
+        doc = json.loads(event.payload)
+        assert doc["$type"] == event.fields["collection"]
+        assert cbor.CID.of_block(cbor.encode(cbor.from_json(doc))) == cbor.CID.parse(event.fields["cid"])
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400))
+def test_random_bytes_never_crash_the_frame_decoder(data):
+    try:
+        decode_frame(data)
+    except FrameError:
+        pass
+
+
+@settings(max_examples=300)
+@given(st.integers(0, len(FRAMES) - 1), st.integers(0, 10_000), st.integers(0, 255), st.integers(1, 50))
+def test_damaged_frames_never_crash_the_reader(which, at, value, cut):
+    frame = bytearray(FRAMES[which])
+    frame[at % len(frame)] = value
+    for data in (bytes(frame), bytes(frame[: max(1, len(frame) - cut)])):
+        try:
+            decode_frame(data)
+        except FrameError:
+            pass
+        reader().read([data], 0.0)  # never raises: a dead letter at worst
+
+
+# ----------------------------------------------------------------------------- Jetstream
+
+
+def test_jetstream_messages_give_the_firehose_shape():
+    messages = [m for event in HISTORY for _, m in event.jetstream]
+    r = JetstreamReader(partition="p", stats=AtprotoStats())
+    chunk = r.read(messages, 0.0)
+    expected, dead = expected_records(HISTORY, mode="jetstream")
+    assert [(e.position, e.kind, e.payload) for e in chunk.events] == [(x.position, x.kind, x.data) for x in expected]
+    assert [d.position for d in chunk.dead] == dead
+
+
+def test_jetstream_zstd_and_errors():
+    import zstandard
+
+    message = HISTORY[0].jetstream[0][1]
+    decoder = JetstreamDecoder()
+    assert decoder.decode(zstandard.ZstdCompressor().compress(message.encode())).kind == "commit"
+    with pytest.raises(FrameError, match="not a zstd frame"):
+        decoder.decode(b"\x00\x01")
+    with pytest.raises(FrameError, match="not JSON"):
+        decoder.decode("{")
+    with pytest.raises(FrameError, match="time_us"):
+        decoder.decode('{"kind": "commit"}')
+
+
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_random_jetstream_messages_never_crash(data):
+    try:
+        JetstreamDecoder().decode(data)
+    except FrameError:
+        pass
+
+
+def test_connect_urls():
+    config = load_config(environ={}, overrides={"atproto.url": "ws://h:1", "atproto.jetstream_url": "ws://j:2",
+                                                "atproto.collections": "app.bsky.feed.post,app.bsky.graph.*"})
+    assert connect_url(config.atproto, 42) == "ws://h:1/xrpc/com.atproto.sync.subscribeRepos?cursor=42"
+    assert connect_url(config.atproto, None) == "ws://h:1/xrpc/com.atproto.sync.subscribeRepos"
+    js = load_config(environ={}, overrides={"atproto.mode": "jetstream", "atproto.jetstream_url": "ws://j:2",
+                                            "atproto.collections": "app.bsky.graph.*", "atproto.compress": "true"})
+    assert connect_url(js.atproto, 7) == "ws://j:2/subscribe?wantedCollections=app.bsky.graph.%2A&cursor=7&compress=true"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("mode", "relay", "expected 'firehose' or 'jetstream'"),
+        ("url", "http://x", "expected ws://"),
+        ("collections", "app bsky", "expected an NSID"),
+        ("dids", "plc:abc", "expected a DID"),
+        ("actions", "edit", "unknown action"),
+        ("partition", "a:b", "use letters, digits"),
+    ],
+)
+def test_config_errors_name_the_field(key, value, message):
+    from weir.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"atproto.{key}: {message}"):
+        load_config(environ={}, overrides={f"atproto.{key}": value})

@@ -1,0 +1,145 @@
+"""The Ethereum source end to end: ``serve()`` against simulated nodes (real WebSockets) and a real redis-server.
+
+The checker replays the stream: a ``log`` entry adds its key, a ``retract`` entry removes it (and
+must find it). What remains must be exactly the logs of the simulator's final canonical chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from weir.config import load_config
+from weir.sim.ethereum import EthereumSim, EthereumSimConfig, serve_ethereum_sim
+from weir.sinks.keys import partition_keys
+
+from helpers import running_service, wait_for
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 20.0
+
+
+def eth_config(redis_url: str, chains: list[dict]):
+    return load_config(environ={}, overrides={
+        "redis.url": redis_url,
+        "redis.socket_timeout": "1",
+        "farcaster.enabled": "false",
+        "metrics.port": "0",
+        "ethereum.enabled": "true",
+        "ethereum.chains": json.dumps(chains),
+        "supervision.backoff_initial": "0.01",
+        "supervision.backoff_max": "0.1",
+        "supervision.breaker_reset": "0.1",
+        "supervision.max_restarts": "50",
+        "log_level": "WARNING",
+    })
+
+
+def chain(sim: EthereumSim, **extra) -> dict:
+    return {"chain_id": sim.config.chain_id, "url": sim.url, "start": "0", "block_time": 0.02, "request_timeout": 5,
+            "connect_timeout": 2, **extra}
+
+
+@asynccontextmanager
+async def simulated(*configs: EthereumSimConfig):
+    async with trio.open_nursery() as nursery:
+        sims = [await nursery.start(serve_ethereum_sim, config) for config in configs]
+        yield sims
+        nursery.cancel_scope.cancel()
+
+
+async def cursor_token(client, chain_id: int) -> str | None:
+    value = await client("HGET", partition_keys("ethereum", str(chain_id)).cursor, "token")
+    return None if value is None else value.decode()
+
+
+def settled_token(sim: EthereumSim, confirmations: int = 0) -> str:
+    number = sim.chain.head_number - confirmations
+    return f"{number}:{sim.chain.canonical[number]}"
+
+
+async def caught_up(client, sim: EthereumSim, confirmations: int = 0) -> bool:
+    return sim.finished.is_set() and await cursor_token(client, sim.config.chain_id) == settled_token(sim, confirmations)
+
+
+async def assert_canonical(client, sim: EthereumSim, confirmations: int = 0) -> Counter:
+    """Replay the stream; what is not retracted equals the canonical logs. Returns the kinds seen."""
+    chain_id = sim.config.chain_id
+    entries = await client("XRANGE", partition_keys("ethereum", str(chain_id)).events, "-", "+")
+    held: set[bytes] = set()
+    kinds: Counter = Counter()
+    for entry_id, fields in entries:
+        key, kind = fields[b"key"], fields[b"kind"]
+        kinds[kind] += 1
+        if kind == b"log":
+            assert key not in held, f"{entry_id!r}: {key!r} emitted twice without a retraction between"
+            held.add(key)
+        else:
+            assert kind == b"retract", kind
+            assert key in held, f"{entry_id!r}: retraction of {key!r}, which is not held"
+            held.remove(key)
+    want = {f"{chain_id}:{h}:{i}".encode() for h, i in sim.chain.canonical_logs(sim.chain.head_number - confirmations)}
+    assert held == want, f"lost {len(want - held)}, unexpected {len(held - want)}"
+    return kinds
+
+
+async def test_reorgs_of_depth_1_to_10_leave_exactly_the_canonical_logs(redis_server, redis_client):
+    # history: a backfill at start with a result cap that forces range splits; drops: reconnects
+    sim_config = EthereumSimConfig(chain_id=7, seed=3, block_time=0.01, logs_per_block=3, history=40, blocks=150,
+                                   reorg_every=5, min_reorg_depth=1, max_reorg_depth=10, max_logs=25, drop_every=40)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim, backfill_blocks=40, gap_fetch=4)])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the cursor to reach the final head")
+            stats = service.partitions[0].source
+        depths = {depth for depth, _ in sim.chain.reorgs}
+        assert len(sim.chain.reorgs) >= 10 and max(depths) >= 6
+        kinds = await assert_canonical(redis_client, sim)
+        assert kinds[b"retract"] > 0
+        assert stats.reorgs > 0 and stats.range_splits > 0 and stats.reconnects >= 2
+        entry = (await redis_client("XRANGE", partition_keys("ethereum", "7").events, "-", "+", "COUNT", 1))[0][1]
+        raw = json.loads(entry[b"data"])
+        assert entry[b"block_hash"].decode() == raw["blockHash"] and int(entry[b"block"]) == int(raw["blockNumber"], 16)
+        assert entry[b"event"] == b"Transfer" and json.loads(entry[b"decoded"])["standard"] in ("erc20", "erc721")
+
+
+async def test_reorg_while_weir_is_down_is_detected_and_retracted_on_restart(redis_server, redis_client):
+    sim_config = EthereumSimConfig(chain_id=8, seed=4, block_time=0.01, logs_per_block=2, history=10, blocks=40)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)])
+        async with running_service(config):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the first run to catch up")
+        before = await cursor_token(redis_client, 8)
+        # while weir is down the node reorgs 5 blocks under the cursor block
+        sim.chain.reorgs.clear()
+        sim.config = sim_config  # unchanged; the reorg is forced below
+        depth = 5
+        del sim.chain.canonical[len(sim.chain.canonical) - depth :]
+        for _ in range(depth + 2):
+            sim.chain._extend()
+        assert before != settled_token(sim)
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the restart to catch up")
+            assert service.partitions[0].source.reorgs == 1
+        kinds = await assert_canonical(redis_client, sim)
+        assert kinds[b"retract"] == depth * 2
+
+
+async def test_two_chains_at_once_one_with_confirmations(redis_server, redis_client):
+    fast = EthereumSimConfig(chain_id=1, seed=5, block_time=0.01, logs_per_block=2, history=5, blocks=60,
+                             reorg_every=4, max_reorg_depth=2)
+    confirmed = EthereumSimConfig(chain_id=137, seed=6, block_time=0.01, logs_per_block=2, history=5, blocks=60,
+                                  reorg_every=4, max_reorg_depth=2)
+    async with simulated(fast, confirmed) as (a, b):
+        config = eth_config(redis_server.url, [chain(a), chain(b, confirmations=3)])
+        async with running_service(config):
+            await wait_for(lambda: caught_up(redis_client, a), timeout=TIMEOUT, what="chain 1 to catch up")
+            await wait_for(lambda: caught_up(redis_client, b, 3), timeout=TIMEOUT, what="chain 137 to catch up")
+        assert (await assert_canonical(redis_client, a))[b"retract"] > 0
+        # reorgs of at most 2 blocks never touch blocks 3 deep: nothing is ever retracted
+        assert (await assert_canonical(redis_client, b, 3))[b"retract"] == 0

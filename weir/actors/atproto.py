@@ -1,0 +1,581 @@
+"""AT Protocol connection actor: a relay's firehose (or a Jetstream server) -> chunks of events.
+
+One WebSocket (trio-websocket) per partition. Messages are read a list at a time (whatever is
+queued, up to ``read_batch``), turned into events by a sans-IO reader (:class:`FirehoseReader` or
+:class:`JetstreamReader`) and sent down the pipeline as one :class:`~weir.events.Chunk` per list,
+so all ops of one commit (one ``seq``) always travel together.
+
+What one Redis entry holds (docs/atproto.md): one event per commit op, id ``<seq>-<op index>``
+(Jetstream: ``<time_us>-0``); ``data`` is the record block's original DAG-CBOR bytes (verified
+against its CID), or its JSON form with ``atproto.record_format = "json"``; deletes carry no data.
+``#identity`` / ``#account`` / ``#sync`` are events of their own kind (``data`` = the body).
+
+Resume: the cursor is the last persisted seq (time_us); the connection asks for ``cursor=`` it and
+skips anything at or below it, because relays disagree on whether replay is inclusive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import attrs
+import trio
+import trio_websocket
+
+from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_firehose import KEEP_ALL, FrameError, RecordFilter, decode_frame
+from weir.codecs.atproto_jetstream import JetstreamDecoder
+from weir.config import AtprotoSettings
+from weir.events import Chunk, DeadLetter, Event
+from weir.supervision import Backoff, CircuitBreaker
+
+log = logging.getLogger("weir.actors.atproto")
+
+SOURCE = "atproto"
+FIREHOSE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
+JETSTREAM_PATH = "/subscribe"
+MAX_RETRY_AFTER = 300.0
+
+
+class IdleStream(Exception):
+    """The connection stayed open but delivered nothing for longer than the idle timeout."""
+
+
+class RelayError(Exception):
+    """The relay sent an error frame (``FutureCursor``, ``ConsumerTooSlow``, …) and closes."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}" if message else name)
+        self.name = name
+
+
+class TooManyBadFrames(Exception):
+    """Malformed frames kept arriving in a row: the connection is reopened."""
+
+
+@attrs.define(eq=False)
+class AtprotoStats:
+    """Live counters of one AT Protocol connection (read by the CLI's progress line and metrics)."""
+
+    connected: bool = False
+    connects: int = 0
+    reconnects: int = 0
+    received: int = 0  # WebSocket messages
+    events: int = 0  # events produced (after the filter)
+    filtered: int = 0  # ops / events the filter dropped
+    dead_letters: int = 0
+    duplicates_skipped: int = 0  # at or below the cursor (replay)
+    stale_revs: int = 0  # commits whose rev was not above the DID's last rev: dropped
+    unknown_frames: int = 0
+    infos: int = 0
+    relay_errors: int = 0
+    gaps: int = 0  # firehose seqs have gaps by design; kept for the common stats interface
+    last_id: int | None = None
+    last_error: str | None = None
+
+
+@attrs.define(eq=False)
+class RevTracker:
+    """The last rev seen per DID, for at most ``capacity`` DIDs (least recently updated forgotten)."""
+
+    capacity: int = 1_000_000
+    _revs: dict[str, str] = attrs.Factory(dict)
+
+    def advance(self, did: str, rev: str, *, allow_equal: bool = False) -> bool:
+        """Record ``rev`` for ``did``; False (nothing recorded) if it does not move forward."""
+        last = self._revs.get(did)
+        if last is not None:
+            if rev < last or (rev == last and not allow_equal):
+                return False
+            del self._revs[did]  # re-insert: the dict's order is the eviction order
+        elif len(self._revs) >= self.capacity:
+            del self._revs[next(iter(self._revs))]
+        self._revs[did] = rev
+        return True
+
+
+def _timestamp(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@attrs.define(eq=False)
+class _ReaderBase:
+    partition: str
+    stats: AtprotoStats
+    keep: RecordFilter = KEEP_ALL
+    record_format: str = "dag-cbor"
+    revs: RevTracker = attrs.Factory(RevTracker)
+    last_id: int | None = None  # the resume position (seq / time_us)
+    consecutive_bad: int = 0
+    progress: int = 0  # frames that advanced the position (a connection that made progress)
+    relay_error: RelayError | None = None  # set by an error frame: raise after handing on the chunk
+    _unplaced: list[DeadLetter] = attrs.Factory(list)
+
+    def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
+        self.stats.dead_letters += 1
+        log.warning("%s: dead letter at %s: %s", self.partition, position, reason)
+        return DeadLetter(source=SOURCE, partition=self.partition, payload=payload, reason=reason, position=position, received=received)
+
+    def _finish(self, events: list[Event], dead: list[DeadLetter], last_id: int | None, count: int) -> Chunk | None:
+        self.stats.received += count
+        self.stats.events += len(events)
+        if last_id is None:
+            self._unplaced = dead
+            return None
+        self.last_id = last_id
+        self.stats.last_id = last_id
+        return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
+
+
+@attrs.define(eq=False)
+class FirehoseReader(_ReaderBase):
+    """Turns firehose frames into chunks of per-op events; keeps the resume seq (no I/O)."""
+
+    max_frame: int = 5_000_000
+
+    def read(self, frames: list[bytes | str], received: float) -> Chunk | None:
+        events: list[Event] = []
+        dead, self._unplaced = self._unplaced, []
+        last = self.last_id
+        keep = self.keep
+        for frame in frames:
+            if isinstance(frame, str):
+                frame = frame.encode()
+                failure: FrameError | None = FrameError("text message on the firehose (frames are binary)")
+            else:
+                failure = None
+            try:
+                if failure is not None:
+                    raise failure
+                decoded = decode_frame(frame, keep=keep, max_frame=self.max_frame)
+            except FrameError as exc:
+                if exc.seq is not None and last is not None and exc.seq <= last:
+                    self.stats.duplicates_skipped += 1
+                    continue
+                self.consecutive_bad += 1
+                dead.append(self._dead(frame, str(exc), exc.seq, received))
+                if exc.seq is not None:
+                    last = exc.seq
+                continue
+            self.consecutive_bad = 0
+            kind = decoded.kind
+            seq = decoded.seq
+            if seq is None:
+                if kind == "info":
+                    self.stats.infos += 1
+                    log.warning("%s: relay info %s: %s", self.partition, decoded.body["name"], decoded.body["message"])
+                elif kind == "error":
+                    self.stats.relay_errors += 1
+                    self.relay_error = RelayError(decoded.type, decoded.body["message"])
+                    log.warning("%s: relay error frame %s", self.partition, self.relay_error)
+                    break  # the relay closes after an error
+                else:
+                    self.stats.unknown_frames += 1
+                    log.info("%s: skipped a frame of unknown type %r", self.partition, decoded.type)
+                continue
+            if last is not None and seq <= last:
+                self.stats.duplicates_skipped += 1
+                continue
+            last = seq
+            self.progress += 1
+            if not decoded.wanted:
+                self.stats.filtered += max(1, decoded.total_ops)
+                continue
+            if kind in ("commit", "sync"):
+                if not self.revs.advance(decoded.did, decoded.rev, allow_equal=kind == "sync"):
+                    self.stats.stale_revs += 1
+                    log.warning("%s: %s seq %d of %s has rev %s, not above the last seen: dropped",
+                                self.partition, decoded.type, seq, decoded.did, decoded.rev)
+                    continue
+            if kind == "commit":
+                self.stats.filtered += decoded.total_ops - len(decoded.ops)
+                if not decoded.ops:
+                    continue
+                timestamp = _timestamp(decoded.time)
+                try:
+                    events.extend(self._commit_events(decoded, timestamp, received))
+                except cbor.CborError as exc:  # only in json form: a record that is not valid DAG-CBOR
+                    dead.append(self._dead(frame, f"#commit seq {seq}: record: {exc}", seq, received))
+                continue
+            timestamp = _timestamp(decoded.time)
+            body = decoded.body
+            fields: dict[str, Any] = {"did": decoded.did, "seq": seq, "time": decoded.time}
+            if kind == "identity" and isinstance(body.get("handle"), str):
+                fields["handle"] = body["handle"]
+            elif kind == "account":
+                fields["active"] = "true" if body.get("active") else "false"
+                if isinstance(body.get("status"), str):
+                    fields["status"] = body["status"]
+            elif kind == "sync":
+                fields["rev"] = decoded.rev
+            payload = frame[decoded.body_offset :]
+            if self.record_format == "json":
+                try:
+                    payload = _json_bytes(cbor.to_json(cbor.decode(payload)))
+                except cbor.CborError as exc:
+                    dead.append(self._dead(frame, f"{decoded.type} seq {seq}: body: {exc}", seq, received))
+                    continue
+            events.append(Event(source=SOURCE, partition=self.partition, position=seq, kind=kind, payload=payload,
+                                timestamp=timestamp, received=received, fields=fields))
+        return self._finish(events, dead, last, len(frames))
+
+    def _commit_events(self, decoded: Any, timestamp: float, received: float) -> list[Event]:
+        out = []
+        as_json = self.record_format == "json"
+        for op in decoded.ops:
+            fields: dict[str, Any] = {
+                "did": decoded.did, "collection": op.collection, "rkey": op.rkey, "action": op.action,
+                "rev": decoded.rev, "seq": decoded.seq, "time": decoded.time,
+            }
+            key = b""
+            payload = b""
+            if op.cid is not None:
+                cid = cbor.cid_to_str(op.cid)
+                fields["cid"] = cid
+                key = cid.encode()
+                payload = op.record
+                if as_json:
+                    payload = _json_bytes(cbor.to_json(cbor.decode(payload)))
+            out.append(Event(source=SOURCE, partition=self.partition, position=decoded.seq, sub=op.index, kind="commit",
+                             key=key, payload=payload, timestamp=timestamp, received=received, fields=fields))
+        return out
+
+
+@attrs.define(eq=False)
+class JetstreamReader(_ReaderBase):
+    """Turns Jetstream messages into chunks of events shaped like the firehose's (no I/O).
+
+    ``data`` of a record event is DAG-CBOR re-encoded from Jetstream's JSON (canonical, so the
+    bytes and the CID are the firehose's; the CID is checked) or, in ``json`` form, the record's
+    compact JSON.
+    """
+
+    decoder: JetstreamDecoder = attrs.Factory(JetstreamDecoder)
+
+    def read(self, messages: list[bytes | str], received: float) -> Chunk | None:
+        events: list[Event] = []
+        dead, self._unplaced = self._unplaced, []
+        last = self.last_id
+        for message in messages:
+            raw = message.encode() if isinstance(message, str) else message
+            try:
+                decoded = self.decoder.decode(message)
+                if last is not None and decoded.time_us <= last:
+                    self.stats.duplicates_skipped += 1
+                    continue
+                event = self._event(decoded, received) if decoded.kind != "unknown" and decoded.wanted else None
+            except FrameError as exc:
+                if exc.seq is not None and last is not None and exc.seq <= last:
+                    self.stats.duplicates_skipped += 1
+                    continue
+                self.consecutive_bad += 1
+                dead.append(self._dead(raw, str(exc), exc.seq, received))
+                if exc.seq is not None:
+                    last = exc.seq
+                continue
+            self.consecutive_bad = 0
+            last = decoded.time_us
+            self.progress += 1
+            if decoded.kind == "unknown":
+                self.stats.unknown_frames += 1
+            elif not decoded.wanted:
+                self.stats.filtered += 1
+            elif event is not None:
+                events.append(event)
+        return self._finish(events, dead, last, len(messages))
+
+    def _event(self, decoded: Any, received: float) -> Event | None:
+        body = decoded.body
+        time_us = decoded.time_us
+        fields: dict[str, Any] = {"did": decoded.did, "time_us": time_us}
+        if decoded.kind == "commit":
+            rev = body["rev"]
+            if not self.revs.advance(decoded.did, rev, allow_equal=True):  # ops of one commit share a rev
+                self.stats.stale_revs += 1
+                log.warning("%s: commit at time_us %d of %s has rev %s, below the last seen: dropped",
+                            self.partition, time_us, decoded.did, rev)
+                return None
+            fields.update(collection=body["collection"], rkey=body["rkey"], action=body["operation"], rev=rev)
+            fields["time"] = _iso(time_us)
+            key = payload = b""
+            if body["operation"] != "delete":
+                fields["cid"] = body["cid"]
+                key = body["cid"].encode()
+                payload = self._record_bytes(body["record"], body["cid"], time_us)
+            return Event(source=SOURCE, partition=self.partition, position=time_us, kind="commit", key=key,
+                         payload=payload, timestamp=time_us / 1e6, received=received, fields=fields)
+        fields["time"] = body.get("time") if isinstance(body.get("time"), str) else _iso(time_us)
+        if decoded.kind == "identity" and isinstance(body.get("handle"), str):
+            fields["handle"] = body["handle"]
+        elif decoded.kind == "account":
+            fields["active"] = "true" if body.get("active") else "false"
+            if isinstance(body.get("status"), str):
+                fields["status"] = body["status"]
+        try:
+            payload = _json_bytes(body) if self.record_format == "json" else cbor.encode(cbor.from_json(body))
+        except cbor.CborError as exc:
+            raise FrameError(f"{decoded.kind} at time_us {time_us}: {exc}", time_us) from None
+        return Event(source=SOURCE, partition=self.partition, position=time_us, kind=decoded.kind, payload=payload,
+                     timestamp=_timestamp(fields["time"]), received=received, fields=fields)
+
+    def _record_bytes(self, record: dict[str, Any], cid: str, time_us: int) -> bytes:
+        if self.record_format == "json":
+            return _json_bytes(record)
+        try:
+            block = cbor.encode(cbor.from_json(record))
+            problem = cbor.verify_block(cbor.CID.parse(cid).raw, block)
+        except cbor.CborError as exc:
+            raise FrameError(f"commit at time_us {time_us}: record: {exc}", time_us) from None
+        if problem is not None:
+            raise FrameError(f"commit at time_us {time_us}: record re-encoded as DAG-CBOR: {problem}", time_us)
+        return block
+
+
+def _iso(time_us: int) -> str:
+    moment = datetime.fromtimestamp(time_us / 1e6, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- the connection
+
+
+def record_filter(settings: AtprotoSettings) -> RecordFilter:
+    return RecordFilter.build(collections=settings.collections, dids=settings.dids, actions=settings.actions, kinds=settings.kinds)
+
+
+def default_partition(settings: AtprotoSettings) -> str:
+    """``<mode>-<host>``: firehose seqs and Jetstream time_us are different cursor units."""
+    if settings.partition:
+        return settings.partition
+    url = settings.url if settings.mode == "firehose" else settings.jetstream_url
+    return f"{settings.mode}-{urlsplit(url).hostname}"
+
+
+def new_reader(settings: AtprotoSettings, partition: str, stats: AtprotoStats, last_id: int | None) -> FirehoseReader | JetstreamReader:
+    common = dict(partition=partition, stats=stats, keep=record_filter(settings), record_format=settings.record_format,
+                  revs=RevTracker(capacity=settings.rev_cache), last_id=last_id)
+    if settings.mode == "firehose":
+        return FirehoseReader(**common, max_frame=settings.max_frame_bytes)
+    dictionary = None
+    if settings.zstd_dictionary:
+        with open(settings.zstd_dictionary, "rb") as handle:
+            dictionary = handle.read()
+    decoder = JetstreamDecoder(keep=common["keep"], dictionary=dictionary, max_frame=settings.max_frame_bytes)
+    return JetstreamReader(**common, decoder=decoder)
+
+
+def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
+    """The WebSocket URL to open, resuming after ``cursor`` (None: per ``settings.start``)."""
+    if cursor is None and settings.start != "live":
+        cursor = 0 if settings.start == "oldest" else int(settings.start)
+    if settings.mode == "firehose":
+        base = settings.url.rstrip("/") + FIREHOSE_PATH
+        return base if cursor is None else f"{base}?cursor={cursor}"
+    params: list[tuple[str, str]] = [("wantedCollections", c) for c in settings.collections]
+    params += [("wantedDids", d) for d in settings.dids]
+    if cursor is not None:
+        params.append(("cursor", str(max(cursor, 1))))  # Jetstream replays inclusively: skipped by the reader
+    if settings.compress:
+        params.append(("compress", "true"))
+    base = settings.jetstream_url.rstrip("/") + JETSTREAM_PATH
+    return f"{base}?{urlencode(params)}" if params else base
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from a 429/503 rejection's Retry-After header, if it has one."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return retry_after(exc.exceptions[0])
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        for name, value in exc.headers or ():
+            if name.lower() == b"retry-after":
+                try:
+                    return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+                except ValueError:
+                    return None
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network faults a reconnect cures; anything else (a 4xx rejection, a bug) is for the supervisor."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient(inner) for inner in exc.exceptions)
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return exc.status_code in (408, 425, 429) or exc.status_code >= 500
+    return isinstance(
+        exc,
+        (IdleStream, RelayError, TooManyBadFrames, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
+         trio_websocket.ConnectionTimeout, trio_websocket.DisconnectionTimeout, trio.BrokenResourceError, trio.TooSlowError, OSError,
+         TimeoutError),
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _describe(exc.exceptions[0])
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"HTTP {exc.status_code} before the WebSocket upgrade"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _receive_batch(ws: trio_websocket.WebSocketConnection, limit: int) -> list[bytes | str]:
+    """One message (waiting for it), then whatever else is already queued, up to ``limit``."""
+    batch = [await ws.get_message()]
+    queue = getattr(ws, "_recv_channel", None)  # trio-websocket's message queue: no public nowait API
+    while queue is not None and len(batch) < limit:
+        try:
+            batch.append(queue.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+    return batch
+
+
+async def run_atproto_connection(
+    stopping: trio.Event,
+    *,
+    settings: AtprotoSettings,
+    partition: str,
+    read_cursor: Callable[[], Awaitable[int | None]],
+    send: trio.MemorySendChannel[Chunk],
+    stats: AtprotoStats,
+    backoff: Backoff,
+    breaker: CircuitBreaker | None = None,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Stream one relay (or Jetstream server) into ``send`` until ``stopping`` is set.
+
+    Same contract as the Farcaster source: ready at once; stopping interrupts (what was not handed
+    on is replayed by the next start, from the persisted cursor); network faults reconnect with
+    backoff (a 429's Retry-After is honoured) behind ``breaker``; a new incarnation resumes from
+    the persisted cursor.
+    """
+    rng = rng or random.Random()
+    task_status.started()
+    attempt = 0
+    with trio.CancelScope() as outer:
+
+        async def stop_when_asked() -> None:
+            await stopping.wait()
+            outer.cancel()
+
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(stop_when_asked)
+            persisted = await read_cursor()
+            if persisted is None and settings.start not in ("live", "oldest"):
+                persisted = int(settings.start)
+            reader = new_reader(settings, partition, stats, persisted)
+            while True:
+                url = connect_url(settings, reader.last_id)
+                progress_before = reader.progress
+                if breaker is not None:
+                    await breaker.wait_allowed()
+                try:
+                    await _stream_once(url, reader, send, settings, stats, breaker)
+                except Exception as exc:
+                    stats.connected = False
+                    made_progress = reader.progress > progress_before
+                    if breaker is not None and not made_progress:
+                        breaker.record_failure()
+                    if not is_transient(exc):
+                        raise
+                    if made_progress:
+                        attempt = 0
+                    stats.last_error = _describe(exc)
+                    delay = backoff.delay(attempt, rng)
+                    hint = retry_after(exc)
+                    if hint is not None:
+                        delay = max(delay, hint)
+                    attempt += 1
+                    stats.reconnects += 1
+                    log.warning("%s: connection to %s lost (%s); reconnecting in %.2fs after %s",
+                                partition, _host(url), stats.last_error, delay, reader.last_id)
+                    await trio.sleep(delay)
+                except BaseException:
+                    if breaker is not None:
+                        breaker.release_trial()
+                    raise
+    stats.connected = False
+
+
+@asynccontextmanager
+async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A client WebSocket whose TCP stream is always closed (trio-websocket's own
+    ``open_websocket_url`` leaks the socket when the server rejects the handshake, e.g. with a 429).
+    """
+    parts = urlsplit(url)
+    tls = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = host if parts.port is None else f"{host}:{port}"
+    with trio.fail_after(settings.connect_timeout):
+        if tls:
+            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl.create_default_context(), https_compatible=True)
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(settings.connect_timeout):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, host_header, resource,
+                    message_queue_size=settings.read_batch,
+                    # Above the frame limit, so an oversized frame reaches the reader and becomes a dead letter.
+                    max_message_size=2 * settings.max_frame_bytes,
+                )
+            try:
+                yield ws
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk], settings: AtprotoSettings,
+                       stats: AtprotoStats, breaker: CircuitBreaker | None) -> None:
+    stats.connects += 1
+    log.info("%s: connecting to %s", reader.partition, url)
+    async with open_websocket(url, settings) as ws:
+        while True:
+            batch: list[bytes | str] | None = None
+            with trio.move_on_after(settings.idle_timeout):
+                batch = await _receive_batch(ws, settings.read_batch)
+            if batch is None:
+                raise IdleStream(f"no data for {settings.idle_timeout:g}s")
+            chunk = reader.read(batch, trio.current_time())
+            if not stats.connected and reader.relay_error is None:
+                stats.connected = True
+                stats.last_error = None
+                if breaker is not None:
+                    breaker.record_success()
+            if chunk is not None:
+                await send.send(chunk)
+            if reader.relay_error is not None:
+                error, reader.relay_error = reader.relay_error, None
+                raise error
+            if reader.consecutive_bad >= settings.max_bad_frames:
+                reader.consecutive_bad = 0
+                raise TooManyBadFrames(f"{settings.max_bad_frames} malformed frames in a row")

@@ -1,0 +1,533 @@
+"""Ethereum connection actor: one chain's JSON-RPC WebSocket -> chunks of log / retract events.
+
+Per connection: check ``eth_chainId``, subscribe to ``newHeads`` (heads buffer while we catch up),
+check the cursor's block by hash, backfill from the cursor to the current head with ``eth_getLogs``
+ranges (halved when the provider refuses a range as too large) and batched
+``eth_getBlockByNumber``, and only then follow live heads. The chain logic (linking, gaps, reorgs,
+confirmation depth) is :class:`weir.codecs.ethereum_chain.ChainFollower`; this module only fetches
+what it asks for. Network faults reconnect with backoff; an idle subscription (no head for
+``idle_blocks`` x ``block_time``) is checked with ``eth_blockNumber`` and reconnected when the node
+is ahead. One Redis entry per log; see docs/ethereum.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+
+from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
+from weir.codecs.ethereum_logs import Header, Log, LogDecoder, parse_header, parse_log, raw_log_bytes
+from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
+from weir.config import EthereumChainSettings
+from weir.events import Chunk, Event
+from weir.sinks.redis_sink import Cursor
+from weir.supervision import Backoff, CircuitBreaker
+
+log = logging.getLogger("weir.actors.ethereum")
+
+SOURCE = "ethereum"
+HEAD_BUFFER = 1024  # heads buffered while catching up; more are dropped (the next head fills the gap)
+BATCH_CALLS = 100  # calls per JSON-RPC batch
+CHUNK_EVENTS = 2000  # steps are grouped into chunks of about this many events
+
+
+class ConnectionLost(Exception):
+    """The WebSocket closed (or broke) while calls were outstanding."""
+
+
+class RequestTimeout(Exception):
+    """A call got no answer within ``request_timeout``."""
+
+
+class IdleStream(Exception):
+    """No head for longer than the idle timeout while the node's head moved on."""
+
+
+class ChainMismatch(Exception):
+    """The endpoint serves another chain than the configured ``chain_id`` (configuration error)."""
+
+
+class BlockUnavailable(Exception):
+    """The node does not know a block weir needs (by hash); retried after a reconnect."""
+
+
+@attrs.define(eq=False)
+class RpcConnection:
+    """JSON-RPC calls over one WebSocket: concurrent calls and batches matched by id, pushes to ``heads``."""
+
+    ws: WebSocketConnection
+    timeout: float
+    protocol: JsonRpcClientProtocol = attrs.Factory(JsonRpcClientProtocol)
+    _waiting: dict[int, list[Any]] = attrs.Factory(dict)  # id -> [trio.Event, result or exception]
+    _broken: BaseException | None = None
+    heads_send: trio.MemorySendChannel[Any] = attrs.field(init=False)
+    heads: trio.MemoryReceiveChannel[Any] = attrs.field(init=False)
+    dropped_heads: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.heads_send, self.heads = trio.open_memory_channel[Any](HEAD_BUFFER)
+
+    async def read_loop(self) -> None:
+        try:
+            while True:
+                message = await self.ws.get_message()
+                for event in self.protocol.receive(message):
+                    if isinstance(event, Notification):
+                        if event.method == "eth_subscription" and isinstance(event.params, dict):
+                            try:
+                                self.heads_send.send_nowait(event.params.get("result"))
+                            except trio.WouldBlock:
+                                self.dropped_heads += 1
+                        continue
+                    slot = self._waiting.pop(event.id, None)
+                    if slot is not None:
+                        slot[1] = event.error if isinstance(event, ErrorReply) else event.result
+                        slot[0].set()
+        except ConnectionClosed as exc:
+            self._fail(ConnectionLost(f"WebSocket closed ({exc.reason})"))
+        except ProtocolError as exc:
+            self._fail(exc)
+        finally:
+            self.heads_send.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._broken = exc
+        for slot in self._waiting.values():
+            slot[1] = exc
+            slot[0].set()
+        self._waiting.clear()
+
+    async def call(self, method: str, params: Any = ()) -> Any:
+        """One call; returns its result or raises JsonRpcError / ConnectionLost / RequestTimeout."""
+        id_, text = self.protocol.request(method, params)
+        return (await self._send_and_wait([id_], text, method))[0]
+
+    async def batch(self, calls: list[tuple[str, Any]]) -> list[Any]:
+        """Several calls in one message; results in call order (answers may arrive in any order)."""
+        ids, text = self.protocol.batch(calls)
+        return await self._send_and_wait(ids, text, f"batch of {len(calls)} {calls[0][0]}")
+
+    async def _send_and_wait(self, ids: list[int], text: str, what: str) -> list[Any]:
+        if self._broken is not None:
+            raise ConnectionLost(f"connection already broken: {self._broken}")
+        slots = [[trio.Event(), None] for _ in ids]
+        self._waiting.update(zip(ids, slots))
+        try:
+            await self.ws.send_message(text)
+            with trio.fail_after(self.timeout):
+                for slot in slots:
+                    await slot[0].wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"{what}: no answer within {self.timeout:g}s") from None
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"WebSocket closed ({exc.reason})") from None
+        finally:
+            for id_ in ids:
+                self._waiting.pop(id_, None)
+            self.protocol.forget(ids)
+        results = [slot[1] for slot in slots]
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+
+@asynccontextmanager
+async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
+    """Connect, run the reader, yield the connection; closes it on exit.
+
+    An error leaves as itself, not wrapped in the reader nursery's exception group.
+    """
+    try:
+        async with _rpc_nursery(url, connect_timeout, request_timeout) as rpc:
+            yield rpc
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from group
+        raise
+
+
+@asynccontextmanager
+async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
+    # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
+    # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
+    parts = urlsplit(url)
+    tls = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with trio.fail_after(connect_timeout):
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    try:
+        if tls:
+            stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                ws = await wrap_client_stream(nursery, stream, host, resource, max_message_size=256 << 20)
+            rpc = RpcConnection(ws=ws, timeout=request_timeout)
+            nursery.start_soon(rpc.read_loop)
+            try:
+                yield rpc
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+@attrs.define(eq=False)
+class ChainStats:
+    """Live counters of one chain's connection."""
+
+    connected: bool = False
+    connects: int = 0
+    reconnects: int = 0
+    received: int = 0  # logs received
+    dead_letters: int = 0
+    gaps: int = 0  # gaps filled (block by block or by ranges)
+    last_id: int | None = None  # the last sequence number emitted
+    head: int | None = None  # the newest block number seen
+    emitted_blocks: int = 0
+    retracted_blocks: int = 0
+    reorgs: int = 0
+    deep_reorgs: int = 0
+    backfilled_blocks: int = 0
+    range_splits: int = 0
+    idle_reconnects: int = 0
+    last_error: str | None = None
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient(inner) for inner in exc.exceptions)
+    if isinstance(exc, JsonRpcError):
+        return exc.code in (-32000, -32005, -32603) or exc.too_large
+    return isinstance(
+        exc,
+        (ConnectionLost, RequestTimeout, IdleStream, BlockUnavailable, ProtocolError, ConnectionClosed, HandshakeError,
+         OSError, trio.TooSlowError, trio.BrokenResourceError),
+    )
+
+
+@attrs.define(eq=False)
+class ChainReader:
+    """Fetches what the follower asks for and turns its steps into chunks (one chain)."""
+
+    settings: EthereumChainSettings
+    decoder: LogDecoder
+    stats: ChainStats
+    follower: ChainFollower | None = None
+
+    @property
+    def partition(self) -> str:
+        return str(self.settings.chain_id)
+
+    def log_filter(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.settings.addresses:
+            out["address"] = [a.lower() for a in self.settings.addresses]
+        if self.settings.topics:
+            out["topics"] = [[t.lower() for t in self.settings.topics]]
+        return out
+
+    async def header_by_hash(self, rpc: RpcConnection, hash_: str) -> Header:
+        obj = await rpc.call("eth_getBlockByHash", [hash_, False])
+        if obj is None:
+            raise BlockUnavailable(f"chain {self.partition}: the node does not know block {hash_}")
+        return parse_header(obj, f"eth_getBlockByHash({hash_})")
+
+    async def logs_by_hash(self, rpc: RpcConnection, hash_: str) -> tuple[Log, ...]:
+        try:
+            items = await rpc.call("eth_getLogs", [{"blockHash": hash_, **self.log_filter()}])
+        except JsonRpcError as exc:
+            if "unknown block" in exc.message.lower() or "not found" in exc.message.lower():
+                raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {exc.message}") from None
+            raise
+        logs = self._parse_logs(items, f"eth_getLogs(blockHash={hash_})")
+        for item in logs:
+            if item.block_hash != hash_:
+                raise ProtocolError(f"eth_getLogs(blockHash={hash_}) returned a log of block {item.block_hash}")
+        return tuple(sorted(logs, key=lambda item: item.log_index))
+
+    def _parse_logs(self, items: Any, where: str) -> list[Log]:
+        if not isinstance(items, list):
+            raise ProtocolError(f"{where}: expected a list of logs, got {type(items).__name__}")
+        self.stats.received += len(items)
+        return [parse_log(item, f"{where}[{i}]") for i, item in enumerate(items)]
+
+    async def logs_by_range(self, rpc: RpcConnection, first: int, last: int) -> list[Log]:
+        """eth_getLogs over [first, last], halving the range whenever the provider refuses its size."""
+        try:
+            items = await rpc.call("eth_getLogs", [{"fromBlock": to_quantity(first), "toBlock": to_quantity(last), **self.log_filter()}])
+        except JsonRpcError as exc:
+            if not exc.too_large or first == last:
+                raise
+            self.stats.range_splits += 1
+            middle = (first + last) // 2
+            return await self.logs_by_range(rpc, first, middle) + await self.logs_by_range(rpc, middle + 1, last)
+        return self._parse_logs(items, f"eth_getLogs({first}..{last})")
+
+    async def blocks_by_range(self, rpc: RpcConnection, first: int, last: int) -> list[Block] | None:
+        """Headers and logs of [first, last]; None when they disagree (a reorg while fetching)."""
+        headers: list[Header] = []
+        for start in range(first, last + 1, BATCH_CALLS):
+            numbers = range(start, min(last, start + BATCH_CALLS - 1) + 1)
+            results = await rpc.batch([("eth_getBlockByNumber", [to_quantity(n), False]) for n in numbers])
+            for n, obj in zip(numbers, results):
+                if obj is None:
+                    return None  # the head went back (a reorg to a shorter chain): retry
+                headers.append(parse_header(obj, f"eth_getBlockByNumber({n})"))
+        for older, newer in zip(headers, headers[1:]):
+            if newer.parent_hash != older.hash:
+                return None
+        by_number: dict[int, list[Log]] = {h.number: [] for h in headers}
+        for item in await self.logs_by_range(rpc, first, last):
+            if item.block_number not in by_number or item.block_hash != headers[item.block_number - first].hash:
+                return None
+            by_number[item.block_number].append(item)
+        return [Block(header=h, logs=tuple(sorted(by_number[h.number], key=lambda x: x.log_index))) for h in headers]
+
+    async def resolve(self, rpc: RpcConnection, branch: list[Block]) -> list[Step]:
+        """Walk back until ``branch`` links to the window, then apply it."""
+        follower = self.follower
+        assert follower is not None
+        branch = follower.trim_known(branch)
+        if not branch:
+            return []
+        fetched = 0
+        while (need := follower.link(branch)) is not None:
+            if isinstance(need, NeedBlock):
+                header = await self.header_by_hash(rpc, need.hash)
+                branch.insert(0, Block(header=header, logs=await self.logs_by_hash(rpc, need.hash)))
+                fetched += 1
+            elif isinstance(need, NeedOlder):
+                follower.add_older(await self.header_by_hash(rpc, need.hash))
+            else:
+                assert isinstance(need, NeedLogs)
+                follower.add_logs(need.hash, await self.logs_by_hash(rpc, need.hash))
+        if fetched:
+            self.stats.gaps += 1
+        reorgs_before = follower.reorgs
+        steps = follower.apply(branch)
+        if follower.reorgs > reorgs_before:
+            retracted = [s for s in steps if s.kind == RETRACT]
+            self.stats.reorgs += 1
+            if any(s.deep for s in retracted):
+                self.stats.deep_reorgs += 1
+                log.error("chain %s: reorg deeper than %d confirmations: retracting %d emitted block(s) from %d",
+                          self.partition, self.settings.confirmations, len(retracted), retracted[-1].header.number)
+            else:
+                log.info("chain %s: reorg at block %d, %d emitted block(s) retracted",
+                         self.partition, branch[0].header.number, len(retracted))
+        return steps
+
+    def chunks(self, steps: list[Step], received: float) -> list[Chunk]:
+        """Group steps into chunks (a step, i.e. a stream position, is never split)."""
+        out: list[Chunk] = []
+        events: list[Event] = []
+        for step in steps:
+            events += self._events(step, received)
+            if step.kind == RETRACT:
+                self.stats.retracted_blocks += 1
+            else:
+                self.stats.emitted_blocks += 1
+            if len(events) >= CHUNK_EVENTS or step is steps[-1]:
+                out.append(Chunk(partition=self.partition, events=events, through=step.seq, token=step.token))
+                events = []
+        if steps:
+            self.stats.last_id = steps[-1].seq
+        return out
+
+    def _events(self, step: Step, received: float) -> list[Event]:
+        chain_id = self.settings.chain_id
+        header = step.header
+        out = []
+        for sub, item in enumerate(step.logs):
+            fields: dict[str, Any] = {
+                "chain": chain_id,
+                "block": item.block_number,
+                "block_hash": item.block_hash,
+                "log_index": item.log_index,
+                "tx": item.tx_hash,
+                "address": item.address,
+            }
+            if item.topics:
+                fields["topic0"] = item.topics[0]
+            decoded = self.decoder.decode(item)
+            if decoded is not None:
+                fields["event"] = decoded.event
+                if decoded.standard:
+                    fields["standard"] = decoded.standard
+                fields["decoded"] = decoded.to_json()
+            out.append(
+                Event(
+                    source=SOURCE,
+                    partition=self.partition,
+                    position=step.seq,
+                    sub=sub,
+                    kind=step.kind,
+                    key=f"{chain_id}:{item.block_hash}:{item.log_index}".encode(),
+                    payload=raw_log_bytes(item),
+                    timestamp=float(header.timestamp),
+                    received=received,
+                    fields=fields,
+                )
+            )
+        return out
+
+
+async def run_chain_connection(
+    stopping: trio.Event,
+    *,
+    settings: EthereumChainSettings,
+    decoder: LogDecoder,
+    read_cursor: Callable[[], Awaitable[Cursor | None]],
+    send: trio.MemorySendChannel[Chunk],
+    stats: ChainStats,
+    backoff: Backoff,
+    breaker: CircuitBreaker | None = None,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Follow one chain into ``send`` until ``stopping`` is set (ready at once, like the Farcaster actor).
+
+    A new incarnation resumes from the persisted cursor (sequence, "number:hash"); within one
+    incarnation the follower's memory carries over reconnects.
+    """
+    rng = rng or random.Random()
+    reader = ChainReader(settings=settings, decoder=decoder, stats=stats)
+    task_status.started()
+    attempt = 0
+    with trio.CancelScope() as outer:
+
+        async def stop_when_asked() -> None:
+            await stopping.wait()
+            outer.cancel()
+
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(stop_when_asked)
+            cursor = await read_cursor()
+            while True:
+                if breaker is not None:
+                    await breaker.wait_allowed()
+                emitted_before = stats.emitted_blocks + stats.connects
+                try:
+                    await _session(reader, cursor, send, stats, breaker)
+                except Exception as exc:
+                    stats.connected = False
+                    if not is_transient(exc):
+                        raise
+                    if breaker is not None and stats.emitted_blocks + stats.connects == emitted_before:
+                        breaker.record_failure()
+                    stats.last_error = f"{type(exc).__name__}: {exc}"
+                    delay = backoff.delay(attempt, rng)
+                    attempt += 1
+                    stats.reconnects += 1
+                    log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay)
+                    await trio.sleep(delay)
+                except BaseException:
+                    if breaker is not None:
+                        breaker.release_trial()
+                    raise
+    stats.connected = False
+
+
+async def _send_steps(reader: ChainReader, steps: list[Step], send: trio.MemorySendChannel[Chunk]) -> None:
+    for chunk in reader.chunks(steps, trio.current_time()):
+        await send.send(chunk)
+
+
+async def _session(reader: ChainReader, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk], stats: ChainStats,
+                   breaker: CircuitBreaker | None) -> None:
+    settings = reader.settings
+    async with open_rpc(settings.url, connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout) as rpc:
+        chain_id = from_quantity(await rpc.call("eth_chainId"), "eth_chainId")
+        if chain_id != settings.chain_id:
+            raise ChainMismatch(f"{settings.url} serves chain {chain_id}, configured as chain {settings.chain_id}")
+        await rpc.call("eth_subscribe", ["newHeads"])  # first: heads buffer while we catch up
+        stats.connects += 1
+        stats.connected = True
+        stats.last_error = None
+        if breaker is not None:
+            breaker.record_success()
+        log.info("chain %s: connected to %s", reader.partition, settings.url)
+        if reader.follower is None:
+            await _start(reader, rpc, cursor, send)
+        await _backfill(reader, rpc, from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber"), send)
+        idle = settings.idle_blocks * settings.block_time
+        while True:
+            obj = None
+            with trio.move_on_after(idle):
+                try:
+                    obj = await rpc.heads.receive()
+                except trio.EndOfChannel:
+                    raise ConnectionLost("the subscription ended with the connection") from None
+            if obj is None:
+                node_head = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
+                tip = reader.follower.tip  # type: ignore[union-attr]
+                if tip is None or node_head > tip.number:
+                    stats.idle_reconnects += 1
+                    raise IdleStream(f"no head for {idle:g}s while the node is at block {node_head}")
+                continue
+            header = parse_header(obj, "newHeads")
+            stats.head = max(stats.head or 0, header.number)
+            tip = reader.follower.tip  # type: ignore[union-attr]
+            if tip is not None and header.number > tip.number + settings.gap_fetch:
+                await _backfill(reader, rpc, header.number - 1, send)
+            logs = await reader.logs_by_hash(rpc, header.hash)
+            await _send_steps(reader, await reader.resolve(rpc, [Block(header=header, logs=logs)]), send)
+
+
+async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk]) -> None:
+    """Set up the follower: from the cursor's block (checked by hash), or from ``start``."""
+    settings = reader.settings
+    if cursor is not None and cursor.token:
+        number, hash_ = parse_token(cursor.token)
+        tip = await reader.header_by_hash(rpc, hash_)
+        if tip.number != number:
+            raise ProtocolError(f"cursor block {hash_} is block {tip.number} on the node, {number} in the cursor")
+        reader.follower = ChainFollower.resume(seq=cursor.position, tip=tip, confirmations=settings.confirmations,
+                                               max_depth=settings.max_reorg_depth)
+        log.info("chain %s: resuming after block %d (%s), sequence %d", reader.partition, number, hash_, cursor.position)
+        return
+    seq = cursor.position if cursor is not None else 0
+    tag = "latest" if settings.start == "latest" else to_quantity(int(settings.start))
+    obj = await rpc.call("eth_getBlockByNumber", [tag, False])
+    if obj is None:
+        raise BlockUnavailable(f"chain {reader.partition}: the node has no block {settings.start}")
+    first = parse_header(obj, f"eth_getBlockByNumber({settings.start})")
+    reader.follower = ChainFollower(confirmations=settings.confirmations, max_depth=settings.max_reorg_depth, seq=seq)
+    log.info("chain %s: no cursor, starting at block %d", reader.partition, first.number)
+    steps = reader.follower.apply([Block(header=first, logs=await reader.logs_by_hash(rpc, first.hash))])
+    await _send_steps(reader, steps, send)
+
+
+async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: trio.MemorySendChannel[Chunk]) -> None:
+    """Catch up to block ``target`` with ranges (after a reconnect, a restart or a large gap)."""
+    follower = reader.follower
+    assert follower is not None
+    settings = reader.settings
+    retries = 0
+    while (tip := follower.tip) is not None and tip.number < target:
+        first = tip.number + 1
+        last = min(target, first + settings.backfill_blocks - 1)
+        blocks = await reader.blocks_by_range(rpc, first, last)
+        if blocks is None:
+            retries += 1
+            if retries > 20:
+                raise BlockUnavailable(f"chain {reader.partition}: blocks {first}..{last} keep changing while fetched")
+            target = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
+            continue
+        reader.stats.backfilled_blocks += len(blocks)
+        await _send_steps(reader, await reader.resolve(rpc, blocks), send)

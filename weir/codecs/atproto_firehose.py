@@ -1,0 +1,260 @@
+"""Sans-IO decoding of ``com.atproto.sync.subscribeRepos`` frames (the AT Protocol firehose).
+
+A frame is one WebSocket binary message: a DAG-CBOR header ``{op, t}`` then a DAG-CBOR body. Both
+are decoded by libipld (Rust) in one call. For ``#commit`` the filter runs on the ops (DID,
+collection, action) *before* the CAR in ``blocks`` is touched, so a commit the filter rejects
+costs one header+body decode and nothing else. For the ops that pass, the CAR is indexed, the
+record block of each create/update is looked up by CID and its sha-256 checked against the CID;
+the record's original DAG-CBOR bytes are kept (never re-encoded).
+
+Every failure is :class:`FrameError` (one line: what and where), carrying the ``seq`` when the
+body got far enough to say it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import libipld
+
+from weir.codecs.atproto_cbor import CborError, decode_prefix, find_block, index_car, verify_block
+
+MAX_FRAME_BYTES = 5_000_000
+MAX_BLOCKS_BYTES = 2_000_000
+MAX_OPS = 200
+ACTIONS = frozenset({"create", "update", "delete"})
+KINDS = ("commit", "identity", "account", "sync")
+_KIND_BY_TYPE = {"#commit": "commit", "#identity": "identity", "#account": "account", "#sync": "sync", "#info": "info"}
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded. ``seq`` is its sequence number when it could be read."""
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class RecordFilter:
+    """What to keep (all empty: keep everything). Applied to ops before any record is decoded.
+
+    Attributes:
+        collections: exact NSIDs to keep.
+        prefixes: NSID prefixes from ``prefix.*`` patterns, stored with the trailing dot.
+        dids: repositories to keep (also applied to identity/account/sync events).
+        actions: ``create`` / ``update`` / ``delete`` to keep.
+        kinds: event kinds to keep (``commit``, ``identity``, ``account``, ``sync``).
+    """
+
+    collections: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    dids: frozenset[str] = frozenset()
+    actions: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+
+    @classmethod
+    def build(cls, *, collections=(), dids=(), actions=(), kinds=()) -> RecordFilter:
+        exact = frozenset(c for c in collections if not c.endswith("*"))
+        prefixes = tuple(c[:-1] for c in collections if c.endswith("*"))
+        return cls(collections=exact, prefixes=prefixes, dids=frozenset(dids), actions=frozenset(actions), kinds=frozenset(kinds))
+
+    @property
+    def filters_ops(self) -> bool:
+        return bool(self.collections or self.prefixes or self.actions)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.collections or self.prefixes or self.dids or self.actions or self.kinds)
+
+    def wants_collection(self, collection: str) -> bool:
+        if not (self.collections or self.prefixes):
+            return True
+        return collection in self.collections or collection.startswith(self.prefixes)
+
+    def wants_op(self, action: str, collection: str) -> bool:
+        return (not self.actions or action in self.actions) and self.wants_collection(collection)
+
+    def wants_repo(self, kind: str, did: str) -> bool:
+        return (not self.kinds or kind in self.kinds) and (not self.dids or did in self.dids)
+
+
+KEEP_ALL = RecordFilter()
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class RecordOp:
+    """One op of a commit that passed the filter. ``index`` is its place in the commit's ops."""
+
+    index: int
+    action: str
+    collection: str
+    rkey: str
+    cid: bytes | None  # binary CID; None for a delete
+    record: bytes | None  # the record block (original DAG-CBOR); None for a delete
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Frame:
+    """A decoded frame.
+
+    Attributes:
+        kind: ``commit``, ``identity``, ``account``, ``sync``, ``info``, ``error`` or ``unknown``.
+        type: the header's ``t`` as sent (``#commit`` …), or the error name for ``error``.
+        seq: the body's seq (None for info, error and unknown frames).
+        did: the repository (commit ``repo``, else ``did``).
+        time: the body's ``time`` string.
+        rev: the commit's / sync's rev.
+        ops: the commit ops that passed the filter (all of them with no filter).
+        total_ops: how many ops the commit has.
+        body: the decoded body (libipld form: CIDs as bytes); for info/error frames, its fields.
+        body_offset: where the body starts in the frame (the body's original bytes are frame[body_offset:]).
+        wanted: False when the filter rejects the whole event (then ops is empty).
+    """
+
+    kind: str
+    type: str
+    seq: int | None = None
+    did: str = ""
+    time: str = ""
+    rev: str = ""
+    ops: tuple[RecordOp, ...] = ()
+    total_ops: int = 0
+    body: dict[str, Any] = attrs.field(factory=dict)
+    body_offset: int = 0
+    wanted: bool = True
+
+
+def decode_frame(
+    frame: bytes,
+    *,
+    keep: RecordFilter = KEEP_ALL,
+    max_frame: int = MAX_FRAME_BYTES,
+    max_blocks: int = MAX_BLOCKS_BYTES,
+    max_ops: int = MAX_OPS,
+) -> Frame:
+    """Decode one firehose frame, keeping only what ``keep`` wants.
+
+    Raises:
+        FrameError: the frame is malformed or over a limit (message says which and where).
+    """
+    if len(frame) > max_frame:
+        raise FrameError(f"frame of {len(frame)} bytes exceeds the {max_frame}-byte limit")
+    try:
+        values = libipld.decode_dag_cbor_multi(frame)
+    except BaseException as exc:  # libipld raises ValueError; a Rust panic surfaces as a BaseException
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise FrameError(f"frame is not DAG-CBOR: {_short(exc)}") from None
+    if len(values) != 2:
+        raise FrameError(f"frame holds {len(values)} DAG-CBOR values, expected 2 (header, body)")
+    header, body = values
+    if not isinstance(header, dict) or not isinstance(body, dict):
+        raise FrameError("frame header or body is not a map")
+    op = header.get("op")
+    if op == -1:
+        error = body.get("error")
+        message = body.get("message")
+        return Frame(
+            kind="error",
+            type=error if isinstance(error, str) else "unknown error",
+            body={"error": error, "message": message if isinstance(message, str) else ""},
+        )
+    if op != 1:
+        raise FrameError(f"frame header op is {op!r}, expected 1 or -1")
+    type_ = header.get("t")
+    if not isinstance(type_, str):
+        raise FrameError("frame header has no string 't'")
+    kind = _KIND_BY_TYPE.get(type_)
+    if kind is None:
+        return Frame(kind="unknown", type=type_)
+    if kind == "info":
+        name, message = body.get("name"), body.get("message")
+        return Frame(kind="info", type=type_, body={"name": name if isinstance(name, str) else "", "message": message if isinstance(message, str) else ""})
+    seq = body.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise FrameError(f"{type_} body has no valid seq")
+    did = body.get("repo" if kind == "commit" else "did")
+    if not isinstance(did, str) or not did.startswith("did:"):
+        raise FrameError(f"{type_} seq {seq}: no valid DID", seq)
+    time = body.get("time")
+    if not isinstance(time, str):
+        raise FrameError(f"{type_} seq {seq}: no time string", seq)
+    rev = body.get("rev", "")
+    if kind in ("commit", "sync") and (not isinstance(rev, str) or not rev):
+        raise FrameError(f"{type_} seq {seq}: no rev", seq)
+    common = dict(kind=kind, type=type_, seq=seq, did=did, time=time, rev=rev if isinstance(rev, str) else "", body=body)
+    if not keep.wants_repo(kind, did):
+        return Frame(**common, wanted=False)
+    if kind != "commit":
+        try:
+            _, common["body_offset"] = decode_prefix(frame, 0)  # the header is ~20 bytes
+        except CborError as exc:
+            raise FrameError(f"{type_} seq {seq}: header: {exc}", seq) from None
+        if kind == "sync" and not isinstance(body.get("blocks"), bytes):
+            raise FrameError(f"#sync seq {seq}: blocks is not bytes", seq)
+        return Frame(**common)
+    return _decode_commit(frame, body, keep, common, max_blocks, max_ops)
+
+
+def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, common: dict[str, Any], max_blocks: int, max_ops: int) -> Frame:
+    seq = common["seq"]
+    ops = body.get("ops")
+    blocks = body.get("blocks")
+    if not isinstance(ops, list):
+        raise FrameError(f"#commit seq {seq}: ops is not a list", seq)
+    if not isinstance(blocks, bytes):
+        raise FrameError(f"#commit seq {seq}: blocks is not bytes", seq)
+    if len(ops) > max_ops:
+        raise FrameError(f"#commit seq {seq}: {len(ops)} ops exceed the limit of {max_ops}", seq)
+    if len(blocks) > max_blocks:
+        raise FrameError(f"#commit seq {seq}: blocks of {len(blocks)} bytes exceed the {max_blocks}-byte limit", seq)
+    kept: list[tuple[int, str, str, str, bytes | None]] = []
+    filtering = keep.filters_ops
+    for index, op in enumerate(ops):
+        if filtering:  # cheap look at the path first: ops the filter drops are not validated further
+            try:
+                path = op["path"]
+                collection = path[: path.index("/")]
+                if not keep.wants_op(op["action"], collection):
+                    continue
+            except (TypeError, KeyError, ValueError, AttributeError):
+                pass  # malformed: the checks below say how
+        if not isinstance(op, dict):
+            raise FrameError(f"#commit seq {seq}: op {index} is not a map", seq)
+        action, path, cid = op.get("action"), op.get("path"), op.get("cid")
+        if action not in ACTIONS:
+            raise FrameError(f"#commit seq {seq}: op {index} has action {action!r}", seq)
+        if not isinstance(path, str):
+            raise FrameError(f"#commit seq {seq}: op {index} has no path", seq)
+        collection, slash, rkey = path.partition("/")
+        if not slash or not collection or not rkey or "/" in rkey:
+            raise FrameError(f"#commit seq {seq}: op {index} path {path[:100]!r} is not collection/rkey", seq)
+        if action == "delete":
+            cid = None
+        elif not isinstance(cid, bytes):
+            raise FrameError(f"#commit seq {seq}: op {index} ({action} {path[:100]}) has no CID", seq)
+        if not filtering or keep.wants_op(action, collection):
+            kept.append((index, action, collection, rkey, cid))
+    records: list[RecordOp] = []
+    for index, action, collection, rkey, cid in kept:
+        record = None
+        if cid is not None:
+            record = find_block(blocks, cid)
+            if record is None:  # say exactly why: a broken CAR, a missing block or a bad hash
+                try:
+                    span = index_car(blocks).get(cid)
+                except (CborError, ValueError) as exc:
+                    raise FrameError(f"#commit seq {seq}: blocks: {_short(exc)}", seq) from None
+                if span is None:
+                    raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): record block not in the CAR", seq)
+                problem = verify_block(cid, blocks[span[0] : span[1]]) or "record block not found"
+                raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): {problem}", seq)
+        records.append(RecordOp(index=index, action=action, collection=collection, rkey=rkey, cid=cid, record=record))
+    return Frame(**common, ops=tuple(records), total_ops=len(ops))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

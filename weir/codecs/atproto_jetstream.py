@@ -1,0 +1,103 @@
+"""Sans-IO decoding of Jetstream messages (the AT Protocol firehose re-served as JSON).
+
+A message is a JSON object ``{did, time_us, kind: commit|identity|account, commit|identity|account:
+{…}}``; with ``compress=true`` each WebSocket message is a zstd frame (Bluesky's servers use a
+shared dictionary, which :class:`JetstreamDecoder` accepts but does not ship). Errors are
+:class:`~weir.codecs.atproto_firehose.FrameError`, like the firehose's, with ``seq`` = ``time_us``
+when it could be read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from weir.codecs.atproto_firehose import ACTIONS, KEEP_ALL, MAX_FRAME_BYTES, FrameError, RecordFilter
+
+_KINDS = ("commit", "identity", "account")
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class JetstreamMessage:
+    """A decoded Jetstream message.
+
+    Attributes:
+        kind: ``commit``, ``identity``, ``account`` or ``unknown``.
+        time_us: Jetstream's cursor (unix microseconds).
+        did: the repository.
+        body: the kind's object (``commit`` / ``identity`` / ``account``).
+        wanted: False when the filter rejects it.
+    """
+
+    kind: str
+    time_us: int
+    did: str = ""
+    body: dict[str, Any] = attrs.field(factory=dict)
+    wanted: bool = True
+
+
+@attrs.define(eq=False)
+class JetstreamDecoder:
+    """Decodes Jetstream messages (text, or zstd-compressed binary), keeping what ``keep`` wants."""
+
+    keep: RecordFilter = KEEP_ALL
+    dictionary: bytes | None = None
+    max_frame: int = MAX_FRAME_BYTES
+    _zstd: Any = None
+
+    def decode(self, message: str | bytes) -> JetstreamMessage:
+        """Raises FrameError for anything that is not a well-formed Jetstream event."""
+        if isinstance(message, bytes):
+            message = self._decompress(message)
+        if len(message) > self.max_frame:
+            raise FrameError(f"message of {len(message)} bytes exceeds the {self.max_frame}-byte limit")
+        try:
+            doc = json.loads(message)
+        except (ValueError, RecursionError) as exc:
+            raise FrameError(f"message is not JSON: {str(exc)[:120]}") from None
+        if not isinstance(doc, dict):
+            raise FrameError("message is not a JSON object")
+        time_us = doc.get("time_us")
+        if not isinstance(time_us, int) or isinstance(time_us, bool) or time_us <= 0:
+            raise FrameError("message has no valid time_us")
+        kind = doc.get("kind")
+        if kind not in _KINDS:
+            return JetstreamMessage(kind="unknown", time_us=time_us)
+        did = doc.get("did")
+        if not isinstance(did, str) or not did.startswith("did:"):
+            raise FrameError(f"{kind} at time_us {time_us}: no valid DID", time_us)
+        body = doc.get(kind)
+        if not isinstance(body, dict):
+            raise FrameError(f"{kind} at time_us {time_us}: no {kind} object", time_us)
+        if not self.keep.wants_repo(kind, did):
+            return JetstreamMessage(kind=kind, time_us=time_us, did=did, wanted=False)
+        if kind == "commit":
+            action, collection, rkey, rev = (body.get(k) for k in ("operation", "collection", "rkey", "rev"))
+            if action not in ACTIONS:
+                raise FrameError(f"commit at time_us {time_us}: operation {action!r}", time_us)
+            if not (isinstance(collection, str) and collection and isinstance(rkey, str) and rkey and isinstance(rev, str) and rev):
+                raise FrameError(f"commit at time_us {time_us}: collection, rkey or rev missing", time_us)
+            if action != "delete" and not (isinstance(body.get("cid"), str) and isinstance(body.get("record"), dict)):
+                raise FrameError(f"commit at time_us {time_us}: {action} without cid and record", time_us)
+            if not self.keep.wants_op(action, collection):
+                return JetstreamMessage(kind=kind, time_us=time_us, did=did, wanted=False)
+        return JetstreamMessage(kind=kind, time_us=time_us, did=did, body=body)
+
+    def _decompress(self, data: bytes) -> str:
+        if self._zstd is None:
+            import zstandard
+
+            dictionary = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
+            self._zstd = zstandard.ZstdDecompressor(dict_data=dictionary) if dictionary else zstandard.ZstdDecompressor()
+        try:
+            raw = self._zstd.decompress(data, max_output_size=self.max_frame + 1)
+        except Exception as exc:  # zstandard.ZstdError and friends
+            raise FrameError(f"binary message is not a zstd frame this decoder can read: {str(exc)[:120]}") from None
+        if len(raw) > self.max_frame:
+            raise FrameError(f"message decompresses to more than the {self.max_frame}-byte limit")
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise FrameError("decompressed message is not UTF-8") from None

@@ -1,0 +1,180 @@
+"""Prometheus metrics of one running service, read from its live statistics at scrape time.
+
+Nothing here is on the hot path: the actors keep plain counters (``ShardStats``, ``PipelineStats``,
+the supervisors' and breakers' own statistics), updated per chunk or per batch, and
+:class:`ServiceCollector` turns them into metric families when Prometheus scrapes. Each service
+has its own :class:`~prometheus_client.CollectorRegistry` (never the global one), so tests can run
+several services in one process. The metric names and their meaning are in docs/observability.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from weir import __version__
+from weir.observability.health import (
+    breakers_of,
+    durable_lag_seconds,
+    partition_labels,
+    partition_problems,
+)
+from weir.supervision import BreakerState
+
+#: weir_breaker_state values.
+BREAKER_STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+_PARTITION = ["source", "partition"]
+
+
+def new_registry(service: Any, *, stale_after: float) -> CollectorRegistry:
+    """A registry with weir's metrics for ``service`` and the process's (CPU, memory, fds, GC)."""
+    registry = CollectorRegistry()
+    registry.register(ServiceCollector(service, stale_after=stale_after))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class ServiceCollector(Collector):
+    """Reads a running :class:`weir.app.Service` (partitions, supervisors, breakers) at scrape time.
+
+    ``collect`` must run in the service's trio thread (the HTTP handler does): ages are computed
+    on trio's clock, which the statistics use.
+    """
+
+    def __init__(self, service: Any, *, stale_after: float) -> None:
+        self.service = service
+        self.stale_after = stale_after
+
+    def describe(self) -> list[Metric]:
+        # Names are fixed, but the service may not be complete at registration: describe nothing
+        # (no duplicate-name check needed in a private registry) rather than collect early.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now = trio.current_time()
+        yield from self._info()
+        yield from self._partitions(now)
+        yield from self._supervisors()
+        yield from self._breakers()
+
+    def _info(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("weir_build_info", "weir's version (always 1).", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+    def _partitions(self, now: float) -> Iterator[Metric]:
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=_PARTITION)
+
+        def gauge(name: str, doc: str, labels: list[str] = _PARTITION) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        received = counter("weir_events_received", "Events (payloads) read from the network by the source, replays included.")
+        filtered = counter("weir_events_filtered", "Events dropped by the filter (their position still advances the cursor).")
+        persisted = counter("weir_events_persisted", "Events appended to the Redis stream (durable).")
+        skipped = counter("weir_events_skipped", "Events not appended because they were already durable (a replay).")
+        dead = counter("weir_events_dead_lettered", "Malformed events appended to the dead-letter stream (durable).")
+        gaps = counter("weir_gaps", "Gaps detected in the network's stream (events that can no longer be replayed).")
+        missed = counter("weir_gap_missed_events", "Events known to be missing because of gaps (when the gap says how many).")
+        connects = counter("weir_source_connects", "Connection attempts of the source (the first one included).")
+        reconnects = counter("weir_source_reconnects", "Reconnections of the source after a network fault.")
+        purged = counter("weir_pipeline_purged_chunks", "Chunks discarded from the channels at a pipeline restart (replayed by the source).")
+        connected = gauge("weir_source_connected", "1 while the source is receiving from the network, else 0.")
+        position = gauge("weir_source_position", "Position (event id) of the last event the source received.")
+        cursor = gauge("weir_cursor_position", "Durable cursor: the position through which the partition is persisted.")
+        lag_events = gauge("weir_lag_events", "Events past the filter and not yet durable.")
+        lag_seconds = gauge("weir_lag_seconds", "0 when nothing is pending, else seconds since the last durable write.")
+        write_age = gauge("weir_last_write_age_seconds", "Seconds since the last durable write of the partition.")
+        ready = gauge("weir_partition_ready", "1 when the partition passes the /readyz checks (breakers aside), else 0.")
+        depth = gauge("weir_channel_depth", "Items buffered in a pipeline channel (chunks; batches for batch_to_persist).",
+                      [*_PARTITION, "channel"])
+        capacity = gauge("weir_channel_capacity", "Buffer size of a pipeline channel.", [*_PARTITION, "channel"])
+        batch_size = HistogramMetricFamily("weir_batch_size_events", "Events per batch written to Redis.", labels=_PARTITION)
+        latency = HistogramMetricFamily(
+            "weir_persist_latency_seconds", "Seconds from receipt of an event to its durable write.", labels=_PARTITION
+        )
+
+        for view in self.service.partitions:
+            labels = list(partition_labels(view))
+            source, sink = view.source, view.sink
+            received.add_metric(labels, getattr(source, "received", 0))
+            filtered.add_metric(labels, sink.filtered)
+            persisted.add_metric(labels, sink.appended)
+            skipped.add_metric(labels, sink.skipped)
+            dead.add_metric(labels, sink.dead_appended)
+            gaps.add_metric(labels, getattr(source, "gaps", 0))
+            missed.add_metric(labels, getattr(source, "missed_events", 0))
+            connects.add_metric(labels, getattr(source, "connects", 0))
+            reconnects.add_metric(labels, getattr(source, "reconnects", 0))
+            purged.add_metric(labels, sink.purged)
+            connected.add_metric(labels, 1 if getattr(source, "connected", False) else 0)
+            last_id = getattr(source, "last_id", None)
+            if isinstance(last_id, (int, float)):
+                position.add_metric(labels, last_id)
+            if sink.cursor is not None:
+                cursor.add_metric(labels, sink.cursor)
+            lag_events.add_metric(labels, sink.in_flight)
+            lag_seconds.add_metric(labels, durable_lag_seconds(view, now))
+            if sink.last_write is not None:
+                write_age.add_metric(labels, now - sink.last_write)
+            ready.add_metric(labels, 0 if partition_problems(view, now=now, stale_after=self.stale_after) else 1)
+            for name, channel in sink.channels.items():
+                stats = channel.statistics()
+                depth.add_metric([*labels, name], stats.current_buffer_used)
+                capacity.add_metric([*labels, name], stats.max_buffer_size)
+            for family, buckets in ((batch_size, sink.batch_sizes), (latency, sink.latency)):
+                family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
+
+        yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
+                    connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
+                    batch_size, latency)
+
+    def _supervisors(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily("weir_supervisor_restarts", "Restart decisions taken by a supervisor.", labels=["supervisor"])
+        escalations = CounterMetricFamily(
+            "weir_supervisor_escalations", "Times a supervisor gave up (restart intensity exceeded) and escalated.",
+            labels=["supervisor"],
+        )
+        child_restarts = CounterMetricFamily(
+            "weir_child_restarts", "Times a child was started again after its first start.", labels=["supervisor", "child"]
+        )
+        child_running = GaugeMetricFamily("weir_child_running", "1 while the child is running, else 0.", labels=["supervisor", "child"])
+        supervisors = [self.service.root]
+        supervisors += [view.sink.supervisor for view in self.service.partitions if view.sink.supervisor is not None]
+        for supervisor in supervisors:
+            stats = supervisor.statistics()
+            restarts.add_metric([stats.name], stats.restarts)
+            escalations.add_metric([stats.name], stats.escalations)
+            for child in stats.children:
+                child_restarts.add_metric([stats.name, child.name], child.restarts)
+                child_running.add_metric([stats.name, child.name], 1 if child.running else 0)
+        yield from (restarts, escalations, child_restarts, child_running)
+
+    def _breakers(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily("weir_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", labels=["breaker"])
+        opened = CounterMetricFamily("weir_breaker_opened", "Times the breaker opened (re-opening after a failed trial included).",
+                                     labels=["breaker"])
+        failures = GaugeMetricFamily("weir_breaker_consecutive_failures", "Failures since the breaker's last success.",
+                                     labels=["breaker"])
+        for breaker, _network in breakers_of(self.service):
+            stats = breaker.statistics()
+            state.add_metric([stats.name], BREAKER_STATE_VALUE[stats.state])
+            opened.add_metric([stats.name], stats.opened_count)
+            failures.add_metric([stats.name], stats.consecutive_failures)
+        yield from (state, opened, failures)

@@ -1,0 +1,280 @@
+"""Deterministic AT Protocol event history for the simulators (firehose and Jetstream).
+
+Everything is real: records and commit objects are canonical DAG-CBOR, ``blocks`` is a CAR v1
+whose CIDs are the sha-256 of their blocks, revs are TIDs that increase per repository. The same
+history is served as firehose frames (one per event) and as Jetstream JSON (one message per op),
+and :func:`expected_records` says what an ingestor must persist from it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timezone
+
+import attrs
+
+from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_cbor import CID
+
+COLLECTIONS = (
+    "app.bsky.feed.post",
+    "app.bsky.feed.like",
+    "app.bsky.feed.repost",
+    "app.bsky.graph.follow",
+    "app.bsky.actor.profile",
+)
+_TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
+
+
+@attrs.frozen(kw_only=True)
+class AtprotoSimConfig:
+    """What a simulated relay holds and how it behaves.
+
+    Attributes:
+        seed: makes the history reproducible.
+        total: events in the history (commits and identity/account/sync events).
+        rate: events released per second; 0 = all available at once.
+        dids: repositories that commit.
+        first_seq: seq of the first event; later seqs have gaps of 1 or 2.
+        other_every: every Nth event is #identity/#account/#sync instead of a commit (0: never).
+        corrupt_every: every Nth commit has a record block that does not match its CID (None: never).
+        inclusive_replay: replay from ``cursor`` includes the event at ``cursor`` (relays differ).
+        drop_after: send ConsumerTooSlow and close after this many frames per connection (None: never).
+        reject_first: answer the first N connection attempts with HTTP 429 (Retry-After: 0).
+        retention: events kept for replay (None: all); an older cursor gets #info OutdatedCursor.
+        time_base_us: unix µs of the first event.
+    """
+
+    seed: int = 1
+    total: int = 1000
+    rate: float = 0.0
+    dids: int = 40
+    first_seq: int = 1000
+    other_every: int = 25
+    corrupt_every: int | None = None
+    inclusive_replay: bool = True
+    drop_after: int | None = None
+    reject_first: int = 0
+    retention: int | None = None
+    time_base_us: int = 1_754_850_000_000_000
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class SimRecordOp:
+    index: int
+    action: str
+    collection: str
+    rkey: str
+    cid: CID | None
+    record: dict | None  # the record value (CIDs as CID)
+    block: bytes | None  # its DAG-CBOR as put in the CAR
+    tampered: bool = False  # the block does not match the CID (a corrupt commit's first record)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class SimEvent:
+    """One firehose event and its Jetstream rendering."""
+
+    seq: int
+    time_us: int
+    kind: str  # commit | identity | account | sync
+    did: str
+    rev: str
+    frame: bytes
+    body: bytes  # the body's DAG-CBOR (frame minus header)
+    ops: tuple[SimRecordOp, ...] = ()
+    corrupt: bool = False
+    jetstream: tuple[tuple[int, str], ...] = ()  # (time_us, JSON message) per op / event
+
+
+def tid(time_us: int, clock: int = 0) -> str:
+    """A timestamp identifier: 13 sortable base32 characters of ``time_us << 10 | clock``."""
+    value = (time_us << 10) | (clock & 0x3FF)
+    return "".join(_TID_ALPHABET[(value >> (5 * (12 - i))) & 31] for i in range(13))
+
+
+def _iso(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _record(rng: random.Random, collection: str, time_us: int, dids: list[str]) -> dict:
+    created = _iso(time_us)
+    target = rng.choice(dids)
+    subject_cid = CID.of_block(rng.randbytes(16))
+    if collection == "app.bsky.feed.post":
+        record: dict = {"$type": collection, "text": f"post {rng.randrange(10**6)} ✓", "createdAt": created, "langs": ["en"]}
+        if rng.random() < 0.3:
+            record["embed"] = {"$type": "app.bsky.embed.images", "images": [{"alt": "", "image": {
+                "$type": "blob", "ref": CID.of_block(rng.randbytes(8), codec=cbor.RAW), "mimeType": "image/jpeg",
+                "size": rng.randrange(1, 10**6)}}]}
+        return record
+    if collection in ("app.bsky.feed.like", "app.bsky.feed.repost"):
+        uri = f"at://{target}/app.bsky.feed.post/{tid(time_us - 10**6)}"
+        return {"$type": collection, "subject": {"cid": str(subject_cid), "uri": uri}, "createdAt": created}
+    if collection == "app.bsky.graph.follow":
+        return {"$type": collection, "subject": target, "createdAt": created}
+    return {"$type": collection, "displayName": f"user {rng.randrange(1000)}", "description": "", "createdAt": created,
+            "avatar": {"$type": "blob", "ref": CID.of_block(rng.randbytes(8), codec=cbor.RAW), "mimeType": "image/png", "size": 1234}}
+
+
+def _frame(type_: str, body: dict) -> tuple[bytes, bytes]:
+    encoded = cbor.encode(body)
+    return cbor.encode({"t": type_, "op": 1}) + encoded, encoded
+
+
+def error_frame(name: str, message: str = "") -> bytes:
+    return cbor.encode({"op": -1}) + cbor.encode({"error": name, "message": message})
+
+
+def info_frame(name: str, message: str = "") -> bytes:
+    return cbor.encode({"t": "#info", "op": 1}) + cbor.encode({"name": name, "message": message})
+
+
+def generate_history(config: AtprotoSimConfig) -> list[SimEvent]:
+    """The whole history, deterministically from ``config``."""
+    rng = random.Random(config.seed)
+    dids = [f"did:plc:sim{config.seed:x}{i:06d}{'a' * 12}"[:32] for i in range(config.dids)]
+    existing: dict[str, list[tuple[str, str]]] = {did: [] for did in dids}  # did -> [(collection, rkey)]
+    last_rev: dict[str, str] = {}
+    events: list[SimEvent] = []
+    seq = config.first_seq
+    commits = 0
+    for i in range(config.total):
+        time_us = config.time_base_us + i * 1000 + rng.randrange(500)
+        did = rng.choice(dids)
+        if config.other_every and i % config.other_every == config.other_every - 1:
+            events.append(_other_event(rng, i, seq, time_us, did, last_rev, config))
+        else:
+            commits += 1
+            corrupt = bool(config.corrupt_every) and commits % config.corrupt_every == 0
+            events.append(_commit(rng, seq, time_us, did, dids, existing[did], last_rev, corrupt))
+        seq += rng.choice((1, 1, 1, 2))
+    return events
+
+
+def _commit(rng: random.Random, seq: int, time_us: int, did: str, dids: list[str], existing: list[tuple[str, str]],
+            last_rev: dict[str, str], corrupt: bool) -> SimEvent:
+    rev = tid(time_us, rng.randrange(1024))
+    ops: list[SimRecordOp] = []
+    tamper = corrupt
+    blocks: list[tuple[CID, bytes]] = []
+    for index in range(rng.choice((1, 1, 1, 2, 3))):
+        roll = rng.random()
+        if existing and roll < 0.1:
+            collection, rkey = existing.pop(rng.randrange(len(existing)))
+            ops.append(SimRecordOp(index=index, action="delete", collection=collection, rkey=rkey, cid=None, record=None, block=None))
+            continue
+        if existing and roll < 0.2:
+            collection, rkey = rng.choice(existing)
+            action = "update"
+        else:
+            collection, rkey = rng.choice(COLLECTIONS), tid(time_us + index, rng.randrange(1024))
+            action = "create"
+            existing.append((collection, rkey))
+        record = _record(rng, collection, time_us, dids)
+        block = cbor.encode(record)
+        cid = CID.of_block(block)
+        tampered, tamper = tamper, False
+        if tampered:
+            block = cbor.encode({**record, "createdAt": "tampered"})
+        blocks.append((cid, block))
+        ops.append(SimRecordOp(index=index, action=action, collection=collection, rkey=rkey, cid=cid, record=record,
+                               block=block, tampered=tampered))
+    mst = cbor.encode({"e": [{"k": f"{op.collection}/{op.rkey}".encode(), "p": 0, "t": None, "v": op.cid} for op in ops if op.cid], "l": None})
+    mst_cid = CID.of_block(mst)
+    commit = cbor.encode({"did": did, "rev": rev, "sig": rng.randbytes(64), "data": mst_cid, "prev": None, "version": 3})
+    commit_cid = CID.of_block(commit)
+    car = cbor.encode_car([commit_cid], [(commit_cid, commit), (mst_cid, mst), *blocks])
+    body = {
+        "seq": seq, "repo": did, "rev": rev, "since": last_rev.get(did), "commit": commit_cid, "blocks": car,
+        "ops": [{"action": op.action, "path": f"{op.collection}/{op.rkey}", "cid": op.cid} for op in ops],
+        "time": _iso(time_us), "blobs": [], "rebase": False, "tooBig": False, "prevData": mst_cid,
+    }
+    last_rev[did] = rev
+    frame, encoded = _frame("#commit", body)
+    messages = []
+    for op in ops:
+        op_time = time_us * 1 + op.index  # unique: events are >= 1000 µs apart
+        commit_json: dict = {"rev": rev, "operation": op.action, "collection": op.collection, "rkey": op.rkey}
+        if op.record is not None:
+            commit_json["record"] = cbor.to_json(cbor.decode(op.block))  # what the CAR holds, tampered or not
+            commit_json["cid"] = str(op.cid)
+        messages.append((op_time, json.dumps({"did": did, "time_us": op_time, "kind": "commit", "commit": commit_json})))
+    return SimEvent(seq=seq, time_us=time_us, kind="commit", did=did, rev=rev, frame=frame, body=encoded, ops=tuple(ops),
+                    corrupt=any(op.tampered for op in ops), jetstream=tuple(messages))
+
+
+def _other_event(rng: random.Random, i: int, seq: int, time_us: int, did: str, last_rev: dict[str, str],
+                 config: AtprotoSimConfig) -> SimEvent:
+    kind = ("identity", "account", "sync")[(i // max(1, config.other_every)) % 3]
+    time = _iso(time_us)
+    rev = ""
+    if kind == "identity":
+        body: dict = {"seq": seq, "did": did, "time": time, "handle": f"user{rng.randrange(10**4)}.test"}
+        js_body = dict(body)
+    elif kind == "account":
+        body = {"seq": seq, "did": did, "time": time, "active": rng.random() < 0.7}
+        if not body["active"]:
+            body["status"] = "deactivated"
+        js_body = dict(body)
+    else:
+        rev = tid(time_us, 1023)
+        commit = cbor.encode({"did": did, "rev": rev, "sig": bytes(64), "data": CID.of_block(b"root"), "prev": None, "version": 3})
+        commit_cid = CID.of_block(commit)
+        body = {"seq": seq, "did": did, "time": time, "rev": rev, "blocks": cbor.encode_car([commit_cid], [(commit_cid, commit)])}
+        last_rev[did] = rev
+        js_body = None  # Jetstream has no sync events
+    frame, encoded = _frame(f"#{kind}", body)
+    messages = () if js_body is None else ((time_us, json.dumps({"did": did, "time_us": time_us, "kind": kind, kind: js_body})),)
+    return SimEvent(seq=seq, time_us=time_us, kind=kind, did=did, rev=rev, frame=frame, body=encoded, jetstream=messages)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ExpectedEntry:
+    """One entry an ingestor must persist: stream id, kind, data, and routing fields."""
+
+    position: int
+    sub: int
+    kind: str
+    data: bytes
+    fields: dict
+
+    @property
+    def stream_id(self) -> bytes:
+        return b"%d-%d" % (self.position, self.sub)
+
+
+def expected_records(events: list[SimEvent], *, mode: str = "firehose", collections: tuple[str, ...] = ()) -> tuple[list[ExpectedEntry], list[int]]:
+    """What weir must persist from ``events`` (DAG-CBOR form), and the positions of the dead letters.
+
+    ``collections`` (exact NSIDs or ``prefix.*``) filters commit ops; other kinds always pass.
+    """
+    def wanted(collection: str) -> bool:
+        return not collections or any(collection == c or (c.endswith("*") and collection.startswith(c[:-1])) for c in collections)
+
+    out: list[ExpectedEntry] = []
+    dead: list[int] = []
+    for event in events:
+        if event.kind == "commit":
+            if mode == "firehose" and any(op.tampered and wanted(op.collection) for op in event.ops):
+                dead.append(event.seq)  # the whole commit: its frame is the dead letter
+                continue
+            for op, (time_us, _) in zip(event.ops, event.jetstream):
+                if not wanted(op.collection):
+                    continue
+                if op.tampered:  # Jetstream: only that op's message
+                    dead.append(time_us)
+                    continue
+                position, sub = (event.seq, op.index) if mode == "firehose" else (time_us, 0)
+                fields = {"did": event.did, "collection": op.collection, "rkey": op.rkey, "action": op.action, "rev": event.rev}
+                if op.cid is not None:
+                    fields["cid"] = str(op.cid)
+                out.append(ExpectedEntry(position=position, sub=sub, kind="commit", data=op.block or b"", fields=fields))
+        elif mode == "firehose":
+            out.append(ExpectedEntry(position=event.seq, sub=0, kind=event.kind, data=event.body, fields={"did": event.did}))
+        elif event.jetstream:
+            time_us, message = event.jetstream[0]
+            body = json.loads(message)[event.kind]
+            out.append(ExpectedEntry(position=time_us, sub=0, kind=event.kind, data=cbor.encode(body), fields={"did": event.did}))
+    return out, dead

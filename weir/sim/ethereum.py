@@ -1,0 +1,378 @@
+"""A simulated Ethereum node: JSON-RPC 2.0 over WebSocket (trio-websocket), with reorgs.
+
+Methods: ``eth_chainId``, ``eth_blockNumber``, ``eth_getBlockByNumber``, ``eth_getBlockByHash``
+(orphaned blocks stay known by hash, as a real node keeps side blocks), ``eth_getLogs`` (by
+``blockHash`` or by range, with ``address`` / ``topics`` filters and a result cap that answers error
+-32005 like geth), ``eth_subscribe("newHeads")`` / ``eth_unsubscribe``, and batch requests
+(answered in a shuffled order).
+
+The chain (:class:`SimChain`) is a pure function of its :class:`EthereumSimConfig`: blocks of
+ERC-20 / ERC-721 transfer logs every ``block_time`` seconds; with ``reorg_every`` set, now and then
+the top 1..``max_reorg_depth`` blocks are replaced by a longer branch, whose heads are pushed (all
+of them, or only the new tip, which makes the client walk back). :meth:`SimChain.canonical_logs` is
+the final canonical chain the checker compares Redis with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from weir.codecs.ethereum_logs import ERC20_TRANSFER
+from weir.codecs.jsonrpc import (
+    INVALID_PARAMS,
+    LIMIT_EXCEEDED,
+    METHOD_NOT_FOUND,
+    JsonRpcError,
+    Request,
+    encode,
+    error_object,
+    from_quantity,
+    notification_text,
+    parse_requests,
+    reply_object,
+    to_quantity,
+)
+
+log = logging.getLogger("weir.sim.ethereum")
+
+GENESIS_TIME = 1_700_000_000
+ZERO_HASH = "0x" + "0" * 64
+
+
+@attrs.frozen(kw_only=True)
+class EthereumSimConfig:
+    """What the simulated chain does.
+
+    Attributes:
+        chain_id: answered by eth_chainId.
+        seed: everything random (hashes, logs, reorgs) derives from it.
+        block_time: seconds between blocks (0: as fast as possible).
+        logs_per_block: logs in each block (ERC-20 and ERC-721 transfers, from ``contracts`` contracts).
+        history: blocks that exist before the node starts serving (genesis is block 0).
+        blocks: blocks produced after start, then the chain stops (None: forever).
+        reorg_every: a reorg happens at about one block in this many (0: never).
+        min_reorg_depth, max_reorg_depth: how many blocks a reorg replaces.
+        max_logs: eth_getLogs answers error -32005 above this many results.
+        drop_every: close every connection each this many blocks (0: never).
+        contracts: distinct token contracts.
+    """
+
+    chain_id: int = 1337
+    seed: int = 1
+    block_time: float = 0.05
+    logs_per_block: int = 4
+    history: int = 0
+    blocks: int | None = None
+    reorg_every: int = 0
+    min_reorg_depth: int = 1
+    max_reorg_depth: int = 3
+    max_logs: int = 10_000
+    drop_every: int = 0
+    contracts: int = 3
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
+            raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
+        for name in ("logs_per_block", "history", "reorg_every", "max_logs", "drop_every", "contracts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more")
+
+
+def _hex32(data: bytes) -> str:
+    return "0x" + hashlib.sha256(data).hexdigest()
+
+
+@attrs.define(eq=False)
+class SimChain:
+    """The chain itself, no I/O: blocks by hash (orphans included), the canonical list, the logs."""
+
+    config: EthereumSimConfig
+    rng: random.Random = attrs.field(init=False)
+    headers: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    logs: dict[str, list[dict[str, Any]]] = attrs.Factory(dict)
+    canonical: list[str] = attrs.Factory(list)  # hashes, index = number
+    produced: int = 0
+    reorgs: list[tuple[int, int]] = attrs.Factory(list)  # (depth, at height)
+    _counter: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.rng = random.Random(self.config.seed)
+        self._extend()  # genesis
+        for _ in range(self.config.history):
+            self._extend()
+
+    @property
+    def head_number(self) -> int:
+        return len(self.canonical) - 1
+
+    def _extend(self) -> str:
+        number = len(self.canonical)
+        parent = self.canonical[-1] if self.canonical else ZERO_HASH
+        self._counter += 1
+        hash_ = _hex32(b"%d:%d:%d:%d" % (self.config.chain_id, self.config.seed, number, self._counter))
+        self.headers[hash_] = {
+            "number": to_quantity(number),
+            "hash": hash_,
+            "parentHash": parent,
+            "timestamp": to_quantity(GENESIS_TIME + 12 * number),
+            "miner": "0x" + "00" * 20,
+            "gasUsed": "0x0",
+        }
+        self.logs[hash_] = [self._log(number, hash_, i) for i in range(self.config.logs_per_block)] if number else []
+        self.canonical.append(hash_)
+        return hash_
+
+    def _log(self, number: int, block_hash: str, index: int) -> dict[str, Any]:
+        rng = self.rng
+        contract = "0x" + hashlib.sha256(b"contract%d" % rng.randrange(max(1, self.config.contracts))).hexdigest()[:40]
+        sender, receiver = ("0x" + "00" * 12 + rng.randbytes(20).hex() for _ in range(2))
+        if rng.random() < 0.8:  # ERC-20: value in data
+            topics, data = [ERC20_TRANSFER.topic0, sender, receiver], "0x" + rng.randrange(1 << 96).to_bytes(32, "big").hex()
+        else:  # ERC-721: token id as the third indexed topic
+            topics, data = [ERC20_TRANSFER.topic0, sender, receiver, "0x" + rng.randrange(1 << 32).to_bytes(32, "big").hex()], "0x"
+        return {
+            "address": contract,
+            "topics": topics,
+            "data": data,
+            "blockNumber": to_quantity(number),
+            "blockHash": block_hash,
+            "logIndex": to_quantity(index),
+            "transactionHash": _hex32(b"tx:%s:%d" % (block_hash.encode(), index)),
+            "transactionIndex": to_quantity(index),
+            "removed": False,
+        }
+
+    def step(self) -> tuple[list[str], bool]:
+        """Produce the next block (or a reorg); returns the new canonical hashes to announce and
+        whether only the tip should be pushed."""
+        self.produced += 1
+        cfg = self.config
+        if cfg.reorg_every and self.head_number > 1 and self.rng.randrange(cfg.reorg_every) == 0:
+            depth = min(self.rng.randint(cfg.min_reorg_depth, cfg.max_reorg_depth), self.head_number)
+            at = self.head_number
+            del self.canonical[len(self.canonical) - depth :]
+            new = [self._extend() for _ in range(depth + 1)]
+            self.reorgs.append((depth, at))
+            return new, self.rng.random() < 0.5
+        return [self._extend()], False
+
+    def block_by_number(self, number: int) -> dict[str, Any] | None:
+        return self.headers[self.canonical[number]] if 0 <= number < len(self.canonical) else None
+
+    def canonical_logs(self, up_to: int | None = None) -> list[tuple[str, int]]:
+        """(block hash, log index) of every log on the canonical chain (up to block ``up_to``)."""
+        last = self.head_number if up_to is None else up_to
+        return [
+            (hash_, from_quantity(item["logIndex"]))
+            for hash_ in self.canonical[: last + 1]
+            for item in self.logs[hash_]
+        ]
+
+
+def _matches(item: dict[str, Any], addresses: set[str] | None, topics: list[Any]) -> bool:
+    if addresses is not None and item["address"] not in addresses:
+        return False
+    for i, wanted in enumerate(topics):
+        if wanted is None:
+            continue
+        options = {wanted} if isinstance(wanted, str) else set(wanted)
+        if i >= len(item["topics"]) or item["topics"][i] not in options:
+            return False
+    return True
+
+
+@attrs.define(eq=False)
+class _Conn:
+    ws: WebSocketConnection
+    scope: trio.CancelScope
+    outbox_send: trio.MemorySendChannel[str]
+    subscriptions: set[str] = attrs.Factory(set)
+
+
+@attrs.define(eq=False)
+class EthereumSim:
+    """The node: serves :class:`SimChain` over WebSocket and grows it on a timer."""
+
+    config: EthereumSimConfig
+    chain: SimChain = attrs.field(init=False)
+    port: int = 0
+    connections: set[_Conn] = attrs.Factory(set)
+    finished: trio.Event = attrs.Factory(trio.Event)
+    requests: dict[str, int] = attrs.Factory(dict)  # method -> count
+    drops: int = 0
+    paused: bool = False
+    _sub_counter: int = 0
+    _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
+
+    def __attrs_post_init__(self) -> None:
+        self.chain = SimChain(self.config)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def drop_connections(self) -> int:
+        """Close every client connection (subscriptions die with them); returns how many."""
+        count = len(self.connections)
+        for conn in list(self.connections):
+            conn.scope.cancel()
+        self.drops += 1
+        return count
+
+    async def produce(self) -> None:
+        """Grow the chain every ``block_time`` until ``blocks`` were produced."""
+        cfg = self.config
+        while cfg.blocks is None or self.chain.produced < cfg.blocks:
+            await trio.sleep(cfg.block_time)
+            if self.paused:
+                continue
+            new, tip_only = self.chain.step()
+            self._announce(new[-1:] if tip_only else new)
+            if cfg.drop_every and self.chain.produced % cfg.drop_every == 0:
+                self.drop_connections()
+        self.finished.set()
+
+    def _announce(self, hashes: Iterable[str]) -> None:
+        for conn in list(self.connections):
+            for sub in conn.subscriptions:
+                for hash_ in hashes:
+                    text = notification_text("eth_subscription", {"subscription": sub, "result": self.chain.headers[hash_]})
+                    try:
+                        conn.outbox_send.send_nowait(text)
+                    except trio.WouldBlock:  # a subscriber that cannot keep up is dropped, like geth does
+                        conn.scope.cancel()
+                    except trio.ClosedResourceError:
+                        pass
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        outbox_send, outbox_receive = trio.open_memory_channel[str](4096)
+        with trio.CancelScope() as scope:
+            conn = _Conn(ws=ws, scope=scope, outbox_send=outbox_send)
+            self.connections.add(conn)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, ws, outbox_receive)
+                    try:
+                        while True:
+                            message = await ws.get_message()
+                            reply = self.answer(conn, message)
+                            if reply is not None:
+                                await outbox_send.send(reply)
+                    except ConnectionClosed:
+                        nursery.cancel_scope.cancel()
+            finally:
+                self.connections.discard(conn)
+                outbox_send.close()
+        if scope.cancelled_caught:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose(code=1001, reason="dropped by the simulator")
+
+    async def _writer(self, ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str]) -> None:
+        try:
+            async for text in outbox:
+                await ws.send_message(text)
+        except ConnectionClosed:
+            pass
+
+    def answer(self, conn: _Conn, message: str | bytes) -> str | None:
+        try:
+            requests, is_batch = parse_requests(message)
+        except JsonRpcError as exc:
+            return encode(error_object(None, exc))
+        replies = []
+        for request in requests:
+            if isinstance(request, JsonRpcError):
+                replies.append(error_object(None, request))
+                continue
+            self.requests[request.method] = self.requests.get(request.method, 0) + 1
+            try:
+                result = self._call(conn, request)
+            except JsonRpcError as exc:
+                replies.append(error_object(request.id, exc))
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                replies.append(error_object(request.id, JsonRpcError(INVALID_PARAMS, f"invalid params: {exc}")))
+            else:
+                replies.append(reply_object(request.id, result))
+        if is_batch:
+            self._order_rng.shuffle(replies)  # batch answers may come in any order
+            return encode(replies)
+        return encode(replies[0])
+
+    def _call(self, conn: _Conn, request: Request) -> Any:
+        chain = self.chain
+        params = request.params
+        method = request.method
+        if method == "eth_chainId":
+            return to_quantity(self.config.chain_id)
+        if method == "eth_blockNumber":
+            return to_quantity(chain.head_number)
+        if method == "eth_getBlockByNumber":
+            tag = params[0]
+            number = chain.head_number if tag in ("latest", "safe", "finalized") else from_quantity(tag, "block number")
+            return chain.block_by_number(number)
+        if method == "eth_getBlockByHash":
+            return chain.headers.get(str(params[0]).lower())
+        if method == "eth_getLogs":
+            return self._get_logs(params[0])
+        if method == "eth_subscribe":
+            if params[:1] != ["newHeads"]:
+                raise JsonRpcError(INVALID_PARAMS, f"unsupported subscription {params[:1]}")
+            self._sub_counter += 1
+            sub = "0x%032x" % self._sub_counter
+            conn.subscriptions.add(sub)
+            return sub
+        if method == "eth_unsubscribe":
+            found = params[0] in conn.subscriptions
+            conn.subscriptions.discard(params[0])
+            return found
+        raise JsonRpcError(METHOD_NOT_FOUND, f"the method {method} does not exist/is not available")
+
+    def _get_logs(self, filter_: dict[str, Any]) -> list[dict[str, Any]]:
+        chain = self.chain
+        address = filter_.get("address")
+        addresses = None if address is None else {a.lower() for a in ([address] if isinstance(address, str) else address)}
+        topics = filter_.get("topics") or []
+        if "blockHash" in filter_:
+            if "fromBlock" in filter_ or "toBlock" in filter_:
+                raise JsonRpcError(INVALID_PARAMS, "cannot specify both BlockHash and FromBlock/ToBlock")
+            hash_ = str(filter_["blockHash"]).lower()
+            if hash_ not in chain.logs:
+                raise JsonRpcError(-32000, "unknown block")
+            return [item for item in chain.logs[hash_] if _matches(item, addresses, topics)]
+
+        def bound(name: str) -> int:
+            tag = filter_.get(name, "latest")
+            return chain.head_number if tag in ("latest", "safe", "finalized") else from_quantity(tag, name)
+
+        first, last = bound("fromBlock"), min(bound("toBlock"), chain.head_number)
+        out: list[dict[str, Any]] = []
+        for number in range(first, last + 1):
+            out += (item for item in chain.logs[chain.canonical[number]] if _matches(item, addresses, topics))
+            if len(out) > self.config.max_logs:
+                raise JsonRpcError(LIMIT_EXCEEDED, f"query returned more than {self.config.max_logs} results")
+        return out
+
+
+async def serve_ethereum_sim(
+    config: EthereumSimConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[EthereumSim] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve a simulated node until cancelled; ``task_status.started(sim)`` once it listens."""
+    sim = EthereumSim(config)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, sim.handle, host, port, None)
+        sim.port = server.port
+        nursery.start_soon(sim.produce)
+        task_status.started(sim)

@@ -1,0 +1,76 @@
+"""``python -m weir.sim ethereum [options]``: the simulated Ethereum node as a process (until SIGTERM/SIGINT).
+
+Prints ``weir-sim ethereum listening on HOST:PORT`` once it serves. SIGUSR1 drops every connection.
+On exit with ``--record PATH`` it writes the final canonical chain (``[[block hash, log index], ...]``
+and the head) as JSON, for checkers in other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from weir.sim.ethereum import EthereumSimConfig, serve_ethereum_sim
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("", "none") else int(text)
+
+
+def add_parser(networks: argparse._SubParsersAction) -> None:
+    eth = networks.add_parser("ethereum", help="an Ethereum node (JSON-RPC over WebSocket, with reorgs)")
+    eth.add_argument("--host", default="127.0.0.1")
+    eth.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
+    eth.add_argument("--chain-id", type=int, default=1337)
+    eth.add_argument("--seed", type=int, default=1)
+    eth.add_argument("--block-time", type=float, default=1.0)
+    eth.add_argument("--logs-per-block", type=int, default=4)
+    eth.add_argument("--history", type=int, default=0)
+    eth.add_argument("--blocks", type=_optional_int, default=None, help="blocks produced, then idle")
+    eth.add_argument("--reorg-every", type=int, default=0)
+    eth.add_argument("--min-reorg-depth", type=int, default=1)
+    eth.add_argument("--max-reorg-depth", type=int, default=3)
+    eth.add_argument("--max-logs", type=int, default=10_000)
+    eth.add_argument("--drop-every", type=int, default=0)
+    eth.add_argument("--record", default="", help="write the final canonical chain here on exit")
+    eth.add_argument("--log-level", default="WARNING")
+
+
+def config_from_args(args: argparse.Namespace) -> EthereumSimConfig:
+    return EthereumSimConfig(
+        chain_id=args.chain_id, seed=args.seed, block_time=args.block_time, logs_per_block=args.logs_per_block,
+        history=args.history, blocks=args.blocks, reorg_every=args.reorg_every, min_reorg_depth=args.min_reorg_depth,
+        max_reorg_depth=args.max_reorg_depth, max_logs=args.max_logs, drop_every=args.drop_every,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import trio
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"weir-sim: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            async with trio.open_nursery() as nursery:
+                sim = await nursery.start(serve_ethereum_sim, config, args.host, args.port)
+                print(f"weir-sim ethereum listening on {args.host}:{sim.port}", flush=True)
+                try:
+                    async for signum in signals:
+                        if signum == signal.SIGUSR1:
+                            sim.drop_connections()
+                            continue
+                        break
+                finally:
+                    if args.record:
+                        with open(args.record, "w") as out:
+                            json.dump({"head": sim.chain.head_number, "logs": sim.chain.canonical_logs()}, out)
+                    nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    return 0
