@@ -22,6 +22,7 @@ import trio
 
 from weir.actors.batch import BatchPolicy
 from weir.actors.pipeline import PipelineStats, build_pipeline
+from weir.actors.stopping import until_stopped
 from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import NETWORKS, Network, NetworkContext
@@ -101,19 +102,8 @@ async def read_cursor_patiently(
 async def _unless_stopped(stopping: trio.Event, work):
     """Await ``work`` unless ``stopping`` is set first (then return None)."""
     result = None
-    async with trio.open_nursery() as nursery:
-
-        async def run() -> None:
-            nonlocal result
-            result = await work
-            nursery.cancel_scope.cancel()
-
-        async def watch() -> None:
-            await stopping.wait()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(run)
-        nursery.start_soon(watch)
+    async with until_stopped(stopping):
+        result = await work
     return result
 
 

@@ -24,6 +24,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
+from weir.actors.stopping import until_stopped
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, parse_header, parse_log, raw_log_bytes
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
@@ -409,37 +410,30 @@ async def run_chain_connection(
     reader = ChainReader(settings=settings, decoder=decoder, stats=stats)
     task_status.started()
     attempt = 0
-    with trio.CancelScope() as outer:
-
-        async def stop_when_asked() -> None:
-            await stopping.wait()
-            outer.cancel()
-
-        async with trio.open_nursery() as watcher:
-            watcher.start_soon(stop_when_asked)
-            cursor = await read_cursor()
-            while True:
-                if breaker is not None:
-                    await breaker.wait_allowed()
-                emitted_before = stats.emitted_blocks + stats.connects
-                try:
-                    await _session(reader, cursor, send, stats, breaker)
-                except Exception as exc:
-                    stats.connected = False
-                    if not is_transient(exc):
-                        raise
-                    if breaker is not None and stats.emitted_blocks + stats.connects == emitted_before:
-                        breaker.record_failure()
-                    stats.last_error = f"{type(exc).__name__}: {exc}"
-                    delay = backoff.delay(attempt, rng)
-                    attempt += 1
-                    stats.reconnects += 1
-                    log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay)
-                    await trio.sleep(delay)
-                except BaseException:
-                    if breaker is not None:
-                        breaker.release_trial()
+    async with until_stopped(stopping):
+        cursor = await read_cursor()
+        while True:
+            if breaker is not None:
+                await breaker.wait_allowed()
+            emitted_before = stats.emitted_blocks + stats.connects
+            try:
+                await _session(reader, cursor, send, stats, breaker)
+            except Exception as exc:
+                stats.connected = False
+                if not is_transient(exc):
                     raise
+                if breaker is not None and stats.emitted_blocks + stats.connects == emitted_before:
+                    breaker.record_failure()
+                stats.last_error = f"{type(exc).__name__}: {exc}"
+                delay = backoff.delay(attempt, rng)
+                attempt += 1
+                stats.reconnects += 1
+                log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay)
+                await trio.sleep(delay)
+            except BaseException:
+                if breaker is not None:
+                    breaker.release_trial()
+                raise
     stats.connected = False
 
 

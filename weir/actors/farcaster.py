@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector
 from weir.codecs.farcaster_keys import (
@@ -320,53 +321,46 @@ async def run_shard_connection(
     event_types = server_event_types(settings)
     task_status.started()
     attempt = 0
-    with trio.CancelScope() as outer:
-
-        async def stop_when_asked() -> None:
-            await stopping.wait()
-            outer.cancel()
-
-        async with trio.open_nursery() as watcher:
-            watcher.start_soon(stop_when_asked)
-            reader = ShardReader(
-                shard=shard,
-                partition=str(shard),
-                detector=GapDetector(subscribed=event_types),
-                stats=stats,
-                last_id=await read_cursor(),  # may wait for Redis; a stop request still ends it
-            )
-            while True:
-                from_id = _resume_from(reader.last_id, settings.start)
-                request = subscribe_request(shard, from_id, event_types)
-                reader.detector.subscribed_from(from_id)
-                received_before = stats.received
-                if breaker is not None:
-                    await breaker.wait_allowed()
-                try:
-                    await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
-                except Exception as exc:
-                    stats.connected = False
-                    if breaker is not None and stats.received == received_before:
-                        breaker.record_failure()
-                    if not is_transient(exc):
-                        raise
-                    if stats.received > received_before:  # that connection worked: back off afresh
-                        attempt = 0
-                    stats.last_error = _describe(exc)
-                    delay = backoff.delay(attempt, rng)
-                    attempt += 1
-                    stats.reconnects += 1
-                    resume_from = _resume_from(reader.last_id, settings.start)
-                    log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
-                                shard, target, stats.last_error, delay, resume_from,
-                                extra={"event": "disconnect", "source": SOURCE, "partition": str(shard),
-                                       "url": str(target), "error": stats.last_error, "reconnect_in": round(delay, 3),
-                                       "resume_from": resume_from, "reconnects": stats.reconnects})
-                    await trio.sleep(delay)
-                except BaseException:
-                    if breaker is not None:
-                        breaker.release_trial()  # cancelled: no verdict on the node
+    async with until_stopped(stopping):
+        reader = ShardReader(
+            shard=shard,
+            partition=str(shard),
+            detector=GapDetector(subscribed=event_types),
+            stats=stats,
+            last_id=await read_cursor(),  # may wait for Redis; a stop request still ends it
+        )
+        while True:
+            from_id = _resume_from(reader.last_id, settings.start)
+            request = subscribe_request(shard, from_id, event_types)
+            reader.detector.subscribed_from(from_id)
+            received_before = stats.received
+            if breaker is not None:
+                await breaker.wait_allowed()
+            try:
+                await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
+            except Exception as exc:
+                stats.connected = False
+                if breaker is not None and stats.received == received_before:
+                    breaker.record_failure()
+                if not is_transient(exc):
                     raise
+                if stats.received > received_before:  # that connection worked: back off afresh
+                    attempt = 0
+                stats.last_error = _describe(exc)
+                delay = backoff.delay(attempt, rng)
+                attempt += 1
+                stats.reconnects += 1
+                resume_from = _resume_from(reader.last_id, settings.start)
+                log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
+                            shard, target, stats.last_error, delay, resume_from,
+                            extra={"event": "disconnect", "source": SOURCE, "partition": str(shard),
+                                   "url": str(target), "error": stats.last_error, "reconnect_in": round(delay, 3),
+                                   "resume_from": resume_from, "reconnects": stats.reconnects})
+                await trio.sleep(delay)
+            except BaseException:
+                if breaker is not None:
+                    breaker.release_trial()  # cancelled: no verdict on the node
+                raise
     stats.connected = False
 
 

@@ -1,0 +1,32 @@
+"""Run a block of a source actor until it ends or its ``stopping`` event is set."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+
+@asynccontextmanager
+async def until_stopped(stopping: trio.Event) -> AsyncIterator[trio.CancelScope]:
+    """Cancel the block as soon as ``stopping`` is set; leave it quietly when that happens.
+
+    The block's own errors leave as themselves (not wrapped in the watcher's ExceptionGroup), so a
+    supervisor sees the real exception.
+    """
+    with trio.CancelScope() as scope:
+
+        async def cancel_when_stopping() -> None:
+            await stopping.wait()
+            scope.cancel()
+
+        try:
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(cancel_when_stopping)
+                yield scope
+                watcher.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
+                raise group.exceptions[0] from None
+            raise
