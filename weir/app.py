@@ -127,7 +127,7 @@ async def serve(
     context = NetworkContext(backoff=backoff, rng=rng, redis_breaker=breaker)
     networks = [factory(config, context) for factory in NETWORKS.values() if factory.enabled(config)]
     if not networks:
-        raise ValueError("no network is enabled: set farcaster.enabled (or another network's) to true")
+        raise ValueError("no network is enabled: set one of farcaster.enabled, atproto.enabled, ethereum.enabled to true")
     policy = BatchPolicy(
         max_events=config.batch.max_events,
         max_bytes=config.batch.max_bytes,
