@@ -70,3 +70,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(path, environ={})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_a_service_with_no_network_is_refused() -> None:
+    with pytest.raises(ConfigError, match="farcaster.enabled: no network is enabled"):
+        load_config(environ={}, overrides={"farcaster.enabled": "false"})

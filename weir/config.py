@@ -347,6 +347,8 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     if config.metrics.stale_after <= 0:
         fail("metrics.stale_after", f"must be positive, got {config.metrics.stale_after}")
     _validate_ethereum(config.ethereum, fail)
+    if not (config.farcaster.enabled or config.atproto.enabled or config.ethereum.enabled):
+        fail("farcaster.enabled", "no network is enabled: set farcaster.enabled, atproto.enabled or ethereum.enabled to true")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         fail("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
     if config.log_format not in {"auto", "text", "json"}:
