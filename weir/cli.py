@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--farcaster-url", metavar="URL", help="Snapchain node, http://host:port or https://host:port (farcaster.url)")
     run.add_argument("--shards", metavar="N,N", help="user shards to ingest; default: all, from GetInfo (farcaster.shards)")
 
-    demo = commands.add_parser("demo", help="simulated Snapchain -> weir -> embedded Redis, with live progress")
+    demo = commands.add_parser("demo", help="a simulated network -> weir -> embedded Redis, with live progress")
     _add_config_options(demo)
-    demo.add_argument("--events", type=int, default=20_000, metavar="N", help="events per shard the simulator offers (default 20000)")
+    demo.add_argument("--network", choices=("farcaster", "atproto"), default="farcaster",
+                      help="farcaster (Snapchain gRPC, default) or atproto (the relay firehose)")
+    demo.add_argument("--events", type=int, default=20_000, metavar="N", help="events per shard (Farcaster) or in all (AT Protocol) the simulator offers (default 20000)")
     demo.add_argument("--shards", type=int, default=2, metavar="N", help="simulated user shards (default 2)")
     demo.add_argument("--rate", type=float, default=5_000.0, metavar="R", help="events/s per shard, 0 = as fast as possible (default 5000)")
     demo.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import attrs
 import trio
 
 from weir.config import Config, load_config
@@ -25,29 +27,47 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@asynccontextmanager
+async def _open_simulation(args: argparse.Namespace) -> AsyncIterator[tuple[dict[str, str], Callable[[Any], bool]]]:
+    """Start the chosen network's simulator; yield the config overrides and a completion check."""
+    if args.network == "atproto":
+        from weir.sim.atproto_data import AtprotoSimConfig, generate_history
+        from weir.sim.process import open_atproto_sim
+
+        sim_config = AtprotoSimConfig(seed=args.seed, total=args.events, rate=args.rate)
+        last_seq = generate_history(sim_config)[-1].seq
+        print(f"weir demo: simulating an AT Protocol relay with {args.events} events at "
+              f"{'full speed' if not args.rate else f'{args.rate:g} events/s'} (seed {args.seed})", file=sys.stderr)
+        async with open_atproto_sim(sim_config) as url:
+            overrides = {"farcaster.enabled": "false", "atproto.enabled": "true", "atproto.url": url,
+                         "atproto.jetstream_url": url, "atproto.start": "oldest"}
+            yield overrides, lambda p: p.sink.cursor == last_seq
+        return
+    sim_config = SnapchainSimConfig(shards=args.shards, seed=args.seed, rate=args.rate, total=args.events)
+    print(f"weir demo: simulating {args.shards} Snapchain shards x {args.events} events at "
+          f"{'full speed' if not args.rate else f'{args.rate:g} events/s per shard'} (seed {args.seed})", file=sys.stderr)
+    async with open_snapchain_sim(sim_config) as sim:
+        overrides = {"farcaster.url": sim.url, "farcaster.start": "oldest", "farcaster.idle_timeout": "10",
+                     "farcaster.shards": ",".join(str(shard) for shard in range(1, args.shards + 1))}
+        yield overrides, lambda p: p.source.received >= args.events and p.sink.cursor == p.source.last_id
+
+
 async def run_demo(config: Config, args: argparse.Namespace) -> int:
     from weir.cli import serve_until_signalled
 
-    sim_config = SnapchainSimConfig(shards=args.shards, seed=args.seed, rate=args.rate, total=args.events)
     with tempfile.TemporaryDirectory(prefix="weir-demo-") as scratch:
         data_dir = config.redis.data_dir if "--data-dir" in sys.argv else str(Path(scratch) / "redis")
-        print(f"weir demo: simulating {args.shards} shards x {args.events} events at "
-              f"{'full speed' if not args.rate else f'{args.rate:g} events/s per shard'} (seed {args.seed})",
-              file=sys.stderr)
-        async with open_snapchain_sim(sim_config) as sim:
+        async with _open_simulation(args) as (network_overrides, partition_done):
             demo_config = load_config(
                 args.config,
                 overrides={
                     **{f"redis.{k}": str(v) for k, v in (("url", config.redis.url), ("data_dir", data_dir)) if v},
-                    "farcaster.url": sim.url,
-                    "farcaster.start": "oldest",
-                    "farcaster.idle_timeout": "10",
+                    **network_overrides,
                     "log_level": config.log_level,
                     "metrics.port": "0",  # any free port (printed below); --set metrics.port=N picks one
                     **{item.partition("=")[0]: item.partition("=")[2] for item in args.set},
                 },
             )
-            demo_config = attrs.evolve(demo_config, farcaster=attrs.evolve(demo_config.farcaster, shards=tuple(range(1, args.shards + 1))))
             summary: dict[str, object] = {}
 
             async def watch(service, stopping: trio.Event) -> None:
@@ -61,12 +81,11 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                 while True:
                     await trio.sleep(CHECK_INTERVAL)
                     now = trio.current_time()
-                    complete = all(p.source.received >= args.events and p.sink.cursor == p.source.last_id
-                                   for p in service.partitions)
+                    complete = all(partition_done(p) for p in service.partitions)
                     if now < next_print and not complete:
                         continue
                     next_print = now + PROGRESS_INTERVAL
-                    received = sum(p.source.received for p in service.partitions)
+                    received = sum(getattr(p.source, "received", 0) for p in service.partitions)
                     persisted = sum(p.sink.appended for p in service.partitions)
                     durable = sum(p.sink.appended + p.sink.skipped for p in service.partitions)
                     rate = (durable - last_done) / (now - last_time)
@@ -85,7 +104,7 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                             persisted=persisted, elapsed=elapsed, rate=persisted / elapsed if elapsed else 0.0,
                             p50=_percentile(all_latencies, 0.5), p99=_percentile(all_latencies, 0.99),
                             dead=sum(p.sink.dead_appended for p in service.partitions),
-                            gaps=sum(p.source.gaps for p in service.partitions), restarts=restarts,
+                            gaps=sum(getattr(p.source, "gaps", 0) for p in service.partitions), restarts=restarts,
                         )
                         if tty:
                             print(file=sys.stderr)
