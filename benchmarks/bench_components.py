@@ -9,10 +9,10 @@ the split of a pipeline run's CPU time is taken from these direct timings instea
 - transport: the Subscribe stream read as raw bytes through weir's own ``_subscribe_aio`` +
   ``bridge.pump_batches`` (lists of ``read_batch`` crossing into trio, nothing else done), and the
   same stream in plain asyncio (no trio-asyncio) for comparison;
-- ``scan_hub_event`` alone, and a benchmark-only prototype of a faster scanner (one-byte varints
-  inlined, same HubEventKeys out, checked equal on every event) to size the proposed change;
-- ``ShardReader.read`` (scan + gap detector + Event construction), lists of 512;
-- the fid filter (predicate + list comprehension);
+- ``scan_hub_event`` (the fast path with one-byte varints inlined) and ``scan_hub_event_strict``;
+- ``ShardReader.read`` (scan + gap detector + Event construction), lists of 512, without and with
+  a 1 % fid key filter (filtered events never become Event objects);
+- the key filter alone;
 - ``RedisSink._pack_evalsha`` (RESP packing of a batch; Redis itself not involved);
 - betterproto2 decode and encode of a HubEvent (what the naive baseline pays).
 """
@@ -38,151 +38,6 @@ def per_event(fn, n_events: int, repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - started)
     return best / n_events * 1e6
-
-
-# -- a prototype scanner (benchmark-only; the proposal for weir/codecs/farcaster_keys.py) -------------
-
-
-def make_fast_scanner():
-    """scan_hub_event with one-byte varints inlined (tags and most lengths are < 128).
-
-    Same result as weir's scanner on valid input; on anything unusual (a multi-byte tag, a
-    malformed body) it falls back to weir's scanner, which raises the proper WireError.
-    """
-    from weir.codecs.farcaster_keys import (
-        HubEventKeys,
-        _scan_block_confirmed,
-        _scan_on_chain_body,
-        _scan_username_proof_body,
-        scan_hub_event,
-    )
-    from weir.codecs.protowire import read_varint
-
-    def message_keys(buf: bytes, pos: int, end: int) -> tuple[int, int, bytes]:
-        # Message: 1 data (LEN), 2 hash (LEN), 7 data_bytes (LEN); others skipped by length.
-        fid = msg_type = 0
-        msg_hash = b""
-        data_start = data_end = -1
-        while pos < end:
-            key = buf[pos]
-            if key >= 0x80:
-                raise ValueError
-            pos += 1
-            wire_type = key & 7
-            if wire_type == 2:
-                length = buf[pos]
-                if length < 0x80:
-                    pos += 1
-                else:
-                    length, pos = read_varint(buf, pos, end)
-                stop = pos + length
-                if stop > end:
-                    raise ValueError
-                field = key >> 3
-                if field == 1 or (field == 7 and data_start < 0):
-                    data_start, data_end = pos, stop
-                elif field == 2:
-                    msg_hash = buf[pos:stop]
-                pos = stop
-            elif wire_type == 0:
-                while buf[pos] >= 0x80:
-                    pos += 1
-                pos += 1
-            else:
-                raise ValueError
-        if data_start >= 0:  # MessageData: 1 type, 2 fid (varints), first fields of the message
-            pos, end = data_start, data_end
-            while pos < end:
-                key = buf[pos]
-                pos += 1
-                wire_type = key & 7
-                if wire_type == 0:
-                    value, pos = (buf[pos], pos + 1) if buf[pos] < 0x80 else read_varint(buf, pos, end)
-                    if key == 0x08:
-                        msg_type = value
-                    elif key == 0x10:
-                        fid = value
-                        if msg_type:
-                            break
-                elif wire_type == 2:
-                    length, pos = (buf[pos], pos + 1) if buf[pos] < 0x80 else read_varint(buf, pos, end)
-                    pos += length
-                else:
-                    raise ValueError
-        return fid, msg_type, msg_hash
-
-    def scan(buf: bytes) -> HubEventKeys:
-        try:
-            end = len(buf)
-            pos = 0
-            event_type = event_id = shard = block_number = timestamp = fid = msg_type = 0
-            msg_hash = b""
-            block = None
-            saw_id = False
-            while pos < end:
-                key = buf[pos]
-                if key >= 0x80:
-                    if key == 0x82 and buf[pos + 1] == 0x01:  # field 16, LEN: BLOCK_CONFIRMED body
-                        pos += 2
-                        length, start = read_varint(buf, pos, end)
-                        stop = start + length
-                        if stop > end:
-                            raise ValueError
-                        block = _scan_block_confirmed(buf, start, stop)
-                        pos = stop
-                        continue
-                    raise ValueError
-                pos += 1
-                if key & 7 == 0:
-                    value = buf[pos]
-                    if value < 0x80:
-                        pos += 1
-                    else:
-                        value, pos = read_varint(buf, pos, end)
-                    if key == 0x08:
-                        event_type = value
-                    elif key == 0x10:
-                        event_id = value
-                        saw_id = True
-                    elif key == 0x60:
-                        block_number = value
-                    elif key == 0x70:
-                        shard = value
-                    elif key == 0x78:
-                        timestamp = value
-                elif key & 7 == 2:
-                    length = buf[pos]
-                    if length < 0x80:
-                        start = pos + 1
-                    else:
-                        length, start = read_varint(buf, pos, end)
-                    stop = start + length
-                    if stop > end:
-                        raise ValueError
-                    field = key >> 3
-                    if field == 3 or field == 4 or field == 5 or field == 13:
-                        # body: field 1 is the Message
-                        if buf[start] != 0x0A:
-                            raise ValueError
-                        mlen, mstart = read_varint(buf, start + 1, stop)
-                        fid, msg_type, msg_hash = message_keys(buf, mstart, mstart + mlen)
-                    elif field == 8:
-                        fid, msg_type, msg_hash = _scan_username_proof_body(buf, start, stop)
-                    elif field == 11:
-                        fid = _scan_on_chain_body(buf, start, stop)
-                    pos = stop
-                else:
-                    raise ValueError
-            if not saw_id:
-                raise ValueError
-            return HubEventKeys(event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, block)
-        except (ValueError, IndexError):
-            return scan_hub_event(buf)  # the careful path: proper WireError, odd encodings
-
-    return scan
-
-
-# -- transport ceiling ------------------------------------------------------------------------------
 
 
 async def transport_trio(url: str, shard: int, expected: int, read_batch: int) -> dict:
@@ -273,13 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import trio
 
-    from weir.actors.farcaster import ShardReader
-    try:
-        from weir.networks.farcaster import farcaster_predicate
-    except ImportError:  # before weir/networks/ existed
-        from weir.app import farcaster_predicate
+    from weir.actors.farcaster import ShardReader, ShardStats
     from weir.codecs.farcaster_gaps import GapDetector
-    from weir.codecs.farcaster_keys import scan_hub_event
+    from weir.codecs.farcaster_keys import scan_hub_event, scan_hub_event_strict
+    from weir.networks.farcaster import key_filter
     from weir.config import load_config
     from weir.events import Chunk
     from weir.protos.snapchain import HubEvent
@@ -295,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, float | dict] = {}
 
     figures["scan_hub_event_us"] = per_event(lambda: [scan_hub_event(p) for p in payloads], n)
-    fast = make_fast_scanner()
-    mismatches = sum(1 for p in payloads if fast(p) != scan_hub_event(p))
-    figures["prototype_fast_scan_us"] = per_event(lambda: [fast(p) for p in payloads], n)
-    figures["prototype_fast_scan_mismatches"] = mismatches
+    figures["scan_hub_event_strict_us"] = per_event(lambda: [scan_hub_event_strict(p) for p in payloads], n)
 
     def read_all() -> list[Chunk]:
         reader = ShardReader(shard=1, partition="1", detector=GapDetector(), stats=__import__("weir.actors.farcaster", fromlist=["ShardStats"]).ShardStats())
@@ -309,8 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     fids = sorted({e.fields.get("fid") for c in chunks for e in c.events if e.fields.get("fid")})
     keep = fids[:: max(1, len(fids) // args.fids)][: args.fids]
     settings = load_config(environ={}, overrides={"farcaster.fids": ",".join(map(str, keep))}).farcaster
-    predicate = farcaster_predicate(settings)
-    figures["filter_us"] = per_event(lambda: [[e for e in c.events if predicate(e)] for c in chunks], n)
+    keep_keys = key_filter(settings)
+    scanned = [scan_hub_event(p) for p in payloads]
+    figures["key_filter_us"] = per_event(lambda: [k for k in scanned if keep_keys(k)], n)
+
+    def read_all_filtered() -> list[Chunk]:
+        reader = ShardReader(shard=1, partition="1", detector=GapDetector(), stats=ShardStats(), keep=keep_keys)
+        return [reader.read(batch, 0.0) for batch in lists]
+
+    figures["shard_reader_read_filtered_us"] = per_event(read_all_filtered, n)
 
     sink = RedisSink("redis://127.0.0.1:1/0", source="farcaster")
     batches = [chunks[i : i + 1] for i in range(len(chunks))]  # ~512 events each, as in the pipeline

@@ -155,3 +155,25 @@ def test_scan_message_alone() -> None:
     data = MessageData(type=MessageType.LINK_ADD, fid=77, timestamp=5, network=1)
     message = Message(data=data, hash=b"\x09" * 20)
     assert scan_message(bytes(message)) == (77, int(MessageType.LINK_ADD), b"\x09" * 20)
+
+
+@settings(max_examples=300)
+@given(hub_events(), st.data())
+def test_fast_path_agrees_with_the_strict_scanner_on_damaged_events(case, data) -> None:
+    """Truncations and byte flips: the fast path gives the strict scanner's answer or its error."""
+    from weir.codecs.farcaster_keys import scan_hub_event_strict
+
+    payload = bytearray(bytes(case[0]))
+    if payload and data.draw(st.booleans()):
+        index = data.draw(st.integers(0, len(payload) - 1))
+        payload[index] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(payload)))
+    damaged = bytes(payload[:cut])
+    try:
+        expected = scan_hub_event_strict(damaged)
+    except WireError as exc:
+        with pytest.raises(WireError) as info:
+            scan_hub_event(damaged)
+        assert str(info.value) == str(exc)
+    else:
+        assert scan_hub_event(damaged) == expected

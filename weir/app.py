@@ -26,7 +26,6 @@ from weir.actors.stopping import until_stopped
 from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import NETWORKS, Network, NetworkContext
-from weir.networks.farcaster import farcaster_predicate  # noqa: F401  (TEMP: benchmarks import it from here)
 from weir.observability.http import Observability, open_observability
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable

@@ -124,4 +124,4 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
 
 
 def _filtered(service) -> int:
-    return sum(getattr(p.sink, "filtered", 0) for p in service.partitions)
+    return sum(p.sink.filtered + getattr(p.source, "filtered", 0) for p in service.partitions)

@@ -157,6 +157,7 @@ class ShardStats:
     connects: int = 0
     reconnects: int = 0
     received: int = 0
+    filtered: int = 0  # dropped by the key filter, before any Event was built
     dead_letters: int = 0
     duplicates_skipped: int = 0
     gaps: int = 0
@@ -174,6 +175,9 @@ class ShardReader:
     detector: GapDetector
     stats: ShardStats
     last_id: int | None = None
+    # The user's filter, on scanned keys: events it rejects still move the cursor (``through``) but
+    # never become Event objects, which is most of what filtering would otherwise cost.
+    keep: Callable[[HubEventKeys], bool] | None = None
     # Dead letters read before any id is known: they wait for the first chunk that has a position,
     # because a chunk must carry a cursor and inventing one (0) would mean "replay everything".
     _unplaced: list[DeadLetter] = attrs.Factory(list)
@@ -183,6 +187,8 @@ class ShardReader:
         dead: list[DeadLetter] = self._unplaced
         self._unplaced = []
         last_id = self.last_id
+        keep = self.keep
+        filtered = 0
         for payload in payloads:
             try:
                 keys = scan_hub_event(payload)
@@ -210,6 +216,9 @@ class ShardReader:
             if keys.shard and keys.shard != self.shard:
                 dead.append(self._dead(payload, f"event for shard {keys.shard} on shard {self.shard}'s stream", event_id, received))
                 continue
+            if keep is not None and not keep(keys):
+                filtered += 1
+                continue
             fields: dict[str, object] = {"block": keys.block_number}
             if keys.fid:
                 fields["fid"] = keys.fid
@@ -229,6 +238,7 @@ class ShardReader:
                 )
             )
         self.stats.received += len(payloads)
+        self.stats.filtered += filtered
         if last_id is None:
             self._unplaced = dead
             return None
@@ -300,6 +310,7 @@ async def run_shard_connection(
     stats: ShardStats,
     backoff: Backoff,
     breaker: CircuitBreaker | None = None,
+    keep: Callable[[HubEventKeys], bool] | None = None,
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -328,6 +339,7 @@ async def run_shard_connection(
             detector=GapDetector(subscribed=event_types),
             stats=stats,
             last_id=await read_cursor(),  # may wait for Redis; a stop request still ends it
+            keep=keep,
         )
         while True:
             from_id = _resume_from(reader.last_id, settings.start)

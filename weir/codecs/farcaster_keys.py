@@ -81,13 +81,185 @@ class HubEventKeys:
     block: BlockCounts | None
 
 
+class _Unusual(Exception):
+    """The fast path met something it leaves to the strict scanner."""
+
+
 def scan_hub_event(buf: bytes) -> HubEventKeys:
     """Scan a HubEvent's bytes for its routing keys.
+
+    A fast path handles the common shape (one-byte tags, a message body); anything else, including
+    every malformed input, goes through the strict scanner, which gives the same keys or the
+    error that says what is wrong.
 
     Raises:
         WireError: the bytes are not a well-formed HubEvent (truncated, bad varint, bad wire type,
             or no id).
     """
+    try:
+        return _scan_common(buf)
+    except (_Unusual, IndexError, WireError):
+        return scan_hub_event_strict(buf)
+
+
+def _scan_common(buf: bytes) -> HubEventKeys:
+    """The fast path: one-byte tags and lengths read inline (the hot loop of every pipeline).
+
+    Every length is checked against its enclosing end; whatever is not the common shape raises
+    _Unusual (or IndexError past the buffer) and the strict scanner takes over.
+    """
+    end = len(buf)
+    pos = 0
+    event_type = event_id = shard = block_number = timestamp = fid = msg_type = 0
+    msg_hash = b""
+    saw_id = False
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key >= 0x80:  # field >= 16 (BLOCK_CONFIRMED's body): rare, strict path
+            raise _Unusual
+        wire_type = key & 7
+        if wire_type == VARINT:
+            value = buf[pos]
+            if value < 0x80:
+                pos += 1
+            else:
+                value, pos = read_varint(buf, pos, end)
+            field = key >> 3
+            if field == 1:
+                event_type = value
+            elif field == 2:
+                event_id = value
+                saw_id = True
+            elif field == 12:
+                block_number = value
+            elif field == 14:
+                shard = value
+            elif field == 15:
+                timestamp = value
+        elif wire_type == LEN:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise _Unusual
+            field = key >> 3
+            if field in _MESSAGE_BODIES:
+                fid, msg_type, msg_hash = _message_in_body_common(buf, pos, stop)
+            elif field == _USERNAME_PROOF_BODY or field == _ON_CHAIN_BODY:
+                raise _Unusual
+            pos = stop
+        else:
+            raise _Unusual
+    if pos != end or not saw_id:
+        raise _Unusual
+    return HubEventKeys(event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, None)
+
+
+def _message_in_body_common(buf: bytes, pos: int, end: int) -> tuple[int, int, bytes]:
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key >= 0x80:
+            raise _Unusual
+        wire_type = key & 7
+        if wire_type == LEN:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise _Unusual
+            if key == 0x0A:  # field 1: the Message
+                return _message_common(buf, pos, stop)
+            pos = stop
+        elif wire_type == VARINT:
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
+        else:
+            raise _Unusual
+    if pos != end:
+        raise _Unusual
+    return 0, 0, b""
+
+
+def _message_common(buf: bytes, pos: int, end: int) -> tuple[int, int, bytes]:
+    msg_hash = b""
+    data_start = data_bytes_start = -1
+    data_end = data_bytes_end = -1
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key >= 0x80:
+            raise _Unusual
+        wire_type = key & 7
+        if wire_type == LEN:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise _Unusual
+            if key == 0x0A:  # data
+                data_start, data_end = pos, stop
+            elif key == 0x12:  # hash
+                msg_hash = buf[pos:stop]
+            elif key == 0x3A:  # data_bytes
+                data_bytes_start, data_bytes_end = pos, stop
+            pos = stop
+        elif wire_type == VARINT:
+            while buf[pos] >= 0x80:
+                pos += 1
+            pos += 1
+        else:
+            raise _Unusual
+    if pos != end:
+        raise _Unusual
+    if data_start < 0:  # as the strict scanner: data, else data_bytes
+        data_start, data_end = data_bytes_start, data_bytes_end
+    fid = msg_type = 0
+    if data_start >= 0:
+        pos, end = data_start, data_end
+        while pos < end:
+            key = buf[pos]
+            pos += 1
+            if key >= 0x80:
+                raise _Unusual
+            wire_type = key & 7
+            if wire_type == VARINT:
+                value = buf[pos]
+                if value < 0x80:
+                    pos += 1
+                else:
+                    value, pos = read_varint(buf, pos, end)
+                if key == 0x08:
+                    msg_type = value
+                elif key == 0x10:
+                    fid = value
+            elif wire_type == LEN:
+                length = buf[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = read_varint(buf, pos, end)
+                pos += length
+            else:
+                raise _Unusual
+        if pos != end:
+            raise _Unusual
+    return fid, msg_type, msg_hash
+
+
+def scan_hub_event_strict(buf: bytes) -> HubEventKeys:
+    """The reference scanner: every field through the bounds-checked wire reader."""
     end = len(buf)
     pos = 0
     event_type = event_id = shard = block_number = timestamp = 0

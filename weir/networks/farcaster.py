@@ -11,33 +11,36 @@ import trio
 
 from weir.actors.farcaster import SOURCE, GrpcTarget, ShardStats, discover_shards, is_transient, run_shard_connection
 from weir.actors.filter import Predicate
-from weir.codecs.farcaster_keys import MESSAGE_TYPE_BY_NAME, MESSAGE_TYPES
+from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME, HubEventKeys
 from weir.config import Config, FarcasterSettings
-from weir.events import Event
 from weir.networks.base import NetworkContext, ReadCursor
 from weir.supervision import CircuitBreaker
 
 log = logging.getLogger("weir.networks.farcaster")
 
 
-def farcaster_predicate(settings: FarcasterSettings) -> Predicate | None:
-    """The local filter, on scanned keys: event types, fids, message types (all must match)."""
-    kinds = frozenset(name.upper() for name in settings.event_types)
+def key_filter(settings: FarcasterSettings) -> Callable[[HubEventKeys], bool] | None:
+    """The user's filter on scanned keys: event types, fids, message types (all must match).
+
+    It runs in the source, before Event objects exist (see ShardReader.keep); event types are also
+    sent to the node, so most unwanted types never arrive.
+    """
+    kinds = frozenset(HUB_EVENT_TYPE_BY_NAME[name.upper()] for name in settings.event_types)
     fids = settings.fids
-    types = frozenset(MESSAGE_TYPES[MESSAGE_TYPE_BY_NAME[name.upper()]] for name in settings.message_types)
+    types = frozenset(MESSAGE_TYPE_BY_NAME[name.upper()] for name in settings.message_types)
     if not (kinds or fids or types):
         return None
 
-    def accept(event: Event) -> bool:
-        if kinds and event.kind not in kinds:
+    def keep(keys: HubEventKeys) -> bool:
+        if kinds and keys.event_type not in kinds:
             return False
-        if fids and event.fields.get("fid") not in fids:
+        if fids and keys.fid not in fids:
             return False
-        if types and event.fields.get("type") not in types:
+        if types and keys.msg_type not in types:
             return False
         return True
 
-    return accept
+    return keep
 
 
 class FarcasterNetwork:
@@ -97,8 +100,9 @@ class FarcasterNetwork:
             stats=stats,
             backoff=self.context.backoff,
             breaker=self.node_breaker,
+            keep=key_filter(self.settings),
             rng=self.context.rng,
         )
 
     def predicate(self) -> Predicate | None:
-        return farcaster_predicate(self.settings)
+        return None  # filtering happens in the source, on scanned keys (key_filter)

@@ -114,7 +114,7 @@ class ServiceCollector(Collector):
             labels = list(partition_labels(view))
             source, sink = view.source, view.sink
             received.add_metric(labels, getattr(source, "received", 0))
-            filtered.add_metric(labels, sink.filtered)
+            filtered.add_metric(labels, sink.filtered + getattr(source, "filtered", 0))  # filter actor + source-side filters
             persisted.add_metric(labels, sink.appended)
             skipped.add_metric(labels, sink.skipped)
             dead.add_metric(labels, sink.dead_appended)
