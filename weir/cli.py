@@ -1,7 +1,7 @@
 """The ``weir`` console script: parse options, build the Config, and enter trio.
 
 Commands: ``run`` (the service), ``demo`` (simulator + pipeline + embedded Redis, with progress),
-``tail`` (print persisted events as JSON lines).
+``tail`` (print persisted events as JSON lines), ``chaos`` (the fault scenarios: weir/chaos/suite.py).
 """
 
 from __future__ import annotations
@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, default=10, metavar="N", help="last N events per partition (default 10); 0 = all")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument("--raw", action="store_true", help="print entry fields only, without decoding the payload")
+
+    # The engine is weir/chaos/suite.py, imported only when this command runs (it is heavy).
+    chaos = commands.add_parser("chaos", help="run the chaos suite: fault scenarios, table, verdict (needs the source checkout)")
+    chaos.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="named scenarios to run, or 'all' (default: all, unless --random or --schedule is given; see --list)")
+    chaos.add_argument("--list", action="store_true", help="list the named scenarios and exit")
+    chaos.add_argument("--full", action="store_true", help="full-length faults where CI runs shorter ones")
+    chaos.add_argument("--random", type=int, default=0, metavar="N", help="also run N generated fault schedules")
+    chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
+    chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",
+                       help="run this fault schedule (the JSON line a failed run printed); repeatable")
+    chaos.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    chaos.add_argument("--workdir", metavar="DIR", help="keep every run's files (weir log, Redis data) under DIR")
     return parser
 
 
@@ -87,6 +99,10 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "chaos":
+        from weir.chaos.suite import main as chaos_main
+
+        return chaos_main(args)
     try:
         config = _config_from(args)
     except ConfigError as exc:

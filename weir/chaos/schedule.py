@@ -9,7 +9,8 @@ Targets and kinds:
 ``hub_link``    proxy faults between weir and the simulator: latency, bandwidth, timeout,
 ``redis_link``  reset_peer, slicer, limit_data, down (params: the fault's fields, ``direction``)
 ``redis``       ``kill`` (kill -9, started again after ``duration``), ``pause`` (SIGSTOP/SIGCONT)
-``weir``        ``kill``, ``pause`` (as for redis)
+``weir``        ``kill``, ``pause`` (as for redis), ``term`` (SIGTERM: ordered drain and exit, the
+                exit code is the record's ``outcome``; started again after ``duration``)
 ``hub``         ``drop_streams`` (instant), ``error`` (status ``params.status`` for ``duration``)
 ==============  ==========================================================================
 """
@@ -46,7 +47,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "hub_link": tuple(FAULT_KINDS),
     "redis_link": tuple(FAULT_KINDS),
     "redis": ("kill", "pause"),
-    "weir": ("kill", "pause"),
+    "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
 }
 
@@ -153,6 +154,7 @@ class FaultRecord:
     fault: TimedFault
     applied_at: float
     cleared_at: float | None = None
+    outcome: Any = None  # what applying it returned: the exit code of a ``term`` (None: did not exit)
 
 
 async def run_schedule(
@@ -182,8 +184,8 @@ async def run_schedule(
 async def _run_one(fault: TimedFault, targets: Targets, t0: float, records: list[FaultRecord]) -> None:
     await trio.sleep_until(t0 + fault.start)
     target = getattr(targets, fault.target)
-    clear = await _apply(fault, target)
-    record = FaultRecord(fault=fault, applied_at=trio.current_time())
+    clear, outcome = await _apply(fault, target)
+    record = FaultRecord(fault=fault, applied_at=trio.current_time(), outcome=outcome)
     records.append(record)
     log.info("chaos: %s applied", fault.describe())
     try:
@@ -196,38 +198,43 @@ async def _run_one(fault: TimedFault, targets: Targets, t0: float, records: list
 
 
 async def _apply(fault: TimedFault, target: Any):  # type: ignore[no-untyped-def]
-    """Apply ``fault``; return an async function that clears it."""
+    """Apply ``fault``; return an async function that clears it, and the fault's outcome."""
     if fault.target in LINK_TARGETS:
         handle = target.add(fault.proxy_fault(), fault.param("direction", "both"))
 
         async def remove() -> None:
             target.remove(handle)
 
-        return remove
+        return remove, None
     if fault.kind == "kill":
         await target.kill()
-        return target.start
+        return target.start, None
+    if fault.kind == "term":
+        code = await target.terminate()
+        if code is None:  # did not drain in time: a failure the caller sees in the outcome
+            await target.kill()
+        return target.start, code
     if fault.kind == "pause":
         target.pause()
 
         async def resume() -> None:
             target.resume()
 
-        return resume
+        return resume, None
     if fault.kind == "drop_streams":
         await target.drop_streams()
 
         async def nothing() -> None:
             pass
 
-        return nothing
+        return nothing, None
     if fault.kind == "error":
         await target.set_error(Status[fault.param("status", "UNAVAILABLE")])
 
         async def recover() -> None:
             await target.set_error(None)
 
-        return recover
+        return recover, None
     raise AssertionError(fault.kind)
 
 
