@@ -13,6 +13,7 @@ import logging
 import random
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from weir.actors.inbox import open_inbox
@@ -78,25 +79,52 @@ class _Writer:
         self.rng = rng
         self.failing_since: float | None = None
         self.failures = 0
+        self.part_limit: int | None = None  # max events per write after timeouts; None = whole batches
 
     async def write(self, batch: list[Chunk]) -> WriteResult:
+        """Write ``batch``, in order, as one script call or (after timeouts) as several.
+
+        A write that times out is retried in halves: on a link too slow to carry a whole batch
+        within the socket timeout, retrying the same bytes would fail forever, while halves make
+        progress. Splitting is safe because every part moves the cursor only over what it holds,
+        and the script skips whatever a timed-out attempt may already have written.
+        """
         partition = batch[0].partition
+        parts = _split_to(batch, self.part_limit)
+        total: WriteResult | None = None
         attempt = 0
-        while True:
+        shrunk = False
+        while parts:
+            part = parts[0]
             # breaker.call waits while the breaker is open, records the outcome, and frees a
             # half-open trial slot if we are cancelled mid-write (the breaker may be shared).
             try:
-                outcome = await self.breaker.call(self._attempt, partition, batch)
+                outcome = await self.breaker.call(self._attempt, partition, part)
             except SinkUnavailable as exc:
-                self._failed(partition, batch, exc)
+                self._failed(partition, part, exc)
+                if exc.timed_out and (halves := halve(part)) is not None:
+                    parts[0:1] = halves
+                    self.part_limit = _events(halves[0])
+                    shrunk = True
+                    log.info("partition %s: a write timed out; retrying in parts of at most %d events",
+                             partition, self.part_limit, extra={"event": "write_split", "partition": partition,
+                                                                 "part_events": self.part_limit})
                 delay = self.backoff.delay(attempt, self.rng)
                 attempt += 1
                 await trio.sleep(delay)
                 continue
             if isinstance(outcome, Exception):
                 raise outcome
-            self._succeeded(partition, outcome)
-            return outcome
+            parts.pop(0)
+            attempt = 0
+            total = outcome if total is None else _combine(total, outcome)
+        if not shrunk and self.part_limit is not None:
+            self.part_limit *= 2  # the link keeps up again: grow back towards whole batches
+            if self.part_limit >= _events(batch):
+                self.part_limit = None
+        assert total is not None
+        self._succeeded(partition, total)
+        return total
 
     async def _attempt(self, partition: str, batch: list[Chunk]) -> WriteResult | Exception:
         try:
@@ -148,3 +176,61 @@ class _Writer:
                 extra={"event": "stale_skipped", "source": getattr(self.sink, "source", None), "partition": partition,
                        "stale": result.stale, "cursor": result.cursor},
             )
+
+
+def _events(batch: list[Chunk]) -> int:
+    return sum(len(chunk.events) for chunk in batch)
+
+
+def _combine(first: WriteResult, second: WriteResult) -> WriteResult:
+    return attrs.evolve(
+        second,
+        appended=first.appended + second.appended,
+        skipped=first.skipped + second.skipped,
+        dead_appended=first.dead_appended + second.dead_appended,
+        stale=first.stale + second.stale,
+    )
+
+
+def _split_to(batch: list[Chunk], limit: int | None) -> list[list[Chunk]]:
+    """``batch`` as parts of at most ``limit`` events where it can be split (in order)."""
+    if limit is None or _events(batch) <= limit:
+        return [batch]
+    halves = halve(batch)
+    if halves is None:
+        return [batch]
+    return [part for half in halves for part in _split_to(half, limit)]
+
+
+def halve(batch: list[Chunk]) -> list[list[Chunk]] | None:
+    """Split a batch in two, in order, or None when it cannot be split.
+
+    Several chunks split between chunks. One chunk splits between two positions (never inside
+    one: a position's events are written together), and only when it carries no token — a token
+    describes the source's state after the whole chunk, so its first half could not store one.
+    The first half's cursor is its last event's position; dead letters go with the half whose
+    positions cover theirs (unknown positions with the first), so none is skipped as already
+    durable.
+    """
+    if len(batch) > 1:
+        middle = len(batch) // 2
+        return [batch[:middle], batch[middle:]]
+    chunk = batch[0]
+    events = chunk.events
+    if chunk.token or len(events) < 2:
+        return None
+    middle = len(events) // 2
+    cut = next((i for i in range(middle, len(events)) if events[i].position != events[i - 1].position), None)
+    if cut is None:
+        cut = next((i for i in range(middle - 1, 0, -1) if events[i].position != events[i - 1].position), None)
+    if cut is None:
+        return None
+    through = events[cut - 1].position
+    first = Chunk(
+        partition=chunk.partition,
+        events=events[:cut],
+        through=through,
+        dead=[d for d in chunk.dead if d.position is None or d.position <= through],
+    )
+    second = attrs.evolve(chunk, events=events[cut:], dead=[d for d in chunk.dead if d.position is not None and d.position > through])
+    return [[first], [second]]

@@ -26,10 +26,13 @@ from weir.events import Chunk
 from weir.observability.buckets import BATCH_SIZE_BOUNDS, LATENCY_BOUNDS, Buckets
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
-# Channel bounds, in chunks (each at most a network read batch). Small on purpose: memory stays
-# bounded and a slow sink is felt by the reader within a few chunks.
-SOURCE_TO_FILTER = 4
-FILTER_TO_BATCH = 4
+# Channel bounds, in chunks (each at most a network read batch, 512 events by default). One each:
+# a chunk can hold hundreds of events, so with 4 the pipeline buffered ~5,000 events per partition
+# before a slow Redis was felt by the reader (the chaos suite's backpressure scenario measured the
+# source still reading at ~0.5-0.6x the offered rate during an 8 s stall). Throughput is the same
+# within noise: each stage still has one chunk in hand and one queued.
+SOURCE_TO_FILTER = 1
+FILTER_TO_BATCH = 1
 # Zero: batch -> persist is a hand-over, so the batch actor knows when the sink is idle (eager flush).
 BATCH_TO_PERSIST = 0
 

@@ -92,6 +92,10 @@ class SinkUnavailable(Exception):
     outcome (e.g. a timeout after the script ran) is safe. The redis error is the ``__cause__``.
     """
 
+    #: True when Redis (or the link to it) did not answer within the socket timeout: the write may
+    #: simply be too big for a slow link, so the persist actor retries it in smaller parts.
+    timed_out: bool = False
+
 
 class RedisSink:
     """Writes batches of one source's partitions to Redis.
@@ -374,8 +378,12 @@ class RedisSink:
                 if attempt == 1:
                     continue
                 raise SinkUnavailable(f"redis at {self.url} unavailable: {exc}") from exc
-            except (rex.TimeoutError, TimeoutError, OSError) as exc:
-                raise SinkUnavailable(f"redis at {self.url} did not answer in time: {exc!r}") from exc
+            except (rex.TimeoutError, TimeoutError) as exc:
+                unavailable = SinkUnavailable(f"redis at {self.url} did not answer in time: {exc!r}")
+                unavailable.timed_out = True
+                raise unavailable from exc
+            except OSError as exc:
+                raise SinkUnavailable(f"redis at {self.url} unavailable: {exc!r}") from exc
             except rex.ResponseError as exc:
                 if is_transient_response(exc):
                     raise SinkUnavailable(f"redis at {self.url} cannot write now: {exc}") from exc
