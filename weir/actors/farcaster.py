@@ -105,21 +105,31 @@ async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[
 
 async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, read_batch: int, connect_timeout: float) -> None:
     """Open Subscribe and pump raw HubEvent bytes to trio in lists (asyncio side)."""
+    channel = _open_channel(target)
+    try:
+        await _subscribe_on(channel, request_bytes, deliver, read_batch, connect_timeout)
+    except AttributeError as exc:
+        # grpclib 0.4.9: a connection reset while the stream is being opened deletes the
+        # connection's transport before it is used ("'Connection' object has no attribute
+        # '_transport'"). That is a network fault, to reconnect from, not a bug to crash on.
+        if "_transport" not in str(exc):
+            raise
+        raise ConnectionResetError(f"connection lost while opening the stream ({exc})") from exc
+    finally:
+        channel.close()
+
+
+async def _subscribe_on(channel, request_bytes: bytes, deliver, read_batch: int, connect_timeout: float) -> None:
     import asyncio
 
     from grpclib.const import Cardinality
 
-    channel = _open_channel(target)
-    try:
-        stream_cm = channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, bytes, bytes)
-        async with stream_cm as stream:
-            await asyncio.wait_for(stream.send_message(request_bytes, end=True), connect_timeout)
-            await pump_batches(stream, deliver, max_batch=read_batch)
-            # The status only arrives with the trailers: without this an error status (a node
-            # dropping us with UNAVAILABLE) would look like a normal end of stream.
-            await stream.recv_trailing_metadata()
-    finally:
-        channel.close()
+    async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, bytes, bytes) as stream:
+        await asyncio.wait_for(stream.send_message(request_bytes, end=True), connect_timeout)
+        await pump_batches(stream, deliver, max_batch=read_batch)
+        # The status only arrives with the trailers: without this an error status (a node
+        # dropping us with UNAVAILABLE) would look like a normal end of stream.
+        await stream.recv_trailing_metadata()
 
 
 def subscribe_request(shard: int, from_id: int | None, event_types: list[int]) -> bytes:
