@@ -171,7 +171,10 @@ async def test_metrics_count_exactly_what_was_persisted(redis_server, redis_clie
         assert value(metrics, "weir_source_connected", **labels) == 1
         assert value(metrics, "weir_partition_ready", **labels) == 1
         assert value(metrics, "weir_source_reconnects_total", **labels) == 0
-        for channel, capacity in (("source_to_filter", 4), ("filter_to_batch", 4), ("batch_to_persist", 0)):
+        from weir.actors.pipeline import BATCH_TO_PERSIST, FILTER_TO_BATCH, SOURCE_TO_FILTER
+
+        for channel, capacity in (("source_to_filter", SOURCE_TO_FILTER), ("filter_to_batch", FILTER_TO_BATCH),
+                                  ("batch_to_persist", BATCH_TO_PERSIST)):
             assert value(metrics, "weir_channel_capacity", **labels, channel=channel) == capacity
             assert 0 <= value(metrics, "weir_channel_depth", **labels, channel=channel) <= capacity
         assert value(metrics, "weir_supervisor_restarts_total", supervisor=f"farcaster/{shard}") == 0

@@ -49,7 +49,8 @@ async def run_persist(
         sink: an open sink.
         breaker: the sink's circuit breaker (shared by every pipeline writing to that Redis).
         backoff: delays between attempts at the same batch.
-        on_written: called with (partition, result, batch) once a batch is durable.
+        on_written: called with (partition, result, chunks) once chunks are durable: once per
+            batch, or once per part when a batch had to be written in parts (so progress shows).
         rng: jitter source for the backoff (seed it for reproducible runs).
 
     Raises:
@@ -62,9 +63,7 @@ async def run_persist(
         while (batch := await inbox.get()) is not None:
             if not batch:
                 continue
-            result = await writer.write(batch)
-            if on_written is not None:
-                on_written(batch[0].partition, result, batch)
+            await writer.write(batch, on_written)
 
 
 class _Writer:
@@ -81,7 +80,7 @@ class _Writer:
         self.failures = 0
         self.part_limit: int | None = None  # max events per write after timeouts; None = whole batches
 
-    async def write(self, batch: list[Chunk]) -> WriteResult:
+    async def write(self, batch: list[Chunk], on_written: OnWritten | None = None) -> WriteResult:
         """Write ``batch``, in order, as one script call or (after timeouts) as several.
 
         A write that times out is retried in halves: on a link too slow to carry a whole batch
@@ -118,6 +117,8 @@ class _Writer:
             parts.pop(0)
             attempt = 0
             total = outcome if total is None else _combine(total, outcome)
+            if on_written is not None:
+                on_written(partition, outcome, part)
         if not shrunk and self.part_limit is not None:
             self.part_limit *= 2  # the link keeps up again: grow back towards whole batches
             if self.part_limit >= _events(batch):
