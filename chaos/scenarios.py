@@ -1,0 +1,133 @@
+"""The named chaos scenarios: one fault (or one kind of fault, repeated) each, under load.
+
+Times are seconds from the moment weir first persists an event (or from the start, for
+``redis-down-at-start``). Load: two simulated Snapchain shards producing ``rate`` events/s each
+after a ``history`` backlog, until ``tail`` seconds after the last fault clears. Every scenario
+ends with a full drain, a SIGTERM (weir must exit 0), and the checker (nothing lost, unexpected,
+duplicated or out of order; no cursor regression; recovery targets met). The engine is
+:mod:`weir.chaos.suite`; the results are in docs/resilience.md.
+"""
+
+from __future__ import annotations
+
+from weir.chaos.schedule import Schedule, TimedFault
+from weir.chaos.suite import Scenario
+
+__all__ = ["registry"]
+
+
+def fault(target: str, kind: str, start: float, duration: float = 0.0, **params: object) -> TimedFault:
+    return TimedFault(target=target, kind=kind, start=start, duration=duration, params=params)
+
+
+def _redis_timeout(seconds: float) -> Scenario:
+    return Scenario(
+        name=f"redis-timeout-{seconds:g}s",
+        label=f"redis_link timeout (hang) {seconds:g} s",
+        description=(f"The Redis link stops carrying data for {seconds:g} s (connections stay open, bytes are held); "
+                     "weir's socket timeout (1 s) fires, the persist actor retries the same batch behind the breaker."),
+        schedule=Schedule(seed=3, faults=[fault("redis_link", "timeout", 1.0, seconds)]),
+        rate=1000.0 if seconds <= 5 else 300.0,
+    )
+
+
+def registry(*, full: bool = False) -> dict[str, Scenario]:
+    """Every named scenario. ``full``: fault lengths as specified even where CI runs them shorter."""
+    scenarios = [
+        Scenario(
+            name="hub-stream-cut",
+            label="hub drops every stream ×3, hub_link TCP reset ×2",
+            description="The node ends every Subscribe stream three times (SIGUSR1 to the simulator), then the "
+                        "hub link is reset (RST) twice, mid-stream; the source resumes from the last id received.",
+            schedule=Schedule(seed=1, faults=[
+                fault("hub", "drop_streams", 0.8),
+                fault("hub", "drop_streams", 1.6),
+                fault("hub", "drop_streams", 2.4),
+                fault("hub_link", "reset_peer", 3.2, 0.1),
+                fault("hub_link", "reset_peer", 4.0, 0.1),
+            ]),
+        ),
+        Scenario(
+            name="hub-silent",
+            label="hub_link timeout (silent, open) 3 s; idle_timeout 1 s",
+            description="The hub link holds every byte for 3 s without closing: the stream is open but silent. "
+                        "Only farcaster.idle_timeout (1 s here) notices it; the source reconnects.",
+            schedule=Schedule(seed=2, faults=[fault("hub_link", "timeout", 1.0, 3.0)]),
+        ),
+        _redis_timeout(1),
+        _redis_timeout(5),
+        _redis_timeout(30),  # CI runs it too: the whole suite stays within its budget (docs/resilience.md)
+        Scenario(
+            name="redis-kill",
+            label="redis-server kill -9 ×2 (down 0.5 s), AOF always",
+            description="redis-server is killed (SIGKILL) under load twice and restarted 0.5 s later from its AOF "
+                        "(appendfsync always: every acknowledged write survives).",
+            schedule=Schedule(seed=4, faults=[fault("redis", "kill", 1.0, 0.5), fault("redis", "kill", 3.0, 0.5)]),
+        ),
+        Scenario(
+            name="redis-down-at-start",
+            label="redis-server down when weir starts, 2 s",
+            description="Redis is not running when weir starts; it comes up 2 s later. weir waits for it "
+                        "(read_cursor_patiently) instead of crash-looping.",
+            schedule=Schedule(seed=5, faults=[fault("redis", "kill", 0.0, 2.0)]),
+            before_start=True,
+        ),
+        Scenario(
+            name="weir-kill",
+            label="weir kill -9 ×3 mid-batch, restarted 0.2 s later",
+            description="The weir process is killed (SIGKILL) three times while batches are in flight (the Redis "
+                        "link adds 5 ms so a write is nearly always outstanding), and started again.",
+            schedule=Schedule(seed=6, faults=[
+                fault("redis_link", "latency", 0.0, 4.2, ms=5),
+                fault("weir", "kill", 1.0, 0.2),
+                fault("weir", "kill", 2.2, 0.2),
+                fault("weir", "kill", 3.4, 0.2),
+            ]),
+        ),
+        Scenario(
+            name="backpressure-slow-redis",
+            label="redis_link 200 KB/s + 20 ms, 8 s",
+            description="Redis is reachable but slower than the network (200 KB/s and 20 ms each way, a few hundred "
+                        "events/s against 2000 offered) for 8 s: the channels fill, the source reads only as fast as "
+                        "Redis writes, weir's memory stays flat, events keep being persisted. Batches are capped at "
+                        "200 events so one batch fits in redis.socket_timeout (see redis-slower-than-timeout).",
+            schedule=Schedule(seed=7, faults=[
+                fault("redis_link", "bandwidth", 1.0, 8.0, kb_per_s=200),
+                fault("redis_link", "latency", 1.0, 8.0, ms=20),
+            ]),
+            settings=("batch.max_events=200",),
+            checks=("memory_bounded", "source_slowed", "sink_progress"),
+        ),
+        Scenario(
+            name="redis-slower-than-timeout",
+            label="redis_link 20 KB/s + 20 ms, 8 s",
+            description="Redis is reachable but so slow (20 KB/s) that one full batch takes longer to send than "
+                        "redis.socket_timeout: memory must stay flat and the source slow down, and events must "
+                        "still be persisted while the link is slow.",
+            schedule=Schedule(seed=7, faults=[
+                fault("redis_link", "bandwidth", 1.0, 8.0, kb_per_s=20),
+                fault("redis_link", "latency", 1.0, 8.0, ms=20),
+            ]),
+            checks=("memory_bounded", "source_slowed", "sink_progress"),
+        ),
+        Scenario(
+            name="graceful-shutdown",
+            label="weir SIGTERM ×2 under load, restarted 0.3 s later",
+            description="weir gets SIGTERM under load (it must drain, checkpoint and exit 0), is started again, "
+                        "and the same happens once more.",
+            schedule=Schedule(seed=8, faults=[fault("weir", "term", 1.0, 0.3), fault("weir", "term", 3.0, 0.3)]),
+        ),
+        Scenario(
+            name="slicer-latency",
+            label="slicer + latency on both links, 4 s",
+            description="Every byte on both links arrives late and in small pieces (TCP segments of 8–64 bytes): "
+                        "framing (HTTP/2, RESP) must cope with any split.",
+            schedule=Schedule(seed=9, faults=[
+                fault("hub_link", "slicer", 0.5, 4.0, average_size=48, size_variation=16, delay_us=20),
+                fault("hub_link", "latency", 0.5, 4.0, ms=30, jitter_ms=10),
+                fault("redis_link", "slicer", 0.5, 4.0, average_size=24, size_variation=16, delay_us=10),
+                fault("redis_link", "latency", 0.5, 4.0, ms=10, jitter_ms=5),
+            ]),
+        ),
+    ]
+    return {s.name: s for s in scenarios}

@@ -1,0 +1,633 @@
+"""The chaos suite's engine: run a named scenario end to end and judge it.
+
+A :class:`Scenario` is a fault :class:`~weir.chaos.schedule.Schedule` plus the load and the extra
+checks that go with it; the named ones live in the top-level ``chaos/scenarios.py`` of the
+checkout (:func:`load_registry`). One run (:func:`run_scenario`), production-shaped — four
+processes and real sockets:
+
+    python -m weir.sim snapchain ◀── hub_link proxy ◀── weir run (subprocess) ──▶ redis_link proxy ──▶ redis-server
+                                                                 ▲                                        ▲
+                             this process: proxies, schedule, RunSampler (direct) ────────────────────────┘
+
+1. start redis-server (embedded binary, AOF on, ``appendfsync always``), the simulator, a proxy in
+   front of each, and ``weir run`` through the proxies;
+2. once weir persists (or at once, for a fault that must precede start-up) run the schedule;
+3. wait for a full drain: every partition's durable cursor is the last offered event (polled, with
+   a timeout — a hang fails the scenario);
+4. SIGTERM weir (it must exit 0), then :func:`~weir.chaos.checker.check_run` compares Redis with
+   what the simulator offered, and the recovery, memory and source-rate targets are judged.
+
+``weir chaos`` (:func:`main`) runs a list of them and prints the table; ``tests/test_chaos_suite.py``
+runs each as a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import logging
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from weir.chaos.checker import (
+    RunReport,
+    RunSampler,
+    check_run,
+    offered_from_config,
+    restarts_from_log,
+)
+from weir.chaos.processes import SimProcessHub, WeirProcess, weir_run_args
+from weir.chaos.proxy import open_proxy
+from weir.chaos.schedule import FaultRecord, Schedule, Targets, run_schedule, schedules
+from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.process import open_snapchain_sim
+from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
+
+__all__ = [
+    "BASE_SETTINGS",
+    "RECOVERY_TARGET_NETWORK",
+    "RECOVERY_TARGET_REDIS",
+    "Scenario",
+    "ScenarioResult",
+    "fault_windows",
+    "load_registry",
+    "main",
+    "random_scenarios",
+    "run_scenario",
+    "run_suite",
+]
+
+log = logging.getLogger("weir.chaos.suite")
+
+#: Recovery targets (seconds from the fault clearing to the first newly persisted event).
+RECOVERY_TARGET_NETWORK = 2.0  # a fault on the hub link or the hub
+RECOVERY_TARGET_REDIS = 5.0  # Redis returns (its link or its process), or weir's own process restarts
+#: Memory bound under a stalled Redis: weir's RSS may not grow by more than this from the first to
+#: the second half of the stall (it must not grow with the stall's length).
+RSS_GROWTH_LIMIT_KB = 8 * 1024
+#: Under a stalled Redis the source must read at most this fraction of what the network offers.
+SOURCE_SLOWDOWN = 0.5
+
+#: weir's settings in every scenario (tuned for fast recovery; docs/resilience.md says why).
+BASE_SETTINGS: tuple[str, ...] = (
+    "farcaster.start=oldest",
+    "farcaster.idle_timeout=1",  # a silent-but-open hub is noticed after 1 s (default 30 s)
+    "farcaster.connect_timeout=2",
+    "redis.socket_timeout=1",  # a hung Redis is noticed after 1 s (default 5 s)
+    "supervision.backoff_initial=0.05",
+    "supervision.backoff_max=0.5",  # default 10 s: recovery after a long outage would be up to that
+    "supervision.breaker_reset=0.5",
+)
+
+_PROCESS_TARGETS = ("redis", "redis_link", "weir")
+
+
+# -- scenarios ------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Scenario:
+    """A named chaos run.
+
+    Attributes:
+        name: the registry key, e.g. ``redis-kill``.
+        label: the faults in a few words (the table's "faults" column).
+        description: what it exercises (``--list``).
+        schedule: the faults, in seconds from when weir first persists (see ``before_start``).
+        rate: events/s per shard the simulator produces (after ``history`` that exist at its start).
+        history: events per shard that exist when the simulator starts.
+        shards: simulated user shards (one pipeline each).
+        tail: seconds of production left after the last fault clears (so recovery is measurable).
+        before_start: apply the schedule's first fault *before* starting weir (Redis down at start-up).
+        settings: extra ``--set`` for weir (after :data:`BASE_SETTINGS`).
+        checks: extra verdicts under a slow Redis link: ``memory_bounded`` (RSS does not grow with the
+            stall's length), ``source_slowed`` (the source reads less than half of what is offered),
+            ``sink_progress`` (events are still persisted while the link is slow).
+        drain_timeout: seconds after the last fault to wait for the full drain.
+    """
+
+    name: str
+    label: str
+    description: str = ""
+    schedule: Schedule
+    rate: float = 1000.0
+    history: int = 500
+    shards: int = 2
+    tail: float = 2.0
+    before_start: bool = False
+    settings: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+    drain_timeout: float = 30.0
+
+    def sim_config(self) -> SnapchainSimConfig:
+        # start-up (~1.5 s until weir persists) + the schedule + the tail, at `rate`
+        seconds = 1.5 + self.schedule.end + self.tail
+        seed = zlib.crc32(self.name.encode()) & 0x7FFFFFFF
+        return SnapchainSimConfig(
+            shards=self.shards, seed=seed, rate=self.rate, history=self.history,
+            total=self.history + int(self.rate * seconds),
+        )  # fmt: skip
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Window:
+    """Faults that overlap in time, judged together: recovery is from when the last one clears."""
+
+    faults: tuple[str, ...]
+    start: float  # seconds from the first sample
+    end: float
+    recovery_s: float | None  # None: nothing was left to persist when it ended
+    target_s: float
+
+    @property
+    def met(self) -> bool:
+        return self.recovery_s is None or self.recovery_s <= self.target_s
+
+
+@attrs.frozen(kw_only=True)
+class ScenarioResult:
+    """A scenario's report plus the suite's own verdicts (``problems`` empty = passed)."""
+
+    scenario: str
+    label: str
+    report: RunReport
+    windows: tuple[Window, ...] = ()
+    problems: tuple[str, ...] = ()
+    elapsed_s: float = 0.0
+    measures: Mapping[str, Any] = attrs.Factory(dict)
+    log_path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not self.problems
+
+    @property
+    def recoveries(self) -> list[float]:
+        return [w.recovery_s for w in self.windows if w.recovery_s is not None]
+
+    @property
+    def recovery_p50(self) -> float | None:
+        r = self.recoveries
+        return statistics.median(r) if r else None
+
+    @property
+    def recovery_max(self) -> float | None:
+        r = self.recoveries
+        return max(r) if r else None
+
+    @staticmethod
+    def table_header() -> str:
+        return (
+            "| scenario | faults | offered | persisted | lost | dup | out of order | unexpected | cursor ↓ "
+            "| recovery p50 / max | restarts | reconnects | peak RSS | time | verdict |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
+        )
+
+    def table_row(self) -> str:
+        r = self.report
+
+        def ms(x: float | None) -> str:
+            return "–" if x is None else f"{x * 1000:.0f}"
+
+        recovery = "–" if not self.recoveries else f"{ms(self.recovery_p50)} / {ms(self.recovery_max)} ms"
+        rss = "–" if r.rss_peak_kb is None else f"{r.rss_peak_kb / 1024:.0f} MiB"
+        return (
+            f"| {self.scenario} | {self.label} | {r.offered} | {r.persisted} | {r.lost} | {r.duplicated} | "
+            f"{r.out_of_order} | {r.unexpected} | {r.cursor_regressions} | {recovery} | {r.restarts} | "
+            f"{r.reconnects} | {rss} | {self.elapsed_s:.1f} s | {'ok' if self.ok else 'FAIL'} |"
+        )
+
+    def summary(self) -> str:
+        lines = [f"== {self.scenario}: {'ok' if self.ok else 'FAIL'} ({self.label})", self.report.summary()]
+        for w in self.windows:
+            rec = "n/a (nothing pending)" if w.recovery_s is None else f"{w.recovery_s * 1000:.0f} ms"
+            lines.append(f"window {w.start:.2f}–{w.end:.2f} s [{', '.join(w.faults)}]: recovery {rec} "
+                         f"(target {w.target_s:g} s){'' if w.met else ' MISSED'}")
+        for key, value in self.measures.items():
+            lines.append(f"{key}: {value}")
+        lines += [f"PROBLEM: {p}" for p in self.problems]
+        if self.log_path:
+            lines.append(f"weir log: {self.log_path}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.report
+        return {
+            "scenario": self.scenario, "faults": self.label, "ok": self.ok, "offered": r.offered,
+            "persisted": r.persisted, "lost": r.lost, "duplicated": r.duplicated, "out_of_order": r.out_of_order,
+            "unexpected": r.unexpected, "cursor_regressions": r.cursor_regressions,
+            "wrong_id": sum(p.wrong_id for p in r.partitions),
+            "recovery_p50_s": self.recovery_p50, "recovery_max_s": self.recovery_max,
+            "restarts": r.restarts, "reconnects": r.reconnects,
+            "rss_first_kb": r.rss_first_kb, "rss_peak_kb": r.rss_peak_kb, "rss_last_kb": r.rss_last_kb,
+            "elapsed_s": round(self.elapsed_s, 2), "schedule": r.schedule,
+            "windows": [attrs.asdict(w) for w in self.windows],
+            "faults_detail": [attrs.asdict(f) for f in r.faults],
+            "measures": dict(self.measures), "problems": list(self.problems),
+        }  # fmt: skip
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+
+_SHAPING = ("latency", "bandwidth", "slicer")  # slow the data down but never stop it
+
+
+def fault_windows(records: Sequence[FaultRecord], samples: Sequence[Any], origin: float) -> list[Window]:
+    """Group overlapping faults; for each group, the recovery from its end and its target.
+
+    Shaping faults (latency, bandwidth, slicer) and disruptive ones (everything else) are grouped
+    separately: a kill under a 5 ms latency is judged from the kill's end, not the latency's. A
+    window that ends while a disruptive fault holds is extended to that fault's end.
+    """
+    groups: list[list[Any]] = []
+    for shaping in (True, False):
+        spans = sorted(
+            ((r.applied_at, r.cleared_at if r.cleared_at is not None else r.applied_at, r) for r in records
+             if (r.fault.kind in _SHAPING) == shaping),
+            key=lambda s: s[0],
+        )  # fmt: skip
+        mine: list[list[Any]] = []
+        for start, end, record in spans:
+            if mine and start <= mine[-1][1]:
+                mine[-1][1] = max(mine[-1][1], end)
+                mine[-1][2].append(record)
+            else:
+                mine.append([start, end, [record]])
+        groups += mine
+    groups.sort(key=lambda g: g[0])
+    # A window that ends while a disruptive fault still holds is judged from when that one clears.
+    for group in groups:
+        extended = True
+        while extended:
+            extended = False
+            for r in records:
+                cleared = r.cleared_at if r.cleared_at is not None else r.applied_at
+                if r.fault.kind not in _SHAPING and r.applied_at <= group[1] < cleared:
+                    group[1] = cleared
+                    if r not in group[2]:
+                        group[2].append(r)
+                    extended = True
+    windows = []
+    for start, end, members in groups:
+        before = [s for s in samples if s.at <= end]
+        at_end = before[-1].persisted if before else 0
+        recovery = next((s.at - end for s in samples if s.at > end and s.persisted > at_end), None)
+        redis_side = any(m.fault.target in _PROCESS_TARGETS for m in members)
+        windows.append(Window(
+            faults=tuple(m.fault.describe() for m in members), start=start - origin, end=end - origin,
+            recovery_s=recovery, target_s=RECOVERY_TARGET_REDIS if redis_side else RECOVERY_TARGET_NETWORK,
+        ))  # fmt: skip
+    return windows
+
+
+@attrs.define(eq=False)
+class MetricsSampler:
+    """Scrapes weir's /metrics every ``interval`` s: events received (source) and persisted (sink)."""
+
+    port: int
+    interval: float = 0.1
+    points: list[tuple[float, float, float]] = attrs.Factory(list)  # (trio time, received, persisted)
+
+    async def run(self) -> None:
+        while True:
+            with trio.move_on_after(1.0):
+                try:
+                    text = await _http_get("127.0.0.1", self.port, "/metrics")
+                    self.points.append((trio.current_time(), _metric_sum(text, "weir_events_received_total"),
+                                        _metric_sum(text, "weir_events_persisted_total")))
+                except (OSError, trio.BrokenResourceError, ValueError):
+                    pass  # not listening yet, or restarting
+            await trio.sleep(self.interval)
+
+    def rate(self, start: float, end: float, column: int = 1) -> float | None:
+        """Counter increase per second between ``start`` and ``end`` (None: too few points)."""
+        inside = [p for p in self.points if start <= p[0] <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        increase = inside[-1][column] - inside[0][column]
+        return increase / (inside[-1][0] - inside[0][0]) if increase >= 0 else None  # < 0: weir restarted
+
+
+async def _http_get(host: str, port: int, path: str) -> str:
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = bytearray()
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(head[:40])
+    return body.decode(errors="replace")
+
+
+def _metric_sum(text: str, name: str) -> float:
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` s pass (False)."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(interval)
+        return True
+    return False
+
+
+# -- one run --------------------------------------------------------------------------------------
+
+
+async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: float = 30.0) -> ScenarioResult:
+    """Run ``scenario`` end to end in ``workdir`` (created) and judge it. See the module docstring."""
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    sim_config = scenario.sim_config()
+    partitions = [str(s) for s in range(1, scenario.shards + 1)]
+    offered = await trio.to_thread.run_sync(offered_from_config, sim_config, range(1, scenario.shards + 1))
+    last = tuple(offered[p][-1][0] for p in partitions)
+    problems: list[str] = []
+    measures: dict[str, Any] = {}
+    records: list[FaultRecord] = []
+    seed = scenario.schedule.seed
+    redis_config = RedisServerConfig(data_dir=workdir / "redis", appendfsync="always")
+    async with open_embedded_redis(redis_config) as redis, open_snapchain_sim(sim_config) as sim, \
+            open_proxy("127.0.0.1", sim.port, seed=seed) as hub_link, \
+            open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link:  # fmt: skip
+        metrics_port = _free_port()
+        args = weir_run_args(
+            redis_link.redis_url, hub_link.http_url, *BASE_SETTINGS,
+            f"farcaster.shards={','.join(partitions)}", f"metrics.port={metrics_port}", *scenario.settings,
+        ) + ["--log-format", "json", "--log-level", "INFO"]  # fmt: skip
+        weir = WeirProcess(args=args, log_path=workdir / "weir.log")
+        sampler = RunSampler(redis.url, partitions, pid=lambda: weir.pid, interval=0.01)
+        metrics = MetricsSampler(metrics_port)
+        targets = Targets(hub_link=hub_link, redis_link=redis_link, redis=redis, weir=weir, hub=SimProcessHub(sim.pid))
+
+        def drained() -> bool:
+            return bool(sampler.samples) and sampler.samples[-1].cursors == last
+
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sampler.run)
+                nursery.start_soon(metrics.run)
+                if scenario.before_start:
+                    nursery.start_soon(functools.partial(run_schedule, scenario.schedule, targets, records=records))
+                    await _wait(lambda: len(records) > 0, timeout=start_timeout)
+                    await weir.start()
+                else:
+                    await weir.start()
+                    if not await _wait(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
+                        problems.append(f"weir persisted nothing within {start_timeout:g} s of starting")
+                    await run_schedule(scenario.schedule, targets, records=records)
+                # the schedule's end: for before_start, wait until every fault has cleared
+                await _wait(lambda: len(records) == len(scenario.schedule.faults)
+                            and all(r.cleared_at is not None for r in records), timeout=scenario.schedule.end + 60)
+                faults_done = trio.current_time()
+                if not await _wait(drained, timeout=scenario.drain_timeout):
+                    problems.append(
+                        f"not drained {scenario.drain_timeout:g} s after the last fault cleared (a hang?): "
+                        f"cursors {sampler.samples[-1].cursors if sampler.samples else None}, expected {last}; "
+                        f"weir {'running' if weir.running else f'exited with {weir.returncode}'}"
+                    )
+                else:
+                    measures["drain_after_last_fault_s"] = round(trio.current_time() - faults_done, 2)
+                code = await weir.terminate(timeout=15)
+                if code != 0:
+                    problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                weir.resume()
+                await weir.kill()
+        restarts, reconnects = restarts_from_log(weir.log_text())
+        report = await check_run(
+            redis.url, offered, name=scenario.name, sampler=sampler, records=records,
+            restarts=restarts + weir.starts - 1, reconnects=reconnects, schedule=scenario.schedule.to_json(),
+        )  # fmt: skip
+    origin = sampler.samples[0].at if sampler.samples else 0.0
+    windows = fault_windows(records, sampler.samples, origin)
+    for w in windows:
+        if not w.met:
+            problems.append(f"recovery {w.recovery_s:.2f} s after [{', '.join(w.faults)}] exceeds the {w.target_s:g} s target")
+    for r in records:
+        if r.fault.kind == "term" and r.outcome != 0:
+            problems.append(f"{r.fault.describe()}: weir exited with {r.outcome} on SIGTERM under load (expected 0)")
+    if "memory_bounded" in scenario.checks or "source_slowed" in scenario.checks:
+        _judge_stall(scenario, records, sampler, metrics, measures, problems)
+    return ScenarioResult(
+        scenario=scenario.name, label=scenario.label, report=report, windows=tuple(windows),
+        problems=tuple(problems), elapsed_s=time.monotonic() - began, measures=measures,
+        log_path=str(weir.log_path),
+    )  # fmt: skip
+
+
+def _judge_stall(scenario: Scenario, records: Sequence[FaultRecord], sampler: RunSampler, metrics: MetricsSampler,
+                 measures: dict[str, Any], problems: list[str]) -> None:
+    """Memory and source rate while the Redis link is slowed (the scenario's first fault)."""
+    stall = next((r for r in records if r.fault.target == "redis_link"), None)
+    if stall is None or stall.cleared_at is None:
+        problems.append("no Redis-link stall to judge")
+        return
+    start, end = stall.applied_at, stall.cleared_at
+    settle = min(1.0, (end - start) / 4)  # the channels fill first
+    middle = (start + settle + end) / 2
+    if "memory_bounded" in scenario.checks:
+        first = [s.rss_kb for s in sampler.samples if start + settle <= s.at <= middle and s.rss_kb]
+        second = [s.rss_kb for s in sampler.samples if middle < s.at <= end and s.rss_kb]
+        if not first or not second:
+            problems.append("memory: too few RSS samples during the stall")
+        else:
+            growth = max(second) - max(first)
+            measures["rss_peak_first_half_kb"], measures["rss_peak_second_half_kb"] = max(first), max(second)
+            measures["rss_growth_kb"] = growth
+            if growth > RSS_GROWTH_LIMIT_KB:
+                problems.append(f"memory not bounded: weir's peak RSS grew {growth / 1024:.1f} MiB from the first "
+                                f"to the second half of the stall (limit {RSS_GROWTH_LIMIT_KB / 1024:g} MiB)")
+    if "source_slowed" in scenario.checks:
+        offered_rate = scenario.rate * scenario.shards
+        during = metrics.rate(start + settle, end)
+        persisted = metrics.rate(start + settle, end, column=2)
+        measures["offered_rate"] = offered_rate
+        measures["source_rate_during_stall"] = None if during is None else round(during)
+        measures["persist_rate_during_stall"] = None if persisted is None else round(persisted)
+        before = metrics.rate(start - 1.0, start)
+        measures["source_rate_before_stall"] = None if before is None else round(before)
+        if "sink_progress" in scenario.checks and (persisted is None or persisted <= 0):
+            problems.append(
+                f"no progress while Redis was slow but reachable: {persisted} events/s persisted between "
+                f"{settle:g} s into the slow period and its end (every write attempt timed out and was retried whole)"
+            )
+        if during is None:
+            problems.append("source rate: too few /metrics scrapes during the stall")
+        elif during > SOURCE_SLOWDOWN * offered_rate:
+            problems.append(f"the source did not slow down: it read {during:.0f} ev/s during the stall, "
+                            f"the network offers {offered_rate:.0f} ev/s (limit {SOURCE_SLOWDOWN:g}×)")
+
+
+# -- generated schedules --------------------------------------------------------------------------
+
+
+def random_schedules(count: int, seed: int, *, horizon: float = 4.0, max_faults: int = 4) -> list[Schedule]:
+    """``count`` distinct schedules from the hypothesis strategy, the same for the same seed."""
+    from hypothesis import Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    found: list[Schedule] = []
+    strategy = schedules(
+        targets=("hub_link", "redis_link", "redis", "weir", "hub"),
+        kinds={"hub": ("drop_streams",)},  # a simulator process can only inject UNAVAILABLE by toggle
+        max_faults=max_faults, horizon=horizon, max_duration=2.0,
+    )  # fmt: skip
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=max(50, count * 20), database=None, phases=[Phase.generate], deadline=None)
+    @given(strategy)
+    def collect(schedule: Schedule) -> None:
+        # Hypothesis starts with its simplest draws (one 50 ms, 1 ms latency, repeated): keep
+        # schedules of at least two distinct faults.
+        if len(found) < count and len(set(schedule.faults)) >= 2 and schedule not in found:
+            found.append(schedule)
+
+    collect()
+    return found
+
+
+def schedule_scenario(schedule: Schedule, name: str = "schedule") -> Scenario:
+    """A scenario that runs exactly ``schedule`` (``--schedule`` and ``--random``)."""
+    return Scenario(
+        name=name, label=f"{len(schedule.faults)} faults (seed {schedule.seed})",
+        description="a given fault schedule", schedule=schedule, rate=800.0, history=300,
+    )
+
+
+def random_scenarios(count: int, seed: int) -> list[Scenario]:
+    return [schedule_scenario(s, f"random-{seed}-{i}") for i, s in enumerate(random_schedules(count, seed))]
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+
+def load_registry(full: bool = False) -> dict[str, Scenario]:
+    """The named scenarios of ``chaos/scenarios.py`` (the checkout's top-level ``chaos`` package).
+
+    The suite is a development and CI tool: it needs the source checkout, whose root is put on
+    ``sys.path`` when ``chaos`` is not importable from where weir runs.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if (root / "chaos" / "scenarios.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module("chaos.scenarios")
+    except ImportError as exc:
+        raise RuntimeError(f"the chaos scenarios (chaos/scenarios.py in weir's checkout) are not available: {exc}") from exc
+    return module.registry(full=full)  # type: ignore[no-any-return]
+
+
+# -- the suite and the command --------------------------------------------------------------------
+
+
+async def run_suite(scenarios: Iterable[Scenario], workdir: Path, *, on_result: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
+    results = []
+    for scenario in scenarios:
+        try:
+            result = await run_scenario(scenario, workdir / scenario.name)
+        except Exception as exc:  # the harness itself failed: a failed scenario, the suite goes on
+            log.exception("scenario %s could not run", scenario.name)
+            result = ScenarioResult(scenario=scenario.name, label=scenario.label,
+                                    report=RunReport(name=scenario.name, partitions=(), schedule=scenario.schedule.to_json()),
+                                    problems=(f"the scenario could not run: {exc!r}",))
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def main(args: argparse.Namespace) -> int:
+    """``weir chaos``: run the scenarios, print the table; 1 if any failed, 2 on a usage error."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        registry = load_registry(full=args.full)
+    except RuntimeError as exc:
+        print(f"weir chaos: {exc}", file=sys.stderr)
+        return 2
+    if args.list:
+        for scenario in registry.values():
+            print(f"{scenario.name:28} {scenario.label}\n{'':28} {scenario.description}")
+        return 0
+    if "all" in args.scenarios:  # `weir chaos all --random N`: every named scenario, then the generated ones
+        args.scenarios = list(registry)
+    unknown = [name for name in args.scenarios if name not in registry]
+    if unknown:
+        print(f"weir chaos: unknown scenario(s) {', '.join(unknown)}; see weir chaos --list", file=sys.stderr)
+        return 2
+    chosen: list[Scenario] = [registry[name] for name in args.scenarios]
+    try:
+        chosen += [schedule_scenario(Schedule.from_json(text), f"schedule-{i}") for i, text in enumerate(args.schedule)]
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"weir chaos: bad --schedule: {exc!r}", file=sys.stderr)
+        return 2
+    if args.random:
+        try:
+            chosen += random_scenarios(args.random, args.seed)
+        except ImportError:
+            print("weir chaos: --random needs hypothesis (pip install -e '.[test]')", file=sys.stderr)
+            return 2
+    if not args.scenarios and not args.schedule and not args.random:
+        chosen = list(registry.values())
+    return trio.run(_main, chosen, args)
+
+
+async def _main(chosen: list[Scenario], args: argparse.Namespace) -> int:
+    began = time.monotonic()
+
+    def progress(result: ScenarioResult) -> None:
+        print(f"{'ok  ' if result.ok else 'FAIL'} {result.scenario} ({result.elapsed_s:.1f} s)", file=sys.stderr, flush=True)
+        if not result.ok:
+            print(result.summary(), file=sys.stderr, flush=True)
+
+    if args.workdir:
+        results = await run_suite(chosen, Path(args.workdir), on_result=progress)
+    else:
+        with tempfile.TemporaryDirectory(prefix="weir-chaos-") as tmp:
+            results = await run_suite(chosen, Path(tmp), on_result=progress)
+    total = time.monotonic() - began
+    print(ScenarioResult.table_header())
+    for result in results:
+        print(result.table_row())
+    failed = [r for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)}/{len(results)} scenarios passed in {total:.0f} s")
+    for result in failed:
+        print(f"FAILED {result.scenario}: " + "; ".join(result.problems or ("lost/duplicated/out-of-order/cursor: see above",)))
+        if result.scenario.startswith(("random-", "schedule-")):
+            print(f"  replay: weir chaos --schedule '{result.report.schedule}'")
+        else:
+            print(f"  replay: weir chaos {result.scenario}   (schedule {result.report.schedule})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"total_s": round(total, 1), "passed": not failed, "results": [r.to_dict() for r in results]}, indent=1,
+        ) + "\n")  # fmt: skip
+    return 1 if failed else 0
