@@ -2,8 +2,9 @@
 
 The property: whatever the chain does, the logs emitted minus the logs retracted (counting only
 what a "Redis" that keeps a prefix of the steps holds, as after a crash) are exactly the logs of the
-final canonical chain up to the confirmation depth; sequence numbers only increase; a retraction
-always removes something that is there.
+final canonical chain up to the confirmation depth, minus its malformed logs; sequence numbers only
+increase; a retraction always removes something that is there (never a malformed log); each
+malformed log of a settled canonical block is dead-lettered exactly once, with its block's step.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from weir.codecs.ethereum_chain import (
     Step,
     parse_token,
 )
-from weir.codecs.ethereum_logs import Header, Log
+from weir.codecs.ethereum_logs import Header, Log, Malformed
 
 
 class World:
@@ -36,10 +37,11 @@ class World:
         self.counter = 0
         self.by_hash: dict[str, Header] = {}
         self.logs: dict[str, tuple[Log, ...]] = {}
+        self.bad: dict[str, tuple[Malformed, ...]] = {}  # the block's logs that do not parse (after the good ones)
         genesis = self._make(0, "0x" + "0" * 64, 1)
         self.canonical = [genesis]
 
-    def _make(self, number: int, parent: str, n_logs: int) -> Header:
+    def _make(self, number: int, parent: str, n_logs: int, n_bad: int = 0) -> Header:
         self.counter += 1
         header = Header(number=number, hash="0x%064x" % self.counter, parent_hash=parent)
         self.by_hash[header.hash] = header
@@ -48,24 +50,28 @@ class World:
                 address="0x" + "2" * 40, topics=(), data="0x", raw={})
             for i in range(n_logs)
         )
+        self.bad[header.hash] = tuple(
+            Malformed(payload=b"%s:%d" % (header.hash.encode(), i), reason="malformed log: test")
+            for i in range(n_logs, n_logs + n_bad)
+        )
         return header
 
-    def extend(self, n_logs: int) -> None:
+    def extend(self, n_logs: int, n_bad: int = 0) -> None:
         tip = self.canonical[-1]
-        self.canonical.append(self._make(tip.number + 1, tip.hash, n_logs))
+        self.canonical.append(self._make(tip.number + 1, tip.hash, n_logs, n_bad))
 
-    def reorg(self, depth: int, length: int, n_logs: int) -> None:
+    def reorg(self, depth: int, length: int, n_logs: int, n_bad: int = 0) -> None:
         depth = min(depth, len(self.canonical) - 1)
         del self.canonical[len(self.canonical) - depth :]
         for _ in range(length):
-            self.extend(n_logs)
+            self.extend(n_logs, n_bad)
 
     @property
     def head(self) -> Header:
         return self.canonical[-1]
 
     def block(self, hash_: str) -> Block:
-        return Block(header=self.by_hash[hash_], logs=self.logs[hash_])
+        return Block(header=self.by_hash[hash_], logs=self.logs[hash_], dead=self.bad[hash_])
 
 
 def follow(follower: ChainFollower, world: World, head: Header) -> list[Step]:
@@ -80,7 +86,7 @@ def follow(follower: ChainFollower, world: World, head: Header) -> list[Step]:
             follower.add_older(world.by_hash[need.hash])
         else:
             assert isinstance(need, NeedLogs)
-            follower.add_logs(need.hash, world.logs[need.hash])
+            follower.add_logs(need.hash, world.logs[need.hash])  # as the actor: the logs that parse
     return follower.apply(branch)
 
 
@@ -104,8 +110,8 @@ def net_logs(steps: list[Step]) -> Counter:
 
 operations = st.lists(
     st.one_of(
-        st.tuples(st.just("extend"), st.integers(0, 3), st.booleans()),
-        st.tuples(st.just("reorg"), st.integers(1, 10), st.integers(0, 3), st.booleans()),
+        st.tuples(st.just("extend"), st.integers(0, 3), st.booleans(), st.integers(0, 2)),
+        st.tuples(st.just("reorg"), st.integers(1, 10), st.integers(0, 3), st.booleans(), st.integers(0, 2)),
         st.tuples(st.just("restart"), st.integers(0, 100)),
     ),
     max_size=60,
@@ -120,10 +126,10 @@ def test_emitted_minus_retracted_is_the_final_canonical_chain(ops, confirmations
     unpersisted: list[Step] = []
     for op in ops:
         if op[0] == "extend":
-            world.extend(op[1])
+            world.extend(op[1], op[3])
             deliver = op[2]
         elif op[0] == "reorg":
-            world.reorg(op[1], op[1] + op[2] % 2, 2)  # same length or one longer
+            world.reorg(op[1], op[1] + op[2] % 2, 2, op[4])  # same length or one longer
             deliver = op[3]
         else:
             # A crash: only a prefix of what was emitted reached Redis, with its cursor.
@@ -147,6 +153,11 @@ def test_emitted_minus_retracted_is_the_final_canonical_chain(ops, confirmations
     settled = [h for h in world.canonical if h.number <= world.head.number - confirmations]
     expected = Counter(log.identity for h in settled for log in world.logs[h.hash])
     assert net_logs(steps) == expected
+    dead = Counter(letter.payload for s in steps for letter in s.dead)
+    assert all(s.kind == APPLY for s in steps if s.dead), "dead letters come with the block's APPLY step only"
+    assert max(dead.values(), default=1) == 1, "a malformed log dead-lettered twice"
+    settled_bad = {letter.payload for h in settled for letter in world.bad[h.hash]}
+    assert settled_bad <= set(dead), "a malformed log of a settled canonical block was never dead-lettered"
     if confirmations == 0:
         assert follower.emitted_tip == world.head
 

@@ -26,10 +26,10 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from weir.actors.stopping import until_stopped
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
-from weir.codecs.ethereum_logs import Header, Log, LogDecoder, parse_header, parse_log, raw_log_bytes
+from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
 from weir.config import EthereumChainSettings
-from weir.events import Chunk, Event
+from weir.events import Chunk, DeadLetter, Event
 from weir.sinks.redis_sink import Cursor
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -39,6 +39,8 @@ SOURCE = "ethereum"
 HEAD_BUFFER = 1024  # heads buffered while catching up; more are dropped (the next head fills the gap)
 BATCH_CALLS = 100  # calls per JSON-RPC batch
 CHUNK_EVENTS = 2000  # steps are grouped into chunks of about this many events
+HEADER_ATTEMPTS = 3  # a header that does not parse is fetched again this many times in all
+MALFORMED_RUN = 16  # this many malformed items in a row (logs or headers): the connection is dropped
 
 
 class ConnectionLost(Exception):
@@ -59,6 +61,10 @@ class ChainMismatch(Exception):
 
 class BlockUnavailable(Exception):
     """The node does not know a block weir needs (by hash); retried after a reconnect."""
+
+
+class MalformedHeader(ProtocolError):
+    """A header that does not parse (already dead-lettered): fetched again, else the connection is dropped."""
 
 
 @attrs.define(eq=False)
@@ -229,6 +235,12 @@ class ChainReader:
     decoder: LogDecoder
     stats: ChainStats
     follower: ChainFollower | None = None
+    # Dead letters of headers (no position: a header that does not parse was never applied); they
+    # go out with the next chunk, or alone (:meth:`flush_dead`).
+    pending_dead: list[DeadLetter] = attrs.Factory(list)
+    malformed_run: int = 0  # malformed items received in a row
+    last_through: int = 0  # the cursor (position, token) of the last chunk sent
+    last_token: str = ""
 
     @property
     def partition(self) -> str:
@@ -242,32 +254,112 @@ class ChainReader:
             out["topics"] = [[t.lower() for t in self.settings.topics]]
         return out
 
-    async def header_by_hash(self, rpc: RpcConnection, hash_: str) -> Header:
-        obj = await rpc.call("eth_getBlockByHash", [hash_, False])
-        if obj is None:
-            raise BlockUnavailable(f"chain {self.partition}: the node does not know block {hash_}")
-        return parse_header(obj, f"eth_getBlockByHash({hash_})")
+    # -- malformed data ----------------------------------------------------------------------------
+    #
+    # A log that does not parse is dead-lettered with its block's APPLY step (see ChainFollower); a
+    # header that does not parse cannot be linked into the chain: it is dead-lettered at once (no
+    # position) and fetched again. Only a run of MALFORMED_RUN bad items drops the connection.
 
-    async def logs_by_hash(self, rpc: RpcConnection, hash_: str) -> tuple[Log, ...]:
+    def _malformed(self) -> None:
+        self.malformed_run += 1
+        if self.malformed_run >= MALFORMED_RUN:
+            self.malformed_run = 0
+            raise ProtocolError(f"{MALFORMED_RUN} malformed items in a row from {self.settings.url}: dropping the connection")
+
+    def parse_header(self, obj: Any, where: str) -> Header:
+        """:func:`parse_header`; one that does not parse is dead-lettered and raises :class:`MalformedHeader`."""
+        try:
+            header = parse_header(obj, where)
+        except ProtocolError as exc:
+            reason = f"malformed header: {exc}"
+            log.warning("chain %s: dead letter: %s", self.partition, reason,
+                        extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition})
+            self.pending_dead.append(DeadLetter(source=SOURCE, partition=self.partition, payload=raw_bytes(obj),
+                                                reason=reason, received=trio.current_time()))
+            self._malformed()
+            raise MalformedHeader(reason) from None
+        self.malformed_run = 0
+        return header
+
+    async def fetch_header(self, rpc: RpcConnection, method: str, params: list[Any], where: str,
+                           *, first: Any = None) -> Header | None:
+        """A header by ``method`` (None: the node has no such block); one that does not parse is
+        fetched again, up to HEADER_ATTEMPTS times in all. ``first``: an answer already received."""
+        for attempt in range(HEADER_ATTEMPTS):
+            obj = first if attempt == 0 and first is not None else await rpc.call(method, params)
+            if obj is None:
+                return None
+            try:
+                return self.parse_header(obj, where)
+            except MalformedHeader:
+                if attempt == HEADER_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def flush_dead(self, send: trio.MemorySendChannel[Chunk]) -> None:
+        """Send the pending dead letters alone (the cursor stays where the last chunk left it)."""
+        if self.pending_dead:
+            dead, self.pending_dead = self.pending_dead, []
+            self.stats.dead_letters += len(dead)
+            await send.send(Chunk(partition=self.partition, events=[], through=self.last_through, dead=dead,
+                                  token=self.last_token))
+
+    # -- fetching ------------------------------------------------------------------------------------
+
+    async def header_by_hash(self, rpc: RpcConnection, hash_: str) -> Header:
+        header = await self.fetch_header(rpc, "eth_getBlockByHash", [hash_, False], f"eth_getBlockByHash({hash_})")
+        if header is None:
+            raise BlockUnavailable(f"chain {self.partition}: the node does not know block {hash_}")
+        return header
+
+    async def logs_by_hash(self, rpc: RpcConnection, hash_: str) -> tuple[tuple[Log, ...], tuple[Malformed, ...]]:
+        """The logs of block ``hash_`` (by log index), and the ones that do not parse."""
         try:
             items = await rpc.call("eth_getLogs", [{"blockHash": hash_, **self.log_filter()}])
         except JsonRpcError as exc:
             if "unknown block" in exc.message.lower() or "not found" in exc.message.lower():
                 raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {exc.message}") from None
             raise
-        logs = self._parse_logs(items, f"eth_getLogs(blockHash={hash_})")
-        for item in logs:
-            if item.block_hash != hash_:
-                raise ProtocolError(f"eth_getLogs(blockHash={hash_}) returned a log of block {item.block_hash}")
-        return tuple(sorted(logs, key=lambda item: item.log_index))
+        return self._pinned(items, hash_, f"eth_getLogs(blockHash={hash_})")
 
-    def _parse_logs(self, items: Any, where: str) -> list[Log]:
+    async def logs_by_hashes(self, rpc: RpcConnection, hashes: list[str]) -> list[tuple[tuple[Log, ...], tuple[Malformed, ...]]]:
+        """:meth:`logs_by_hash` for several blocks, in batches."""
+        out = []
+        for start in range(0, len(hashes), BATCH_CALLS):
+            part = hashes[start : start + BATCH_CALLS]
+            results = await rpc.batch([("eth_getLogs", [{"blockHash": h, **self.log_filter()}]) for h in part])
+            out += [self._pinned(items, h, f"eth_getLogs(blockHash={h})") for h, items in zip(part, results)]
+        return out
+
+    def _pinned(self, items: Any, hash_: str, where: str) -> tuple[tuple[Log, ...], tuple[Malformed, ...]]:
+        logs, bad = self._parse_logs(items, where)
+        dead = [letter for _, letter in bad]
+        kept = []
+        for item in logs:
+            if item.block_hash == hash_:
+                kept.append(item)
+            else:
+                dead.append(Malformed(payload=raw_log_bytes(item), reason=f"malformed log: {where} returned a log of block {item.block_hash}"))
+        return tuple(sorted(kept, key=lambda item: item.log_index)), tuple(dead)
+
+    def _parse_logs(self, items: Any, where: str) -> tuple[list[Log], list[tuple[Any, Malformed]]]:
+        """The items that parse, and the ones that do not (each with its dead-letter form)."""
         if not isinstance(items, list):
             raise ProtocolError(f"{where}: expected a list of logs, got {type(items).__name__}")
         self.stats.received += len(items)
-        return [parse_log(item, f"{where}[{i}]") for i, item in enumerate(items)]
+        logs: list[Log] = []
+        bad: list[tuple[Any, Malformed]] = []
+        for i, item in enumerate(items):
+            try:
+                logs.append(parse_log(item, f"{where}[{i}]"))
+            except ProtocolError as exc:
+                bad.append((item, Malformed(payload=raw_bytes(item), reason=f"malformed log: {exc}")))
+                self._malformed()
+            else:
+                self.malformed_run = 0
+        return logs, bad
 
-    async def logs_by_range(self, rpc: RpcConnection, first: int, last: int) -> list[Log]:
+    async def logs_by_range(self, rpc: RpcConnection, first: int, last: int) -> tuple[list[Log], list[tuple[Any, Malformed]]]:
         """eth_getLogs over [first, last], halving the range whenever the provider refuses its size."""
         try:
             items = await rpc.call("eth_getLogs", [{"fromBlock": to_quantity(first), "toBlock": to_quantity(last), **self.log_filter()}])
@@ -276,7 +368,8 @@ class ChainReader:
                 raise
             self.stats.range_splits += 1
             middle = (first + last) // 2
-            return await self.logs_by_range(rpc, first, middle) + await self.logs_by_range(rpc, middle + 1, last)
+            (logs_a, bad_a), (logs_b, bad_b) = await self.logs_by_range(rpc, first, middle), await self.logs_by_range(rpc, middle + 1, last)
+            return logs_a + logs_b, bad_a + bad_b
         return self._parse_logs(items, f"eth_getLogs({first}..{last})")
 
     async def blocks_by_range(self, rpc: RpcConnection, first: int, last: int) -> list[Block] | None:
@@ -286,18 +379,38 @@ class ChainReader:
             numbers = range(start, min(last, start + BATCH_CALLS - 1) + 1)
             results = await rpc.batch([("eth_getBlockByNumber", [to_quantity(n), False]) for n in numbers])
             for n, obj in zip(numbers, results):
-                if obj is None:
+                header = None
+                if obj is not None:
+                    try:
+                        header = await self.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(n), False],
+                                                         f"eth_getBlockByNumber({n})", first=obj)
+                    except MalformedHeader:
+                        return None  # dead-lettered; the range is fetched again
+                if header is None or header.number != n:
                     return None  # the head went back (a reorg to a shorter chain): retry
-                headers.append(parse_header(obj, f"eth_getBlockByNumber({n})"))
+                headers.append(header)
         for older, newer in zip(headers, headers[1:]):
             if newer.parent_hash != older.hash:
                 return None
+        index = {h.hash: i for i, h in enumerate(headers)}
+        logs, bad = await self.logs_by_range(rpc, first, last)
+        dead: list[list[Malformed]] = [[] for _ in headers]
+        for item, letter in bad:
+            at = item.get("blockHash") if isinstance(item, dict) else None
+            at = index.get(at.lower()) if isinstance(at, str) else None
+            if at is None:
+                # A log that does not parse nor say which of these blocks it belongs to: fetch the
+                # range's logs again block by block, pinned by hash, where every log has its block.
+                pinned = await self.logs_by_hashes(rpc, [h.hash for h in headers])
+                return [Block(header=h, logs=logs_, dead=dead_) for h, (logs_, dead_) in zip(headers, pinned)]
+            dead[at].append(letter)
         by_number: dict[int, list[Log]] = {h.number: [] for h in headers}
-        for item in await self.logs_by_range(rpc, first, last):
+        for item in logs:
             if item.block_number not in by_number or item.block_hash != headers[item.block_number - first].hash:
                 return None
             by_number[item.block_number].append(item)
-        return [Block(header=h, logs=tuple(sorted(by_number[h.number], key=lambda x: x.log_index))) for h in headers]
+        return [Block(header=h, logs=tuple(sorted(by_number[h.number], key=lambda x: x.log_index)), dead=tuple(d))
+                for h, d in zip(headers, dead)]
 
     async def resolve(self, rpc: RpcConnection, branch: list[Block]) -> list[Step]:
         """Walk back until ``branch`` links to the window, then apply it."""
@@ -310,13 +423,15 @@ class ChainReader:
         while (need := follower.link(branch)) is not None:
             if isinstance(need, NeedBlock):
                 header = await self.header_by_hash(rpc, need.hash)
-                branch.insert(0, Block(header=header, logs=await self.logs_by_hash(rpc, need.hash)))
+                logs, dead = await self.logs_by_hash(rpc, need.hash)
+                branch.insert(0, Block(header=header, logs=logs, dead=dead))
                 fetched += 1
             elif isinstance(need, NeedOlder):
                 follower.add_older(await self.header_by_hash(rpc, need.hash))
             else:
                 assert isinstance(need, NeedLogs)
-                follower.add_logs(need.hash, await self.logs_by_hash(rpc, need.hash))
+                # Logs that do not parse were dead-lettered (not emitted) when the block was applied.
+                follower.add_logs(need.hash, (await self.logs_by_hash(rpc, need.hash))[0])
         if fetched:
             self.stats.gaps += 1
         reorgs_before = follower.reorgs
@@ -337,17 +452,28 @@ class ChainReader:
         """Group steps into chunks (a step, i.e. a stream position, is never split)."""
         out: list[Chunk] = []
         events: list[Event] = []
+        dead, self.pending_dead = self.pending_dead, []
         for step in steps:
             events += self._events(step, received)
             if step.kind == RETRACT:
                 self.stats.retracted_blocks += 1
             else:
                 self.stats.emitted_blocks += 1
-            if len(events) >= CHUNK_EVENTS or step is steps[-1]:
-                out.append(Chunk(partition=self.partition, events=events, through=step.seq, token=step.token))
-                events = []
+            for letter in step.dead:
+                reason = f"block {step.header.number} ({step.header.hash}): {letter.reason}"
+                log.warning("chain %s: dead letter at %d: %s", self.partition, step.seq, reason,
+                            extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition, "position": step.seq})
+                dead.append(DeadLetter(source=SOURCE, partition=self.partition, payload=letter.payload, reason=reason,
+                                       position=step.seq, received=received))
+            # A retraction closes its chunk: through a deep reorg the cursor moves block by block.
+            if len(events) >= CHUNK_EVENTS or step.kind == RETRACT or step is steps[-1]:
+                self.stats.dead_letters += len(dead)
+                out.append(Chunk(partition=self.partition, events=events, through=step.seq, token=step.token, dead=dead))
+                events, dead = [], []
         if steps:
             self.stats.last_id = steps[-1].seq
+            self.last_through, self.last_token = steps[-1].seq, steps[-1].token
+        self.pending_dead = dead  # no steps: header dead letters wait (or are flushed)
         return out
 
     def _events(self, step: Step, received: float) -> list[Event]:
@@ -412,6 +538,8 @@ async def run_chain_connection(
     attempt = 0
     async with until_stopped(stopping):
         cursor = await read_cursor()
+        if cursor is not None:
+            reader.last_through, reader.last_token = cursor.position, cursor.token
         while True:
             if breaker is not None:
                 await breaker.wait_allowed()
@@ -425,6 +553,7 @@ async def run_chain_connection(
                 if breaker is not None and stats.emitted_blocks + stats.connects == emitted_before:
                     breaker.record_failure()
                 stats.last_error = f"{type(exc).__name__}: {exc}"
+                await reader.flush_dead(send)
                 delay = backoff.delay(attempt, rng)
                 attempt += 1
                 stats.reconnects += 1
@@ -474,13 +603,21 @@ async def _session(reader: ChainReader, cursor: Cursor | None, send: trio.Memory
                     stats.idle_reconnects += 1
                     raise IdleStream(f"no head for {idle:g}s while the node is at block {node_head}")
                 continue
-            header = parse_header(obj, "newHeads")
+            try:
+                header = reader.parse_header(obj, "newHeads")
+            except MalformedHeader:
+                # Dead-lettered; the node's head is fetched again instead (this head, or a later one).
+                await reader.flush_dead(send)
+                latest = await reader.fetch_header(rpc, "eth_getBlockByNumber", ["latest", False], "eth_getBlockByNumber(latest)")
+                if latest is None:
+                    raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block") from None
+                header = latest
             stats.head = max(stats.head or 0, header.number)
             tip = reader.follower.tip  # type: ignore[union-attr]
             if tip is not None and header.number > tip.number + settings.gap_fetch:
                 await _backfill(reader, rpc, header.number - 1, send)
-            logs = await reader.logs_by_hash(rpc, header.hash)
-            await _send_steps(reader, await reader.resolve(rpc, [Block(header=header, logs=logs)]), send)
+            logs, dead = await reader.logs_by_hash(rpc, header.hash)
+            await _send_steps(reader, await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
 
 
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk]) -> None:
@@ -497,13 +634,13 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None,
         return
     seq = cursor.position if cursor is not None else 0
     tag = "latest" if settings.start == "latest" else to_quantity(int(settings.start))
-    obj = await rpc.call("eth_getBlockByNumber", [tag, False])
-    if obj is None:
+    first = await reader.fetch_header(rpc, "eth_getBlockByNumber", [tag, False], f"eth_getBlockByNumber({settings.start})")
+    if first is None:
         raise BlockUnavailable(f"chain {reader.partition}: the node has no block {settings.start}")
-    first = parse_header(obj, f"eth_getBlockByNumber({settings.start})")
+    logs, dead = await reader.logs_by_hash(rpc, first.hash)
     reader.follower = ChainFollower(confirmations=settings.confirmations, max_depth=settings.max_reorg_depth, seq=seq)
     log.info("chain %s: no cursor, starting at block %d", reader.partition, first.number)
-    steps = reader.follower.apply([Block(header=first, logs=await reader.logs_by_hash(rpc, first.hash))])
+    steps = reader.follower.apply([Block(header=first, logs=logs, dead=dead)])
     await _send_steps(reader, steps, send)
 
 
@@ -518,6 +655,7 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
         last = min(target, first + settings.backfill_blocks - 1)
         blocks = await reader.blocks_by_range(rpc, first, last)
         if blocks is None:
+            await reader.flush_dead(send)
             retries += 1
             if retries > 20:
                 raise BlockUnavailable(f"chain {reader.partition}: blocks {first}..{last} keep changing while fetched")

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from weir.codecs.ethereum_logs import Header, Log
+from weir.codecs.ethereum_logs import Header, Log, Malformed
 
 APPLY = "log"
 RETRACT = "retract"
@@ -41,10 +41,16 @@ class ReorgTooDeep(Exception):
 
 @attrs.frozen(kw_only=True)
 class Block:
-    """A header with its logs (``logs`` None: not fetched; only for window blocks after a restart)."""
+    """A header with its logs (``logs`` None: not fetched; only for window blocks after a restart).
+
+    ``dead``: the block's logs that did not parse. They travel with the block and come out with its
+    ``APPLY`` step (for the dead-letter stream, at that step's position), never in ``logs``: a
+    later retraction of the block names exactly the logs that were emitted.
+    """
 
     header: Header
     logs: tuple[Log, ...] | None
+    dead: tuple[Malformed, ...] = ()
 
 
 @attrs.frozen
@@ -82,6 +88,7 @@ class Step:
         logs: its logs (for a retraction, the logs that were emitted for it).
         token: ``"number:hash"`` of the last emitted block once this step is done (cursor token).
         deep: a retraction below the confirmation depth (only when ``confirmations`` > 0).
+        dead: for ``APPLY``, the block's logs that did not parse (dead letters at ``seq``).
     """
 
     seq: int
@@ -90,6 +97,7 @@ class Step:
     logs: tuple[Log, ...]
     token: str
     deep: bool = False
+    dead: tuple[Malformed, ...] = ()
 
 
 @attrs.define
@@ -97,6 +105,7 @@ class _Node:
     header: Header
     logs: tuple[Log, ...] | None
     emitted: bool
+    dead: tuple[Malformed, ...] = ()
 
 
 def parse_token(token: str) -> tuple[int, str]:
@@ -203,7 +212,11 @@ class ChainFollower:
         self._reindex()
 
     def add_logs(self, hash_: str, logs: Sequence[Log]) -> None:
-        """The logs of window block ``hash_`` (answer to :class:`NeedLogs`)."""
+        """The logs of window block ``hash_`` (answer to :class:`NeedLogs`).
+
+        Only the logs that parse: the ones that did not were dead-lettered when the block was
+        applied (in an earlier incarnation), not emitted, so they are not retracted either.
+        """
         self._chain[self._index[hash_]].logs = tuple(logs)
 
     def apply(self, branch: Sequence[Block]) -> list[Step]:
@@ -231,7 +244,7 @@ class ChainFollower:
         for block in branch:
             if block.logs is None:
                 raise ValueError(f"branch block {block.header.number} {block.header.hash} has no logs")
-            self._chain.append(_Node(block.header, block.logs, False))
+            self._chain.append(_Node(block.header, block.logs, False, block.dead))
         self.head_number = branch[-1].header.number
         for node in self._chain:
             if node.emitted:
@@ -241,7 +254,8 @@ class ChainFollower:
             node.emitted = True
             self.seq += 1
             assert node.logs is not None
-            steps.append(Step(seq=self.seq, kind=APPLY, header=node.header, logs=node.logs, token=node.header.token))
+            steps.append(Step(seq=self.seq, kind=APPLY, header=node.header, logs=node.logs, token=node.header.token, dead=node.dead))
+            node.dead = ()  # emitted once; a later retraction does not take dead letters back
         emitted = sum(node.emitted for node in self._chain)
         if emitted > self.max_depth + 1:
             del self._chain[: emitted - self.max_depth - 1]

@@ -11,6 +11,12 @@ ERC-20 / ERC-721 transfer logs every ``block_time`` seconds; with ``reorg_every`
 the top 1..``max_reorg_depth`` blocks are replaced by a longer branch, whose heads are pushed (all
 of them, or only the new tip, which makes the client walk back). :meth:`SimChain.canonical_logs` is
 the final canonical chain the checker compares Redis with.
+
+Malformed data: with ``malformed_log_every`` about one log in that many is stored malformed (a bad
+``data``, ``address``, ``topics`` or ``blockHash``: the node always serves it so, like bad data in
+its database; :attr:`SimChain.malformed` maps each one's dead-letter payload to its identity); with
+``malformed_header_every`` every that-many-th header the node serves (pushed or answered) is
+malformed in that one message only (a transient fault: asked again, the node answers well).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from weir.codecs.ethereum_logs import ERC20_TRANSFER
+from weir.codecs.ethereum_logs import ERC20_TRANSFER, raw_bytes
 from weir.codecs.jsonrpc import (
     INVALID_PARAMS,
     LIMIT_EXCEEDED,
@@ -63,6 +69,8 @@ class EthereumSimConfig:
         max_logs: eth_getLogs answers error -32005 above this many results.
         drop_every: close every connection each this many blocks (0: never).
         contracts: distinct token contracts.
+        malformed_log_every: about one log in this many is malformed, persistently (0: none).
+        malformed_header_every: every this-many-th header served is malformed, once (0: none).
     """
 
     chain_id: int = 1337
@@ -77,11 +85,14 @@ class EthereumSimConfig:
     max_logs: int = 10_000
     drop_every: int = 0
     contracts: int = 3
+    malformed_log_every: int = 0
+    malformed_header_every: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
             raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
-        for name in ("logs_per_block", "history", "reorg_every", "max_logs", "drop_every", "contracts"):
+        for name in ("logs_per_block", "history", "reorg_every", "max_logs", "drop_every", "contracts",
+                     "malformed_log_every", "malformed_header_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
 
@@ -101,10 +112,13 @@ class SimChain:
     canonical: list[str] = attrs.Factory(list)  # hashes, index = number
     produced: int = 0
     reorgs: list[tuple[int, int]] = attrs.Factory(list)  # (depth, at height)
+    malformed: dict[bytes, tuple[str, int]] = attrs.Factory(dict)  # dead-letter payload -> (block hash, log index)
     _counter: int = 0
+    _bad_rng: random.Random = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
+        self._bad_rng = random.Random(self.config.seed + 0x6D616C)  # apart: the chain is the same with or without
         self._extend()  # genesis
         for _ in range(self.config.history):
             self._extend()
@@ -127,6 +141,11 @@ class SimChain:
             "gasUsed": "0x0",
         }
         self.logs[hash_] = [self._log(number, hash_, i) for i in range(self.config.logs_per_block)] if number else []
+        if self.config.malformed_log_every:
+            for i, item in enumerate(self.logs[hash_]):
+                if self._bad_rng.randrange(self.config.malformed_log_every) == 0:
+                    self.logs[hash_][i] = bad = _malformed_log(item, len(self.malformed))
+                    self.malformed[raw_bytes(bad)] = (hash_, i)
         self.canonical.append(hash_)
         return hash_
 
@@ -167,6 +186,12 @@ class SimChain:
     def block_by_number(self, number: int) -> dict[str, Any] | None:
         return self.headers[self.canonical[number]] if 0 <= number < len(self.canonical) else None
 
+    def malformed_logs(self, up_to: int | None = None) -> set[tuple[str, int]]:
+        """(block hash, log index) of the malformed logs on the canonical chain (up to block ``up_to``)."""
+        last = self.head_number if up_to is None else up_to
+        canonical = set(self.canonical[: last + 1])
+        return {identity for identity in self.malformed.values() if identity[0] in canonical}
+
     def canonical_logs(self, up_to: int | None = None) -> list[tuple[str, int]]:
         """(block hash, log index) of every log on the canonical chain (up to block ``up_to``)."""
         last = self.head_number if up_to is None else up_to
@@ -177,6 +202,33 @@ class SimChain:
         ]
 
 
+def _malformed_log(item: dict[str, Any], n: int) -> dict[str, Any]:
+    """A copy of ``item`` with one field broken (which one cycles with ``n``); block hash and index stay findable."""
+    bad = dict(item)
+    kind = n % 4
+    if kind == 0:
+        bad["data"] = "0xnot-hex"
+    elif kind == 1:
+        bad["address"] = "0x1234"
+    elif kind == 2:
+        bad["topics"] = "not a list"
+    else:  # the block it belongs to cannot be read: the client must fetch by block hash to place it
+        bad["blockHash"] = "0x" + "zz" * 32
+    return bad
+
+
+def _malformed_header(header: dict[str, Any], n: int) -> dict[str, Any]:
+    bad = dict(header)
+    kind = n % 3
+    if kind == 0:
+        del bad["number"]
+    elif kind == 1:
+        bad["hash"] = "0x1234"
+    else:
+        bad["parentHash"] = None
+    return bad
+
+
 def _matches(item: dict[str, Any], addresses: set[str] | None, topics: list[Any]) -> bool:
     if addresses is not None and item["address"] not in addresses:
         return False
@@ -184,7 +236,8 @@ def _matches(item: dict[str, Any], addresses: set[str] | None, topics: list[Any]
         if wanted is None:
             continue
         options = {wanted} if isinstance(wanted, str) else set(wanted)
-        if i >= len(item["topics"]) or item["topics"][i] not in options:
+        have = item["topics"]
+        if not isinstance(have, list) or i >= len(have) or have[i] not in options:
             return False
     return True
 
@@ -209,6 +262,8 @@ class EthereumSim:
     requests: dict[str, int] = attrs.Factory(dict)  # method -> count
     drops: int = 0
     paused: bool = False
+    headers_served: int = 0
+    malformed_headers: int = 0  # malformed headers served
     _sub_counter: int = 0
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
 
@@ -244,7 +299,7 @@ class EthereumSim:
         for conn in list(self.connections):
             for sub in conn.subscriptions:
                 for hash_ in hashes:
-                    text = notification_text("eth_subscription", {"subscription": sub, "result": self.chain.headers[hash_]})
+                    text = notification_text("eth_subscription", {"subscription": sub, "result": self._serve_header(self.chain.headers[hash_])})
                     try:
                         conn.outbox_send.send_nowait(text)
                     except trio.WouldBlock:  # a subscriber that cannot keep up is dropped, like geth does
@@ -307,6 +362,17 @@ class EthereumSim:
             return encode(replies)
         return encode(replies[0])
 
+    def _serve_header(self, header: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``header`` as served: every ``malformed_header_every``-th one is broken (in this message only)."""
+        every = self.config.malformed_header_every
+        if header is None or not every:
+            return header
+        self.headers_served += 1
+        if self.headers_served % every:
+            return header
+        self.malformed_headers += 1
+        return _malformed_header(header, self.malformed_headers)
+
     def _call(self, conn: _Conn, request: Request) -> Any:
         chain = self.chain
         params = request.params
@@ -318,9 +384,9 @@ class EthereumSim:
         if method == "eth_getBlockByNumber":
             tag = params[0]
             number = chain.head_number if tag in ("latest", "safe", "finalized") else from_quantity(tag, "block number")
-            return chain.block_by_number(number)
+            return self._serve_header(chain.block_by_number(number))
         if method == "eth_getBlockByHash":
-            return chain.headers.get(str(params[0]).lower())
+            return self._serve_header(chain.headers.get(str(params[0]).lower()))
         if method == "eth_getLogs":
             return self._get_logs(params[0])
         if method == "eth_subscribe":

@@ -12,12 +12,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from weir.sim.atproto_data import AtprotoSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
+
+if TYPE_CHECKING:
+    from weir.sim.ethereum import EthereumSimConfig
 
 READY_PREFIX = "weir-sim snapchain listening on "
 
@@ -145,6 +149,98 @@ async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1",
         if not text.startswith(prefix):
             raise SimulatorFailed(f"atproto simulator did not become ready (exit code {process.poll()}, said {text!r})")
         yield f"ws://{text[len(prefix):]}"
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(stop_grace):
+                    await process.wait()
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
+
+
+ETHEREUM_READY_PREFIX = "weir-sim ethereum listening on "
+
+
+@attrs.frozen(kw_only=True)
+class EthereumSimProcess:
+    """A running simulated Ethereum node process.
+
+    Attributes:
+        host, port: where it serves; ``url`` is ``ws://HOST:PORT``.
+        pid: the process id (``SIGUSR1`` drops every connection).
+        config: what it was started with.
+        record: where it writes its final canonical chain on exit ("" for nowhere).
+    """
+
+    host: str
+    port: int
+    pid: int
+    config: EthereumSimConfig
+    record: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+
+def ethereum_args(config: EthereumSimConfig, host: str = "127.0.0.1", port: int = 0, record: str = "") -> list[str]:
+    """The command line that runs ``config`` (the inverse of ``weir.sim.ethereum_main.config_from_args``)."""
+    args = [
+        sys.executable, "-m", "weir.sim", "ethereum", "--host", host, "--port", str(port),
+        "--chain-id", str(config.chain_id), "--seed", str(config.seed), "--block-time", repr(config.block_time),
+        "--logs-per-block", str(config.logs_per_block), "--history", str(config.history),
+        "--blocks", "none" if config.blocks is None else str(config.blocks),
+        "--reorg-every", str(config.reorg_every), "--min-reorg-depth", str(config.min_reorg_depth),
+        "--max-reorg-depth", str(config.max_reorg_depth), "--max-logs", str(config.max_logs),
+        "--drop-every", str(config.drop_every), "--contracts", str(config.contracts),
+        "--malformed-log-every", str(config.malformed_log_every),
+        "--malformed-header-every", str(config.malformed_header_every),
+    ]
+    if record:
+        args += ["--record", record]
+    return args
+
+
+@asynccontextmanager
+async def open_ethereum_sim(
+    config: EthereumSimConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    record: str = "",
+    ready_timeout: float = 60.0,
+    stop_grace: float = 5.0,
+) -> AsyncIterator[EthereumSimProcess]:
+    """Start ``python -m weir.sim ethereum`` and yield once it serves; stop it on exit.
+
+    Stopping sends SIGTERM (it then writes ``record``, when given), then SIGKILL if it has not
+    exited after ``stop_grace`` seconds.
+
+    Raises:
+        SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
+    """
+    process = await trio.lowlevel.open_process(
+        ethereum_args(config, host, port, record), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.move_on_after(ready_timeout):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(256)
+                if not chunk:
+                    break
+                line += chunk
+        text = line.decode(errors="replace").strip()
+        if not text.startswith(ETHEREUM_READY_PREFIX):
+            raise SimulatorFailed(f"ethereum simulator did not become ready (exit code {process.poll()}, said {text!r})")
+        bound_host, _, bound_port = text[len(ETHEREUM_READY_PREFIX):].rpartition(":")
+        yield EthereumSimProcess(host=bound_host, port=int(bound_port), pid=process.pid, config=config, record=record)
     finally:
         with trio.CancelScope(shield=True):
             if process.poll() is None:

@@ -1,0 +1,144 @@
+"""The Ethereum source under faults, end to end: malformed logs and headers from the node (dead
+letters, the pipeline keeps running), a stop in the middle of a deep reorg's retractions (hard cancel
+and ordered stop, then a restart on the same Redis), and the simulator as a subprocess.
+
+Simulated nodes over real WebSockets, a real redis-server, the real ``serve()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections import Counter
+
+import pytest
+import trio
+
+from weir.actors.ethereum import open_rpc
+from weir.app import serve
+from weir.codecs.ethereum_chain import parse_token
+from weir.codecs.jsonrpc import from_quantity
+from weir.sim.ethereum import EthereumSimConfig
+from weir.sim.process import open_ethereum_sim
+from weir.sinks.keys import partition_keys
+
+from helpers import running_service, wait_for
+from test_ethereum_e2e import assert_canonical, caught_up, chain, cursor_token, eth_config, simulated
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 20.0
+
+
+async def test_malformed_logs_and_headers_are_dead_lettered_and_the_pipeline_keeps_running(redis_server, redis_client):
+    # Reorgs (retractions must skip the dead-lettered logs), a backfill with a result cap (range
+    # splits; a log whose blockHash is unreadable makes the range be fetched block by block).
+    sim_config = EthereumSimConfig(chain_id=11, seed=9, block_time=0.01, logs_per_block=3, history=30, blocks=80,
+                                   reorg_every=6, max_reorg_depth=4, max_logs=25,
+                                   malformed_log_every=6, malformed_header_every=9)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim, backfill_blocks=30, gap_fetch=4)])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the cursor to reach the final head")
+            stats = service.partitions[0].source
+            # never dropped, never restarted: one connection for the whole run
+            assert (stats.connects, stats.reconnects) == (1, 0), stats.last_error
+            assert service.root.statistics().restarts == 0
+    keys = partition_keys("ethereum", "11")
+    dead = await redis_client("XRANGE", keys.dead, "-", "+")
+    log_letters = [fields for _, fields in dead if b"malformed log" in fields[b"reason"]]
+    header_letters = [fields for _, fields in dead if fields[b"reason"].startswith(b"malformed header")]
+    assert len(log_letters) + len(header_letters) == len(dead)
+    assert header_letters and len(header_letters) <= sim.malformed_headers
+    assert all(fields[b"position"] == b"" for fields in header_letters)  # never applied: no position
+
+    # Each dead-lettered log is one the node serves malformed, once, at its block's step.
+    dead_logs = Counter(sim.chain.malformed[fields[b"data"]] for fields in log_letters)
+    assert max(dead_logs.values()) == 1, "a malformed log was dead-lettered twice"
+    canonical_bad = sim.chain.malformed_logs()
+    assert len(canonical_bad) >= 20
+    assert canonical_bad <= set(dead_logs) <= set(sim.chain.malformed.values())
+    assert any(b"blockHash" in fields[b"reason"] for fields in log_letters)  # the block-by-block path ran
+    entries = await redis_client("XRANGE", keys.events, "-", "+")
+    by_position: dict[bytes, set[bytes]] = {}
+    for entry_id, fields in entries:
+        by_position.setdefault(entry_id.split(b"-")[0], set()).add(fields[b"block_hash"])
+    for fields in log_letters:
+        block_hash, _ = sim.chain.malformed[fields[b"data"]]
+        assert fields[b"reason"].startswith(b"block ") and block_hash.encode() in fields[b"reason"]
+        # the position is the step that applied the block: its other logs have that stream position
+        assert by_position.get(fields[b"position"], {block_hash.encode()}) == {block_hash.encode()}
+
+    # What is not retracted is the canonical chain minus exactly the dead-lettered logs.
+    kinds = await assert_canonical(redis_client, sim, minus=canonical_bad)
+    assert kinds[b"retract"] > 0
+
+
+DEPTH = 20
+LOGS = 100
+
+
+@pytest.mark.parametrize("how", ["hard cancel", "ordered stop"])
+async def test_stop_in_the_middle_of_a_deep_reorg_then_restart(redis_server, redis_client, how):
+    sim_config = EthereumSimConfig(chain_id=21, seed=11, block_time=0.01, logs_per_block=LOGS, history=30, blocks=0)
+    async with simulated(sim_config) as (sim,):
+        # one retraction (one block's logs) per batch: the retractions reach Redis block by block
+        config = eth_config(redis_server.url, [chain(sim)], **{"batch.max_events": str(LOGS)})
+        keys = partition_keys("ethereum", "21")
+        old_head = sim.chain.head_number
+        async with trio.open_nursery() as nursery:
+            stopping = trio.Event()
+            await nursery.start(functools.partial(serve, config, stopping=stopping))
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the first run to catch up")
+            # A reorg of DEPTH blocks; only the new tip is announced, so weir walks back to find it.
+            del sim.chain.canonical[len(sim.chain.canonical) - DEPTH:]
+            for _ in range(DEPTH + 1):
+                sim.chain._extend()
+            sim._announce(sim.chain.canonical[-1:])
+
+            async def retracting() -> bool:
+                token = await cursor_token(redis_client, 21)
+                return token is not None and parse_token(token)[0] < old_head
+
+            with trio.fail_after(TIMEOUT):
+                while not await retracting():
+                    await trio.sleep(0.001)
+            if how == "hard cancel":
+                nursery.cancel_scope.cancel()
+            else:
+                stopping.set()
+        first_run = Counter(fields[b"kind"] for _, fields in await redis_client("XRANGE", keys.events, "-", "+"))
+        assert 0 < first_run[b"retract"] < DEPTH * LOGS, f"not stopped in the middle of the retractions: {first_run}"
+        assert first_run[b"retract"] % LOGS == 0  # whole blocks: a retraction step is atomic
+
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the restart to finish the reorg")
+            stats = service.partitions[0].source
+            assert stats.reorgs == 1
+            assert stats.retracted_blocks == DEPTH - first_run[b"retract"] // LOGS
+    # Nothing retracted twice or emitted twice (assert_canonical checks every entry), and what is
+    # held is exactly the new canonical chain.
+    kinds = await assert_canonical(redis_client, sim)
+    assert kinds[b"retract"] == DEPTH * LOGS
+    assert kinds[b"log"] == old_head * LOGS + (DEPTH + 1) * LOGS  # blocks 1..old head, then the new branch (genesis has none)
+
+
+async def test_the_simulator_runs_as_a_process_and_stops_on_exit(tmp_path):
+    record = tmp_path / "chain.json"
+    config = EthereumSimConfig(chain_id=5, seed=2, block_time=0.01, logs_per_block=2, history=7, blocks=3)
+    async with open_ethereum_sim(config, record=str(record)) as proc:
+        assert proc.url == f"ws://127.0.0.1:{proc.port}"
+        async with open_rpc(proc.url, connect_timeout=5, request_timeout=5) as rpc:
+            assert from_quantity(await rpc.call("eth_chainId")) == 5
+            with trio.fail_after(TIMEOUT):
+                while from_quantity(await rpc.call("eth_blockNumber")) < 10:
+                    await trio.sleep(0.01)
+            latest = await rpc.call("eth_getBlockByNumber", ["latest", False])
+            logs = await rpc.call("eth_getLogs", [{"blockHash": latest["hash"]}])
+            assert [int(item["logIndex"], 16) for item in logs] == [0, 1]
+        pid = proc.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone (and reaped)
+    recorded = json.loads(record.read_text())
+    assert recorded["head"] == 10 and len(recorded["logs"]) == 10 * 2
