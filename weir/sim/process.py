@@ -23,7 +23,6 @@ from weir.sim.farcaster_data import SnapchainSimConfig
 if TYPE_CHECKING:
     from weir.sim.ethereum import EthereumSimConfig
 
-READY_PREFIX = "weir-sim snapchain listening on "
 
 
 class SimulatorFailed(RuntimeError):
@@ -71,6 +70,47 @@ def snapchain_args(config: SnapchainSimConfig, host: str = "127.0.0.1", port: in
 
 
 @asynccontextmanager
+async def _open_sim_process(
+    args: list[str], network: str, *, ready_timeout: float, stop_grace: float
+) -> AsyncIterator[tuple[str, int, int]]:
+    """Start a simulator process, wait for ``weir-sim <network> listening on HOST:PORT``, yield
+    (host, port, pid); on exit SIGTERM it, then SIGKILL after ``stop_grace`` seconds.
+
+    Raises:
+        SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
+    """
+    prefix = f"weir-sim {network} listening on "
+    process = await trio.lowlevel.open_process(
+        args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.move_on_after(ready_timeout):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(256)
+                if not chunk:
+                    break
+                line += chunk
+        text = line.decode(errors="replace").strip()
+        if not text.startswith(prefix):
+            raise SimulatorFailed(f"{network} simulator did not become ready (exit code {process.poll()}, said {text!r})")
+        bound_host, _, bound_port = text[len(prefix):].rpartition(":")
+        yield bound_host, int(bound_port), process.pid
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(stop_grace):
+                    await process.wait()
+                if process.poll() is None:
+                    process.kill()
+                    await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
+
+
+@asynccontextmanager
 async def open_snapchain_sim(
     config: SnapchainSimConfig,
     *,
@@ -86,35 +126,9 @@ async def open_snapchain_sim(
     Raises:
         SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
     """
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = await trio.lowlevel.open_process(
-        snapchain_args(config, host, port), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
-    )
-    try:
-        assert process.stdout is not None
-        line = b""
-        with trio.move_on_after(ready_timeout):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(256)
-                if not chunk:
-                    break
-                line += chunk
-        text = line.decode(errors="replace").strip()
-        if not text.startswith(READY_PREFIX):
-            raise SimulatorFailed(f"simulator did not become ready (exit code {process.poll()}, said {text!r})")
-        bound_host, _, bound_port = text[len(READY_PREFIX):].rpartition(":")
-        yield SimProcess(host=bound_host, port=int(bound_port), pid=process.pid, config=config)
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(stop_grace):
-                    await process.wait()
-                if process.poll() is None:
-                    process.kill()
-                    await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
+    args = snapchain_args(config, host, port)
+    async with _open_sim_process(args, "snapchain", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
+        yield SimProcess(host=h, port=p, pid=pid, config=config)
 
 
 @asynccontextmanager
@@ -133,36 +147,10 @@ async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1",
             args += [flag, str(value)]
     if not config.inclusive_replay:
         args.append("--exclusive-replay")
-    prefix = "weir-sim atproto listening on "
-    process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        assert process.stdout is not None
-        line = b""
-        with trio.move_on_after(ready_timeout):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(256)
-                if not chunk:
-                    break
-                line += chunk
-        text = line.decode(errors="replace").strip()
-        if not text.startswith(prefix):
-            raise SimulatorFailed(f"atproto simulator did not become ready (exit code {process.poll()}, said {text!r})")
-        yield f"ws://{text[len(prefix):]}"
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(stop_grace):
-                    await process.wait()
-                if process.poll() is None:
-                    process.kill()
-                    await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
+    async with _open_sim_process(args, "atproto", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, _pid):
+        yield f"ws://{h}:{p}"
 
 
-ETHEREUM_READY_PREFIX = "weir-sim ethereum listening on "
 
 
 @attrs.frozen(kw_only=True)
@@ -223,32 +211,6 @@ async def open_ethereum_sim(
     Raises:
         SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
     """
-    process = await trio.lowlevel.open_process(
-        ethereum_args(config, host, port, record), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    try:
-        assert process.stdout is not None
-        line = b""
-        with trio.move_on_after(ready_timeout):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(256)
-                if not chunk:
-                    break
-                line += chunk
-        text = line.decode(errors="replace").strip()
-        if not text.startswith(ETHEREUM_READY_PREFIX):
-            raise SimulatorFailed(f"ethereum simulator did not become ready (exit code {process.poll()}, said {text!r})")
-        bound_host, _, bound_port = text[len(ETHEREUM_READY_PREFIX):].rpartition(":")
-        yield EthereumSimProcess(host=bound_host, port=int(bound_port), pid=process.pid, config=config, record=record)
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(stop_grace):
-                    await process.wait()
-                if process.poll() is None:
-                    process.kill()
-                    await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
+    args = ethereum_args(config, host, port, record)
+    async with _open_sim_process(args, "ethereum", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
+        yield EthereumSimProcess(host=h, port=p, pid=pid, config=config, record=record)
