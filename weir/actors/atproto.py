@@ -30,6 +30,7 @@ import attrs
 import trio
 import trio_websocket
 
+from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import KEEP_ALL, FrameError, RecordFilter, decode_frame
@@ -467,42 +468,25 @@ async def run_atproto_connection(
     """
     rng = rng or random.Random()
     task_status.started()
-    attempt = 0
     async with until_stopped(stopping):
         persisted = await read_cursor()
         if persisted is None and settings.start not in ("live", "oldest"):
             persisted = int(settings.start)
         reader = new_reader(settings, partition, stats, persisted)
-        while True:
+
+        async def session() -> None:
+            await _stream_once(connect_url(settings, reader.last_id), reader, send, settings, stats, breaker)
+
+        async def on_lost(exc: BaseException, delay: float) -> None:
+            stats.last_error = _describe(exc)
             url = connect_url(settings, reader.last_id)
-            progress_before = reader.progress
-            if breaker is not None:
-                await breaker.wait_allowed()
-            try:
-                await _stream_once(url, reader, send, settings, stats, breaker)
-            except Exception as exc:
-                stats.connected = False
-                made_progress = reader.progress > progress_before
-                if breaker is not None and not made_progress:
-                    breaker.record_failure()
-                if not is_transient(exc):
-                    raise
-                if made_progress:
-                    attempt = 0
-                stats.last_error = _describe(exc)
-                delay = backoff.delay(attempt, rng)
-                hint = retry_after(exc)
-                if hint is not None:
-                    delay = max(delay, hint)
-                attempt += 1
-                stats.reconnects += 1
-                log.warning("%s: connection to %s lost (%s); reconnecting in %.2fs after %s",
-                            partition, _host(url), stats.last_error, delay, reader.last_id)
-                await trio.sleep(delay)
-            except BaseException:
-                if breaker is not None:
-                    breaker.release_trial()
-                raise
+            log.warning("%s: connection to %s lost (%s); reconnecting in %.2fs after %s",
+                        partition, _host(url), stats.last_error, delay, reader.last_id)
+
+        await reconnect_forever(
+            session, progress=lambda: reader.progress, is_transient=is_transient, on_lost=on_lost,
+            stats=stats, backoff=backoff, rng=rng, breaker=breaker, retry_after=retry_after,
+        )
     stats.connected = False
 
 

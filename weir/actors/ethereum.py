@@ -24,6 +24,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
+from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
@@ -535,34 +536,23 @@ async def run_chain_connection(
     rng = rng or random.Random()
     reader = ChainReader(settings=settings, decoder=decoder, stats=stats)
     task_status.started()
-    attempt = 0
     async with until_stopped(stopping):
         cursor = await read_cursor()
         if cursor is not None:
             reader.last_through, reader.last_token = cursor.position, cursor.token
-        while True:
-            if breaker is not None:
-                await breaker.wait_allowed()
-            emitted_before = stats.emitted_blocks + stats.connects
-            try:
-                await _session(reader, cursor, send, stats, breaker)
-            except Exception as exc:
-                stats.connected = False
-                if not is_transient(exc):
-                    raise
-                if breaker is not None and stats.emitted_blocks + stats.connects == emitted_before:
-                    breaker.record_failure()
-                stats.last_error = f"{type(exc).__name__}: {exc}"
-                await reader.flush_dead(send)
-                delay = backoff.delay(attempt, rng)
-                attempt += 1
-                stats.reconnects += 1
-                log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay)
-                await trio.sleep(delay)
-            except BaseException:
-                if breaker is not None:
-                    breaker.release_trial()
-                raise
+
+        async def session() -> None:
+            await _session(reader, cursor, send, stats, breaker)
+
+        async def on_lost(exc: BaseException, delay: float) -> None:
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            await reader.flush_dead(send)
+            log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay)
+
+        await reconnect_forever(
+            session, progress=lambda: stats.emitted_blocks + stats.connects, is_transient=is_transient,
+            on_lost=on_lost, stats=stats, backoff=backoff, rng=rng, breaker=breaker,
+        )
     stats.connected = False
 
 

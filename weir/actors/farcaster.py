@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector
@@ -341,7 +342,6 @@ async def run_shard_connection(
     rng = rng or random.Random()
     event_types = server_event_types(settings)
     task_status.started()
-    attempt = 0
     async with until_stopped(stopping):
         reader = ShardReader(
             shard=shard,
@@ -351,38 +351,26 @@ async def run_shard_connection(
             last_id=await read_cursor(),  # may wait for Redis; a stop request still ends it
             keep=keep,
         )
-        while True:
+
+        async def session() -> None:
             from_id = _resume_from(reader.last_id, settings.start)
-            request = subscribe_request(shard, from_id, event_types)
             reader.detector.subscribed_from(from_id)
-            received_before = stats.received
-            if breaker is not None:
-                await breaker.wait_allowed()
-            try:
-                await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
-            except Exception as exc:
-                stats.connected = False
-                if breaker is not None and stats.received == received_before:
-                    breaker.record_failure()
-                if not is_transient(exc):
-                    raise
-                if stats.received > received_before:  # that connection worked: back off afresh
-                    attempt = 0
-                stats.last_error = _describe(exc)
-                delay = backoff.delay(attempt, rng)
-                attempt += 1
-                stats.reconnects += 1
-                resume_from = _resume_from(reader.last_id, settings.start)
-                log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
-                            shard, target, stats.last_error, delay, resume_from,
-                            extra={"event": "disconnect", "source": SOURCE, "partition": str(shard),
-                                   "url": str(target), "error": stats.last_error, "reconnect_in": round(delay, 3),
-                                   "resume_from": resume_from, "reconnects": stats.reconnects})
-                await trio.sleep(delay)
-            except BaseException:
-                if breaker is not None:
-                    breaker.release_trial()  # cancelled: no verdict on the node
-                raise
+            request = subscribe_request(shard, from_id, event_types)
+            await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
+
+        async def on_lost(exc: BaseException, delay: float) -> None:
+            stats.last_error = _describe(exc)
+            resume_from = _resume_from(reader.last_id, settings.start)
+            log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
+                        shard, target, stats.last_error, delay, resume_from,
+                        extra={"event": "disconnect", "source": SOURCE, "partition": str(shard),
+                               "url": str(target), "error": stats.last_error, "reconnect_in": round(delay, 3),
+                               "resume_from": resume_from, "reconnects": stats.reconnects})
+
+        await reconnect_forever(
+            session, progress=lambda: stats.received, is_transient=is_transient, on_lost=on_lost,
+            stats=stats, backoff=backoff, rng=rng, breaker=breaker,
+        )
     stats.connected = False
 
 

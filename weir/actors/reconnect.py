@@ -1,0 +1,68 @@
+"""The reconnect loop every source actor runs: a session, and on a network fault, backoff and again."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import trio
+
+from weir.supervision import Backoff, CircuitBreaker
+
+
+async def reconnect_forever(
+    session: Callable[[], Awaitable[None]],
+    *,
+    progress: Callable[[], int],
+    is_transient: Callable[[BaseException], bool],
+    on_lost: Callable[[BaseException, float], Awaitable[None]],
+    stats: Any,
+    backoff: Backoff,
+    rng: random.Random,
+    breaker: CircuitBreaker | None = None,
+    retry_after: Callable[[BaseException], float | None] = lambda exc: None,
+) -> NoReturn:
+    """Run ``session`` again and again; only a fault that is not transient (or a cancel) ends it.
+
+    Args:
+        session: one connection's life; it ends by raising.
+        progress: a counter that grows when a session delivers data. A session that delivered
+            nothing counts against ``breaker``; one that did resets the backoff.
+        on_lost: called with the fault and the delay before the next try (log it, note it in the
+            stats, hand on what is pending).
+        stats: the source's statistics; ``connected`` and ``reconnects`` are kept here.
+        retry_after: a delay the peer asked for (e.g. HTTP 429 Retry-After), used when longer.
+
+    Raises:
+        The session's exception when ``is_transient`` says it is not a network fault.
+    """
+    attempt = 0
+    while True:
+        before = progress()
+        if breaker is not None:
+            await breaker.wait_allowed()
+        try:
+            await session()
+            raise AssertionError("a source session ends by raising")  # pragma: no cover
+        except Exception as exc:
+            stats.connected = False
+            progressed = progress() > before
+            if breaker is not None and not progressed:
+                breaker.record_failure()
+            if not is_transient(exc):
+                raise
+            if progressed:
+                attempt = 0
+            delay = backoff.delay(attempt, rng)
+            hint = retry_after(exc)
+            if hint is not None:
+                delay = max(delay, hint)
+            attempt += 1
+            stats.reconnects += 1
+            await on_lost(exc, delay)
+            await trio.sleep(delay)
+        except BaseException:
+            if breaker is not None:
+                breaker.release_trial()  # cancelled: no verdict on the peer
+            raise
