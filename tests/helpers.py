@@ -78,6 +78,9 @@ async def running_service(config: Config, *, stop_timeout: float = 10.0) -> Asyn
         raise AssertionError(f"the service did not stop within {stop_timeout} s of being asked to")
 
 
+SIM_CLOSE_TIMEOUT = 5.0
+
+
 @asynccontextmanager
 async def in_process_sim(config: SnapchainSimConfig) -> AsyncIterator[tuple[SnapchainSim, str]]:
     """The simulator in this process's asyncio loop (needs open_asyncio_loop); yields it and its URL."""
@@ -87,7 +90,12 @@ async def in_process_sim(config: SnapchainSimConfig) -> AsyncIterator[tuple[Snap
     finally:
         with trio.CancelScope(shield=True):
             sim.close()
-            await call_asyncio(sim.wait_closed)
+            # Bounded: on Python 3.11 asyncio's Server.wait_closed waits for every client
+            # connection, and one gRPC client connection has been seen left open after a storm
+            # of idle-watchdog reconnects (a race between cancelling a connect and closing its
+            # channel, under investigation). The test's own assertions are made before this.
+            with trio.move_on_after(SIM_CLOSE_TIMEOUT):
+                await call_asyncio(sim.wait_closed)
 
 
 async def stream_entries(client: Any, shard: int | str) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -108,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"weir: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(config.log_level, config.log_format)
+    level = config.log_level
+    if args.command == "demo" and args.log_level is None and "WEIR_LOG_LEVEL" not in os.environ:
+        level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
+    configure_logging(level, config.log_format)
     if args.command == "run":
         return trio.run(_run_command, config)
     if args.command == "demo":
