@@ -9,12 +9,11 @@ import pytest
 
 from weir.actors.farcaster import ShardReader, ShardStats, server_event_types, subscribe_request
 from weir.codecs.farcaster_gaps import GapDetector
-from weir.codecs.farcaster_keys import BLOCK_CONFIRMED, HUB_EVENT_TYPES, scan_hub_event
+from weir.codecs.farcaster_keys import BLOCK_CONFIRMED, HUB_EVENT_TYPES, MERGE_MESSAGE, scan_hub_event
 from weir.codecs.protowire import encode_varint, read_varint
 from weir.config import FarcasterSettings, load_config
 from weir.protos.snapchain import SubscribeRequest
 from weir.sim.farcaster_data import (
-    MERGE_MESSAGE,
     SnapchainSimConfig,
     compose_hub_event,
     generate_offered,

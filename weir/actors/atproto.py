@@ -128,6 +128,18 @@ class _ReaderBase:
     relay_error: RelayError | None = None  # set by an error frame: raise after handing on the chunk
     _unplaced: list[DeadLetter] = attrs.Factory(list)
 
+    def _bad(self, exc: FrameError, payload: bytes, last: int | None, dead: list[DeadLetter], received: float) -> int | None:
+        """A message that did not decode: skipped when it is a replay, else dead-lettered.
+
+        Returns the position read so far (a dead letter with a known position moves it).
+        """
+        if exc.seq is not None and last is not None and exc.seq <= last:
+            self.stats.duplicates_skipped += 1
+            return last
+        self.consecutive_bad += 1
+        dead.append(self._dead(payload, str(exc), exc.seq, received))
+        return exc.seq if exc.seq is not None else last
+
     def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
         self.stats.dead_letters += 1
         log.warning("%s: dead letter at %s: %s", self.partition, position, reason)
@@ -166,13 +178,7 @@ class FirehoseReader(_ReaderBase):
                     raise failure
                 decoded = decode_frame(frame, keep=keep, max_frame=self.max_frame)
             except FrameError as exc:
-                if exc.seq is not None and last is not None and exc.seq <= last:
-                    self.stats.duplicates_skipped += 1
-                    continue
-                self.consecutive_bad += 1
-                dead.append(self._dead(frame, str(exc), exc.seq, received))
-                if exc.seq is not None:
-                    last = exc.seq
+                last = self._bad(exc, frame, last, dead, received)
                 continue
             self.consecutive_bad = 0
             kind = decoded.kind
@@ -282,13 +288,7 @@ class JetstreamReader(_ReaderBase):
                     continue
                 event = self._event(decoded, received) if decoded.kind != "unknown" and decoded.wanted else None
             except FrameError as exc:
-                if exc.seq is not None and last is not None and exc.seq <= last:
-                    self.stats.duplicates_skipped += 1
-                    continue
-                self.consecutive_bad += 1
-                dead.append(self._dead(raw, str(exc), exc.seq, received))
-                if exc.seq is not None:
-                    last = exc.seq
+                last = self._bad(exc, raw, last, dead, received)
                 continue
             self.consecutive_bad = 0
             last = decoded.time_us

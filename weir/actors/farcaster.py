@@ -24,6 +24,7 @@ from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector
 from weir.codecs.farcaster_keys import (
     BLOCK_CONFIRMED,
+    FARCASTER_EPOCH_UNIX,
     HUB_EVENT_TYPE_BY_NAME,
     HUB_EVENT_TYPES,
     MERGE_FAILURE,
@@ -42,7 +43,6 @@ from weir.supervision import Backoff, CircuitBreaker
 log = logging.getLogger("weir.actors.farcaster")
 
 SOURCE = "farcaster"
-FARCASTER_EPOCH = 1609459200  # 2021-01-01T00:00:00Z: Snapchain timestamps count seconds from here
 _MESSAGE_EVENTS = frozenset({MERGE_MESSAGE, PRUNE_MESSAGE, REVOKE_MESSAGE, MERGE_FAILURE})
 
 
@@ -243,7 +243,7 @@ class ShardReader:
                     kind=HUB_EVENT_TYPES.get(keys.event_type, str(keys.event_type)),
                     key=keys.msg_hash,
                     payload=payload,
-                    timestamp=float(keys.timestamp + FARCASTER_EPOCH) if keys.timestamp else 0.0,
+                    timestamp=float(keys.timestamp + FARCASTER_EPOCH_UNIX) if keys.timestamp else 0.0,
                     received=received,
                     fields=fields,
                 )

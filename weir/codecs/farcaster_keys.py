@@ -12,6 +12,9 @@ import attrs
 
 from weir.codecs.protowire import LEN, VARINT, WireError, read_varint, skip_field
 
+FARCASTER_EPOCH_UNIX = 1609459200
+"""2021-01-01T00:00:00Z: Farcaster timestamps count seconds from here."""
+
 # HubEventType values
 MERGE_MESSAGE = 1
 PRUNE_MESSAGE = 2

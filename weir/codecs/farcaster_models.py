@@ -18,11 +18,10 @@ from typing import Any
 
 import betterproto2
 
+from weir.codecs.farcaster_keys import FARCASTER_EPOCH_UNIX
 from weir.codecs.protowire import LEN, VARINT, WireError, iter_fields, read_varint
 from weir.protos.snapchain import BlockConfirmedBody, HubEvent, Message, MessageData
 
-FARCASTER_EPOCH_UNIX = 1609459200
-"""2021-01-01T00:00:00Z: Farcaster timestamps count seconds from here."""
 
 # Which messages carry a Farcaster-epoch ``timestamp`` field (UserNameProof and OnChainEvent
 # timestamps are unix seconds already and are left alone).

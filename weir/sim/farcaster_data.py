@@ -34,23 +34,23 @@ import attrs
 import blake3
 from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 
+from weir.codecs.farcaster_gaps import SEQ_BITS
+from weir.codecs.farcaster_keys import (
+    BLOCK_CONFIRMED,
+    FARCASTER_EPOCH_UNIX,
+    MERGE_FAILURE,
+    MERGE_MESSAGE,
+    MERGE_ON_CHAIN_EVENT,
+    MERGE_USERNAME_PROOF,
+    PRUNE_MESSAGE,
+    REVOKE_MESSAGE,
+)
 from weir.codecs.protowire import encode_varint
 
-FARCASTER_EPOCH_UNIX = 1609459200
 DEFAULT_GENESIS_TIME = 1735689600 - FARCASTER_EPOCH_UNIX
 """Farcaster time of the first simulated block (2025-01-01T00:00:00Z): fixed, for determinism."""
 
-SEQ_BITS = 14
 MAX_EVENTS_PER_BLOCK = (1 << SEQ_BITS) - 1  # seq 1..16383 after BLOCK_CONFIRMED at 0
-
-# HubEventType
-MERGE_MESSAGE = 1
-PRUNE_MESSAGE = 2
-REVOKE_MESSAGE = 3
-MERGE_USERNAME_PROOF = 6
-MERGE_ON_CHAIN_EVENT = 9
-MERGE_FAILURE = 10
-BLOCK_CONFIRMED = 11
 
 # MessageType
 CAST_ADD = 1

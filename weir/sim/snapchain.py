@@ -45,8 +45,8 @@ from weir.protos.snapchain import (
     ShardInfo,
     SubscribeRequest,
 )
+from weir.codecs.farcaster_keys import BLOCK_CONFIRMED
 from weir.sim.farcaster_data import (
-    BLOCK_CONFIRMED,
     SnapchainSimConfig,
     ShardEventGenerator,
     generate_offered,
