@@ -433,7 +433,16 @@ async def _stream_once(
                     stats.last_error = None
                     if breaker is not None:
                         breaker.record_success()
+                handed_on = reader.last_id
                 chunk = reader.read(payloads, trio.current_time())
                 if chunk is not None:
-                    await send.send(chunk)
+                    try:
+                        await send.send(chunk)
+                    except BaseException:
+                        # Not handed on (the stream failed, or we are stopping, while the pipeline
+                        # was full): the next session must read these events again, so the resume
+                        # point goes back to what was handed on. Without this a reconnect resumed
+                        # after events that never reached the pipeline: they were lost.
+                        reader.last_id = handed_on
+                        raise
     raise StreamEnded("the node ended the stream")
