@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+import signal
 from typing import Any
 
 import pytest
@@ -25,6 +26,37 @@ from weir.sinks.embedded_redis import RedisServer, RedisServerConfig, open_embed
 # properties and example counts are unchanged.
 settings.register_profile("weir", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("weir")
+
+
+def _print_task_tree(config: pytest.Config, why: str) -> None:
+    from task_dump import format_task_tree
+
+    terminal = config.get_terminal_writer()  # not captured, unlike the test's stderr
+    terminal.sep("+", title=f"trio tasks ({why})")
+    terminal.write(format_task_tree())
+    terminal.flush()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # ``kill -USR1 <pid>`` prints trio's task tree: where a hung test is waiting.
+    signal.signal(signal.SIGUSR1, lambda *_: _print_task_tree(config, "SIGUSR1"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any):
+    """pytest-timeout fails a test that runs too long (a hang fails the run instead of stalling CI);
+    before it does, print trio's task tree, which says what the test was waiting for."""
+    yield
+    fail = signal.getsignal(signal.SIGALRM)
+    if callable(fail):
+        def print_then_fail(signum: int, frame: Any) -> None:
+            _print_task_tree(item.config, "test timed out")
+            # The failure is raised inside trio's run loop, which leaves trio unable to start
+            # another run in this process: stop after this test rather than fail every later one.
+            item.session.shouldstop = f"{item.nodeid} timed out: no further test can run in this process"
+            fail(signum, frame)
+
+        signal.signal(signal.SIGALRM, print_then_fail)
 
 
 @pytest.fixture

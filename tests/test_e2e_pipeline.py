@@ -140,7 +140,9 @@ async def test_restart_mid_stream_delivers_each_event_once(redis_server, redis_c
 
 
 async def test_redis_killed_and_restarted_under_load(durable_redis_server, durable_redis_client):
-    sim_config = SnapchainSimConfig(shards=2, seed=14, rate=2500, history=0, total=4000)
+    # 4 s of stream: on a loaded machine the kill and the breaker opening took long enough with
+    # 1.6 s that too few events were left to show the source still receiving while Redis is down.
+    sim_config = SnapchainSimConfig(shards=2, seed=14, rate=2500, history=0, total=10000)
     expected = {shard: offered(sim_config, shard) for shard in SHARDS}
     async with open_snapchain_sim(sim_config) as sim:
         config = e2e_config(durable_redis_server.url, sim.url, supervision__breaker_failures="2")

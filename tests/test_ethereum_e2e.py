@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from weir.chaos.proxy import Bandwidth, Latency, open_proxy
 from weir.config import load_config
 from weir.sim.ethereum import EthereumSim, EthereumSimConfig, serve_ethereum_sim
 from weir.sinks.keys import partition_keys
@@ -146,3 +147,30 @@ async def test_two_chains_at_once_one_with_confirmations(redis_server, redis_cli
         assert (await assert_canonical(redis_client, a))[b"retract"] > 0
         # reorgs of at most 2 blocks never touch blocks 3 deep: nothing is ever retracted
         assert (await assert_canonical(redis_client, b, 3))[b"retract"] == 0
+
+
+async def test_slow_redis_and_dropped_connections_with_reorgs_lose_nothing(redis_server, redis_client):
+    """Redis slower than the chain keeps the pipeline full (the source waits to hand chunks on)
+    while the node drops every connection and reorgs: the replay still equals the canonical chain."""
+    sim_config = EthereumSimConfig(chain_id=8, seed=4, block_time=0.04, logs_per_block=10, history=30, blocks=120,
+                                   reorg_every=6, min_reorg_depth=1, max_reorg_depth=6, drop_every=20)
+    async with simulated(sim_config) as (sim,), open_proxy("127.0.0.1", redis_server.port, seed=5) as redis_link:
+        redis_link.add(Latency(ms=15, jitter_ms=5))
+        redis_link.add(Bandwidth(kb_per_s=250))
+        config = eth_config(redis_link.redis_url, [chain(sim, backfill_blocks=20, gap_fetch=4)],
+                            **{"batch.max_events": "100", "redis.socket_timeout": "5"})
+        waited_to_hand_on = 0
+        async with running_service(config) as (service, _):
+            source_to_filter = service.partitions[0].sink.channels["source_to_filter"]
+
+            async def pipeline_full() -> bool:
+                nonlocal waited_to_hand_on
+                if source_to_filter.statistics().tasks_waiting_send:
+                    waited_to_hand_on += 1
+                return await caught_up(redis_client, sim)
+
+            await wait_for(pipeline_full, timeout=60, what="the cursor to reach the final head")
+            stats = service.partitions[0].source
+        assert waited_to_hand_on > 0, "the pipeline was never full: Redis is not slow enough to test this"
+        assert stats.reconnects >= 3 and stats.reorgs > 0
+    await assert_canonical(redis_client, sim)

@@ -15,16 +15,19 @@ from collections import Counter
 import pytest
 import trio
 
-from weir.actors.ethereum import open_rpc
+from weir.actors.ethereum import ChainReader, ChainStats, _session, open_rpc
 from weir.app import serve
 from weir.codecs.ethereum_chain import parse_token
+from weir.codecs.ethereum_logs import LogDecoder
+from weir.events import Chunk
 from weir.codecs.jsonrpc import from_quantity
 from weir.sim.ethereum import EthereumSimConfig
 from weir.sim.process import open_ethereum_sim
 from weir.sinks.keys import partition_keys
+from weir.sinks.redis_sink import Cursor
 
 from helpers import running_service, wait_for
-from test_ethereum_e2e import assert_canonical, caught_up, chain, cursor_token, eth_config, simulated
+from test_ethereum_e2e import assert_canonical, caught_up, chain, cursor_token, eth_config, settled_token, simulated
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +145,39 @@ async def test_the_simulator_runs_as_a_process_and_stops_on_exit(tmp_path):
         os.kill(pid, 0)  # gone (and reaped)
     recorded = json.loads(record.read_text())
     assert recorded["head"] == 10 and len(recorded["logs"]) == 10 * 2
+
+
+async def test_a_hand_off_cut_short_is_fetched_again_by_the_next_session():
+    """The follower applies steps before they are sent: if a session ends while a chunk waits to
+    enter the full pipeline, the next session must resume from the last chunk handed on, not from
+    the follower's memory (which would skip the blocks of the chunk that never left)."""
+    sim_config = EthereumSimConfig(chain_id=23, seed=13, block_time=0.01, logs_per_block=3, history=60, blocks=0)
+    async with simulated(sim_config) as (sim,):
+        settings = eth_config("redis://127.0.0.1:1", [chain(sim, backfill_blocks=10)]).ethereum.chains[0]
+        stats = ChainStats()
+        reader = ChainReader(settings=settings, decoder=LogDecoder([]), stats=stats)
+        send, receive = trio.open_memory_channel[Chunk](0)
+        received: list[Chunk] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_session, reader, send, stats, None)
+            received += [await receive.receive(), await receive.receive()]  # block 0, then blocks 1..10
+            await wait_for(lambda: send.statistics().tasks_waiting_send == 1, timeout=TIMEOUT,
+                           what="the third chunk to wait for the pipeline")
+            nursery.cancel_scope.cancel()  # the session ends while blocks 11..20 wait to be handed on
+        assert reader.handed == Cursor(position=received[-1].through, token=received[-1].token)
+        assert reader.follower is None
+
+        final = settled_token(sim)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_session, reader, send, stats, None)
+            with trio.fail_after(TIMEOUT):
+                while received[-1].token != final:
+                    received.append(await receive.receive())
+            nursery.cancel_scope.cancel()
+
+    positions = [chunk.through for chunk in received]
+    assert positions == sorted(set(positions))
+    keys = [event.key for chunk in received for event in chunk.events]
+    assert all(event.kind == "log" for chunk in received for event in chunk.events)
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {f"23:{h}:{i}".encode() for h, i in sim.chain.canonical_logs()}

@@ -8,6 +8,7 @@ whole batch of events.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ import trio
 import trio_asyncio
 
 T = TypeVar("T")
+
+log = logging.getLogger("weir.bridge")
 
 
 @asynccontextmanager
@@ -36,9 +39,44 @@ def _has_loop() -> bool:
     return trio_asyncio.current_loop.get() is not None
 
 
+# After a cancel, how long asyncio code may run on before it is cancelled again.
+RECANCEL_AFTER = 2.0
+
+
 async def call_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Await an asyncio coroutine function from trio (one crossing)."""
-    return await trio_asyncio.aio_as_trio(fn)(*args)
+    """Await an asyncio coroutine function from trio (one crossing).
+
+    A cancel of the calling trio task cancels the asyncio task once, then trio_asyncio waits for
+    it to finish, however long that takes. asyncio code that swallows that one cancellation
+    (Python 3.11's ``asyncio.wait_for`` does when its inner future completes at the same moment,
+    gh-86296) would then hang the trio side for good, and with it a service's shutdown. So the
+    asyncio side is cancelled again every RECANCEL_AFTER seconds for as long as it keeps running
+    with a cancel pending.
+    """
+    return await trio_asyncio.aio_as_trio(_recancelled)(fn, args)
+
+
+async def _recancelled(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:  # asyncio side
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal timer
+        # cancelling() counts cancel requests not withdrawn (uncancel): still > 0 while we run
+        # means the cancel was swallowed somewhere below.
+        if task.cancelling():
+            log.warning("asyncio call %s is still running %.0fs after it was cancelled: cancelling it again",
+                        getattr(fn, "__qualname__", fn), RECANCEL_AFTER)
+            task.cancel()
+        timer = loop.call_later(RECANCEL_AFTER, check)
+
+    timer = loop.call_later(RECANCEL_AFTER, check)
+    try:
+        return await fn(*args)
+    finally:
+        timer.cancel()
 
 
 def trio_sender(send: trio.MemorySendChannel[Any]) -> Callable[[Any], Awaitable[None]]:
@@ -85,21 +123,23 @@ async def pump_batches(
     reader = asyncio.ensure_future(read())
     try:
         while True:
-            await have_items.wait()
-            have_items.clear()
             if buffer:
                 batch = buffer[:]
                 buffer.clear()
                 room.set()
                 await deliver(batch)
             elif finished:
+                # Checked before waiting again: the reader's last items and its end can arrive
+                # during one delivery, with a single wake-up for both.
                 break
+            else:
+                await have_items.wait()
+                have_items.clear()
     finally:
         if not reader.done():
             reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
+            # asyncio.wait, not ``await reader``: the reader's CancelledError must not be taken
+            # for ours (catching it would swallow a cancel of this task that arrives meanwhile).
+            await asyncio.wait([reader])
     if failure is not None:
         raise failure

@@ -240,8 +240,9 @@ class ChainReader:
     # go out with the next chunk, or alone (:meth:`flush_dead`).
     pending_dead: list[DeadLetter] = attrs.Factory(list)
     malformed_run: int = 0  # malformed items received in a row
-    last_through: int = 0  # the cursor (position, token) of the last chunk sent
-    last_token: str = ""
+    # The cursor of the last chunk handed on to the pipeline: where a session resumes when the
+    # follower's memory ran ahead of what was handed on (see :meth:`hand_on`).
+    handed: Cursor = attrs.Factory(lambda: Cursor(position=0, token=""))
 
     @property
     def partition(self) -> str:
@@ -301,9 +302,29 @@ class ChainReader:
         """Send the pending dead letters alone (the cursor stays where the last chunk left it)."""
         if self.pending_dead:
             dead, self.pending_dead = self.pending_dead, []
+            try:
+                await send.send(Chunk(partition=self.partition, events=[], through=self.handed.position, dead=dead,
+                                      token=self.handed.token))
+            except BaseException:
+                self.pending_dead = dead + self.pending_dead
+                raise
             self.stats.dead_letters += len(dead)
-            await send.send(Chunk(partition=self.partition, events=[], through=self.last_through, dead=dead,
-                                  token=self.last_token))
+
+    async def hand_on(self, steps: list[Step], send: trio.MemorySendChannel[Chunk]) -> None:
+        """Send the chunks of ``steps`` down the pipeline, moving :attr:`handed` with each one.
+
+        The follower applied the steps before they were sent. When a send is interrupted (the
+        session fails or the pipeline restarts while it is full), the follower's memory is ahead
+        of the pipeline: it is dropped, and the next session resumes from :attr:`handed`, so the
+        steps that were not handed on are fetched and emitted again instead of skipped.
+        """
+        for chunk in self.chunks(steps, trio.current_time()):
+            try:
+                await send.send(chunk)
+            except BaseException:
+                self.follower = None
+                raise
+            self.handed = Cursor(position=chunk.through, token=chunk.token)
 
     # -- fetching ------------------------------------------------------------------------------------
 
@@ -473,7 +494,6 @@ class ChainReader:
                 events, dead = [], []
         if steps:
             self.stats.last_id = steps[-1].seq
-            self.last_through, self.last_token = steps[-1].seq, steps[-1].token
         self.pending_dead = dead  # no steps: header dead letters wait (or are flushed)
         return out
 
@@ -539,10 +559,10 @@ async def run_chain_connection(
     async with until_stopped(stopping):
         cursor = await read_cursor()
         if cursor is not None:
-            reader.last_through, reader.last_token = cursor.position, cursor.token
+            reader.handed = cursor
 
         async def session() -> None:
-            await _session(reader, cursor, send, stats, breaker)
+            await _session(reader, send, stats, breaker)
 
         async def on_lost(exc: BaseException, delay: float) -> None:
             stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -556,12 +576,7 @@ async def run_chain_connection(
     stats.connected = False
 
 
-async def _send_steps(reader: ChainReader, steps: list[Step], send: trio.MemorySendChannel[Chunk]) -> None:
-    for chunk in reader.chunks(steps, trio.current_time()):
-        await send.send(chunk)
-
-
-async def _session(reader: ChainReader, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk], stats: ChainStats,
+async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], stats: ChainStats,
                    breaker: CircuitBreaker | None) -> None:
     settings = reader.settings
     async with open_rpc(settings.url, connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout) as rpc:
@@ -576,7 +591,8 @@ async def _session(reader: ChainReader, cursor: Cursor | None, send: trio.Memory
             breaker.record_success()
         log.info("chain %s: connected to %s", reader.partition, settings.url)
         if reader.follower is None:
-            await _start(reader, rpc, cursor, send)
+            handed = reader.handed
+            await _start(reader, rpc, handed if handed.position or handed.token else None, send)
         await _backfill(reader, rpc, from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber"), send)
         idle = settings.idle_blocks * settings.block_time
         while True:
@@ -607,7 +623,7 @@ async def _session(reader: ChainReader, cursor: Cursor | None, send: trio.Memory
             if tip is not None and header.number > tip.number + settings.gap_fetch:
                 await _backfill(reader, rpc, header.number - 1, send)
             logs, dead = await reader.logs_by_hash(rpc, header.hash)
-            await _send_steps(reader, await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
+            await reader.hand_on(await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
 
 
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk]) -> None:
@@ -631,7 +647,7 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None,
     reader.follower = ChainFollower(confirmations=settings.confirmations, max_depth=settings.max_reorg_depth, seq=seq)
     log.info("chain %s: no cursor, starting at block %d", reader.partition, first.number)
     steps = reader.follower.apply([Block(header=first, logs=logs, dead=dead)])
-    await _send_steps(reader, steps, send)
+    await reader.hand_on(steps, send)
 
 
 async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: trio.MemorySendChannel[Chunk]) -> None:
@@ -652,4 +668,4 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
             target = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
             continue
         reader.stats.backfilled_blocks += len(blocks)
-        await _send_steps(reader, await reader.resolve(rpc, blocks), send)
+        await reader.hand_on(await reader.resolve(rpc, blocks), send)

@@ -126,7 +126,9 @@ async def _subscribe_on(channel, request_bytes: bytes, deliver, read_batch: int,
     from grpclib.const import Cardinality
 
     async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, bytes, bytes) as stream:
-        await asyncio.wait_for(stream.send_message(request_bytes, end=True), connect_timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel (gh-86296).
+        async with asyncio.timeout(connect_timeout):
+            await stream.send_message(request_bytes, end=True)
         await pump_batches(stream, deliver, max_batch=read_batch)
         # The status only arrives with the trailers: without this an error status (a node
         # dropping us with UNAVAILABLE) would look like a normal end of stream.
