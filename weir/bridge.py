@@ -11,8 +11,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import outcome
 import trio
 import trio_asyncio
 
@@ -46,37 +47,47 @@ RECANCEL_AFTER = 2.0
 async def call_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Await an asyncio coroutine function from trio (one crossing).
 
-    A cancel of the calling trio task cancels the asyncio task once, then trio_asyncio waits for
-    it to finish, however long that takes. asyncio code that swallows that one cancellation
-    (Python 3.11's ``asyncio.wait_for`` does when its inner future completes at the same moment,
-    gh-86296) would then hang the trio side for good, and with it a service's shutdown. So the
-    asyncio side is cancelled again every RECANCEL_AFTER seconds for as long as it keeps running
-    with a cancel pending.
+    What trio_asyncio's ``aio_as_trio`` does, with one difference. A cancel of the calling trio
+    task cancels the asyncio task, then trio waits for it to end, however long that takes.
+    trio_asyncio cancels once: asyncio code that swallows that one cancel (Python 3.11's
+    ``asyncio.wait_for`` does when its inner future completes at that moment, gh-86296) would
+    hang the trio side for good, and with it a service's shutdown. Here the asyncio task is
+    cancelled again every RECANCEL_AFTER seconds until it ends. (Timers only after a cancel:
+    the common path costs what aio_as_trio costs.)
     """
-    return await trio_asyncio.aio_as_trio(_recancelled)(fn, args)
+    loop = trio_asyncio.current_loop.get()
+    future = asyncio.ensure_future(_run(fn, args), loop=loop)
+    task = trio.lowlevel.current_task()
+    raise_cancel: Callable[[], NoReturn] | None = None
 
+    def done(_: asyncio.Future[T]) -> None:
+        trio.lowlevel.reschedule(task, outcome.capture(future.result))
 
-async def _recancelled(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:  # asyncio side
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    timer: asyncio.TimerHandle | None = None
-
-    def check() -> None:
-        nonlocal timer
-        # cancelling() counts cancel requests not withdrawn (uncancel): still > 0 while we run
-        # means the cancel was swallowed somewhere below.
-        if task.cancelling():
-            log.warning("asyncio call %s is still running %.0fs after it was cancelled: cancelling it again",
+    def recancel() -> None:
+        if not future.done():
+            log.warning("asyncio call %s still runs %gs after it was cancelled: cancelling it again",
                         getattr(fn, "__qualname__", fn), RECANCEL_AFTER)
-            task.cancel()
-        timer = loop.call_later(RECANCEL_AFTER, check)
+            future.cancel()
+            loop.call_later(RECANCEL_AFTER, recancel)
 
-    timer = loop.call_later(RECANCEL_AFTER, check)
+    def abort(raise_cancel_: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+        nonlocal raise_cancel
+        raise_cancel = raise_cancel_
+        future.cancel()
+        loop.call_later(RECANCEL_AFTER, recancel)
+        return trio.lowlevel.Abort.FAILED  # rescheduled by ``done`` once the asyncio task ended
+
+    future.add_done_callback(done)
     try:
-        return await fn(*args)
-    finally:
-        timer.cancel()
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+    except asyncio.CancelledError:
+        if raise_cancel is None:
+            raise  # cancelled from the asyncio side, not by us: pass it on
+        raise_cancel()  # the asyncio task ended because trio cancelled us: trio.Cancelled
+
+
+async def _run(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+    return await fn(*args)  # called inside the asyncio task, where asyncio libraries expect to be
 
 
 def trio_sender(send: trio.MemorySendChannel[Any]) -> Callable[[Any], Awaitable[None]]:
