@@ -7,6 +7,7 @@ neither tool.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,11 @@ def main() -> int:
             "--python_betterproto2_opt=client_generation=async,server_generation=async",
             *sources,
         ]
-        subprocess.run(command, check=True, cwd=HERE)
+        # protoc finds the plugin, and the plugin finds ruff (its formatter), on PATH: put this
+        # Python's bin first, so the script works from a venv that is not activated.
+        bin_dir = str(Path(sys.executable).parent)
+        env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+        subprocess.run(command, check=True, cwd=HERE, env=env)
         if TARGET.exists():
             shutil.rmtree(TARGET)
         shutil.copytree(out, TARGET)
