@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 
 from weir.chaos.proxy import Bandwidth, Latency, open_proxy
 from weir.config import load_config
-from weir.sim.ethereum import EthereumSim, EthereumSimConfig, serve_ethereum_sim
+from weir.sim.ethereum import APPROVAL_TOPIC, EthereumSim, EthereumSimConfig, contract_address, serve_ethereum_sim
 from weir.sinks.keys import partition_keys
 
 from helpers import running_service, wait_for
@@ -69,9 +71,20 @@ async def caught_up(client, sim: EthereumSim, confirmations: int = 0) -> bool:
     return sim.finished.is_set() and await cursor_token(client, sim.config.chain_id) == settled_token(sim, confirmations)
 
 
-async def assert_canonical(client, sim: EthereumSim, confirmations: int = 0, *, minus: set = frozenset()) -> Counter:
+def canonical_keys(sim: EthereumSim, confirmations: int = 0, *, minus: set = frozenset(),
+                   keep: Callable[[dict[str, Any]], bool] | None = None) -> set[bytes]:
+    """Stream keys of the canonical logs up to ``confirmations`` below the head, less ``minus`` and,
+    with ``keep``, only the logs (as the node serves them) it accepts."""
+    chain_id = sim.config.chain_id
+    return {f"{chain_id}:{h}:{i}".encode() for h, i in sim.chain.canonical_logs(sim.chain.head_number - confirmations)
+            if (h, i) not in minus and (keep is None or keep(sim.chain.logs[h][i]))}
+
+
+async def assert_canonical(client, sim: EthereumSim, confirmations: int = 0, *, minus: set = frozenset(),
+                           keep: Callable[[dict[str, Any]], bool] | None = None) -> Counter:
     """Replay the stream; what is not retracted equals the canonical logs (less ``minus``: (block hash,
-    log index) of logs that were dead-lettered). Returns the kinds seen."""
+    log index) of logs that were dead-lettered; with ``keep``, only the logs it accepts: a filtered
+    chain). Returns the kinds seen."""
     chain_id = sim.config.chain_id
     entries = await client("XRANGE", partition_keys("ethereum", str(chain_id)).events, "-", "+")
     held: set[bytes] = set()
@@ -86,8 +99,7 @@ async def assert_canonical(client, sim: EthereumSim, confirmations: int = 0, *, 
             assert kind == b"retract", kind
             assert key in held, f"{entry_id!r}: retraction of {key!r}, which is not held"
             held.remove(key)
-    want = {f"{chain_id}:{h}:{i}".encode() for h, i in sim.chain.canonical_logs(sim.chain.head_number - confirmations)
-            if (h, i) not in minus}
+    want = canonical_keys(sim, confirmations, minus=minus, keep=keep)
     assert held == want, f"lost {len(want - held)}, unexpected {len(held - want)}"
     return kinds
 
@@ -174,3 +186,41 @@ async def test_slow_redis_and_dropped_connections_with_reorgs_lose_nothing(redis
         assert waited_to_hand_on > 0, "the pipeline was never full: Redis is not slow enough to test this"
         assert stats.reconnects >= 3 and stats.reorgs > 0
     await assert_canonical(redis_client, sim)
+
+
+@pytest.mark.parametrize("addresses, topics", [
+    ([1], []),
+    ([], [APPROVAL_TOPIC]),
+    ([0, 2], [APPROVAL_TOPIC]),
+], ids=["one address", "one topic0", "two addresses and one topic0"])
+async def test_address_and_topic_filters_leave_exactly_the_matching_canonical_logs(redis_server, redis_client,
+                                                                                    addresses, topics):
+    """The chain's ``addresses`` / ``topics`` reach every eth_getLogs (live blocks by hash, backfill
+    ranges split under the result cap, walks back through reorgs, after reconnects): the stream holds
+    only matching logs, and what is not retracted is exactly the matching part of the canonical chain."""
+    sim_config = EthereumSimConfig(chain_id=9, seed=21, block_time=0.01, logs_per_block=4, history=30, blocks=60,
+                                   reorg_every=5, max_reorg_depth=4, max_logs=8, drop_every=25, contracts=3,
+                                   approval_every=4)
+    wanted_addresses = {contract_address(i) for i in addresses}
+    wanted_topics = {t.lower() for t in topics}
+
+    def keep(item: dict[str, Any]) -> bool:
+        return ((not wanted_addresses or item["address"] in wanted_addresses)
+                and (not wanted_topics or item["topics"][0] in wanted_topics))
+
+    async with simulated(sim_config) as (sim,):
+        # Upper-case hex in the configuration: the filter compares values, not spellings.
+        config = eth_config(redis_server.url, [chain(sim, backfill_blocks=30, gap_fetch=4,
+                                                     addresses=[a[:2] + a[2:].upper() for a in sorted(wanted_addresses)],
+                                                     topics=[t[:2] + t[2:].upper() for t in topics])])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the cursor to reach the final head")
+            stats = service.partitions[0].source
+        assert sim.chain.reorgs and stats.reorgs > 0 and stats.range_splits > 0 and stats.reconnects >= 1
+    everything, matching = canonical_keys(sim), canonical_keys(sim, keep=keep)
+    assert 0 < len(matching) < len(everything) / 2  # the filter leaves out most of the chain
+    entries = await redis_client("XRANGE", partition_keys("ethereum", "9").events, "-", "+")
+    for _, fields in entries:  # nothing outside the filter was ever emitted (nor retracted)
+        assert keep({"address": fields[b"address"].decode(), "topics": [fields[b"topic0"].decode()]}), fields
+    kinds = await assert_canonical(redis_client, sim, keep=keep)
+    assert kinds[b"retract"] > 0  # reorgs retracted matching logs too

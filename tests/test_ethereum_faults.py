@@ -181,3 +181,56 @@ async def test_a_hand_off_cut_short_is_fetched_again_by_the_next_session():
     assert all(event.kind == "log" for chunk in received for event in chunk.events)
     assert len(keys) == len(set(keys))
     assert set(keys) == {f"23:{h}:{i}".encode() for h, i in sim.chain.canonical_logs()}
+
+
+async def test_a_silent_subscription_is_noticed_by_the_idle_watchdog_and_replaced(redis_server, redis_client):
+    """The node stops pushing heads on the open subscription but keeps producing blocks: after
+    idle_blocks x block_time without a head weir asks eth_blockNumber, sees the node ahead and
+    reconnects (a new subscription); once the chain stops, the same check finds weir level with the
+    node and keeps the connection. Nothing is lost or duplicated."""
+    sim_config = EthereumSimConfig(chain_id=24, seed=14, block_time=0.02, logs_per_block=2, history=5, blocks=40,
+                                   reorg_every=8, max_reorg_depth=2)
+    async with simulated(sim_config) as (sim,):
+        # the watchdog fires after 10 x 0.02 = 0.2 s without a head
+        config = eth_config(redis_server.url, [chain(sim, block_time=0.02, idle_blocks=10)])
+        async with running_service(config) as (service, _):
+            stats = service.partitions[0].source
+            await wait_for(lambda: stats.connected and stats.emitted_blocks > 10, timeout=TIMEOUT,
+                           what="weir to follow live heads")
+            assert stats.idle_reconnects == 0 and not sim.finished.is_set()
+            assert sim.mute_heads() == 1  # weir's one subscription; the WebSocket stays open
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the cursor to reach the final head")
+            assert stats.idle_reconnects >= 1 and stats.reconnects >= 1
+            assert sim.drops == 0  # the node never closed a connection: weir did
+            # Level with the node: the watchdog keeps asking (eth_blockNumber) but no longer reconnects.
+            reconnects, asked = stats.idle_reconnects, sim.requests["eth_blockNumber"]
+            await wait_for(lambda: sim.requests["eth_blockNumber"] >= asked + 2, timeout=TIMEOUT,
+                           what="two idle checks of the node's head")
+            assert (stats.idle_reconnects, stats.connected) == (reconnects, True)
+    await assert_canonical(redis_client, sim)
+
+
+async def test_a_stale_head_from_an_abandoned_branch_is_skipped(redis_server, redis_client):
+    """A head can wait in the buffer while weir learns the newer chain another way; when it is read
+    the node has abandoned it. Following it would retract the new branch and re-emit the old one."""
+    sim_config = EthereumSimConfig(chain_id=25, seed=15, block_time=0.01, logs_per_block=3, history=20, blocks=0)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the first catch-up")
+            stale = sim.chain.canonical[-1]
+            del sim.chain.canonical[-1:]  # a reorg of depth 1, to a longer branch
+            for _ in range(2):
+                sim.chain._extend()
+            sim._announce(sim.chain.canonical[-1:])
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the new branch")
+            stats = service.partitions[0].source
+            assert stats.reorgs == 1
+            sim._announce([stale])  # the old tip, announced late
+            await wait_for(lambda: stats.stale_heads == 1, timeout=TIMEOUT, what="the stale head to be skipped")
+            sim.chain._extend()
+            sim._announce(sim.chain.canonical[-1:])  # and the chain goes on from the new branch
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the next block")
+            assert stats.reorgs == 1
+    kinds = await assert_canonical(redis_client, sim)
+    assert kinds[b"retract"] == sim_config.logs_per_block  # the one reorg's orphan, and nothing more

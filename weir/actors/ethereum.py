@@ -213,6 +213,7 @@ class ChainStats:
     backfilled_blocks: int = 0
     range_splits: int = 0
     idle_reconnects: int = 0
+    stale_heads: int = 0  # heads skipped: no longer the node's block at their height
     last_error: str | None = None
 
 
@@ -622,8 +623,23 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
             tip = reader.follower.tip  # type: ignore[union-attr]
             if tip is not None and header.number > tip.number + settings.gap_fetch:
                 await _backfill(reader, rpc, header.number - 1, send)
+                tip = reader.follower.tip  # type: ignore[union-attr]
+            if tip is not None and header.parent_hash != tip.hash and not await _still_canonical(reader, rpc, header):
+                # Not the next block (a reorg, a gap or a repeat) and no longer the node's block at its
+                # height: a head that waited in the buffer while weir learnt the newer chain another
+                # way (a backfill, a fetch of "latest"). Following it would take weir back to the
+                # abandoned branch, retracting and re-emitting blocks for nothing.
+                stats.stale_heads += 1
+                continue
             logs, dead = await reader.logs_by_hash(rpc, header.hash)
             await reader.hand_on(await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
+
+
+async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Header) -> bool:
+    """Whether the node's block at ``header``'s height is ``header``."""
+    current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(header.number), False],
+                                        f"eth_getBlockByNumber({header.number})")
+    return current is not None and current.hash == header.hash
 
 
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk]) -> None:

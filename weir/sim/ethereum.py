@@ -17,6 +17,15 @@ Malformed data: with ``malformed_log_every`` about one log in that many is store
 its database; :attr:`SimChain.malformed` maps each one's dead-letter payload to its identity); with
 ``malformed_header_every`` every that-many-th header the node serves (pushed or answered) is
 malformed in that one message only (a transient fault: asked again, the node answers well).
+
+Other events: with ``approval_every`` about one log in that many is an ``Approval`` (topic0
+:data:`APPROVAL_TOPIC`) instead of a ``Transfer``, so that a topic filter has something to leave out.
+
+Faults of the connection: with ``reply_delay`` each reply waits a random while before it is sent, so
+replies to calls in flight at once come back in any order (as from a node that answers calls
+concurrently); :meth:`EthereumSim.mute_heads` silences the current ``newHeads`` subscriptions (the
+WebSocket stays open, blocks keep coming, a new subscription is pushed heads again): a stuck
+subscription, which only an idle watchdog notices.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from weir.codecs.ethereum_logs import ERC20_TRANSFER, raw_bytes
+from weir.codecs.ethereum_logs import ERC20_TRANSFER, raw_bytes, topic_of
 from weir.codecs.jsonrpc import (
     INVALID_PARAMS,
     LIMIT_EXCEEDED,
@@ -51,6 +60,13 @@ log = logging.getLogger("weir.sim.ethereum")
 
 GENESIS_TIME = 1_700_000_000
 ZERO_HASH = "0x" + "0" * 64
+# ERC-20 Approval(address indexed owner, address indexed spender, uint256 value); ERC-721's has the same topic0.
+APPROVAL_TOPIC = topic_of("Approval(address,address,uint256)")
+
+
+def contract_address(index: int) -> str:
+    """The address of the simulator's token contract ``index`` (0 .. ``contracts`` - 1), lower case."""
+    return "0x" + hashlib.sha256(b"contract%d" % index).hexdigest()[:40]
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +87,13 @@ class EthereumSimConfig:
         contracts: distinct token contracts.
         malformed_log_every: about one log in this many is malformed, persistently (0: none).
         malformed_header_every: every this-many-th header served is malformed, once (0: none).
+        approval_every: about one log in this many is an ``Approval`` (:data:`APPROVAL_TOPIC`), not a
+            ``Transfer`` (0: none). Drawn apart: the chain is otherwise the same with or without.
+        reply_delay: each reply (to a call or a batch) is sent after a random 0..``reply_delay``
+            seconds, so replies to concurrent calls arrive in any order (0: at once, in order).
+
+    At run time, :meth:`EthereumSim.mute_heads` stops pushing heads to the subscriptions that exist
+    (the connection stays open and blocks keep coming): a stuck ``newHeads`` subscription.
     """
 
     chain_id: int = 1337
@@ -87,12 +110,14 @@ class EthereumSimConfig:
     contracts: int = 3
     malformed_log_every: int = 0
     malformed_header_every: int = 0
+    approval_every: int = 0
+    reply_delay: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
             raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
         for name in ("logs_per_block", "history", "reorg_every", "max_logs", "drop_every", "contracts",
-                     "malformed_log_every", "malformed_header_every"):
+                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
 
@@ -115,10 +140,12 @@ class SimChain:
     malformed: dict[bytes, tuple[str, int]] = attrs.Factory(dict)  # dead-letter payload -> (block hash, log index)
     _counter: int = 0
     _bad_rng: random.Random = attrs.field(init=False)
+    _kind_rng: random.Random = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
         self._bad_rng = random.Random(self.config.seed + 0x6D616C)  # apart: the chain is the same with or without
+        self._kind_rng = random.Random(self.config.seed + 0x617070)  # likewise
         self._extend()  # genesis
         for _ in range(self.config.history):
             self._extend()
@@ -151,12 +178,14 @@ class SimChain:
 
     def _log(self, number: int, block_hash: str, index: int) -> dict[str, Any]:
         rng = self.rng
-        contract = "0x" + hashlib.sha256(b"contract%d" % rng.randrange(max(1, self.config.contracts))).hexdigest()[:40]
+        contract = contract_address(rng.randrange(max(1, self.config.contracts)))
         sender, receiver = ("0x" + "00" * 12 + rng.randbytes(20).hex() for _ in range(2))
         if rng.random() < 0.8:  # ERC-20: value in data
             topics, data = [ERC20_TRANSFER.topic0, sender, receiver], "0x" + rng.randrange(1 << 96).to_bytes(32, "big").hex()
         else:  # ERC-721: token id as the third indexed topic
             topics, data = [ERC20_TRANSFER.topic0, sender, receiver, "0x" + rng.randrange(1 << 32).to_bytes(32, "big").hex()], "0x"
+        if self.config.approval_every and self._kind_rng.randrange(self.config.approval_every) == 0:
+            topics[0] = APPROVAL_TOPIC
         return {
             "address": contract,
             "topics": topics,
@@ -235,7 +264,7 @@ def _matches(item: dict[str, Any], addresses: set[str] | None, topics: list[Any]
     for i, wanted in enumerate(topics):
         if wanted is None:
             continue
-        options = {wanted} if isinstance(wanted, str) else set(wanted)
+        options = {wanted.lower()} if isinstance(wanted, str) else {w.lower() for w in wanted}
         have = item["topics"]
         if not isinstance(have, list) or i >= len(have) or have[i] not in options:
             return False
@@ -264,8 +293,10 @@ class EthereumSim:
     paused: bool = False
     headers_served: int = 0
     malformed_headers: int = 0  # malformed headers served
+    muted: set[str] = attrs.Factory(set)  # subscriptions that are no longer pushed heads (mute_heads)
     _sub_counter: int = 0
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
+    _delay_rng: random.Random = attrs.Factory(lambda: random.Random(11))
 
     def __attrs_post_init__(self) -> None:
         self.chain = SimChain(self.config)
@@ -282,6 +313,14 @@ class EthereumSim:
         self.drops += 1
         return count
 
+    def mute_heads(self) -> int:
+        """Stop pushing heads to every current ``newHeads`` subscription, for good (the connection
+        stays open, blocks keep coming; a subscription made later is pushed heads); returns how many."""
+        before = len(self.muted)
+        for conn in self.connections:
+            self.muted |= conn.subscriptions
+        return len(self.muted) - before
+
     async def produce(self) -> None:
         """Grow the chain every ``block_time`` until ``blocks`` were produced."""
         cfg = self.config
@@ -297,7 +336,7 @@ class EthereumSim:
 
     def _announce(self, hashes: Iterable[str]) -> None:
         for conn in list(self.connections):
-            for sub in conn.subscriptions:
+            for sub in conn.subscriptions - self.muted:
                 for hash_ in hashes:
                     text = notification_text("eth_subscription", {"subscription": sub, "result": self._serve_header(self.chain.headers[hash_])})
                     try:
@@ -320,7 +359,12 @@ class EthereumSim:
                         while True:
                             message = await ws.get_message()
                             reply = self.answer(conn, message)
-                            if reply is not None:
+                            if reply is None:
+                                continue
+                            if self.config.reply_delay:
+                                delay = self._delay_rng.uniform(0, self.config.reply_delay)
+                                nursery.start_soon(self._send_later, outbox_send, reply, delay)
+                            else:
                                 await outbox_send.send(reply)
                     except ConnectionClosed:
                         nursery.cancel_scope.cancel()
@@ -330,6 +374,14 @@ class EthereumSim:
         if scope.cancelled_caught:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await ws.aclose(code=1001, reason="dropped by the simulator")
+
+    @staticmethod
+    async def _send_later(outbox: trio.MemorySendChannel[str], text: str, delay: float) -> None:
+        await trio.sleep(delay)
+        try:
+            await outbox.send(text)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
 
     async def _writer(self, ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str]) -> None:
         try:
