@@ -75,3 +75,125 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 def test_a_service_with_no_network_is_refused() -> None:
     with pytest.raises(ConfigError, match="farcaster.enabled: no network is enabled"):
         load_config(environ={}, overrides={"farcaster.enabled": "false"})
+
+
+def _numeric_settings() -> list[str]:
+    """Every int and float setting (and list of ints) of every section, as section.key."""
+    import attrs
+
+    from weir.config import _SECTIONS
+
+    names = []
+    for section, cls in _SECTIONS.items():
+        for field in attrs.fields(cls):
+            kind = str(field.type)
+            if kind in ("int", "float") or kind.startswith(("tuple[int", "frozenset[int")):
+                names.append(f"{section}.{field.name}")
+    return names
+
+
+@pytest.mark.parametrize("name", _numeric_settings())
+def test_every_numeric_setting_refuses_a_negative_value(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides={name: "-1"})
+    text = str(info.value)
+    assert text.startswith(f"{name}: ") and text.endswith("(from command line)"), text
+    assert "-1" in text and "\n" not in text
+
+
+def _chain_numbers() -> list[str]:
+    import attrs
+
+    from weir.config import EthereumChainSettings
+
+    return [f.name for f in attrs.fields(EthereumChainSettings) if str(f.type) in ("int", "float")]
+
+
+@pytest.mark.parametrize("key", _chain_numbers())
+def test_every_numeric_chain_setting_refuses_a_negative_value(key: str) -> None:
+    chains = f'[{{"chain_id": 1, "url": "ws://x", "{key}": -1}}]'
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"WEIR_ETHEREUM_CHAINS": chains})
+    text = str(info.value)
+    assert text.startswith("ethereum.chains: [0] (chain_id ") and key in text and "-1" in text, text
+    assert text.endswith("(from environment WEIR_ETHEREUM_CHAINS)") and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"redis.prefix": "a{b"},
+         ("redis.prefix: prefix 'a{b' cannot be used in a Redis key: it contains '{' (braces and whitespace are "
+         "reserved by the key layout) (from command line)")),
+        ({"redis.prefix": ""}, "redis.prefix: prefix must not be empty (from command line)"),
+        ({"redis.socket_timeout": "-1"}, "redis.socket_timeout: must be positive, got -1.0 (from command line)"),
+        ({"redis.socket_timeout": "0"}, "redis.socket_timeout: must be positive, got 0.0 (from command line)"),
+        ({"redis.socket_timeout": "nan"}, "redis.socket_timeout: expected a finite number, got 'nan' (from command line)"),
+        ({"farcaster.idle_timeout": "inf"}, "farcaster.idle_timeout: expected a finite number, got 'inf' (from command line)"),
+        ({"redis.url": "redis://host:port"}, "redis.url: invalid port in 'redis://host:port' (from command line)"),
+        ({"supervision.max_restarts": "-1"}, "supervision.max_restarts: must be at least 0, got -1 (from command line)"),
+        ({"supervision.breaker_reset": "31"},
+         "supervision.breaker_reset: must be at most 30 (the breaker's longest wait), got 31.0 (from command line)"),
+        ({"supervision.backoff_initial": "2", "supervision.backoff_max": "1"},
+         "supervision.backoff_max: must be at least supervision.backoff_initial (2.0), got 1.0 (from command line)"),
+        ({"farcaster.fids": "3,-4"}, "farcaster.fids: a fid is an integer from 0 to 2**64-1, got -4 (from command line)"),
+        ({"farcaster.start": str(1 << 64)}, f"farcaster.start: expected 'live', 'oldest' or an event id, got '{1 << 64}'"),
+        ({"farcaster.start": "²"}, "farcaster.start: expected 'live', 'oldest' or an event id, got '²'"),
+        ({"metrics.port": "65536"}, "metrics.port: expected 0 (any free port) to 65535, got 65536 (from command line)"),
+        ({".x": "1"}, "'.x': expected SECTION.KEY (or log_level, log_format) (from command line)"),
+    ],
+)
+def test_bad_values_are_refused_with_the_exact_message(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides=overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_top_level_settings_name_their_origin(tmp_path: Path) -> None:
+    expected = "log_level: expected DEBUG, INFO, WARNING or ERROR, got 'LOUD' (from {})"
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"WEIR_LOG_LEVEL": "LOUD"})
+    assert str(info.value) == expected.format("environment WEIR_LOG_LEVEL")
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides={"log_level": "LOUD"}, origins={"log_level": "command line --log-level"})
+    assert str(info.value) == expected.format("command line --log-level")
+    path = tmp_path / "weir.toml"
+    path.write_text('log_format = "xml"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value) == f"log_format: expected auto, text or json, got 'xml' (from {path})"
+
+
+def test_a_config_file_that_is_a_directory_or_not_utf8_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={})
+    assert str(info.value) == f"config file {tmp_path}: is a directory, not a TOML file"
+    path = tmp_path / "weir.toml"
+    path.write_bytes(b'[redis]\nprefix = "caf\xe9"\n')  # latin-1
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value) == f"config file {path}: not UTF-8 text (byte 0xe9 on line 2); TOML files are UTF-8"
+
+
+def test_a_toml_float_for_an_integer_setting_is_refused_not_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "weir.toml"
+    path.write_text("[batch]\nmax_events = 1.5\n")
+    with pytest.raises(ConfigError, match=f"batch.max_events: expected an integer, got 1.5 \\(from {path}\\)"):
+        load_config(path, environ={})
+
+
+def test_the_embedded_redis_data_dir_must_be_a_directory(tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={}, overrides={"redis.data_dir": str(file)})
+    assert str(info.value) == f"redis.data_dir: {str(file)!r} exists and is not a directory (from command line)"
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"WEIR_REDIS_DATA_DIR": str(file / "sub")})
+    assert str(info.value) == (f"redis.data_dir: cannot create {str(file / 'sub')!r}: {str(file)!r} is not a directory "
+                               "(from environment WEIR_REDIS_DATA_DIR)")
+    # With an external Redis the data dir is not used, so it is not checked.
+    assert load_config(environ={}, overrides={"redis.data_dir": str(file), "redis.url": "redis://h:1"}).redis.url
+    # A directory that does not exist yet is fine: the embedded server creates it.
+    assert load_config(environ={}, overrides={"redis.data_dir": str(tmp_path / "a" / "b")}).redis.data_dir

@@ -9,16 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import trio
 
 from weir import __version__
 from weir.config import Config, ConfigError, load_config
 from weir.logs import configure_logging
+from weir.sinks.embedded_redis import EmbeddedRedisError
+from weir.sinks.keys import validate_name
 
 log = logging.getLogger("weir.cli")
 
@@ -26,6 +31,69 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line: ``weir demo: argument --events: …; see weir demo --help``."""
+
+    def error(self, message: str) -> Any:  # argparse's NoReturn; exits 2 like every usage error here
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _integer(minimum: int, expected: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``, else a usage error saying ``expected``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a rate in events/s, 0 (as fast as possible) or more, got {text!r}")
+    return value
+
+
+def _key_part(what: str) -> Callable[[str], str]:
+    """An argparse type: a source or partition name that can be part of a Redis key (weir/sinks/keys.py)."""
+
+    def parse(text: str) -> str:
+        try:
+            return validate_name(what, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _output_file(text: str) -> str:
+    """An argparse type for a file written at the end of a long run: refused now if it cannot be written."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no directory {str(path.absolute().parent)!r}")
+    return text
+
+
+def _directory(text: str) -> str:
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return text
+
+
+_positive = _integer(1, "a positive integer")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +107,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weir", description="Lossless ingestion of decentralised network streams into Redis.")
+    parser = _Parser(prog="weir", description="Lossless ingestion of decentralised network streams into Redis.")
     parser.add_argument("--version", action="version", version=f"weir {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -52,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(demo)
     demo.add_argument("--network", choices=("farcaster", "atproto"), default="farcaster",
                       help="farcaster (Snapchain gRPC, default) or atproto (the relay firehose)")
-    demo.add_argument("--events", type=int, default=20_000, metavar="N", help="events per shard (Farcaster) or in all (AT Protocol) the simulator offers (default 20000)")
-    demo.add_argument("--shards", type=int, default=2, metavar="N", help="simulated user shards (default 2)")
-    demo.add_argument("--rate", type=float, default=5_000.0, metavar="R", help="events/s per shard, 0 = as fast as possible (default 5000)")
+    demo.add_argument("--events", type=_positive, default=20_000, metavar="N", help="events per shard (Farcaster) or in all (AT Protocol) the simulator offers (default 20000)")
+    demo.add_argument("--shards", type=_positive, default=2, metavar="N", help="simulated user shards (default 2)")
+    demo.add_argument("--rate", type=_rate, default=5_000.0, metavar="R", help="events/s per shard, 0 = as fast as possible (default 5000)")
     demo.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
 
     tail = commands.add_parser("tail", help="print persisted events from Redis as JSON lines")
     _add_config_options(tail)
-    tail.add_argument("--source", default="farcaster", help="source name (default farcaster)")
-    tail.add_argument("--partition", default=None, help="partition (shard); default: every partition found")
-    tail.add_argument("--count", type=int, default=10, metavar="N", help="last N events per partition (default 10); 0 = all")
+    tail.add_argument("--source", type=_key_part("source"), default="farcaster", help="source name (default farcaster)")
+    tail.add_argument("--partition", type=_key_part("partition"), default=None, help="partition (shard); default: every partition found")
+    tail.add_argument("--count", type=_integer(0, "0 (all) or a positive integer"), default=10, metavar="N", help="last N events per partition (default 10); 0 = all")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument("--raw", action="store_true", help="print entry fields only, without decoding the payload")
 
@@ -70,40 +138,78 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="named scenarios to run, or 'all' (default: all, unless --random or --schedule is given; see --list)")
     chaos.add_argument("--list", action="store_true", help="list the named scenarios and exit")
     chaos.add_argument("--full", action="store_true", help="full-length faults where CI runs shorter ones")
-    chaos.add_argument("--random", type=int, default=0, metavar="N", help="also run N generated fault schedules")
+    chaos.add_argument("--random", type=_positive, default=0, metavar="N", help="also run N generated fault schedules")
     chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
     chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",
                        help="run this fault schedule (the JSON line a failed run printed); repeatable")
-    chaos.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    chaos.add_argument("--workdir", metavar="DIR", help="keep every run's files (weir log, Redis data) under DIR")
+    chaos.add_argument("--json", type=_output_file, metavar="PATH", help="also write the results as JSON to PATH")
+    chaos.add_argument("--workdir", type=_directory, metavar="DIR", help="keep every run's files (weir log, Redis data) under DIR")
     return parser
+
+
+# The named flags and the setting each one sets.
+_NAMED_FLAGS = {
+    "redis_url": "redis.url",
+    "data_dir": "redis.data_dir",
+    "log_level": "log_level",
+    "log_format": "log_format",
+    "farcaster_url": "farcaster.url",
+    "shards": "farcaster.shards",
+}
 
 
 def _config_from(args: argparse.Namespace) -> Config:
     overrides: dict[str, str] = {}
+    origins: dict[str, str] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or ("." not in key and key.strip() not in ("log_level", "log_format")):
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE (or log_level=, log_format=)")
         overrides[key.strip()] = value
-    named = {
-        "redis.url": getattr(args, "redis_url", None),
-        "redis.data_dir": getattr(args, "data_dir", None),
-        "log_level": getattr(args, "log_level", None),
-        "log_format": getattr(args, "log_format", None),
-        "farcaster.url": getattr(args, "farcaster_url", None),
-        "farcaster.shards": getattr(args, "shards", None) if args.command == "run" else None,
-    }
-    overrides.update({key: str(value) for key, value in named.items() if value is not None})
-    return load_config(args.config, overrides=overrides)
+        origins[key.strip()] = "command line --set"
+    for attribute, key in _NAMED_FLAGS.items():
+        value = getattr(args, attribute, None)
+        if value is None or (attribute == "shards" and args.command != "run"):  # demo's --shards is its own
+            continue
+        overrides[key] = str(value)
+        origins[key] = "command line --" + attribute.replace("_", "-")
+    return load_config(args.config, overrides=overrides, origins=origins)
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from weir.chaos.suite import load_registry
+    from weir.chaos.suite import main as chaos_main
+
+    if not (args.list or args.random or args.schedule):  # only the named scenarios: are there any?
+        try:
+            registry = load_registry(full=args.full)
+        except RuntimeError:
+            registry = None  # chaos_main says why
+        if registry is not None and not registry:
+            print("weir chaos: no scenarios to run: chaos/scenarios.py names none (give --random N or --schedule)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+    return chaos_main(args)
+
+
+def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
+    """``trio.run(fn, *args)``; the embedded Redis failing to start is one line, not a traceback."""
+    failure: BaseException | None = None
+    try:
+        return trio.run(fn, *args)
+    except* EmbeddedRedisError as group:
+        failure = group
+        while isinstance(failure, BaseExceptionGroup):
+            failure = failure.exceptions[0]
+    print(f"weir: cannot start the embedded Redis (redis.data_dir {config.redis.data_dir!r}): {failure}",
+          file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chaos":
-        from weir.chaos.suite import main as chaos_main
-
-        return chaos_main(args)
+        return _chaos(args)
     try:
         config = _config_from(args)
     except ConfigError as exc:
@@ -114,15 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
     configure_logging(level, config.log_format)
     if args.command == "run":
-        return trio.run(_run_command, config)
+        return _run_trio(config, _run_command, config)
     if args.command == "demo":
         from weir.demo import run_demo
 
-        return trio.run(run_demo, config, args)
+        return _run_trio(config, run_demo, config, args)
     if args.command == "tail":
         from weir.tail import run_tail
 
-        return trio.run(run_tail, config, args)
+        return _run_trio(config, run_tail, config, args)
     raise AssertionError(args.command)
 
 

@@ -8,6 +8,7 @@ the field and where the value came from.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
+from weir.sinks.keys import validate_prefix
 
 MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
 BSKY_RELAY_URL = "wss://bsky.network"
@@ -170,8 +172,12 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, str] | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the configuration from a TOML file, the environment and ``section.key=value`` overrides.
+
+    ``origins`` names where an override came from (``"command line --data-dir"``), by its key;
+    an override without one is from ``"command line"``.
 
     Raises:
         ConfigError: unreadable file, unknown section or key, or an invalid value.
@@ -180,9 +186,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         try:
-            document = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path}: not found") from None
+            document = tomllib.loads(_read_config_file(path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
         for section, body in document.items():
@@ -207,12 +211,34 @@ def load_config(
         elif section in _SECTIONS and key:
             raw.setdefault(section, {})[key] = (value, f"environment {name}")
     for dotted, value in (overrides or {}).items():
+        origin = (origins or {}).get(dotted, "command line")
         section, _, key = dotted.partition(".")
         if not key and section in _TOP_LEVEL:
-            raw.setdefault("", {})[section] = (value, "command line")
+            raw.setdefault("", {})[section] = (value, origin)
+        elif not section or not key:
+            raise ConfigError(f"{dotted!r}: expected SECTION.KEY (or log_level, log_format) (from {origin})")
         else:
-            raw.setdefault(section, {})[key] = (value, "command line")
+            raw.setdefault(section, {})[key] = (value, origin)
     return _build(raw)
+
+
+def _read_config_file(path: Path) -> str:
+    """The file's text; a missing, unreadable or non-UTF-8 file is a ConfigError naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); TOML files are UTF-8"
+        ) from None
 
 
 def _build(raw: dict[str, dict[str, tuple[Any, str]]]) -> Config:
@@ -232,6 +258,9 @@ def _build(raw: dict[str, dict[str, tuple[Any, str]]]) -> Config:
                 raise ConfigError(f"{section}.{key}: unknown setting (from {origin}); known: {', '.join(fields)}")
             values[key] = _coerce(f"{section}.{key}", value, field.type, origin)
         sections[section] = cls(**values)
+    for key, (_value, origin) in raw.get("", {}).items():
+        if key not in _TOP_LEVEL:  # only reachable through load_config's callers, not TOML or the environment
+            raise ConfigError(f"{key}: unknown setting (from {origin}); known: {', '.join(sorted(_TOP_LEVEL))}")
     top = {key: str(value) for key, (value, _origin) in raw.get("", {}).items()}
     config = Config(**sections, **top)
     _validate(config, raw)
@@ -253,23 +282,30 @@ def _coerce(name: str, value: Any, kind: Any, origin: str) -> Any:
                 return False
             raise ValueError
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, (bool, float)):  # TOML 1.5 for an integer: refused, not truncated
                 raise ValueError
             return int(value)
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r} (from {origin})")
+            return number
         if kind == "str":
             if not isinstance(value, (str, int)):
                 raise ValueError
             return str(value)
         if kind.startswith(("tuple[int", "frozenset[int")):
             items = _as_list(value)
+            if any(isinstance(item, (bool, float)) for item in items):
+                raise ValueError
             numbers = tuple(int(item) for item in items)
             return frozenset(numbers) if kind.startswith("frozenset") else numbers
         if kind.startswith("tuple[str"):
             return tuple(str(item).strip() for item in _as_list(value) if str(item).strip())
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: expected {_describe(kind)}, got {value!r} (from {origin})") from None
     raise ConfigError(f"{name}: unsupported setting type {kind}")  # a bug in this module, not the user's
@@ -292,60 +328,91 @@ def _describe(kind: str) -> str:
     }.get(kind, "a list of integers" if "int" in kind else "a list of strings")
 
 
+# CircuitBreaker's default max_reset_timeout (weir/supervision/breaker.py): the reset may not exceed it.
+_BREAKER_MAX_RESET = 30.0
+_UINT64_MAX = (1 << 64) - 1
+_INT64_MAX = (1 << 63) - 1
+
+
+def _is_position(text: str, maximum: int) -> bool:
+    """``text`` is a decimal cursor (event id, seq, block number) from 0 to ``maximum``."""
+    return text.isascii() and text.isdigit() and int(text) <= maximum
+
+
 def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> None:
     def fail(name: str, message: str) -> None:
-        section, _, key = name.partition(".")
+        section, key = name.split(".", 1) if "." in name else ("", name)  # top-level keys live under ""
         origin = raw.get(section, {}).get(key, (None, "defaults"))[1]
         raise ConfigError(f"{name}: {message} (from {origin})")
 
-    if config.redis.url:
-        scheme = urlsplit(config.redis.url).scheme
-        if scheme not in {"redis", "rediss", "unix"}:
-            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {config.redis.url!r}")
-    if config.redis.appendfsync not in {"always", "everysec"}:
-        fail("redis.appendfsync", f"expected 'always' or 'everysec', got {config.redis.appendfsync!r}")
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            fail(name, f"must be positive, got {value}")
+
+    def at_least(name: str, value: int, minimum: int) -> None:
+        if value < minimum:
+            fail(name, f"must be at least {minimum}, got {value}")
+
+    redis = config.redis
+    if redis.url:
+        parts = urlsplit(redis.url)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {redis.url!r}")
+        try:
+            _ = parts.port
+        except ValueError:
+            fail("redis.url", f"invalid port in {redis.url!r}")
+    else:  # the embedded server keeps its data in redis.data_dir
+        _validate_data_dir(redis.data_dir, lambda message: fail("redis.data_dir", message))
+    if redis.appendfsync not in {"always", "everysec"}:
+        fail("redis.appendfsync", f"expected 'always' or 'everysec', got {redis.appendfsync!r}")
+    try:
+        validate_prefix(redis.prefix)
+    except ValueError as exc:
+        fail("redis.prefix", str(exc))
+    positive("redis.socket_timeout", redis.socket_timeout)
     for key in ("max_events", "max_bytes", "max_age_ms"):
-        if getattr(config.batch, key) <= 0:
-            fail(f"batch.{key}", f"must be positive, got {getattr(config.batch, key)}")
+        positive(f"batch.{key}", getattr(config.batch, key))
     sup = config.supervision
-    if sup.max_restarts < 0:
-        fail("supervision.max_restarts", "must be 0 or more")
+    at_least("supervision.max_restarts", sup.max_restarts, 0)
     for key in ("period", "backoff_initial", "backoff_max", "breaker_reset"):
-        if getattr(sup, key) <= 0:
-            fail(f"supervision.{key}", f"must be positive, got {getattr(sup, key)}")
-    if sup.breaker_failures < 1:
-        fail("supervision.breaker_failures", "must be at least 1")
+        positive(f"supervision.{key}", getattr(sup, key))
+    if sup.backoff_max < sup.backoff_initial:
+        fail("supervision.backoff_max", f"must be at least supervision.backoff_initial ({sup.backoff_initial}), got {sup.backoff_max}")
+    if sup.breaker_reset > _BREAKER_MAX_RESET:
+        fail("supervision.breaker_reset", f"must be at most {_BREAKER_MAX_RESET:g} (the breaker's longest wait), got {sup.breaker_reset}")
+    at_least("supervision.breaker_failures", sup.breaker_failures, 1)
     fc = config.farcaster
     parts = urlsplit(fc.url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         fail("farcaster.url", f"expected http://host:port (plaintext) or https://host:port (TLS), got {fc.url!r}")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         fail("farcaster.url", f"invalid port in {fc.url!r}")
     for shard in fc.shards:
         if shard < 1:
             fail("farcaster.shards", f"user shards are numbered from 1, got {shard}")
-    if fc.start not in {"live", "oldest"} and not fc.start.isdigit():
+    if fc.start not in {"live", "oldest"} and not _is_position(fc.start, _UINT64_MAX):
         fail("farcaster.start", f"expected 'live', 'oldest' or an event id, got {fc.start!r}")
     for name in fc.event_types:
         if name.upper() not in HUB_EVENT_TYPE_BY_NAME or name.upper() == "NONE":
             fail("farcaster.event_types", f"unknown hub event type {name!r}; known: {', '.join(list(HUB_EVENT_TYPE_BY_NAME)[1:])}")
+    for fid in sorted(fc.fids):
+        if not 0 <= fid <= _UINT64_MAX:
+            fail("farcaster.fids", f"a fid is an integer from 0 to 2**64-1, got {fid}")
     for name in fc.message_types:
         if name.upper() not in MESSAGE_TYPE_BY_NAME:
             fail("farcaster.message_types", f"unknown message type {name!r}; known: {', '.join(MESSAGE_TYPE_BY_NAME)}")
     for key in ("idle_timeout", "connect_timeout"):
-        if getattr(fc, key) <= 0:
-            fail(f"farcaster.{key}", "must be positive")
-    if fc.read_batch < 1:
-        fail("farcaster.read_batch", "must be at least 1")
+        positive(f"farcaster.{key}", getattr(fc, key))
+    at_least("farcaster.read_batch", fc.read_batch, 1)
     _validate_atproto(config.atproto, fail)
     if not 0 <= config.metrics.port <= 65535:
         fail("metrics.port", f"expected 0 (any free port) to 65535, got {config.metrics.port}")
     if not config.metrics.host:
         fail("metrics.host", "must not be empty (0.0.0.0 listens on every interface)")
-    if config.metrics.stale_after <= 0:
-        fail("metrics.stale_after", f"must be positive, got {config.metrics.stale_after}")
+    positive("metrics.stale_after", config.metrics.stale_after)
     _validate_ethereum(config.ethereum, fail)
     if not (config.farcaster.enabled or config.atproto.enabled or config.ethereum.enabled):
         fail("farcaster.enabled", "no network is enabled: set farcaster.enabled, atproto.enabled or ethereum.enabled to true")
@@ -353,6 +420,27 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
         fail("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
     if config.log_format not in {"auto", "text", "json"}:
         fail("log_format", f"expected auto, text or json, got {config.log_format!r}")
+
+
+def _validate_data_dir(data_dir: str, fail: Any) -> None:
+    """The embedded Redis's directory: a directory, or creatable (its nearest existing parent is a
+    writable directory). Checked here so a bad one is a config error, not a traceback at start-up."""
+    if not data_dir:
+        fail("must not be empty")
+    path = Path(data_dir)
+    if path.exists():
+        if not path.is_dir():
+            fail(f"{data_dir!r} exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            fail(f"{data_dir!r} is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"cannot create {data_dir!r}: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"cannot create {data_dir!r}: {str(parent)!r} is not writable")
 
 
 _ATPROTO_ACTIONS = ("create", "update", "delete")
@@ -369,12 +457,12 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
         if parts.scheme not in {"ws", "wss"} or not parts.hostname:
             fail(f"atproto.{key}", f"expected ws://host[:port] or wss://host[:port], got {getattr(at, key)!r}")
         try:
-            parts.port
+            _ = parts.port
         except ValueError:
             fail(f"atproto.{key}", f"invalid port in {getattr(at, key)!r}")
     if at.partition and not re.fullmatch(r"[A-Za-z0-9._-]+", at.partition):
         fail("atproto.partition", f"use letters, digits, '.', '_' or '-' only, got {at.partition!r}")
-    if at.start not in {"live", "oldest"} and not at.start.isdigit():
+    if at.start not in {"live", "oldest"} and not _is_position(at.start, _INT64_MAX):
         fail("atproto.start", f"expected 'live', 'oldest' or a cursor (seq or time_us), got {at.start!r}")
     for pattern in at.collections:
         if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(\.\*|\.[A-Za-z0-9-]+)", pattern):
@@ -394,10 +482,10 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
         fail("atproto.zstd_dictionary", f"no such file {at.zstd_dictionary!r}")
     for key in ("max_frame_bytes", "max_bad_frames", "rev_cache", "read_batch"):
         if getattr(at, key) < 1:
-            fail(f"atproto.{key}", "must be at least 1")
+            fail(f"atproto.{key}", f"must be at least 1, got {getattr(at, key)}")
     for key in ("idle_timeout", "connect_timeout"):
         if getattr(at, key) <= 0:
-            fail(f"atproto.{key}", "must be positive")
+            fail(f"atproto.{key}", f"must be positive, got {getattr(at, key)}")
 
 
 def _coerce_tables(name: str, value: Any, cls: type, origin: str) -> tuple[Any, ...]:
@@ -440,24 +528,29 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         parts = urlsplit(chain.url)
         if parts.scheme not in {"ws", "wss"} or not parts.hostname:
             fail("ethereum.chains", f"{where}: url: expected ws://host[:port][/path] or wss://…, got {chain.url!r}")
+        try:
+            _ = parts.port
+        except ValueError:
+            fail("ethereum.chains", f"{where}: url: invalid port in {chain.url!r}")
         for address in chain.addresses:
             if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
                 fail("ethereum.chains", f"{where}: addresses: expected 0x + 40 hex digits, got {address!r}")
         for topic in chain.topics:
             if not re.fullmatch(r"0x[0-9a-fA-F]{64}", topic):
                 fail("ethereum.chains", f"{where}: topics: expected 0x + 64 hex digits, got {topic!r}")
-        if chain.start != "latest" and not chain.start.isdigit():
+        if chain.start != "latest" and not _is_position(chain.start, _INT64_MAX):
             fail("ethereum.chains", f"{where}: start: expected 'latest' or a block number, got {chain.start!r}")
         if chain.confirmations < 0:
-            fail("ethereum.chains", f"{where}: confirmations must be 0 or more")
+            fail("ethereum.chains", f"{where}: confirmations must be 0 or more, got {chain.confirmations}")
         if chain.max_reorg_depth <= chain.confirmations:
-            fail("ethereum.chains", f"{where}: max_reorg_depth must exceed confirmations")
+            fail("ethereum.chains", f"{where}: max_reorg_depth must exceed confirmations ({chain.confirmations}), "
+                                    f"got {chain.max_reorg_depth}")
         for key in ("block_time", "idle_blocks", "request_timeout", "connect_timeout"):
             if getattr(chain, key) <= 0:
-                fail("ethereum.chains", f"{where}: {key} must be positive")
+                fail("ethereum.chains", f"{where}: {key} must be positive, got {getattr(chain, key)}")
         for key in ("backfill_blocks", "gap_fetch"):
             if getattr(chain, key) < 1:
-                fail("ethereum.chains", f"{where}: {key} must be at least 1")
+                fail("ethereum.chains", f"{where}: {key} must be at least 1, got {getattr(chain, key)}")
     from weir.codecs.ethereum_logs import EventAbi
 
     for text in eth.abis:

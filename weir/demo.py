@@ -12,10 +12,11 @@ from typing import Any
 
 import trio
 
-from weir.config import Config, load_config
+from weir.config import Config, ConfigError, load_config
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
 
+EXIT_USAGE = 2
 PROGRESS_INTERVAL = 0.5
 CHECK_INTERVAL = 0.05  # completion is checked more often than progress is printed
 
@@ -58,16 +59,22 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="weir-demo-") as scratch:
         data_dir = config.redis.data_dir if "--data-dir" in sys.argv else str(Path(scratch) / "redis")
         async with _open_simulation(args) as (network_overrides, partition_done):
-            demo_config = load_config(
-                args.config,
-                overrides={
-                    **{f"redis.{k}": str(v) for k, v in (("url", config.redis.url), ("data_dir", data_dir)) if v},
-                    **network_overrides,
-                    "log_level": config.log_level,
-                    "metrics.port": "0",  # any free port (printed below); --set metrics.port=N picks one
-                    **{item.partition("=")[0]: item.partition("=")[2] for item in args.set},
-                },
-            )
+            try:
+                demo_config = load_config(
+                    args.config,
+                    overrides={
+                        **{f"redis.{k}": str(v) for k, v in (("url", config.redis.url), ("data_dir", data_dir)) if v},
+                        **network_overrides,
+                        "log_level": config.log_level,
+                        "metrics.port": "0",  # any free port (printed below); --set metrics.port=N picks one
+                        **{item.partition("=")[0].strip(): item.partition("=")[2] for item in args.set},
+                    },
+                    origins={**{key: f"weir demo --network {args.network}" for key in network_overrides},
+                             **{item.partition("=")[0].strip(): "command line --set" for item in args.set}},
+                )
+            except ConfigError as exc:  # the --set values valid alone, not with the demo's own (e.g. no network left)
+                print(f"weir: config error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
             summary: dict[str, object] = {}
 
             async def watch(service, stopping: trio.Event) -> None:

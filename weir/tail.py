@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -19,6 +21,7 @@ from weir.sinks.keys import partition_keys
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
+EXIT_FAILURE = 1
 
 
 @asynccontextmanager
@@ -62,7 +65,7 @@ def _decode(source: str, fields: dict[bytes, bytes], raw: bool) -> dict[str, Any
 async def _tail_aio(url: str, config: Config, args: argparse.Namespace, emit) -> int:
     import redis.asyncio as aioredis
 
-    client = aioredis.from_url(url)
+    client = aioredis.from_url(url, socket_connect_timeout=config.redis.socket_timeout)
     try:
         prefix = config.redis.prefix
         if args.partition is not None:
@@ -106,7 +109,31 @@ def _emit(entry: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _redacted(url: str) -> str:
+    """``url`` without its password (it is printed)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: the OS's error if there is one, else redis-py's."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return os.strerror(cause.errno)
+        if isinstance(cause, OSError) and cause.strerror:  # e.g. socket.gaierror: errno < 0
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return str(exc).strip() or type(exc).__name__
+
+
 async def run_tail(config: Config, args: argparse.Namespace) -> int:
+    import redis.exceptions
+
     async with open_asyncio_loop(), _redis_url_for_reading(config) as url:
         try:
             return await call_asyncio(_tail_aio, url, config, args, _emit)
@@ -114,3 +141,9 @@ async def run_tail(config: Config, args: argparse.Namespace) -> int:
             return EXIT_OK
         except trio.Cancelled:
             raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            print(f"weir tail: cannot reach redis at {_redacted(url)}: {_reason(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
+        except redis.exceptions.ResponseError as exc:  # e.g. WRONGTYPE: the key is not weir's stream
+            print(f"weir tail: redis at {_redacted(url)} refused a command: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
