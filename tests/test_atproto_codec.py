@@ -9,10 +9,24 @@ from __future__ import annotations
 import json
 
 import pytest
+import trio
+import trio_websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weir.actors.atproto import AtprotoStats, FirehoseReader, JetstreamReader, RevTracker, connect_url
+from weir.actors.atproto import (
+    MAX_RETRY_AFTER,
+    AtprotoStats,
+    FirehoseReader,
+    IdleStream,
+    JetstreamReader,
+    RelayError,
+    RevTracker,
+    TooManyBadFrames,
+    connect_url,
+    is_transient,
+    retry_after,
+)
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import FrameError, RecordFilter, decode_frame
 from weir.codecs.atproto_jetstream import JetstreamDecoder
@@ -112,6 +126,36 @@ def test_filter_applies_before_records_and_keeps_op_indexes():
     assert all(op.collection != bad.collection for op in frame.ops)
 
 
+def test_did_filter_keeps_only_the_wanted_repos_of_every_kind():
+    """``atproto.dids``: only those repos' commits and identity/account/sync events come out; other
+    repos' frames are counted as filtered and never looked into (their corrupt records are no dead letters)."""
+    corrupt = next(e for e in HISTORY if e.corrupt)
+    wanted = {corrupt.did} | {next(e for e in HISTORY if e.kind == kind).did for kind in ("identity", "account", "sync")}
+    mine = [e for e in HISTORY if e.did in wanted]
+    others = [e for e in HISTORY if e.did not in wanted]
+    assert any(e.corrupt for e in others)  # so "not dead-lettered" below means something
+
+    r = reader(keep=RecordFilter.build(dids=sorted(wanted)))
+    chunk = r.read(FRAMES, 0.0)
+    expected, dead = expected_records(mine)
+    assert [(e.position, e.sub, e.kind, e.payload) for e in chunk.events] == [(x.position, x.sub, x.kind, x.data) for x in expected]
+    assert {e.fields["did"] for e in chunk.events} == wanted
+    assert {"commit", "identity", "account", "sync"} <= {e.kind for e in chunk.events}
+    assert [d.position for d in chunk.dead] == dead == [corrupt.seq]
+    assert r.stats.filtered == len(others) and r.stats.dead_letters == 1
+    assert chunk.through == HISTORY[-1].seq  # filtered frames still move the cursor
+    frame = decode_frame(next(e for e in others if e.corrupt).frame, keep=r.keep)
+    assert not frame.wanted and frame.ops == ()
+
+    keep = RecordFilter.build(dids=sorted(wanted))
+    js = JetstreamReader(partition="p", stats=AtprotoStats(), keep=keep, decoder=JetstreamDecoder(keep=keep))
+    chunk = js.read([m for event in HISTORY for _, m in event.jetstream], 0.0)
+    expected, dead = expected_records(mine, mode="jetstream")
+    assert [(e.position, e.kind, e.payload) for e in chunk.events] == [(x.position, x.kind, x.data) for x in expected]
+    assert [d.position for d in chunk.dead] == dead and len(dead) == 1
+    assert js.stats.filtered == sum(len(e.jetstream) for e in others)
+
+
 def test_replay_at_or_below_the_cursor_is_skipped():
     r = reader(last_id=HISTORY[99].seq)
     chunk = r.read(FRAMES[90:110], 0.0)
@@ -151,6 +195,30 @@ def test_malformed_frames_become_dead_letters_with_their_position():
     assert [d.position for d in chunk.dead] == [None, HISTORY[0].seq]
     assert "not DAG-CBOR" in chunk.dead[0].reason and "is not collection/rkey" in chunk.dead[1].reason
     assert r.consecutive_bad == 0 and chunk.through == HISTORY[1].seq
+
+
+def _bad_commit(event) -> bytes:
+    """``event``'s frame with an op path that is not collection/rkey: a FrameError that knows the seq."""
+    body = cbor.decode(event.body)
+    return cbor.encode({"t": "#commit", "op": 1}) + cbor.encode({**body, "ops": [{"action": "create", "path": "nope", "cid": None}]})
+
+
+def test_consecutive_bad_frames_are_counted_across_reads_and_reset_by_a_good_one():
+    """What the connection compares with ``atproto.max_bad_frames`` (``TooManyBadFrames``)."""
+    commits = [e for e in HISTORY if e.kind == "commit" and not e.corrupt]
+    r = reader()
+    r.read([_bad_commit(commits[0]), b"\x00garbage"], 0.0)
+    assert r.consecutive_bad == 2
+    r.read([_bad_commit(commits[1])], 0.0)
+    assert r.consecutive_bad == 3  # the run goes on across reads
+    r.read([_bad_commit(commits[2]), commits[3].frame], 0.0)
+    assert r.consecutive_bad == 0  # a good frame ends the run ...
+    assert r.longest_bad_run == 4  # ... but the run it ended, inside one read, is still seen
+    r.longest_bad_run = 0  # what the connection does after checking it
+    r.read([_bad_commit(commits[4])], 0.0)
+    assert r.consecutive_bad == 1
+    r.read([_bad_commit(commits[4]), _bad_commit(commits[2])], 0.0)  # replays (at or below the cursor): not bad
+    assert r.consecutive_bad == 1 and r.stats.duplicates_skipped == 2 and r.stats.dead_letters == 5
 
 
 def test_frame_size_limit():
@@ -231,6 +299,79 @@ def test_connect_urls():
     js = load_config(environ={}, overrides={"atproto.mode": "jetstream", "atproto.jetstream_url": "ws://j:2",
                                             "atproto.collections": "app.bsky.graph.*", "atproto.compress": "true"})
     assert connect_url(js.atproto, 7) == "ws://j:2/subscribe?wantedCollections=app.bsky.graph.%2A&cursor=7&compress=true"
+    dids = "did:plc:ewvi7nxzyoun6zhxrhs64oiz,did:web:example.com"
+    js = load_config(environ={}, overrides={"atproto.mode": "jetstream", "atproto.jetstream_url": "ws://j:2",
+                                            "atproto.collections": "app.bsky.feed.post", "atproto.dids": dids})
+    assert connect_url(js.atproto, 0) == (
+        "ws://j:2/subscribe?wantedCollections=app.bsky.feed.post&wantedDids=did%3Aplc%3Aewvi7nxzyoun6zhxrhs64oiz"
+        "&wantedDids=did%3Aweb%3Aexample.com&cursor=1")  # cursor 0 (start=oldest) is sent as 1
+    assert connect_url(js.atproto, None) == (
+        "ws://j:2/subscribe?wantedCollections=app.bsky.feed.post&wantedDids=did%3Aplc%3Aewvi7nxzyoun6zhxrhs64oiz"
+        "&wantedDids=did%3Aweb%3Aexample.com")
+    firehose = load_config(environ={}, overrides={"atproto.url": "ws://h:1", "atproto.dids": dids})
+    assert connect_url(firehose.atproto, 5) == "ws://h:1/xrpc/com.atproto.sync.subscribeRepos?cursor=5"  # filtered locally
+
+
+# ----------------------------------------------------------------------------- HTTP rejections
+
+
+def rejected(status: int, *headers: tuple[bytes, bytes]) -> trio_websocket.ConnectionRejected:
+    return trio_websocket.ConnectionRejected(status, headers, b"")
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        (b"7", 7.0),
+        (b" 7 ", 7.0),
+        (b"2.5", 2.5),
+        (b"0", 0.0),
+        (b"-3", 0.0),  # never a negative sleep
+        (b"86400", MAX_RETRY_AFTER),  # a day: capped
+        (b"inf", MAX_RETRY_AFTER),
+        (b"Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date form: not understood, the backoff applies
+        (b"soon", None),
+        (b"", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_retry_after_header(value, seconds):
+    for status in (429, 503):
+        assert retry_after(rejected(status, (b"Content-Type", b"text/plain"), (b"Retry-After", value))) == seconds
+        assert retry_after(rejected(status, (b"retry-after", value))) == seconds  # names are case-insensitive
+        assert retry_after(BaseExceptionGroup("one", [rejected(status, (b"RETRY-AFTER", value))])) == seconds
+
+
+def test_retry_after_is_none_without_the_header_or_a_rejection():
+    assert retry_after(rejected(429)) is None
+    assert retry_after(rejected(429, (b"Retry-After-Not", b"7"))) is None
+    assert retry_after(OSError("refused")) is None
+    assert retry_after(trio_websocket.HandshakeError()) is None
+    two = BaseExceptionGroup("two", [rejected(429, (b"Retry-After", b"7")), OSError()])
+    assert retry_after(two) is None  # only a lone rejection speaks for the whole group
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 520, 599])
+def test_rejections_a_reconnect_may_cure_are_transient(status):
+    assert is_transient(rejected(status))
+    assert is_transient(BaseExceptionGroup("g", [rejected(status), OSError()]))
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 426, 451, 499])
+def test_client_error_rejections_go_to_the_supervisor(status):
+    """A 4xx (but 408/425/429) means the request is wrong: retrying it unchanged would loop for ever."""
+    assert not is_transient(rejected(status))
+    assert not is_transient(BaseExceptionGroup("g", [OSError(), rejected(status)]))
+
+
+def test_network_faults_are_transient_and_bugs_are_not():
+    for exc in (IdleStream(), RelayError("ConsumerTooSlow", ""), TooManyBadFrames(), OSError(), ConnectionResetError(),
+                TimeoutError(), trio.BrokenResourceError(), trio.TooSlowError(), trio_websocket.HandshakeError(),
+                trio_websocket.ConnectionTimeout(), trio_websocket.DisconnectionTimeout()):
+        assert is_transient(exc), exc
+    for exc in (ValueError("bug"), KeyError("k"), AssertionError(), RuntimeError()):
+        assert not is_transient(exc), exc
+    assert not is_transient(BaseExceptionGroup("g", [OSError(), ValueError("bug")]))
 
 
 @pytest.mark.parametrize(

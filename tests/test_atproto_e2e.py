@@ -7,12 +7,15 @@ every record once, in order, byte-identical, dead letters where the data was bad
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import pytest
 import trio
 
+from weir.codecs import atproto_cbor as cbor
 from weir.config import load_config
 from weir.sim.atproto import AtprotoSim
 from weir.sim.atproto_data import AtprotoSimConfig, ExpectedEntry, expected_records
@@ -66,7 +69,8 @@ def reached(service, position: int) -> bool:
     return service.partitions[0].sink.cursor == position
 
 
-async def assert_persisted(redis_client, expected: list[ExpectedEntry], dead: list[int]) -> None:
+async def assert_persisted(redis_client, expected: list[ExpectedEntry], dead: list[int], *,
+                           reason: bytes = b"does not match its CID") -> None:
     entries = await redis_client("XRANGE", KEYS.events, "-", "+")
     got_ids = [entry_id for entry_id, _ in entries]
     want_ids = [entry.stream_id for entry in expected]
@@ -84,7 +88,7 @@ async def assert_persisted(redis_client, expected: list[ExpectedEntry], dead: li
     dead_entries = await redis_client("XRANGE", KEYS.dead, "-", "+")
     assert sorted(int(fields[b"position"]) for _, fields in dead_entries) == sorted(dead)
     for _, fields in dead_entries:
-        assert b"does not match its CID" in fields[b"reason"]
+        assert reason in fields[b"reason"]
 
 
 @pytest.mark.parametrize("mode", ["firehose", "jetstream"])
@@ -119,25 +123,59 @@ async def test_firehose_and_jetstream_store_the_same_records(redis_server, redis
     assert got["firehose"] == got["jetstream"]
 
 
+@pytest.mark.parametrize("mode", ["firehose", "jetstream"])
 @pytest.mark.parametrize("how", ["drain", "cancel"])
-async def test_restart_mid_stream_delivers_each_record_once(redis_server, redis_client, how):
+async def test_restart_mid_stream_delivers_each_record_once(redis_server, redis_client, how, mode):
+    """Stop a third of the way in, start again: it resumes from the persisted cursor (a seq, or
+    Jetstream's time_us), skips the event at the cursor that the server sends again, and persists
+    every record exactly once."""
     sim_config = AtprotoSimConfig(seed=5, total=1500, rate=3000)
     async with atproto_sim(sim_config) as (sim, url):
-        expected, _ = expected_records(sim.events)
-        config = at_config(redis_server.url, url)
-        middle = sim.events[len(sim.events) // 3].seq
+        expected, _ = expected_records(sim.events, mode=mode)
+        config = at_config(redis_server.url, url, atproto__mode=mode)
+        positions = sim.seqs if mode == "firehose" else sim.js_times
+        middle, last = positions[len(positions) // 3], last_position(sim, mode)
         with trio.CancelScope() as scope:
             async with running_service(config) as (service, _):
                 await wait_for(lambda: (service.partitions[0].sink.cursor or 0) >= middle, timeout=TIMEOUT, what="a third")
                 if how == "cancel":
                     scope.cancel()  # no drain: whatever was in flight is lost in memory only
         first = int(await redis_client("HGET", KEYS.cursor, "position"))
-        assert first < sim.events[-1].seq
+        assert middle <= first < last
         async with running_service(config) as (service, _):
-            await wait_for(lambda: reached(service, sim.events[-1].seq), timeout=TIMEOUT, what="the end after the restart")
-            # the relay replays inclusively: the event at the cursor came again and was skipped
+            await wait_for(lambda: reached(service, last), timeout=TIMEOUT, what="the end after the restart")
+            # the server replays inclusively: the event at the cursor came again and was skipped
             assert service.partitions[0].source.duplicates_skipped >= 1
     await assert_persisted(redis_client, expected, [])
+
+
+async def test_a_run_of_max_bad_frames_reconnects_and_a_shorter_run_does_not(redis_server, redis_client, caplog):
+    """``atproto.max_bad_frames`` = N: N-1 malformed frames in a row, then a good one, then N-1 more
+    keep the connection (the good frame ends the run); N in a row reopen it (TooManyBadFrames),
+    resuming after the last bad frame. Every bad frame is one dead letter, every good record is
+    persisted once. One message per read (read_batch 1), so "in a row" is exact."""
+    n = 3
+    sim_config = AtprotoSimConfig(seed=10, total=60)
+    async with atproto_sim(sim_config) as (sim, url):
+        bad_at = [10, 11, 13, 14, 30, 31, 32]  # N-1, good, N-1 (no reconnect) ... N (reconnect)
+        original = list(sim.events)
+        for index in bad_at:  # a frame whose seq reads but whose repo is no DID: a FrameError at that seq
+            event = sim.events[index]
+            sim.events[index] = attrs.evolve(event, frame=cbor.encode({"t": "#commit", "op": 1}) + cbor.encode({"seq": event.seq, "repo": "nope"}))
+        bad_seqs = [original[index].seq for index in bad_at]
+        expected, _ = expected_records([event for event in original if event.seq not in bad_seqs])
+        config = at_config(redis_server.url, url, atproto__max_bad_frames=str(n), atproto__read_batch="1")
+        caplog.set_level(logging.WARNING, logger="weir.actors.atproto")
+        async with running_service(config) as (service, _):
+            stats = service.partitions[0].source
+            await wait_for(lambda: reached(service, sim.events[-1].seq), timeout=TIMEOUT, what="the end")
+            assert (stats.connects, stats.reconnects) == (2, 1)
+            assert stats.dead_letters == len(bad_at)
+            assert stats.duplicates_skipped == 1  # the last bad frame, sent again at the resume cursor
+    lost = [r.getMessage() for r in caplog.records if "connection to" in r.getMessage()]
+    assert len(lost) == 1 and f"TooManyBadFrames: {n} malformed frames in a row" in lost[0]
+    assert "reconnecting in" in lost[0] and f"after {bad_seqs[-1]}" in lost[0]
+    await assert_persisted(redis_client, expected, bad_seqs, reason=b"no valid DID")  # each once: the replayed one is no new dead letter
 
 
 async def test_collection_filter_keeps_exactly_the_matching_ops(redis_server, redis_client):

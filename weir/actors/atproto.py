@@ -124,6 +124,9 @@ class _ReaderBase:
     revs: RevTracker = attrs.Factory(RevTracker)
     last_id: int | None = None  # the resume position (seq / time_us)
     consecutive_bad: int = 0
+    # The longest run of bad frames since the session last looked: a run inside one read batch,
+    # followed by a good frame, must still count (the session checks once per batch).
+    longest_bad_run: int = 0
     progress: int = 0  # frames that advanced the position (a connection that made progress)
     relay_error: RelayError | None = None  # set by an error frame: raise after handing on the chunk
     _unplaced: list[DeadLetter] = attrs.Factory(list)
@@ -137,6 +140,7 @@ class _ReaderBase:
             self.stats.duplicates_skipped += 1
             return last
         self.consecutive_bad += 1
+        self.longest_bad_run = max(self.longest_bad_run, self.consecutive_bad)
         dead.append(self._dead(payload, str(exc), exc.seq, received))
         return exc.seq if exc.seq is not None else last
 
@@ -554,6 +558,6 @@ async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk
             if reader.relay_error is not None:
                 error, reader.relay_error = reader.relay_error, None
                 raise error
-            if reader.consecutive_bad >= settings.max_bad_frames:
-                reader.consecutive_bad = 0
+            if reader.longest_bad_run >= settings.max_bad_frames:
+                reader.consecutive_bad = reader.longest_bad_run = 0
                 raise TooManyBadFrames(f"{settings.max_bad_frames} malformed frames in a row")
