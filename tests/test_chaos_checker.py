@@ -7,7 +7,10 @@ nothing lost, duplicated or out of order, and report a recovery time for each fa
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import time
 
 import pytest
 import trio
@@ -17,12 +20,19 @@ from weir.chaos.checker import (
     RunReport,
     RunSampler,
     Sample,
+    SupervisionLogEntry,
     check_run,
     compare_partition,
+    count_by_level,
     cursor_regressions,
     fault_report,
+    format_restarts,
     offered_from_config,
+    on_trio_clock,
     restarts_from_log,
+    rss_growth,
+    supervision_from_log,
+    supervisor_level,
 )
 from weir.chaos.processes import (
     InProcessHub,
@@ -32,8 +42,10 @@ from weir.chaos.processes import (
 )
 from weir.chaos.proxy import open_proxy
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, TimedFault, run_schedule
+from weir.logs import JsonFormatter
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
+from weir.supervision import ChildSpec, Strategy, Supervisor, SupervisorEscalation
 
 SIM = SnapchainSimConfig(shards=1, seed=5, rate=0, history=40, total=40)
 OFFERED = offered_from_config(SIM, [1])["1"]
@@ -106,7 +118,142 @@ def test_report_row_and_verdict():
     row = report.table_row()
     assert row.startswith("| smoke | 40 | 40 | 0 | 0 | 0 | 0 | 0 |")
     assert "80 MiB" in row and row.endswith("| ok |")
+    assert "| 2 |" in row  # only the total is known
     assert row.count("|") == RunReport.table_header().splitlines()[0].count("|")
+    by = RunReport(name="by", partitions=(clean,), restarts=4,
+                   restarts_by_supervisor={"farcaster/1": 2, "farcaster/2": 1, "process": 1})  # fmt: skip
+    assert "| 4 (process 1, pipeline 3) |" in by.table_row()
+    assert by.table_row().count("|") == RunReport.table_header().splitlines()[0].count("|")
+    assert "restarts by supervisor: farcaster/1 2, farcaster/2 1, process 1" in by.summary()
+
+
+# -- restarts by supervisor -----------------------------------------------------------------------
+
+
+async def _supervision_json_log(autojump_clock) -> str:
+    """The JSON log of a real supervision tree: a pipeline whose child crashes until the pipeline
+    gives up, then the root restarts the pipeline (and it gives up again: the root escalates)."""
+
+    async def crashing(stopping, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        raise RuntimeError("boom")
+
+    def pipeline() -> Supervisor:
+        return Supervisor("farcaster/1", [ChildSpec(name="farcaster/1/source", target=crashing)],
+                          strategy=Strategy.ONE_FOR_ALL, max_restarts=2, period=60.0)  # fmt: skip
+
+    async def run_pipeline(stopping, *, task_status=trio.TASK_STATUS_IGNORED):
+        await pipeline().run(stopping, task_status=task_status)
+
+    root = Supervisor("root", [ChildSpec(name="farcaster/1", target=run_pipeline)], strategy=Strategy.ONE_FOR_ONE,
+                      max_restarts=1, period=60.0)  # fmt: skip
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("weir")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(SupervisorEscalation):
+            await root.run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    return stream.getvalue()
+
+
+async def test_restarts_by_supervisor_from_a_real_supervision_trees_json_log(autojump_clock):
+    text = await _supervision_json_log(autojump_clock)
+    entries = supervision_from_log("not json\n" + text + "{broken json\n")
+    restarts = [(e.supervisor, e.child) for e in entries if e.kind == "restart"]
+    # two pipeline incarnations, each restarting its source twice before giving up; the root
+    # restarts the pipeline once, then gives up itself
+    assert restarts.count(("farcaster/1", "farcaster/1/source")) == 4
+    assert restarts.count(("root", "farcaster/1")) == 1
+    assert len(restarts) == 5
+    escalations = [e.supervisor for e in entries if e.kind == "escalation"]
+    assert escalations == ["farcaster/1", "farcaster/1", "root"]
+    assert all(e.ts is not None and abs(e.ts - time.time()) < 60 for e in entries)  # wall-clock time of the line
+    assert restarts_from_log(text)[0] == 5  # the plain count agrees
+
+
+def test_restarts_by_supervisor_from_text_lines():
+    text = (
+        "12:00:01 WARNING weir.supervision: supervisor farcaster/2: child farcaster/2/persist restarting "
+        "(strategy=one_for_all error=RuntimeError('x') delay=0.010s restarts_in_period=1)\n"
+        "12:00:02 ERROR   weir.supervision: supervisor farcaster/2: child farcaster/2/persist escalated "
+        "(strategy=one_for_all restarts_in_period=6)\n"
+        "12:00:02 WARNING weir.supervision: supervisor root: child farcaster/2 restarting (strategy=one_for_one)\n"
+        "12:00:03 INFO    weir.supervision: supervisor root: child farcaster/2 started (strategy=one_for_one)\n"
+    )
+    assert supervision_from_log(text) == [
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/2", child="farcaster/2/persist"),
+        SupervisionLogEntry(kind="escalation", supervisor="farcaster/2", child="farcaster/2/persist"),
+        SupervisionLogEntry(kind="restart", supervisor="root", child="farcaster/2"),
+    ]
+
+
+def test_levels_and_the_restarts_cell():
+    assert [supervisor_level(n) for n in ("root", "farcaster/1", "ethereum/mainnet", "process")] == [
+        "root", "pipeline", "pipeline", "process"]
+    levels = count_by_level({"farcaster/1": 2, "farcaster/2": 1, "root": 1, "process": 2, "idle/3": 0})
+    assert list(levels.items()) == [("process", 2), ("root", 1), ("pipeline", 3)]
+    assert format_restarts(6, levels) == "6 (process 2, root 1, pipeline 3)"
+    assert format_restarts(0, {}) == "0"
+
+
+# -- memory per fault -----------------------------------------------------------------------------
+
+
+def rss_samples(points: list[tuple[float, int | None, int | None]]) -> list[Sample]:
+    """(time, rss kB, pid) -> samples (persisted count = 10 × time, for the recovery measure)."""
+    return [Sample(at=t, lengths=(int(t * 10),), cursors=(int(t * 10),), rss_kb=rss, pid=pid) for t, rss, pid in points]
+
+
+def test_rss_growth_of_the_process_that_lived_through_the_span():
+    samples = rss_samples([(0.0, 60_000, 7), (0.5, 61_000, 7), (1.0, 62_000, 7), (1.5, 70_000, 7),
+                           (2.0, 65_000, 7), (3.0, 90_000, 7)])  # fmt: skip
+    growth = rss_growth(samples, 0.6, 2.0)
+    assert (growth.before_kb, growth.peak_kb, growth.growth_kb) == (61_000, 70_000, 9_000)  # 3.0 is outside
+    # shrinking is growth 0 (the peak is never below where it started)
+    assert rss_growth(rss_samples([(0.0, 60_000, 7), (1.0, 50_000, 7)]), 0.0, 1.0).growth_kb == 0
+
+
+def test_rss_growth_ignores_a_process_started_during_the_span():
+    samples = rss_samples([(0.0, 64_000, 7), (1.0, 66_000, 7), (1.2, None, None), (1.6, 20_000, 8), (2.0, 70_000, 8)])
+    growth = rss_growth(samples, 0.5, 2.5)  # weir (pid 7) killed at ~1.1 and started again (pid 8)
+    assert (growth.before_kb, growth.peak_kb, growth.growth_kb) == (64_000, 66_000, 2_000)
+    # weir not running when the span begins (a fault before start-up): no growth figure, just the peak
+    late = rss_growth(samples, 1.3, 2.5)
+    assert (late.before_kb, late.peak_kb, late.growth_kb) == (None, 70_000, None)
+    assert rss_growth([], 0.0, 1.0).peak_kb is None
+
+
+def test_fault_report_gives_rss_growth_and_restarts_by_supervisor_over_the_fault_span():
+    samples = rss_samples([(t / 10, 60_000 + (5_000 if 12 <= t <= 16 else 0), 7) for t in range(40)])
+    wall = 1_700_000_000.0  # the log's clock: wall = trio time + wall
+    entries = [
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/1", child="farcaster/1/persist", ts=wall + 0.5),  # before
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/1", child="farcaster/1/persist", ts=wall + 1.3),
+        SupervisionLogEntry(kind="restart", supervisor="root", child="farcaster/1", ts=wall + 1.85),  # in the settle time
+        SupervisionLogEntry(kind="escalation", supervisor="farcaster/1", child="farcaster/1/persist", ts=wall + 1.8),
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/2", child="farcaster/2/source", ts=wall + 3.5),  # after
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/2", child="farcaster/2/source"),  # no time: not placed
+    ]
+    timed = on_trio_clock(entries, wall)
+    assert len(timed) == 4
+    record = FaultRecord(fault=TimedFault(target="redis", kind="kill", start=0, duration=0.4), applied_at=1.0, cleared_at=1.4)
+    report = fault_report(record, samples, origin=0.0, window=0.5, supervision=timed)
+    # span: applied (1.0) to 0.5 s after clearing or its recovery (0.1 s), whichever is later: 1.9
+    assert report.restarts == {"farcaster/1": 1, "root": 1}
+    assert (report.rss_before_kb, report.rss_peak_kb, report.rss_growth_kb) == (60_000, 65_000, 5_000)
+    assert "RSS +4.9 MiB (58.6 → 63.5 MiB)" in RunReport(name="x", partitions=(), faults=(report,)).summary()
+    # weir killed: a process restart in the fault's span, whatever the log says
+    kill = FaultRecord(fault=TimedFault(target="weir", kind="kill", start=0, duration=0.2), applied_at=3.0, cleared_at=3.2)
+    assert fault_report(kill, samples, origin=0.0, supervision=timed).restarts == {"farcaster/2": 1, "process": 1}
+    pause = FaultRecord(fault=TimedFault(target="weir", kind="pause", start=0, duration=0.2), applied_at=3.0, cleared_at=3.2)
+    assert "process" not in fault_report(pause, samples, origin=0.0, supervision=timed).restarts
 
 
 # -- planted faults in a real Redis ---------------------------------------------------------------
@@ -125,6 +272,24 @@ async def test_clean_redis_reports_zero(redis_server, redis_client):
     report = await check_run(redis_server.url, {"1": OFFERED}, name="clean")
     assert report.ok, report.summary()
     assert (report.offered, report.persisted) == (40, 40)
+    assert report.restarts == 0 and report.restarts_by_supervisor == {}
+
+
+@pytest.mark.integration
+async def test_check_run_groups_restarts_by_supervisor(redis_server, redis_client):
+    await write_events(redis_client, OFFERED, cursor=OFFERED[-1][0])
+    supervision = [
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/1", child="farcaster/1/persist"),
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/1", child="farcaster/1/source"),
+        SupervisionLogEntry(kind="escalation", supervisor="farcaster/1", child="farcaster/1/source"),
+        SupervisionLogEntry(kind="restart", supervisor="root", child="farcaster/1"),
+    ]
+    report = await check_run(redis_server.url, {"1": OFFERED}, supervision=supervision, process_restarts=2)
+    assert report.restarts == 5
+    assert report.restarts_by_supervisor == {"farcaster/1": 2, "process": 2, "root": 1}
+    assert report.restarts_by_level == {"process": 2, "root": 1, "pipeline": 2}
+    assert report.escalations_by_supervisor == {"farcaster/1": 1}
+    assert "| 5 (process 2, root 1, pipeline 2) |" in report.table_row()
 
 
 @pytest.mark.integration
@@ -233,6 +398,7 @@ async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_
             "supervision.backoff_initial=0.01", "supervision.backoff_max=0.2", "supervision.breaker_reset=0.2",
             "redis.socket_timeout=1",
         )  # fmt: skip
+        wall_offset = time.time() - trio.current_time()
         async with open_weir_process(args, log_path=tmp_path / "weir.log") as weir:
             sampler = RunSampler(redis_server.url, ["1", "2"], pid=lambda: weir.pid)
             async with trio.open_nursery() as sampling:
@@ -244,13 +410,78 @@ async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_
                 await wait_for(lambda: sampler.samples[-1].cursors == last, timeout=20, what="every event persisted")
                 sampling.cancel_scope.cancel()
             assert await weir.terminate() == 0
-    supervisor_restarts, reconnects = restarts_from_log(weir.log_text())
+    _, reconnects = restarts_from_log(weir.log_text())
     report = await check_run(
         redis_server.url, offered, name="processes", sampler=sampler, records=records,
-        restarts=weir.starts - 1 + supervisor_restarts, reconnects=reconnects, schedule=schedule.to_json(),
+        supervision=supervision_from_log(weir.log_text()), process_restarts=weir.starts - 1, wall_offset=wall_offset,
+        reconnects=reconnects, schedule=schedule.to_json(),
     )  # fmt: skip
     print("\n" + report.summary())
     assert report.ok, report.summary() + "\n" + weir.log_text()[-3000:]
     assert weir.starts == 2
     assert reconnects >= 2  # the dropped streams (and the frozen process's) were resumed
     assert all(f.recovery_s is not None for f in report.faults[:3]), report.summary()
+    # restarts by supervisor: weir's own restart (the kill) is the process level, in the kill's span
+    assert report.restarts_by_supervisor.get("process") == 1
+    assert report.restarts == sum(report.restarts_by_supervisor.values())
+    assert "process 1" in report.table_row()
+    kill, redis_kill, pause, _ = report.faults
+    assert kill.restarts.get("process") == 1 and "process" not in redis_kill.restarts
+    # memory per fault: measured across the Redis kill and the freeze (weir ran through both),
+    # not across weir's own kill (the process that began it is gone)
+    for fault in (redis_kill, pause):
+        assert fault.rss_before_kb and fault.rss_peak_kb and fault.rss_growth_kb is not None, report.summary()
+        assert 0 <= fault.rss_growth_kb < 64 * 1024, report.summary()
+
+
+@pytest.mark.integration
+async def test_pipeline_restarts_of_a_real_weir_process_are_counted_by_supervisor_in_the_fault(redis_server, tmp_path, asyncio_loop):
+    """The node refuses with PERMISSION_DENIED for 0.6 s (not a network fault: the source crashes
+    and its pipeline supervisor restarts it): the restarts found in weir's JSON log are the ones
+    its /metrics counts, per pipeline, and they fall in that fault's span."""
+    from weir.chaos.suite import _free_port, _http_get, _metric_sum
+
+    sim_config = SnapchainSimConfig(shards=2, seed=79, rate=1000, history=300, total=3300)
+    offered = offered_from_config(sim_config, [1, 2])
+    schedule = Schedule(faults=[
+        TimedFault(target="hub", kind="error", start=0.5, duration=0.6, params={"status": "PERMISSION_DENIED"}),
+        TimedFault(target="hub", kind="drop_streams", start=0.55, duration=0.0),  # the open streams end, reconnect: refused
+    ])  # fmt: skip
+    metrics_port = _free_port()
+    async with in_process_sim(sim_config) as (sim, sim_url):
+        args = weir_run_args(
+            redis_server.url, sim_url, "farcaster.start=oldest", "farcaster.shards=1,2", "farcaster.idle_timeout=5",
+            "supervision.backoff_initial=0.05", "supervision.backoff_max=0.2", "supervision.breaker_reset=0.2",
+            "supervision.max_restarts=100", f"metrics.port={metrics_port}",
+        ) + ["--log-format", "json"]  # fmt: skip
+        wall_offset = time.time() - trio.current_time()
+        async with open_weir_process(args, log_path=tmp_path / "weir.log") as weir:
+            sampler = RunSampler(redis_server.url, ["1", "2"], pid=lambda: weir.pid)
+            async with trio.open_nursery() as sampling:
+                await sampling.start(sampler.run)
+                await wait_for(lambda: sampler.samples[-1].persisted > 0, timeout=20, what="weir to start persisting")
+                records = await run_schedule(schedule, Targets(hub=InProcessHub(sim)))
+                last = tuple(offered[p][-1][0] for p in ("1", "2"))
+                await wait_for(lambda: sampler.samples[-1].cursors == last, timeout=20, what="every event persisted")
+                sampling.cancel_scope.cancel()
+            text = await _http_get("127.0.0.1", metrics_port, "/metrics")
+            counted = {f"farcaster/{shard}": _metric_sum(text, f'weir_supervisor_restarts_total{{supervisor="farcaster/{shard}"}}')
+                       for shard in (1, 2)}  # fmt: skip
+            counted["root"] = _metric_sum(text, 'weir_supervisor_restarts_total{supervisor="root"}')
+            assert await weir.terminate() == 0
+    log_text = weir.log_text()
+    report = await check_run(
+        redis_server.url, offered, name="refused", sampler=sampler, records=records,
+        supervision=supervision_from_log(log_text), process_restarts=weir.starts - 1, wall_offset=wall_offset,
+        schedule=schedule.to_json(),
+    )  # fmt: skip
+    print("\n" + report.summary())
+    assert report.ok, report.summary() + "\n" + log_text[-3000:]
+    by = report.restarts_by_supervisor
+    assert by.get("farcaster/1", 0) >= 1 and by.get("farcaster/2", 0) >= 1, report.summary()
+    assert {name: by.get(name, 0) for name in counted} == counted, "the log and /metrics disagree"
+    assert report.restarts_by_level == {"pipeline": by["farcaster/1"] + by["farcaster/2"]}
+    assert report.restarts == sum(by.values())
+    assert f"| {report.restarts} (pipeline {report.restarts}) |" in report.table_row()
+    refused = next(f for f in report.faults if f.fault.startswith("hub:error"))
+    assert refused.restarts == dict(by), "every restart happened while the node refused, or recovering from it"

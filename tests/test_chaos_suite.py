@@ -38,6 +38,15 @@ async def test_scenario(name, tmp_path):
     assert report.duplicated == 0 and report.out_of_order == 0, _explain(result)
     assert result.ok, _explain(result)
     assert report.persisted == report.offered, _explain(result)  # no dead letters in these runs
+    # restarts by supervisor: weir's own restarts are the process level, one per kill or term
+    scenario = REGISTRY[name]
+    weir_restarts = sum(1 for f in scenario.schedule.faults if f.target == "weir" and f.kind in ("kill", "term"))
+    assert report.restarts_by_supervisor.get("process", 0) == weir_restarts, _explain(result)
+    assert report.restarts == sum(report.restarts_by_supervisor.values())
+    # memory per fault window: measured wherever weir ran through the window's start
+    for window in result.windows:
+        if not scenario.before_start and not any(f.startswith("weir:") for f in window.faults):
+            assert window.rss_growth_kb is not None and window.memory_bounded, _explain(result)
 
 
 @pytest.mark.integration
@@ -76,3 +85,77 @@ def test_fault_windows_group_overlaps_and_wait_for_disruptive_faults():
     assert slicer.end == 5.5 and slicer.target_s == 5.0  # extended to the Redis kill's end
     assert by_first["redis_link:latency(ms=5)"].end == 2.0
     assert all(w.recovery_s is not None and w.recovery_s <= 0.1 + 1e-9 for w in windows)
+
+
+def test_windows_report_rss_growth_and_restarts_by_supervisor_and_the_result_surfaces_them():
+    import json
+
+    from weir.chaos.checker import RunReport, Sample, SupervisionLogEntry, compare_partition
+    from weir.chaos.schedule import FaultRecord, TimedFault
+    from weir.chaos.suite import ScenarioResult, fault_windows
+
+    def record(target, kind, applied, cleared):  # type: ignore[no-untyped-def]
+        return FaultRecord(fault=TimedFault(target=target, kind=kind, start=0, duration=1), applied_at=applied, cleared_at=cleared)
+
+    def rss(t: int) -> tuple[int | None, int | None]:
+        """weir pid 7 grows 6 MiB during the Redis kill (1.0–1.5 s); killed at 3.0, pid 8 from 3.3."""
+        if t <= 30:
+            return 60_000 + (6_144 if 11 <= t <= 15 else 0), 7
+        return (None, None) if t < 33 else (30_000 + 1_000 * (t - 33), 8)
+
+    samples = [Sample(at=t / 10, lengths=(t,), cursors=(t,), rss_kb=rss(t)[0], pid=rss(t)[1]) for t in range(60)]
+    records = [record("redis", "kill", 1.0, 1.5), record("weir", "kill", 3.0, 3.2)]
+    wall = 1_700_000_000.0
+    supervision = [
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/1", child="farcaster/1/persist", ts=wall + 1.2),
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/2", child="farcaster/2/persist", ts=wall + 1.3),
+        SupervisionLogEntry(kind="restart", supervisor="farcaster/2", child="farcaster/2/persist", ts=wall + 1.4),
+        SupervisionLogEntry(kind="restart", supervisor="root", child="farcaster/2", ts=wall + 5.9),  # no window's span
+    ]
+    redis_kill, weir_kill = fault_windows(records, samples, 0.0, supervision=supervision, wall_offset=wall)
+    assert redis_kill.restarts == {"farcaster/1": 1, "farcaster/2": 2}
+    assert redis_kill.restarts_by_level == {"pipeline": 3}
+    assert (redis_kill.rss_before_kb, redis_kill.rss_peak_kb, redis_kill.rss_growth_kb) == (60_000, 66_144, 6_144)
+    assert weir_kill.restarts == {"process": 1}
+    assert weir_kill.rss_growth_kb == 0  # pid 7 until its kill; pid 8's start-up is not growth
+    # without the log's clock, restarts cannot be placed in windows (process restarts still are)
+    assert fault_windows(records, samples, 0.0, supervision=supervision)[0].restarts == {}
+
+    offered = [(1, b"a"), (2, b"b")]
+    clean = compare_partition("1", offered, [(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})], final_cursor=2)
+    report = RunReport(name="x", partitions=(clean,), restarts=5,
+                       restarts_by_supervisor={"farcaster/1": 1, "farcaster/2": 2, "process": 1, "root": 1})  # fmt: skip
+    result = ScenarioResult(scenario="x", label="two kills", report=report, windows=(redis_kill, weir_kill))
+    header = ScenarioResult.table_header().splitlines()[0]
+    for column in ("scenario", "faults", "offered", "persisted", "lost", "dup", "out of order", "recovery p50 / max", "restarts"):
+        assert f" {column} |" in header
+    row = result.table_row()
+    assert "| 5 (process 1, root 1, pipeline 3) |" in row
+    assert row.count("|") == header.count("|")
+    summary = result.summary()
+    assert "RSS +6.0 MiB (58.6 → 64.6 MiB); restarts 3 (pipeline 3)" in summary
+    assert "restarts 1 (process 1)" in summary
+    data = json.loads(json.dumps(result.to_dict()))  # JSON-ready as is
+    assert data["restarts"] == 5
+    assert data["restarts_by_supervisor"] == {"farcaster/1": 1, "farcaster/2": 2, "process": 1, "root": 1}
+    assert data["restarts_by_level"] == {"process": 1, "root": 1, "pipeline": 3}
+    assert data["rss_growth_max_kb"] == 6_144
+    first = data["windows"][0]
+    assert first["rss_growth_kb"] == 6_144 and first["rss_before_kb"] == 60_000
+    assert first["restarts"] == {"farcaster/1": 1, "farcaster/2": 2} and first["restarts_by_level"] == {"pipeline": 3}
+
+
+def test_a_window_whose_memory_grew_past_the_limit_fails_the_scenario():
+    from weir.chaos.suite import RSS_WINDOW_GROWTH_LIMIT_KB, Window, judge_windows
+
+    def window(growth, recovery=0.1):  # type: ignore[no-untyped-def]
+        return Window(faults=("redis_link:timeout@1+30s",), start=1.0, end=31.0, recovery_s=recovery, target_s=5.0,
+                      rss_before_kb=60_000, rss_peak_kb=None if growth is None else 60_000 + growth, rss_growth_kb=growth)
+
+    assert judge_windows([window(0), window(RSS_WINDOW_GROWTH_LIMIT_KB), window(None)]) == []
+    (problem,) = judge_windows([window(RSS_WINDOW_GROWTH_LIMIT_KB + 1)])
+    assert problem.startswith("memory not bounded: weir's RSS grew 32.0 MiB over [redis_link:timeout@1+30s]")
+    assert not window(RSS_WINDOW_GROWTH_LIMIT_KB + 1).memory_bounded
+    assert window(RSS_WINDOW_GROWTH_LIMIT_KB + 1).to_dict()["memory_bounded"] is False
+    (late,) = judge_windows([window(0, recovery=6.0)])
+    assert late.startswith("recovery 6.00 s after [redis_link:timeout@1+30s] exceeds the 5 s target")

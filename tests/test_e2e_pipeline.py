@@ -13,7 +13,8 @@ from grpclib.const import Status
 
 from weir.app import serve
 from weir.bridge import call_asyncio
-from weir.codecs.farcaster_keys import MESSAGE_TYPES, scan_hub_event
+from weir.codecs.farcaster_keys import HUB_EVENT_TYPES, MESSAGE_TYPES, scan_hub_event
+from weir.chaos.proxy import Down, open_proxy
 from weir.codecs.protowire import WireError
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
@@ -80,7 +81,12 @@ def _fids_seen(events: list[tuple[int, bytes]]) -> list[int]:
     return sorted({scan_hub_event(payload).fid for _, payload in events} - {0})
 
 
-@pytest.mark.parametrize("by", ["fids", "message_types", "both"])
+# Not MERGE_MESSAGE (most events) nor BLOCK_CONFIRMED: the node is always asked for BLOCK_CONFIRMED
+# too (the gap checks need it), so only weir's own check keeps those out of the stream.
+EVENT_TYPES = {"PRUNE_MESSAGE", "MERGE_ON_CHAIN_EVENT", "MERGE_USERNAME_PROOF"}
+
+
+@pytest.mark.parametrize("by", ["fids", "message_types", "both", "event_types"])
 async def test_filter_persists_exactly_the_matching_events(redis_server, redis_client, by):
     sim_config = SnapchainSimConfig(shards=2, seed=12, rate=0, history=2000, total=2000)
     expected_all = {shard: offered(sim_config, shard) for shard in SHARDS}
@@ -92,6 +98,11 @@ async def test_filter_persists_exactly_the_matching_events(redis_server, redis_c
         overrides["farcaster__fids"] = ",".join(map(str, sorted(fids)))
     if by in ("message_types", "both"):
         overrides["farcaster__message_types"] = ",".join(sorted(types))
+    if by == "event_types":
+        overrides["farcaster__event_types"] = ",".join(sorted(EVENT_TYPES))
+
+    def kind(payload: bytes) -> str:
+        return HUB_EVENT_TYPES[scan_hub_event(payload).event_type]
 
     def matches(payload: bytes) -> bool:
         k = scan_hub_event(payload)
@@ -99,17 +110,31 @@ async def test_filter_persists_exactly_the_matching_events(redis_server, redis_c
             return False
         if by in ("message_types", "both") and MESSAGE_TYPES.get(k.msg_type) not in types:
             return False
+        if by == "event_types" and kind(payload) not in EVENT_TYPES:
+            return False
         return True
 
+    # What the node sends: everything, or (event_types) the wanted types plus BLOCK_CONFIRMED.
+    sent = {
+        shard: [(id_, p) for id_, p in events if by != "event_types" or kind(p) in EVENT_TYPES | {"BLOCK_CONFIRMED"}]
+        for shard, events in expected_all.items()
+    }
     async with in_process_sim(sim_config) as (_, url):
         async with running_service(e2e_config(redis_server.url, url, **overrides)) as (service, _):
-            await wait_for(lambda: done(service, expected_all), timeout=TIMEOUT, what="the cursor to pass every offered event")
+            await wait_for(lambda: done(service, sent), timeout=TIMEOUT, what="the cursor to pass every event sent")
+            filtered = {int(v.name.split("/")[1]): v.source.filtered for v in service.partitions}
     for shard in SHARDS:
         matching = [(id_, payload) for id_, payload in expected_all[shard] if matches(payload)]
         assert 0 < len(matching) < len(expected_all[shard]) // 2
-        assert_exact(await stream_entries(redis_client, shard), matching, shard=shard)
+        entries = await stream_entries(redis_client, shard)
+        assert_exact(entries, matching, shard=shard)
         # the cursor covers the filtered events too: a restart does not read them again
-        assert await cursor_position(redis_client, shard) == expected_all[shard][-1][0]
+        assert await cursor_position(redis_client, shard) == sent[shard][-1][0]
+        assert filtered[shard] == len(sent[shard]) - len(matching)
+        if by == "event_types":
+            confirmed = [id_ for id_, p in sent[shard] if kind(p) == "BLOCK_CONFIRMED"]
+            assert len(confirmed) >= 50 and filtered[shard] == len(confirmed)
+            assert {fields[b"kind"].decode() for _, fields in entries} == EVENT_TYPES, "not every wanted type was persisted"
 
 
 @pytest.mark.parametrize("how", ["drain", "cancel"])
@@ -214,6 +239,38 @@ async def test_error_status_is_retried_until_the_node_serves_again(redis_server,
             assert not any(v.source.connected for v in service.partitions)
             await call_asyncio(_set_error, sim, None)
             await wait_for(lambda: done(service, expected), timeout=TIMEOUT, what="every event once the node serves again")
+    await assert_delivered_exactly(redis_client, expected)
+
+
+async def test_node_breaker_opens_while_the_node_is_unreachable_and_closes_once_it_is_back(redis_server, redis_client):
+    """The hub link goes down (connections refused, open streams cut): every shard's connection
+    attempt fails, so the node's breaker (one per node URL, shared by its shards) opens; once the
+    link is back a trial connection succeeds, the breaker closes and the rest is delivered."""
+    sim_config = SnapchainSimConfig(shards=2, seed=27, rate=2000, history=0, total=6000)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+    async with open_snapchain_sim(sim_config) as sim, open_proxy("127.0.0.1", sim.port, seed=27) as hub_link:
+        config = e2e_config(redis_server.url, hub_link.http_url, supervision__breaker_failures="3")
+        async with running_service(config) as (service, _):
+            (network,) = service.networks
+            breaker = network.node_breaker
+            assert breaker.name == f"snapchain {hub_link.http_url}"
+            await wait_for(
+                lambda: all(v.source.received >= 300 for v in service.partitions), timeout=TIMEOUT, what="streaming"
+            )
+            assert breaker.state is BreakerState.CLOSED
+            with hub_link.applied(Down()):
+                await wait_for(lambda: breaker.state is BreakerState.OPEN, timeout=TIMEOUT, what="the node breaker to open")
+                assert not any(v.source.connected for v in service.partitions)
+                assert service.breaker.state is BreakerState.CLOSED, "Redis is fine: only the node's breaker opens"
+                received_while_down = [v.source.received for v in service.partitions]
+            assert not done(service, expected), "the outage was not mid-stream"
+            await wait_for(lambda: breaker.state is BreakerState.CLOSED, timeout=TIMEOUT, what="the node breaker to close again")
+            await wait_for(lambda: done(service, expected), timeout=TIMEOUT, what="every event after the node came back")
+            assert all(v.source.received > n for v, n in zip(service.partitions, received_while_down))
+            assert all(v.source.connected for v in service.partitions)
+            assert breaker.statistics().opened_count >= 1
+            root = service.root.statistics()
+            assert root.restarts + sum(c.restarts for c in root.children) == 0, "a reconnect matter, not a crash"
     await assert_delivered_exactly(redis_client, expected)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,11 +58,15 @@ def run_args(redis_url: str, sim_url: str, *extra: str) -> list[str]:
 
 
 @asynccontextmanager
-async def weir_process(args: list[str], log_path: Path) -> AsyncIterator[trio.Process]:
-    """Start ``weir``; on exit kill it if it is still running (only this process, by its handle)."""
+async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None) -> AsyncIterator[trio.Process]:
+    """Start ``weir``; on exit kill it if it is still running (only this process, by its handle).
+
+    WEIR_* variables of the test's environment are not passed on: the command line is the whole config.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
     with open(log_path, "ab") as log:
         process = await trio.lowlevel.open_process(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(os.environ, PYTHONUNBUFFERED="1")
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env, PYTHONUNBUFFERED="1"), cwd=cwd
         )
     try:
         yield process
@@ -170,6 +175,109 @@ async def test_kill_9_mid_stream_then_restart_delivers_exactly_once(redis_server
     for shard in SHARDS:
         assert_exact(await stream_entries(redis_client, shard), expected[shard], shard=shard)
         assert await cursor_position(redis_client, shard) == expected[shard][-1][0]
+
+
+def redis_server_pids(data_dir: Path) -> list[int]:
+    """redis-server processes working in ``data_dir`` (it changes into its --dir; read from /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            name = (proc / "comm").read_text().strip()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        if name == "redis-server" and cwd == str(data_dir):
+            pids.append(int(proc.name))
+    return pids
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited (only its exit status is left)
+
+
+async def test_run_without_a_redis_url_uses_the_embedded_redis_and_stops_it(tmp_path, asyncio_loop):
+    """``weir run --data-dir DIR`` and no Redis URL: weir starts its own redis-server (AOF) in DIR,
+    says how to connect to it, persists there, and on SIGTERM drains, stops that server, exits 0."""
+    sim_config = SnapchainSimConfig(shards=2, seed=28, rate=0, history=1500, total=1500)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "weir.log"
+    workdir = tmp_path / "cwd"  # weir's working directory: the default ./weir-data must not be used
+    workdir.mkdir()
+    try:
+        await _run_with_embedded_redis(sim_config, expected, data_dir, log_path, workdir)
+    finally:
+        # weir killed by the harness (a failed assertion) cannot stop its redis-server: this test does
+        for directory in (data_dir, workdir / "weir-data"):
+            for pid in redis_server_pids(directory):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _run_with_embedded_redis(sim_config, expected, data_dir: Path, log_path: Path, workdir: Path) -> None:
+    import redis.asyncio as aioredis
+
+    from weir.bridge import call_asyncio
+    from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
+
+    async with open_snapchain_sim(sim_config) as sim:
+        args = weir_args(
+            "run", "--data-dir", str(data_dir), "--farcaster-url", sim.url,
+            "--set", "farcaster.start=oldest", "--set", "farcaster.shards=1,2", "--set", "metrics.port=0",
+        )  # fmt: skip
+        assert "--redis-url" not in args
+        async with weir_process(args, log_path, cwd=workdir) as process:
+            connect_line = re.compile(r"redis-cli -p (\d+)")
+
+            def says_how_to_connect() -> bool:
+                return connect_line.search(log_path.read_text(errors="replace")) is not None
+
+            await wait_for(says_how_to_connect, timeout=TIMEOUT, what="weir to say how to connect to its Redis")
+            port = int(connect_line.search(log_path.read_text(errors="replace")).group(1))
+            url = f"redis://127.0.0.1:{port}/0"
+            assert (data_dir / "redis.url").read_text().strip() == url
+            pids = redis_server_pids(data_dir)
+            assert len(pids) == 1, f"expected one redis-server in {data_dir}, found {pids}"
+            assert not (workdir / "weir-data").exists()
+
+            client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+            try:
+                async def redis(*command):
+                    return await call_asyncio(client.execute_command, *command)
+
+                async def finished() -> bool:
+                    return all([await cursor_position(redis, shard) == expected[shard][-1][0] for shard in SHARDS])
+
+                await wait_for(finished, timeout=TIMEOUT, what="every event persisted in the embedded Redis")
+                for shard in SHARDS:
+                    assert_exact(await stream_entries(redis, shard), expected[shard], shard=shard)
+            finally:
+                await call_asyncio(client.aclose)
+            process.send_signal(signal.SIGTERM)
+            code, _ = await wait_exit(process, 10.0, log_path)
+        assert code == 0, log_path.read_text()[-3000:]
+    assert not any(process_alive(pid) for pid in pids), "the embedded redis-server outlived weir"
+    assert redis_server_pids(data_dir) == []
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)  # nothing listens there any more
+    assert not (data_dir / "redis.url").exists()
+    # the data stays in DIR: a redis-server started on it again has every event and the cursor
+    async with open_embedded_redis(RedisServerConfig(data_dir=data_dir)) as again:
+        client = aioredis.Redis.from_url(again.url, socket_timeout=5.0, socket_connect_timeout=5.0)
+        try:
+            async def redis(*command):
+                return await call_asyncio(client.execute_command, *command)
+
+            for shard in SHARDS:
+                assert_exact(await stream_entries(redis, shard), expected[shard], shard=shard)
+                assert await cursor_position(redis, shard) == expected[shard][-1][0]
+        finally:
+            await call_asyncio(client.aclose)
 
 
 async def test_bad_config_exits_2_with_a_one_line_message(tmp_path):

@@ -286,3 +286,40 @@ def test_server_event_types_always_lists_types():
     assert only == sorted({MERGE_MESSAGE, 2, BLOCK_CONFIRMED})
     parsed = SubscribeRequest.parse(subscribe_request(1, 0, only))
     assert sorted(int(t) for t in parsed.event_types) == only
+
+
+# -- the local event-type filter ------------------------------------------------------------------
+
+
+def test_block_confirmed_subscribed_only_for_the_gap_checks_is_dropped_by_the_local_filter():
+    """event_types without BLOCK_CONFIRMED: the node is still asked for it (gap checks), so it
+    arrives, feeds the gap detector, moves the cursor, and is dropped by the key filter."""
+    from weir.networks.farcaster import key_filter
+
+    settings = load_config(environ={}, overrides={"farcaster.event_types": "MERGE_MESSAGE,PRUNE_MESSAGE"}).farcaster
+    subscribed = server_event_types(settings)
+    assert BLOCK_CONFIRMED in subscribed
+    # what the node sends for that request: the subscribed types only
+    sent = [(id_, p) for id_, p in offered(600) if scan_hub_event(p).event_type in subscribed]
+    confirmed = [id_ for id_, p in sent if scan_hub_event(p).event_type == BLOCK_CONFIRMED]
+    assert len(confirmed) >= 10
+    r = reader(subscribed=subscribed)
+    r.keep = key_filter(settings)
+    chunk = r.read([p for _, p in sent], received=0.0)
+    assert chunk is not None
+    assert [e.position for e in chunk.events] == [id_ for id_, _ in sent if id_ not in set(confirmed)]
+    assert {e.kind for e in chunk.events} == {"MERGE_MESSAGE", "PRUNE_MESSAGE"}
+    assert chunk.through == sent[-1][0]  # the dropped events are covered by the cursor
+    assert r.stats.filtered == len(confirmed)
+    assert r.stats.gaps == 0, "the BLOCK_CONFIRMED counts must still reach the gap detector"
+
+
+def test_no_event_types_keeps_block_confirmed():
+    from weir.networks.farcaster import key_filter
+
+    assert key_filter(FarcasterSettings()) is None
+    settings = load_config(environ={}, overrides={"farcaster.event_types": "BLOCK_CONFIRMED"}).farcaster
+    keep = key_filter(settings)
+    assert keep is not None
+    kinds = {scan_hub_event(p).event_type: keep(scan_hub_event(p)) for _, p in offered(200)}
+    assert kinds[BLOCK_CONFIRMED] is True and kinds[MERGE_MESSAGE] is False

@@ -28,13 +28,16 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from weir.actors.farcaster import ShardReader, ShardStats
+from weir.chaos.proxy import Down, open_proxy
 from weir.codecs.farcaster_gaps import Gap, GapDetector
 from weir.config import load_config
 from weir.logs import JsonFormatter
 from weir.observability.buckets import Buckets
 from weir.observability.http import Observability, open_observability
 from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.process import open_snapchain_sim
 from weir.supervision import (
+    BreakerState,
     ChildSpec,
     CircuitBreaker,
     Strategy,
@@ -256,6 +259,57 @@ async def test_readyz_follows_the_source_and_redis(redis_server, asyncio_loop, l
     assert isinstance(unavailable["through"], int) and unavailable["error"]
     available = logs.of("sink_available")[0]
     assert available["failed_attempts"] >= 1 and isinstance(available["cursor"], int)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("dependency", ["redis", "node"])
+async def test_readyz_is_503_naming_an_open_circuit_breaker_and_200_once_it_closes(durable_redis_server, dependency):
+    """Redis killed (its breaker opens: every partition depends on it) or the node unreachable (the
+    node's breaker opens: its network's partitions depend on it): /readyz names the breaker."""
+    sim_config = SnapchainSimConfig(shards=2, seed=34, rate=1000, history=200)
+    async with open_snapchain_sim(sim_config) as sim, open_proxy("127.0.0.1", sim.port, seed=34) as hub_link:
+        config = e2e_config(durable_redis_server.url, hub_link.http_url, supervision__breaker_failures="2")
+        async with running_service(config) as (service, _):
+            base = service_url(service)
+            breaker = service.breaker if dependency == "redis" else service.networks[0].node_breaker
+            problem = f"circuit breaker {breaker.name!r} is "
+
+            async def is_ready() -> bool:
+                return (await ready(base))[0] == 200
+
+            await wait_for(is_ready, timeout=TIMEOUT, what="/readyz to turn 200 once data flows")
+            assert (await ready(base))[1]["breakers"][breaker.name] == "closed"
+
+            async def names_the_breaker() -> bool:
+                status, verdict = await ready(base)
+                problems = {name: v.get("problems", []) for name, v in verdict["partitions"].items()}
+                return status == 503 and all(any(p.startswith(problem) for p in ps) for ps in problems.values())
+
+            if dependency == "redis":
+                await durable_redis_server.kill()
+                fault = None
+            else:
+                fault = hub_link.add(Down())
+            try:
+                await wait_for(lambda: breaker.state is not BreakerState.CLOSED, timeout=TIMEOUT, what="the breaker to open")
+                await wait_for(names_the_breaker, timeout=TIMEOUT, what="/readyz to name the open breaker")
+                status, verdict = await ready(base)
+                assert verdict["status"] == "not ready"
+                assert verdict["breakers"][breaker.name] in ("open", "half_open")
+                metrics = await scrape(base)
+                assert value(metrics, "weir_breaker_state", breaker=breaker.name) in (1, 2)  # half-open, open
+                assert value(metrics, "weir_breaker_opened_total", breaker=breaker.name) >= 1
+                assert (await http(base, "/healthz"))[0] == 200  # alive, just not ready
+            finally:
+                if fault is None:
+                    await durable_redis_server.start()
+                else:
+                    hub_link.remove(fault)
+            await wait_for(is_ready, timeout=TIMEOUT, what="/readyz to turn 200 once the breaker closes")
+            assert breaker.state is BreakerState.CLOSED
+            status, verdict = await ready(base)
+            assert verdict["breakers"][breaker.name] == "closed"
+            assert not any(v.get("problems") for v in verdict["partitions"].values())
 
 
 @pytest.mark.integration

@@ -12,7 +12,13 @@ Jepsen's vocabulary (shared/notes/reliability.md), per partition — every count
 During the run a :class:`RunSampler` polls Redis (stream lengths and cursors, every few ms,
 directly — not through a proxy) and the weir process's VmRSS; from those samples and the
 schedule's :class:`~weir.chaos.schedule.FaultRecord` s it measures, per fault, the recovery time
-(fault cleared → first newly persisted event) and the rates during and after it.
+(fault cleared → first newly persisted event), the rates during and after it, how much weir's
+resident memory grew (:func:`rss_growth`) and which supervisors restarted a child meanwhile (the
+``restart`` events of weir's JSON log, :func:`supervision_from_log`).
+
+A fault's *span*, for memory and restarts: from when it was applied until ``window`` s after it
+cleared, or until its recovery if that is later — what the fault causes happens during it or
+while weir recovers from it.
 
 The comparison and the measurements are pure functions of lists (tested without Redis); only
 :class:`RespClient`, :class:`RunSampler` and :func:`check_run` do I/O.
@@ -21,6 +27,7 @@ The comparison and the measurements are pure functions of lists (tested without 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,16 +46,24 @@ __all__ = [
     "PartitionReport",
     "RespClient",
     "RespError",
+    "RssGrowth",
     "RunReport",
     "RunSampler",
     "Sample",
+    "SupervisionLogEntry",
     "check_run",
     "compare_partition",
+    "count_by_level",
     "cursor_regressions",
     "fault_report",
+    "format_restarts",
     "offered_from_config",
     "read_rss_kb",
     "restarts_from_log",
+    "restarts_in_span",
+    "rss_growth",
+    "supervision_from_log",
+    "supervisor_level",
 ]
 
 log = logging.getLogger("weir.chaos.checker")
@@ -177,12 +192,14 @@ def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
 
 @attrs.frozen
 class Sample:
-    """One poll: trio time, per partition the stream length and cursor (None: no key yet), weir's RSS."""
+    """One poll: trio time, per partition the stream length and cursor (None: no key yet), weir's
+    RSS and the pid it was read from (None: weir not running or not sampled)."""
 
     at: float
     lengths: tuple[int, ...]
     cursors: tuple[int | None, ...]
     rss_kb: int | None
+    pid: int | None = None
 
     @property
     def persisted(self) -> int:
@@ -249,11 +266,13 @@ class RunSampler:
             self.failed_polls += 1
             return None
         pid = self.pid() if self.pid is not None else None
+        rss = read_rss_kb(pid) if pid else None
         sample = Sample(
             at=trio.current_time(),
             lengths=tuple(int(r) for r in replies[0::2]),
             cursors=tuple(None if r is None else int(r) for r in replies[1::2]),
-            rss_kb=read_rss_kb(pid) if pid else None,
+            rss_kb=rss,
+            pid=pid if rss is not None else None,
         )
         self.samples.append(sample)
         return sample
@@ -310,6 +329,10 @@ class FaultReport:
             afterwards — the network had nothing more to offer).
         rate_during: events/s persisted while the fault applied.
         rate_after: events/s persisted in the ``window`` seconds after it cleared.
+        rss_before_kb, rss_peak_kb, rss_growth_kb: weir's RSS over the fault's span (see
+            :class:`RssGrowth`; None: not sampled, or weir was not running when it began).
+        restarts: restarts in the fault's span by supervisor name; ``"process"`` counts weir
+            itself started again (a ``weir`` kill or term).
     """
 
     fault: str
@@ -318,6 +341,10 @@ class FaultReport:
     recovery_s: float | None
     rate_during: float
     rate_after: float
+    rss_before_kb: int | None = None
+    rss_peak_kb: int | None = None
+    rss_growth_kb: int | None = None
+    restarts: Mapping[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -329,6 +356,9 @@ class RunReport:
         partitions: one :class:`PartitionReport` each.
         faults: one :class:`FaultReport` per applied fault.
         restarts: supervisor restarts plus process restarts during the run.
+        restarts_by_supervisor: the same, by supervisor name (``"root"``, ``"farcaster/1"``, …;
+            ``"process"``: weir itself started again). Empty when only the total is known.
+        escalations_by_supervisor: supervisors that gave up (exceeded their restart intensity).
         reconnects: source reconnections (dropped streams, resets) during the run.
         duration_s: from the first to the last sample.
         rss_first_kb, rss_peak_kb, rss_last_kb: weir's resident memory (None: not sampled).
@@ -340,6 +370,8 @@ class RunReport:
     partitions: tuple[PartitionReport, ...]
     faults: tuple[FaultReport, ...] = ()
     restarts: int = 0
+    restarts_by_supervisor: Mapping[str, int] = attrs.field(factory=dict)
+    escalations_by_supervisor: Mapping[str, int] = attrs.field(factory=dict)
     reconnects: int = 0
     duration_s: float = 0.0
     rss_first_kb: int | None = None
@@ -388,6 +420,22 @@ class RunReport:
         times = [f.recovery_s for f in self.faults if f.recovery_s is not None]
         return max(times) if times else None
 
+    @property
+    def restarts_by_level(self) -> dict[str, int]:
+        """Restarts by supervisor level (``process``, ``root``, ``pipeline``)."""
+        return count_by_level(self.restarts_by_supervisor)
+
+    @property
+    def restarts_cell(self) -> str:
+        """The table's restarts column: the total, and by level when known, e.g. ``3 (pipeline 3)``."""
+        return format_restarts(self.restarts, self.restarts_by_level)
+
+    @property
+    def rss_growth_max_kb(self) -> int | None:
+        """The largest RSS growth over any fault's span (None: none measured)."""
+        growth = [f.rss_growth_kb for f in self.faults if f.rss_growth_kb is not None]
+        return max(growth) if growth else None
+
     @staticmethod
     def table_header() -> str:
         return (
@@ -402,7 +450,7 @@ class RunReport:
         return (
             f"| {self.name} | {self.offered} | {self.persisted} | {self.lost} | {self.duplicated} | "
             f"{self.out_of_order} | {self.unexpected} | {self.cursor_regressions} | {recovery} | "
-            f"{self.restarts} | {self.reconnects} | {rss} | {'ok' if self.ok else 'FAIL'} |"
+            f"{self.restarts_cell} | {self.reconnects} | {rss} | {'ok' if self.ok else 'FAIL'} |"
         )
 
     def summary(self) -> str:
@@ -416,10 +464,16 @@ class RunReport:
                 f"wrong_id={p.wrong_id} cursor_regressions={p.cursor_regressions} final_cursor={p.final_cursor}"
                 + (f" examples={list(p.examples)}" if p.examples else "")
             )
+        if self.restarts_by_supervisor:
+            lines.append("restarts by supervisor: " + _counts(self.restarts_by_supervisor))
+        if self.escalations_by_supervisor:
+            lines.append("escalations by supervisor: " + _counts(self.escalations_by_supervisor))
         for f in self.faults:
             recovery = "none" if f.recovery_s is None else f"{f.recovery_s * 1000:.0f} ms"
             lines.append(
-                f"fault {f.fault}: recovery {recovery}, {f.rate_during:.0f} ev/s during, {f.rate_after:.0f} ev/s after"
+                f"fault {f.fault}: recovery {recovery}, {f.rate_during:.0f} ev/s during, {f.rate_after:.0f} ev/s after, "
+                f"RSS {describe_rss(f.rss_before_kb, f.rss_peak_kb, f.rss_growth_kb)}, "
+                f"restarts {_counts(f.restarts) or 'none'}"
             )
         if self.schedule:
             lines.append(f"schedule: {self.schedule}")
@@ -504,16 +558,36 @@ def cursor_regressions(cursors: Iterable[int | None]) -> int:
     return sum(1 for before, after in itertools.pairwise(values) if after < before)
 
 
-def fault_report(record: FaultRecord, samples: Sequence[Sample], *, origin: float, window: float = 1.0) -> FaultReport:
-    """Recovery time and rates around one fault, from the run's samples."""
+def fault_report(
+    record: FaultRecord,
+    samples: Sequence[Sample],
+    *,
+    origin: float,
+    window: float = 1.0,
+    supervision: Sequence[tuple[float, SupervisionLogEntry]] = (),
+) -> FaultReport:
+    """Recovery time, rates, RSS growth and restarts around one fault, from the run's samples.
+
+    ``supervision``: the log's restart events placed on the trio clock (see :func:`check_run`).
+    """
     applied, cleared = record.applied_at, record.cleared_at
+    end = cleared
+    recovery = None
+    if cleared is not None:
+        before_clear = [s for s in samples if s.at <= cleared]
+        after_clear = [s for s in samples if s.at > cleared]
+        at_clear = before_clear[-1].persisted if before_clear else 0
+        recovery = next((s.at - cleared for s in after_clear if s.persisted > at_clear), None)
+        end = cleared + max(window, recovery or 0.0)
+    span_end = end if end is not None else (samples[-1].at if samples else applied)
+    rss = rss_growth(samples, applied, span_end)
+    restarts = restarts_in_span(supervision, applied, span_end)
+    if process_restarted(record):
+        restarts["process"] = restarts.get("process", 0) + 1
+    common = dict(rss_before_kb=rss.before_kb, rss_peak_kb=rss.peak_kb, rss_growth_kb=rss.growth_kb, restarts=restarts)
     if cleared is None:
         return FaultReport(fault=record.fault.describe(), applied_at=applied - origin, cleared_at=None,
-                           recovery_s=None, rate_during=0.0, rate_after=0.0)  # fmt: skip
-    before_clear = [s for s in samples if s.at <= cleared]
-    after_clear = [s for s in samples if s.at > cleared]
-    at_clear = before_clear[-1].persisted if before_clear else 0
-    recovery = next((s.at - cleared for s in after_clear if s.persisted > at_clear), None)
+                           recovery_s=None, rate_during=0.0, rate_after=0.0, **common)  # fmt: skip
     return FaultReport(
         fault=record.fault.describe(),
         applied_at=applied - origin,
@@ -521,7 +595,57 @@ def fault_report(record: FaultRecord, samples: Sequence[Sample], *, origin: floa
         recovery_s=recovery,
         rate_during=_rate(samples, applied, cleared),
         rate_after=_rate(samples, cleared, cleared + window),
+        **common,
     )
+
+
+def process_restarted(record: FaultRecord) -> bool:
+    """Whether the fault restarts weir's process (kill -9 or SIGTERM, started again as it clears)."""
+    return record.fault.target == "weir" and record.fault.kind in ("kill", "term") and record.cleared_at is not None
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RssGrowth:
+    """weir's resident memory over a span of the run.
+
+    Attributes:
+        before_kb: the RSS sampled last before the span (None: weir was not running then).
+        peak_kb: the highest RSS of that same process during the span (or, when it was not
+            running before, of whatever ran during the span).
+        growth_kb: ``peak_kb - before_kb`` (None when ``before_kb`` is; a process started in the
+            span is not compared with its own start-up).
+    """
+
+    before_kb: int | None
+    peak_kb: int | None
+    growth_kb: int | None
+
+
+def rss_growth(samples: Sequence[Sample], start: float, end: float) -> RssGrowth:
+    """How much the weir process running at ``start`` grew until ``end`` (see :class:`RssGrowth`).
+
+    A process that replaced it (killed and started again) is left out: its memory is its own start-up's.
+    """
+    before = next((s for s in reversed(samples) if s.at <= start), None)
+    inside = [s for s in samples if start < s.at <= end and s.rss_kb is not None]
+    if before is None or before.rss_kb is None:
+        peak = max((s.rss_kb for s in inside if s.rss_kb is not None), default=None)
+        return RssGrowth(before_kb=None, peak_kb=peak, growth_kb=None)
+    same = [s.rss_kb for s in inside if s.rss_kb is not None and (before.pid is None or s.pid == before.pid)]
+    peak = max([before.rss_kb, *same])
+    return RssGrowth(before_kb=before.rss_kb, peak_kb=peak, growth_kb=peak - before.rss_kb)
+
+
+def describe_rss(before_kb: int | None, peak_kb: int | None, growth_kb: int | None) -> str:
+    """``+1.9 MiB (66.6 → 68.5 MiB)``, or what is known."""
+    if growth_kb is not None and before_kb is not None and peak_kb is not None:
+        return f"{growth_kb / 1024:+.1f} MiB ({before_kb / 1024:.1f} → {peak_kb / 1024:.1f} MiB)"
+    if peak_kb is not None:
+        return f"peak {peak_kb / 1024:.1f} MiB (weir not running when it began)"
+    return "not sampled"
 
 
 def _rate(samples: Sequence[Sample], start: float, end: float) -> float:
@@ -535,11 +659,100 @@ def _rate(samples: Sequence[Sample], start: float, end: float) -> float:
 
 _RESTART = re.compile(r"supervisor \S+: child \S+ restarting")
 _RECONNECT = re.compile(r"stream from \S+ lost .* reconnecting")
+_SUPERVISION_TEXT = re.compile(r"supervisor (\S+): child (\S+) (restarting|escalated)")
+_SUPERVISION_EVENTS = {"restart": "restart", "escalation": "escalation", "restarting": "restart", "escalated": "escalation"}
 
 
 def restarts_from_log(text: str) -> tuple[int, int]:
     """(supervisor restarts, source reconnects) counted in weir's log output."""
     return len(_RESTART.findall(text)), len(_RECONNECT.findall(text))
+
+
+# -- restarts by supervisor -----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionLogEntry:
+    """A supervisor's ``restart`` or ``escalation`` log event.
+
+    Attributes:
+        kind: ``"restart"`` or ``"escalation"``.
+        supervisor: the supervisor's name (``root``, ``farcaster/1``, …).
+        child: the child it restarted or gave up on.
+        ts: the line's wall-clock time (JSON logs); None for a text line (no usable date).
+    """
+
+    kind: str
+    supervisor: str
+    child: str | None = None
+    ts: float | None = None
+
+
+def supervision_from_log(text: str) -> list[SupervisionLogEntry]:
+    """The supervisors' restart and escalation events in weir's log, JSON lines or text lines."""
+    entries = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            kind = _SUPERVISION_EVENTS.get(record.get("event")) if isinstance(record, dict) else None
+            if kind is None or not isinstance(record.get("supervisor"), str):
+                continue
+            ts = record.get("ts")
+            entries.append(SupervisionLogEntry(
+                kind=kind, supervisor=record["supervisor"], child=record.get("child"),
+                ts=float(ts) if isinstance(ts, (int, float)) else None,
+            ))  # fmt: skip
+        elif match := _SUPERVISION_TEXT.search(line):
+            entries.append(SupervisionLogEntry(kind=_SUPERVISION_EVENTS[match[3]], supervisor=match[1], child=match[2]))
+    return entries
+
+
+def supervisor_level(name: str) -> str:
+    """``process`` (weir itself restarted), ``root``, or ``pipeline`` (``<network>/<partition>``)."""
+    if name in ("process", "root"):
+        return name
+    return "pipeline" if "/" in name else name
+
+
+def count_by_level(by_supervisor: Mapping[str, int]) -> dict[str, int]:
+    """Sum counts by supervisor into counts by :func:`supervisor_level` (outermost level first)."""
+    levels: dict[str, int] = {}
+    for name, count in by_supervisor.items():
+        if count:
+            level = supervisor_level(name)
+            levels[level] = levels.get(level, 0) + count
+    order = {"process": 0, "root": 1, "pipeline": 2}
+    return dict(sorted(levels.items(), key=lambda item: (order.get(item[0], 3), item[0])))
+
+
+def format_restarts(total: int, by_level: Mapping[str, int]) -> str:
+    """``0``, ``3 (pipeline 3)``, ``4 (process 1, pipeline 3)``: the total, then its breakdown."""
+    parts = [f"{level} {count}" for level, count in by_level.items() if count]
+    return f"{total} ({', '.join(parts)})" if parts else str(total)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items() if count)
+
+
+def on_trio_clock(entries: Iterable[SupervisionLogEntry], wall_offset: float | None) -> list[tuple[float, SupervisionLogEntry]]:
+    """Restart events with a time, placed on the trio clock: ``trio time = ts - wall_offset``."""
+    if wall_offset is None:
+        return []
+    return [(e.ts - wall_offset, e) for e in entries if e.kind == "restart" and e.ts is not None]
+
+
+def restarts_in_span(timed: Iterable[tuple[float, SupervisionLogEntry]], start: float, end: float) -> dict[str, int]:
+    """Restarts by supervisor name with ``start <= t <= end`` (``timed`` from :func:`on_trio_clock`)."""
+    counts: dict[str, int] = {}
+    for at, entry in timed:
+        if start <= at <= end and entry.kind == "restart":
+            counts[entry.supervisor] = counts.get(entry.supervisor, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def offered_from_config(config: SnapchainSimConfig, shards: Iterable[int], count: int | None = None) -> dict[str, list[tuple[int, bytes]]]:
@@ -560,14 +773,23 @@ async def check_run(
     name: str = "run",
     sampler: RunSampler | None = None,
     records: Sequence[FaultRecord] = (),
-    restarts: int = 0,
+    restarts: int | None = None,
     reconnects: int = 0,
     schedule: str = "",
     prefix: str = "weir",
     source: str = "farcaster",
     window: float = 1.0,
+    supervision: Sequence[SupervisionLogEntry] = (),
+    process_restarts: int = 0,
+    wall_offset: float | None = None,
 ) -> RunReport:
-    """Read every partition of ``offered`` from Redis (after the drain) and build the report."""
+    """Read every partition of ``offered`` from Redis (after the drain) and build the report.
+
+    Restarts: ``supervision`` (:func:`supervision_from_log` of weir's log) gives them by supervisor,
+    ``process_restarts`` adds weir's own restarts under ``"process"``; ``restarts`` (the total)
+    defaults to their sum. ``wall_offset`` (``time.time() - trio.current_time()`` in the process
+    that ran the schedule) places the log's events on the trio clock, to count them per fault.
+    """
     samples = sampler.samples if sampler is not None else []
     partitions = list(sampler.partitions) if sampler is not None else []
     reports = []
@@ -585,11 +807,21 @@ async def check_run(
             )
     origin = samples[0].at if samples else 0.0
     rss = [s.rss_kb for s in samples if s.rss_kb is not None]
+    by_supervisor: dict[str, int] = {}
+    escalations: dict[str, int] = {}
+    for entry in supervision:
+        counts = by_supervisor if entry.kind == "restart" else escalations
+        counts[entry.supervisor] = counts.get(entry.supervisor, 0) + 1
+    if process_restarts:
+        by_supervisor["process"] = process_restarts
+    timed = on_trio_clock(supervision, wall_offset)
     return RunReport(
         name=name,
         partitions=tuple(reports),
-        faults=tuple(fault_report(r, samples, origin=origin, window=window) for r in records),
-        restarts=restarts,
+        faults=tuple(fault_report(r, samples, origin=origin, window=window, supervision=timed) for r in records),
+        restarts=sum(by_supervisor.values()) if restarts is None else restarts,
+        restarts_by_supervisor=dict(sorted(by_supervisor.items())),
+        escalations_by_supervisor=dict(sorted(escalations.items())),
         reconnects=reconnects,
         duration_s=(samples[-1].at - samples[0].at) if samples else 0.0,
         rss_first_kb=rss[0] if rss else None,

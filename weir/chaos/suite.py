@@ -17,6 +17,11 @@ processes and real sockets:
 4. SIGTERM weir (it must exit 0), then :func:`~weir.chaos.checker.check_run` compares Redis with
    what the simulator offered, and the recovery, memory and source-rate targets are judged.
 
+Every fault window also reports weir's RSS growth over it (the process that was running when it
+began, from just before it to ``WINDOW_SETTLE_S`` after it ends or its recovery) and the restarts
+in it by supervisor (the ``restart`` events of weir's JSON log, and weir's own restarts as
+``process``); the whole run's restarts are reported by supervisor too.
+
 ``weir chaos`` (:func:`main`) runs a list of them and prints the table; ``tests/test_chaos_suite.py``
 runs each as a test.
 """
@@ -45,9 +50,18 @@ import trio
 from weir.chaos.checker import (
     RunReport,
     RunSampler,
+    SupervisionLogEntry,
     check_run,
+    count_by_level,
+    describe_rss,
+    format_restarts,
     offered_from_config,
+    on_trio_clock,
+    process_restarted,
     restarts_from_log,
+    restarts_in_span,
+    rss_growth,
+    supervision_from_log,
 )
 from weir.chaos.processes import SimProcessHub, WeirProcess, weir_run_args
 from weir.chaos.proxy import open_proxy
@@ -63,6 +77,7 @@ __all__ = [
     "Scenario",
     "ScenarioResult",
     "fault_windows",
+    "judge_windows",
     "load_registry",
     "main",
     "random_scenarios",
@@ -78,6 +93,13 @@ RECOVERY_TARGET_REDIS = 5.0  # Redis returns (its link or its process), or weir'
 #: Memory bound under a stalled Redis: weir's RSS may not grow by more than this from the first to
 #: the second half of the stall (it must not grow with the stall's length).
 RSS_GROWTH_LIMIT_KB = 8 * 1024
+#: A fault window's span, for its RSS growth and restarts, runs this long after the window ends
+#: (or until its recovery, if later): the catch-up after a fault is part of what it causes.
+WINDOW_SETTLE_S = 1.0
+#: Memory bound over any fault window: weir's peak RSS in the window's span may exceed its RSS
+#: just before the window by at most this (what was measured: at most ~8 MiB, under the 8 s slow
+#: Redis; buffers are bounded, so a fault's length must not show in memory).
+RSS_WINDOW_GROWTH_LIMIT_KB = 32 * 1024
 #: Under a stalled Redis the source must read at most this fraction of what the network offers.
 SOURCE_SLOWDOWN = 0.5
 
@@ -147,17 +169,39 @@ class Scenario:
 
 @attrs.frozen(kw_only=True)
 class Window:
-    """Faults that overlap in time, judged together: recovery is from when the last one clears."""
+    """Faults that overlap in time, judged together: recovery is from when the last one clears.
+
+    ``rss_*``: weir's resident memory over the window's span (:func:`~weir.chaos.checker.rss_growth`:
+    the process running when it began, from just before it to ``WINDOW_SETTLE_S`` after it ended or
+    its recovery; growth None when weir was not running as it began). ``restarts``: restarts in
+    that span by supervisor name, ``"process"`` for weir itself started again.
+    """
 
     faults: tuple[str, ...]
     start: float  # seconds from the first sample
     end: float
     recovery_s: float | None  # None: nothing was left to persist when it ended
     target_s: float
+    rss_before_kb: int | None = None
+    rss_peak_kb: int | None = None
+    rss_growth_kb: int | None = None
+    restarts: Mapping[str, int] = attrs.field(factory=dict)
 
     @property
     def met(self) -> bool:
         return self.recovery_s is None or self.recovery_s <= self.target_s
+
+    @property
+    def restarts_by_level(self) -> dict[str, int]:
+        return count_by_level(self.restarts)
+
+    @property
+    def memory_bounded(self) -> bool:
+        """RSS growth within :data:`RSS_WINDOW_GROWTH_LIMIT_KB` (True when it could not be measured)."""
+        return self.rss_growth_kb is None or self.rss_growth_kb <= RSS_WINDOW_GROWTH_LIMIT_KB
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "restarts_by_level": self.restarts_by_level, "memory_bounded": self.memory_bounded}
 
 
 @attrs.frozen(kw_only=True)
@@ -209,7 +253,7 @@ class ScenarioResult:
         rss = "–" if r.rss_peak_kb is None else f"{r.rss_peak_kb / 1024:.0f} MiB"
         return (
             f"| {self.scenario} | {self.label} | {r.offered} | {r.persisted} | {r.lost} | {r.duplicated} | "
-            f"{r.out_of_order} | {r.unexpected} | {r.cursor_regressions} | {recovery} | {r.restarts} | "
+            f"{r.out_of_order} | {r.unexpected} | {r.cursor_regressions} | {recovery} | {r.restarts_cell} | "
             f"{r.reconnects} | {rss} | {self.elapsed_s:.1f} s | {'ok' if self.ok else 'FAIL'} |"
         )
 
@@ -217,14 +261,24 @@ class ScenarioResult:
         lines = [f"== {self.scenario}: {'ok' if self.ok else 'FAIL'} ({self.label})", self.report.summary()]
         for w in self.windows:
             rec = "n/a (nothing pending)" if w.recovery_s is None else f"{w.recovery_s * 1000:.0f} ms"
+            restarts = sum(w.restarts.values())
             lines.append(f"window {w.start:.2f}–{w.end:.2f} s [{', '.join(w.faults)}]: recovery {rec} "
-                         f"(target {w.target_s:g} s){'' if w.met else ' MISSED'}")
+                         f"(target {w.target_s:g} s){'' if w.met else ' MISSED'}; "
+                         f"RSS {describe_rss(w.rss_before_kb, w.rss_peak_kb, w.rss_growth_kb)}"
+                         f"{'' if w.memory_bounded else ' UNBOUNDED'}; "
+                         f"restarts {format_restarts(restarts, w.restarts_by_level)}")
         for key, value in self.measures.items():
             lines.append(f"{key}: {value}")
         lines += [f"PROBLEM: {p}" for p in self.problems]
         if self.log_path:
             lines.append(f"weir log: {self.log_path}")
         return "\n".join(lines)
+
+    @property
+    def rss_growth_max_kb(self) -> int | None:
+        """The largest RSS growth over any fault window (None: none measured)."""
+        growth = [w.rss_growth_kb for w in self.windows if w.rss_growth_kb is not None]
+        return max(growth) if growth else None
 
     def to_dict(self) -> dict[str, Any]:
         r = self.report
@@ -234,10 +288,13 @@ class ScenarioResult:
             "unexpected": r.unexpected, "cursor_regressions": r.cursor_regressions,
             "wrong_id": sum(p.wrong_id for p in r.partitions),
             "recovery_p50_s": self.recovery_p50, "recovery_max_s": self.recovery_max,
-            "restarts": r.restarts, "reconnects": r.reconnects,
+            "restarts": r.restarts, "restarts_by_supervisor": dict(r.restarts_by_supervisor),
+            "restarts_by_level": r.restarts_by_level, "escalations_by_supervisor": dict(r.escalations_by_supervisor),
+            "reconnects": r.reconnects,
             "rss_first_kb": r.rss_first_kb, "rss_peak_kb": r.rss_peak_kb, "rss_last_kb": r.rss_last_kb,
+            "rss_growth_max_kb": self.rss_growth_max_kb,
             "elapsed_s": round(self.elapsed_s, 2), "schedule": r.schedule,
-            "windows": [attrs.asdict(w) for w in self.windows],
+            "windows": [w.to_dict() for w in self.windows],
             "faults_detail": [attrs.asdict(f) for f in r.faults],
             "measures": dict(self.measures), "problems": list(self.problems),
         }  # fmt: skip
@@ -249,13 +306,24 @@ class ScenarioResult:
 _SHAPING = ("latency", "bandwidth", "slicer")  # slow the data down but never stop it
 
 
-def fault_windows(records: Sequence[FaultRecord], samples: Sequence[Any], origin: float) -> list[Window]:
-    """Group overlapping faults; for each group, the recovery from its end and its target.
+def fault_windows(
+    records: Sequence[FaultRecord],
+    samples: Sequence[Any],
+    origin: float,
+    *,
+    supervision: Sequence[SupervisionLogEntry] = (),
+    wall_offset: float | None = None,
+) -> list[Window]:
+    """Group overlapping faults; for each group, the recovery from its end and its target, weir's
+    RSS growth and the restarts by supervisor over its span (see :class:`Window`).
 
     Shaping faults (latency, bandwidth, slicer) and disruptive ones (everything else) are grouped
     separately: a kill under a 5 ms latency is judged from the kill's end, not the latency's. A
     window that ends while a disruptive fault holds is extended to that fault's end.
+
+    ``supervision`` and ``wall_offset``: as for :func:`~weir.chaos.checker.check_run`.
     """
+    timed = on_trio_clock(supervision, wall_offset)
     groups: list[list[Any]] = []
     for shaping in (True, False):
         spans = sorted(
@@ -290,11 +358,32 @@ def fault_windows(records: Sequence[FaultRecord], samples: Sequence[Any], origin
         at_end = before[-1].persisted if before else 0
         recovery = next((s.at - end for s in samples if s.at > end and s.persisted > at_end), None)
         redis_side = any(m.fault.target in _PROCESS_TARGETS for m in members)
+        span_end = end + max(WINDOW_SETTLE_S, recovery or 0.0)
+        rss = rss_growth(samples, start, span_end)
+        restarts = restarts_in_span(timed, start, span_end)
+        processes = sum(1 for m in members if process_restarted(m))
+        if processes:
+            restarts["process"] = restarts.get("process", 0) + processes
         windows.append(Window(
             faults=tuple(m.fault.describe() for m in members), start=start - origin, end=end - origin,
             recovery_s=recovery, target_s=RECOVERY_TARGET_REDIS if redis_side else RECOVERY_TARGET_NETWORK,
+            rss_before_kb=rss.before_kb, rss_peak_kb=rss.peak_kb, rss_growth_kb=rss.growth_kb, restarts=restarts,
         ))  # fmt: skip
     return windows
+
+
+def judge_windows(windows: Iterable[Window]) -> list[str]:
+    """The problems of each fault window: a missed recovery target, memory that was not bounded."""
+    problems = []
+    for w in windows:
+        faults = ", ".join(w.faults)
+        if not w.met:
+            problems.append(f"recovery {w.recovery_s:.2f} s after [{faults}] exceeds the {w.target_s:g} s target")
+        if not w.memory_bounded:
+            assert w.rss_growth_kb is not None
+            problems.append(f"memory not bounded: weir's RSS grew {w.rss_growth_kb / 1024:.1f} MiB over [{faults}] "
+                            f"(limit {RSS_WINDOW_GROWTH_LIMIT_KB / 1024:g} MiB)")
+    return problems
 
 
 @attrs.define(eq=False)
@@ -364,6 +453,7 @@ async def _wait(condition: Callable[[], bool], timeout: float, interval: float =
 async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: float = 30.0) -> ScenarioResult:
     """Run ``scenario`` end to end in ``workdir`` (created) and judge it. See the module docstring."""
     began = time.monotonic()
+    wall_offset = time.time() - trio.current_time()  # places weir's log lines (wall clock) on trio's clock
     workdir.mkdir(parents=True, exist_ok=True)
     sim_config = scenario.sim_config()
     partitions = [str(s) for s in range(1, scenario.shards + 1)]
@@ -423,16 +513,17 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
             with trio.CancelScope(shield=True):
                 weir.resume()
                 await weir.kill()
-        restarts, reconnects = restarts_from_log(weir.log_text())
+        log_text = weir.log_text()
+        _, reconnects = restarts_from_log(log_text)
+        supervision = supervision_from_log(log_text)
         report = await check_run(
             redis.url, offered, name=scenario.name, sampler=sampler, records=records,
-            restarts=restarts + weir.starts - 1, reconnects=reconnects, schedule=scenario.schedule.to_json(),
+            supervision=supervision, process_restarts=weir.starts - 1, wall_offset=wall_offset,
+            reconnects=reconnects, schedule=scenario.schedule.to_json(),
         )  # fmt: skip
     origin = sampler.samples[0].at if sampler.samples else 0.0
-    windows = fault_windows(records, sampler.samples, origin)
-    for w in windows:
-        if not w.met:
-            problems.append(f"recovery {w.recovery_s:.2f} s after [{', '.join(w.faults)}] exceeds the {w.target_s:g} s target")
+    windows = fault_windows(records, sampler.samples, origin, supervision=supervision, wall_offset=wall_offset)
+    problems += judge_windows(windows)
     for r in records:
         if r.fault.kind == "term" and r.outcome != 0:
             problems.append(f"{r.fault.describe()}: weir exited with {r.outcome} on SIGTERM under load (expected 0)")
