@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 
@@ -123,3 +125,37 @@ async def test_start_failure_reports_the_log_line(tmp_path):
     with pytest.raises(EmbeddedRedisError, match="exited with 1 at start: .*192.0.2.1"):
         await server.start()
     assert not server.running
+
+
+async def test_a_server_left_running_by_a_killed_weir_is_stopped_before_a_new_one_starts(tmp_path, asyncio_loop):
+    """weir killed with SIGKILL leaves its redis-server serving the data directory; the next start
+    must not put a second server on the same AOF: it stops the left-over one (which keeps the data)."""
+    config = RedisServerConfig(data_dir=tmp_path / "redis")
+    left_over = RedisServer(config)  # stands in for the server of a weir that was killed
+    await left_over.start()
+    successor = RedisServer(config)
+    try:
+        async with open_redis_sink(left_over.url, source=SOURCE) as sink:
+            await sink.write(PART, batch(1, 10))
+        await successor.start()
+        with trio.fail_after(10):
+            await left_over._process.wait()  # it was stopped (SIGTERM: a clean exit, AOF fsynced)
+        assert left_over._process.returncode == 0
+        async with open_redis_sink(successor.url, source=SOURCE) as sink:
+            assert await sink.read_cursor(PART) == Cursor(position=10, token="hash10")
+    finally:
+        await successor.stop()
+        await left_over.stop()
+    assert not successor.pid_path.exists()  # removed by a clean exit: the next start finds nothing to stop
+
+
+async def test_a_stale_pid_file_of_another_process_is_left_alone(tmp_path):
+    config = RedisServerConfig(data_dir=tmp_path / "redis")
+    server = RedisServer(config)
+    server.data_dir.mkdir(parents=True)
+    server.pid_path.write_text(f"{os.getpid()}\n")  # a live pid, but not a redis-server in that directory
+    await server.start()
+    try:
+        assert await answers_ping(server)
+    finally:
+        await server.stop()

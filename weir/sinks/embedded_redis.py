@@ -122,6 +122,11 @@ class RedisServer:
         return self.data_dir / "redis.log"
 
     @property
+    def pid_path(self) -> Path:
+        """Where redis-server writes its pid (it removes the file when it exits cleanly)."""
+        return self.data_dir / "redis.pid"
+
+    @property
     def output_path(self) -> Path:
         """Where the process's stdout and stderr go."""
         return self.data_dir / "redis.out"
@@ -140,6 +145,7 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self.log_path),
+            "--pidfile", str(self.pid_path),
         ]  # fmt: skip
 
     async def start(self) -> None:
@@ -152,6 +158,7 @@ class RedisServer:
         if self.running:
             raise EmbeddedRedisError(f"redis-server is already running (pid {self.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._stop_orphan()
         pick_port = self.port == 0 and self.config.port == 0
         if self.port == 0:
             self.port = self.config.port
@@ -167,6 +174,31 @@ class RedisServer:
                         f"port {self.port} on {self.config.bind} is in use by another process"
                     ) from None
                 log.debug("port %d was taken before redis-server bound it; trying another", self.port)
+
+    async def _stop_orphan(self) -> None:
+        """Stop a redis-server left running in our data directory by a process that was killed.
+
+        A weir killed with SIGKILL cannot stop its embedded Redis; starting a second server on the
+        same AOF would have two writers on one file. The left-over server is found by its pid
+        file and confirmed by its working directory (redis-server changes into ``--dir``), so a
+        reused pid is never signalled; it gets SIGTERM (it fsyncs the AOF and exits), then SIGKILL.
+        """
+        pid = _orphan_pid(self.pid_path, self.data_dir)
+        if pid is None:
+            return
+        log.warning("a redis-server (pid %d) left by an earlier run still serves %s: stopping it before starting ours",
+                    pid, self.data_dir, extra={"event": "embedded_redis_orphan", "pid": pid})
+        os.kill(pid, signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            while _alive(pid):
+                await trio.sleep(_POLL_INTERVAL)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            with trio.move_on_after(STOP_TIMEOUT):
+                while _alive(pid):
+                    await trio.sleep(_POLL_INTERVAL)
+        if _alive(pid):
+            raise EmbeddedRedisError(f"a redis-server (pid {pid}) left by an earlier run in {self.data_dir} does not exit")
 
     async def _start_once(self) -> None:
         offsets = {path: _size(path) for path in (self.log_path, self.output_path)}
@@ -335,6 +367,37 @@ class _LineReader:
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
         return data
+
+
+def _orphan_pid(pid_path: Path, data_dir: Path) -> int | None:
+    """The pid in ``pid_path`` if it is a live redis-server working in ``data_dir`` (Linux /proc)."""
+    try:
+        pid = int(pid_path.read_text().strip())
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None  # no pid file, no such process, or not ours to look at
+    if not name.startswith("redis-server") or cwd != data_dir.resolve():
+        return None
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) has no /proc/<pid>/cwd left to serve from.
+    return os.path.exists(f"/proc/{pid}/cwd") and _state(pid) != "Z"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _free_port(bind: str) -> int:
