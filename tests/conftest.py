@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 import pytest
+import trio
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 
@@ -50,11 +51,15 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any):
     fail = signal.getsignal(signal.SIGALRM)
     if callable(fail):
         def print_then_fail(signum: int, frame: Any) -> None:
-            _print_task_tree(item.config, "test timed out")
-            # The failure is raised inside trio's run loop, which leaves trio unable to start
-            # another run in this process: stop after this test rather than fail every later one.
-            item.session.shouldstop = f"{item.nodeid} timed out: no further test can run in this process"
-            fail(signum, frame)
+            try:
+                in_trio = trio.lowlevel.in_trio_run()
+                if in_trio:
+                    _print_task_tree(item.config, "test timed out")
+                    # The failure is raised inside trio's run loop, which leaves trio unable to
+                    # start another run in this process: stop after this test, not fail every later one.
+                    item.session.shouldstop = f"{item.nodeid} timed out: no further test can run in this process"
+            finally:
+                fail(signum, frame)
 
         signal.signal(signal.SIGALRM, print_then_fail)
 

@@ -104,8 +104,7 @@ UNREACHABLE = f"redis://127.0.0.1:{free_port()}/0"  # so config and usage cases 
         (["tail", "--redis-url", UNREACHABLE, "--count", "-1"],
          "weir tail: argument --count: expected 0 (all) or a positive integer, got '-1'; see weir tail --help"),
         # chaos: zero generated schedules would be zero scenarios
-        (["chaos", "--random", "-1"], "weir chaos: argument --random: expected a positive integer, got '-1'; see weir chaos --help"),
-        (["chaos", "--random", "0"], "weir chaos: argument --random: expected a positive integer, got '0'; see weir chaos --help"),
+        (["chaos", "--random", "-1"], "weir chaos: argument --random: expected 0 or a positive integer, got '-1'; see weir chaos --help"),
         (["chaos", "--json", "/nonexistent-dir/results.json"],
          "weir chaos: argument --json: '/nonexistent-dir/results.json': no directory '/nonexistent-dir'; see weir chaos --help"),
         # no command
@@ -169,7 +168,7 @@ def test_process_usage_and_config_errors_are_one_line() -> None:
     assert run_process("run", "--redis-url", UNREACHABLE, env={"WEIR_REDIS_SOCKET_TIMEOUT": "-1"}) == (
         USAGE, "weir: config error: redis.socket_timeout: must be positive, got -1.0 (from environment WEIR_REDIS_SOCKET_TIMEOUT)")
     assert run_process("chaos", "--random", "-1") == (
-        USAGE, "weir chaos: argument --random: expected a positive integer, got '-1'; see weir chaos --help")
+        USAGE, "weir chaos: argument --random: expected 0 or a positive integer, got '-1'; see weir chaos --help")
 
 
 def test_tail_against_a_redis_that_is_not_there() -> None:
@@ -190,3 +189,10 @@ def test_embedded_redis_that_cannot_start_is_one_line(tmp_path: Path) -> None:
     assert line.startswith(f"weir: cannot start the embedded Redis (redis.data_dir {str(data_dir)!r}): "
                            "redis-server exited with 1 at start: "), line
     assert (data_dir / "appendonly.aof").read_bytes() == b"not an AOF\n*junk"  # left as it was
+
+
+def test_a_data_dir_that_cannot_be_created_is_one_line(capsys) -> None:
+    # /proc refuses new directories, even to root: the embedded Redis's start says so in one line.
+    assert run_main(capsys, "run", "--data-dir", "/proc/weir-test") == (
+        FAILURE, ("weir: cannot start the embedded Redis (redis.data_dir '/proc/weir-test'): cannot use "
+                  "'/proc/weir-test' as its data directory: No such file or directory"))

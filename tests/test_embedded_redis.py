@@ -137,6 +137,10 @@ async def test_a_server_left_running_by_a_killed_weir_is_stopped_before_a_new_on
     try:
         async with open_redis_sink(left_over.url, source=SOURCE) as sink:
             await sink.write(PART, batch(1, 10))
+        with pytest.raises(EmbeddedRedisError, match="in use by another weir process"):
+            await successor.start()  # its owner is alive (holds the directory's lock): never touched
+        assert left_over.running
+        left_over._unlock_data_dir()  # what the kernel does when the owner is killed
         await successor.start()
         with trio.fail_after(10):
             await left_over._process.wait()  # it was stopped (SIGTERM: a clean exit, AOF fsynced)

@@ -147,10 +147,10 @@ async def test_the_simulator_runs_as_a_process_and_stops_on_exit(tmp_path):
     assert recorded["head"] == 10 and len(recorded["logs"]) == 10 * 2
 
 
-async def test_a_hand_off_cut_short_is_fetched_again_by_the_next_session():
+async def test_a_hand_off_cut_short_is_sent_first_by_the_next_session():
     """The follower applies steps before they are sent: if a session ends while a chunk waits to
-    enter the full pipeline, the next session must resume from the last chunk handed on, not from
-    the follower's memory (which would skip the blocks of the chunk that never left)."""
+    enter the full pipeline, the next session must send that chunk before anything newer (the
+    follower's memory counts its blocks as emitted: skipping it would lose them)."""
     sim_config = EthereumSimConfig(chain_id=23, seed=13, block_time=0.01, logs_per_block=3, history=60, blocks=0)
     async with simulated(sim_config) as (sim,):
         settings = eth_config("redis://127.0.0.1:1", [chain(sim, backfill_blocks=10)]).ethereum.chains[0]
@@ -165,7 +165,7 @@ async def test_a_hand_off_cut_short_is_fetched_again_by_the_next_session():
                            what="the third chunk to wait for the pipeline")
             nursery.cancel_scope.cancel()  # the session ends while blocks 11..20 wait to be handed on
         assert reader.handed == Cursor(position=received[-1].through, token=received[-1].token)
-        assert reader.follower is None
+        assert [chunk.through for chunk in reader.unsent] == [received[-1].through + 10]  # blocks 11..20
 
         final = settled_token(sim)
         async with trio.open_nursery() as nursery:

@@ -538,6 +538,9 @@ def _host(url: str) -> str:
 
 async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk], settings: AtprotoSettings,
                        stats: AtprotoStats, breaker: CircuitBreaker | None) -> None:
+    # A run of bad frames is counted per connection: one left from a session that ended another
+    # way (an error frame, a stop) must not end this one at its first batch.
+    reader.consecutive_bad = reader.longest_bad_run = 0
     stats.connects += 1
     log.info("%s: connecting to %s", reader.partition, url)
     async with open_websocket(url, settings) as ws:

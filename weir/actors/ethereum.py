@@ -241,9 +241,10 @@ class ChainReader:
     # go out with the next chunk, or alone (:meth:`flush_dead`).
     pending_dead: list[DeadLetter] = attrs.Factory(list)
     malformed_run: int = 0  # malformed items received in a row
-    # The cursor of the last chunk handed on to the pipeline: where a session resumes when the
-    # follower's memory ran ahead of what was handed on (see :meth:`hand_on`).
+    # The cursor of the last chunk handed on to the pipeline (dead-letter-only chunks carry it).
     handed: Cursor = attrs.Factory(lambda: Cursor(position=0, token=""))
+    # Chunks of applied steps whose hand-off was interrupted: sent first by the next session.
+    unsent: list[Chunk] = attrs.Factory(list)
 
     @property
     def partition(self) -> str:
@@ -300,7 +301,9 @@ class ChainReader:
         raise AssertionError("unreachable")
 
     async def flush_dead(self, send: trio.MemorySendChannel[Chunk]) -> None:
-        """Send the pending dead letters alone (the cursor stays where the last chunk left it)."""
+        """Send what is unsent, then the pending dead letters alone (the cursor stays where the
+        last chunk left it)."""
+        await self.flush_unsent(send)
         if self.pending_dead:
             dead, self.pending_dead = self.pending_dead, []
             try:
@@ -314,17 +317,19 @@ class ChainReader:
     async def hand_on(self, steps: list[Step], send: trio.MemorySendChannel[Chunk]) -> None:
         """Send the chunks of ``steps`` down the pipeline, moving :attr:`handed` with each one.
 
-        The follower applied the steps before they were sent. When a send is interrupted (the
-        session fails or the pipeline restarts while it is full), the follower's memory is ahead
-        of the pipeline: it is dropped, and the next session resumes from :attr:`handed`, so the
-        steps that were not handed on are fetched and emitted again instead of skipped.
+        The follower applied the steps before they are sent. A send can be interrupted (the
+        session fails, or we stop, while the pipeline is full): the chunks not handed on stay in
+        :attr:`unsent` and go first, before anything newer, in the next session — the follower's
+        memory already counts them as emitted, so skipping them would lose them.
         """
-        for chunk in self.chunks(steps, trio.current_time()):
-            try:
-                await send.send(chunk)
-            except BaseException:
-                self.follower = None
-                raise
+        self.unsent += self.chunks(steps, trio.current_time())
+        await self.flush_unsent(send)
+
+    async def flush_unsent(self, send: trio.MemorySendChannel[Chunk]) -> None:
+        while self.unsent:
+            chunk = self.unsent[0]
+            await send.send(chunk)
+            del self.unsent[0]
             self.handed = Cursor(position=chunk.through, token=chunk.token)
 
     # -- fetching ------------------------------------------------------------------------------------
@@ -580,6 +585,7 @@ async def run_chain_connection(
 async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], stats: ChainStats,
                    breaker: CircuitBreaker | None) -> None:
     settings = reader.settings
+    await reader.flush_unsent(send)  # what an interrupted hand-off left, before anything newer
     async with open_rpc(settings.url, connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout) as rpc:
         chain_id = from_quantity(await rpc.call("eth_chainId"), "eth_chainId")
         if chain_id != settings.chain_id:
@@ -636,10 +642,12 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
 
 
 async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Header) -> bool:
-    """Whether the node's block at ``header``'s height is ``header``."""
+    """Whether the node's block at ``header``'s height is ``header`` (or the node has none yet)."""
     current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(header.number), False],
                                         f"eth_getBlockByNumber({header.number})")
-    return current is not None and current.hash == header.hash
+    # No block at that height (a provider whose read view lags its newHeads): not known to be
+    # stale, so the head is followed.
+    return current is None or current.hash == header.hash
 
 
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk]) -> None:

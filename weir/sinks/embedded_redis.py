@@ -8,7 +8,9 @@ needed to manage the server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import importlib.resources
 import logging
 import os
@@ -97,6 +99,7 @@ class RedisServer:
     port: int = attrs.field(init=False, default=0)
     _process: trio.Process | None = attrs.field(init=False, default=None)
     _paused: bool = attrs.field(init=False, default=False)
+    _lock_fd: int | None = attrs.field(init=False, default=None)  # flock on the data directory, held while we own it
 
     @property
     def url(self) -> str:
@@ -158,6 +161,14 @@ class RedisServer:
         if self.running:
             raise EmbeddedRedisError(f"redis-server is already running (pid {self.pid})")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        try:
+            await self._start_locked()
+        except BaseException:
+            self._unlock_data_dir()  # not started: the directory is not ours to hold
+            raise
+
+    async def _start_locked(self) -> None:
         await self._stop_orphan()
         pick_port = self.port == 0 and self.config.port == 0
         if self.port == 0:
@@ -175,25 +186,55 @@ class RedisServer:
                     ) from None
                 log.debug("port %d was taken before redis-server bound it; trying another", self.port)
 
+    def _lock_data_dir(self) -> None:
+        """Own the data directory: an exclusive flock on ``redis.lock``, held until :meth:`stop`.
+
+        The kernel drops it when its owner dies, so a server found in the directory while we hold
+        it was left by an owner that is gone (:meth:`_stop_orphan`); a live owner (another weir,
+        a ``weir tail`` with its own server) keeps it, and we refuse rather than touch its server.
+        The descriptor is close-on-exec: redis-server does not inherit (and so keep) the lock.
+        """
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.data_dir / "redis.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EmbeddedRedisError(
+                f"{self.data_dir} is in use by another weir process (its embedded Redis); stop it or use another redis.data_dir"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     async def _stop_orphan(self) -> None:
-        """Stop a redis-server left running in our data directory by a process that was killed.
+        """Stop a redis-server left running in our data directory by an owner that was killed.
 
         A weir killed with SIGKILL cannot stop its embedded Redis; starting a second server on the
-        same AOF would have two writers on one file. The left-over server is found by its pid
-        file and confirmed by its working directory (redis-server changes into ``--dir``), so a
-        reused pid is never signalled; it gets SIGTERM (it fsyncs the AOF and exits), then SIGKILL.
+        same AOF would have two writers on one file. Called with the directory's lock held, so the
+        server's owner is gone. The server is found by its pid file and confirmed by its working
+        directory (redis-server changes into ``--dir``), so a reused pid is never signalled; it
+        gets SIGTERM (it fsyncs the AOF and exits), then SIGKILL.
         """
         pid = _orphan_pid(self.pid_path, self.data_dir)
         if pid is None:
             return
         log.warning("a redis-server (pid %d) left by an earlier run still serves %s: stopping it before starting ours",
                     pid, self.data_dir, extra={"event": "embedded_redis_orphan", "pid": pid})
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return  # it exited in the meantime
         with trio.move_on_after(STOP_TIMEOUT):
             while _alive(pid):
                 await trio.sleep(_POLL_INTERVAL)
         if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             with trio.move_on_after(STOP_TIMEOUT):
                 while _alive(pid):
                     await trio.sleep(_POLL_INTERVAL)
@@ -268,6 +309,7 @@ class RedisServer:
         process = self._process
         if process is None or process.returncode is not None:
             await self._reap()
+            self._unlock_data_dir()
             return
         self.resume()  # a stopped process handles neither a command nor SIGTERM
         with trio.move_on_after(STOP_TIMEOUT) as scope:
@@ -278,6 +320,7 @@ class RedisServer:
             log.warning("redis-server pid %d did not stop within %s s; killing it", process.pid, STOP_TIMEOUT)
             await self.kill()
         await self._reap()
+        self._unlock_data_dir()
 
     async def _send_shutdown(self) -> bool:
         """Send SHUTDOWN; True if the server then closed the connection (it is exiting)."""
