@@ -131,6 +131,7 @@ def test_every_numeric_chain_setting_refuses_a_negative_value(key: str) -> None:
         ({"redis.socket_timeout": "nan"}, "redis.socket_timeout: expected a finite number, got 'nan' (from command line)"),
         ({"farcaster.idle_timeout": "inf"}, "farcaster.idle_timeout: expected a finite number, got 'inf' (from command line)"),
         ({"redis.url": "redis://host:port"}, "redis.url: invalid port in 'redis://host:port' (from command line)"),
+        ({"farcaster.url": "http://node:0"}, "farcaster.url: port 0 in 'http://node:0': a node listens on a real port (from command line)"),
         ({"supervision.max_restarts": "-1"}, "supervision.max_restarts: must be at least 0, got -1 (from command line)"),
         ({"supervision.breaker_reset": "31"},
          "supervision.breaker_reset: must be at most 30 (the breaker's longest wait), got 31.0 (from command line)"),

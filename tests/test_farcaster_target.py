@@ -66,10 +66,17 @@ def test_bad_urls_are_rejected_with_a_message_naming_the_url_and_the_expected_fo
     assert "http://host:port" in message and "https://host:port" in message
 
 
-@pytest.mark.parametrize("url", ["http://node.example:notaport", "https://node.example:70000"])
-def test_a_bad_port_is_rejected(url):
-    with pytest.raises(ValueError, match="[Pp]ort"):
+@pytest.mark.parametrize("url", ["http://node.example:notaport", "https://node.example:70000", "http://node.example:0"])
+def test_a_bad_port_is_rejected_naming_the_url(url):
+    with pytest.raises(ValueError, match="port") as info:
         GrpcTarget.from_url(url)
+    assert repr(url) in str(info.value)
+
+
+def test_str_is_a_url_that_parses_back():
+    for url in ("http://127.0.0.1:3383", "https://[::1]:2283", "https://node.example:443"):
+        target = GrpcTarget.from_url(url)
+        assert str(target) == url and GrpcTarget.from_url(str(target)) == target
 
 
 # -- the channel ----------------------------------------------------------------------------------

@@ -387,9 +387,11 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         fail("farcaster.url", f"expected http://host:port (plaintext) or https://host:port (TLS), got {fc.url!r}")
     try:
-        _ = parts.port
+        port = parts.port
     except ValueError:
         fail("farcaster.url", f"invalid port in {fc.url!r}")
+    if port == 0:
+        fail("farcaster.url", f"port 0 in {fc.url!r}: a node listens on a real port")
     for shard in fc.shards:
         if shard < 1:
             fail("farcaster.shards", f"user shards are numbered from 1, got {shard}")

@@ -72,7 +72,7 @@ class AtprotoStats:
     reconnects: int = 0
     received: int = 0  # WebSocket messages
     events: int = 0  # events produced (after the filter)
-    filtered: int = 0  # ops / events the filter dropped
+    filtered: int = 0  # ops / events the filter dropped; a frame dropped by its repo (DID) before its ops are read counts 1
     dead_letters: int = 0
     duplicates_skipped: int = 0  # at or below the cursor (replay)
     stale_revs: int = 0  # commits whose rev was not above the DID's last rev: dropped

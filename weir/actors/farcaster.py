@@ -68,10 +68,17 @@ class GrpcTarget:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected http://host:port or https://host:port, got {url!r}")
         tls = parts.scheme == "https"
-        return cls(host=parts.hostname, port=parts.port or (443 if tls else 3383), tls=tls)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"invalid port in {url!r}: {exc}") from None
+        if port == 0:
+            raise ValueError(f"port 0 in {url!r}: a node listens on a real port")
+        return cls(host=parts.hostname, port=port if port is not None else (443 if tls else 3383), tls=tls)
 
     def __str__(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def _open_channel(target: GrpcTarget):  # runs in asyncio
