@@ -16,6 +16,7 @@ import pytest
 import trio
 from grpclib.const import Status
 from helpers import (
+    assert_exact,
     dead_entries,
     e2e_config,
     in_process_sim,
@@ -29,7 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from weir.actors.farcaster import ShardReader, ShardStats
 from weir.chaos.proxy import Down, open_proxy
+from weir.codecs.farcaster_keys import scan_hub_event
 from weir.codecs.farcaster_gaps import Gap, GapDetector
+from weir.codecs.protowire import WireError
 from weir.config import load_config
 from weir.logs import JsonFormatter
 from weir.observability.buckets import Buckets
@@ -195,6 +198,46 @@ async def test_metrics_count_exactly_what_was_persisted(redis_server, redis_clie
     dead_lines = logs.of("dead_letter")
     assert len(dead_lines) == total_dead
     assert all(isinstance(line["position"], int) and line["reason"] for line in dead_lines)
+
+
+@pytest.mark.integration
+async def test_filtered_counter_counts_exactly_what_the_fid_filter_dropped(redis_server, redis_client):
+    """With farcaster.fids set, weir_events_filtered_total is the number of offered events whose fid is
+    not wanted, and received = persisted + filtered + dead-lettered on every partition."""
+    sim_config = SnapchainSimConfig(shards=2, seed=35, rate=0, history=1500, total=1500, corrupt_every=97)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+
+    def fid(payload: bytes) -> int | None:
+        try:
+            return scan_hub_event(payload).fid
+        except WireError:
+            return None  # a corrupt event: dead-lettered before any filter sees it
+
+    all_fids = sorted({fid(p) for events in expected.values() for _, p in events} - {None, 0})
+    fids = set(all_fids[::10])  # ~10% of the users seen
+    kept = {shard: [(i, p) for i, p in events if fid(p) in fids] for shard, events in expected.items()}
+    dropped = {shard: sum(1 for _, p in events if fid(p) is not None and fid(p) not in fids) for shard, events in expected.items()}
+    corrupt = {shard: sum(1 for _, p in events if fid(p) is None) for shard, events in expected.items()}
+    async with in_process_sim(sim_config) as (_, url):
+        config = e2e_config(redis_server.url, url, farcaster__fids=",".join(map(str, sorted(fids))))
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: done(service, expected), timeout=TIMEOUT, what="the cursor to pass every offered event")
+            metrics = await scrape(service_url(service))
+    for shard in SHARDS:
+        labels = {"source": "farcaster", "partition": str(shard)}
+        assert 0 < len(kept[shard]) < dropped[shard] and corrupt[shard] > 0  # all three paths are exercised
+        assert_exact(await stream_entries(redis_client, shard), kept[shard], shard=shard)
+        assert len(await dead_entries(redis_client, shard)) == corrupt[shard]
+        filtered = value(metrics, "weir_events_filtered_total", **labels)
+        persisted = value(metrics, "weir_events_persisted_total", **labels)
+        dead = value(metrics, "weir_events_dead_lettered_total", **labels)
+        received = value(metrics, "weir_events_received_total", **labels)
+        assert filtered == dropped[shard]
+        assert persisted == len(kept[shard])
+        assert dead == corrupt[shard]
+        assert received == len(expected[shard]) == persisted + filtered + dead
+        assert value(metrics, "weir_events_skipped_total", **labels) == 0
+        assert value(metrics, "weir_cursor_position", **labels) == expected[shard][-1][0]
 
 
 @pytest.mark.integration
