@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from weir.config import ConfigError, load_config
@@ -30,3 +32,12 @@ def test_bad_chains_are_named(chains, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(environ={"WEIR_ETHEREUM_CHAINS": chains})
     assert "\n" not in str(info.value) and "environment WEIR_ETHEREUM_CHAINS" in str(info.value)
+
+
+def test_event_abis_from_the_environment_as_a_json_array():
+    # An ABI has commas of its own: the comma-separated form cannot carry one; a JSON array can.
+    abi = "Approval(address indexed owner, address indexed spender, uint256 value)"
+    config = load_config(environ={"WEIR_ETHEREUM_ABIS": json.dumps([abi])})
+    assert config.ethereum.abis == (abi,)
+    with pytest.raises(ConfigError, match=r"ethereum.abis: .*\(from environment WEIR_ETHEREUM_ABIS\)"):
+        load_config(environ={"WEIR_ETHEREUM_ABIS": "[not json"})

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from eth_abi import encode
+from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +18,7 @@ from weir.codecs.ethereum_logs import (
     LogDecoder,
     _decode_with,
     _plan,
+    parse_log,
 )
 
 USER = [
@@ -118,3 +124,48 @@ def test_types_eth_abi_must_decode_are_left_to_it():
     assert _plan(EventAbi.parse("Batch(uint256[] ids)")) is None
     assert _plan(EventAbi.parse("Text(string text)")) is None
     assert _plan(EventAbi.parse("Indexed(string indexed text, uint256 v)")) is not None  # only its hash is given
+
+
+# --- ERC-1155 known answers -------------------------------------------------------------------------
+# Logs built by hand the way a contract emits them (topic0 = keccak of the canonical signature, the
+# three addresses as 32-byte topics, the rest ABI-encoded by eth-abi), then decoded by LogDecoder.
+
+MAX = 2**256 - 1
+OPERATOR, SENDER, RECEIVER = "0x" + "00" * 20, "0x" + "ff" * 20, "0x" + "0123456789abcdef" * 2 + "deadbeef"
+
+
+def erc1155_log(signature: str, types: list[str], values: list, operator: str, sender: str, receiver: str) -> Log:
+    topic0 = "0x" + keccak(text=signature).hex()
+    addresses = ["0x" + encode(["address"], [a]).hex() for a in (operator, sender, receiver)]
+    return parse_log({"address": "0x" + "44" * 20, "topics": [topic0, *addresses], "data": "0x" + encode(types, values).hex(),
+                      "blockNumber": "0x1", "blockHash": "0x" + "11" * 32, "logIndex": "0x0", "transactionHash": "0x" + "22" * 32})
+
+
+@pytest.mark.parametrize("token_id, value", [(0, 0), (1, MAX), (MAX, 1), (MAX, MAX), (12345, 10**18)])
+def test_erc1155_transfer_single_known_answer(token_id, value):
+    log = erc1155_log("TransferSingle(address,address,address,uint256,uint256)", ["uint256", "uint256"], [token_id, value],
+                      OPERATOR, SENDER, RECEIVER)
+    decoded = LogDecoder().decode(log)
+    assert decoded is not None
+    assert (decoded.event, decoded.standard) == ("TransferSingle", "erc1155")
+    assert decoded.args == {"operator": OPERATOR, "from": SENDER, "to": RECEIVER, "id": token_id, "value": value}
+    assert json.loads(decoded.to_json()) == {"event": "TransferSingle", "standard": "erc1155", "args": {
+        "operator": OPERATOR, "from": SENDER, "to": RECEIVER, "id": str(token_id), "value": str(value)}}
+
+
+@pytest.mark.parametrize("ids, values", [
+    ([], []),
+    ([0], [MAX]),
+    ([MAX, 0, 7], [1, 0, MAX]),
+    (list(range(20)), [MAX - i for i in range(20)]),
+], ids=["empty", "one", "edges", "twenty"])
+def test_erc1155_transfer_batch_known_answer(ids, values):
+    log = erc1155_log("TransferBatch(address,address,address,uint256[],uint256[])", ["uint256[]", "uint256[]"], [ids, values],
+                      RECEIVER, OPERATOR, SENDER)
+    decoded = LogDecoder().decode(log)
+    assert decoded is not None
+    assert (decoded.event, decoded.standard) == ("TransferBatch", "erc1155")
+    assert {k: list(v) if k in ("ids", "values") else v for k, v in decoded.args.items()} == {
+        "operator": RECEIVER, "from": OPERATOR, "to": SENDER, "ids": ids, "values": values}
+    assert json.loads(decoded.to_json()) == {"event": "TransferBatch", "standard": "erc1155", "args": {
+        "operator": RECEIVER, "from": OPERATOR, "to": SENDER, "ids": [str(i) for i in ids], "values": [str(v) for v in values]}}

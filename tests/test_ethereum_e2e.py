@@ -224,3 +224,45 @@ async def test_address_and_topic_filters_leave_exactly_the_matching_canonical_lo
         assert keep({"address": fields[b"address"].decode(), "topics": [fields[b"topic0"].decode()]}), fields
     kinds = await assert_canonical(redis_client, sim, keep=keep)
     assert kinds[b"retract"] > 0  # reorgs retracted matching logs too
+
+
+APPROVAL_ABI = "Approval(address indexed owner, address indexed spender, uint256 value)"
+
+
+async def test_user_abi_from_config_decodes_approvals_and_builtin_transfers_keep_theirs(redis_server, redis_client):
+    """``ethereum.abis`` reaches the decoder: the simulator's ERC-20 ``Approval`` logs (not a built-in
+    event) are stored with the user ABI's event name and arguments, while ``Transfer`` logs keep the
+    built-in erc20 / erc721 decoding. An ``Approval`` with a fourth topic (ERC-721's: tokenId indexed,
+    no data) does not fit the declared event and is stored raw, undecoded."""
+    sim_config = EthereumSimConfig(chain_id=11, seed=8, block_time=0.01, logs_per_block=4, history=10, blocks=30,
+                                   approval_every=3)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)], **{"ethereum.abis": [APPROVAL_ABI]})
+        async with running_service(config):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the cursor to reach the final head")
+    await assert_canonical(redis_client, sim)
+    seen: Counter = Counter()
+    for _, fields in await redis_client("XRANGE", partition_keys("ethereum", "11").events, "-", "+"):
+        raw = json.loads(fields[b"data"])
+        topics, value = raw["topics"], int(raw["data"], 16) if raw["data"] != "0x" else None
+        owner, other = ("0x" + t[-40:] for t in topics[1:3])
+        decoded = json.loads(fields[b"decoded"]) if b"decoded" in fields else None
+        if topics[0] == APPROVAL_TOPIC and len(topics) == 3:
+            seen["approval"] += 1
+            assert fields[b"event"] == b"Approval" and b"standard" not in fields, fields
+            assert decoded == {"event": "Approval", "standard": "",
+                               "args": {"owner": owner, "spender": other, "value": str(value)}}, fields
+        elif topics[0] == APPROVAL_TOPIC:
+            seen["erc721 approval"] += 1
+            assert b"event" not in fields and decoded is None, fields
+        elif len(topics) == 3:
+            seen["erc20"] += 1
+            assert (fields[b"event"], fields[b"standard"]) == (b"Transfer", b"erc20"), fields
+            assert decoded == {"event": "Transfer", "standard": "erc20",
+                               "args": {"from": owner, "to": other, "value": str(value)}}, fields
+        else:
+            seen["erc721"] += 1
+            assert (fields[b"event"], fields[b"standard"]) == (b"Transfer", b"erc721"), fields
+            assert decoded == {"event": "Transfer", "standard": "erc721",
+                               "args": {"from": owner, "to": other, "tokenId": str(int(topics[3], 16))}}, fields
+    assert min(seen[k] for k in ("approval", "erc721 approval", "erc20", "erc721")) > 0, seen

@@ -314,7 +314,14 @@ def _coerce(name: str, value: Any, kind: Any, origin: str) -> Any:
 def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return list(value)
-    if isinstance(value, str):  # environment / flags: comma-separated
+    if isinstance(value, str):  # environment / flags: comma-separated, or a JSON array
+        if value.lstrip().startswith("["):  # for items that contain commas (event ABIs)
+            import json
+
+            items = json.loads(value)  # a JSONDecodeError is a ValueError: "expected a list of ..."
+            if not isinstance(items, list):
+                raise ValueError
+            return items
         return [part for part in value.split(",") if part.strip()]
     raise ValueError
 
