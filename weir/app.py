@@ -10,9 +10,7 @@ Everything here is wiring; the behaviour lives in the actors, the sink and the s
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,7 +27,7 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import NETWORKS, Network, NetworkContext
 from weir.observability.http import Observability, open_observability
-from weir.sinks.embedded_redis import EmbeddedRedisError, RedisServerConfig, open_embedded_redis
+from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
@@ -69,12 +67,6 @@ async def open_redis_url(config: Config) -> AsyncIterator[str]:
         yield config.redis.url
         return
     data_dir = Path(config.redis.data_dir).resolve()
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(data_dir, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
-    except OSError as exc:
-        raise EmbeddedRedisError(f"cannot use {str(data_dir)!r} as its data directory: {exc.strerror or exc}") from None
     async with open_embedded_redis(RedisServerConfig(data_dir=data_dir, appendfsync=config.redis.appendfsync)) as server:
         (data_dir / REDIS_URL_FILE).write_text(server.url + "\n")
         log.info("embedded Redis at %s (data in %s, AOF %s); connect with: redis-cli -p %d",

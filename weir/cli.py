@@ -176,22 +176,6 @@ def _config_from(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides, origins=origins)
 
 
-def _chaos(args: argparse.Namespace) -> int:
-    from weir.chaos.suite import load_registry
-    from weir.chaos.suite import main as chaos_main
-
-    if not (args.list or args.random or args.schedule):  # only the named scenarios: are there any?
-        try:
-            registry = load_registry(full=args.full)
-        except RuntimeError:
-            registry = None  # chaos_main says why
-        if registry is not None and not registry:
-            print("weir chaos: no scenarios to run: chaos/scenarios.py names none (give --random N or --schedule)",
-                  file=sys.stderr)
-            return EXIT_USAGE
-    return chaos_main(args)
-
-
 def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
     """``trio.run(fn, *args)``; the embedded Redis failing to start is one line, not a traceback."""
     failure: BaseException | None = None
@@ -209,7 +193,9 @@ def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "chaos":
-        return _chaos(args)
+        from weir.chaos.suite import main as chaos_main
+
+        return chaos_main(args)
     try:
         config = _config_from(args)
     except ConfigError as exc:

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
@@ -341,6 +341,15 @@ _UINT64_MAX = (1 << 64) - 1
 _INT64_MAX = (1 << 63) - 1
 
 
+def _port_parses(parts: SplitResult) -> bool:
+    """The URL's port is absent or a number from 0 to 65535 (urllib raises on reading it otherwise)."""
+    try:
+        _ = parts.port
+    except ValueError:
+        return False
+    return True
+
+
 def _is_position(text: str, maximum: int) -> bool:
     """``text`` is a decimal cursor (event id, seq, block number) from 0 to ``maximum``."""
     return text.isascii() and text.isdigit() and int(text) <= maximum
@@ -365,9 +374,7 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
         parts = urlsplit(redis.url)
         if parts.scheme not in {"redis", "rediss", "unix"}:
             fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {redis.url!r}")
-        try:
-            _ = parts.port
-        except ValueError:
+        if not _port_parses(parts):
             fail("redis.url", f"invalid port in {redis.url!r}")
     else:  # the embedded server keeps its data in redis.data_dir
         _validate_data_dir(redis.data_dir, lambda message: fail("redis.data_dir", message))
@@ -393,11 +400,9 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     parts = urlsplit(fc.url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         fail("farcaster.url", f"expected http://host:port (plaintext) or https://host:port (TLS), got {fc.url!r}")
-    try:
-        port = parts.port
-    except ValueError:
+    if not _port_parses(parts):
         fail("farcaster.url", f"invalid port in {fc.url!r}")
-    if port == 0:
+    if parts.port == 0:
         fail("farcaster.url", f"port 0 in {fc.url!r}: a node listens on a real port")
     for shard in fc.shards:
         if shard < 1:
@@ -462,9 +467,7 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
         parts = urlsplit(getattr(at, key))
         if parts.scheme not in {"ws", "wss"} or not parts.hostname:
             fail(f"atproto.{key}", f"expected ws://host[:port] or wss://host[:port], got {getattr(at, key)!r}")
-        try:
-            _ = parts.port
-        except ValueError:
+        if not _port_parses(parts):
             fail(f"atproto.{key}", f"invalid port in {getattr(at, key)!r}")
     if at.partition and not re.fullmatch(r"[A-Za-z0-9._-]+", at.partition):
         fail("atproto.partition", f"use letters, digits, '.', '_' or '-' only, got {at.partition!r}")
@@ -534,9 +537,7 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         parts = urlsplit(chain.url)
         if parts.scheme not in {"ws", "wss"} or not parts.hostname:
             fail("ethereum.chains", f"{where}: url: expected ws://host[:port][/path] or wss://…, got {chain.url!r}")
-        try:
-            _ = parts.port
-        except ValueError:
+        if not _port_parses(parts):
             fail("ethereum.chains", f"{where}: url: invalid port in {chain.url!r}")
         for address in chain.addresses:
             if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):

@@ -598,8 +598,7 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
             breaker.record_success()
         log.info("chain %s: connected to %s", reader.partition, settings.url)
         if reader.follower is None:
-            handed = reader.handed
-            await _start(reader, rpc, handed if handed.position or handed.token else None, send)
+            await _start(reader, rpc, reader.handed, send)
         await _backfill(reader, rpc, from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber"), send)
         idle = settings.idle_blocks * settings.block_time
         while True:
@@ -650,10 +649,11 @@ async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Head
     return current is None or current.hash == header.hash
 
 
-async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None, send: trio.MemorySendChannel[Chunk]) -> None:
-    """Set up the follower: from the cursor's block (checked by hash), or from ``start``."""
+async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: trio.MemorySendChannel[Chunk]) -> None:
+    """Set up the follower: from the cursor's block (checked by hash), or from ``start`` when the
+    cursor has no block (none persisted yet: position 0, no token)."""
     settings = reader.settings
-    if cursor is not None and cursor.token:
+    if cursor.token:
         number, hash_ = parse_token(cursor.token)
         tip = await reader.header_by_hash(rpc, hash_)
         if tip.number != number:
@@ -662,7 +662,7 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor | None,
                                                max_depth=settings.max_reorg_depth)
         log.info("chain %s: resuming after block %d (%s), sequence %d", reader.partition, number, hash_, cursor.position)
         return
-    seq = cursor.position if cursor is not None else 0
+    seq = cursor.position
     tag = "latest" if settings.start == "latest" else to_quantity(int(settings.start))
     first = await reader.fetch_header(rpc, "eth_getBlockByNumber", [tag, False], f"eth_getBlockByNumber({settings.start})")
     if first is None:

@@ -689,6 +689,10 @@ def main(args: argparse.Namespace) -> int:
             return 2
     if not args.scenarios and not args.schedule and not args.random:
         chosen = list(registry.values())
+    if not chosen:
+        print("weir chaos: no scenarios to run: chaos/scenarios.py names none (give --random N or --schedule)",
+              file=sys.stderr)
+        return 2
     return trio.run(_main, chosen, args)
 
 

@@ -160,7 +160,12 @@ class RedisServer:
         """
         if self.running:
             raise EmbeddedRedisError(f"redis-server is already running (pid {self.pid})")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.data_dir, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        except OSError as exc:
+            raise EmbeddedRedisError(f"cannot use {str(self.data_dir)!r} as its data directory: {exc.strerror or exc}") from None
         self._lock_data_dir()
         try:
             await self._start_locked()
