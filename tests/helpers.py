@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -12,6 +15,7 @@ import trio
 from weir.app import Service, serve
 from weir.bridge import call_asyncio
 from weir.config import Config, load_config
+from weir.logs import JsonFormatter
 from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
 from weir.sim.snapchain import SnapchainSim, serve_snapchain
 from weir.sinks.keys import partition_keys
@@ -131,3 +135,36 @@ def assert_exact(entries: list[tuple[bytes, Mapping[bytes, bytes]]], expected: l
         )
     for (entry_id, fields), (_, payload) in zip(entries, expected):
         assert fields[b"data"] == payload, f"shard {shard}: data of {entry_id!r} differs from what was offered"
+
+
+class LogCapture:
+    """JSON lines written by weir's loggers while active, parsed on demand."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.text().splitlines()]
+
+    def of(self, event: str) -> list[dict]:
+        return [line for line in self.lines() if line.get("event") == event]
+
+
+@contextmanager
+def capture_json_logs() -> Iterator[LogCapture]:
+    """Weir's log records at INFO and above, as JSON lines, for the block."""
+    capture = LogCapture()
+    handler = logging.StreamHandler(capture.stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("weir")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -7,14 +7,12 @@ nothing lost, duplicated or out of order, and report a recovery time for each fa
 
 from __future__ import annotations
 
-import io
-import logging
 import os
 import time
 
 import pytest
 import trio
-from helpers import e2e_config, in_process_sim, keys, running_service, wait_for
+from helpers import capture_json_logs, e2e_config, in_process_sim, keys, running_service, wait_for
 
 from weir.chaos.checker import (
     RunReport,
@@ -42,7 +40,6 @@ from weir.chaos.processes import (
 )
 from weir.chaos.proxy import open_proxy
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, TimedFault, run_schedule
-from weir.logs import JsonFormatter
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
 from weir.supervision import ChildSpec, Strategy, Supervisor, SupervisorEscalation
@@ -147,20 +144,9 @@ async def _supervision_json_log(autojump_clock) -> str:
 
     root = Supervisor("root", [ChildSpec(name="farcaster/1", target=run_pipeline)], strategy=Strategy.ONE_FOR_ONE,
                       max_restarts=1, period=60.0)  # fmt: skip
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("weir")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with pytest.raises(SupervisorEscalation):
-            await root.run()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
-    return stream.getvalue()
+    with capture_json_logs() as logs, pytest.raises(SupervisorEscalation):
+        await root.run()
+    return logs.text()
 
 
 async def test_restarts_by_supervisor_from_a_real_supervision_trees_json_log(autojump_clock):

@@ -6,7 +6,6 @@ redis-server; the endpoint is scraped with a plain HTTP/1.1 client on a TCP sock
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterator
@@ -16,7 +15,9 @@ import pytest
 import trio
 from grpclib.const import Status
 from helpers import (
+    LogCapture,
     assert_exact,
+    capture_json_logs,
     dead_entries,
     e2e_config,
     in_process_sim,
@@ -100,33 +101,10 @@ async def ready(base: str) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
-class LogCapture:
-    """JSON lines written by weir's loggers while active, parsed on demand."""
-
-    def __init__(self) -> None:
-        self.stream = io.StringIO()
-
-    def lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
-
-    def of(self, event: str) -> list[dict]:
-        return [line for line in self.lines() if line.get("event") == event]
-
-
 @pytest.fixture
 def logs() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    handler = logging.StreamHandler(capture.stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("weir")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with capture_json_logs() as capture:
         yield capture
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
 
 
 def service_url(service) -> str:
