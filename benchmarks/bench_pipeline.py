@@ -144,9 +144,9 @@ class _Instruments:
             instruments.read_sizes.append(len(payloads))
             return original_read(self, payloads, received)
 
-        async def write(self, partition, chunks):  # type: ignore[no-untyped-def]
+        async def write(self, partition, chunks, **options):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
-            result = await original_write(self, partition, chunks)
+            result = await original_write(self, partition, chunks, **options)
             instruments.write_seconds.append(time.perf_counter() - started)
             instruments.write_events.append(sum(len(chunk.events) for chunk in chunks))
             instruments.write_chunks.append(len(chunks))

@@ -65,6 +65,15 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
             schedule=Schedule(seed=4, faults=[fault("redis", "kill", 1.0, 0.5), fault("redis", "kill", 3.0, 0.5)]),
         ),
         Scenario(
+            name="redis-rollback",
+            label="redis-server loses its last 1 s of acknowledged writes ×2",
+            description="redis-server is killed and started on a copy of its AOF taken 1 s earlier, twice (a "
+                        "failover to a lagging replica; a restart while a slow fsync held its last writes with "
+                        "appendfsync everysec). weir finds the stored cursor below what it wrote, restarts the "
+                        "pipeline from it and reads the lost events from the network again.",
+            schedule=Schedule(seed=14, faults=[fault("redis", "rollback", 1.0, 1.0), fault("redis", "rollback", 3.5, 1.0)]),
+        ),
+        Scenario(
             name="redis-down-at-start",
             label="redis-server down when weir starts, 2 s",
             description="Redis is not running when weir starts; it comes up 2 s later. weir waits for it "

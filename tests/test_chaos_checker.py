@@ -7,12 +7,21 @@ nothing lost, duplicated or out of order, and report a recovery time for each fa
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
+import attrs
 import pytest
 import trio
-from helpers import capture_json_logs, e2e_config, in_process_sim, keys, running_service, wait_for
+from helpers import (
+    capture_json_logs,
+    e2e_config,
+    in_process_sim,
+    keys,
+    running_service,
+    wait_for,
+)
 
 from weir.chaos.checker import (
     RunReport,
@@ -28,6 +37,7 @@ from weir.chaos.checker import (
     offered_from_config,
     on_trio_clock,
     restarts_from_log,
+    rollback_samples,
     rss_growth,
     supervision_from_log,
     supervisor_level,
@@ -35,6 +45,7 @@ from weir.chaos.checker import (
 from weir.chaos.processes import (
     InProcessHub,
     SimProcessHub,
+    WeirProcess,
     open_weir_process,
     weir_run_args,
 )
@@ -87,6 +98,24 @@ def test_cursor_regressions_and_a_vanished_cursor():
     assert cursor_regressions([None, None, 5, 5, 9, 12]) == 0
     assert cursor_regressions([5, 9, 7, 8, 12]) == 1
     assert cursor_regressions([5, 9, None, 9]) == 1
+
+
+def test_a_cursor_going_down_around_a_redis_rollback_is_the_fault_not_a_regression():
+    def sample(at: float, persisted: int, cursor: int) -> Sample:
+        return Sample(at=at, lengths=(persisted,), cursors=(cursor,), rss_kb=None)
+
+    samples = [sample(0.0, 10, 10), sample(1.0, 20, 20), sample(2.1, 12, 12), sample(2.5, 25, 25), sample(9.0, 5, 5)]
+    rollback = FaultRecord(fault=TimedFault(target="redis", kind="rollback", start=0.5, duration=1.5),
+                           applied_at=0.5, cleared_at=2.0)  # fmt: skip
+    kill = FaultRecord(fault=TimedFault(target="redis", kind="kill", start=0.5, duration=1.5), applied_at=0.5, cleared_at=2.0)
+    assert rollback_samples(samples, [rollback, kill], window=1.0) == {1, 2, 3}
+    assert rollback_samples(samples, [kill], window=1.0) == set()
+    cursors = [s.cursors[0] for s in samples]
+    assert cursor_regressions(cursors, rolled_back={1, 2, 3}) == 1  # the drop at 9.0 s is outside it
+    assert cursor_regressions(cursors) == 2
+    # recovered = the stream holds more than the most it held before the fault cleared (20, not 12)
+    report = fault_report(rollback, samples, origin=0.0)
+    assert report.recovery_s == pytest.approx(0.5)
 
 
 def test_recovery_is_the_first_new_event_after_the_fault_clears():
@@ -366,8 +395,50 @@ async def test_smoke_hub_resets_and_a_redis_hang_lose_and_duplicate_nothing(redi
     assert report.rss_peak_kb is not None and report.samples > 100
 
 
+@attrs.define
+class ProcessRun:
+    weir: WeirProcess
+    sampler: RunSampler
+    records: list[FaultRecord]
+    wall_offset: float
+    metrics: str | None  # /metrics just before the drain, when a port was given
+
+
+async def run_weir_process(
+    sim_config, offered, redis_server, tmp_path, schedule, *settings: str, targets, metrics_port: int | None = None
+) -> ProcessRun:
+    """``weir run`` (a real process) against a simulator process and ``redis_server``, through
+    ``schedule`` (``targets(weir, sim)`` gives its targets), until every offered event is
+    persisted; then SIGTERM, which must drain and exit 0."""
+    from weir.chaos.suite import _http_get
+
+    metrics = None
+    async with open_snapchain_sim(sim_config) as sim:
+        args = weir_run_args(
+            redis_server.url, sim.url, "farcaster.start=oldest", "farcaster.shards=1,2",
+            "supervision.backoff_initial=0.01", "supervision.backoff_max=0.2", "supervision.breaker_reset=0.2",
+            "redis.socket_timeout=1", *settings,
+        )  # fmt: skip
+        wall_offset = time.time() - trio.current_time()
+        async with open_weir_process(args, log_path=tmp_path / "weir.log") as weir:
+            sampler = RunSampler(redis_server.url, ["1", "2"], pid=lambda: weir.pid)
+            async with trio.open_nursery() as sampling:
+                await sampling.start(sampler.run)
+                await wait_for(lambda: sampler.samples[-1].persisted > 0, timeout=20, what="weir to start persisting")
+                records = await run_schedule(schedule, targets(weir, sim))
+                last = tuple(offered[p][-1][0] for p in ("1", "2"))
+                await wait_for(lambda: sampler.samples[-1].cursors == last, timeout=20, what="every event persisted")
+                sampling.cancel_scope.cancel()
+            if metrics_port is not None:
+                metrics = await _http_get("127.0.0.1", metrics_port, "/metrics")
+            assert await weir.terminate() == 0
+    return ProcessRun(weir=weir, sampler=sampler, records=records, wall_offset=wall_offset, metrics=metrics)
+
+
 @pytest.mark.integration
 async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_duplicate_nothing(redis_server, tmp_path):
+    """Redis runs with appendfsync everysec here, so its kill -9 may lose the last batches it
+    acknowledged (CI did: a slow fsync held them); weir must then read them again (SinkBehind)."""
     sim_config = SnapchainSimConfig(shards=2, seed=78, rate=1000, history=300, total=7000)
     offered = offered_from_config(sim_config, [1, 2])
     schedule = Schedule(
@@ -378,24 +449,11 @@ async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_
             TimedFault(target="hub", kind="drop_streams", start=3.9, duration=0.0),
         ],
     )
-    async with open_snapchain_sim(sim_config) as sim:
-        args = weir_run_args(
-            redis_server.url, sim.url, "farcaster.start=oldest", "farcaster.shards=1,2", "farcaster.idle_timeout=5",
-            "supervision.backoff_initial=0.01", "supervision.backoff_max=0.2", "supervision.breaker_reset=0.2",
-            "redis.socket_timeout=1",
-        )  # fmt: skip
-        wall_offset = time.time() - trio.current_time()
-        async with open_weir_process(args, log_path=tmp_path / "weir.log") as weir:
-            sampler = RunSampler(redis_server.url, ["1", "2"], pid=lambda: weir.pid)
-            async with trio.open_nursery() as sampling:
-                await sampling.start(sampler.run)
-                await wait_for(lambda: sampler.samples[-1].persisted > 0, timeout=20, what="weir to start persisting")
-                targets = Targets(weir=weir, redis=redis_server, hub=SimProcessHub(sim.pid))
-                records = await run_schedule(schedule, targets)
-                last = tuple(offered[p][-1][0] for p in ("1", "2"))
-                await wait_for(lambda: sampler.samples[-1].cursors == last, timeout=20, what="every event persisted")
-                sampling.cancel_scope.cancel()
-            assert await weir.terminate() == 0
+    run = await run_weir_process(
+        sim_config, offered, redis_server, tmp_path, schedule, "farcaster.idle_timeout=5",
+        targets=lambda weir, sim: Targets(weir=weir, redis=redis_server, hub=SimProcessHub(sim.pid)),
+    )  # fmt: skip
+    weir, sampler, records, wall_offset = run.weir, run.sampler, run.records, run.wall_offset
     _, reconnects = restarts_from_log(weir.log_text())
     report = await check_run(
         redis_server.url, offered, name="processes", sampler=sampler, records=records,
@@ -418,6 +476,44 @@ async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_
     for fault in (redis_kill, pause):
         assert fault.rss_before_kb and fault.rss_peak_kb and fault.rss_growth_kb is not None, report.summary()
         assert 0 <= fault.rss_growth_kb < 64 * 1024, report.summary()
+
+
+@pytest.mark.integration
+async def test_redis_losing_acknowledged_writes_costs_a_pipeline_restart_and_not_one_event(redis_server, tmp_path):
+    """Redis is killed and started on its state of 1 s earlier (a failover to a lagging replica;
+    a restart while a slow fsync held its last writes): the batches it acknowledged in that second
+    are gone, with their cursor. weir's next write (or idle check) finds the stored cursor below
+    what it had written; each pipeline restarts from what Redis holds and reads those events from
+    the network again. Without that check weir wrote on and the lost second stayed lost."""
+    sim_config = SnapchainSimConfig(shards=2, seed=81, rate=1000, history=300, total=5000)
+    offered = offered_from_config(sim_config, [1, 2])
+    from weir.chaos.suite import _free_port, _metric_sum
+
+    schedule = Schedule(faults=[TimedFault(target="redis", kind="rollback", start=0.5, duration=1.0)])
+    metrics_port = _free_port()
+    run = await run_weir_process(
+        sim_config, offered, redis_server, tmp_path, schedule, f"metrics.port={metrics_port}",
+        targets=lambda weir, sim: Targets(redis=redis_server), metrics_port=metrics_port,
+    )  # fmt: skip
+    weir, sampler, records, wall_offset, metrics = run.weir, run.sampler, run.records, run.wall_offset, run.metrics
+    # one rollback, seen once by each partition's pipeline
+    assert [_metric_sum(metrics, f'weir_sink_rollbacks_total{{partition="{p}",source="farcaster"}}') for p in "12"] == [1, 1]
+    report = await check_run(
+        redis_server.url, offered, name="rollback", sampler=sampler, records=records,
+        supervision=supervision_from_log(weir.log_text()), wall_offset=wall_offset, schedule=schedule.to_json(),
+    )  # fmt: skip
+    print("\n" + report.summary())
+    assert report.ok, report.summary() + "\n" + weir.log_text()[-3000:]
+    # Redis really lost acknowledged events: the stream was shorter after the rollback than before.
+    shrank = [(a.persisted, b.persisted) for a, b in itertools.pairwise(sampler.samples) if b.persisted < a.persisted]
+    assert shrank, "the rollback lost nothing: the test proves nothing"
+    # Each pipeline noticed and restarted (one_for_all) instead of writing past the gap.
+    log_text = weir.log_text()
+    assert "lost acknowledged writes" in log_text
+    restarted = {e.supervisor for e in supervision_from_log(log_text) if e.kind == "restart"}
+    assert restarted == {"farcaster/1", "farcaster/2"}, report.summary()
+    (fault,) = report.faults
+    assert fault.recovery_s is not None and fault.recovery_s < 5, report.summary()
 
 
 @pytest.mark.integration

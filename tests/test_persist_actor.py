@@ -10,10 +10,10 @@ import pytest
 import redis.exceptions as rex
 import trio
 
-from weir.actors.persist import run_persist
+from weir.actors.persist import DurableMark, run_persist
 from weir.events import Chunk, Event
 from weir.sinks.keys import partition_keys
-from weir.sinks.redis_sink import Cursor, WriteResult, open_redis_sink
+from weir.sinks.redis_sink import Cursor, SinkBehind, WriteResult, open_redis_sink
 from weir.supervision import Backoff, BreakerState, CircuitBreaker
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ class Harness:
         self.written_changed.set()
         self.written_changed = trio.Event()
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: trio.Nursery, **options: object) -> None:
         await nursery.start(
             functools.partial(
                 run_persist,
@@ -71,6 +71,7 @@ class Harness:
                 backoff=self.backoff,
                 on_written=self.on_written,
                 rng=random.Random(1),
+                **options,
             )
         )
 
@@ -200,3 +201,84 @@ async def sink_entries(sink) -> list[bytes]:
 
     entries = await call_asyncio(sink._require_client().xrange, KEYS.events)
     return [entry_id for entry_id, _ in entries]
+
+
+# -- Redis going back in time ---------------------------------------------------------------------
+
+
+async def dump_partition(redis_client) -> dict[str, bytes | None]:
+    return {key: await redis_client("DUMP", key) for key in (KEYS.events, KEYS.cursor)}
+
+
+async def restore_partition(redis_client, saved: dict[str, bytes | None]) -> None:
+    """The state of a Redis that lost every write since ``saved`` although it acknowledged them."""
+    for key, value in saved.items():
+        await redis_client("DEL", key)
+        if value is not None:
+            await redis_client("RESTORE", key, 0, value)
+
+
+@pytest.mark.parametrize("next_batch", [True, False], ids=["the next write", "an idle check"])
+async def test_redis_losing_acknowledged_writes_ends_the_actor_instead_of_writing_past_them(
+    redis_server, redis_client, next_batch
+):
+    """A batch written on top of a rolled-back Redis would move the cursor over the lost events,
+    and nothing would ever read them again. The actor stops with SinkBehind instead (its pipeline
+    then restarts from what Redis holds): found by the next write, or, when no batch comes, by the
+    idle check."""
+    mark = DurableMark(PART)
+    mark.resumed_from(None)
+    async with open_redis_sink(redis_server.url, source=SOURCE) as sink:
+        harness = Harness(sink)
+        with pytest.RaisesGroup(SinkBehind) as caught:
+            with trio.fail_after(TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    await harness.start(nursery, mark=mark, verify_every=0.05 if not next_batch else 3600)
+                    await harness.send.send(batch(1, 3))
+                    await harness.wait_written(1)
+                    saved = await dump_partition(redis_client)
+                    await harness.send.send(batch(4, 6))
+                    await harness.wait_written(2)
+                    assert mark.position == 6
+                    await restore_partition(redis_client, saved)
+                    if next_batch:
+                        await harness.send.send(batch(7, 9))
+        behind = caught.value.exceptions[0]
+        assert (behind.stored, behind.expected) == (3, 6)
+        assert await stream_ids(redis_client) == [b"%d-0" % p for p in range(1, 4)]
+        assert len(harness.written) == 2
+        # Redis answered: not a reason to open the breaker shared by every pipeline.
+        assert harness.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_source_resuming_from_the_stored_cursor_resets_the_expectation(redis_server, redis_client):
+    mark = DurableMark(PART)
+    async with open_redis_sink(redis_server.url, source=SOURCE) as sink:
+        checks: list[int] = []
+        checked = trio.Event()
+        real_check = sink.check_behind
+
+        async def counted_check(partition: str, expect: int) -> None:
+            await real_check(partition, expect)  # the real read, against the real Redis
+            checks.append(expect)
+            if checks.count(9) >= 3:
+                checked.set()
+
+        sink.check_behind = counted_check
+        harness = Harness(sink)
+        with trio.fail_after(TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                await harness.start(nursery, mark=mark, verify_every=0.01)
+                await harness.send.send(batch(1, 3))
+                await harness.wait_written(1)
+                saved = await dump_partition(redis_client)
+                await harness.send.send(batch(4, 6))
+                await harness.wait_written(2)
+                await restore_partition(redis_client, saved)
+                mark.resumed_from(3)  # the restarted source reads the stored cursor and resumes there
+                await harness.send.send(batch(4, 9))  # the lost events, read again
+                await harness.wait_written(3)
+                await checked.wait()  # idle checks against the new mark pass: Redis holds it
+                harness.stopping.set()
+        assert await stream_ids(redis_client) == [b"%d-0" % p for p in range(1, 10)]
+        assert mark.position == 9

@@ -17,6 +17,7 @@ from weir.sinks.redis_sink import (
     PERSIST_SCRIPT,
     Cursor,
     RedisSink,
+    SinkBehind,
     SinkUnavailable,
     WriteResult,
     is_transient_response,
@@ -431,3 +432,59 @@ async def test_throughput(sink):
         f"{total / write_cpu:,.0f} events/s per core)"
         f"\nreplay:    {replay / batches * 1e3:.2f} ms/batch ({total / replay:,.0f} events/s)"
     )
+
+
+# -- Redis going back in time (lost acknowledged writes) -------------------------------------------
+
+
+async def roll_back(redis_client, saved: dict[str, bytes | None]) -> None:
+    """Put the partition's keys back to ``saved`` (DUMP values): the state a Redis that lost the
+    writes since then (a restart before they reached its AOF, a lagging replica) comes back with."""
+    for key, value in saved.items():
+        await redis_client("DEL", key)
+        if value is not None:
+            await redis_client("RESTORE", key, 0, value)
+
+
+async def dump(redis_client) -> dict[str, bytes | None]:
+    return {key: await redis_client("DUMP", key) for key in (KEYS.events, KEYS.cursor, KEYS.dead)}
+
+
+async def test_a_write_expecting_a_cursor_redis_no_longer_holds_is_refused_and_writes_nothing(sink, redis_client):
+    first = await sink.write(PART, [chunk(ev(1), ev(2), ev(3))])
+    saved = await dump(redis_client)
+    second = await sink.write(PART, [chunk(ev(4), ev(5), ev(6))], expect=first.cursor)
+    assert second.cursor == 6
+    await roll_back(redis_client, saved)  # Redis lost the second write, which it had acknowledged
+
+    with pytest.raises(SinkBehind) as caught:
+        await sink.write(PART, [chunk(ev(7), ev(8))], expect=second.cursor)
+    assert (caught.value.partition, caught.value.stored, caught.value.expected) == (PART, 3, 6)
+    assert re.fullmatch(r"\{weir:farcaster:1\}:cursor holds cursor 3, below 6 which was already acknowledged: "
+                        r"Redis lost acknowledged writes .*; the partition must be read again from 3", str(caught.value))
+    # Writing 7-8 now would have moved the cursor over 4-6 for good: nothing was written.
+    assert await stream_ids(redis_client) == ["1-0", "2-0", "3-0"]
+    assert await sink.read_cursor(PART) == Cursor(position=3, token="")
+    with pytest.raises(SinkBehind):
+        await sink.check_behind(PART, 6)
+    await sink.check_behind(PART, 3)  # what it holds is fine
+
+    # The replay from the stored cursor (expecting what Redis holds) writes the lost events again.
+    replay = await sink.write(PART, [chunk(ev(4), ev(5), ev(6), ev(7), ev(8))], expect=3)
+    assert (replay.appended, replay.cursor) == (5, 8)
+    assert await stream_ids(redis_client) == [f"{p}-0" for p in range(1, 9)]
+
+
+async def test_a_cursor_that_is_gone_is_behind_any_expectation_and_none_expects_nothing(sink, redis_client):
+    await sink.write(PART, [chunk(ev(1))])
+    await redis_client("DEL", KEYS.cursor, KEYS.events)
+    with pytest.raises(SinkBehind) as caught:
+        await sink.write(PART, [chunk(ev(2))], expect=1)
+    assert caught.value.stored is None and "holds no cursor" in str(caught.value) and "from its start" in str(caught.value)
+    with pytest.raises(SinkBehind):
+        await sink.check_behind(PART, 0)
+    # A stored cursor above the expectation is fine (a timed-out write that did land; another writer).
+    assert (await sink.write(PART, [chunk(ev(2), ev(3))])).cursor == 3
+    assert (await sink.write(PART, [chunk(ev(4))], expect=2)).cursor == 4
+    with pytest.raises(ValueError, match="expected cursor -1"):
+        await sink.write(PART, [chunk(ev(5))], expect=-1)

@@ -246,6 +246,34 @@ async def test_one_for_all_stops_the_others_in_reverse_and_restarts_all_in_order
     assert sup.statistics().restarts == 1
 
 
+async def test_restart_grace_applies_when_a_sibling_crashed_and_shutdown_grace_at_shutdown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A child that cannot finish (a pipeline stage whose downstream crashed) is cancelled at once
+    when a sibling's crash restarts it with restart_grace=0, and still gets its whole
+    shutdown_grace in an ordered shutdown."""
+    log: list[tuple[float, str, str]] = []
+    a = Scripted("a", [("crash", 1.0), ("serve",)], log)
+    stuck = Scripted("stuck", [("ignore_stop",)], log)
+    waits = Scripted("waits", [("ignore_stop",)], log)
+    sup = Supervisor(
+        "sup",
+        [
+            spec(a),
+            ChildSpec(name="stuck", target=stuck, shutdown_grace=5.0, restart_grace=0),
+            spec(waits, grace=3.0),  # no restart_grace: shutdown_grace applies to restarts too
+        ],
+        strategy=Strategy.ONE_FOR_ALL,
+        backoff=NO_BACKOFF,
+    )
+    await run_until(sup, 20.0)
+    cancelled = [(t, n) for t, what, n in log if what == "cancelled"]
+    # the crash at 1: "waits" (stopped first) gets 3 s, "stuck" none; the shutdown at 20: 3 + 5 s
+    assert cancelled == [(4.0, "waits"), (4.0, "stuck"), (23.0, "waits"), (28.0, "stuck")]
+    with pytest.raises(ValueError):
+        ChildSpec(name="x", target=stuck, restart_grace=-1)
+
+
 async def test_rest_for_one_restarts_the_dead_child_and_those_after_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from weir.actors.batch import BatchPolicy
+from weir.actors.persist import DurableMark
 from weir.actors.pipeline import PipelineStats, build_pipeline
 from weir.actors.stopping import until_stopped
 from weir.bridge import open_asyncio_loop
@@ -173,8 +174,13 @@ async def serve(
 
 def _pipeline(network: Network, partition: str, view: PartitionView, sink: RedisSink, policy: BatchPolicy,
               breaker: CircuitBreaker, context: NetworkContext, sup: Any) -> Supervisor:
+    mark = DurableMark(partition)
+
     async def read_cursor() -> Cursor | None:
-        return await read_cursor_patiently(sink, partition, breaker, context.backoff, context.rng)
+        # Called at every start of the source: what it resumes from is what the writes must find.
+        cursor = await read_cursor_patiently(sink, partition, breaker, context.backoff, context.rng)
+        mark.resumed_from(None if cursor is None else cursor.position)
+        return cursor
 
     return build_pipeline(
         view.name,
@@ -189,6 +195,7 @@ def _pipeline(network: Network, partition: str, view: PartitionView, sink: Redis
         max_restarts=sup.max_restarts,
         period=sup.period,
         rng=context.rng,
+        mark=mark,
     )
 
 

@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 import trio
 
+from weir.actors.nurseries import open_unwrapping_nursery
+
 T = TypeVar("T")
 
 
@@ -60,12 +62,7 @@ async def open_inbox(channel: trio.MemoryReceiveChannel[T], stopping: trio.Event
     ExceptionGroup, so supervisors and logs see the real exception.
     """
     inbox = Inbox(channel, stopping)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(inbox.watch)
-            yield inbox
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
-            raise group.exceptions[0] from None
-        raise
+    async with open_unwrapping_nursery() as nursery:
+        nursery.start_soon(inbox.watch)
+        yield inbox
+        nursery.cancel_scope.cancel()

@@ -17,13 +17,52 @@ import attrs
 import trio
 
 from weir.actors.inbox import open_inbox
+from weir.actors.nurseries import open_unwrapping_nursery
 from weir.events import Chunk
-from weir.sinks.redis_sink import RedisSink, SinkUnavailable, WriteResult
+from weir.sinks.redis_sink import RedisSink, SinkBehind, SinkUnavailable, WriteResult
 from weir.supervision import Backoff, CircuitBreaker
 
 log = logging.getLogger("weir.actors.persist")
 
 OnWritten = Callable[[str, WriteResult, list[Chunk]], None]
+
+#: Seconds without a write after which an idle persist actor checks that Redis still holds its
+#: cursor (one HMGET per partition; a busy actor is checked by every write instead).
+VERIFY_IDLE_EVERY = 2.0
+
+
+@attrs.define(eq=False)
+class DurableMark:
+    """The highest cursor this pipeline has seen stored for its partition: Redis must still hold it.
+
+    Set to the cursor the source resumes from (:meth:`resumed_from`, on every source start) and
+    raised by each write (:meth:`stored`). Stored cursors never go down, so a stored cursor below
+    the mark means Redis lost acknowledged writes.
+    """
+
+    partition: str
+    position: int | None = None
+    resumes: int = 0  # how often the source resumed; an idle check that raced one is discarded
+    rollbacks: int = 0  # resumes that found Redis holding less than the mark (it lost writes)
+
+    def resumed_from(self, position: int | None) -> None:
+        """The source reads on from ``position`` (None: nothing stored): expect that from now on."""
+        if self.position is not None and (position is None or position < self.position):
+            self.rollbacks += 1
+            log.warning(
+                "partition %s: Redis holds %s but %d was acknowledged before; reading the events "
+                "in between from the network again", self.partition,
+                "no cursor" if position is None else f"cursor {position}", self.position,
+                extra={"event": "resume_behind", "partition": self.partition, "stored": position,
+                       "expected": self.position},
+            )  # fmt: skip
+        self.position = position
+        self.resumes += 1
+
+    def stored(self, position: int) -> None:
+        """A write returned ``position`` as the stored cursor."""
+        if self.position is None or position > self.position:
+            self.position = position
 
 
 async def run_persist(
@@ -35,6 +74,8 @@ async def run_persist(
     backoff: Backoff,
     on_written: OnWritten | None = None,
     rng: random.Random | None = None,
+    mark: DurableMark | None = None,
+    verify_every: float = VERIFY_IDLE_EVERY,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Write every batch from ``receive`` to ``sink``, each exactly once as far as Redis shows.
@@ -52,27 +93,60 @@ async def run_persist(
         on_written: called with (partition, result, chunks) once chunks are durable: once per
             batch, or once per part when a batch had to be written in parts (so progress shows).
         rng: jitter source for the backoff (seed it for reproducible runs).
+        mark: the cursor Redis must still hold (None: no check); each write passes it and raises it.
+        verify_every: with a mark, check it after this many seconds without a write.
 
     Raises:
-        Whatever the sink raises other than :class:`SinkUnavailable` (a malformed batch, a key of
-        the wrong type): retrying cannot fix those, so the supervisor has to know.
+        SinkBehind: Redis holds less than ``mark``: it lost acknowledged writes, and only a restart
+            of the pipeline (the source resumes from what Redis holds) gets them back.
+        Whatever else the sink raises other than :class:`SinkUnavailable` (a malformed batch, a
+        key of the wrong type): retrying cannot fix those, so the supervisor has to know.
     """
-    writer = _Writer(sink=sink, breaker=breaker, backoff=backoff, rng=rng or random.Random())
-    async with open_inbox(receive, stopping) as inbox:
-        task_status.started()
-        while (batch := await inbox.get()) is not None:
-            if not batch:
-                continue
-            await writer.write(batch, on_written)
+    writer = _Writer(sink=sink, breaker=breaker, backoff=backoff, rng=rng or random.Random(), mark=mark)
+    async with open_unwrapping_nursery() as nursery:
+        if mark is not None:
+            nursery.start_soon(_verify_while_idle, writer, mark, verify_every)
+        async with open_inbox(receive, stopping) as inbox:
+            task_status.started()
+            while (batch := await inbox.get()) is not None:
+                if not batch:
+                    continue
+                await writer.write(batch, on_written)
+        nursery.cancel_scope.cancel()
+
+
+async def _verify_while_idle(writer: _Writer, mark: DurableMark, every: float) -> None:
+    """Raise :class:`SinkBehind` if Redis, while no batch came, lost what this pipeline wrote.
+
+    Without it a partition whose last batches were lost would wait for its next event (maybe for
+    hours) to notice; the lost events would sit unread until then.
+    """
+    while True:
+        await trio.sleep(every)
+        if writer.writing or trio.current_time() - writer.last_activity < every or mark.position is None:
+            continue  # a write checks the mark itself
+        expect, resumes = mark.position, mark.resumes
+        try:
+            await writer.sink.check_behind(mark.partition, expect)
+        except SinkUnavailable:
+            continue  # Redis is down: the next check (or write) will see what it comes back with
+        except SinkBehind:
+            if mark.resumes != resumes:
+                continue  # the source resumed from the stored cursor meanwhile: nothing is lost
+            raise
 
 
 class _Writer:
     """Retries one batch until it is written; remembers whether the sink is failing (for logs)."""
 
     def __init__(
-        self, *, sink: RedisSink, breaker: CircuitBreaker, backoff: Backoff, rng: random.Random
+        self, *, sink: RedisSink, breaker: CircuitBreaker, backoff: Backoff, rng: random.Random,
+        mark: DurableMark | None = None,
     ) -> None:
         self.sink = sink
+        self.mark = mark
+        self.writing = False
+        self.last_activity = trio.current_time()  # when the last write ended (or the actor started)
         self.breaker = breaker
         self.backoff = backoff
         self.rng = rng
@@ -88,6 +162,14 @@ class _Writer:
         progress. Splitting is safe because every part moves the cursor only over what it holds,
         and the script skips whatever a timed-out attempt may already have written.
         """
+        self.writing = True
+        try:
+            return await self._write(batch, on_written)
+        finally:
+            self.writing = False
+            self.last_activity = trio.current_time()
+
+    async def _write(self, batch: list[Chunk], on_written: OnWritten | None) -> WriteResult:
         partition = batch[0].partition
         parts = _split_to(batch, self.part_limit)
         total: WriteResult | None = None
@@ -116,6 +198,8 @@ class _Writer:
                 raise outcome
             parts.pop(0)
             attempt = 0
+            if self.mark is not None:
+                self.mark.stored(outcome.cursor)
             total = outcome if total is None else _combine(total, outcome)
             if on_written is not None:
                 on_written(partition, outcome, part)
@@ -129,7 +213,7 @@ class _Writer:
 
     async def _attempt(self, partition: str, batch: list[Chunk]) -> WriteResult | Exception:
         try:
-            return await self.sink.write(partition, batch)
+            return await self.sink.write(partition, batch, expect=None if self.mark is None else self.mark.position)
         except SinkUnavailable:
             raise
         except Exception as exc:

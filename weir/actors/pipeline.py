@@ -21,7 +21,7 @@ import trio
 
 from weir.actors.batch import BatchPolicy, run_batch
 from weir.actors.filter import Predicate, run_filter
-from weir.actors.persist import run_persist
+from weir.actors.persist import DurableMark, run_persist
 from weir.events import Chunk
 from weir.observability.buckets import BATCH_SIZE_BOUNDS, LATENCY_BOUNDS, Buckets
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
@@ -61,6 +61,7 @@ class PipelineStats:
     # the pipeline's supervisor.
     channels: dict[str, Any] = attrs.Factory(dict)
     supervisor: Any = None
+    mark: DurableMark | None = None  # the cursor Redis must still hold (its rollbacks are a metric)
 
     def on_filtered(self, partition: str, kept: int, dropped: int) -> None:
         self.filtered += dropped
@@ -124,11 +125,13 @@ def build_pipeline(
     period: float,
     rng: random.Random | None = None,
     on_event: Callable[[Any], None] | None = None,
+    mark: DurableMark | None = None,
 ) -> Supervisor:
     """Wire the four actors of one partition under a one_for_all supervisor.
 
     ``source`` is a connection actor with the child signature, already bound to everything but
-    ``send`` (the pipeline's first channel).
+    ``send`` (the pipeline's first channel). ``mark``, when given, is the cursor Redis must still
+    hold; the source's cursor read must reset it (:meth:`DurableMark.resumed_from`).
     """
     source_send, filter_receive = trio.open_memory_channel[Any](SOURCE_TO_FILTER)
     filter_send, batch_receive = trio.open_memory_channel[Any](FILTER_TO_BATCH)
@@ -145,15 +148,20 @@ def build_pipeline(
             stats.started_at = trio.current_time()
         await run_persist(
             stopping, receive=persist_receive, sink=sink, breaker=breaker, backoff=backoff,
-            on_written=on_written, rng=rng, task_status=task_status,
+            on_written=on_written, rng=rng, mark=mark, task_status=task_status,
         )
 
+    # restart_grace=0: after a crash nothing in flight is worth waiting for (the channels are
+    # purged and the source resumes from the persisted cursor), and when the persist actor is the
+    # one that crashed, the stages before it could never hand their data on: each waited out its
+    # whole grace (5 s measured after a Redis rollback, docs/resilience.md).
     children = [
-        ChildSpec(name=f"{name}/persist", target=persist_first_after_purge, shutdown_grace=10.0),
+        ChildSpec(name=f"{name}/persist", target=persist_first_after_purge, shutdown_grace=10.0, restart_grace=0),
         ChildSpec(
             name=f"{name}/batch",
             target=functools.partial(run_batch, receive=batch_receive, send=batch_send, policy=policy),
             shutdown_grace=5.0,
+            restart_grace=0,
         ),
         ChildSpec(
             name=f"{name}/filter",
@@ -161,8 +169,11 @@ def build_pipeline(
                 run_filter, receive=filter_receive, send=filter_send, predicate=predicate, on_filtered=stats.on_filtered
             ),
             shutdown_grace=5.0,
+            restart_grace=0,
         ),
-        ChildSpec(name=f"{name}/source", target=functools.partial(source, send=source_send), shutdown_grace=5.0),
+        ChildSpec(
+            name=f"{name}/source", target=functools.partial(source, send=source_send), shutdown_grace=5.0, restart_grace=0
+        ),
     ]
     supervisor = Supervisor(
         name,
@@ -176,4 +187,5 @@ def build_pipeline(
     )
     stats.channels = {"source_to_filter": filter_receive, "filter_to_batch": batch_receive, "batch_to_persist": persist_receive}
     stats.supervisor = supervisor
+    stats.mark = mark
     return supervisor

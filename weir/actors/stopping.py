@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from weir.actors.nurseries import open_unwrapping_nursery
+
 
 @asynccontextmanager
 async def until_stopped(stopping: trio.Event) -> AsyncIterator[trio.CancelScope]:
@@ -21,12 +23,7 @@ async def until_stopped(stopping: trio.Event) -> AsyncIterator[trio.CancelScope]
             await stopping.wait()
             scope.cancel()
 
-        try:
-            async with trio.open_nursery() as watcher:
-                watcher.start_soon(cancel_when_stopping)
-                yield scope
-                watcher.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], trio.Cancelled):
-                raise group.exceptions[0] from None
-            raise
+        async with open_unwrapping_nursery() as watcher:
+            watcher.start_soon(cancel_when_stopping)
+            yield scope
+            watcher.cancel_scope.cancel()

@@ -7,12 +7,14 @@ Jepsen's vocabulary (shared/notes/reliability.md), per partition — every count
 - **duplicated**: an offered event present more than once (under any entry id);
 - **out_of_order**: an entry whose event was offered *before* an entry ahead of it;
 - **wrong_id**: an entry whose id is not ``<event id>-0``;
-- **cursor_regressions**: the persisted cursor, sampled during the run, went down.
+- **cursor_regressions**: the persisted cursor, sampled during the run, went down (except around
+  a Redis rollback, where Redis itself goes back and weir must write the lost events again).
 
 During the run a :class:`RunSampler` polls Redis (stream lengths and cursors, every few ms,
 directly — not through a proxy) and the weir process's VmRSS; from those samples and the
 schedule's :class:`~weir.chaos.schedule.FaultRecord` s it measures, per fault, the recovery time
-(fault cleared → first newly persisted event), the rates during and after it, how much weir's
+(fault cleared → the stream first holds more than it did as the fault cleared; after a rollback:
+more than before Redis lost its writes), the rates during and after it, how much weir's
 resident memory grew (:func:`rss_growth`) and which supervisors restarted a child meanwhile (the
 ``restart`` events of weir's JSON log, :func:`supervision_from_log`).
 
@@ -29,8 +31,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -496,11 +499,14 @@ def compare_partition(
     dead: Sequence[Entry] = (),
     cursors: Iterable[int | None] = (),
     final_cursor: int | None = None,
+    rolled_back: Container[int] = (),
 ) -> PartitionReport:
     """Compare one partition's stream (and dead letters) with what was offered, in order.
 
     An entry is identified by its ``data`` (a HubEvent's bytes include its id, so equal bytes are
-    the same event). ``cursors`` are the cursor samples taken during the run, in time order.
+    the same event). ``cursors`` are the cursor samples taken during the run, in time order;
+    ``rolled_back`` the indexes of samples taken around a Redis rollback, where the cursor going
+    down is Redis's doing (the fault), not weir's.
     """
     index = {payload: i for i, (_, payload) in enumerate(offered)}
     seen = [0] * len(offered)
@@ -533,7 +539,7 @@ def compare_partition(
             dead_count += 1
     missing = [offered[i][0] for i, n in enumerate(seen) if n == 0]
     examples += [f"event {id_} lost" for id_ in missing[:3]]
-    regressions = cursor_regressions(cursors)
+    regressions = cursor_regressions(cursors, rolled_back=rolled_back)
     expected_cursor = offered[-1][0] if offered else None
     return PartitionReport(
         partition=partition,
@@ -552,10 +558,14 @@ def compare_partition(
     )
 
 
-def cursor_regressions(cursors: Iterable[int | None]) -> int:
-    """How many times a cursor sample is below the previous one (a vanished cursor counts too)."""
+def cursor_regressions(cursors: Iterable[int | None], *, rolled_back: Container[int] = ()) -> int:
+    """How many times a cursor sample is below the previous one (a vanished cursor counts too),
+    except at the indexes in ``rolled_back``."""
     values = [-1 if cursor is None else cursor for cursor in cursors]
-    return sum(1 for before, after in itertools.pairwise(values) if after < before)
+    return sum(
+        1 for i, (before, after) in enumerate(itertools.pairwise(values), start=1)
+        if after < before and i not in rolled_back
+    )  # fmt: skip
 
 
 def fault_report(
@@ -574,9 +584,9 @@ def fault_report(
     end = cleared
     recovery = None
     if cleared is not None:
-        before_clear = [s for s in samples if s.at <= cleared]
         after_clear = [s for s in samples if s.at > cleared]
-        at_clear = before_clear[-1].persisted if before_clear else 0
+        # The most it held by then: after a Redis rollback, recovered means back above that.
+        at_clear = max((s.persisted for s in samples if s.at <= cleared), default=0)
         recovery = next((s.at - cleared for s in after_clear if s.persisted > at_clear), None)
         end = cleared + max(window, recovery or 0.0)
     span_end = end if end is not None else (samples[-1].at if samples else applied)
@@ -597,6 +607,16 @@ def fault_report(
         rate_after=_rate(samples, cleared, cleared + window),
         **common,
     )
+
+
+def rollback_samples(samples: Sequence[Sample], records: Sequence[FaultRecord], window: float) -> set[int]:
+    """Indexes of the samples from each Redis rollback's start until ``window`` after it cleared:
+    there the persisted cursor goes down because Redis lost writes (the fault itself)."""
+    spans = [
+        (r.applied_at, (r.cleared_at if r.cleared_at is not None else math.inf) + window)
+        for r in records if r.fault.target == "redis" and r.fault.kind == "rollback"
+    ]  # fmt: skip
+    return {i for i, sample in enumerate(samples) if any(start <= sample.at <= end for start, end in spans)}
 
 
 def process_restarted(record: FaultRecord) -> bool:
@@ -803,7 +823,8 @@ async def check_run(
             cursors = [s.cursors[column] for s in samples] if column is not None else []
             final = None if cursor is None else int(cursor)
             reports.append(
-                compare_partition(partition, events, entries, dead=dead, cursors=[*cursors, final], final_cursor=final)
+                compare_partition(partition, events, entries, dead=dead, cursors=[*cursors, final], final_cursor=final,
+                                  rolled_back=rollback_samples(samples, records, window))
             )
     origin = samples[0].at if samples else 0.0
     rss = [s.rss_kb for s in samples if s.rss_kb is not None]

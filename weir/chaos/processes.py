@@ -1,8 +1,14 @@
-"""Process faults: kill -9 and restart, SIGSTOP/SIGCONT, and the simulator's own failure modes.
+"""Process faults: kill -9 and restart, SIGSTOP/SIGCONT, Redis losing acknowledged writes, and the
+simulator's own failure modes.
 
 Targets share one small interface (:class:`ProcessTarget`: ``kill``, ``start``, ``pause``,
 ``resume``, ``pid``), which :class:`~weir.sinks.embedded_redis.RedisServer` already has and
 :class:`WeirProcess` (``weir run`` as a subprocess) adds, so a schedule treats them alike.
+
+A Redis rollback (:func:`save_redis_state`, then :func:`restart_redis_from`) kill -9s redis-server
+and starts it on a copy of its append-only file taken earlier: it comes back without the writes it
+acknowledged in between, like a failover to a replica that lagged, or a restart while a slow fsync
+held its last writes (appendfsync everysec).
 
 The simulator is controlled through :class:`HubControl`: in this process through its
 ``SnapchainSim`` (:class:`InProcessHub`), or as a subprocess by signal (:class:`SimProcessHub`:
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +34,7 @@ from grpclib.const import Status
 
 from weir.bridge import call_asyncio
 from weir.sim.snapchain import SnapchainSim
+from weir.sinks.embedded_redis import RedisServer
 
 __all__ = [
     "HubControl",
@@ -35,6 +43,8 @@ __all__ = [
     "SimProcessHub",
     "WeirProcess",
     "open_weir_process",
+    "restart_redis_from",
+    "save_redis_state",
     "weir_run_args",
 ]
 
@@ -159,6 +169,53 @@ class WeirProcess:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+
+# Redis 6 keeps its AOF in one file, Redis 7 in a directory of parts with a manifest.
+_AOF_NAMES = ("appendonly.aof", "appendonlydir")
+
+
+async def save_redis_state(server: RedisServer) -> Path:
+    """Copy the server's append-only file as it is now; returns the copy (beside the data dir).
+
+    A copy taken while Redis writes may end inside a command; Redis loads such a file by dropping
+    the incomplete tail (``aof-load-truncated``, on by default), as after a real crash.
+    """
+    saved = server.data_dir.with_name(server.data_dir.name + ".saved")
+
+    def copy() -> None:
+        shutil.rmtree(saved, ignore_errors=True)
+        saved.mkdir(parents=True)
+        for name in _AOF_NAMES:
+            path = server.data_dir / name
+            if path.is_dir():
+                shutil.copytree(path, saved / name)
+            elif path.is_file():
+                shutil.copy2(path, saved / name)
+
+    await trio.to_thread.run_sync(copy)
+    return saved
+
+
+async def restart_redis_from(server: RedisServer, saved: Path) -> None:
+    """kill -9 the server and start it on ``saved`` (see :func:`save_redis_state`)."""
+    await server.kill()
+
+    def restore() -> None:
+        for name in _AOF_NAMES:
+            path = server.data_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            if (saved / name).is_dir():
+                shutil.copytree(saved / name, path)
+            elif (saved / name).is_file():
+                shutil.copy2(saved / name, path)
+
+    await trio.to_thread.run_sync(restore)
+    await server.start()
+    log.info("redis-server restarted from the state saved in %s", saved)
 
 
 @asynccontextmanager

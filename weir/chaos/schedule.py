@@ -8,7 +8,9 @@ Targets and kinds:
 ==============  ==========================================================================
 ``hub_link``    proxy faults between weir and the simulator: latency, bandwidth, timeout,
 ``redis_link``  reset_peer, slicer, limit_data, down (params: the fault's fields, ``direction``)
-``redis``       ``kill`` (kill -9, started again after ``duration``), ``pause`` (SIGSTOP/SIGCONT)
+``redis``       ``kill`` (kill -9, started again after ``duration``), ``pause`` (SIGSTOP/SIGCONT),
+                ``rollback`` (its state is saved as the fault starts; after ``duration`` it is
+                killed and started on that state: the writes it acknowledged in between are lost)
 ``weir``        ``kill``, ``pause`` (as for redis), ``term`` (SIGTERM: ordered drain and exit, the
                 exit code is the record's ``outcome``; started again after ``duration``)
 ``hub``         ``drop_streams`` (instant), ``error`` (status ``params.status`` for ``duration``)
@@ -26,7 +28,12 @@ import attrs
 import trio
 from grpclib.const import Status
 
-from weir.chaos.processes import HubControl, ProcessTarget
+from weir.chaos.processes import (
+    HubControl,
+    ProcessTarget,
+    restart_redis_from,
+    save_redis_state,
+)
 from weir.chaos.proxy import FAULT_KINDS, Direction, Fault, FaultProxy
 
 __all__ = [
@@ -46,7 +53,7 @@ PROCESS_TARGETS = ("redis", "weir")
 KINDS: dict[str, tuple[str, ...]] = {
     "hub_link": tuple(FAULT_KINDS),
     "redis_link": tuple(FAULT_KINDS),
-    "redis": ("kill", "pause"),
+    "redis": ("kill", "pause", "rollback"),
     "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
 }
@@ -209,6 +216,13 @@ async def _apply(fault: TimedFault, target: Any):  # type: ignore[no-untyped-def
     if fault.kind == "kill":
         await target.kill()
         return target.start, None
+    if fault.kind == "rollback":
+        saved = await save_redis_state(target)
+
+        async def roll_back() -> None:
+            await restart_redis_from(target, saved)
+
+        return roll_back, None
     if fault.kind == "term":
         code = await target.terminate()
         if code is None:  # did not drain in time: a failure the caller sees in the outcome

@@ -354,8 +354,8 @@ def fault_windows(
                     extended = True
     windows = []
     for start, end, members in groups:
-        before = [s for s in samples if s.at <= end]
-        at_end = before[-1].persisted if before else 0
+        # The most it held by then: after a Redis rollback, recovered means back above that.
+        at_end = max((s.persisted for s in samples if s.at <= end), default=0)
         recovery = next((s.at - end for s in samples if s.at > end and s.persisted > at_end), None)
         redis_side = any(m.fault.target in _PROCESS_TARGETS for m in members)
         span_end = end + max(WINDOW_SETTLE_S, recovery or 0.0)

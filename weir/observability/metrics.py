@@ -95,6 +95,7 @@ class ServiceCollector(Collector):
         connects = counter("weir_source_connects", "Connection attempts of the source (the first one included).")
         reconnects = counter("weir_source_reconnects", "Reconnections of the source after a network fault.")
         purged = counter("weir_pipeline_purged_chunks", "Chunks discarded from the channels at a pipeline restart (replayed by the source).")
+        rollbacks = counter("weir_sink_rollbacks", "Times Redis was found holding an older cursor than it had acknowledged (lost writes, read again).")
         connected = gauge("weir_source_connected", "1 while the source is receiving from the network, else 0.")
         position = gauge("weir_source_position", "Position (event id) of the last event the source received.")
         cursor = gauge("weir_cursor_position", "Durable cursor: the position through which the partition is persisted.")
@@ -123,6 +124,7 @@ class ServiceCollector(Collector):
             connects.add_metric(labels, getattr(source, "connects", 0))
             reconnects.add_metric(labels, getattr(source, "reconnects", 0))
             purged.add_metric(labels, sink.purged)
+            rollbacks.add_metric(labels, sink.mark.rollbacks if sink.mark is not None else 0)
             connected.add_metric(labels, 1 if getattr(source, "connected", False) else 0)
             last_id = getattr(source, "last_id", None)
             if isinstance(last_id, (int, float)):
@@ -142,7 +144,7 @@ class ServiceCollector(Collector):
                 family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
 
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
-                    connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
+                    rollbacks, connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
 
     def _supervisors(self) -> Iterator[Metric]:

@@ -7,11 +7,13 @@
 -- last id.
 --
 -- KEYS: events stream, cursor hash, dead-letter stream (one hash tag: one cluster slot).
--- ARGV (built by weir/sinks/redis_sink.py, layout version 1):
+-- ARGV (built by weir/sinks/redis_sink.py, layout version 2):
 --   1 through       highest source position the batch covers (decimal, no leading zeros)
 --   2 token         source resume state stored beside the cursor
 --   3 maxlen        "" for no trimming, else approximate MAXLEN of the events stream
---   4 E             number of events, then per event:
+--   4 expect        "" or a cursor the writer knows was stored: a stored cursor below it (or none)
+--                   means Redis lost acknowledged writes, and the batch is refused (WEIRBEHIND)
+--   5 E             number of events, then per event:
 --       position, stream id "<position>-<sub>", N, then N field/value arguments
 --   next D          number of dead letters, then per dead letter:
 --       position (or ""), reason, data, received
@@ -43,11 +45,14 @@ local function is_uint(s)
 end
 
 local events_key, cursor_key, dead_key = KEYS[1], KEYS[2], KEYS[3]
-local through, token, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local through, token, maxlen, expect = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 -- Checks that can fail: all before the first write.
 if not is_uint(through) then
   return redis.error_reply('ERR weir persist: bad through position ' .. tostring(through))
+end
+if expect ~= '' and not is_uint(expect) then
+  return redis.error_reply('ERR weir persist: bad expected cursor ' .. tostring(expect))
 end
 for _, pair in ipairs({{events_key, 'stream'}, {cursor_key, 'hash'}, {dead_key, 'stream'}}) do
   local kind = redis.call('TYPE', pair[1])['ok']
@@ -59,6 +64,12 @@ end
 local cursor = redis.call('HGET', cursor_key, 'position')
 if cursor and not is_uint(cursor) then
   return redis.error_reply('ERR weir persist: ' .. cursor_key .. ' has a bad position ' .. cursor)
+end
+-- The stored cursor only ever grows, so one below what this writer saw stored means Redis went
+-- back in time (a restart that lost its last writes, a failover to a lagging replica, keys reset).
+-- Writing on would move the cursor over the lost events for good; the writer must replay instead.
+if expect ~= '' and (not cursor or gt(expect, cursor)) then
+  return redis.error_reply('WEIRBEHIND ' .. (cursor or '-') .. ' ' .. expect)
 end
 
 -- The stream's last generated id (not its last entry: an XDEL'd top id cannot be reused).
@@ -80,8 +91,8 @@ end
 local base = #xadd
 
 local appended, skipped, stale, dead_appended = 0, 0, 0, 0
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
   local position, id, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local first = i + 3
   i = first + n

@@ -47,6 +47,8 @@ _TRANSIENT_CODES = (
     "MISCONF",
     "OOM",
 )
+# persist.lua's refusal when the stored cursor is below the expected one: "WEIRBEHIND <stored|-> <expected>".
+_BEHIND = re.compile(r"WEIRBEHIND (-|\d+) (\d+)$")
 _TRANSIENT_MESSAGE = re.compile(r"(?:^|\s-)(?:" + "|".join(_TRANSIENT_CODES) + r")\b")
 
 
@@ -95,6 +97,34 @@ class SinkUnavailable(Exception):
     #: True when Redis (or the link to it) did not answer within the socket timeout: the write may
     #: simply be too big for a slow link, so the persist actor retries it in smaller parts.
     timed_out: bool = False
+
+
+class SinkBehind(Exception):
+    """Redis holds an older cursor than one this writer saw stored: it lost acknowledged writes.
+
+    A stored cursor never goes down, so this means Redis went back in time — a restart whose last
+    writes were not in its AOF yet, a failover to a replica that lagged, or keys deleted by hand.
+    Not transient and not to be written over: writing on would move the cursor past the lost
+    events for good. The pipeline must start again from the stored cursor, which re-reads them
+    from the network.
+
+    Attributes:
+        partition: the partition.
+        stored: the cursor Redis holds (None: it has none).
+        expected: the cursor this writer had seen stored.
+    """
+
+    def __init__(self, cursor_key: str, partition: str, stored: int | None, expected: int) -> None:
+        held = "no cursor" if stored is None else f"cursor {stored}"
+        super().__init__(
+            f"{cursor_key} holds {held}, below {expected} which was already acknowledged: Redis lost "
+            f"acknowledged writes (a restart before they reached its AOF, a failover to a lagging "
+            f"replica, or the keys were reset); the partition must be read again from "
+            f"{'its start' if stored is None else stored}"
+        )
+        self.partition = partition
+        self.stored = stored
+        self.expected = expected
 
 
 class RedisSink:
@@ -203,7 +233,18 @@ class RedisSink:
     async def _read_cursor_aio(self, cursor_key: str) -> list[bytes | None]:
         return await self._require_client().hmget(cursor_key, ["position", "token"])
 
-    async def write(self, partition: str, chunks: list[Chunk]) -> WriteResult:
+    async def check_behind(self, partition: str, expect: int) -> None:
+        """Raise :class:`SinkBehind` if the stored cursor is below ``expect`` (or gone).
+
+        Raises:
+            SinkUnavailable: Redis cannot answer now.
+        """
+        cursor = await self.read_cursor(partition)
+        if cursor is None or cursor.position < expect:
+            stored = None if cursor is None else cursor.position
+            raise SinkBehind(self._key_tuple(partition)[1], partition, stored, expect)
+
+    async def write(self, partition: str, chunks: list[Chunk], *, expect: int | None = None) -> WriteResult:
         """Append the events and dead letters of ``chunks`` and advance the cursor, atomically.
 
         All chunks must belong to ``partition`` (of this sink's source); together they are one
@@ -211,14 +252,26 @@ class RedisSink:
         same batch again is harmless. The cursor becomes max(stored, highest ``through``), with
         the token of the chunk that has that ``through``.
 
+        ``expect`` is a cursor the caller knows was stored (what its last write returned, or what
+        it resumed from): if Redis now holds less, nothing is written and :class:`SinkBehind` is
+        raised, because the events between were acknowledged and lost.
+
         Raises:
+            SinkBehind: the stored cursor is below ``expect``: Redis lost acknowledged writes.
             SinkUnavailable: Redis is unreachable or cannot write now; retry the same batch.
             ValueError: the batch is malformed (empty, wrong partition or source, a position out
                 of the uint64 range, an event above its chunk's ``through``).
             redis.exceptions.ResponseError: anything else Redis refuses (e.g. WRONGTYPE).
         """
-        command = self._pack_evalsha(partition, chunks)
-        appended, skipped, dead_appended, cursor, stale = await self._call(self._eval_aio, command)
+        command = self._pack_evalsha(partition, chunks, expect)
+        try:
+            appended, skipped, dead_appended, cursor, stale = await self._call(self._eval_aio, command)
+        except rex.ResponseError as exc:
+            behind = _BEHIND.match(str(exc))
+            if behind is None:
+                raise
+            stored = None if behind[1] == "-" else int(behind[1])
+            raise SinkBehind(self._key_tuple(partition)[1], partition, stored, int(behind[2])) from None
         return WriteResult(
             appended=appended,
             skipped=skipped,
@@ -227,7 +280,7 @@ class RedisSink:
             stale=stale,
         )
 
-    def _pack_evalsha(self, partition: str, chunks: list[Chunk]) -> bytes:
+    def _pack_evalsha(self, partition: str, chunks: list[Chunk], expect: int | None = None) -> bytes:
         """The whole EVALSHA command, RESP-encoded (ARGV layout in persist.lua).
 
         The hot path. Packing here rather than handing ~15 arguments per event to redis-py is
@@ -315,15 +368,18 @@ class RedisSink:
                 _bulk_str(k) for k in self.keys(partition).as_tuple()
             )
         n_dead = len(dead) // 4
-        # EVALSHA sha 3, 3 keys, through token maxlen E, per event 3 + 8 + its fields, D, dead.
-        n_args = 3 + 3 + 4 + 11 * count + field_args + 1 + len(dead)
-        head = b"*%d\r\n%b%b%b%b%b%b" % (
+        if expect is not None and (type(expect) is not int or not 0 <= expect <= _U64_MAX):
+            raise ValueError(f"expected cursor {expect!r} is not a uint64 or None")
+        # EVALSHA sha 3, 3 keys, through token maxlen expect E, per event 3 + 8 + its fields, D, dead.
+        n_args = 3 + 3 + 5 + 11 * count + field_args + 1 + len(dead)
+        head = b"*%d\r\n%b%b%b%b%b%b%b" % (
             n_args,
             _EVALSHA_HEAD,
             keys,
             _bulk(b"%d" % through),
             _bulk_str(token),
             self._maxlen_arg,
+            _bulk(b"" if expect is None else b"%d" % expect),
             _bulk(b"%d" % count),
         )
         return b"".join((head, *parts, _bulk(b"%d" % n_dead), *dead))

@@ -69,12 +69,19 @@ class ChildSpec:
       target: The child's async function.
       restart: When the child is restarted after it exits.
       shutdown_grace: Seconds between setting ``stopping`` and cancelling the child.
+      restart_grace: The same when the child is stopped because a sibling crashed (one_for_all,
+        rest_for_one); None means ``shutdown_grace``. 0 suits a child whose work in flight is
+        redone after the restart anyway: waiting for it to finish would only wait for a sibling
+        that is gone (a pipeline stage cannot hand its data on to a crashed stage after it).
     """
 
     name: str = attrs.field(validator=_non_empty)
     target: Callable[..., Awaitable[None]]
     restart: Restart = Restart.PERMANENT
     shutdown_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    restart_grace: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_non_negative)
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -411,7 +411,7 @@ class Supervisor:
         group = self._group(child)
         for other in reversed(group):
             if other.current is not None:
-                await self._stop_instance(other.current)
+                await self._stop_instance(other.current, for_restart=True)
         with trio.move_on_after(delay):
             await self._stop_requested.wait()
         if self._stop_requested.is_set():
@@ -434,15 +434,18 @@ class Supervisor:
             if child.current is not None:
                 await self._stop_instance(child.current)
 
-    async def _stop_instance(self, instance: _Instance) -> None:
+    async def _stop_instance(self, instance: _Instance, *, for_restart: bool = False) -> None:
         """Set the child's ``stopping``, give it its grace, then cancel it; wait until it ends.
 
+        ``for_restart``: stopped because a sibling crashed (its ``restart_grace`` applies).
         Safe to call again for the same instance: the grace runs from the first request.
         """
         instance.stopped_by_us = True
         instance.stopping.set()
         if instance.kill_at is None:
-            instance.kill_at = trio.current_time() + instance.child.spec.shutdown_grace
+            spec = instance.child.spec
+            grace = spec.restart_grace if for_restart and spec.restart_grace is not None else spec.shutdown_grace
+            instance.kill_at = trio.current_time() + grace
         with trio.move_on_at(instance.kill_at):
             await instance.done.wait()
         if not instance.done.is_set():
