@@ -84,6 +84,8 @@ UNREACHABLE = f"redis://127.0.0.1:{free_port()}/0"  # so config and usage cases 
          "weir: config error: farcaster.shards: expected a list of integers, got '1,x' (from command line --shards)"),
         (["run", "--redis-url", "redis://h:port"],
          "weir: config error: redis.url: invalid port in 'redis://h:port' (from command line --redis-url)"),
+        (["run", "--redis-url", "redis://admin:hunter2@h:port"],  # the password is never printed
+         "weir: config error: redis.url: invalid port in 'redis://admin:***@h:port' (from command line --redis-url)"),
         (["run", "--redis-url", UNREACHABLE, "--set", "nope"],
          "weir: config error: --set 'nope': expected SECTION.KEY=VALUE (or log_level=, log_format=)"),
         # demo

@@ -20,6 +20,7 @@ import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
 from weir.sinks.keys import validate_prefix
+from weir.sinks.urls import redacted
 
 MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
 BSKY_RELAY_URL = "wss://bsky.network"
@@ -373,9 +374,9 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     if redis.url:
         parts = urlsplit(redis.url)
         if parts.scheme not in {"redis", "rediss", "unix"}:
-            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {redis.url!r}")
+            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {redacted(redis.url)!r}")
         if not _port_parses(parts):
-            fail("redis.url", f"invalid port in {redis.url!r}")
+            fail("redis.url", f"invalid port in {redacted(redis.url)!r}")
     else:  # the embedded server keeps its data in redis.data_dir
         _validate_data_dir(redis.data_dir, lambda message: fail("redis.data_dir", message))
     if redis.appendfsync not in {"always", "everysec"}:

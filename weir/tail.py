@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -18,6 +17,7 @@ from weir.app import REDIS_URL_FILE
 from weir.bridge import call_asyncio, open_asyncio_loop
 from weir.config import Config
 from weir.sinks.keys import partition_keys
+from weir.sinks.urls import redacted
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
@@ -109,16 +109,6 @@ def _emit(entry: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _redacted(url: str) -> str:
-    """``url`` without its password (it is printed)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
-
-
 def _reason(exc: BaseException) -> str:
     """Why a connection failed, in a few words: the OS's error if there is one, else redis-py's."""
     cause: BaseException | None = exc
@@ -142,8 +132,8 @@ async def run_tail(config: Config, args: argparse.Namespace) -> int:
         except trio.Cancelled:
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            print(f"weir tail: cannot reach redis at {_redacted(url)}: {_reason(exc)}", file=sys.stderr)
+            print(f"weir tail: cannot reach redis at {redacted(url)}: {_reason(exc)}", file=sys.stderr)
             return EXIT_FAILURE
         except redis.exceptions.ResponseError as exc:  # e.g. WRONGTYPE: the key is not weir's stream
-            print(f"weir tail: redis at {_redacted(url)} refused a command: {exc}", file=sys.stderr)
+            print(f"weir tail: redis at {redacted(url)} refused a command: {exc}", file=sys.stderr)
             return EXIT_FAILURE

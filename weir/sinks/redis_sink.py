@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from weir.bridge import call_asyncio
 from weir.events import Chunk
 from weir.sinks.keys import DEFAULT_PREFIX, PartitionKeys, partition_keys, validate_name, validate_prefix
+from weir.sinks.urls import redacted
 
 _U64_MAX = (1 << 64) - 1
 
@@ -155,6 +156,7 @@ class RedisSink:
         if maxlen is not None and (type(maxlen) is not int or maxlen < 1):
             raise ValueError(f"maxlen must be a positive int or None, not {maxlen!r}")
         self.url = url
+        self._shown_url = redacted(url)  # for messages: without the password
         self.prefix = validate_prefix(prefix)
         self.source = validate_name("source", source)
         self.socket_timeout = socket_timeout
@@ -429,20 +431,20 @@ class RedisSink:
             except (rex.AuthenticationError, rex.AuthorizationError):
                 raise  # configuration, not availability
             except rex.BusyLoadingError as exc:
-                raise SinkUnavailable(f"redis at {self.url} is loading its data: {exc}") from exc
+                raise SinkUnavailable(f"redis at {self._shown_url} is loading its data: {exc}") from exc
             except rex.ConnectionError as exc:
                 if attempt == 1:
                     continue
-                raise SinkUnavailable(f"redis at {self.url} unavailable: {exc}") from exc
+                raise SinkUnavailable(f"redis at {self._shown_url} unavailable: {exc}") from exc
             except (rex.TimeoutError, TimeoutError) as exc:
-                unavailable = SinkUnavailable(f"redis at {self.url} did not answer in time: {exc!r}")
+                unavailable = SinkUnavailable(f"redis at {self._shown_url} did not answer in time: {exc!r}")
                 unavailable.timed_out = True
                 raise unavailable from exc
             except OSError as exc:
-                raise SinkUnavailable(f"redis at {self.url} unavailable: {exc!r}") from exc
+                raise SinkUnavailable(f"redis at {self._shown_url} unavailable: {exc!r}") from exc
             except rex.ResponseError as exc:
                 if is_transient_response(exc):
-                    raise SinkUnavailable(f"redis at {self.url} cannot write now: {exc}") from exc
+                    raise SinkUnavailable(f"redis at {self._shown_url} cannot write now: {exc}") from exc
                 raise
         raise AssertionError("unreachable")
 
