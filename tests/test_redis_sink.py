@@ -13,7 +13,6 @@ import trio
 
 from weir.events import Chunk, DeadLetter, Event
 from weir.sinks.keys import partition_keys
-from weir.sinks.urls import redacted
 from weir.sinks.redis_sink import (
     PERSIST_SCRIPT,
     Cursor,
@@ -24,6 +23,7 @@ from weir.sinks.redis_sink import (
     is_transient_response,
     open_redis_sink,
 )
+from weir.sinks.urls import redacted
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,13 @@ from redis.backoff import NoBackoff
 
 from weir.bridge import call_asyncio
 from weir.events import Chunk
-from weir.sinks.keys import DEFAULT_PREFIX, PartitionKeys, partition_keys, validate_name, validate_prefix
+from weir.sinks.keys import (
+    DEFAULT_PREFIX,
+    PartitionKeys,
+    partition_keys,
+    validate_name,
+    validate_prefix,
+)
 from weir.sinks.urls import redacted
 
 _U64_MAX = (1 << 64) - 1
