@@ -227,13 +227,13 @@ async def test_redis_losing_acknowledged_writes_ends_the_actor_instead_of_writin
     then restarts from what Redis holds): found by the next write, or, when no batch comes, by the
     idle check."""
     mark = DurableMark(PART)
-    mark.resumed_from(None)
     async with open_redis_sink(redis_server.url, source=SOURCE) as sink:
         harness = Harness(sink)
         with pytest.RaisesGroup(SinkBehind) as caught:
             with trio.fail_after(TIMEOUT):
                 async with trio.open_nursery() as nursery:
                     await harness.start(nursery, mark=mark, verify_every=0.05 if not next_batch else 3600)
+                    mark.resumed_from(None)  # the source starts (after persist) on an empty Redis
                     await harness.send.send(batch(1, 3))
                     await harness.wait_written(1)
                     saved = await dump_partition(redis_client)
@@ -282,3 +282,54 @@ async def test_a_source_resuming_from_the_stored_cursor_resets_the_expectation(r
                 harness.stopping.set()
         assert await stream_ids(redis_client) == [b"%d-0" % p for p in range(1, 10)]
         assert mark.position == 9
+
+
+class _FakeCursorSink:
+    """Just the cursor of a sink (pure-logic test of the idle check; the real sink is tested above)."""
+
+    def __init__(self, stored: int) -> None:
+        self.stored = stored
+        self.checked: list[int] = []
+
+    async def check_behind(self, partition: str, expect: int) -> None:
+        await trio.sleep(0.001)
+        self.checked.append(expect)
+        if self.stored < expect:
+            raise SinkBehind("cursor", partition, self.stored, expect)
+
+
+async def test_after_a_restart_the_idle_check_waits_for_the_source_to_resume(autojump_clock):
+    """After SinkBehind restarted the pipeline, the mark still says what Redis lost until the
+    source has read the cursor again (which may wait long behind an open breaker). Checking the old
+    mark meanwhile would restart the pipeline again and again until it escalated."""
+    mark = DurableMark(PART, position=6)  # what the last incarnation had seen stored
+    sink = _FakeCursorSink(stored=3)  # Redis came back with less
+    send, receive = trio.open_memory_channel[object](0)
+    stopping = trio.Event()
+    breaker = CircuitBreaker("redis", failure_threshold=2, reset_timeout=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(
+            run_persist, stopping, receive=receive, sink=sink, breaker=breaker, backoff=Backoff(initial=0.01, maximum=0.05),
+            mark=mark, verify_every=0.5,
+        ))  # fmt: skip
+        await trio.sleep(30)  # (mock time) the source waits for Redis: no check of the stale mark
+        assert sink.checked == []
+        mark.resumed_from(3)  # the source reads the cursor and resumes from it
+        await trio.sleep(2)
+        assert sink.checked and set(sink.checked) == {3}  # checks resume, against what Redis holds
+        stopping.set()
+
+
+def test_a_resume_behind_the_mark_is_counted_and_a_vanished_cursor_is_an_error(caplog):
+    mark = DurableMark(PART)
+    with caplog.at_level(logging.WARNING, logger="weir.actors.persist"):
+        mark.resumed_from(None)  # first start on an empty Redis: nothing was acknowledged yet
+        mark.stored(6)
+        mark.resumed_from(6)  # a restart that finds what was written
+        mark.resumed_from(3)  # Redis lost 4-6
+        mark.stored(9)
+        mark.resumed_from(None)  # Redis lost everything of the partition
+    assert (mark.rollbacks, mark.resumes, mark.position) == (2, 4, None)
+    assert [(r.levelname, r.event, r.stored, r.expected) for r in caplog.records] == [
+        ("WARNING", "resume_behind", 3, 6), ("ERROR", "resume_behind", None, 9)]
+    assert "events up to 9 are read again only if that start reaches back to them" in caplog.records[1].getMessage()

@@ -47,13 +47,24 @@ class DurableMark:
 
     def resumed_from(self, position: int | None) -> None:
         """The source reads on from ``position`` (None: nothing stored): expect that from now on."""
-        if self.position is not None and (position is None or position < self.position):
+        if self.position is not None and position is not None and position < self.position:
             self.rollbacks += 1
             log.warning(
-                "partition %s: Redis holds %s but %d was acknowledged before; reading the events "
-                "in between from the network again", self.partition,
-                "no cursor" if position is None else f"cursor {position}", self.position,
+                "partition %s: Redis holds cursor %d but %d was acknowledged before; reading the "
+                "events in between from the network again", self.partition, position, self.position,
                 extra={"event": "resume_behind", "partition": self.partition, "stored": position,
+                       "expected": self.position},
+            )  # fmt: skip
+        elif self.position is not None and position is None:
+            # Nothing tells where this partition began: the source can only go by its configured
+            # start. Said loudly, because with start=live (or latest) events are skipped.
+            self.rollbacks += 1
+            log.error(
+                "partition %s: Redis has no cursor although %d was acknowledged (it lost all of this "
+                "partition's data, evicted it, or the keys were deleted); starting again from the "
+                "configured start, so events up to %d are read again only if that start reaches "
+                "back to them (e.g. start=oldest)", self.partition, self.position, self.position,
+                extra={"event": "resume_behind", "partition": self.partition, "stored": None,
                        "expected": self.position},
             )  # fmt: skip
         self.position = position
@@ -105,7 +116,7 @@ async def run_persist(
     writer = _Writer(sink=sink, breaker=breaker, backoff=backoff, rng=rng or random.Random(), mark=mark)
     async with open_unwrapping_nursery() as nursery:
         if mark is not None:
-            nursery.start_soon(_verify_while_idle, writer, mark, verify_every)
+            nursery.start_soon(_verify_while_idle, writer, mark, verify_every, mark.resumes)
         async with open_inbox(receive, stopping) as inbox:
             task_status.started()
             while (batch := await inbox.get()) is not None:
@@ -115,15 +126,21 @@ async def run_persist(
         nursery.cancel_scope.cancel()
 
 
-async def _verify_while_idle(writer: _Writer, mark: DurableMark, every: float) -> None:
+async def _verify_while_idle(writer: _Writer, mark: DurableMark, every: float, resumes_at_start: int) -> None:
     """Raise :class:`SinkBehind` if Redis, while no batch came, lost what this pipeline wrote.
 
     Without it a partition whose last batches were lost would wait for its next event (maybe for
     hours) to notice; the lost events would sit unread until then.
+
+    Only once the source has resumed in this incarnation: after a restart the mark is still the
+    old one until the source reads the cursor (which may wait long behind an open breaker), and
+    checking it meanwhile would find the very loss the restart is repairing, again and again.
     """
     while True:
         await trio.sleep(every)
-        if writer.writing or trio.current_time() - writer.last_activity < every or mark.position is None:
+        if mark.resumes == resumes_at_start or mark.position is None:
+            continue
+        if writer.writing or trio.current_time() - writer.last_activity < every:
             continue  # a write checks the mark itself
         expect, resumes = mark.position, mark.resumes
         try:
