@@ -304,7 +304,7 @@ async def test_after_a_restart_the_idle_check_waits_for_the_source_to_resume(aut
     mark meanwhile would restart the pipeline again and again until it escalated."""
     mark = DurableMark(PART, position=6)  # what the last incarnation had seen stored
     sink = _FakeCursorSink(stored=3)  # Redis came back with less
-    send, receive = trio.open_memory_channel[object](0)
+    _send, receive = trio.open_memory_channel[object](0)
     stopping = trio.Event()
     breaker = CircuitBreaker("redis", failure_threshold=2, reset_timeout=0.05)
     async with trio.open_nursery() as nursery:
