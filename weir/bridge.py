@@ -96,10 +96,11 @@ def trio_sender(send: trio.MemorySendChannel[Any]) -> Callable[[Any], Awaitable[
 
 
 async def pump_batches(
-    source: AsyncIterable[T],
+    source: AsyncIterable[Any],
     deliver: Callable[[list[T]], Awaitable[None]],
     *,
     max_batch: int = 512,
+    lists: bool = False,
 ) -> None:
     """Read ``source`` in asyncio and hand it to ``deliver`` as lists (asyncio side).
 
@@ -107,7 +108,8 @@ async def pump_batches(
     exactly as large as the consumer is slow (up to ``max_batch``, after which reading pauses:
     that is the backpressure that reaches the network) and stay at one item when it is fast,
     which keeps latency low. When the source fails, what was already read is delivered first,
-    then the error is raised.
+    then the error is raised. With ``lists`` the source yields lists of items (a bulk read); a
+    delivered list still holds at most ``max_batch`` items.
     """
     buffer: list[T] = []
     have_items = asyncio.Event()
@@ -120,7 +122,10 @@ async def pump_batches(
         nonlocal finished, failure
         try:
             async for item in source:
-                buffer.append(item)
+                if lists:
+                    buffer.extend(item)
+                else:
+                    buffer.append(item)
                 have_items.set()
                 if len(buffer) >= max_batch:
                     room.clear()
@@ -135,9 +140,10 @@ async def pump_batches(
     try:
         while True:
             if buffer:
-                batch = buffer[:]
-                buffer.clear()
-                room.set()
+                batch = buffer[:max_batch]
+                del buffer[:max_batch]
+                if len(buffer) < max_batch:
+                    room.set()
                 await deliver(batch)
             elif finished:
                 # Checked before waiting again: the reader's last items and its end can arrive

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
+from weir.actors.grpc_bulk import message_lists
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
@@ -35,6 +36,7 @@ from weir.codecs.farcaster_keys import (
     HubEventKeys,
     scan_hub_event,
 )
+from weir.codecs.grpc_frames import GrpcFrameError
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
 from weir.events import Chunk, DeadLetter, Event
@@ -136,7 +138,7 @@ async def _subscribe_on(channel, request_bytes: bytes, deliver, read_batch: int,
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel (gh-86296).
         async with asyncio.timeout(connect_timeout):
             await stream.send_message(request_bytes, end=True)
-        await pump_batches(stream, deliver, max_batch=read_batch)
+        await pump_batches(message_lists(stream, max_messages=read_batch), deliver, max_batch=read_batch, lists=True)
         # The status only arrives with the trailers: without this an error status (a node
         # dropping us with UNAVAILABLE) would look like a normal end of stream.
         await stream.recv_trailing_metadata()
@@ -315,7 +317,7 @@ def is_transient(exc: BaseException) -> bool:
 
     return isinstance(
         exc,
-        (IdleStream, StreamEnded, StreamTerminatedError, ProtocolError, ConnectionError, OSError,
+        (IdleStream, StreamEnded, StreamTerminatedError, ProtocolError, GrpcFrameError, ConnectionError, OSError,
          asyncio.TimeoutError, TimeoutError, h2.exceptions.ProtocolError, trio.BrokenResourceError),
     )
 

@@ -1,0 +1,190 @@
+"""Bulk reading of gRPC streams: the sans-IO message splitter (property-tested) and the grpclib
+reader against the Snapchain simulator over real sockets, compared with grpclib's own path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+
+import grpclib.client
+import pytest
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from weir.actors.grpc_bulk import bulk_capable, message_lists
+from weir.codecs.grpc_frames import GrpcFrameError, MessageSplitter
+from weir.codecs.grpc_raw import RawBytesCodec
+from weir.protos.snapchain import HubEventType, SubscribeRequest
+from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.snapchain import serve_snapchain
+
+ALL_TYPES = [int(t) for t in HubEventType]
+
+
+def framed(message: bytes, flag: int = 0) -> bytes:
+    return bytes([flag]) + len(message).to_bytes(4, "big") + message
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+# -- the splitter ---------------------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=300), max_size=30), st.lists(st.integers(0, 10_000), max_size=40))
+def test_messages_come_out_whole_and_in_order_however_the_body_is_cut(messages, points):
+    body = b"".join(framed(m) for m in messages)
+    splitter = MessageSplitter()
+    out: list[bytes] = []
+    for piece in cut(body, points):
+        out += splitter.feed(piece)
+    assert out == messages
+    assert splitter.pending == 0
+    splitter.finish()
+
+
+@given(st.lists(st.binary(max_size=100), min_size=1, max_size=5), st.integers(0, 10_000))
+def test_a_body_that_ends_inside_a_message_is_an_error(messages, keep):
+    frames = [framed(m) for m in messages]
+    body = b"".join(frames)
+    boundaries = {sum(len(f) for f in frames[:i]) for i in range(len(frames) + 1)}
+    keep %= len(body)
+    splitter = MessageSplitter()
+    out = splitter.feed(body[:keep])
+    if keep in boundaries:  # whole messages only: a shorter stream, not a broken one
+        assert out == messages[: len(out)]
+        splitter.finish()
+    else:
+        with pytest.raises(GrpcFrameError, match="ended inside a gRPC message"):
+            splitter.finish()
+
+
+def test_compressed_bad_flag_and_oversized_messages_are_refused():
+    with pytest.raises(GrpcFrameError, match="compressed gRPC message"):
+        MessageSplitter().feed(framed(b"x", flag=1))
+    with pytest.raises(GrpcFrameError, match="bad gRPC message flag 7"):
+        MessageSplitter().feed(framed(b"x", flag=7))
+    with pytest.raises(GrpcFrameError, match="of 11 bytes, above the 10-byte limit"):
+        MessageSplitter(max_message=10).feed(framed(b"x" * 11)[:7])  # refused from its prefix alone
+    assert MessageSplitter().feed(framed(b"")) == [b""]  # an empty message is a message
+
+
+# -- against the simulator --------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def subscribed(config: SnapchainSimConfig, port_of=lambda port: port):
+    sim, port = await serve_snapchain(config)
+    channel = grpclib.client.Channel("127.0.0.1", port_of(port), codec=RawBytesCodec())
+    try:
+        async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, SubscribeRequest, bytes) as stream:
+            await stream.send_message(SubscribeRequest(event_types=ALL_TYPES, from_id=0, shard_index=1), end=True)
+            yield sim, stream
+    finally:
+        channel.close()
+        sim.close()
+        await sim.wait_closed()
+
+
+def run(scenario):
+    async def bounded():
+        return await asyncio.wait_for(scenario(), 30)
+
+    return asyncio.run(bounded())
+
+
+def test_bulk_reading_gives_grpclibs_messages_in_lists_bounded_by_max_messages():
+    config = SnapchainSimConfig(shards=1, seed=5, rate=0, history=3000, total=3000)
+
+    async def scenario() -> None:
+        async with subscribed(config) as (sim, stream):
+            assert bulk_capable(stream), "the installed grpclib changed its buffer: bulk reading is off"
+            lists: list[list[bytes]] = []
+            got: list[bytes] = []
+            reader = message_lists(stream, max_messages=100)
+            while len(got) < 3000:
+                batch = await reader.__anext__()
+                lists.append(batch)
+                got += batch
+            assert got == [event for _, event in sim.offered(1)]
+            assert all(batch for batch in lists)
+            # a list stops once it reaches 100, within the DATA chunk that got it there
+            assert max(len(batch) for batch in lists) < 100 + 100
+            assert len(lists) >= 3000 // 200
+
+            # The node ends the stream (as when it drops us): the lists end, the status follows.
+            assert sim.drop_streams() == 1
+            with pytest.raises(StopAsyncIteration):
+                await reader.__anext__()
+            with pytest.raises(GRPCError) as caught:
+                await stream.recv_trailing_metadata()
+            assert caught.value.status == Status.UNAVAILABLE
+
+    run(scenario)
+
+
+def test_a_connection_lost_mid_stream_raises_as_grpclib_does():
+    config = SnapchainSimConfig(shards=1, seed=6, rate=0, history=200, total=200)
+    links: list[asyncio.StreamWriter] = []
+
+    async def scenario() -> None:
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+
+        async def open_link(port: int):
+            async def on_client(client_reader, client_writer):
+                server_reader, server_writer = await asyncio.open_connection("127.0.0.1", port)
+                links.extend([client_writer, server_writer])
+                await asyncio.gather(forward(client_reader, server_writer), forward(server_reader, client_writer))
+
+            return await asyncio.start_server(on_client, "127.0.0.1", 0)
+
+        sim, port = await serve_snapchain(config)
+        link = await open_link(port)
+        channel = grpclib.client.Channel("127.0.0.1", link.sockets[0].getsockname()[1], codec=RawBytesCodec())
+        try:
+            async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, SubscribeRequest, bytes) as stream:
+                await stream.send_message(SubscribeRequest(event_types=ALL_TYPES, from_id=0, shard_index=1), end=True)
+                reader = message_lists(stream)
+                got: list[bytes] = []
+                while len(got) < 200:
+                    got += await reader.__anext__()
+                for writer in links:  # the link dies: no end of stream, no trailers
+                    writer.transport.abort()
+                with pytest.raises(StreamTerminatedError):
+                    await reader.__anext__()
+        finally:
+            channel.close()
+            link.close()
+            sim.close()
+            await sim.wait_closed()
+
+    run(scenario)
+
+
+def test_a_stream_without_grpclibs_buffer_is_read_message_by_message():
+    class Plain:
+        def __init__(self, items):
+            self.items = list(items)
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            if not self.items:
+                raise StopAsyncIteration
+            return self.items.pop(0)
+
+    async def scenario():
+        return [batch async for batch in message_lists(Plain([b"a", b"b"]))]
+
+    assert not bulk_capable(Plain([]))
+    assert run(scenario) == [[b"a"], [b"b"]]

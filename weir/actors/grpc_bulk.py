@@ -1,0 +1,85 @@
+"""Read a grpclib client stream's messages in bulk (asyncio side).
+
+grpclib hands over one message per ``recv_message`` call: two buffer reads, a dispatch hook, and a
+``with`` block whose ``asyncio.current_task()`` trio-asyncio patches — ~7 µs per message, about a
+third of weir's CPU per event with a 1 % filter. Here every DATA chunk already received is taken at
+once and cut into messages by :class:`~weir.codecs.grpc_frames.MessageSplitter`.
+
+This reads grpclib's per-stream receive buffer (``Buffer._unacked``, ``_ack_callback``, ``_eof`` in
+grpclib 0.4.7-0.4.9, pinned below 0.5 in pyproject.toml); a stream without them is read message by
+message as before (:func:`bulk_capable` says which, and a test checks the installed grpclib is).
+Flow control is unchanged: a chunk is acknowledged to the peer when it is taken, as grpclib does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from weir.codecs.grpc_frames import MessageSplitter
+
+
+def _buffer_of(stream: Any) -> Any:
+    return getattr(getattr(stream, "_stream", None), "buffer", None)
+
+
+def bulk_capable(stream: Any) -> bool:
+    """Whether ``stream`` (a grpclib client Stream, opened) can be read in bulk."""
+    buffer = _buffer_of(stream)
+    return (
+        buffer is not None
+        and hasattr(buffer, "_unacked")
+        and callable(getattr(buffer, "_ack_callback", None))
+        and hasattr(buffer, "_eof")
+        and hasattr(stream, "_wrapper")
+        and hasattr(stream, "recv_initial_metadata")
+    )
+
+
+async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterator[list[bytes]]:
+    """The raw messages of ``stream``, as lists of what had arrived each time (never empty lists).
+
+    A list stops growing once it holds ``max_messages`` (plus the rest of the DATA chunk that got
+    it there): what is not taken yet stays unacknowledged in grpclib's buffer, so the peer's flow
+    control window still bounds what is held. Ends at the end of the body; the caller then reads
+    the trailers (the status) as usual. A connection lost meanwhile raises grpclib's
+    ``StreamTerminatedError``, as ``recv_message`` would.
+
+    Raises:
+        GrpcFrameError: the body is not uncompressed length-prefixed messages, or ends inside one.
+    """
+    if not bulk_capable(stream):
+        async for message in stream:
+            yield [message]
+        return
+    await stream.recv_initial_metadata()  # what recv_message does first: headers, status checks
+    buffer = _buffer_of(stream)
+    unacked, acknowledge = buffer._unacked, buffer._ack_callback
+    splitter = MessageSplitter()
+    while True:
+        if unacked.empty():
+            # The wrapper is how grpclib wakes a reader whose connection died (it cancels the task
+            # inside it and raises StreamTerminatedError on the way out); held only while waiting,
+            # never across a yield.
+            with stream._wrapper:
+                data, _, ack_size = await unacked.get()
+        else:
+            data, _, ack_size = unacked.get_nowait()
+        messages: list[bytes] = []
+        ended = False
+        while True:
+            if ack_size:
+                acknowledge(ack_size)
+            if data:
+                messages += splitter.feed(data)
+            elif not ack_size and buffer._eof:
+                ended = True  # the end-of-stream marker (an empty DATA frame is skipped)
+                break
+            if len(messages) >= max_messages or unacked.empty():
+                break
+            data, _, ack_size = unacked.get_nowait()
+        if messages:
+            yield messages
+        if ended:
+            splitter.finish()
+            return
