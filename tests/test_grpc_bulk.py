@@ -128,8 +128,24 @@ def test_bulk_reading_gives_grpclibs_messages_in_lists_bounded_by_max_messages()
     run(scenario)
 
 
-def test_a_connection_lost_mid_stream_raises_as_grpclib_does():
-    config = SnapchainSimConfig(shards=1, seed=6, rate=0, history=200, total=200)
+async def wait_until(condition, what: str, timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (checked every ms) or fail naming ``what``."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["waiting", "chunks still queued"])
+def test_a_connection_lost_mid_stream_raises_as_grpclib_does(queued):
+    """The link dies (no end of stream, no trailers): StreamTerminatedError, whether the reader was
+    waiting for data or had chunks still queued (those are not acknowledged on a dead connection)."""
+    events = 60_000 if queued else 200  # enough to fill the 4 MiB window behind a paused reader
+    config = SnapchainSimConfig(shards=1, seed=6, rate=0, history=events, total=events, pregenerate=queued)
     links: list[asyncio.StreamWriter] = []
 
     async def scenario() -> None:
@@ -139,28 +155,32 @@ def test_a_connection_lost_mid_stream_raises_as_grpclib_does():
                     writer.write(data)
                     await writer.drain()
 
-        async def open_link(port: int):
-            async def on_client(client_reader, client_writer):
-                server_reader, server_writer = await asyncio.open_connection("127.0.0.1", port)
-                links.extend([client_writer, server_writer])
-                await asyncio.gather(forward(client_reader, server_writer), forward(server_reader, client_writer))
-
-            return await asyncio.start_server(on_client, "127.0.0.1", 0)
+        async def on_client(client_reader, client_writer):
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", port)
+            links.extend([client_writer, server_writer])
+            await asyncio.gather(forward(client_reader, server_writer), forward(server_reader, client_writer))
 
         sim, port = await serve_snapchain(config)
-        link = await open_link(port)
+        link = await asyncio.start_server(on_client, "127.0.0.1", 0)
         channel = grpclib.client.Channel("127.0.0.1", link.sockets[0].getsockname()[1], codec=RawBytesCodec())
         try:
             async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, SubscribeRequest, bytes) as stream:
                 await stream.send_message(SubscribeRequest(event_types=ALL_TYPES, from_id=0, shard_index=1), end=True)
                 reader = message_lists(stream)
-                got: list[bytes] = []
-                while len(got) < 200:
-                    got += await reader.__anext__()
-                for writer in links:  # the link dies: no end of stream, no trailers
+                got = await reader.__anext__()
+                if queued:
+                    unacked = stream._stream.buffer._unacked
+                    await wait_until(lambda: unacked.qsize() > 200, "chunks queued behind the reader")
+                else:
+                    while len(got) < 200:
+                        got += await reader.__anext__()
+                for writer in links:
                     writer.transport.abort()
+                await wait_until(lambda: stream._wrapper._error is not None, "grpclib to see the connection lost")
                 with pytest.raises(StreamTerminatedError):
-                    await reader.__anext__()
+                    while True:
+                        got += await reader.__anext__()
+                assert got == [event for _, event in sim.offered(1)][: len(got)]  # what came was whole and in order
         finally:
             channel.close()
             link.close()

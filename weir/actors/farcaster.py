@@ -36,7 +36,6 @@ from weir.codecs.farcaster_keys import (
     HubEventKeys,
     scan_hub_event,
 )
-from weir.codecs.grpc_frames import GrpcFrameError
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
 from weir.events import Chunk, DeadLetter, Event
@@ -317,7 +316,7 @@ def is_transient(exc: BaseException) -> bool:
 
     return isinstance(
         exc,
-        (IdleStream, StreamEnded, StreamTerminatedError, ProtocolError, GrpcFrameError, ConnectionError, OSError,
+        (IdleStream, StreamEnded, StreamTerminatedError, ProtocolError, ConnectionError, OSError,
          asyncio.TimeoutError, TimeoutError, h2.exceptions.ProtocolError, trio.BrokenResourceError),
     )
 

@@ -5,10 +5,12 @@ grpclib hands over one message per ``recv_message`` call: two buffer reads, a di
 third of weir's CPU per event with a 1 % filter. Here every DATA chunk already received is taken at
 once and cut into messages by :class:`~weir.codecs.grpc_frames.MessageSplitter`.
 
-This reads grpclib's per-stream receive buffer (``Buffer._unacked``, ``_ack_callback``, ``_eof`` in
-grpclib 0.4.7-0.4.9, pinned below 0.5 in pyproject.toml); a stream without them is read message by
-message as before (:func:`bulk_capable` says which, and a test checks the installed grpclib is).
-Flow control is unchanged: a chunk is acknowledged to the peer when it is taken, as grpclib does.
+This reads grpclib's per-stream receive buffer (``Buffer._unacked``, ``_ack_callback``, ``_eof``,
+and the stream wrapper's ``_error``, as in grpclib 0.4.9; pinned below 0.5 in pyproject.toml); a
+stream without those attributes is read message by message as before (:func:`bulk_capable` says
+which, and a test checks the installed grpclib is). Flow control is unchanged: a chunk is
+acknowledged to the peer when it is taken, as grpclib does, and never after the stream was
+terminated.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def bulk_capable(stream: Any) -> bool:
         and hasattr(buffer, "_unacked")
         and callable(getattr(buffer, "_ack_callback", None))
         and hasattr(buffer, "_eof")
-        and hasattr(stream, "_wrapper")
+        and hasattr(getattr(stream, "_wrapper", None), "_error")
         and hasattr(stream, "recv_initial_metadata")
     )
 
@@ -55,15 +57,17 @@ async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterato
     await stream.recv_initial_metadata()  # what recv_message does first: headers, status checks
     buffer = _buffer_of(stream)
     unacked, acknowledge = buffer._unacked, buffer._ack_callback
+    wrapper = stream._wrapper
     splitter = MessageSplitter()
     while True:
         if unacked.empty():
             # The wrapper is how grpclib wakes a reader whose connection died (it cancels the task
             # inside it and raises StreamTerminatedError on the way out); held only while waiting,
             # never across a yield.
-            with stream._wrapper:
+            with wrapper:
                 data, _, ack_size = await unacked.get()
         else:
+            _raise_if_terminated(wrapper)
             data, _, ack_size = unacked.get_nowait()
         messages: list[bytes] = []
         ended = False
@@ -72,14 +76,26 @@ async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterato
                 acknowledge(ack_size)
             if data:
                 messages += splitter.feed(data)
-            elif not ack_size and buffer._eof:
-                ended = True  # the end-of-stream marker (an empty DATA frame is skipped)
+            elif not ack_size and buffer._eof and unacked.empty():
+                ended = True  # the end-of-stream marker, always last (an empty DATA frame is skipped)
                 break
             if len(messages) >= max_messages or unacked.empty():
                 break
+            _raise_if_terminated(wrapper)
             data, _, ack_size = unacked.get_nowait()
         if messages:
             yield messages
         if ended:
             splitter.finish()
             return
+
+
+def _raise_if_terminated(wrapper: Any) -> None:
+    """Raise the stream's error once grpclib has terminated it (connection lost, GOAWAY).
+
+    Chunks still queued then must not be acknowledged: the connection's transport is gone, and
+    grpclib itself never gets that far (its wrapper raises first).
+    """
+    error = getattr(wrapper, "_error", None)
+    if error is not None:
+        raise error

@@ -8,8 +8,8 @@ one message at a time through grpclib saves ~5 µs per message under trio-asynci
 
 from __future__ import annotations
 
-#: The largest message accepted (gRPC's default receive limit is 4 MiB; Snapchain events are KiBs).
-MAX_MESSAGE = 64 * 1024 * 1024
+#: The largest message accepted: gRPC's default receive limit (Snapchain events are KiBs).
+MAX_MESSAGE = 4 * 1024 * 1024
 
 
 class GrpcFrameError(ValueError):
@@ -17,16 +17,22 @@ class GrpcFrameError(ValueError):
 
 
 class MessageSplitter:
-    """Feed it DATA bytes as they come; it returns the messages completed by each feed, in order."""
+    """Feed it DATA bytes as they come; it returns the messages completed by each feed, in order.
+
+    Bytes of an unfinished message are kept as a list of pieces and joined once it is complete, so
+    a message spread over many DATA frames costs one copy, not one per frame.
+    """
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self._tail = b""
+        self._pieces: list[bytes] = []
+        self._held = 0  # bytes in _pieces
+        self._need = 0  # bytes the unfinished message needs in all (prefix included), 0 = unknown yet
         self._max_message = max_message
 
     @property
     def pending(self) -> int:
         """Bytes of an unfinished message held back."""
-        return len(self._tail)
+        return self._held
 
     def feed(self, data: bytes) -> list[bytes]:
         """The messages that ``data`` completes (with what earlier feeds left over).
@@ -35,7 +41,16 @@ class MessageSplitter:
             GrpcFrameError: a compressed message (no compression is ever negotiated by weir), a
                 flag other than 0 or 1, or a length above ``max_message``.
         """
-        buf = self._tail + data if self._tail else data
+        if self._pieces:
+            self._pieces.append(data)
+            self._held += len(data)
+            if self._held < (self._need or 5):
+                return []  # still inside the message (or its prefix): nothing to copy yet
+            buf = b"".join(self._pieces)
+            self._pieces.clear()
+            self._held = self._need = 0
+        else:
+            buf = data
         size = len(buf)
         messages: list[bytes] = []
         pos = 0
@@ -52,10 +67,13 @@ class MessageSplitter:
                 raise GrpcFrameError(f"a gRPC message of {length} bytes, above the {self._max_message}-byte limit")
             end = pos + 5 + length
             if end > size:
+                self._need = 5 + length
                 break
             messages.append(buf[pos + 5 : end])
             pos = end
-        self._tail = buf[pos:]
+        if pos < size:
+            self._pieces.append(buf[pos:])
+            self._held = size - pos
         return messages
 
     def finish(self) -> None:
@@ -64,5 +82,5 @@ class MessageSplitter:
         Raises:
             GrpcFrameError: bytes of an unfinished message are left.
         """
-        if self._tail:
-            raise GrpcFrameError(f"the stream ended inside a gRPC message ({len(self._tail)} bytes of it)")
+        if self._held:
+            raise GrpcFrameError(f"the stream ended inside a gRPC message ({self._held} bytes of it)")
