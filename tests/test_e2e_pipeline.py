@@ -14,7 +14,7 @@ from grpclib.const import Status
 from weir.app import serve
 from weir.bridge import call_asyncio
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPES, MESSAGE_TYPES, scan_hub_event
-from weir.chaos.proxy import Down, open_proxy
+from weir.chaos.proxy import Down, Timeout, open_proxy
 from weir.codecs.protowire import WireError
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
@@ -23,6 +23,7 @@ from weir.supervision.breaker import BreakerState
 
 from helpers import (
     assert_exact,
+    capture_json_logs,
     cursor_position,
     dead_entries,
     e2e_config,
@@ -339,6 +340,32 @@ async def test_retention_gap_is_reported_and_the_pipeline_continues(redis_server
     for shard in SHARDS:
         assert_exact(await stream_entries(redis_client, shard), retained[shard], shard=shard)
         assert await cursor_position(redis_client, shard) == expected_all[shard][-1][0]
+
+
+async def test_a_lagging_subscriber_skipped_forward_by_the_node_is_reported(redis_server, redis_client):
+    """Redis hangs, so weir stops reading; the node keeps producing and, like Snapchain, silently
+    moves the lagging stream forward past what it no longer retains. Each block that arrives is
+    complete, so only the block numbers show the loss: weir must report it and go on."""
+    sim_config = SnapchainSimConfig(shards=2, seed=29, rate=20_000, history=0, total=40_000, retention=4000)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+    async with in_process_sim(sim_config) as (sim, url), open_proxy("127.0.0.1", redis_server.port, seed=29) as redis_link:
+        config = e2e_config(f"redis://127.0.0.1:{redis_link.port}/0", url)
+        with capture_json_logs() as logs:
+            async with running_service(config) as (service, _):
+                await wait_for(lambda: all(v.sink.cursor for v in service.partitions), timeout=TIMEOUT, what="persisting")
+                with redis_link.applied(Timeout()):
+                    await wait_for(lambda: all(sim.logs[s].finished for s in SHARDS), timeout=TIMEOUT,
+                                   what="the node to produce every event while weir cannot write")
+                await wait_for(lambda: done(service, expected), timeout=TIMEOUT, what="the last event")
+                assert all(v.source.gaps >= 1 for v in service.partitions)
+        skipped = [line for line in logs.of("gap") if line["kind"] == "skipped_blocks"]
+        assert {line["partition"] for line in skipped} == {"1", "2"}
+    for shard in SHARDS:
+        entries = [int(entry_id.split(b"-")[0]) for entry_id, _ in await stream_entries(redis_client, shard)]
+        offered_ids = [id_ for id_, _ in expected[shard]]
+        assert entries == sorted(set(entries)), "in order, once each"
+        assert set(entries) < set(offered_ids), "some events were skipped by the node"
+        assert entries[-1] == offered_ids[-1]
 
 
 async def test_shards_are_discovered_with_get_info_when_not_configured(redis_server, redis_client):

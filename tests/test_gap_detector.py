@@ -73,3 +73,29 @@ def test_resume_skipping_into_the_next_block_is_reported() -> None:
     detector.subscribed_from((10 << 14) | 5)
     gaps = run(detector, [event(11, 3)])  # BLOCK_CONFIRMED and events 1-2 of block 11 are gone
     assert [g.kind for g in gaps] == ["retention"]
+
+
+def test_a_stream_that_jumps_over_whole_blocks_is_reported() -> None:
+    # The node skipped a lagging subscriber forward at a block boundary: the block it lands in is
+    # complete, so only the block numbers show what was lost.
+    detector = GapDetector()
+    detector.subscribed_from(None)
+    stream = [confirmed(10, {MERGE_MESSAGE: 1}), event(10, 1), confirmed(14, {MERGE_MESSAGE: 1}), event(14, 1)]
+    gaps = run(detector, stream)
+    assert [g.kind for g in gaps] == ["skipped_blocks"]
+    assert "blocks 11..13" in gaps[0].detail
+
+
+def test_consecutive_blocks_without_events_are_not_a_gap() -> None:
+    detector = GapDetector(subscribed=[MERGE_ON_CHAIN_EVENT, BLOCK_CONFIRMED])
+    detector.subscribed_from(None)
+    assert run(detector, [confirmed(n, {MERGE_MESSAGE: 3}) for n in range(10, 20)]) == []
+
+
+def test_more_events_than_announced_is_reported() -> None:
+    detector = GapDetector()
+    detector.subscribed_from(None)
+    stream = [confirmed(10, {MERGE_MESSAGE: 1}), event(10, 1), event(10, 2), confirmed(11, {})]
+    gaps = run(detector, stream)
+    assert [g.kind for g in gaps] == ["block_count"]
+    assert "MERGE_MESSAGE 2/1" in gaps[0].detail and gaps[0].missing == 0

@@ -6,6 +6,9 @@ Two kinds of gap are reported:
 - block count: a BLOCK_CONFIRMED event (seq 0, first in its block) announces how many events of
   each type its block holds; when the block ends, the events received of each subscribed type must
   match. A mismatch means the node skipped us forward (it does so silently to a lagging subscriber).
+- skipped blocks: a shard's block numbers are consecutive and every block starts with its
+  BLOCK_CONFIRMED (always subscribed), so a stream that jumps from block N to N + 2 or more lost
+  the blocks in between, even when the block it lands in is complete.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def split_event_id(event_id: int) -> tuple[int, int]:
 class Gap:
     """A detected gap; ``missing`` is the number of events known to be missed (-1 when unknown)."""
 
-    kind: str  # "retention" | "block_count"
+    kind: str  # "retention" | "block_count" | "skipped_blocks"
     detail: str
     missing: int = -1
 
@@ -78,6 +81,14 @@ class GapDetector:
             gap = self._close_block()
             if gap is not None:
                 gaps.append(gap)
+            if self._block is not None and block > self._block + 1:
+                gaps.append(
+                    Gap(
+                        kind="skipped_blocks",
+                        detail=f"the stream went from block {self._block} to block {block}: "
+                        f"blocks {self._block + 1}..{block - 1} were never received",
+                    )
+                )
             self._block = block
             self._announced = None
             self._counts = {}
@@ -99,10 +110,10 @@ class GapDetector:
             if self.subscribed and event_type not in self.subscribed:
                 continue
             got = self._counts.get(event_type, 0)
-            if got < expected:
-                missing += expected - got
+            if got != expected:
+                missing += max(0, expected - got)
                 details.append(f"{HUB_EVENT_TYPES.get(event_type, str(event_type))} {got}/{expected}")
-        if not missing:
+        if not details:
             return None
         return Gap(
             kind="block_count",
