@@ -28,7 +28,7 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import NETWORKS, Network, NetworkContext
 from weir.observability.http import Observability, open_observability
-from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
+from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis, redis_server_binary
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
@@ -60,6 +60,14 @@ class Service:
     def stop(self) -> None:
         self.root.stop()
 
+    def supervisors(self) -> list[Supervisor]:
+        """The root and every running pipeline's supervisor (the levels that restart children)."""
+        return [self.root] + [view.sink.supervisor for view in self.partitions if view.sink.supervisor is not None]
+
+    def restarts(self) -> int:
+        """Restarts decided by any supervisor: the root's of whole pipelines, each pipeline's of its actors."""
+        return sum(supervisor.statistics().restarts for supervisor in self.supervisors())
+
 
 @asynccontextmanager
 async def open_redis_url(config: Config) -> AsyncIterator[str]:
@@ -70,8 +78,9 @@ async def open_redis_url(config: Config) -> AsyncIterator[str]:
     data_dir = Path(config.redis.data_dir).resolve()
     async with open_embedded_redis(RedisServerConfig(data_dir=data_dir, appendfsync=config.redis.appendfsync)) as server:
         (data_dir / REDIS_URL_FILE).write_text(server.url + "\n")
-        log.info("embedded Redis at %s (data in %s, AOF %s); connect with: redis-cli -p %d",
-                 server.url, data_dir, config.redis.appendfsync, server.port)
+        # redis-cli ships beside the embedded redis-server; it is rarely on PATH
+        log.info("embedded Redis at %s (data in %s, AOF %s); connect with: %s -p %d",
+                 server.url, data_dir, config.redis.appendfsync, redis_server_binary().with_name("redis-cli"), server.port)
         try:
             yield server.url
         finally:

@@ -97,8 +97,7 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                     durable = sum(p.sink.appended + p.sink.skipped for p in service.partitions)
                     rate = (durable - last_done) / (now - last_time)
                     last_time, last_done = now, durable
-                    restarts = service.root.statistics().restarts + sum(
-                        c.restarts for c in service.root.statistics().children)
+                    restarts = service.restarts()
                     latencies = [x for p in service.partitions for x in p.sink.latencies[-2000:]]
                     line = (f"{received:>9,} received  {persisted:>9,} persisted  {rate:>8,.0f} ev/s  "
                             f"lag {max(0, received - durable - _filtered(service)):>6,}  "

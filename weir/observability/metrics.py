@@ -157,9 +157,7 @@ class ServiceCollector(Collector):
             "weir_child_restarts", "Times a child was started again after its first start.", labels=["supervisor", "child"]
         )
         child_running = GaugeMetricFamily("weir_child_running", "1 while the child is running, else 0.", labels=["supervisor", "child"])
-        supervisors = [self.service.root]
-        supervisors += [view.sink.supervisor for view in self.service.partitions if view.sink.supervisor is not None]
-        for supervisor in supervisors:
+        for supervisor in self.service.supervisors():
             stats = supervisor.statistics()
             restarts.add_metric([stats.name], stats.restarts)
             escalations.add_metric([stats.name], stats.escalations)
