@@ -20,6 +20,11 @@ def fault(target: str, kind: str, start: float, duration: float = 0.0, **params:
     return TimedFault(target=target, kind=kind, start=start, duration=duration, params=params)
 
 
+#: What a Redis outage must make weir say (docs/observability.md): the persist actor notices the
+#: failed write, and says so again when a write succeeds.
+REDIS_OUTAGE_LOGS = ("sink_unavailable", "sink_available")
+
+
 def _redis_timeout(seconds: float) -> Scenario:
     return Scenario(
         name=f"redis-timeout-{seconds:g}s",
@@ -28,6 +33,10 @@ def _redis_timeout(seconds: float) -> Scenario:
                      "weir's socket timeout (1 s) fires, the persist actor retries the same batch behind the breaker."),
         schedule=Schedule(seed=3, faults=[fault("redis_link", "timeout", 1.0, seconds)]),
         rate=1000.0 if seconds <= 5 else 300.0,
+        # the long hang is also a stalled Redis: weir's memory must not grow with it
+        checks=("memory_bounded",) if seconds > 5 else (),
+        expect=REDIS_OUTAGE_LOGS + (("breaker_change:state~open",) if seconds > 1 else ()),
+        max_restarts=0,
     )
 
 
@@ -46,6 +55,8 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
                 fault("hub_link", "reset_peer", 3.2, 0.1),
                 fault("hub_link", "reset_peer", 4.0, 0.1),
             ]),
+            expect=("disconnect:error~stream dropped", "disconnect:error~Connection"),
+            max_restarts=0,
         ),
         Scenario(
             name="hub-silent",
@@ -53,6 +64,8 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
             description="The hub link holds every byte for 3 s without closing: the stream is open but silent. "
                         "Only farcaster.idle_timeout (1 s here) notices it; the source reconnects.",
             schedule=Schedule(seed=2, faults=[fault("hub_link", "timeout", 1.0, 3.0)]),
+            expect=("disconnect:error~IdleStream",),
+            max_restarts=0,
         ),
         _redis_timeout(1),
         _redis_timeout(5),
@@ -63,6 +76,8 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
             description="redis-server is killed (SIGKILL) under load twice and restarted 0.5 s later from its AOF "
                         "(appendfsync always: every acknowledged write survives).",
             schedule=Schedule(seed=4, faults=[fault("redis", "kill", 1.0, 0.5), fault("redis", "kill", 3.0, 0.5)]),
+            expect=REDIS_OUTAGE_LOGS,
+            max_restarts=0,
         ),
         Scenario(
             name="redis-rollback",
@@ -72,6 +87,7 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
                         "appendfsync everysec). weir finds the stored cursor below what it wrote, restarts the "
                         "pipeline from it and reads the lost events from the network again.",
             schedule=Schedule(seed=14, faults=[fault("redis", "rollback", 1.0, 1.0), fault("redis", "rollback", 3.5, 1.0)]),
+            expect=("resume_behind",),  # restarts expected: SinkBehind restarts the pipeline
         ),
         Scenario(
             name="redis-down-at-start",
@@ -80,6 +96,7 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
                         "(read_cursor_patiently) instead of crash-looping.",
             schedule=Schedule(seed=5, faults=[fault("redis", "kill", 0.0, 2.0)]),
             before_start=True,
+            max_restarts=0,
         ),
         Scenario(
             name="weir-kill",
@@ -92,6 +109,7 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
                 fault("weir", "kill", 2.2, 0.2),
                 fault("weir", "kill", 3.4, 0.2),
             ]),
+            max_restarts=0,  # weir itself is started again (the process level); no supervisor acts
         ),
         Scenario(
             name="backpressure-slow-redis",
@@ -106,6 +124,7 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
             ]),
             settings=("batch.max_events=200",),
             checks=("memory_bounded", "source_slowed", "sink_progress"),
+            max_restarts=0,
         ),
         Scenario(
             name="redis-slower-than-timeout",
@@ -118,6 +137,7 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
                 fault("redis_link", "latency", 1.0, 8.0, ms=20),
             ]),
             checks=("memory_bounded", "source_slowed", "sink_progress"),
+            max_restarts=0,
         ),
         Scenario(
             name="graceful-shutdown",
@@ -125,6 +145,8 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
             description="weir gets SIGTERM under load (it must drain, checkpoint and exit 0), is started again, "
                         "and the same happens once more.",
             schedule=Schedule(seed=8, faults=[fault("weir", "term", 1.0, 0.3), fault("weir", "term", 3.0, 0.3)]),
+            expect=("shutdown",),
+            max_restarts=0,
         ),
         Scenario(
             name="slicer-latency",
@@ -137,6 +159,71 @@ def registry(*, full: bool = False) -> dict[str, Scenario]:
                 fault("redis_link", "slicer", 0.5, 4.0, average_size=24, size_variation=16, delay_us=10),
                 fault("redis_link", "latency", 0.5, 4.0, ms=10, jitter_ms=5),
             ]),
+            max_restarts=0,
+        ),
+        Scenario(
+            name="hub-link-slow",
+            label="hub_link 100 ms ± 30 ms + 150 KB/s, 4 s",
+            description="The link to the node is slow and narrow (100 ms ± 30 ms each way, 150 KB/s, below what "
+                        "2000 events/s need): the source falls behind and catches up afterwards; nothing "
+                        "reconnects and no actor restarts.",
+            schedule=Schedule(seed=15, faults=[
+                fault("hub_link", "latency", 0.5, 4.0, ms=100, jitter_ms=30),
+                fault("hub_link", "bandwidth", 0.5, 4.0, kb_per_s=150),
+            ]),
+            max_restarts=0,
+        ),
+        Scenario(
+            name="hub-link-cut-after-bytes",
+            label="hub_link closes every connection after 64 KB, 3 s",
+            description="Every connection to the node is closed after 64 KB from the node (a middlebox that cuts "
+                        "long streams): each cut lands mid-message; the source resumes from the last whole event.",
+            schedule=Schedule(seed=16, faults=[fault("hub_link", "limit_data", 0.5, 3.0, bytes=65536, direction="downstream")]),
+            expect=("disconnect",),
+            max_restarts=0,
+        ),
+        Scenario(
+            name="hub-error-status",
+            label="hub answers INTERNAL, then RESOURCE_EXHAUSTED, 1.5 s each",
+            description="The node drops every stream and answers each new Subscribe with an error status (INTERNAL, "
+                        "then RESOURCE_EXHAUSTED): transient statuses, retried with backoff behind the node's breaker.",
+            schedule=Schedule(seed=17, faults=[
+                fault("hub", "error", 0.5, 1.5, status="INTERNAL"),
+                fault("hub", "drop_streams", 0.55),
+                fault("hub", "error", 2.5, 1.5, status="RESOURCE_EXHAUSTED"),
+                fault("hub", "drop_streams", 2.55),
+            ]),
+            expect=("disconnect:error~INTERNAL", "disconnect:error~RESOURCE_EXHAUSTED"),
+            max_restarts=0,
+        ),
+        Scenario(
+            name="redis-link-cut",
+            label="redis_link reset ×2, then down (refused) 2 s",
+            description="The Redis link is reset (RST) under load twice, then refuses connections for 2 s: the write "
+                        "in flight fails, the persist actor retries the same batch behind the Redis breaker.",
+            schedule=Schedule(seed=18, faults=[
+                fault("redis_link", "reset_peer", 0.8, 0.1),
+                fault("redis_link", "reset_peer", 1.6, 0.1),
+                fault("redis_link", "down", 2.4, 2.0),
+            ]),
+            expect=REDIS_OUTAGE_LOGS + ("breaker_change:state~open",),
+            max_restarts=0,
+        ),
+        Scenario(
+            name="redis-pause",
+            label="redis-server SIGSTOP 3 s",
+            description="redis-server is frozen (SIGSTOP) for 3 s and resumed: connections stay open and nothing "
+                        "answers, as in a long fork or swap storm. weir's socket timeout fires and it retries.",
+            schedule=Schedule(seed=19, faults=[fault("redis", "pause", 1.0, 3.0)]),
+            expect=REDIS_OUTAGE_LOGS,
+            max_restarts=0,
+        ),
+        Scenario(
+            name="weir-pause",
+            label="weir SIGSTOP 2 s ×2",
+            description="weir itself is frozen (SIGSTOP) for 2 s, twice, as a VM pause or a stop-the-world would: on "
+                        "resume its timers are all late at once; it must carry on without losing or doubling.",
+            schedule=Schedule(seed=20, faults=[fault("weir", "pause", 1.0, 2.0), fault("weir", "pause", 4.0, 2.0)]),
         ),
     ]
     return {s.name: s for s in scenarios}

@@ -456,7 +456,7 @@ async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_
     )
     run = await run_weir_process(
         sim_config, offered, redis_server, tmp_path, schedule, "farcaster.idle_timeout=5",
-        targets=lambda weir, sim: Targets(weir=weir, redis=redis_server, hub=SimProcessHub(sim.pid)),
+        targets=lambda weir, sim: Targets(weir=weir, redis=redis_server, hub=SimProcessHub(sim.pid, sim.control)),
     )  # fmt: skip
     weir, sampler, records, wall_offset = run.weir, run.sampler, run.records, run.wall_offset
     _, reconnects = restarts_from_log(weir.log_text())

@@ -126,26 +126,32 @@ async def test_runner_applies_and_clears_faults_on_time(redis_server):
         assert record.cleared_at - t0 == pytest.approx(end, abs=0.05)
 
 
+async def test_a_simulator_process_without_a_control_file_refuses_other_statuses():
+    with pytest.raises(ValueError, match="only inject UNAVAILABLE"):
+        await SimProcessHub(pid=0).set_error(Status.INTERNAL)
+
+
 async def test_runner_refuses_a_schedule_whose_target_is_missing():
     with pytest.raises(ValueError, match="redis"):
         await run_schedule(Schedule(faults=[TimedFault(target="redis", kind="kill", start=0, duration=0)]), Targets())
 
 
 @pytest.mark.integration
-async def test_simulator_process_control_drops_streams_and_injects_unavailable(redis_server, asyncio_loop):
+@pytest.mark.parametrize("status", [Status.UNAVAILABLE, Status.INTERNAL, Status.RESOURCE_EXHAUSTED], ids=lambda s: s.name)
+async def test_simulator_process_control_drops_streams_and_injects_an_error_status(redis_server, asyncio_loop, status):
     sim_config = SnapchainSimConfig(shards=1, seed=31, rate=400, history=0)
     async with open_snapchain_sim(sim_config) as sim:
-        hub = SimProcessHub(sim.pid)
+        hub = SimProcessHub(sim.pid, sim.control)
         config = e2e_config(redis_server.url, sim.url, shards="1")
         stopping = trio.Event()
         async with trio.open_nursery() as nursery:
             service = await nursery.start(functools.partial(serve, config, stopping=stopping))
             stats = service.partitions[0].source
             await wait_for(lambda: stats.received > 20, timeout=10, what="events")
-            await hub.set_error(Status.UNAVAILABLE)
+            await hub.set_error(status)
             await hub.drop_streams()
-            await wait_for(lambda: stats.reconnects >= 2 and "UNAVAILABLE" in (stats.last_error or ""),
-                           timeout=10, what="reconnects refused with UNAVAILABLE")
+            await wait_for(lambda: stats.reconnects >= 2 and status.name in (stats.last_error or ""),
+                           timeout=10, what=f"reconnects refused with {status.name}")
             stalled = stats.received
             await hub.set_error(None)
             await wait_for(lambda: stats.received > stalled + 20, timeout=10, what="streaming again")

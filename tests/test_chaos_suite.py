@@ -159,3 +159,53 @@ def test_a_window_whose_memory_grew_past_the_limit_fails_the_scenario():
     assert window(RSS_WINDOW_GROWTH_LIMIT_KB + 1).to_dict()["memory_bounded"] is False
     (late,) = judge_windows([window(0, recovery=6.0)])
     assert late.startswith("recovery 6.00 s after [redis_link:timeout@1+30s] exceeds the 5 s target")
+
+
+def test_expectations_match_json_log_events_by_name_and_field():
+    from weir.chaos.suite import unmet_expectations
+
+    log_text = "\n".join([
+        '{"event": "disconnect", "error": "IdleStream: no data for 1s"}',
+        "plain text line from a library",
+        '{"event": "sink_unavailable", "error": "timeout"',  # cut short by kill -9
+        '{"event": "breaker_change", "state": "open"}',
+    ])
+    wanted = ("disconnect:error~IdleStream", "breaker_change:state~open", "disconnect:error~INTERNAL", "sink_unavailable")
+    assert unmet_expectations(log_text, wanted) == ["disconnect:error~INTERNAL", "sink_unavailable"]
+
+
+def test_escalations_and_unexpected_restarts_fail_a_scenario():
+    from weir.chaos.checker import RunReport
+    from weir.chaos.schedule import Schedule
+    from weir.chaos.suite import Scenario, judge_supervision
+
+    quiet = Scenario(name="s", label="s", schedule=Schedule(), max_restarts=0)
+    clean = RunReport(name="s", partitions=(), restarts_by_supervisor={"process": 2})
+    assert judge_supervision(quiet, clean) == []  # weir's own restarts are the harness's doing
+    restarted = RunReport(name="s", partitions=(), restarts_by_supervisor={"farcaster/1": 1})
+    assert "1 supervisor restarts (farcaster/1 1)" in judge_supervision(quiet, restarted)[0]
+    escalated = RunReport(name="s", partitions=(), escalations_by_supervisor={"farcaster/1": 1})
+    anything = Scenario(name="s", label="s", schedule=Schedule())
+    assert "escalated" in judge_supervision(anything, escalated)[0]
+
+
+def test_the_simulator_record_must_match_what_the_checker_regenerates():
+    import hashlib
+
+    from weir.chaos.suite import record_mismatches
+
+    offered = {"1": [(10, b"a"), (11, b"b")]}
+    record = {"1": {"ids": [10, 11], "sha256": hashlib.sha256(b"ab").hexdigest()}}
+    assert record_mismatches(record, offered) == []
+    assert "differ from position 1" in record_mismatches({"1": {**record["1"], "ids": [10, 12]}}, offered)[0]
+    assert "other bytes" in record_mismatches({"1": {**record["1"], "sha256": "0" * 64}}, offered)[0]
+    assert "recorded nothing" in record_mismatches({}, offered)[0]
+
+
+def test_a_replayed_schedule_gets_the_same_simulated_data():
+    from weir.chaos.schedule import Schedule
+    from weir.chaos.suite import random_scenarios, schedule_scenario
+
+    (generated,) = random_scenarios(1, 20251123)
+    replayed = schedule_scenario(Schedule.from_json(generated.schedule.to_json()), "schedule-0")
+    assert replayed.sim_config() == generated.sim_config()

@@ -53,7 +53,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 def run_process(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """``python -m weir.cli ARGV`` as a subprocess: (exit code, the one line on stderr)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")} | (env or {})
-    result = subprocess.run([sys.executable, "-m", "weir.cli", *argv], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "weir", *argv], capture_output=True, text=True,
                             env=environ, timeout=60, check=False)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.rstrip("\n").split("\n")

@@ -72,6 +72,16 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", environ={})
 
 
+def test_an_unknown_top_level_key_is_named_as_an_unknown_setting(tmp_path: Path) -> None:
+    path = tmp_path / "weir.toml"
+    path.write_text("log_levle = 'debug'\n")
+    with pytest.raises(ConfigError, match=r"^log_levle: unknown setting \(in .*weir.toml\); known at the top level: .*log_level"):
+        load_config(path, environ={})
+    path.write_text("batch = 3\n")  # a known section given as a value
+    with pytest.raises(ConfigError, match=r"^batch: expected a \[batch\] table"):
+        load_config(path, environ={})
+
+
 def test_a_service_with_no_network_is_refused() -> None:
     with pytest.raises(ConfigError, match="farcaster.enabled: no network is enabled"):
         load_config(environ={}, overrides={"farcaster.enabled": "false"})
@@ -134,7 +144,9 @@ def test_every_numeric_chain_setting_refuses_a_negative_value(key: str) -> None:
         ({"farcaster.url": "http://node:0"}, "farcaster.url: port 0 in 'http://node:0': a node listens on a real port (from command line)"),
         ({"supervision.max_restarts": "-1"}, "supervision.max_restarts: must be at least 0, got -1 (from command line)"),
         ({"supervision.breaker_reset": "31"},
-         "supervision.breaker_reset: must be at most 30 (the breaker's longest wait), got 31.0 (from command line)"),
+         "supervision.breaker_reset: must be at most supervision.breaker_reset_max (30, the breaker's longest wait), got 31.0 (from command line)"),
+        ({"supervision.breaker_reset_max": "0"},
+         "supervision.breaker_reset_max: must be positive"),
         ({"supervision.backoff_initial": "2", "supervision.backoff_max": "1"},
          "supervision.backoff_max: must be at least supervision.backoff_initial (2.0), got 1.0 (from command line)"),
         ({"farcaster.fids": "3,-4"}, "farcaster.fids: a fid is an integer from 0 to 2**64-1, got -4 (from command line)"),
@@ -198,3 +210,10 @@ def test_the_embedded_redis_data_dir_must_be_a_directory(tmp_path: Path) -> None
     assert load_config(environ={}, overrides={"redis.data_dir": str(file), "redis.url": "redis://h:1"}).redis.url
     # A directory that does not exist yet is fine: the embedded server creates it.
     assert load_config(environ={}, overrides={"redis.data_dir": str(tmp_path / "a" / "b")}).redis.data_dir
+
+
+def test_breakers_take_their_longest_wait_from_the_settings() -> None:
+    config = load_config(environ={}, overrides={"supervision.breaker_reset": "0.5", "supervision.breaker_reset_max": "1"})
+    breaker = config.supervision.breaker("redis")
+    assert breaker.name == "redis"
+    assert (breaker._base_timeout, breaker._max_timeout) == (0.5, 1.0)

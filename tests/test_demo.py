@@ -40,7 +40,7 @@ async def run_demo(data_dir: Path, *args: str) -> str:
     env = {key: value for key, value in os.environ.items() if not key.startswith("WEIR_")}  # the defaults, not the caller's
     with trio.fail_after(DEMO_TIMEOUT):  # a cancelled run_process kills the demo
         result = await trio.run_process(
-            [sys.executable, "-m", "weir.cli", "demo", "--data-dir", str(data_dir), *args],
+            [sys.executable, "-m", "weir", "demo", "--data-dir", str(data_dir), *args],
             capture_stdout=True, capture_stderr=True, check=False, env=env,
         )  # fmt: skip
     stderr = result.stderr.decode()

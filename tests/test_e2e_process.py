@@ -39,7 +39,7 @@ TIMEOUT = 20.0
 
 
 def weir_args(command: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "weir.cli", command, *args]
+    return [sys.executable, "-m", "weir", command, *args]
 
 
 def run_args(redis_url: str, sim_url: str, *extra: str) -> list[str]:
@@ -112,6 +112,36 @@ async def test_sigterm_under_load_drains_checkpoints_and_exits_0(redis_server, r
         assert_exact(entries, events[: len(entries)], shard=shard)
         # the checkpoint covers exactly what was written: nothing in flight was dropped or skipped
         assert await cursor_position(redis_client, shard) == int(entries[-1][0].split(b"-")[0])
+
+
+def catches(pid: int, signum: int) -> bool:
+    """The process has a handler installed for ``signum`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+async def test_sigterm_while_weir_is_still_starting_stops_it_cleanly(redis_server, redis_client, tmp_path):
+    """A SIGTERM in the ~1 s weir spends importing its dependencies (a service manager stopping
+    what it just started) is an ordered stop too: exit 0, not Python's default death by signal."""
+    sim_config = SnapchainSimConfig(shards=2, seed=23, rate=3000, history=0, total=9000)
+    log_path = tmp_path / "weir.log"
+    async with open_snapchain_sim(sim_config) as sim:
+        async with weir_process(run_args(redis_server.url, sim.url, "--log-format", "json"), log_path) as process:
+            # as soon as the entry point holds the signal: weir is still importing, long before serving
+            await wait_for(lambda: catches(process.pid, signal.SIGTERM), timeout=TIMEOUT, what="the early handler")
+            process.send_signal(signal.SIGTERM)
+            code, elapsed = await wait_exit(process, 15.0, log_path)
+    assert code == 0, log_path.read_text()[-3000:]
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert [e["signal"] for e in events if e.get("event") == "shutdown"] == ["SIGTERM"]
+    assert any(e.get("event") == "stopped" for e in events)
+    for shard in SHARDS:  # whatever it wrote before stopping is a clean prefix
+        entries = await stream_entries(redis_client, shard)
+        assert_exact(entries, offered(sim_config, shard, len(entries)), shard=shard)
 
 
 async def test_second_sigterm_exits_130_at_once(redis_server, redis_client, tmp_path):

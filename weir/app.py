@@ -28,7 +28,11 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import NETWORKS, Network, NetworkContext
 from weir.observability.http import Observability, open_observability
-from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis, redis_server_binary
+from weir.sinks.embedded_redis import (
+    RedisServerConfig,
+    open_embedded_redis,
+    redis_server_binary,
+)
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
@@ -131,7 +135,7 @@ async def serve(
     rng = random.Random()
     sup = config.supervision
     backoff = Backoff(initial=sup.backoff_initial, maximum=sup.backoff_max)
-    breaker = CircuitBreaker("redis", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset)
+    breaker = sup.breaker("redis")
     context = NetworkContext(backoff=backoff, rng=rng, redis_breaker=breaker)
     networks = [factory(config, context) for factory in NETWORKS.values() if factory.enabled(config)]
     if not networks:
@@ -177,8 +181,28 @@ async def serve(
         if observability is not None:
             observability.attach(service)
         async with trio.open_nursery() as nursery:
-            await nursery.start(root.run, stopping)
+            await nursery.start(_run_root, root, stopping)
             task_status.started(service)
+
+
+async def _run_root(root: Supervisor, stopping: trio.Event, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """``root.run``, reporting started also when a stop came before every pipeline was up.
+
+    A supervisor stopped while starting returns without ``started()`` (it never was ready); for the
+    service that is an ordered stop all the same (a SIGTERM during start-up, or while Redis is not
+    there yet), not the start failure trio would make of it.
+    """
+    ready = False
+
+    class _Status:
+        def started(self, value: object = None) -> None:
+            nonlocal ready
+            ready = True
+            task_status.started()
+
+    await root.run(stopping, task_status=_Status())  # type: ignore[arg-type]
+    if not ready:
+        task_status.started()
 
 
 def _pipeline(network: Network, partition: str, view: PartitionView, sink: RedisSink, policy: BatchPolicy,

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from weir import __version__
+from weir import __version__, entry
 from weir.config import Config, ConfigError, load_config
 from weir.logs import configure_logging
 from weir.sinks.embedded_redis import EmbeddedRedisError
@@ -192,6 +192,8 @@ def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("run", "demo"):  # only the service drains on a signal; the rest just stop
+        entry.release()
     if args.command == "chaos":
         from weir.chaos.suite import main as chaos_main
 
@@ -227,6 +229,11 @@ async def serve_until_signalled(config: Config, *, on_started=None) -> int:
     interrupted = False
     failed = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        for signum in entry.take_pending():  # came while weir was still importing: stop at once, cleanly
+            name = signal.Signals(signum).name
+            log.info("%s (during start-up): stopping (drain, flush, checkpoint)", name,
+                     extra={"event": "shutdown", "signal": name})
+            stopping.set()
         try:
             async with trio.open_nursery() as nursery:
 
@@ -235,10 +242,12 @@ async def serve_until_signalled(config: Config, *, on_started=None) -> int:
                     async for signum in signals:
                         name = signal.Signals(signum).name
                         if not stopping.is_set():
-                            log.info("%s: stopping (drain, flush, checkpoint); send it again to exit at once", name)
+                            log.info("%s: stopping (drain, flush, checkpoint); send it again to exit at once", name,
+                                     extra={"event": "shutdown", "signal": name})
                             stopping.set()
                         else:
-                            log.warning("second %s: exiting at once (the persisted cursor keeps the data safe)", name)
+                            log.warning("second %s: exiting at once (the persisted cursor keeps the data safe)", name,
+                                        extra={"event": "shutdown_now", "signal": name})
                             interrupted = True
                             nursery.cancel_scope.cancel()
                             return
@@ -260,7 +269,7 @@ async def serve_until_signalled(config: Config, *, on_started=None) -> int:
         return EXIT_FAILURE
     if interrupted:
         return EXIT_INTERRUPTED
-    log.info("stopped cleanly")
+    log.info("stopped cleanly", extra={"event": "stopped"})
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
+from weir.supervision.breaker import CircuitBreaker
 from weir.sinks.keys import validate_prefix
 from weir.sinks.urls import redacted
 
@@ -57,6 +58,12 @@ class SupervisionSettings:
     backoff_max: float = 10.0
     breaker_failures: int = 5
     breaker_reset: float = 1.0
+    breaker_reset_max: float = 30.0  # each failed trial doubles the wait, up to this
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """A circuit breaker for one external dependency, with these settings."""
+        return CircuitBreaker(name, failure_threshold=self.breaker_failures, reset_timeout=self.breaker_reset,
+                              max_reset_timeout=self.breaker_reset_max)
 
 
 @attrs.frozen(kw_only=True)
@@ -195,6 +202,9 @@ def load_config(
                 raw.setdefault("", {})[section] = (body, str(path))
                 continue
             if not isinstance(body, dict):
+                if section not in _SECTIONS:  # `foo = 1` at the top: a misspelt or unknown setting
+                    known = ", ".join(sorted(_TOP_LEVEL | {f"[{name}]" for name in _SECTIONS}))
+                    raise ConfigError(f"{section}: unknown setting (in {path}); known at the top level: {known}")
                 raise ConfigError(f"{section}: expected a [{section}] table in {path}")
             for key, value in body.items():
                 if isinstance(value, dict):  # [farcaster.filter]-style sub-tables flatten into the section
@@ -336,8 +346,6 @@ def _describe(kind: str) -> str:
     }.get(kind, "a list of integers" if "int" in kind else "a list of strings")
 
 
-# CircuitBreaker's default max_reset_timeout (weir/supervision/breaker.py): the reset may not exceed it.
-_BREAKER_MAX_RESET = 30.0
 _UINT64_MAX = (1 << 64) - 1
 _INT64_MAX = (1 << 63) - 1
 
@@ -390,12 +398,13 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
         positive(f"batch.{key}", getattr(config.batch, key))
     sup = config.supervision
     at_least("supervision.max_restarts", sup.max_restarts, 0)
-    for key in ("period", "backoff_initial", "backoff_max", "breaker_reset"):
+    for key in ("period", "backoff_initial", "backoff_max", "breaker_reset", "breaker_reset_max"):
         positive(f"supervision.{key}", getattr(sup, key))
     if sup.backoff_max < sup.backoff_initial:
         fail("supervision.backoff_max", f"must be at least supervision.backoff_initial ({sup.backoff_initial}), got {sup.backoff_max}")
-    if sup.breaker_reset > _BREAKER_MAX_RESET:
-        fail("supervision.breaker_reset", f"must be at most {_BREAKER_MAX_RESET:g} (the breaker's longest wait), got {sup.breaker_reset}")
+    if sup.breaker_reset > sup.breaker_reset_max:
+        fail("supervision.breaker_reset",
+             f"must be at most supervision.breaker_reset_max ({sup.breaker_reset_max:g}, the breaker's longest wait), got {sup.breaker_reset}")
     at_least("supervision.breaker_failures", sup.breaker_failures, 1)
     fc = config.farcaster
     parts = urlsplit(fc.url)

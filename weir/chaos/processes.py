@@ -75,8 +75,8 @@ class HubControl(Protocol):
 
 
 def weir_run_args(redis_url: str, farcaster_url: str, *settings: str) -> list[str]:
-    """``python -m weir.cli run`` against ``redis_url`` and ``farcaster_url``, plus ``--set`` each setting."""
-    args = [sys.executable, "-m", "weir.cli", "run", "--redis-url", redis_url, "--farcaster-url", farcaster_url]
+    """``python -m weir run`` against ``redis_url`` and ``farcaster_url``, plus ``--set`` each setting."""
+    args = [sys.executable, "-m", "weir", "run", "--redis-url", redis_url, "--farcaster-url", farcaster_url]
     for setting in settings:
         args += ["--set", setting]
     return args
@@ -254,9 +254,15 @@ class InProcessHub:
 
 @attrs.define(eq=False)
 class SimProcessHub:
-    """:class:`HubControl` for ``python -m weir.sim`` by signal (only UNAVAILABLE can be injected)."""
+    """:class:`HubControl` for ``python -m weir.sim`` by signal.
+
+    With ``control`` (:attr:`weir.sim.process.SimProcess.control`) any status can be injected: it
+    is written to that file, then SIGUSR2 makes the simulator read it. Without, SIGUSR2 toggles
+    UNAVAILABLE, the only status that can be injected then.
+    """
 
     pid: int
+    control: str = ""
     _failing: bool = False
 
     async def drop_streams(self) -> None:
@@ -264,9 +270,16 @@ class SimProcessHub:
         await trio.lowlevel.checkpoint()
 
     async def set_error(self, status: Status | None) -> None:
-        if status not in (None, Status.UNAVAILABLE):
-            raise ValueError(f"a simulator process can only inject UNAVAILABLE, not {status}")
-        if (status is not None) != self._failing:
-            os.kill(self.pid, signal.SIGUSR2)  # a toggle
-            self._failing = status is not None
+        if self.control:
+            # write then rename: the simulator never reads a half-written name
+            staged = self.control + ".new"
+            await trio.Path(staged).write_text("" if status is None else status.name, encoding="ascii")
+            os.replace(staged, self.control)
+            os.kill(self.pid, signal.SIGUSR2)
+        else:
+            if status not in (None, Status.UNAVAILABLE):
+                raise ValueError(f"a simulator process without a control file can only inject UNAVAILABLE, not {status}")
+            if (status is not None) != self._failing:
+                os.kill(self.pid, signal.SIGUSR2)  # a toggle
+                self._failing = status is not None
         await trio.lowlevel.checkpoint()

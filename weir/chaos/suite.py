@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib
 import json
 import logging
+import os
 import re
+import signal
 import socket
 import statistics
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,7 @@ from weir.chaos.processes import SimProcessHub, WeirProcess, weir_run_args
 from weir.chaos.proxy import open_proxy
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, run_schedule, schedules
 from weir.sim.farcaster_data import SnapchainSimConfig
-from weir.sim.process import open_snapchain_sim
+from weir.sim.process import SimProcess, open_snapchain_sim
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 
 __all__ = [
@@ -112,6 +114,7 @@ BASE_SETTINGS: tuple[str, ...] = (
     "supervision.backoff_initial=0.05",
     "supervision.backoff_max=0.5",  # default 10 s: recovery after a long outage would be up to that
     "supervision.breaker_reset=0.5",
+    "supervision.breaker_reset_max=1",  # default 30 s: after a long outage the next trial is up to that far away
 )
 
 _PROCESS_TARGETS = ("redis", "redis_link", "weir")
@@ -138,6 +141,12 @@ class Scenario:
         checks: extra verdicts under a slow Redis link: ``memory_bounded`` (RSS does not grow with the
             stall's length), ``source_slowed`` (the source reads less than half of what is offered),
             ``sink_progress`` (events are still persisted while the link is slow).
+        expect: log events weir must write during the run, so a scenario proves the behaviour the
+            docs describe, not only the outcome: ``"event"`` or ``"event:field~text"`` (a JSON log
+            line with that ``event`` whose ``field`` contains ``text``), e.g.
+            ``"disconnect:error~IdleStream"``.
+        max_restarts: supervisor restarts allowed in the run (None: any); 0 where the fault must be
+            absorbed by a reconnect or a retry, never by restarting an actor.
         drain_timeout: seconds after the last fault to wait for the full drain.
     """
 
@@ -152,12 +161,15 @@ class Scenario:
     before_start: bool = False
     settings: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
+    expect: tuple[str, ...] = ()
+    max_restarts: int | None = None
     drain_timeout: float = 30.0
 
     def sim_config(self) -> SnapchainSimConfig:
         # start-up (~1.5 s until weir persists) + the schedule + the tail, at `rate`
         seconds = 1.5 + self.schedule.end + self.tail
-        seed = zlib.crc32(self.name.encode()) & 0x7FFFFFFF
+        # the schedule's seed, so `weir chaos --schedule '<json>'` replays the very same data
+        seed = self.schedule.seed & 0x7FFFFFFF
         return SnapchainSimConfig(
             shards=self.shards, seed=seed, rate=self.rate, history=self.history,
             total=self.history + int(self.rate * seconds),
@@ -464,7 +476,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
     records: list[FaultRecord] = []
     seed = scenario.schedule.seed
     redis_config = RedisServerConfig(data_dir=workdir / "redis", appendfsync="always")
-    async with open_embedded_redis(redis_config) as redis, open_snapchain_sim(sim_config) as sim, \
+    async with open_embedded_redis(redis_config) as redis, open_snapchain_sim(sim_config, record_offered=True) as sim, \
             open_proxy("127.0.0.1", sim.port, seed=seed) as hub_link, \
             open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link:  # fmt: skip
         metrics_port = _free_port()
@@ -475,7 +487,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         weir = WeirProcess(args=args, log_path=workdir / "weir.log")
         sampler = RunSampler(redis.url, partitions, pid=lambda: weir.pid, interval=0.01)
         metrics = MetricsSampler(metrics_port)
-        targets = Targets(hub_link=hub_link, redis_link=redis_link, redis=redis, weir=weir, hub=SimProcessHub(sim.pid))
+        targets = Targets(hub_link=hub_link, redis_link=redis_link, redis=redis, weir=weir, hub=SimProcessHub(sim.pid, sim.control))
 
         def drained() -> bool:
             return bool(sampler.samples) and sampler.samples[-1].cursors == last
@@ -508,6 +520,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 code = await weir.terminate(timeout=15)
                 if code != 0:
                     problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
+                problems += await _check_simulator_record(sim, offered)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -529,11 +542,85 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
             problems.append(f"{r.fault.describe()}: weir exited with {r.outcome} on SIGTERM under load (expected 0)")
     if "memory_bounded" in scenario.checks or "source_slowed" in scenario.checks:
         _judge_stall(scenario, records, sampler, metrics, measures, problems)
+    problems += judge_supervision(scenario, report)
+    problems += [f"expected weir to log {e!r} during the run; it did not" for e in unmet_expectations(log_text, scenario.expect)]
     return ScenarioResult(
         scenario=scenario.name, label=scenario.label, report=report, windows=tuple(windows),
         problems=tuple(problems), elapsed_s=time.monotonic() - began, measures=measures,
         log_path=str(weir.log_path),
     )  # fmt: skip
+
+
+async def _check_simulator_record(sim: SimProcess, offered: Mapping[str, Sequence[tuple[int, bytes]]]) -> list[str]:
+    """Stop the simulator and compare what it says it offered with what the checker uses.
+
+    The checker regenerates the offered events (ids and bytes) from the simulator's seed; the
+    simulator's own record (written as it exits) proves that regeneration is what went on the wire.
+    """
+    os.kill(sim.pid, signal.SIGTERM)
+    if not await _wait(lambda: os.path.exists(sim.record), timeout=15):
+        return ["the simulator wrote no record of what it offered (did it exit?)"]
+    record = json.loads(Path(sim.record).read_text())
+    return record_mismatches(record, offered)
+
+
+def record_mismatches(record: Mapping[str, Any], offered: Mapping[str, Sequence[tuple[int, bytes]]]) -> list[str]:
+    """Differences between the simulator's record (``{partition: {ids, sha256}}``) and ``offered``."""
+    problems = []
+    for partition, events in offered.items():
+        entry = record.get(partition)
+        if entry is None:
+            problems.append(f"partition {partition}: the simulator recorded nothing offered")
+            continue
+        ids = [event_id for event_id, _ in events]
+        if entry["ids"] != ids:
+            first = next((i for i, (a, b) in enumerate(zip(entry["ids"], ids)) if a != b), min(len(ids), len(entry["ids"])))
+            problems.append(f"partition {partition}: the simulator offered {len(entry['ids'])} events, the checker "
+                            f"expected {len(ids)}; they differ from position {first}")
+            continue
+        digest = hashlib.sha256()
+        for _, payload in events:
+            digest.update(payload)
+        if digest.hexdigest() != entry["sha256"]:
+            problems.append(f"partition {partition}: the simulator offered other bytes than the checker regenerated")
+    return problems
+
+
+def judge_supervision(scenario: Scenario, report: RunReport) -> list[str]:
+    """Any escalation fails a run (a crash loop, even one the root absorbed); so do restarts
+    beyond ``scenario.max_restarts``."""
+    problems = []
+    if report.escalations_by_supervisor:
+        problems.append("supervisors escalated (restart intensity exceeded): "
+                        + ", ".join(f"{name} ×{n}" for name, n in report.escalations_by_supervisor.items()))
+    by_supervisor = {name: n for name, n in report.restarts_by_supervisor.items() if name != "process" and n}
+    restarts = sum(by_supervisor.values())
+    if scenario.max_restarts is not None and restarts > scenario.max_restarts:
+        problems.append(f"{restarts} supervisor restarts ({', '.join(f'{k} {v}' for k, v in by_supervisor.items())}); "
+                        f"at most {scenario.max_restarts} expected: this fault is a reconnect or a retry, not a crash")
+    return problems
+
+
+def unmet_expectations(log_text: str, expect: Sequence[str]) -> list[str]:
+    """The entries of ``expect`` (``"event"`` or ``"event:field~text"``) no JSON line of the log matches."""
+    events: list[dict[str, Any]] = []
+    for line in log_text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by kill -9
+
+    def matches(entry: dict[str, Any], wanted: str) -> bool:
+        name, _, condition = wanted.partition(":")
+        if entry.get("event") != name:
+            return False
+        if not condition:
+            return True
+        field, _, text = condition.partition("~")
+        return text in str(entry.get(field, ""))
+
+    return [wanted for wanted in expect if not any(matches(entry, wanted) for entry in events)]
 
 
 def _judge_stall(scenario: Scenario, records: Sequence[FaultRecord], sampler: RunSampler, metrics: MetricsSampler,
@@ -590,7 +677,6 @@ def random_schedules(count: int, seed: int, *, horizon: float = 4.0, max_faults:
     found: list[Schedule] = []
     strategy = schedules(
         targets=("hub_link", "redis_link", "redis", "weir", "hub"),
-        kinds={"hub": ("drop_streams",)},  # a simulator process can only inject UNAVAILABLE by toggle
         max_faults=max_faults, horizon=horizon, max_duration=2.0,
     )  # fmt: skip
 

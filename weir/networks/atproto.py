@@ -14,7 +14,6 @@ from weir.actors.atproto import SOURCE, AtprotoStats, default_partition, run_atp
 from weir.actors.filter import Predicate
 from weir.config import Config
 from weir.networks.base import NetworkContext, ReadCursor
-from weir.supervision import CircuitBreaker
 
 
 class AtprotoNetwork:
@@ -25,7 +24,7 @@ class AtprotoNetwork:
         self.context = context
         sup = config.supervision
         url = self.settings.url if self.settings.mode == "firehose" else self.settings.jetstream_url
-        self.breaker = CircuitBreaker(f"atproto {url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset)
+        self.breaker = sup.breaker(f"atproto {url}")
 
     @staticmethod
     def enabled(config: Config) -> bool:

@@ -11,7 +11,6 @@ from weir.actors.filter import Predicate
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder
 from weir.config import Config
 from weir.networks.base import NetworkContext, ReadCursor
-from weir.supervision import CircuitBreaker
 
 
 class EthereumNetwork:
@@ -23,9 +22,7 @@ class EthereumNetwork:
         self.decoder = LogDecoder(EventAbi.parse(text) for text in self.settings.abis)
         sup = config.supervision
         self.breakers = {
-            str(chain.chain_id): CircuitBreaker(
-                f"ethereum {chain.url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset
-            )
+            str(chain.chain_id): sup.breaker(f"ethereum {chain.url}")
             for chain in self.settings.chains
         }
 

@@ -9,12 +9,22 @@ from typing import Any, ClassVar
 
 import trio
 
-from weir.actors.farcaster import SOURCE, GrpcTarget, ShardStats, discover_shards, is_transient, run_shard_connection
+from weir.actors.farcaster import (
+    SOURCE,
+    GrpcTarget,
+    ShardStats,
+    discover_shards,
+    is_transient,
+    run_shard_connection,
+)
 from weir.actors.filter import Predicate
-from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME, HubEventKeys
+from weir.codecs.farcaster_keys import (
+    HUB_EVENT_TYPE_BY_NAME,
+    MESSAGE_TYPE_BY_NAME,
+    HubEventKeys,
+)
 from weir.config import Config, FarcasterSettings
 from weir.networks.base import NetworkContext, ReadCursor
-from weir.supervision import CircuitBreaker
 
 log = logging.getLogger("weir.networks.farcaster")
 
@@ -51,9 +61,7 @@ class FarcasterNetwork:
         self.context = context
         sup = config.supervision
         # One breaker per node, shared by its shards: a node that is down is not hammered by each.
-        self.node_breaker = CircuitBreaker(
-            f"snapchain {self.settings.url}", failure_threshold=sup.breaker_failures, reset_timeout=sup.breaker_reset
-        )
+        self.node_breaker = sup.breaker(f"snapchain {self.settings.url}")
 
     @staticmethod
     def enabled(config: Config) -> bool:

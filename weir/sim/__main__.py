@@ -2,22 +2,26 @@
 
 Prints exactly one line, ``weir-sim snapchain listening on HOST:PORT``, once it is serving (the
 readiness signal ``weir.sim.process`` waits for); logs go to stderr. Chaos control (used by
-``weir.chaos.processes``): SIGUSR1 drops every open stream, SIGUSR2 toggles answering every new
-call with UNAVAILABLE.
+``weir.chaos.processes``): SIGUSR1 drops every open stream; SIGUSR2 reads the ``--control`` file
+(a gRPC status name: answer every new call with it; empty: serve normally), or without one
+toggles answering every new call with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import logging
+import os
 import signal
 import sys
 
 from grpclib.const import Status
 
 from weir.sim.farcaster_data import SnapchainSimConfig
-from weir.sim.snapchain import serve_snapchain
+from weir.sim.snapchain import SnapchainSim, serve_snapchain
 
 
 def _optional_int(text: str) -> int | None:
@@ -40,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--fids-per-shard", type=int, default=200)
     snap.add_argument("--max-block-events", type=int, default=40)
     snap.add_argument("--pregenerate", action="store_true", help="generate all --total events before serving")
+    snap.add_argument("--record", default="", help="file written at exit: the ids (and a digest) of every event offered")
+    snap.add_argument("--control", default="", help="file read on SIGUSR2: a gRPC status name to fail calls with, or empty")
     snap.add_argument("--log-level", default="WARNING")
     at = networks.add_parser("atproto", help="an AT Protocol relay (firehose) and Jetstream server (WebSocket)")
     at.add_argument("--host", default="127.0.0.1")
@@ -74,7 +80,23 @@ def config_from_args(args: argparse.Namespace) -> SnapchainSimConfig:
     )
 
 
-async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int) -> None:
+def write_record(sim: SnapchainSim, path: str) -> None:
+    """What the simulator offered, per shard: every released id in order and a SHA-256 over their
+    HubEvent bytes (written whole, then renamed: a reader never sees half of it)."""
+    record = {}
+    for shard in sim.logs:
+        offered = sim.offered(shard)
+        digest = hashlib.sha256()
+        for _, payload in offered:
+            digest.update(payload)
+        record[str(shard)] = {"ids": [event_id for event_id, _ in offered], "sha256": digest.hexdigest()}
+    staged = path + ".new"
+    with open(staged, "w", encoding="ascii") as handle:
+        json.dump(record, handle)
+    os.replace(staged, path)
+
+
+async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int, control: str = "", record: str = "") -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +106,14 @@ async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int) -> No
 
     def toggle_error() -> None:
         nonlocal failing
+        if control:  # the harness wrote the status it wants (any name grpclib knows) before signalling
+            with open(control, encoding="ascii") as handle:
+                name = handle.read().strip()
+            try:
+                sim.set_error(Status[name] if name else None)
+            except KeyError:
+                logging.getLogger("weir.sim").error("control file %s: unknown gRPC status %r", control, name)
+            return
         failing = not failing
         sim.set_error(Status.UNAVAILABLE if failing else None)
 
@@ -95,6 +125,8 @@ async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int) -> No
     finally:
         sim.close()
         await sim.wait_closed()
+        if record:
+            write_record(sim, record)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"weir-sim: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_run_snapchain(config, args.host, args.port))
+    asyncio.run(_run_snapchain(config, args.host, args.port, args.control, args.record))
     return 0
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -44,6 +45,8 @@ class SimProcess:
     port: int
     pid: int
     config: SnapchainSimConfig
+    control: str = ""
+    record: str = ""
 
     @property
     def url(self) -> str:
@@ -118,17 +121,27 @@ async def open_snapchain_sim(
     port: int = 0,
     ready_timeout: float = 60.0,
     stop_grace: float = 5.0,
+    record_offered: bool = False,
 ) -> AsyncIterator[SimProcess]:
     """Start ``python -m weir.sim snapchain`` and yield once it serves; stop it on exit.
+
+    ``record_offered``: it writes what it offered to :attr:`SimProcess.record` as it exits.
 
     Stopping sends SIGTERM, then SIGKILL if it has not exited after ``stop_grace`` seconds.
 
     Raises:
         SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
     """
-    args = snapchain_args(config, host, port)
-    async with _open_sim_process(args, "snapchain", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
-        yield SimProcess(host=h, port=p, pid=pid, config=config)
+    with tempfile.TemporaryDirectory(prefix="weir-sim-") as tmp:
+        control = os.path.join(tmp, "status")
+        await trio.Path(control).write_text("")  # empty: serve normally
+        # the record costs a pass over every event at exit (a regeneration if some were pruned): on request
+        record = os.path.join(tmp, "offered.json") if record_offered else ""
+        args = [*snapchain_args(config, host, port), "--control", control]
+        if record:
+            args += ["--record", record]
+        async with _open_sim_process(args, "snapchain", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
+            yield SimProcess(host=h, port=p, pid=pid, config=config, control=control, record=record)
 
 
 @asynccontextmanager
@@ -160,6 +173,9 @@ class EthereumSimProcess:
     Attributes:
         host, port: where it serves; ``url`` is ``ws://HOST:PORT``.
         pid: the process id (``SIGUSR1`` drops every connection).
+        control: the file it reads on ``SIGUSR2`` (a gRPC status name to fail new calls with, or
+            empty), for :class:`weir.chaos.processes.SimProcessHub`.
+        record: the file it writes when it exits: what it offered (``weir.sim.__main__.write_record``).
         config: what it was started with.
         record: where it writes its final canonical chain on exit ("" for nowhere).
     """
