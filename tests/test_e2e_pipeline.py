@@ -7,8 +7,12 @@ what weir persisted: every event once, in order, byte-identical, and the cursor 
 
 from __future__ import annotations
 
+import ssl
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
+import trustme
 from grpclib.const import Status
 
 from weir.app import serve
@@ -18,6 +22,7 @@ from weir.chaos.proxy import Down, Timeout, open_proxy
 from weir.codecs.protowire import WireError
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
+from weir.sim.snapchain import serve_snapchain
 from weir.supervision import SupervisorEscalation
 from weir.supervision.breaker import BreakerState
 
@@ -365,6 +370,43 @@ async def test_a_lagging_subscriber_skipped_forward_by_the_node_is_reported(redi
         assert entries == sorted(set(entries)), "in order, once each"
         assert set(entries) < set(offered_ids), "some events were skipped by the node"
         assert entries[-1] == offered_ids[-1]
+
+
+@asynccontextmanager
+async def tls_sim(sim_config: SnapchainSimConfig, ca: trustme.CA):
+    """The simulator serving gRPC over TLS with a certificate for ``localhost`` issued by ``ca``."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    server_context.set_alpn_protocols(["h2"])
+    sim, port = await call_asyncio(serve_snapchain, sim_config, "127.0.0.1", 0, server_context)
+    try:
+        yield f"https://localhost:{port}"
+    finally:
+        with trio.CancelScope(shield=True):
+            sim.close()
+            with trio.move_on_after(5):
+                await call_asyncio(sim.wait_closed)
+
+
+async def test_an_https_node_is_streamed_over_verified_tls(redis_server, redis_client, tmp_path, monkeypatch):
+    """https:// selects TLS with certificate and host name checks (the public nodes' setting): a
+    node whose certificate chains to a trusted CA streams everything; the same node is refused
+    while its CA is not trusted."""
+    sim_config = SnapchainSimConfig(shards=2, seed=30, rate=0, history=600, total=600)
+    expected = {shard: offered(sim_config, shard) for shard in SHARDS}
+    ca = trustme.CA()
+    async with tls_sim(sim_config, ca) as url:
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nobody.pem"))  # trusts nothing
+        (tmp_path / "nobody.pem").write_bytes(trustme.CA().cert_pem.bytes())
+        async with running_service(e2e_config(redis_server.url, url)) as (service, _):
+            await wait_for(lambda: all("CERTIFICATE_VERIFY_FAILED" in (v.source.last_error or "") for v in service.partitions),
+                           timeout=TIMEOUT, what="the untrusted certificate to be refused")
+            assert all(v.source.received == 0 for v in service.partitions)
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        async with running_service(e2e_config(redis_server.url, url)) as (service, _):
+            await wait_for(lambda: done(service, expected), timeout=TIMEOUT, what="every event over TLS")
+    await assert_delivered_exactly(redis_client, expected)
 
 
 async def test_shards_are_discovered_with_get_info_when_not_configured(redis_server, redis_client):

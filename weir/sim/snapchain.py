@@ -28,6 +28,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Iterable
+from ssl import SSLContext
 
 import grpclib.const
 import grpclib.server
@@ -211,14 +212,14 @@ class SnapchainSim:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Create the history, start producing and serving; return the bound port."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl: SSLContext | None = None) -> int:
+        """Create the history, start producing and serving (over TLS with ``ssl``); return the bound port."""
         for shard_log in self.logs.values():
             if self.config.pregenerate:
                 shard_log.pregenerate(self.config.total)
             shard_log.release_until(self.config.history)
         self._server = grpclib.server.Server([self], codec=RawBytesCodec())
-        await self._server.start(host, port)
+        await self._server.start(host, port, ssl=ssl)
         sockets = self._server._server.sockets if self._server._server is not None else []
         bound = sockets[0].getsockname()[1]
         self._producers = [asyncio.ensure_future(self._produce(shard_log)) for shard_log in self.logs.values()]
@@ -453,12 +454,14 @@ def _raw_sender(stream: grpclib.server.Stream):  # type: ignore[no-untyped-def,t
 
 
 async def serve_snapchain(
-    config: SnapchainSimConfig, host: str = "127.0.0.1", port: int = 0
+    config: SnapchainSimConfig, host: str = "127.0.0.1", port: int = 0, ssl: SSLContext | None = None
 ) -> tuple[SnapchainSim, int]:
     """Start a simulated node in the running asyncio loop; return it and its bound port.
+
+    ``ssl``: serve gRPC over TLS (a server context offering ALPN ``h2``), as the public nodes do.
 
     Stop it with ``sim.close(); await sim.wait_closed()``.
     """
     sim = SnapchainSim(config)
-    bound = await sim.start(host, port)
+    bound = await sim.start(host, port, ssl)
     return sim, bound
