@@ -171,6 +171,30 @@ def test_stale_rev_is_reported_and_dropped():
     assert chunk.events == [] and r.stats.stale_revs == 1 and chunk.through == commit.seq
 
 
+def test_an_equal_rev_is_stale_on_the_firehose():
+    """Per DID a commit must move the rev forward: the same rev again is dropped (a #sync may repeat it)."""
+    first, second = [e for e in HISTORY if e.kind == "commit" and not e.corrupt][:2]
+    body = cbor.decode(second.body)
+    again = cbor.encode({"t": "#commit", "op": 1}) + cbor.encode({**body, "repo": first.did, "rev": first.rev})
+    r = reader()
+    chunk = r.read([first.frame, again], 0.0)
+    assert {e.position for e in chunk.events} == {first.seq} and chunk.through == second.seq
+    assert r.stats.stale_revs == 1 and r.revs.last(first.did) == first.rev
+    assert r.revs.advance(first.did, first.rev, allow_equal=True)  # what a #sync of that rev does
+
+
+def test_an_equal_rev_passes_between_jetstream_messages_and_an_older_one_does_not():
+    """Jetstream sends one message per op, each with the commit's rev: equal is the same commit."""
+    commit = next(e for e in HISTORY if e.kind == "commit" and len(e.ops) > 1 and not e.corrupt and all(op.cid for op in e.ops))
+    messages = [m for _, m in commit.jetstream]
+    older = json.loads(messages[0])
+    older.update(time_us=older["time_us"] + 10_000, commit={**older["commit"], "rev": "2222222222222"})
+    r = JetstreamReader(partition="p", stats=AtprotoStats())
+    chunk = r.read([*messages, json.dumps(older)], 0.0)
+    assert len(chunk.events) == len(messages) and {e.fields["rev"] for e in chunk.events} == {commit.rev}
+    assert r.stats.stale_revs == 1 and chunk.through == older["time_us"]
+
+
 def test_rev_tracker_is_bounded():
     tracker = RevTracker(capacity=2)
     assert tracker.advance("a", "1") and tracker.advance("b", "1") and tracker.advance("c", "1")
@@ -283,6 +307,20 @@ def test_jetstream_zstd_and_errors():
         decoder.decode('{"kind": "commit"}')
 
 
+def test_jetstream_size_limit_counts_utf8_bytes_not_characters():
+    message = json.loads(HISTORY[0].jetstream[0][1])
+    message["commit"]["record"] = {"text": "✓" * 300}  # 3 bytes a character in UTF-8
+    text = json.dumps(message, ensure_ascii=False)
+    size = len(text.encode())
+    assert len(text) < 1000 < size
+    with pytest.raises(FrameError, match=f"message of {size} bytes exceeds the 1000-byte limit"):
+        JetstreamDecoder(max_frame=1000).decode(text)
+    assert JetstreamDecoder(max_frame=size).decode(text).time_us == message["time_us"]
+    r = JetstreamReader(partition="p", stats=AtprotoStats(), decoder=JetstreamDecoder(max_frame=1000), last_id=1)
+    chunk = r.read([text], 0.0)
+    assert chunk.events == [] and "exceeds the 1000-byte limit" in chunk.dead[0].reason
+
+
 @given(st.text(max_size=200) | st.binary(max_size=200))
 def test_random_jetstream_messages_never_crash(data):
     try:
@@ -329,7 +367,7 @@ def rejected(status: int, *headers: tuple[bytes, bytes]) -> trio_websocket.Conne
         (b"-3", 0.0),  # never a negative sleep
         (b"86400", MAX_RETRY_AFTER),  # a day: capped
         (b"inf", MAX_RETRY_AFTER),
-        (b"Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date form: not understood, the backoff applies
+        (b"Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # HTTP-date form, in the past: no wait beyond the backoff
         (b"soon", None),
         (b"", None),
         (b"\xff\xfe", None),
@@ -340,6 +378,37 @@ def test_retry_after_header(value, seconds):
         assert retry_after(rejected(status, (b"Content-Type", b"text/plain"), (b"Retry-After", value))) == seconds
         assert retry_after(rejected(status, (b"retry-after", value))) == seconds  # names are case-insensitive
         assert retry_after(BaseExceptionGroup("one", [rejected(status, (b"RETRY-AFTER", value))])) == seconds
+
+
+NOW = 1_754_850_000.0  # 2025-08-10T18:20:00Z
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        (b"Sun, 10 Aug 2025 18:20:30 GMT", 30.0),
+        (b"Sun, 10 Aug 2025 18:20:30 -0000", 30.0),  # parses without a timezone: HTTP-dates are GMT
+        (b"Sun, 10 Aug 2025 20:20:30 +0200", 30.0),
+        (b"Sunday, 10-Aug-25 18:21:00 GMT", 60.0),  # RFC 850, which HTTP/1.1 recipients must accept
+        (b"Sun Aug 10 18:20:05 2025", 5.0),  # asctime
+        (b"Sun, 10 Aug 2025 18:20:00 GMT", 0.0),
+        (b"Sun, 10 Aug 2025 18:19:00 GMT", 0.0),  # in the past
+        (b"Mon, 11 Aug 2025 18:20:00 GMT", MAX_RETRY_AFTER),  # a day away: capped
+        (b"Sun, 10 Aug 2025 25:61:00 GMT", None),  # not a time
+        (b"Sun, 32 Foo 2025 18:20:00 GMT", None),
+    ],
+)
+def test_retry_after_http_date(value, seconds):
+    for status in (429, 503):
+        assert retry_after(rejected(status, (b"Retry-After", value)), now=NOW) == seconds
+
+
+def test_retry_after_http_date_against_the_clock():
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True).encode()
+    assert 28.0 <= retry_after(rejected(503, (b"Retry-After", soon))) <= 30.0
 
 
 def test_retry_after_is_none_without_the_header_or_a_rejection():

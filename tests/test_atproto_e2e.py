@@ -15,10 +15,17 @@ import attrs
 import pytest
 import trio
 
+from weir.actors.atproto import dictionary_cache_path
 from weir.codecs import atproto_cbor as cbor
-from weir.config import load_config
-from weir.sim.atproto import AtprotoSim
-from weir.sim.atproto_data import AtprotoSimConfig, ExpectedEntry, expected_records
+from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, load_config
+from weir.sim.atproto import DICTIONARY_PATH, AtprotoSim
+from weir.sim.atproto_data import (
+    AtprotoSimConfig,
+    ExpectedEntry,
+    expected_records,
+    jetstream_dictionary,
+    stale_positions,
+)
 from weir.sinks.keys import partition_keys
 
 from helpers import running_service, wait_for
@@ -56,6 +63,7 @@ def at_config(redis_url: str, url: str, **overrides: str):
         "supervision.breaker_reset": "0.1",
         "supervision.max_restarts": "50",
         "log_level": "ERROR",
+        "metrics.port": "0",  # any free port: concurrent services never collide
     }
     values.update({key.replace("__", "."): value for key, value in overrides.items()})
     return load_config(environ={}, overrides=values)
@@ -69,9 +77,15 @@ def reached(service, position: int) -> bool:
     return service.partitions[0].sink.cursor == position
 
 
-async def assert_persisted(redis_client, expected: list[ExpectedEntry], dead: list[int], *,
-                           reason: bytes = b"does not match its CID") -> None:
-    entries = await redis_client("XRANGE", KEYS.events, "-", "+")
+def logged(caplog, event: str) -> list[logging.LogRecord]:
+    """The log records of one structured event (``extra={"event": …}``)."""
+    return [record for record in caplog.records if getattr(record, "event", None) == event]
+
+
+async def assert_persisted(redis_client, expected: list[ExpectedEntry], dead: list[int | None], *,
+                           reason: bytes = b"does not match its CID", partition: str = PARTITION) -> None:
+    keys = partition_keys("atproto", partition)
+    entries = await redis_client("XRANGE", keys.events, "-", "+")
     got_ids = [entry_id for entry_id, _ in entries]
     want_ids = [entry.stream_id for entry in expected]
     if got_ids != want_ids:
@@ -85,17 +99,20 @@ async def assert_persisted(redis_client, expected: list[ExpectedEntry], dead: li
             assert fields[name.encode()] == str(value).encode(), f"{entry_id!r}: field {name}"
         if "cid" in entry.fields:
             assert fields[b"key"] == entry.fields["cid"].encode()
-    dead_entries = await redis_client("XRANGE", KEYS.dead, "-", "+")
-    assert sorted(int(fields[b"position"]) for _, fields in dead_entries) == sorted(dead)
+    dead_entries = await redis_client("XRANGE", keys.dead, "-", "+")
+    positions = [int(fields[b"position"]) if fields[b"position"] else None for _, fields in dead_entries]
+    assert sorted(positions, key=lambda p: -1 if p is None else p) == sorted(dead, key=lambda p: -1 if p is None else p)
     for _, fields in dead_entries:
         assert reason in fields[b"reason"]
 
 
 @pytest.mark.parametrize("mode", ["firehose", "jetstream"])
-async def test_every_record_once_with_dead_letters(redis_server, redis_client, mode):
+async def test_every_record_once_with_dead_letters(redis_server, redis_client, mode, tmp_path):
     sim_config = AtprotoSimConfig(seed=3, total=600, corrupt_every=40)
-    extra = {"atproto__compress": "true"} if mode == "jetstream" else {}
     async with atproto_sim(sim_config) as (sim, url):
+        extra = {}
+        if mode == "jetstream":  # compressed with the simulator's published dictionary
+            extra = {"atproto__compress": "true", "atproto__zstd_dictionary": sim.dictionary_url, "redis__data_dir": str(tmp_path)}
         expected, dead = expected_records(sim.events, mode=mode)
         async with running_service(at_config(redis_server.url, url, atproto__mode=mode, **extra)) as (service, _):
             await wait_for(lambda: reached(service, last_position(sim, mode)), timeout=TIMEOUT, what="the cursor to reach the end")
@@ -193,9 +210,11 @@ async def test_collection_filter_keeps_exactly_the_matching_ops(redis_server, re
     await assert_persisted(redis_client, expected, dead)
 
 
-async def test_relay_errors_rejections_and_drops_lose_nothing(redis_server, redis_client):
-    """429 before the upgrade, ConsumerTooSlow every 150 frames, a dropped socket, an #info: all survived."""
+async def test_relay_errors_rejections_and_drops_lose_nothing(redis_server, redis_client, caplog):
+    """429 before the upgrade, ConsumerTooSlow every 150 frames, a dropped socket, an #info: all
+    survived, and each logged as a structured event (connect, disconnect, relay_error, relay_info)."""
     sim_config = AtprotoSimConfig(seed=7, total=800, rate=4000, drop_after=150, reject_first=2)
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
     async with atproto_sim(sim_config) as (sim, url):
         expected, _ = expected_records(sim.events)
         async with running_service(at_config(redis_server.url, url)) as (service, _):
@@ -209,6 +228,19 @@ async def test_relay_errors_rejections_and_drops_lose_nothing(redis_server, redi
     assert stats.relay_errors >= 4 and stats.reconnects >= stats.relay_errors + 3
     assert sim.handshakes >= 2 + stats.relay_errors
     await assert_persisted(redis_client, expected, [])
+    connects, lost = logged(caplog, "connect"), logged(caplog, "disconnect")
+    assert len(connects) == stats.connects and len(lost) == stats.reconnects
+    assert connects[0].source == "atproto" and connects[0].partition == PARTITION and connects[0].from_id == 0
+    assert connects[-1].from_id == sim.events[-1].seq and connects[-1].url == url + "/xrpc/com.atproto.sync.subscribeRepos"
+    reasons = [record.error for record in lost]
+    assert reasons[:2] == ["HTTP 429 before the WebSocket upgrade (Retry-After: 0)"] * 2
+    assert reasons.count("RelayError: ConsumerTooSlow: Stream consumer too slow") == stats.relay_errors
+    assert [record.reconnects for record in lost] == list(range(1, len(lost) + 1))
+    assert all(record.resume_from is not None for record in lost[2:]) and lost[-1].resume_from == sim.events[-1].seq
+    errors = logged(caplog, "relay_error")
+    assert len(errors) == stats.relay_errors and {(r.error, r.detail) for r in errors} == {("ConsumerTooSlow", "Stream consumer too slow")}
+    (info,) = logged(caplog, "relay_info")
+    assert (info.info, info.detail, info.last_id) == ("OutdatedCursor", "test", sim.events[-1].seq)
 
 
 async def test_future_cursor_is_reported_and_retried(redis_server, redis_client):
@@ -233,3 +265,147 @@ async def test_simulator_process_serves_the_firehose(redis_server, redis_client)
         async with running_service(at_config(redis_server.url, url)) as (service, _):
             await wait_for(lambda: reached(service, history[-1].seq), timeout=TIMEOUT, what="the end")
     await assert_persisted(redis_client, expected_records(history)[0], [])
+
+
+# ----------------------------------------------------------------------------- Jetstream's zstd dictionary
+
+
+def jetstream_config(redis_url: str, url: str, data_dir, **overrides: str):
+    return at_config(redis_url, url, atproto__mode="jetstream", atproto__compress="true", redis__data_dir=str(data_dir), **overrides)
+
+
+async def test_the_dictionary_url_is_fetched_once_cached_and_decodes_every_frame(redis_server, redis_client, tmp_path, caplog):
+    """``zstd_dictionary`` = the simulator's published URL, whose frames need it: fetched at start,
+    cached in the data directory, every compressed frame decoded into Redis; the next start (another
+    partition, reading everything again) takes it from the cache without asking the server."""
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
+    async with atproto_sim(AtprotoSimConfig(seed=12, total=300)) as (sim, url):
+        expected, _ = expected_records(sim.events, mode="jetstream")
+        for partition in ("first", "second"):
+            config = jetstream_config(redis_server.url, url, tmp_path, atproto__partition=partition,
+                                      atproto__zstd_dictionary=sim.dictionary_url)
+            async with running_service(config) as (service, _):
+                await wait_for(lambda: reached(service, sim.js_times[-1]), timeout=TIMEOUT, what=f"{partition} to finish")
+                assert service.partitions[0].source.dead_letters == 0
+            assert sim.dictionary_fetches == 1
+            await assert_persisted(redis_client, expected, [], partition=partition)
+    assert dictionary_cache_path(tmp_path, sim.dictionary_url).read_bytes() == sim.dictionary
+    assert [(r.url, r.fetched, r.dict_id) for r in logged(caplog, "zstd_dictionary")] == [
+        (sim.dictionary_url, True, sim.dictionary_id), (sim.dictionary_url, False, sim.dictionary_id)]
+
+
+async def test_compress_without_a_dictionary_setting_uses_the_published_url(redis_server, redis_client, tmp_path):
+    """No ``zstd_dictionary``: Bluesky's published URL is the default. Its cache entry is seeded here
+    (with the simulator's dictionary, so no test reaches the internet): weir reads it from there."""
+    cached = dictionary_cache_path(tmp_path, JETSTREAM_ZSTD_DICTIONARY_URL)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(jetstream_dictionary())
+    async with atproto_sim(AtprotoSimConfig(seed=13, total=200)) as (sim, url):
+        expected, _ = expected_records(sim.events, mode="jetstream")
+        async with running_service(jetstream_config(redis_server.url, url, tmp_path)) as (service, _):
+            await wait_for(lambda: reached(service, sim.js_times[-1]), timeout=TIMEOUT, what="the end")
+        assert sim.dictionary_fetches == 0
+    await assert_persisted(redis_client, expected, [])
+
+
+async def test_a_dictionary_that_cannot_be_fetched_is_one_error_line_and_no_connection(redis_server, redis_client, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
+    async with atproto_sim(AtprotoSimConfig(seed=14, total=50)) as (sim, url):
+        missing = sim.dictionary_url.replace(DICTIONARY_PATH, "/no/dictionary/here")
+        config = jetstream_config(redis_server.url, url, tmp_path, atproto__zstd_dictionary=missing)
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: bool(logged(caplog, "zstd_dictionary_unavailable")), timeout=TIMEOUT, what="the error")
+            line = f"atproto.zstd_dictionary: cannot fetch {missing}: HTTP 404 Not Found"
+            assert service.partitions[0].source.last_error == line
+        assert sim.handshakes == 0  # no WebSocket without the dictionary its frames need
+    record = logged(caplog, "zstd_dictionary_unavailable")[0]
+    assert record.levelno == logging.ERROR and record.getMessage() == f"{PARTITION}: {line}" and record.url == missing
+    assert await redis_client("XLEN", KEYS.events) == 0
+
+
+# ----------------------------------------------------------------------------- rejections before the upgrade
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_rejection_retry_after_is_waited_before_reconnecting(redis_server, redis_client, status, caplog):
+    """The backoff here is at most 0.1 s: the second handshake a second later is Retry-After's doing."""
+    sim_config = AtprotoSimConfig(seed=15, total=100, reject_first=1, reject_status=status, retry_after=1.0)
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
+    async with atproto_sim(sim_config) as (sim, url):
+        expected, _ = expected_records(sim.events)
+        async with running_service(at_config(redis_server.url, url)) as (service, _):
+            await wait_for(lambda: reached(service, sim.events[-1].seq), timeout=TIMEOUT, what="the end")
+            assert (service.partitions[0].source.connects, service.partitions[0].source.reconnects) == (2, 1)
+    first, second = sim.handshake_times
+    assert second - first >= 1.0
+    (lost,) = logged(caplog, "disconnect")
+    assert lost.error == f"HTTP {status} before the WebSocket upgrade (Retry-After: 1)" and lost.reconnect_in >= 1.0
+    await assert_persisted(redis_client, expected, [])
+
+
+async def test_5xx_before_the_upgrade_is_retried_with_backoff(redis_server, redis_client, caplog):
+    """503s without Retry-After: each retry waits the drawn backoff delay, whose cap doubles per attempt."""
+    initial = 0.05
+    sim_config = AtprotoSimConfig(seed=16, total=100, reject_first=3, reject_status=503, retry_after=None)
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
+    async with atproto_sim(sim_config) as (sim, url):
+        expected, _ = expected_records(sim.events)
+        config = at_config(redis_server.url, url, supervision__backoff_initial=str(initial), supervision__backoff_max="1")
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: reached(service, sim.events[-1].seq), timeout=TIMEOUT, what="the end")
+            assert (service.partitions[0].source.connects, service.partitions[0].source.reconnects) == (4, 3)
+    lost = logged(caplog, "disconnect")
+    assert [record.error for record in lost] == ["HTTP 503 before the WebSocket upgrade"] * 3
+    assert len(sim.handshake_times) == 4
+    for attempt, (record, before, after) in enumerate(zip(lost, sim.handshake_times, sim.handshake_times[1:])):
+        assert record.reconnect_in <= initial * 2**attempt
+        assert after - before >= record.reconnect_in - 0.001  # logged rounded to the ms
+    await assert_persisted(redis_client, expected, [])
+
+
+# ----------------------------------------------------------------------------- stale revs, oversized frames
+
+
+@pytest.mark.parametrize("mode", ["firehose", "jetstream"])
+async def test_stale_revs_are_counted_logged_and_dropped(redis_server, redis_client, mode, caplog):
+    """Commits whose rev is equal to or older than the DID's last: the firehose drops both, Jetstream
+    (one message per op, all with the commit's rev) only the older."""
+    caplog.set_level(logging.WARNING, logger="weir.actors.atproto")
+    async with atproto_sim(AtprotoSimConfig(seed=17, total=400, stale_every=7)) as (sim, url):
+        stale = stale_positions(sim.events, mode=mode)
+        expected, _ = expected_records(sim.events, mode=mode)
+        async with running_service(at_config(redis_server.url, url, atproto__mode=mode)) as (service, _):
+            await wait_for(lambda: reached(service, last_position(sim, mode)), timeout=TIMEOUT, what="the end")
+            assert service.partitions[0].source.stale_revs == len(stale) > 5
+    await assert_persisted(redis_client, expected, [])
+    stored = {int(entry_id.split(b"-")[0]) for entry_id, _ in await redis_client("XRANGE", KEYS.events, "-", "+")}
+    assert stored.isdisjoint(stale)
+    records = logged(caplog, "stale_rev")
+    assert [record.position for record in records] == stale
+    kinds = {"equal" if record.rev == record.last_rev else "older" for record in records}
+    assert all(record.rev <= record.last_rev for record in records)
+    assert kinds == ({"equal", "older"} if mode == "firehose" else {"older"})
+
+
+async def test_a_frame_over_the_5mb_limit_is_a_dead_letter_and_the_stream_goes_on(redis_server, redis_client, caplog):
+    """A 6 MB commit frame (relays stop at 5 MB) over the real socket: the WebSocket takes it (its
+    limit is twice atproto.max_frame_bytes), the reader dead-letters it with the size, the same
+    connection goes on and every later event is persisted."""
+    caplog.set_level(logging.WARNING, logger="weir.actors.atproto")
+    async with atproto_sim(AtprotoSimConfig(seed=18, total=60)) as (sim, url):
+        index = next(i for i, e in enumerate(sim.events) if i >= 30 and e.kind == "commit")
+        event = sim.events[index]
+        big = cbor.encode({"t": "#commit", "op": 1}) + cbor.encode({**cbor.decode(event.body), "blocks": bytes(6_000_000)})
+        assert 5_000_000 < len(big) < 10_000_000
+        sim.events[index] = attrs.evolve(event, frame=big)
+        expected, _ = expected_records(sim.events[:index] + sim.events[index + 1:])
+        async with running_service(at_config(redis_server.url, url)) as (service, _):
+            stats = service.partitions[0].source
+            await wait_for(lambda: reached(service, sim.events[-1].seq), timeout=TIMEOUT, what="the end")
+            assert (stats.connects, stats.reconnects, stats.dead_letters) == (1, 0, 1)
+    reason = f"frame of {len(big)} bytes exceeds the 5000000-byte limit"
+    await assert_persisted(redis_client, expected, [None], reason=reason.encode())
+    ((_, dead),) = await redis_client("XRANGE", KEYS.dead, "-", "+")
+    assert dead[b"data"] == big
+    (record,) = logged(caplog, "dead_letter")
+    assert (record.position, record.reason) == (None, reason)

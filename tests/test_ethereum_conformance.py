@@ -1,12 +1,14 @@
 """Real mainnet JSON-RPC responses (../shared/fixtures/ethereum) parse, and decoded transfers match.
 
-Skipped with a reason when the fixtures are not beside the checkout (``WEIR_FIXTURES`` overrides).
+Skipped with a reason when the fixtures are not beside the checkout (``WEIR_FIXTURES`` overrides),
+and test by test when one of the files it reads is missing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,34 +19,49 @@ FIXTURES = Path(os.environ.get("WEIR_FIXTURES") or Path(__file__).resolve().pare
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"Ethereum fixtures not found at {FIXTURES} (set WEIR_FIXTURES)")
 
 
-def receipts(folder: str):
-    for path in sorted((FIXTURES / folder).glob("web3_response.eth_getTransactionReceipt_*.json")):
+def fixture(path: Path) -> Path:
+    """``path``, or skip the test (with the reason) when that one fixture file is missing."""
+    if not path.is_file():
+        pytest.skip(f"fixture file {path} not found")
+    return path
+
+
+def receipts(fixtures: Path, folder: str):
+    paths = sorted((fixtures / folder).glob("web3_response.eth_getTransactionReceipt_*.json"))
+    if not paths:
+        pytest.skip(f"no eth_getTransactionReceipt fixtures in {fixtures / folder}")
+    for path in paths:
         yield path, json.loads(path.read_text())["result"]
 
 
 def test_blocks_parse_and_link():
     folder = FIXTURES / "blocks_1755634_1755635"
-    a = parse_header(json.loads((folder / "web3_response.eth_getBlockByNumber_0x1ac9f2_true.json").read_text())["result"])
-    b = parse_header(json.loads((folder / "web3_response.eth_getBlockByNumber_0x1ac9f3_true.json").read_text())["result"])
+    a = parse_header(json.loads(fixture(folder / "web3_response.eth_getBlockByNumber_0x1ac9f2_true.json").read_text())["result"])
+    b = parse_header(json.loads(fixture(folder / "web3_response.eth_getBlockByNumber_0x1ac9f3_true.json").read_text())["result"])
     assert (a.number, b.number) == (1755634, 1755635) and b.parent_hash == a.hash
-    expected = {item["number"]: item for item in map(json.loads, (folder / "expected_blocks.json").read_text().splitlines())}
+    expected = {item["number"]: item for item in map(json.loads, fixture(folder / "expected_blocks.json").read_text().splitlines())}
     assert expected[b.number]["hash"] == b.hash and expected[b.number]["timestamp"] == b.timestamp
 
 
 @pytest.mark.parametrize("folder", ["blocks_1755634_1755635", "receipts_with_logs"])
 def test_logs_parse_as_the_exporter_normalised_them(folder):
-    logs = [parse_log(item, str(path.name)) for path, receipt in receipts(folder) for item in receipt["logs"]]
-    expected = [json.loads(line) for line in (FIXTURES / folder / "expected_logs.json").read_text().splitlines()]
+    expected = [json.loads(line) for line in fixture(FIXTURES / folder / "expected_logs.json").read_text().splitlines()]
+    logs = [parse_log(item, str(path.name)) for path, receipt in receipts(FIXTURES, folder) for item in receipt["logs"]]
     got = sorted(((l.block_hash, l.log_index, l.tx_hash, l.address, list(l.topics), l.data) for l in logs))
     want = sorted(((e["block_hash"], e["log_index"], e["transaction_hash"], e["address"], e["topics"], e["data"]) for e in expected))
     assert got == want
 
 
 def test_decoded_token_transfers_equal_the_expected_ones():
+    check_token_transfers(FIXTURES)
+
+
+def check_token_transfers(fixtures: Path) -> None:
     folder = "blocks_1755634_1755635"
+    expected_path = fixture(fixtures / folder / "expected_token_transfers.json")  # before any work: may skip
     decoder = LogDecoder()
     transfers = []
-    for path, receipt in receipts(folder):
+    for path, receipt in receipts(fixtures, folder):
         for item in receipt["logs"]:
             log = parse_log(item, path.name)
             decoded = decoder.decode(log)
@@ -54,9 +71,18 @@ def test_decoded_token_transfers_equal_the_expected_ones():
                     "value": decoded.args["value"], "transaction_hash": log.tx_hash, "log_index": log.log_index,
                     "block_number": log.block_number, "block_hash": log.block_hash,
                 })
-    expected = [json.loads(line) for line in (FIXTURES / folder / "expected_token_transfers.json").read_text().splitlines()]
+    expected = [json.loads(line) for line in expected_path.read_text().splitlines()]
     keys = ("token_address", "from_address", "to_address", "value", "transaction_hash", "log_index", "block_number", "block_hash")
     assert transfers == [{k: e[k] for k in keys} for e in expected]
+
+
+def test_a_missing_expected_file_skips_its_test_alone(tmp_path):
+    # A fixture set without expected_token_transfers.json (the receipts alone): that test skips
+    # with the file's name as the reason, rather than failing on FileNotFoundError.
+    shutil.copytree(FIXTURES, tmp_path / "ethereum")
+    (tmp_path / "ethereum" / "blocks_1755634_1755635" / "expected_token_transfers.json").unlink()
+    with pytest.raises(pytest.skip.Exception, match="expected_token_transfers.json not found"):
+        check_token_transfers(tmp_path / "ethereum")
 
 
 def test_user_abi_decodes_and_bad_abi_is_named():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from eth_abi import encode
@@ -169,3 +170,35 @@ def test_erc1155_transfer_batch_known_answer(ids, values):
         "operator": RECEIVER, "from": OPERATOR, "to": SENDER, "ids": ids, "values": values}
     assert json.loads(decoded.to_json()) == {"event": "TransferBatch", "standard": "erc1155", "args": {
         "operator": RECEIVER, "from": OPERATOR, "to": SENDER, "ids": [str(i) for i in ids], "values": [str(v) for v in values]}}
+
+
+# --- user ABIs with structs and fixed-point values ----------------------------------------------------
+
+def test_a_user_event_with_a_struct_array_decodes_with_lower_case_addresses():
+    abi = EventAbi.parse("Orders((address maker, uint amount)[] orders, tuple(address,bool) indexed pair, ufixed128x18 price)")
+    assert abi.signature == "Orders((address,uint256)[],(address,bool),ufixed128x18)"  # canonical: what topic0 hashes
+    maker = "0x" + "ab" * 20
+    orders = [(maker, 5), ("0x" + "01" * 20, MAX)]
+    pair_hash = "0x" + "77" * 32  # an indexed struct is stored as its hash
+    log = parse_log({"address": "0x" + "44" * 20, "topics": [abi.topic0, pair_hash],
+                     "data": "0x" + encode(["(address,uint256)[]", "ufixed128x18"], [orders, 15]).hex(),
+                     "blockNumber": "0x1", "blockHash": "0x" + "11" * 32, "logIndex": "0x0", "transactionHash": "0x" + "22" * 32})
+    decoded = LogDecoder([abi]).decode(log)
+    assert decoded is not None and decoded.event == "Orders"
+    assert json.loads(decoded.to_json())["args"] == {
+        "orders": [[maker, "5"], ["0x" + "01" * 20, str(MAX)]], "pair": pair_hash, "price": "15"}
+
+
+@pytest.mark.parametrize("text, why", [
+    ("E(foo a)", "type 'foo'"),
+    ("E(uint7 a)", "integer size out of bounds"),
+    ("E(bytes33 a)", "maximum 32 bytes"),
+    ("E((address a, foo b) s)", "type 'foo'"),
+    ("E(tuple s)", "type 'tuple'"),
+    ("E(uint256 a,, uint256 b)", "parameter 1 '': empty parameter"),
+    ("E((address,uint256 s)", "unbalanced"),
+])
+def test_a_user_event_with_a_type_eth_abi_does_not_know_is_refused_naming_it(text, why):
+    with pytest.raises(ValueError, match=re.escape(why)) as info:
+        EventAbi.parse(text)
+    assert str(info.value).startswith(f"event ABI {text!r}") and "\n" not in str(info.value)

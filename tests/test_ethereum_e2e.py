@@ -226,6 +226,29 @@ async def test_address_and_topic_filters_leave_exactly_the_matching_canonical_lo
     assert kinds[b"retract"] > 0  # reorgs retracted matching logs too
 
 
+async def test_positional_topics_filter_by_an_indexed_argument(redis_server, redis_client):
+    """``topics`` by position, as eth_getLogs takes them: Transfer as topic0, any sender (null),
+    one of two receivers as topic2. Only their transfers are stored, through a backfill with a
+    result cap, live heads and reorgs."""
+    sim_config = EthereumSimConfig(chain_id=12, seed=22, block_time=0.01, logs_per_block=4, history=30, blocks=40,
+                                   reorg_every=5, max_reorg_depth=3, max_logs=6, approval_every=4)
+    async with simulated(sim_config) as (sim,):
+        history = [item for hash_ in sim.chain.canonical[1:] for item in sim.chain.logs[hash_]]
+        receivers = sorted({history[5]["topics"][2], history[60]["topics"][2]})
+        transfer = history[0]["topics"][0] if history[0]["topics"][0] != APPROVAL_TOPIC else history[1]["topics"][0]
+
+        def keep(item: dict[str, Any]) -> bool:
+            return item["topics"][0] == transfer and item["topics"][2] in receivers
+
+        config = eth_config(redis_server.url, [chain(sim, backfill_blocks=30, topics=[[transfer], None, receivers])])
+        async with running_service(config):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the cursor to reach the final head")
+    assert 0 < len(canonical_keys(sim, keep=keep)) < 10  # the filter leaves out nearly everything
+    entries = await redis_client("XRANGE", partition_keys("ethereum", "12").events, "-", "+")
+    assert entries and all(keep(json.loads(fields[b"data"])) for _, fields in entries)
+    await assert_canonical(redis_client, sim, keep=keep)
+
+
 APPROVAL_ABI = "Approval(address indexed owner, address indexed spender, uint256 value)"
 
 

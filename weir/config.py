@@ -19,13 +19,15 @@ from urllib.parse import SplitResult, urlsplit
 import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
-from weir.supervision.breaker import CircuitBreaker
 from weir.sinks.keys import validate_prefix
 from weir.sinks.urls import redacted
+from weir.supervision.breaker import CircuitBreaker
 
 MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
 BSKY_RELAY_URL = "wss://bsky.network"
 BSKY_JETSTREAM_URL = "wss://jetstream2.us-east.bsky.network"
+# The zstd dictionary Bluesky's Jetstream servers compress with, as published in the Jetstream repository.
+JETSTREAM_ZSTD_DICTIONARY_URL = "https://raw.githubusercontent.com/bluesky-social/jetstream/main/pkg/models/zstd_dictionary"
 ENV_PREFIX = "WEIR_"
 
 
@@ -101,7 +103,9 @@ class AtprotoSettings:
     kinds: tuple[str, ...] = ()  # commit, identity, account, sync; empty: all
     record_format: str = "dag-cbor"  # payload of record events: dag-cbor (original bytes) | json
     compress: bool = False  # Jetstream zstd
-    zstd_dictionary: str = ""  # path to Jetstream's published zstd dictionary (needed for Bluesky's servers)
+    # A file path or an http(s) URL (fetched once, cached under redis.data_dir); empty with
+    # compress = true: JETSTREAM_ZSTD_DICTIONARY_URL, the dictionary Bluesky's servers use.
+    zstd_dictionary: str = ""
     max_frame_bytes: int = 5_000_000
     max_bad_frames: int = 20  # malformed frames in a row before the connection is dropped and reopened
     rev_cache: int = 1_000_000  # DIDs whose last rev is remembered (for the stale-rev check)
@@ -128,7 +132,9 @@ class EthereumChainSettings:
     chain_id: int = 0  # checked against eth_chainId; the partition name
     url: str = ""  # ws:// or wss:// JSON-RPC endpoint
     addresses: tuple[str, ...] = ()  # eth_getLogs address filter; empty: every contract
-    topics: tuple[str, ...] = ()  # topic0 alternatives (OR); empty: every event
+    # eth_getLogs topics, by position: each a tuple of alternatives (OR), or None (any). Configured
+    # as a list of topic0 alternatives, or positionally: [["0xddf2…"], null, ["0x…"]] (null or []: any).
+    topics: tuple[tuple[str, ...] | None, ...] = ()
     confirmations: int = 0  # emit a block's logs when this many blocks are on top of it
     start: str = "latest"  # without a cursor: "latest" (the current head) or a block number
     block_time: float = 12.0  # seconds, expected
@@ -497,8 +503,15 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
             fail("atproto.kinds", f"unknown kind {kind!r}; known: {', '.join(_ATPROTO_KINDS)}")
     if at.record_format not in {"dag-cbor", "json"}:
         fail("atproto.record_format", f"expected 'dag-cbor' or 'json', got {at.record_format!r}")
-    if at.zstd_dictionary and not Path(at.zstd_dictionary).is_file():
-        fail("atproto.zstd_dictionary", f"no such file {at.zstd_dictionary!r}")
+    if at.zstd_dictionary:
+        parts = urlsplit(at.zstd_dictionary)
+        if parts.scheme in {"http", "https"}:
+            if not parts.hostname or not _port_parses(parts):
+                fail("atproto.zstd_dictionary", f"expected http(s)://host[:port]/path, got {at.zstd_dictionary!r}")
+        elif "://" in at.zstd_dictionary:
+            fail("atproto.zstd_dictionary", f"expected a file path or an http(s):// URL, got {at.zstd_dictionary!r}")
+        elif not Path(at.zstd_dictionary).is_file():
+            fail("atproto.zstd_dictionary", f"no such file {at.zstd_dictionary!r}")
     for key in ("max_frame_bytes", "max_bad_frames", "rev_cache", "read_batch"):
         if getattr(at, key) < 1:
             fail(f"atproto.{key}", f"must be at least 1, got {getattr(at, key)}")
@@ -526,9 +539,32 @@ def _coerce_tables(name: str, value: Any, cls: type, origin: str) -> tuple[Any, 
             field = fields.get(key)
             if field is None:
                 raise ConfigError(f"{name}[{i}].{key}: unknown setting (from {origin}); known: {', '.join(fields)}")
+            if cls is EthereumChainSettings and key == "topics":  # nested lists and nulls: its own reader
+                values[key] = _coerce_topics(f"{name}[{i}].{key}", item, origin)
+                continue
             values[key] = _coerce(f"{name}[{i}].{key}", item, field.type, origin)
         items.append(cls(**values))
     return tuple(items)
+
+
+def _coerce_topics(name: str, value: Any, origin: str) -> tuple[tuple[str, ...] | None, ...]:
+    """A chain's ``topics``: a list of strings (topic0 alternatives), or positions, each a string, a
+    list of alternatives, or null / [] (any position value, as in eth_getLogs)."""
+    if isinstance(value, str):  # environment / flags: comma-separated topic0 alternatives
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: expected a list of topics or of topic positions, got {value!r} (from {origin})")
+    if all(isinstance(item, str) for item in value):
+        alternatives = tuple(topic for topic in (item.strip() for item in value) if topic)
+        return (alternatives,) if alternatives else ()
+    positions: list[tuple[str, ...] | None] = []
+    for item in value:
+        if isinstance(item, str):
+            item = [item]
+        if item is not None and not (isinstance(item, list) and all(isinstance(topic, str) for topic in item)):
+            raise ConfigError(f"{name}: a topic position is a hash, a list of hashes or null, got {item!r} (from {origin})")
+        positions.append(tuple(topic.strip() for topic in item) if item else None)
+    return tuple(positions)
 
 
 def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
@@ -552,7 +588,9 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         for address in chain.addresses:
             if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
                 fail("ethereum.chains", f"{where}: addresses: expected 0x + 40 hex digits, got {address!r}")
-        for topic in chain.topics:
+        if len(chain.topics) > 4:
+            fail("ethereum.chains", f"{where}: topics: a log has at most 4 topics, got {len(chain.topics)} positions")
+        for topic in (topic for position in chain.topics for topic in position or ()):
             if not re.fullmatch(r"0x[0-9a-fA-F]{64}", topic):
                 fail("ethereum.chains", f"{where}: topics: expected 0x + 64 hex digits, got {topic!r}")
         if chain.start != "latest" and not _is_position(chain.start, _INT64_MAX):

@@ -16,26 +16,38 @@ skips anything at or below it, because relays disagree on whether replay is incl
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import logging
+import math
+import os
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
+import h11
 import trio
 import trio_websocket
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.codecs import atproto_cbor as cbor
-from weir.codecs.atproto_firehose import KEEP_ALL, FrameError, RecordFilter, decode_frame
-from weir.codecs.atproto_jetstream import JetstreamDecoder
-from weir.config import AtprotoSettings
+from weir.codecs.atproto_firehose import (
+    KEEP_ALL,
+    FrameError,
+    RecordFilter,
+    decode_frame,
+)
+from weir.codecs.atproto_jetstream import JetstreamDecoder, dictionary_id
+from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -45,6 +57,7 @@ SOURCE = "atproto"
 FIREHOSE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 JETSTREAM_PATH = "/subscribe"
 MAX_RETRY_AFTER = 300.0
+MAX_DICTIONARY_BYTES = 10 << 20  # Bluesky's is ~110 KB: a body this large is not a dictionary
 
 
 class IdleStream(Exception):
@@ -61,6 +74,10 @@ class RelayError(Exception):
 
 class TooManyBadFrames(Exception):
     """Malformed frames kept arriving in a row: the connection is reopened."""
+
+
+class DictionaryUnavailable(Exception):
+    """The Jetstream zstd dictionary could not be read or fetched (one line naming the setting and where)."""
 
 
 @attrs.define(eq=False)
@@ -90,6 +107,9 @@ class RevTracker:
 
     capacity: int = 1_000_000
     _revs: dict[str, str] = attrs.Factory(dict)
+
+    def last(self, did: str) -> str | None:
+        return self._revs.get(did)
 
     def advance(self, did: str, rev: str, *, allow_equal: bool = False) -> bool:
         """Record ``rev`` for ``did``; False (nothing recorded) if it does not move forward."""
@@ -146,8 +166,18 @@ class _ReaderBase:
 
     def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
         self.stats.dead_letters += 1
-        log.warning("%s: dead letter at %s: %s", self.partition, position, reason)
+        log.warning("%s: dead letter at %s: %s", self.partition, position, reason,
+                    extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition,
+                           "position": position, "reason": reason})
         return DeadLetter(source=SOURCE, partition=self.partition, payload=payload, reason=reason, position=position, received=received)
+
+    def _stale(self, kind: str, position: int, did: str, rev: str) -> None:
+        self.stats.stale_revs += 1
+        last = self.revs.last(did)
+        log.warning("%s: %s at %d of %s has rev %s, not above the last seen %s: dropped",
+                    self.partition, kind, position, did, rev, last,
+                    extra={"event": "stale_rev", "source": SOURCE, "partition": self.partition, "position": position,
+                           "did": did, "rev": rev, "last_rev": last})
 
     def _finish(self, events: list[Event], dead: list[DeadLetter], last_id: int | None, count: int) -> Chunk | None:
         self.stats.received += count
@@ -190,11 +220,16 @@ class FirehoseReader(_ReaderBase):
             if seq is None:
                 if kind == "info":
                     self.stats.infos += 1
-                    log.warning("%s: relay info %s: %s", self.partition, decoded.body["name"], decoded.body["message"])
+                    name, message = decoded.body["name"], decoded.body["message"]
+                    log.warning("%s: relay info %s: %s", self.partition, name, message,
+                                extra={"event": "relay_info", "source": SOURCE, "partition": self.partition,
+                                       "info": name, "detail": message, "last_id": last})
                 elif kind == "error":
                     self.stats.relay_errors += 1
                     self.relay_error = RelayError(decoded.type, decoded.body["message"])
-                    log.warning("%s: relay error frame %s", self.partition, self.relay_error)
+                    log.warning("%s: relay error frame %s", self.partition, self.relay_error,
+                                extra={"event": "relay_error", "source": SOURCE, "partition": self.partition,
+                                       "error": decoded.type, "detail": decoded.body["message"], "last_id": last})
                     break  # the relay closes after an error
                 else:
                     self.stats.unknown_frames += 1
@@ -210,9 +245,7 @@ class FirehoseReader(_ReaderBase):
                 continue
             if kind in ("commit", "sync"):
                 if not self.revs.advance(decoded.did, decoded.rev, allow_equal=kind == "sync"):
-                    self.stats.stale_revs += 1
-                    log.warning("%s: %s seq %d of %s has rev %s, not above the last seen: dropped",
-                                self.partition, decoded.type, seq, decoded.did, decoded.rev)
+                    self._stale(f"{decoded.type} seq", seq, decoded.did, decoded.rev)
                     continue
             if kind == "commit":
                 self.stats.filtered += decoded.total_ops - len(decoded.ops)
@@ -312,9 +345,7 @@ class JetstreamReader(_ReaderBase):
         if decoded.kind == "commit":
             rev = body["rev"]
             if not self.revs.advance(decoded.did, rev, allow_equal=True):  # ops of one commit share a rev
-                self.stats.stale_revs += 1
-                log.warning("%s: commit at time_us %d of %s has rev %s, below the last seen: dropped",
-                            self.partition, time_us, decoded.did, rev)
+                self._stale("commit at time_us", time_us, decoded.did, rev)
                 return None
             fields.update(collection=body["collection"], rkey=body["rkey"], action=body["operation"], rev=rev)
             fields["time"] = _iso(time_us)
@@ -372,15 +403,12 @@ def default_partition(settings: AtprotoSettings) -> str:
     return f"{settings.mode}-{urlsplit(url).hostname}"
 
 
-def new_reader(settings: AtprotoSettings, partition: str, stats: AtprotoStats, last_id: int | None) -> FirehoseReader | JetstreamReader:
+def new_reader(settings: AtprotoSettings, partition: str, stats: AtprotoStats, last_id: int | None,
+               dictionary: bytes | None = None) -> FirehoseReader | JetstreamReader:
     common = dict(partition=partition, stats=stats, keep=record_filter(settings), record_format=settings.record_format,
                   revs=RevTracker(capacity=settings.rev_cache), last_id=last_id)
     if settings.mode == "firehose":
         return FirehoseReader(**common, max_frame=settings.max_frame_bytes)
-    dictionary = None
-    if settings.zstd_dictionary:
-        with open(settings.zstd_dictionary, "rb") as handle:
-            dictionary = handle.read()
     decoder = JetstreamDecoder(keep=common["keep"], dictionary=dictionary, max_frame=settings.max_frame_bytes)
     return JetstreamReader(**common, decoder=decoder)
 
@@ -402,18 +430,184 @@ def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
     return f"{base}?{urlencode(params)}" if params else base
 
 
-def retry_after(exc: BaseException) -> float | None:
-    """Seconds from a 429/503 rejection's Retry-After header, if it has one."""
+def retry_after(exc: BaseException, *, now: float | None = None) -> float | None:
+    """Seconds from a 429/503 rejection's Retry-After header, if it has one (at most MAX_RETRY_AFTER).
+
+    The header is either seconds or an HTTP-date (``Wed, 21 Oct 2015 07:28:00 GMT``), which is
+    compared with ``now`` (unix seconds; default the wall clock).
+    """
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return retry_after(exc.exceptions[0])
+        return retry_after(exc.exceptions[0], now=now)
     if isinstance(exc, trio_websocket.ConnectionRejected):
         for name, value in exc.headers or ():
             if name.lower() == b"retry-after":
-                try:
-                    return min(MAX_RETRY_AFTER, max(0.0, float(value)))
-                except ValueError:
-                    return None
+                return _retry_after_seconds(value.decode("latin-1").strip(), time.time() if now is None else now)
     return None
+
+
+def _retry_after_seconds(text: str, now: float) -> float | None:
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:  # "-0000" parses as naive; HTTP-dates are always GMT
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = moment.timestamp() - now
+    if math.isnan(seconds):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
+
+# --------------------------------------------------------------------------- the zstd dictionary
+
+
+def dictionary_source(settings: AtprotoSettings) -> str | None:
+    """Where the Jetstream zstd dictionary comes from: a path or URL; None when frames are not compressed."""
+    if settings.mode != "jetstream" or not settings.compress:
+        return None
+    return settings.zstd_dictionary or JETSTREAM_ZSTD_DICTIONARY_URL
+
+
+def dictionary_cache_path(cache_dir: Path, url: str) -> Path:
+    """Where a fetched dictionary is kept: one file per URL, under weir's data directory."""
+    return cache_dir / "atproto" / f"zstd-dictionary-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+class HttpStatusError(Exception):
+    """An HTTP response other than 200 (after redirects)."""
+
+
+async def _http_get(url: str, *, redirects: int = 5) -> bytes:
+    """The body of ``url`` (at most MAX_DICTIONARY_BYTES), following redirects.
+
+    h11 (already weir's HTTP/1.1 for /metrics) over trio's TCP and TLS: cancellable like every
+    other wait in weir, and its socket is closed when it ends, which urllib in a worker thread
+    cannot promise (an abandoned thread keeps its socket until its own timeout). No proxy is used.
+    """
+    for _ in range(redirects + 1):
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                host, parts.port or 443, ssl_context=ssl.create_default_context(), https_compatible=True)
+        else:
+            stream = await trio.open_tcp_stream(host, parts.port or 80)
+        async with stream:
+            connection = h11.Connection(h11.CLIENT)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            headers = [("Host", parts.netloc.rpartition("@")[2]), ("User-Agent", "weir"), ("Accept-Encoding", "identity"),
+                       ("Connection", "close")]
+            await stream.send_all(connection.send(h11.Request(method="GET", target=target, headers=headers)))
+            await stream.send_all(connection.send(h11.EndOfMessage()))
+            response: h11.Response | None = None
+            body = bytearray()
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await stream.receive_some(1 << 16))
+                elif isinstance(event, h11.Response):
+                    response = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_DICTIONARY_BYTES:
+                        raise ValueError(f"the body is larger than {MAX_DICTIONARY_BYTES} bytes")
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+        assert response is not None  # h11 hands over the response before its body or end
+        location = dict(response.headers).get(b"location")
+        if response.status_code in (301, 302, 303, 307, 308) and location:
+            url = urljoin(url, location.decode("latin-1"))
+            continue
+        if response.status_code != 200:
+            raise HttpStatusError(f"HTTP {response.status_code} {response.reason.decode('latin-1')}".strip())
+        return bytes(body)
+    raise HttpStatusError(f"more than {redirects} redirects")
+
+
+def _fetch_problem(exc: BaseException) -> str:
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:  # e.g. a TLS failure
+        exc = exc.__cause__
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__  # trio's "all attempts to connect … failed": the reasons are a group here
+    if isinstance(exc, OSError) and isinstance(cause, BaseExceptionGroup):
+        reasons = {inner.strerror or str(inner) for inner in cause.exceptions if isinstance(inner, OSError)}
+        text += f" ({', '.join(sorted(reasons))})" if reasons else ""
+    return text
+
+
+async def load_zstd_dictionary(source: str, cache_dir: Path, *, timeout: float) -> bytes:
+    """The dictionary at ``source``: a file's bytes, or a URL's body fetched once and then read
+    from ``cache_dir`` (keyed by the URL) on every later start.
+
+    Raises:
+        DictionaryUnavailable: unreadable, unreachable within ``timeout``, or not a zstd dictionary.
+    """
+    def unavailable(message: str) -> DictionaryUnavailable:
+        return DictionaryUnavailable(f"atproto.zstd_dictionary: {message}")
+
+    if urlsplit(source).scheme not in ("http", "https"):  # the config allows nothing else with "://"
+        try:
+            return await trio.Path(source).read_bytes()
+        except OSError as exc:
+            raise unavailable(f"cannot read {source!r}: {exc.strerror or exc}") from None
+    cached = dictionary_cache_path(cache_dir, source)
+    try:
+        data = await trio.Path(cached).read_bytes()
+        ident = dictionary_id(data)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:  # damaged or unreadable: fetch it again
+        log.warning("ignoring the cached zstd dictionary %s: %s", cached, exc)
+    else:
+        log.info("zstd dictionary %s (id %d, %d bytes) from the cache %s", source, ident, len(data), cached,
+                 extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
+                        "bytes": len(data), "cache": str(cached), "fetched": False})
+        return data
+    try:
+        with trio.fail_after(timeout):
+            data = await _http_get(source)
+    except trio.TooSlowError:
+        raise unavailable(f"cannot fetch {source}: no answer within {timeout:g}s") from None
+    except (OSError, ValueError, HttpStatusError, h11.ProtocolError, trio.BrokenResourceError) as exc:
+        raise unavailable(f"cannot fetch {source}: {_fetch_problem(exc)}") from None
+    try:
+        ident = dictionary_id(data)
+    except ValueError as exc:
+        raise unavailable(f"{source} did not return a zstd dictionary: {exc}") from None
+    try:
+        await trio.to_thread.run_sync(_write_atomically, cached, data)
+    except OSError as exc:  # still usable from memory; only the next start fetches again
+        log.warning("cannot cache the zstd dictionary in %s: %s", cached, exc.strerror or exc)
+    log.info("zstd dictionary %s (id %d, %d bytes) fetched, cached in %s", source, ident, len(data), cached,
+             extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
+                    "bytes": len(data), "cache": str(cached), "fetched": True})
+    return data
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # a crash mid-write leaves no damaged cache
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+@attrs.define(eq=False)
+class ZstdDictionary:
+    """One network's Jetstream dictionary: loaded when its connection first starts, then kept, so
+    pipeline restarts neither read nor fetch it again."""
+
+    source: str
+    cache_dir: Path
+    timeout: float
+    _data: bytes | None = None
+
+    async def get(self) -> bytes:
+        if self._data is None:
+            self._data = await load_zstd_dictionary(self.source, self.cache_dir, timeout=self.timeout)
+        return self._data
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -434,7 +628,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return _describe(exc.exceptions[0])
     if isinstance(exc, trio_websocket.ConnectionRejected):
-        return f"HTTP {exc.status_code} before the WebSocket upgrade"
+        asked = next((value.decode("latin-1") for name, value in exc.headers or () if name.lower() == b"retry-after"), None)
+        suffix = "" if asked is None else f" (Retry-After: {asked})"
+        return f"HTTP {exc.status_code} before the WebSocket upgrade{suffix}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -461,14 +657,17 @@ async def run_atproto_connection(
     backoff: Backoff,
     breaker: CircuitBreaker | None = None,
     rng: random.Random | None = None,
+    dictionary: ZstdDictionary | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Stream one relay (or Jetstream server) into ``send`` until ``stopping`` is set.
 
     Same contract as the Farcaster source: ready at once; stopping interrupts (what was not handed
     on is replayed by the next start, from the persisted cursor); network faults reconnect with
-    backoff (a 429's Retry-After is honoured) behind ``breaker``; a new incarnation resumes from
-    the persisted cursor.
+    backoff (a 429's or 503's Retry-After is honoured) behind ``breaker``; a new incarnation
+    resumes from the persisted cursor. ``dictionary`` (Jetstream with compression) is loaded
+    first; when it cannot be, :class:`DictionaryUnavailable` ends the actor (the supervisor
+    restarts it, and gives up if it keeps failing).
     """
     rng = rng or random.Random()
     task_status.started()
@@ -476,16 +675,28 @@ async def run_atproto_connection(
         persisted = await read_cursor()
         if persisted is None and settings.start not in ("live", "oldest"):
             persisted = int(settings.start)
-        reader = new_reader(settings, partition, stats, persisted)
+        zstd_dictionary = None
+        if dictionary is not None:
+            try:
+                zstd_dictionary = await dictionary.get()
+            except DictionaryUnavailable as exc:
+                stats.last_error = str(exc)
+                log.error("%s: %s", partition, exc, extra={"event": "zstd_dictionary_unavailable", "source": SOURCE,
+                                                           "partition": partition, "url": dictionary.source, "error": str(exc)})
+                raise
+        reader = new_reader(settings, partition, stats, persisted, zstd_dictionary)
 
         async def session() -> None:
             await _stream_once(connect_url(settings, reader.last_id), reader, send, settings, stats, breaker)
 
         async def on_lost(exc: BaseException, delay: float) -> None:
             stats.last_error = _describe(exc)
-            url = connect_url(settings, reader.last_id)
+            url = _host(connect_url(settings, reader.last_id))
             log.warning("%s: connection to %s lost (%s); reconnecting in %.2fs after %s",
-                        partition, _host(url), stats.last_error, delay, reader.last_id)
+                        partition, url, stats.last_error, delay, reader.last_id,
+                        extra={"event": "disconnect", "source": SOURCE, "partition": partition, "url": url,
+                               "error": stats.last_error, "reconnect_in": round(delay, 3),
+                               "resume_from": reader.last_id, "reconnects": stats.reconnects})
 
         await reconnect_forever(
             session, progress=lambda: reader.progress, is_transient=is_transient, on_lost=on_lost,
@@ -536,13 +747,23 @@ def _host(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
+def _cursor_in(url: str) -> int | None:
+    """The ``cursor=`` a connection URL asks for (None: live)."""
+    for name, _, value in (pair.partition("=") for pair in urlsplit(url).query.split("&")):
+        if name == "cursor":
+            return int(value)
+    return None
+
+
 async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk], settings: AtprotoSettings,
                        stats: AtprotoStats, breaker: CircuitBreaker | None) -> None:
     # A run of bad frames is counted per connection: one left from a session that ended another
     # way (an error frame, a stop) must not end this one at its first batch.
     reader.consecutive_bad = reader.longest_bad_run = 0
     stats.connects += 1
-    log.info("%s: connecting to %s", reader.partition, url)
+    log.info("%s: connecting to %s", reader.partition, url,
+             extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": _host(url),
+                    "from_id": _cursor_in(url), "connects": stats.connects})
     async with open_websocket(url, settings) as ws:
         while True:
             batch: list[bytes | str] | None = None

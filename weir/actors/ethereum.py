@@ -1,8 +1,9 @@
 """Ethereum connection actor: one chain's JSON-RPC WebSocket -> chunks of log / retract events.
 
 Per connection: check ``eth_chainId``, subscribe to ``newHeads`` (heads buffer while we catch up),
-check the cursor's block by hash, backfill from the cursor to the current head with ``eth_getLogs``
-ranges (halved when the provider refuses a range as too large) and batched
+check the cursor's block against the node's block at its height (a reorg while weir was down is
+retracted at once), backfill from the cursor to the current head with ``eth_getLogs`` ranges
+(halved when the provider refuses a range as too large, one block then pinned by hash) and batched
 ``eth_getBlockByNumber``, and only then follow live heads. The chain logic (linking, gaps, reorgs,
 confirmation depth) is :class:`weir.codecs.ethereum_chain.ChainFollower`; this module only fetches
 what it asks for. Network faults reconnect with backoff; an idle subscription (no head for
@@ -42,6 +43,9 @@ BATCH_CALLS = 100  # calls per JSON-RPC batch
 CHUNK_EVENTS = 2000  # steps are grouped into chunks of about this many events
 HEADER_ATTEMPTS = 3  # a header that does not parse is fetched again this many times in all
 MALFORMED_RUN = 16  # this many malformed items in a row (logs or headers): the connection is dropped
+# Sessions in a row that end because the node does not serve the same block: then it is lost, not
+# late (a load-balanced provider may route the next connection to a backend that has it).
+UNAVAILABLE_ATTEMPTS = 5
 
 
 class ConnectionLost(Exception):
@@ -61,7 +65,24 @@ class ChainMismatch(Exception):
 
 
 class BlockUnavailable(Exception):
-    """The node does not know a block weir needs (by hash); retried after a reconnect."""
+    """The node does not know a block weir needs (by hash); retried after a reconnect.
+
+    ``hash``: the block, when the request named one (counted by :meth:`ChainReader.note_unavailable`).
+    """
+
+    def __init__(self, message: str, hash_: str | None = None) -> None:
+        super().__init__(message)
+        self.hash = hash_
+
+
+class BlockLost(Exception):
+    """A block weir needs by hash (an orphan to retract, the cursor's block) was not served in
+    UNAVAILABLE_ATTEMPTS sessions in a row: the node pruned it. Not retried (docs/ethereum.md, Limits)."""
+
+
+class LogsRefused(Exception):
+    """The node refuses one block's logs as too large even pinned by ``blockHash``: no smaller
+    request exists, so retrying cannot help (narrow the filter, or use a node without that cap)."""
 
 
 class MalformedHeader(ProtocolError):
@@ -203,7 +224,9 @@ class ChainStats:
     reconnects: int = 0
     received: int = 0  # logs received
     dead_letters: int = 0
-    gaps: int = 0  # gaps filled (block by block or by ranges)
+    # Gaps filled block by block from the node. Not ``gaps``: that one (weir_gaps_total) counts data
+    # lost upstream, and a chain's gap is fetched, never lost.
+    filled_gaps: int = 0
     last_id: int | None = None  # the last sequence number emitted
     head: int | None = None  # the newest block number seen
     emitted_blocks: int = 0
@@ -229,6 +252,12 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def _block_hash_of(item: Any) -> str | None:
+    """The block hash a log object names, lower case, if it is a string (places a log that does not parse)."""
+    value = item.get("blockHash") if isinstance(item, dict) else None
+    return value.lower() if isinstance(value, str) else None
+
+
 @attrs.define(eq=False)
 class ChainReader:
     """Fetches what the follower asks for and turns its steps into chunks (one chain)."""
@@ -245,6 +274,8 @@ class ChainReader:
     handed: Cursor = attrs.Factory(lambda: Cursor(position=0, token=""))
     # Chunks of applied steps whose hand-off was interrupted: sent first by the next session.
     unsent: list[Chunk] = attrs.Factory(list)
+    # The block the last sessions failed to get (BlockUnavailable), and in how many sessions in a row.
+    unavailable: tuple[str | None, int] = (None, 0)
 
     @property
     def partition(self) -> str:
@@ -255,7 +286,7 @@ class ChainReader:
         if self.settings.addresses:
             out["address"] = [a.lower() for a in self.settings.addresses]
         if self.settings.topics:
-            out["topics"] = [[t.lower() for t in self.settings.topics]]
+            out["topics"] = [None if position is None else [t.lower() for t in position] for position in self.settings.topics]
         return out
 
     # -- malformed data ----------------------------------------------------------------------------
@@ -332,12 +363,27 @@ class ChainReader:
             del self.unsent[0]
             self.handed = Cursor(position=chunk.through, token=chunk.token)
 
+    def note_unavailable(self, exc: BlockUnavailable) -> None:
+        """Count a session lost to ``exc``; raise :class:`BlockLost` when the same block was missing
+        UNAVAILABLE_ATTEMPTS sessions in a row. A live head the node forgot is not asked for again
+        (the next session backfills by number), so only a block weir cannot do without adds up."""
+        last, count = self.unavailable
+        count = count + 1 if exc.hash is not None and exc.hash == last else 1
+        self.unavailable = (exc.hash, count)
+        if exc.hash is not None and count >= UNAVAILABLE_ATTEMPTS:
+            message = (f"chain {self.partition}: block {exc.hash} was not served by {self.settings.url} in "
+                       f"{count} connections in a row ({exc}); weir needs it to retract what it emitted from it "
+                       f"(or to resume from it): use a node that keeps recent side blocks, see docs/ethereum.md (Limits)")
+            log.error("%s", message, extra={"event": "block_lost", "source": SOURCE, "partition": self.partition,
+                                            "block_hash": exc.hash, "attempts": count})
+            raise BlockLost(message) from exc
+
     # -- fetching ------------------------------------------------------------------------------------
 
     async def header_by_hash(self, rpc: RpcConnection, hash_: str) -> Header:
         header = await self.fetch_header(rpc, "eth_getBlockByHash", [hash_, False], f"eth_getBlockByHash({hash_})")
         if header is None:
-            raise BlockUnavailable(f"chain {self.partition}: the node does not know block {hash_}")
+            raise BlockUnavailable(f"chain {self.partition}: the node does not know block {hash_}", hash_)
         return header
 
     async def logs_by_hash(self, rpc: RpcConnection, hash_: str) -> tuple[tuple[Log, ...], tuple[Malformed, ...]]:
@@ -346,7 +392,12 @@ class ChainReader:
             items = await rpc.call("eth_getLogs", [{"blockHash": hash_, **self.log_filter()}])
         except JsonRpcError as exc:
             if "unknown block" in exc.message.lower() or "not found" in exc.message.lower():
-                raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {exc.message}") from None
+                raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {exc.message}", hash_) from None
+            if exc.too_large:
+                # One block is the smallest request there is: asking again would be refused again.
+                raise LogsRefused(f"chain {self.partition}: {self.settings.url} refuses the logs of block {hash_} "
+                                  f"even pinned by blockHash ({exc}); narrow addresses/topics or use a node "
+                                  f"without that cap") from None
             raise
         return self._pinned(items, hash_, f"eth_getLogs(blockHash={hash_})")
 
@@ -387,18 +438,27 @@ class ChainReader:
                 self.malformed_run = 0
         return logs, bad
 
-    async def logs_by_range(self, rpc: RpcConnection, first: int, last: int) -> tuple[list[Log], list[tuple[Any, Malformed]]]:
-        """eth_getLogs over [first, last], halving the range whenever the provider refuses its size."""
+    async def logs_by_range(self, rpc: RpcConnection, headers: list[Header]) -> tuple[list[Log], list[tuple[str | None, Malformed]]]:
+        """eth_getLogs over the blocks of ``headers`` (consecutive), halving the range whenever the
+        provider refuses its size; a single block refused is asked for pinned by its hash (a
+        provider caps a range's results, not one block's). Returns the logs, and the ones that do
+        not parse each with the block hash it names (None: unreadable)."""
+        first, last = headers[0].number, headers[-1].number
         try:
             items = await rpc.call("eth_getLogs", [{"fromBlock": to_quantity(first), "toBlock": to_quantity(last), **self.log_filter()}])
         except JsonRpcError as exc:
-            if not exc.too_large or first == last:
+            if not exc.too_large:
                 raise
+            if first == last:
+                logs, dead = await self.logs_by_hash(rpc, headers[0].hash)
+                return list(logs), [(headers[0].hash, letter) for letter in dead]
             self.stats.range_splits += 1
-            middle = (first + last) // 2
-            (logs_a, bad_a), (logs_b, bad_b) = await self.logs_by_range(rpc, first, middle), await self.logs_by_range(rpc, middle + 1, last)
+            middle = (len(headers) + 1) // 2
+            logs_a, bad_a = await self.logs_by_range(rpc, headers[:middle])
+            logs_b, bad_b = await self.logs_by_range(rpc, headers[middle:])
             return logs_a + logs_b, bad_a + bad_b
-        return self._parse_logs(items, f"eth_getLogs({first}..{last})")
+        logs, bad = self._parse_logs(items, f"eth_getLogs({first}..{last})")
+        return logs, [(_block_hash_of(item), letter) for item, letter in bad]
 
     async def blocks_by_range(self, rpc: RpcConnection, first: int, last: int) -> list[Block] | None:
         """Headers and logs of [first, last]; None when they disagree (a reorg while fetching)."""
@@ -421,11 +481,10 @@ class ChainReader:
             if newer.parent_hash != older.hash:
                 return None
         index = {h.hash: i for i, h in enumerate(headers)}
-        logs, bad = await self.logs_by_range(rpc, first, last)
+        logs, bad = await self.logs_by_range(rpc, headers)
         dead: list[list[Malformed]] = [[] for _ in headers]
-        for item, letter in bad:
-            at = item.get("blockHash") if isinstance(item, dict) else None
-            at = index.get(at.lower()) if isinstance(at, str) else None
+        for block_hash, letter in bad:
+            at = index.get(block_hash) if block_hash is not None else None
             if at is None:
                 # A log that does not parse nor say which of these blocks it belongs to: fetch the
                 # range's logs again block by block, pinned by hash, where every log has its block.
@@ -460,20 +519,31 @@ class ChainReader:
                 assert isinstance(need, NeedLogs)
                 # Logs that do not parse were dead-lettered (not emitted) when the block was applied.
                 follower.add_logs(need.hash, (await self.logs_by_hash(rpc, need.hash))[0])
-        if fetched:
-            self.stats.gaps += 1
-        reorgs_before = follower.reorgs
+        reorgs_before, old_tip = follower.reorgs, follower.tip
         steps = follower.apply(branch)
+        ancestor = branch[0].header.number - 1
+        fields = {"source": SOURCE, "partition": self.partition, "ancestor": ancestor, "head": branch[-1].header.number}
         if follower.reorgs > reorgs_before:
+            assert old_tip is not None
             retracted = [s for s in steps if s.kind == RETRACT]
+            deep = any(s.deep for s in retracted)
             self.stats.reorgs += 1
-            if any(s.deep for s in retracted):
+            # depth: blocks replaced (pending ones included); retracted: the emitted ones among them
+            fields.update(event="reorg", depth=old_tip.number - ancestor, retracted=len(retracted), deep=deep,
+                          confirmations=self.settings.confirmations)
+            if deep:
                 self.stats.deep_reorgs += 1
-                log.error("chain %s: reorg deeper than %d confirmations: retracting %d emitted block(s) from %d",
-                          self.partition, self.settings.confirmations, len(retracted), retracted[-1].header.number)
+                log.error("chain %s: reorg of %d block(s) above block %d, deeper than %d confirmations: "
+                          "retracting %d emitted block(s)", self.partition, fields["depth"], ancestor,
+                          self.settings.confirmations, len(retracted), extra=fields)
             else:
-                log.info("chain %s: reorg at block %d, %d emitted block(s) retracted",
-                         self.partition, branch[0].header.number, len(retracted))
+                log.info("chain %s: reorg of %d block(s) above block %d, %d emitted block(s) retracted",
+                         self.partition, fields["depth"], ancestor, len(retracted), extra=fields)
+        elif fetched:
+            self.stats.filled_gaps += 1
+            fields.update(event="backfill", how="by_hash", blocks=fetched, from_block=ancestor + 1)
+            log.info("chain %s: filled a gap of %d block(s) from block %d, by hash", self.partition, fetched, ancestor + 1,
+                     extra=fields)
         return steps
 
     def chunks(self, steps: list[Step], received: float) -> list[Chunk]:
@@ -568,12 +638,19 @@ async def run_chain_connection(
             reader.handed = cursor
 
         async def session() -> None:
-            await _session(reader, send, stats, breaker)
+            try:
+                await _session(reader, send, stats, breaker)
+            except BlockUnavailable as exc:
+                reader.note_unavailable(exc)  # BlockLost after too many sessions without that block
+                raise
 
         async def on_lost(exc: BaseException, delay: float) -> None:
             stats.last_error = f"{type(exc).__name__}: {exc}"
             await reader.flush_dead(send)
-            log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay)
+            log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay,
+                        extra={"event": "disconnect", "source": SOURCE, "partition": reader.partition, "url": settings.url,
+                               "error": stats.last_error, "reconnect_in": round(delay, 3), "resume_from": _resume_point(reader),
+                               "reconnects": stats.reconnects})
 
         await reconnect_forever(
             session, progress=lambda: stats.emitted_blocks + stats.connects, is_transient=is_transient,
@@ -596,7 +673,9 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
         stats.last_error = None
         if breaker is not None:
             breaker.record_success()
-        log.info("chain %s: connected to %s", reader.partition, settings.url)
+        log.info("chain %s: connected to %s", reader.partition, settings.url,
+                 extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": settings.url,
+                        "resume_from": _resume_point(reader), "connects": stats.connects})
         if reader.follower is None:
             await _start(reader, rpc, reader.handed, send)
         await _backfill(reader, rpc, from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber"), send)
@@ -640,6 +719,13 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
             await reader.hand_on(await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
 
 
+def _resume_point(reader: ChainReader) -> str | None:
+    """Where the next session goes on from, for the logs: ``"number:hash"`` of the newest block
+    known (or of the persisted cursor, before the first session); None: from ``start``."""
+    tip = reader.follower.tip if reader.follower is not None else None
+    return tip.token if tip is not None else reader.handed.token or None
+
+
 async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Header) -> bool:
     """Whether the node's block at ``header``'s height is ``header`` (or the node has none yet)."""
     current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(header.number), False],
@@ -650,17 +736,36 @@ async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Head
 
 
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: trio.MemorySendChannel[Chunk]) -> None:
-    """Set up the follower: from the cursor's block (checked by hash), or from ``start`` when the
-    cursor has no block (none persisted yet: position 0, no token)."""
+    """Set up the follower: from the cursor's block, or from ``start`` when the cursor has no block
+    (none persisted yet: position 0, no token).
+
+    The cursor's block is checked against the node's block at its height first: a reorg while weir
+    was down is then retracted at once, even when it left the chain as long (or shorter) and no
+    new block comes to reveal it.
+    """
     settings = reader.settings
     if cursor.token:
         number, hash_ = parse_token(cursor.token)
-        tip = await reader.header_by_hash(rpc, hash_)
+        current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(number), False],
+                                            f"eth_getBlockByNumber({number})")
+        tip = current if current is not None and current.hash == hash_ else await reader.header_by_hash(rpc, hash_)
         if tip.number != number:
             raise ProtocolError(f"cursor block {hash_} is block {tip.number} on the node, {number} in the cursor")
         reader.follower = ChainFollower.resume(seq=cursor.position, tip=tip, confirmations=settings.confirmations,
                                                max_depth=settings.max_reorg_depth)
         log.info("chain %s: resuming after block %d (%s), sequence %d", reader.partition, number, hash_, cursor.position)
+        if current is not None and current.hash == hash_:
+            return
+        if current is None:
+            # No block at that height: the chain is shorter now (or the node's view lags): its
+            # head is where the walk back starts (it links to the cursor's block if that still holds).
+            current = await reader.fetch_header(rpc, "eth_getBlockByNumber", ["latest", False], "eth_getBlockByNumber(latest)")
+            if current is None:
+                raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block")
+        log.warning("chain %s: the cursor's block %d (%s) is not the node's at that height; walking back from block %d (%s)",
+                    reader.partition, number, hash_, current.number, current.hash)
+        logs, dead = await reader.logs_by_hash(rpc, current.hash)
+        await reader.hand_on(await reader.resolve(rpc, [Block(header=current, logs=logs, dead=dead)]), send)
         return
     seq = cursor.position
     tag = "latest" if settings.start == "latest" else to_quantity(int(settings.start))
@@ -679,7 +784,9 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
     follower = reader.follower
     assert follower is not None
     settings = reader.settings
+    stats = reader.stats
     retries = 0
+    start, fetched, splits = None, 0, stats.range_splits
     while (tip := follower.tip) is not None and tip.number < target:
         first = tip.number + 1
         last = min(target, first + settings.backfill_blocks - 1)
@@ -691,5 +798,13 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
                 raise BlockUnavailable(f"chain {reader.partition}: blocks {first}..{last} keep changing while fetched")
             target = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
             continue
-        reader.stats.backfilled_blocks += len(blocks)
+        start = first if start is None else start
+        fetched += len(blocks)
+        stats.backfilled_blocks += len(blocks)
         await reader.hand_on(await reader.resolve(rpc, blocks), send)
+    if fetched:
+        end = tip.number if tip is not None else target
+        log.info("chain %s: backfilled %d block(s) from block %d to %d by ranges (%d split(s))", reader.partition, fetched,
+                 start, end, stats.range_splits - splits,
+                 extra={"event": "backfill", "source": SOURCE, "partition": reader.partition, "how": "ranges",
+                        "from_block": start, "to_block": end, "blocks": fetched, "range_splits": stats.range_splits - splits})

@@ -1,10 +1,10 @@
 """Sans-IO decoding of Jetstream messages (the AT Protocol firehose re-served as JSON).
 
 A message is a JSON object ``{did, time_us, kind: commit|identity|account, commit|identity|account:
-{…}}``; with ``compress=true`` each WebSocket message is a zstd frame (Bluesky's servers use a
-shared dictionary, which :class:`JetstreamDecoder` accepts but does not ship). Errors are
-:class:`~weir.codecs.atproto_firehose.FrameError`, like the firehose's, with ``seq`` = ``time_us``
-when it could be read.
+{…}}``; with ``compress=true`` each WebSocket message is a zstd frame made with a shared dictionary
+(Bluesky publishes its servers' one; the connection actor loads it, :class:`JetstreamDecoder` only
+uses it). Errors are :class:`~weir.codecs.atproto_firehose.FrameError`, like the firehose's, with
+``seq`` = ``time_us`` when it could be read.
 """
 
 from __future__ import annotations
@@ -13,10 +13,28 @@ import json
 from typing import Any
 
 import attrs
+import zstandard
 
-from weir.codecs.atproto_firehose import ACTIONS, KEEP_ALL, MAX_FRAME_BYTES, FrameError, RecordFilter
+from weir.codecs.atproto_firehose import (
+    ACTIONS,
+    KEEP_ALL,
+    MAX_FRAME_BYTES,
+    FrameError,
+    RecordFilter,
+)
 
 _KINDS = ("commit", "identity", "account")
+ZSTD_DICTIONARY_MAGIC = b"\x37\xa4\x30\xec"  # 0xEC30A437 little-endian: a zstd dictionary with a header
+
+
+def dictionary_id(data: bytes) -> int:
+    """The id of a zstd dictionary (from its header); ValueError if ``data`` is not one.
+
+    Only dictionaries with a header are accepted: a fetched error page must not pass as raw content.
+    """
+    if len(data) < 8 or data[:4] != ZSTD_DICTIONARY_MAGIC:
+        raise ValueError(f"not a zstd dictionary ({len(data)} bytes starting {data[:8].hex() or 'with nothing'})")
+    return int.from_bytes(data[4:8], "little")
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -50,9 +68,11 @@ class JetstreamDecoder:
     def decode(self, message: str | bytes) -> JetstreamMessage:
         """Raises FrameError for anything that is not a well-formed Jetstream event."""
         if isinstance(message, bytes):
-            message = self._decompress(message)
-        if len(message) > self.max_frame:
-            raise FrameError(f"message of {len(message)} bytes exceeds the {self.max_frame}-byte limit")
+            message = self._decompress(message)  # checks the decompressed size in bytes
+        elif len(message) * 4 > self.max_frame:  # UTF-8 takes at most 4 bytes a character: count them only near the limit
+            size = len(message.encode(errors="surrogatepass"))
+            if size > self.max_frame:
+                raise FrameError(f"message of {size} bytes exceeds the {self.max_frame}-byte limit")
         try:
             doc = json.loads(message)
         except (ValueError, RecursionError) as exc:
@@ -87,17 +107,27 @@ class JetstreamDecoder:
 
     def _decompress(self, data: bytes) -> str:
         if self._zstd is None:
-            import zstandard
-
             dictionary = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
             self._zstd = zstandard.ZstdDecompressor(dict_data=dictionary) if dictionary else zstandard.ZstdDecompressor()
         try:
             raw = self._zstd.decompress(data, max_output_size=self.max_frame + 1)
         except Exception as exc:  # zstandard.ZstdError and friends
-            raise FrameError(f"binary message is not a zstd frame this decoder can read: {str(exc)[:120]}") from None
+            raise FrameError(self._unreadable(data, exc)) from None
         if len(raw) > self.max_frame:
             raise FrameError(f"message decompresses to more than the {self.max_frame}-byte limit")
         try:
             return raw.decode()
         except UnicodeDecodeError:
             raise FrameError("decompressed message is not UTF-8") from None
+
+    def _unreadable(self, data: bytes, exc: Exception) -> str:
+        """Why a binary message did not decompress: a dictionary mismatch is named by its ids."""
+        try:
+            wanted = zstandard.get_frame_parameters(data).dict_id
+        except zstandard.ZstdError:  # not even a zstd frame header
+            wanted = 0
+        loaded = zstandard.ZstdCompressionDict(self.dictionary).dict_id() if self.dictionary else None
+        if wanted and wanted != loaded:
+            have = "no dictionary is loaded" if loaded is None else f"the loaded one has id {loaded}"
+            return f"zstd frame was compressed with dictionary id {wanted}, but {have} (atproto.zstd_dictionary)"
+        return f"binary message is not a zstd frame this decoder can read: {str(exc)[:120]}"

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
 import attrs
 from eth_abi import decode as abi_decode
-from eth_abi.exceptions import DecodingError
+from eth_abi.exceptions import ABITypeError, DecodingError, MultipleEntriesFound, NoEntriesFound, ParseError
+from eth_abi.grammar import ABIType, TupleType, normalize, parse as parse_abi_type
+from eth_abi.registry import registry as abi_registry
 from eth_utils import keccak
 
 from weir.codecs.jsonrpc import ProtocolError, from_quantity
@@ -170,32 +173,91 @@ class EventAbi:
     def parse(cls, text: str, standard: str = "") -> EventAbi:
         """Parse ``"Name(type [indexed] [name], ...)"`` (Solidity-like, ``event`` keyword optional).
 
+        Types are checked with eth-abi's own grammar and decoder registry, and written canonically
+        (``uint`` is ``uint256``: topic0 hashes the canonical signature). A struct is a tuple,
+        ``(address a, uint256 b)`` or ``tuple(address,uint256)``, arrays of them included.
+
         Raises:
             ValueError: a one-line message naming the declaration and what is wrong.
         """
-        match = re.fullmatch(r"\s*(?:event\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*;?\s*", text)
+        match = re.fullmatch(r"\s*(?:event\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*;?\s*", text, re.DOTALL)
         if not match:
             raise ValueError(f"event ABI {text!r}: expected 'Name(type [indexed] [name], ...)'")
         name, body = match.groups()
+        try:
+            parts = _split_params(body)
+        except ValueError as exc:
+            raise ValueError(f"event ABI {text!r}: {exc}") from None
         params: list[EventParam] = []
-        for i, part in enumerate(p.strip() for p in body.split(",") if p.strip()):
-            words = part.split()
-            kind, rest = words[0], words[1:]
-            indexed = bool(rest) and rest[0] == "indexed"
+        for i, part in enumerate(parts):
+            try:
+                kind, rest = _param_type(part)
+            except ValueError as exc:
+                raise ValueError(f"event ABI {text!r}: parameter {i} {part.strip()!r}: {exc}") from None
+            indexed = rest[:1] == ["indexed"]
             if indexed:
                 rest = rest[1:]
-            if len(rest) > 1 or not re.fullmatch(r"[a-z]+[0-9]*(\[[0-9]*\])*", kind):
-                raise ValueError(f"event ABI {text!r}: cannot read parameter {i} {part!r}")
+            if len(rest) > 1 or (rest and not re.fullmatch(r"[A-Za-z_$][A-Za-z0-9_$]*", rest[0])):
+                raise ValueError(f"event ABI {text!r}: cannot read parameter {i} {part.strip()!r}")
             params.append(EventParam(name=rest[0] if rest else f"arg{i}", type=kind, indexed=indexed))
         if sum(p.indexed for p in params) > 3:
             raise ValueError(f"event ABI {text!r}: at most 3 parameters can be indexed")
-        abi = cls(name=name, params=tuple(params), standard=standard)
-        try:  # the types must be ones eth-abi knows
-            abi_decode([p.type for p in params if not p.indexed], b"\x00" * 32 * 64, strict=False)
-        except Exception as exc:
-            if "type" in str(exc).lower() or "parse" in str(exc).lower():
-                raise ValueError(f"event ABI {text!r}: {exc}") from None
-        return abi
+        return cls(name=name, params=tuple(params), standard=standard)
+
+
+def _split_params(body: str) -> list[str]:
+    """``body`` split at its top-level commas (a tuple's own commas stay); [] when blank."""
+    if not body.strip():
+        return []
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(body):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            raise ValueError("unbalanced ')'")
+        if char == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError("unbalanced '('")
+    return [*parts, body[start:]]
+
+
+def _param_type(part: str) -> tuple[str, list[str]]:
+    """A parameter's canonical type (checked by eth-abi) and the words after it (``indexed``, name)."""
+    part = part.strip()
+    if not part:
+        raise ValueError("empty parameter")
+    if part.startswith("tuple("):
+        part = part[len("tuple"):]
+    if part.startswith("("):
+        close, depth = 0, 0
+        for close, char in enumerate(part):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+        # Components may be named like parameters; only their types make the tuple's type.
+        components = [_param_type(c)[0] for c in _split_params(part[1:close])]
+        suffix = re.match(r"(\[[0-9]*\])*", part[close + 1 :])
+        assert suffix is not None
+        kind, rest = f"({','.join(components)}){suffix.group(0)}", part[close + 1 + suffix.end() :].split()
+    else:
+        kind, *rest = part.split()
+    return _canonical_type(kind), rest
+
+
+def _canonical_type(kind: str) -> str:
+    """``kind`` as eth-abi writes it, if eth-abi can decode it; else ValueError saying why."""
+    try:
+        parsed = parse_abi_type(normalize(kind))
+        parsed.validate()
+        canonical = parsed.to_type_str()
+        abi_registry.get_decoder(canonical)
+    except (ParseError, ABITypeError, NoEntriesFound, MultipleEntriesFound) as exc:
+        reason = " ".join(str(exc).split())  # one line
+        if isinstance(exc, NoEntriesFound):
+            reason = "not an ABI type eth-abi can decode"
+        raise ValueError(f"type {kind!r}: {reason}") from None
+    return canonical
 
 
 ERC20_TRANSFER = EventAbi.parse("Transfer(address indexed from, address indexed to, uint256 value)", "erc20")
@@ -210,7 +272,8 @@ ERC1155_BATCH = EventAbi.parse(
 BUILTIN_EVENTS = (ERC20_TRANSFER, ERC721_TRANSFER, ERC1155_SINGLE, ERC1155_BATCH)
 TRANSFER_TOPIC = ERC20_TRANSFER.topic0
 
-_DYNAMIC = re.compile(r"^(string|bytes|.*\[\d*\])$")
+# Indexed values of these types are stored as their keccak hash: strings, bytes, arrays, structs.
+_DYNAMIC = re.compile(r"^(string|bytes|\(.*|.*\[\d*\])$")
 
 
 @attrs.frozen(kw_only=True)
@@ -233,6 +296,8 @@ def _jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes):
         return "0x" + value.hex()
+    if isinstance(value, Decimal):  # fixed<M>x<N> values: exact, as text like integers
+        return str(value)
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -386,7 +451,16 @@ def _decode_with(abi: EventAbi, log: Log) -> Decoded:
             value: Any = topic if _DYNAMIC.match(param.type) else abi_decode([param.type], bytes.fromhex(topic[2:]))[0]
         else:
             value = next(data_iter)
-        if param.type == "address":
-            value = value.lower()  # eth-abi gives EIP-55 checksummed text; identities here are lowercase
-        args[param.name] = value
+        args[param.name] = value if param.indexed and _DYNAMIC.match(param.type) else _lower_addresses(param.type, value)
     return Decoded(event=abi.name, standard=abi.standard, args=args)
+
+
+def _lower_addresses(type_: str | ABIType, value: Any) -> Any:
+    """``value`` with every address in it lower case (eth-abi gives EIP-55 checksummed text;
+    identities here are lower case), inside arrays and tuples too."""
+    parsed = parse_abi_type(type_) if isinstance(type_, str) else type_
+    if parsed.is_array:
+        return tuple(_lower_addresses(parsed.item_type, item) for item in value)
+    if isinstance(parsed, TupleType):
+        return tuple(_lower_addresses(component, item) for component, item in zip(parsed.components, value))
+    return value.lower() if parsed.to_type_str() == "address" else value

@@ -27,7 +27,22 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 LIMIT_EXCEEDED = -32005  # EIP-1474 "limit exceeded"; geth/Infura/Alchemy use it for eth_getLogs caps
 
-_TOO_LARGE_HINTS = ("query returned more than", "too many", "limit exceeded", "response size", "block range")
+# How providers word "the range or its result is too large" (lower case, matched as substrings):
+# geth/Infura "query returned more than 10000 results", reth "query exceeds max results 20000",
+# Alchemy "Log response size exceeded ...", QuickNode "... limited to a 10,000 blocks range",
+# Infura "range 1000000 exceeds limit of 10000", Ankr "block range is too wide", Tenderly "range
+# 9009594 is bigger than range limit 2000", Nethermind "Too many logs requested", ...
+_TOO_LARGE_HINTS = (
+    "returned more than", "max results", "maximum results", "response size", "response too large",
+    "response is too big", "too many logs", "too many blocks", "too many results", "block range",
+    "blocks range", "blocks distance", "range limit", "range is too", "range too", "exceeds limit",
+    "exceeds the range", "max range", "limited to", "limit the query", "smaller than size", "limit exceeded",
+    "query timeout",
+)
+# ... and how they word a rate limit, which -32005 ("limit exceeded") also carries: splitting the
+# range would only make more requests.
+_RATE_HINTS = ("rate limit", "request rate", "rate-limit", "per second", "daily request", "compute units",
+               "too many requests", "capacity")
 
 
 class ProtocolError(Exception):
@@ -54,8 +69,14 @@ class JsonRpcError(Exception):
 
     @property
     def too_large(self) -> bool:
-        """The provider refused because the result would be too large (split the range and retry)."""
-        text = self.message.lower()
+        """The provider refused because the range or its result is too large (split the range and retry).
+
+        Providers disagree on the code (-32005, -32602, -32600, -32000, ...), so the message (and
+        ``data``, where some put it) is read too; a rate limit is never "too large".
+        """
+        text = f"{self.message} {self.data if self.data is not None else ''}".lower()
+        if any(hint in text for hint in _RATE_HINTS):
+            return False
         return self.code == LIMIT_EXCEEDED or any(hint in text for hint in _TOO_LARGE_HINTS)
 
 

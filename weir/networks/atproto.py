@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
-from weir.actors.atproto import SOURCE, AtprotoStats, default_partition, run_atproto_connection
+from weir.actors.atproto import (
+    SOURCE,
+    AtprotoStats,
+    ZstdDictionary,
+    default_partition,
+    dictionary_source,
+    run_atproto_connection,
+)
 from weir.actors.filter import Predicate
 from weir.config import Config
 from weir.networks.base import NetworkContext, ReadCursor
@@ -25,6 +33,10 @@ class AtprotoNetwork:
         sup = config.supervision
         url = self.settings.url if self.settings.mode == "firehose" else self.settings.jetstream_url
         self.breaker = sup.breaker(f"atproto {url}")
+        # Jetstream with compression: the dictionary, fetched once (a URL is cached in weir's data directory).
+        source = dictionary_source(self.settings)
+        self.dictionary = None if source is None else ZstdDictionary(
+            source, Path(config.redis.data_dir), timeout=self.settings.connect_timeout)
 
     @staticmethod
     def enabled(config: Config) -> bool:
@@ -50,6 +62,7 @@ class AtprotoNetwork:
             backoff=self.context.backoff,
             breaker=self.breaker,
             rng=self.context.rng,
+            dictionary=self.dictionary,
         )
 
     def predicate(self) -> Predicate | None:

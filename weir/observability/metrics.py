@@ -96,6 +96,9 @@ class ServiceCollector(Collector):
         reconnects = counter("weir_source_reconnects", "Reconnections of the source after a network fault.")
         purged = counter("weir_pipeline_purged_chunks", "Chunks discarded from the channels at a pipeline restart (replayed by the source).")
         rollbacks = counter("weir_sink_rollbacks", "Times Redis was found holding an older cursor than it had acknowledged (lost writes, read again).")
+        # Ethereum chains only (sources whose statistics count reorgs).
+        reorgs = counter("weir_reorgs", "Chain reorganisations: blocks the source had seen were replaced by another branch.")
+        deep_reorgs = counter("weir_deep_reorgs", "Reorgs deeper than the confirmation depth: logs emitted as confirmed were retracted.")
         connected = gauge("weir_source_connected", "1 while the source is receiving from the network, else 0.")
         position = gauge("weir_source_position", "Position (event id) of the last event the source received.")
         cursor = gauge("weir_cursor_position", "Durable cursor: the position through which the partition is persisted.")
@@ -125,6 +128,9 @@ class ServiceCollector(Collector):
             reconnects.add_metric(labels, getattr(source, "reconnects", 0))
             purged.add_metric(labels, sink.purged)
             rollbacks.add_metric(labels, sink.mark.rollbacks if sink.mark is not None else 0)
+            if hasattr(source, "deep_reorgs"):
+                reorgs.add_metric(labels, source.reorgs)
+                deep_reorgs.add_metric(labels, source.deep_reorgs)
             connected.add_metric(labels, 1 if getattr(source, "connected", False) else 0)
             last_id = getattr(source, "last_id", None)
             if isinstance(last_id, (int, float)):
@@ -144,7 +150,7 @@ class ServiceCollector(Collector):
                 family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
 
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
-                    rollbacks, connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
+                    rollbacks, reorgs, deep_reorgs, connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
 
     def _supervisors(self) -> Iterator[Metric]:

@@ -9,32 +9,77 @@ ingestor can notice (shared/notes/protocols.md §2):
   from the oldest retained; a cursor in the future: a ``FutureCursor`` error frame and close;
 - ``drop_after``: a ``ConsumerTooSlow`` error frame and close after that many frames, and a
   consumer whose socket does not drain within ``slow_timeout`` is dropped without a word;
-- ``reject_first``: the first N handshakes get HTTP 429 with ``Retry-After: 0``.
+- ``reject_first``: the first N handshakes get HTTP ``reject_status`` (429, 503, …) with
+  ``Retry-After: <retry_after>`` (or no such header);
+- ``stale_every``: some commits carry a rev that is not above the repository's last one.
 
 Jetstream, ``GET /subscribe?wantedCollections=…&wantedDids=…&cursor=<µs>&compress=true``: one JSON
-message per op; the cursor is inclusive; ``compress=true`` sends zstd frames *without* Bluesky's
-dictionary (it is not available offline; the client accepts a dictionary file for real servers).
+message per op; the cursor is inclusive; ``compress=true`` sends zstd frames made with a shared
+dictionary, as Bluesky's servers do. Like Bluesky, which publishes its dictionary in the Jetstream
+repository, the simulator publishes its own (:func:`~weir.sim.atproto_data.jetstream_dictionary`)
+over plain HTTP: ``GET /jetstream/zstd_dictionary`` on the same port (:attr:`AtprotoSim.dictionary_url`).
 
 Control hooks for tests: :meth:`AtprotoSim.drop_connections`, :meth:`AtprotoSim.send_info`,
-:attr:`AtprotoSim.handshakes`.
+:attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
+import json
 import logging
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 import trio_websocket
+import zstandard
 
-from weir.sim.atproto_data import AtprotoSimConfig, SimEvent, error_frame, generate_history, info_frame
+from weir.sim.atproto_data import (
+    AtprotoSimConfig,
+    SimEvent,
+    error_frame,
+    generate_history,
+    info_frame,
+    jetstream_dictionary,
+)
 
 log = logging.getLogger("weir.sim.atproto")
 
 FIREHOSE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 JETSTREAM_PATH = "/subscribe"
+DICTIONARY_PATH = "/jetstream/zstd_dictionary"
 RELEASE_TICK = 0.01
+MAX_REQUEST_HEAD = 16 << 10
+HANDSHAKE_TIMEOUT = 10.0
+_UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.IGNORECASE)
+
+
+class _Replayed(trio.abc.Stream):
+    """``stream`` with the bytes already read from it put back in front: the simulator reads each
+    request's head to tell a plain GET from a WebSocket handshake, then hands the stream on."""
+
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._head:
+            size = len(self._head) if max_bytes is None else max_bytes
+            data, self._head = self._head[:size], self._head[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class AtprotoSim:
@@ -48,8 +93,12 @@ class AtprotoSim:
         self.js_times = [time_us for time_us, _ in self.js_messages]
         self.released = len(self.events) if not config.rate else 0
         self.slow_timeout = slow_timeout
+        self.dictionary = jetstream_dictionary()
         self.handshakes = 0
+        self.handshake_times: list[float] = []  # trio.current_time() of each WebSocket handshake
+        self.dictionary_fetches = 0
         self.connections = 0
+        self.address: tuple[str, int] | None = None  # (host, port) once serving
         self._changed = trio.Event()
         self._drop = trio.Event()
         self._infos: list[bytes] = []
@@ -71,6 +120,18 @@ class AtprotoSim:
         self._changed = trio.Event()
 
     @property
+    def dictionary_id(self) -> int:
+        return zstandard.ZstdCompressionDict(self.dictionary).dict_id()
+
+    @property
+    def dictionary_url(self) -> str:
+        """Where the Jetstream zstd dictionary is published (once serving)."""
+        assert self.address is not None, "not serving yet"
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host  # an IPv6 literal
+        return f"http://{host}:{port}{DICTIONARY_PATH}"
+
+    @property
     def oldest(self) -> int:
         retention = self.config.retention
         return 0 if retention is None else max(0, self.released - retention)
@@ -82,13 +143,51 @@ class AtprotoSim:
         async with trio.open_nursery() as nursery:
             if self.config.rate:
                 nursery.start_soon(self._release)
-            server = await nursery.start(
-                lambda task_status: trio_websocket.serve_websocket(
-                    self._handle, host, port, None, handler_nursery=nursery, max_message_size=1 << 20,
-                    message_queue_size=4, task_status=task_status,
-                )
-            )
-            task_status.started(server.port)
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, self._connection, port, host=host, handler_nursery=nursery))
+            bound = listeners[0].socket.getsockname()[1]
+            self.address = (host, bound)
+            task_status.started(bound)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: a plain HTTP GET (the dictionary) is answered here, a WebSocket
+        handshake goes to trio-websocket with the bytes read so far put back."""
+        try:
+            head = b""
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                while b"\r\n\r\n" not in head and len(head) < MAX_REQUEST_HEAD:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        break
+                    head += data
+            if b"\r\n\r\n" not in head:
+                return
+            if not _UPGRADE.search(head):
+                await self._plain_http(stream, head)
+                return
+            async with trio.open_nursery() as nursery:
+                request = None
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, _Replayed(stream, head), message_queue_size=4, max_message_size=1 << 20)
+                if request is not None:
+                    await self._handle(request)
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
+            pass  # the client went away
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _plain_http(self, stream: trio.abc.Stream, head: bytes) -> None:
+        method, _, rest = head.partition(b" ")
+        path = urlsplit(rest.partition(b" ")[0].decode("latin-1")).path
+        if method == b"GET" and path == DICTIONARY_PATH:
+            self.dictionary_fetches += 1
+            status, body, kind = b"200 OK", self.dictionary, b"application/octet-stream"
+        else:
+            status, body, kind = b"404 Not Found", b"no such resource\n", b"text/plain"
+        await stream.send_all(b"HTTP/1.1 %b\r\nContent-Type: %b\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b"
+                              % (status, kind, len(body), body))
 
     async def _release(self) -> None:
         start = trio.current_time()
@@ -101,8 +200,11 @@ class AtprotoSim:
 
     async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
         self.handshakes += 1
+        self.handshake_times.append(trio.current_time())
         if self.handshakes <= self.config.reject_first:
-            await request.reject(429, extra_headers=[(b"Retry-After", b"0")], body=b"rate limited")
+            delay = self.config.retry_after
+            headers = [] if delay is None else [(b"Retry-After", f"{delay:g}".encode())]
+            await request.reject(self.config.reject_status, extra_headers=headers, body=b"try again later")
             return
         parts = urlsplit(request.path)
         query = parse_qs(parts.query)
@@ -175,17 +277,13 @@ class AtprotoSim:
             await changed.wait()
 
     async def _jetstream(self, ws: trio_websocket.WebSocketConnection, cursor: int | None, query: dict[str, list[str]]) -> None:
-        import json
-
         collections = query.get("wantedCollections", [])
         exact = {c for c in collections if not c.endswith("*")}
         prefixes = tuple(c[:-1] for c in collections if c.endswith("*"))
         dids = set(query.get("wantedDids", []))
         compressor = None
         if query.get("compress", ["false"])[0] == "true":
-            import zstandard
-
-            compressor = zstandard.ZstdCompressor()
+            compressor = zstandard.ZstdCompressor(dict_data=zstandard.ZstdCompressionDict(self.dictionary))
         released_messages = lambda: bisect.bisect_right(self.js_times, self.events[self.released - 1].time_us + 10) if self.released else 0  # noqa: E731
         index = released_messages() if cursor is None else bisect.bisect_left(self.js_times, cursor)
         sent = 0

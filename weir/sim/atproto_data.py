@@ -3,16 +3,20 @@
 Everything is real: records and commit objects are canonical DAG-CBOR, ``blocks`` is a CAR v1
 whose CIDs are the sha-256 of their blocks, revs are TIDs that increase per repository. The same
 history is served as firehose frames (one per event) and as Jetstream JSON (one message per op),
-and :func:`expected_records` says what an ingestor must persist from it.
+and :func:`expected_records` says what an ingestor must persist from it. Compressed Jetstream
+frames use :func:`jetstream_dictionary`, trained here as Bluesky trains its published one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import attrs
+import zstandard
 
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_cbor import CID
@@ -25,6 +29,7 @@ COLLECTIONS = (
     "app.bsky.actor.profile",
 )
 _TID_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"
+DICTIONARY_ID = 0x77656972  # "weir": any id outside zstd's reserved range (below 32768)
 
 
 @attrs.frozen(kw_only=True)
@@ -41,7 +46,11 @@ class AtprotoSimConfig:
         corrupt_every: every Nth commit has a record block that does not match its CID (None: never).
         inclusive_replay: replay from ``cursor`` includes the event at ``cursor`` (relays differ).
         drop_after: send ConsumerTooSlow and close after this many frames per connection (None: never).
-        reject_first: answer the first N connection attempts with HTTP 429 (Retry-After: 0).
+        reject_first: answer the first N connection attempts with HTTP ``reject_status``.
+        reject_status: the status of those rejections (429, 503, …).
+        retry_after: their Retry-After header in seconds (None: no header).
+        stale_every: every Nth commit (of a DID that committed before) carries a rev that is not
+            above the DID's last one: alternately equal to it and older (None: never).
         retention: events kept for replay (None: all); an older cursor gets #info OutdatedCursor.
         time_base_us: unix µs of the first event.
     """
@@ -56,6 +65,9 @@ class AtprotoSimConfig:
     inclusive_replay: bool = True
     drop_after: int | None = None
     reject_first: int = 0
+    reject_status: int = 429
+    retry_after: float | None = 0.0
+    stale_every: int | None = None
     retention: int | None = None
     time_base_us: int = 1_754_850_000_000_000
 
@@ -85,6 +97,7 @@ class SimEvent:
     body: bytes  # the body's DAG-CBOR (frame minus header)
     ops: tuple[SimRecordOp, ...] = ()
     corrupt: bool = False
+    stale: bool = False  # made with a rev that is not above the DID's last (stale_every)
     jetstream: tuple[tuple[int, str], ...] = ()  # (time_us, JSON message) per op / event
 
 
@@ -139,7 +152,7 @@ def generate_history(config: AtprotoSimConfig) -> list[SimEvent]:
     last_rev: dict[str, str] = {}
     events: list[SimEvent] = []
     seq = config.first_seq
-    commits = 0
+    commits = stales = 0
     for i in range(config.total):
         time_us = config.time_base_us + i * 1000 + rng.randrange(500)
         did = rng.choice(dids)
@@ -147,15 +160,32 @@ def generate_history(config: AtprotoSimConfig) -> list[SimEvent]:
             events.append(_other_event(rng, i, seq, time_us, did, last_rev, config))
         else:
             commits += 1
-            corrupt = bool(config.corrupt_every) and commits % config.corrupt_every == 0
-            events.append(_commit(rng, seq, time_us, did, dids, existing[did], last_rev, corrupt))
+            stale_rev = None
+            if config.stale_every and commits % config.stale_every == 0 and did in last_rev:
+                stales += 1  # alternately the DID's last rev again and one older than any in the history
+                stale_rev = last_rev[did] if stales % 2 else tid(config.time_base_us - 1)
+            corrupt = bool(config.corrupt_every) and commits % config.corrupt_every == 0 and stale_rev is None
+            # A stale commit is one weir must drop: it leaves the repository's state as it was.
+            records = list(existing[did]) if stale_rev else existing[did]
+            events.append(_commit(rng, seq, time_us, did, dids, records, last_rev, corrupt, stale_rev))
         seq += rng.choice((1, 1, 1, 2))
     return events
 
 
+@functools.cache
+def jetstream_dictionary() -> bytes:
+    """The simulator's zstd dictionary (as Bluesky publishes its servers'): trained on a fixed
+    sample of Jetstream messages with fixed parameters, so every run makes the same bytes."""
+    samples = [message.encode() for event in generate_history(AtprotoSimConfig(seed=0, total=300))
+               for _, message in event.jetstream]
+    return zstandard.train_dictionary(16384, samples, k=64, d=8, dict_id=DICTIONARY_ID, threads=1).as_bytes()
+
+
 def _commit(rng: random.Random, seq: int, time_us: int, did: str, dids: list[str], existing: list[tuple[str, str]],
-            last_rev: dict[str, str], corrupt: bool) -> SimEvent:
+            last_rev: dict[str, str], corrupt: bool, stale_rev: str | None = None) -> SimEvent:
     rev = tid(time_us, rng.randrange(1024))
+    if stale_rev is not None:
+        rev = stale_rev
     ops: list[SimRecordOp] = []
     tamper = corrupt
     blocks: list[tuple[CID, bytes]] = []
@@ -191,7 +221,8 @@ def _commit(rng: random.Random, seq: int, time_us: int, did: str, dids: list[str
         "ops": [{"action": op.action, "path": f"{op.collection}/{op.rkey}", "cid": op.cid} for op in ops],
         "time": _iso(time_us), "blobs": [], "rebase": False, "tooBig": False, "prevData": mst_cid,
     }
-    last_rev[did] = rev
+    if stale_rev is None:
+        last_rev[did] = rev
     frame, encoded = _frame("#commit", body)
     messages = []
     for op in ops:
@@ -202,7 +233,7 @@ def _commit(rng: random.Random, seq: int, time_us: int, did: str, dids: list[str
             commit_json["cid"] = str(op.cid)
         messages.append((op_time, json.dumps({"did": did, "time_us": op_time, "kind": "commit", "commit": commit_json})))
     return SimEvent(seq=seq, time_us=time_us, kind="commit", did=did, rev=rev, frame=frame, body=encoded, ops=tuple(ops),
-                    corrupt=any(op.tampered for op in ops), jetstream=tuple(messages))
+                    corrupt=any(op.tampered for op in ops), stale=stale_rev is not None, jetstream=tuple(messages))
 
 
 def _other_event(rng: random.Random, i: int, seq: int, time_us: int, did: str, last_rev: dict[str, str],
@@ -249,32 +280,83 @@ def expected_records(events: list[SimEvent], *, mode: str = "firehose", collecti
     """What weir must persist from ``events`` (DAG-CBOR form), and the positions of the dead letters.
 
     ``collections`` (exact NSIDs or ``prefix.*``) filters commit ops; other kinds always pass.
+    Commits with a stale rev are left out (:func:`stale_positions` lists them).
+    """
+    out: list[ExpectedEntry] = []
+    dead: list[int] = []
+    for fate in _fates(events, mode, collections):
+        event, op = fate.event, fate.op
+        if fate.verdict == "dead":
+            dead.append(fate.position)
+        elif fate.verdict != "entry":
+            continue
+        elif op is None and mode == "firehose":
+            out.append(ExpectedEntry(position=event.seq, sub=0, kind=event.kind, data=event.body, fields={"did": event.did}))
+        elif op is None:
+            body = json.loads(event.jetstream[0][1])[event.kind]
+            out.append(ExpectedEntry(position=fate.position, sub=0, kind=event.kind, data=cbor.encode(body), fields={"did": event.did}))
+        else:
+            fields = {"did": event.did, "collection": op.collection, "rkey": op.rkey, "action": op.action, "rev": event.rev}
+            if op.cid is not None:
+                fields["cid"] = str(op.cid)
+            sub = op.index if mode == "firehose" else 0
+            out.append(ExpectedEntry(position=fate.position, sub=sub, kind="commit", data=op.block or b"", fields=fields))
+    return out, dead
+
+
+def stale_positions(events: list[SimEvent], *, mode: str = "firehose", collections: tuple[str, ...] = ()) -> list[int]:
+    """Where weir must count a stale rev and drop what it read: firehose seqs (a whole commit) or
+    Jetstream time_us (one op's message each)."""
+    return [fate.position for fate in _fates(events, mode, collections) if fate.verdict == "stale"]
+
+
+@attrs.frozen(slots=True)
+class _Fate:
+    event: SimEvent
+    op: SimRecordOp | None  # None: the whole event
+    position: int  # seq, or Jetstream's time_us
+    verdict: str  # entry | dead | stale | filtered
+
+
+def _fates(events: list[SimEvent], mode: str, collections: tuple[str, ...]) -> Iterator[_Fate]:
+    """What weir's reader makes of each event (firehose) or message (Jetstream), in order.
+
+    The stale-rev check as the readers make it: per DID, a firehose commit must move the rev
+    forward (a #sync may repeat it; a dead-lettered commit is never read that far). Jetstream
+    sends commits only, one message per op, so an equal rev passes there; an op the filter drops
+    is not checked, and a record that does not match its CID is checked (the check comes first).
     """
     def wanted(collection: str) -> bool:
         return not collections or any(collection == c or (c.endswith("*") and collection.startswith(c[:-1])) for c in collections)
 
-    out: list[ExpectedEntry] = []
-    dead: list[int] = []
+    revs: dict[str, str] = {}
     for event in events:
-        if event.kind == "commit":
-            if mode == "firehose" and any(op.tampered and wanted(op.collection) for op in event.ops):
-                dead.append(event.seq)  # the whole commit: its frame is the dead letter
+        if mode == "firehose":
+            if event.kind == "commit" and any(op.tampered and wanted(op.collection) for op in event.ops):
+                yield _Fate(event, None, event.seq, "dead")  # the whole commit: its frame is the dead letter
                 continue
+            if event.kind in ("commit", "sync"):
+                last = revs.get(event.did)
+                if last is not None and (event.rev < last or (event.rev == last and event.kind == "commit")):
+                    yield _Fate(event, None, event.seq, "stale")
+                    continue
+                revs[event.did] = event.rev
+            if event.kind != "commit":
+                yield _Fate(event, None, event.seq, "entry")
+                continue
+            for op in event.ops:
+                yield _Fate(event, op, event.seq, "entry" if wanted(op.collection) else "filtered")
+        elif event.kind != "commit":
+            if event.jetstream:  # Jetstream has no #sync
+                yield _Fate(event, None, event.jetstream[0][0], "entry")
+        else:
             for op, (time_us, _) in zip(event.ops, event.jetstream):
                 if not wanted(op.collection):
+                    yield _Fate(event, op, time_us, "filtered")
                     continue
-                if op.tampered:  # Jetstream: only that op's message
-                    dead.append(time_us)
+                last = revs.get(event.did)
+                if last is not None and event.rev < last:
+                    yield _Fate(event, op, time_us, "stale")
                     continue
-                position, sub = (event.seq, op.index) if mode == "firehose" else (time_us, 0)
-                fields = {"did": event.did, "collection": op.collection, "rkey": op.rkey, "action": op.action, "rev": event.rev}
-                if op.cid is not None:
-                    fields["cid"] = str(op.cid)
-                out.append(ExpectedEntry(position=position, sub=sub, kind="commit", data=op.block or b"", fields=fields))
-        elif mode == "firehose":
-            out.append(ExpectedEntry(position=event.seq, sub=0, kind=event.kind, data=event.body, fields={"did": event.did}))
-        elif event.jetstream:
-            time_us, message = event.jetstream[0]
-            body = json.loads(message)[event.kind]
-            out.append(ExpectedEntry(position=time_us, sub=0, kind=event.kind, data=cbor.encode(body), fields={"did": event.did}))
-    return out, dead
+                revs[event.did] = event.rev
+                yield _Fate(event, op, time_us, "dead" if op.tampered else "entry")

@@ -2,9 +2,10 @@
 
 Methods: ``eth_chainId``, ``eth_blockNumber``, ``eth_getBlockByNumber``, ``eth_getBlockByHash``
 (orphaned blocks stay known by hash, as a real node keeps side blocks), ``eth_getLogs`` (by
-``blockHash`` or by range, with ``address`` / ``topics`` filters and a result cap that answers error
--32005 like geth), ``eth_subscribe("newHeads")`` / ``eth_unsubscribe``, and batch requests
-(answered in a shuffled order).
+``blockHash`` or by range, with ``address`` / ``topics`` filters, a result cap and a block range cap
+that answer error -32005 like geth, or as another provider words it), ``eth_subscribe("newHeads")``
+/ ``eth_unsubscribe``, and batch requests (answered in a shuffled order). A block pinned by
+``blockHash`` is never capped.
 
 The chain (:class:`SimChain`) is a pure function of its :class:`EthereumSimConfig`: blocks of
 ERC-20 / ERC-721 transfer logs every ``block_time`` seconds; with ``reorg_every`` set, now and then
@@ -25,7 +26,9 @@ Faults of the connection: with ``reply_delay`` each reply waits a random while b
 replies to calls in flight at once come back in any order (as from a node that answers calls
 concurrently); :meth:`EthereumSim.mute_heads` silences the current ``newHeads`` subscriptions (the
 WebSocket stays open, blocks keep coming, a new subscription is pushed heads again): a stuck
-subscription, which only an idle watchdog notices.
+subscription, which only an idle watchdog notices. :attr:`EthereumSim.refusing` refuses new
+connections (the node is down), :meth:`SimChain.forget` drops orphaned blocks (a node that pruned
+its side blocks), and :meth:`EthereumSim.record_calls` notes every call in the order it came.
 """
 
 from __future__ import annotations
@@ -82,7 +85,10 @@ class EthereumSimConfig:
         blocks: blocks produced after start, then the chain stops (None: forever).
         reorg_every: a reorg happens at about one block in this many (0: never).
         min_reorg_depth, max_reorg_depth: how many blocks a reorg replaces.
-        max_logs: eth_getLogs answers error -32005 above this many results.
+        max_logs: eth_getLogs over a range answers an error above this many results.
+        max_range: eth_getLogs answers an error for a range of more blocks than this (0: no cap).
+        range_error_code, range_error_message: that error (``{limit}``: the cap exceeded); geth's
+            by default, or a provider's wording.
         drop_every: close every connection each this many blocks (0: never).
         contracts: distinct token contracts.
         malformed_log_every: about one log in this many is malformed, persistently (0: none).
@@ -106,6 +112,9 @@ class EthereumSimConfig:
     min_reorg_depth: int = 1
     max_reorg_depth: int = 3
     max_logs: int = 10_000
+    max_range: int = 0
+    range_error_code: int = LIMIT_EXCEEDED
+    range_error_message: str = "query returned more than {limit} results"
     drop_every: int = 0
     contracts: int = 3
     malformed_log_every: int = 0
@@ -116,7 +125,7 @@ class EthereumSimConfig:
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
             raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
-        for name in ("logs_per_block", "history", "reorg_every", "max_logs", "drop_every", "contracts",
+        for name in ("logs_per_block", "history", "reorg_every", "max_logs", "max_range", "drop_every", "contracts",
                      "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
@@ -212,6 +221,12 @@ class SimChain:
             return new, self.rng.random() < 0.5
         return [self._extend()], False
 
+    def forget(self, hash_: str) -> None:
+        """Drop an orphaned block: the node no longer serves it by hash (pruned side blocks)."""
+        if hash_ in self.canonical:
+            raise ValueError(f"block {hash_} is canonical")
+        del self.headers[hash_], self.logs[hash_]
+
     def block_by_number(self, number: int) -> dict[str, Any] | None:
         return self.headers[self.canonical[number]] if 0 <= number < len(self.canonical) else None
 
@@ -294,6 +309,8 @@ class EthereumSim:
     headers_served: int = 0
     malformed_headers: int = 0  # malformed headers served
     muted: set[str] = attrs.Factory(set)  # subscriptions that are no longer pushed heads (mute_heads)
+    refusing: bool = False  # new connections are refused (HTTP 503): the node is down
+    calls: list[tuple[str, Any]] | None = None  # (method, params) in arrival order, once record_calls()
     _sub_counter: int = 0
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
     _delay_rng: random.Random = attrs.Factory(lambda: random.Random(11))
@@ -321,6 +338,11 @@ class EthereumSim:
             self.muted |= conn.subscriptions
         return len(self.muted) - before
 
+    def record_calls(self) -> list[tuple[str, Any]]:
+        """Note every call from now on, in the order the node reads them; returns the (live) list."""
+        self.calls = []
+        return self.calls
+
     async def produce(self) -> None:
         """Grow the chain every ``block_time`` until ``blocks`` were produced."""
         cfg = self.config
@@ -347,6 +369,9 @@ class EthereumSim:
                         pass
 
     async def handle(self, request: WebSocketRequest) -> None:
+        if self.refusing:
+            await request.reject(503, body=b"node unavailable")
+            return
         ws = await request.accept()
         outbox_send, outbox_receive = trio.open_memory_channel[str](4096)
         with trio.CancelScope() as scope:
@@ -401,6 +426,8 @@ class EthereumSim:
                 replies.append(error_object(None, request))
                 continue
             self.requests[request.method] = self.requests.get(request.method, 0) + 1
+            if self.calls is not None:
+                self.calls.append((request.method, request.params))
             try:
                 result = self._call(conn, request)
             except JsonRpcError as exc:
@@ -472,11 +499,14 @@ class EthereumSim:
             return chain.head_number if tag in ("latest", "safe", "finalized") else from_quantity(tag, name)
 
         first, last = bound("fromBlock"), min(bound("toBlock"), chain.head_number)
+        cfg = self.config
+        if cfg.max_range and last - first + 1 > cfg.max_range:
+            raise JsonRpcError(cfg.range_error_code, cfg.range_error_message.format(limit=cfg.max_range))
         out: list[dict[str, Any]] = []
         for number in range(first, last + 1):
             out += (item for item in chain.logs[chain.canonical[number]] if _matches(item, addresses, topics))
-            if len(out) > self.config.max_logs:
-                raise JsonRpcError(LIMIT_EXCEEDED, f"query returned more than {self.config.max_logs} results")
+            if len(out) > cfg.max_logs:
+                raise JsonRpcError(cfg.range_error_code, cfg.range_error_message.format(limit=cfg.max_logs))
         return out
 
 
