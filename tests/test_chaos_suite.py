@@ -209,3 +209,34 @@ def test_a_replayed_schedule_gets_the_same_simulated_data():
     (generated,) = random_scenarios(1, 20251123)
     replayed = schedule_scenario(Schedule.from_json(generated.schedule.to_json()), "schedule-0")
     assert replayed.sim_config() == generated.sim_config()
+
+
+def test_weir_chaos_prints_the_table_and_exits_1_when_a_scenario_fails(monkeypatch, capsys, tmp_path):
+    """The command's own logic (runs faked: the scenarios themselves are the tests above)."""
+    import json
+
+    import weir.chaos.suite as suite
+    from weir import cli
+    from weir.chaos.checker import PartitionReport, RunReport
+    from weir.chaos.schedule import Schedule
+
+    def result(name: str, lost: int) -> suite.ScenarioResult:
+        partition = PartitionReport(partition="1", offered=10, persisted=10 - lost, lost=lost, final_cursor=9)
+        return suite.ScenarioResult(scenario=name, label=f"{name} faults", report=RunReport(name=name, partitions=(partition,)))
+
+    async def fake_run_suite(scenarios, workdir, *, on_result=None):  # type: ignore[no-untyped-def]
+        results = [result(s.name, lost=3 if s.name == "b" else 0) for s in scenarios]
+        for r in results:
+            on_result(r)
+        return results
+
+    registry = {name: suite.Scenario(name=name, label=name, schedule=Schedule(seed=i)) for i, name in enumerate("ab")}
+    monkeypatch.setattr(suite, "load_registry", lambda: registry)
+    monkeypatch.setattr(suite, "run_suite", fake_run_suite)
+    assert cli.main(["chaos", "a", "b", "--json", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    assert len(rows) == 2 and "FAIL" not in rows[0] and "| 3 |" in rows[1]
+    assert "1/2 scenarios passed" in out and "FAILED b" in out and "replay: weir chaos b" in out
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+    assert cli.main(["chaos", "a"]) == 0

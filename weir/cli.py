@@ -137,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = commands.add_parser("chaos", help="run the chaos suite: fault scenarios, table, verdict (needs the source checkout)")
     chaos.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="named scenarios to run, or 'all' (default: all, unless --random or --schedule is given; see --list)")
     chaos.add_argument("--list", action="store_true", help="list the named scenarios and exit")
-    chaos.add_argument("--full", action="store_true", help="full-length faults where CI runs shorter ones")
     chaos.add_argument("--random", type=_integer(0, "0 or a positive integer"), default=0, metavar="N", help="also run N generated fault schedules (default 0)")
     chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
     chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",

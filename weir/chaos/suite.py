@@ -708,7 +708,7 @@ def random_scenarios(count: int, seed: int) -> list[Scenario]:
 # -- the registry ---------------------------------------------------------------------------------
 
 
-def load_registry(full: bool = False) -> dict[str, Scenario]:
+def load_registry() -> dict[str, Scenario]:
     """The named scenarios of ``chaos/scenarios.py`` (the checkout's top-level ``chaos`` package).
 
     The suite is a development and CI tool: it needs the source checkout, whose root is put on
@@ -721,7 +721,7 @@ def load_registry(full: bool = False) -> dict[str, Scenario]:
         module = importlib.import_module("chaos.scenarios")
     except ImportError as exc:
         raise RuntimeError(f"the chaos scenarios (chaos/scenarios.py in weir's checkout) are not available: {exc}") from exc
-    return module.registry(full=full)  # type: ignore[no-any-return]
+    return module.registry()  # type: ignore[no-any-return]
 
 
 # -- the suite and the command --------------------------------------------------------------------
@@ -747,7 +747,7 @@ def main(args: argparse.Namespace) -> int:
     """``weir chaos``: run the scenarios, print the table; 1 if any failed, 2 on a usage error."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        registry = load_registry(full=args.full)
+        registry = load_registry()
     except RuntimeError as exc:
         print(f"weir chaos: {exc}", file=sys.stderr)
         return 2
