@@ -144,6 +144,34 @@ async def test_sigterm_while_weir_is_still_starting_stops_it_cleanly(redis_serve
         assert_exact(entries, offered(sim_config, shard, len(entries)), shard=shard)
 
 
+async def test_two_stop_signals_while_weir_is_still_starting_exit_130_at_once(monkeypatch) -> None:
+    """(Two signals sent back to back reach a process as one when the kernel coalesces them, so
+    the two are planted as the entry point would have recorded them.)"""
+    from weir import cli, entry
+    from weir.config import load_config
+
+    monkeypatch.setattr(entry, "_pending", [signal.SIGTERM, signal.SIGINT])
+    config = load_config(environ={}, overrides={"redis.url": "redis://127.0.0.1:1/0"})
+    with trio.fail_after(5):
+        assert await cli.serve_until_signalled(config) == cli.EXIT_INTERRUPTED
+    assert entry.take_pending() == []
+
+
+def test_the_cli_called_in_process_leaves_the_signal_handlers_alone() -> None:
+    """Only the console script holds stop signals during start-up; a program that calls
+    weir.cli.main (the tests do) keeps its own handlers."""
+    from weir import cli
+
+    previous = signal.getsignal(signal.SIGTERM)
+    marker = lambda signum, frame: None  # noqa: E731
+    signal.signal(signal.SIGTERM, marker)
+    try:
+        cli.main(["chaos", "--list"])
+        assert signal.getsignal(signal.SIGTERM) is marker
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 async def test_second_sigterm_exits_130_at_once(redis_server, redis_client, tmp_path):
     sim_config = SnapchainSimConfig(shards=2, seed=22, rate=3000, history=0, total=9000)
     log_path = tmp_path / "weir.log"

@@ -99,3 +99,9 @@ def test_more_events_than_announced_is_reported() -> None:
     gaps = run(detector, stream)
     assert [g.kind for g in gaps] == ["block_count"]
     assert "MERGE_MESSAGE 2/1" in gaps[0].detail and gaps[0].missing == 0
+
+
+def test_starting_from_the_oldest_retained_event_is_not_a_gap() -> None:
+    detector = GapDetector()
+    detector.subscribed_from(0)  # start = "oldest": from_id 0 asks for whatever the node holds
+    assert run(detector, [confirmed(500, {MERGE_MESSAGE: 1}), event(500, 1), confirmed(501, {})]) == []

@@ -128,7 +128,8 @@ async def serve(
     """Run the service until ``stopping`` is set (ordered drain) or the root supervisor gives up.
 
     Hands the caller the running :class:`Service` once every pipeline has started (``None`` if it
-    was stopped before it could start).
+    was stopped before the partitions were known; a service already stopping if the stop came
+    while its pipelines were starting).
     """
     if stopping is None:
         stopping = trio.Event()

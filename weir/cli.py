@@ -191,7 +191,7 @@ def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("run", "demo"):  # only the service drains on a signal; the rest just stop
+    if args.command != "run":  # only the service drains on a signal; the rest stop as usual
         entry.release()
     if args.command == "chaos":
         from weir.chaos.suite import main as chaos_main
@@ -221,49 +221,60 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def serve_until_signalled(config: Config, *, on_started=None) -> int:
     """Run the service; first SIGINT/SIGTERM drains and exits 0, a second one exits at once."""
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            return await _serve_with_signals(config, signals, on_started)
+    finally:
+        entry.release()  # trio put back the start-up handler: signals from now on act as usual
+
+
+async def _serve_with_signals(config: Config, signals: Any, on_started: Any) -> int:
     from weir.app import serve
     from weir.supervision import SupervisorEscalation
 
     stopping = trio.Event()
     interrupted = False
     failed = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        for signum in entry.take_pending():  # came while weir was still importing: stop at once, cleanly
-            name = signal.Signals(signum).name
-            log.info("%s (during start-up): stopping (drain, flush, checkpoint)", name,
-                     extra={"event": "shutdown", "signal": name})
-            stopping.set()
-        try:
-            async with trio.open_nursery() as nursery:
+    early = [signal.Signals(signum).name for signum in entry.take_pending()]
+    if len(early) > 1:  # twice while still importing: "now", as a second signal always means
+        log.warning("second %s (during start-up): exiting at once", early[-1],
+                    extra={"event": "shutdown_now", "signal": early[-1]})
+        return EXIT_INTERRUPTED
+    for name in early:  # came while weir was still importing: an ordered stop, at once
+        log.info("%s (during start-up): stopping (drain, flush, checkpoint)", name,
+                 extra={"event": "shutdown", "signal": name})
+        stopping.set()
+    try:
+        async with trio.open_nursery() as nursery:
 
-                async def watch_signals() -> None:
-                    nonlocal interrupted
-                    async for signum in signals:
-                        name = signal.Signals(signum).name
-                        if not stopping.is_set():
-                            log.info("%s: stopping (drain, flush, checkpoint); send it again to exit at once", name,
-                                     extra={"event": "shutdown", "signal": name})
-                            stopping.set()
-                        else:
-                            log.warning("second %s: exiting at once (the persisted cursor keeps the data safe)", name,
-                                        extra={"event": "shutdown_now", "signal": name})
-                            interrupted = True
-                            nursery.cancel_scope.cancel()
-                            return
-
-                async def serve_then_stop_watching(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                    try:
-                        await serve(config, stopping=stopping, task_status=task_status)
-                    finally:
+            async def watch_signals() -> None:
+                nonlocal interrupted
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if not stopping.is_set():
+                        log.info("%s: stopping (drain, flush, checkpoint); send it again to exit at once", name,
+                                 extra={"event": "shutdown", "signal": name})
+                        stopping.set()
+                    else:
+                        log.warning("second %s: exiting at once (the persisted cursor keeps the data safe)", name,
+                                    extra={"event": "shutdown_now", "signal": name})
+                        interrupted = True
                         nursery.cancel_scope.cancel()
+                        return
 
-                nursery.start_soon(watch_signals)
-                service = await nursery.start(serve_then_stop_watching)
-                if on_started is not None and service is not None:
-                    nursery.start_soon(on_started, service, stopping)
-        except* SupervisorEscalation as group:
-            log.error("giving up: %s", group.exceptions[0])
-            failed = True
+            async def serve_then_stop_watching(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await serve(config, stopping=stopping, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            service = await nursery.start(serve_then_stop_watching)
+            if on_started is not None and service is not None:
+                nursery.start_soon(on_started, service, stopping)
+    except* SupervisorEscalation as group:
+        log.error("giving up: %s", group.exceptions[0])
+        failed = True
     if failed:
         return EXIT_FAILURE
     if interrupted:

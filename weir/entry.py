@@ -14,6 +14,7 @@ import sys
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _pending: list[int] = []
+_installed = False  # only the console script holds signals; weir.cli.main called in-process leaves them alone
 
 
 def _remember(signum: int, _frame: object) -> None:
@@ -29,7 +30,12 @@ def take_pending() -> list[int]:
 
 def release() -> None:
     """Give the stop signals their usual meaning again and deliver any that came meanwhile (for
-    commands that do not drain: they end as if the signal had found them straight away)."""
+    commands that do not drain, and once the service's own handler is gone: they end as if the
+    signal had found them straight away)."""
+    global _installed
+    if not _installed:
+        return
+    _installed = False
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in take_pending():
@@ -37,8 +43,10 @@ def release() -> None:
 
 
 def main() -> int:
+    global _installed
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _remember)
+    _installed = True
     from weir.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

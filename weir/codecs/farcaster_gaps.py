@@ -53,7 +53,8 @@ class GapDetector:
 
     def subscribed_from(self, from_id: int | None) -> None:
         """A new subscription starts (``from_id`` None = live): forget the partial block."""
-        self._resume_from = from_id
+        # from_id 0 is `start = "oldest"`: whatever the node still holds is the beginning, not a gap
+        self._resume_from = from_id or None
         self._block = None
         self._announced = None
         self._counts = {}

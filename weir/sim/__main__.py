@@ -124,9 +124,9 @@ async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int, contr
         await stop.wait()
     finally:
         sim.close()
-        await sim.wait_closed()
-        if record:
+        if record:  # before wait_closed, which may wait on connections a client still holds
             write_record(sim, record)
+        await sim.wait_closed()
 
 
 def main(argv: list[str] | None = None) -> int:
