@@ -110,15 +110,45 @@ class JetstreamDecoder:
             dictionary = zstandard.ZstdCompressionDict(self.dictionary) if self.dictionary else None
             self._zstd = zstandard.ZstdDecompressor(dict_data=dictionary) if dictionary else zstandard.ZstdDecompressor()
         try:
-            raw = self._zstd.decompress(data, max_output_size=self.max_frame + 1)
-        except Exception as exc:  # zstandard.ZstdError and friends
+            size = zstandard.get_frame_parameters(data).content_size
+        except zstandard.ZstdError as exc:  # not even a zstd frame header
             raise FrameError(self._unreadable(data, exc)) from None
-        if len(raw) > self.max_frame:
-            raise FrameError(f"message decompresses to more than the {self.max_frame}-byte limit")
+        if size == zstandard.CONTENTSIZE_UNKNOWN:
+            raw = self._decompress_streamed(data)
+        elif size > self.max_frame:
+            # decompress() allocates the declared size whatever max_output_size says: refuse it unread
+            raise FrameError(f"zstd frame declares {size} bytes, over the {self.max_frame}-byte limit")
+        else:
+            try:
+                raw = self._zstd.decompress(data)  # zstd fails the frame if its content is not the declared size
+            except Exception as exc:  # zstandard.ZstdError and friends
+                raise FrameError(self._unreadable(data, exc)) from None
         try:
             return raw.decode()
         except UnicodeDecodeError:
             raise FrameError("decompressed message is not UTF-8") from None
+
+    def _decompress_streamed(self, data: bytes) -> bytearray:
+        """A frame that does not declare its size, fed in slices so the output stops near ``max_frame``.
+
+        A zstd block (4 bytes at least) yields at most 128 KiB, so a slice of n bytes yields at most about
+        n * 32 KiB: slices are sized to what is left of the limit, so the output passes it by 384 KiB at most.
+        """
+        stream = self._zstd.decompressobj()
+        raw = bytearray()
+        start = 0
+        while not stream.eof and start < len(data):
+            end = start + max(8, (self.max_frame - len(raw)) // 32768)
+            try:
+                raw += stream.decompress(data[start:end])
+            except Exception as exc:  # zstandard.ZstdError and friends
+                raise FrameError(self._unreadable(data, exc)) from None
+            if len(raw) > self.max_frame:
+                raise FrameError(f"zstd frame (size not declared) decompresses to more than the {self.max_frame}-byte limit")
+            start = end
+        if not stream.eof:
+            raise FrameError(f"zstd frame is truncated (size not declared, {len(data)} bytes)")
+        return raw
 
     def _unreadable(self, data: bytes, exc: Exception) -> str:
         """Why a binary message did not decompress: a dictionary mismatch is named by its ids."""
