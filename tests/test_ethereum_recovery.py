@@ -1,5 +1,6 @@
 """How the Ethereum source recovers, end to end: a reorg while weir is down that no new block
-reveals, orphaned blocks the node has pruned, the order of a reconnect (resubscribe, backfill, only
+reveals, orphaned blocks the node has pruned, a node behind the cursor (waited for, not taken for
+a reorg or a pruned block), the order of a reconnect (resubscribe, backfill, only
 then live heads), a reorg deeper than the confirmations, and providers that refuse eth_getLogs
 ranges in their own words (down to one block).
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from weir.actors.ethereum import UNAVAILABLE_ATTEMPTS, BlockLost
+from weir.actors.ethereum import UNAVAILABLE_ATTEMPTS, UNAVAILABLE_BLOCKS, BlockLost
 from weir.app import serve
 from weir.codecs.jsonrpc import INVALID_PARAMS, from_quantity
 from weir.observability.metrics import new_registry
@@ -55,7 +56,10 @@ async def test_a_reorg_at_the_cursor_height_while_weir_is_down_is_retracted_at_s
                                                                                      new_blocks):
     """The node replaced the cursor's block (and two below it) by a branch as long, or shorter,
     and produces nothing more: the restart must compare the cursor with the node's block at that
-    height, walk back and retract at once, not wait for a next block that never comes."""
+    height, walk back and retract at once, not wait for a next block that never comes. A shorter
+    chain has no block at the cursor's height, as a node behind has none: it is told apart, without
+    waiting, by the cursor's block (still served by hash) whose ancestor at the node's head height
+    is not the head."""
     sim_config = EthereumSimConfig(chain_id=31, seed=17, block_time=0.01, logs_per_block=2, history=20, blocks=0)
     async with simulated(sim_config) as (sim,):
         config = eth_config(redis_server.url, [chain(sim)])
@@ -67,19 +71,21 @@ async def test_a_reorg_at_the_cursor_height_while_weir_is_down_is_retracted_at_s
         async with running_service(config) as (service, _):
             await wait_for(lambda: caught_up(redis_client, sim), timeout=PROMPTLY, what="the retraction at start")
             stats = service.partitions[0].source
-            assert (stats.reorgs, stats.retracted_blocks) == (1, 3)
+            assert (stats.reorgs, stats.retracted_blocks, stats.reconnects) == (1, 3, 0), stats.last_error
     kinds = await assert_canonical(redis_client, sim)
     assert kinds[b"retract"] == 3 * sim_config.logs_per_block
 
 
 async def test_orphans_the_node_no_longer_serves_stop_the_chain_loudly(redis_server, redis_client, caplog):
     """The node reorged while weir was down and pruned the orphaned blocks: weir cannot learn what
-    to retract from it. A bounded number of connections later the source fails with BlockLost (one
-    line, naming the block), not a retry loop that looks like a flaky network forever."""
+    to retract from it. A bounded number of connections (and UNAVAILABLE_BLOCKS block times: 0.2 s
+    here) later the source fails with BlockLost (one line, naming the block), not a retry loop that
+    looks like a flaky network forever."""
     caplog.set_level(logging.ERROR, logger="weir.actors.ethereum")
     sim_config = EthereumSimConfig(chain_id=34, seed=20, block_time=0.01, logs_per_block=2, history=20, blocks=0)
     async with simulated(sim_config) as (sim,):
-        config = eth_config(redis_server.url, [chain(sim)])
+        settings = chain(sim)
+        config = eth_config(redis_server.url, [settings])
         async with running_service(config):
             await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the first run to catch up")
         before = await cursor_token(redis_client, 34)
@@ -95,11 +101,64 @@ async def test_orphans_the_node_no_longer_serves_stop_the_chain_loudly(redis_ser
     lost = [exc for exc in causes(info.value) if isinstance(exc, BlockLost)]
     assert lost, f"serve ended without BlockLost: {info.value!r}"
     message = str(lost[0])
-    assert "\n" not in message and orphans[-1] in message and f"{UNAVAILABLE_ATTEMPTS} connections" in message
     records = [r for r in caplog.records if getattr(r, "event", None) == "block_lost"]
-    assert len(records) == 1 and records[0].levelno == logging.ERROR and records[0].attempts == UNAVAILABLE_ATTEMPTS
+    assert len(records) == 1 and records[0].levelno == logging.ERROR
+    # Enough sessions, and for long enough: a fast failure loop alone does not decide.
+    attempts = records[0].attempts
+    assert attempts >= UNAVAILABLE_ATTEMPTS and records[0].missing_for >= UNAVAILABLE_BLOCKS * settings["block_time"]
+    assert "\n" not in message and orphans[-1] in message and f"{attempts} connections" in message
     # Nothing was retracted or emitted past the cursor: the stream still holds the old branch.
     assert before == f"{sim.chain.head_number - 1}:{orphans[-1]}" == await cursor_token(redis_client, 34)
+
+
+@pytest.mark.parametrize("by_hash", [False, True], ids=["cursor block unknown", "cursor block known by hash"])
+async def test_a_node_behind_the_cursor_is_waited_for_then_followed_exactly(redis_server, redis_client, caplog, by_hash):
+    """weir restarts against a node 3 blocks behind its cursor (a failover node, a backend still
+    importing). It has no block at the cursor's height: that is lag, not a reorg to walk back
+    through nor a pruned block. weir reconnects with a growing backoff (the breaker counts the
+    sessions as failures) for longer than it would take to call a block lost, then, once the node
+    catches up, resumes exactly: nothing retracted, no reorg logged (3 confirmations: a walk back
+    would have been a deep one), no BlockLost. With ``by_hash`` the node already serves the
+    cursor's block by hash: its head is an ancestor of it, so still behind."""
+    caplog.set_level(logging.INFO)
+    confirmations, logs_per_block = 3, 2
+    sim_config = EthereumSimConfig(chain_id=36, seed=22, block_time=0.01, logs_per_block=logs_per_block, history=20,
+                                   blocks=0)
+    async with simulated(sim_config) as (sim,):
+        settings = chain(sim, confirmations=confirmations)
+        config = eth_config(redis_server.url, [settings], **{"supervision.breaker_reset_max": "0.4"})
+        async with running_service(config):
+            await wait_for(lambda: caught_up(redis_client, sim, confirmations), timeout=TIMEOUT,
+                           what="the first run to catch up")
+        number = int((await cursor_token(redis_client, 36)).split(":")[0])
+        sim.lag(number - 3, by_hash=by_hash)
+        for _ in range(4):
+            sim.chain._extend()  # the chain goes on meanwhile, unseen by the node
+        caplog.clear()
+        async with running_service(config) as (service, _):
+            stats = service.partitions[0].source
+            started, lost_after = trio.current_time(), UNAVAILABLE_BLOCKS * settings["block_time"]
+            await wait_for(lambda: stats.reconnects > UNAVAILABLE_ATTEMPTS and trio.current_time() - started > lost_after,
+                           timeout=TIMEOUT, what="weir to keep trying past the BlockLost thresholds")
+            assert (stats.emitted_blocks, stats.retracted_blocks) == (0, 0)
+            sim.catch_up()
+            await wait_for(lambda: caught_up(redis_client, sim, confirmations), timeout=TIMEOUT,
+                           what="weir to resume once the node caught up")
+            assert (stats.reorgs, stats.deep_reorgs, stats.retracted_blocks) == (0, 0, 0)
+            assert stats.emitted_blocks == 4
+
+    def events(name: str) -> list[Any]:
+        return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+    assert not events("block_lost") and not events("reorg")
+    lost = events("disconnect")
+    assert len(lost) >= UNAVAILABLE_ATTEMPTS and all("NodeBehind" in r.error for r in lost), [r.error for r in lost]
+    # Full jitter draws each delay below a cap that doubles per attempt from backoff_initial (0.01 s):
+    # a delay above it means the sessions counted as failures, not as progress.
+    assert max(r.reconnect_in for r in lost) > 0.01, [r.reconnect_in for r in lost]
+    assert any(r.state == "open" for r in events("breaker_change") if r.breaker == f"ethereum {sim.url}")
+    kinds = await assert_canonical(redis_client, sim, confirmations)
+    assert kinds[b"retract"] == 0
 
 
 async def test_a_reconnect_resubscribes_then_backfills_by_ranges_and_only_then_follows_heads(redis_server, redis_client,

@@ -2,13 +2,14 @@
 
 Per connection: check ``eth_chainId``, subscribe to ``newHeads`` (heads buffer while we catch up),
 check the cursor's block against the node's block at its height (a reorg while weir was down is
-retracted at once), backfill from the cursor to the current head with ``eth_getLogs`` ranges
-(halved when the provider refuses a range as too large, one block then pinned by hash) and batched
-``eth_getBlockByNumber``, and only then follow live heads. The chain logic (linking, gaps, reorgs,
-confirmation depth) is :class:`weir.codecs.ethereum_chain.ChainFollower`; this module only fetches
-what it asks for. Network faults reconnect with backoff; an idle subscription (no head for
-``idle_blocks`` x ``block_time``) is checked with ``eth_blockNumber`` and reconnected when the node
-is ahead. One Redis entry per log; see docs/ethereum.md.
+retracted at once; a node with no block there is behind, and waited for), backfill from the
+cursor to the current head with ``eth_getLogs`` ranges (halved when the provider refuses a range
+as too large, one block then pinned by hash) and batched ``eth_getBlockByNumber``, and only then
+follow live heads. The chain logic (linking, gaps, reorgs, confirmation depth) is
+:class:`weir.codecs.ethereum_chain.ChainFollower`; this module only fetches what it asks for.
+Network faults reconnect with backoff; an idle subscription (no head for ``idle_blocks`` x
+``block_time``) is checked with ``eth_blockNumber`` and reconnected when the node is ahead. One
+Redis entry per log; see docs/ethereum.md.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ CHUNK_EVENTS = 2000  # steps are grouped into chunks of about this many events
 HEADER_ATTEMPTS = 3  # a header that does not parse is fetched again this many times in all
 MALFORMED_RUN = 16  # this many malformed items in a row (logs or headers): the connection is dropped
 # Sessions in a row that end because the node does not serve the same block: then it is lost, not
-# late (a load-balanced provider may route the next connection to a backend that has it).
+# late (a load-balanced provider may route the next connection to a backend that has it)...
 UNAVAILABLE_ATTEMPTS = 5
+# ...and only once it has been missing this many block times: sessions can fail in milliseconds,
+# and a backend still importing the block needs time, not attempts.
+UNAVAILABLE_BLOCKS = 10.0
+PROVIDER_TEXT = 200  # a provider's error text quoted in one of our messages: one line, at most this long
 
 
 class ConnectionLost(Exception):
@@ -75,9 +80,21 @@ class BlockUnavailable(Exception):
         self.hash = hash_
 
 
+class NodeBehind(BlockUnavailable):
+    """The node has no block at the cursor's height ``number`` (its head is ``node_head``): it is
+    behind (a failover node, a backend still importing), not forgetful, so this never counts toward
+    :class:`BlockLost`. Retried after a reconnect, with a backoff that grows."""
+
+    def __init__(self, message: str, number: int, node_head: int) -> None:
+        super().__init__(message)
+        self.number = number
+        self.node_head = node_head
+
+
 class BlockLost(Exception):
     """A block weir needs by hash (an orphan to retract, the cursor's block) was not served in
-    UNAVAILABLE_ATTEMPTS sessions in a row: the node pruned it. Not retried (docs/ethereum.md, Limits)."""
+    UNAVAILABLE_ATTEMPTS sessions in a row, over UNAVAILABLE_BLOCKS block times at least, by a node
+    that has passed its height: the node pruned it. Not retried (docs/ethereum.md, Limits)."""
 
 
 class LogsRefused(Exception):
@@ -252,6 +269,13 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+def one_line(text: str, limit: int = PROVIDER_TEXT) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters: a provider's
+    error may hold newlines or a whole HTML page, and our messages are one log line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _block_hash_of(item: Any) -> str | None:
     """The block hash a log object names, lower case, if it is a string (places a log that does not parse)."""
     value = item.get("blockHash") if isinstance(item, dict) else None
@@ -274,8 +298,14 @@ class ChainReader:
     handed: Cursor = attrs.Factory(lambda: Cursor(position=0, token=""))
     # Chunks of applied steps whose hand-off was interrupted: sent first by the next session.
     unsent: list[Chunk] = attrs.Factory(list)
-    # The block the last sessions failed to get (BlockUnavailable), and in how many sessions in a row.
-    unavailable: tuple[str | None, int] = (None, 0)
+    # The block the last sessions failed to get (BlockUnavailable), in how many sessions in a row,
+    # and since when (trio clock).
+    unavailable: tuple[str | None, int, float] = (None, 0, 0.0)
+    # BlockLost also waits this many block times after the block first went missing.
+    unavailable_blocks: float = UNAVAILABLE_BLOCKS
+    # Sessions that got as far as following the chain (the cursor's block checked): progress, like
+    # an emitted block, for the backoff and the breaker.
+    ready_sessions: int = 0
 
     @property
     def partition(self) -> str:
@@ -364,19 +394,35 @@ class ChainReader:
             self.handed = Cursor(position=chunk.through, token=chunk.token)
 
     def note_unavailable(self, exc: BlockUnavailable) -> None:
-        """Count a session lost to ``exc``; raise :class:`BlockLost` when the same block was missing
-        UNAVAILABLE_ATTEMPTS sessions in a row. A live head the node forgot is not asked for again
-        (the next session backfills by number), so only a block weir cannot do without adds up."""
-        last, count = self.unavailable
-        count = count + 1 if exc.hash is not None and exc.hash == last else 1
-        self.unavailable = (exc.hash, count)
-        if exc.hash is not None and count >= UNAVAILABLE_ATTEMPTS:
+        """Count a session lost to ``exc`` (one that emitted nothing); raise :class:`BlockLost` when
+        the same block was missing UNAVAILABLE_ATTEMPTS sessions in a row and for UNAVAILABLE_BLOCKS
+        block times at least. A live head the node forgot is not asked for again (the next session
+        backfills by number), so only a block weir cannot do without adds up. A node behind the
+        block's height (:class:`NodeBehind`) is not counted, nor does it break the run."""
+        if isinstance(exc, NodeBehind):
+            return
+        now = trio.current_time()
+        last, count, since = self.unavailable
+        if exc.hash is not None and exc.hash == last:
+            count += 1
+        else:
+            count, since = 1, now
+        self.unavailable = (exc.hash, count, since)
+        missing_for = now - since
+        if exc.hash is not None and count >= UNAVAILABLE_ATTEMPTS and missing_for >= self.lost_after:
             message = (f"chain {self.partition}: block {exc.hash} was not served by {self.settings.url} in "
-                       f"{count} connections in a row ({exc}); weir needs it to retract what it emitted from it "
-                       f"(or to resume from it): use a node that keeps recent side blocks, see docs/ethereum.md (Limits)")
+                       f"{count} connections in a row over {missing_for:.1f}s ({one_line(str(exc), 2 * PROVIDER_TEXT)}); "
+                       f"weir needs it to retract what it emitted from it (or to resume from it): use a node that "
+                       f"keeps recent side blocks, see docs/ethereum.md (Limits)")
             log.error("%s", message, extra={"event": "block_lost", "source": SOURCE, "partition": self.partition,
-                                            "block_hash": exc.hash, "attempts": count})
+                                            "block_hash": exc.hash, "attempts": count,
+                                            "missing_for": round(missing_for, 3)})
             raise BlockLost(message) from exc
+
+    @property
+    def lost_after(self) -> float:
+        """Seconds a block must have been missing before it is taken for lost."""
+        return self.unavailable_blocks * self.settings.block_time
 
     # -- fetching ------------------------------------------------------------------------------------
 
@@ -392,12 +438,13 @@ class ChainReader:
             items = await rpc.call("eth_getLogs", [{"blockHash": hash_, **self.log_filter()}])
         except JsonRpcError as exc:
             if "unknown block" in exc.message.lower() or "not found" in exc.message.lower():
-                raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {exc.message}", hash_) from None
+                raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {one_line(exc.message)}",
+                                       hash_) from None
             if exc.too_large:
                 # One block is the smallest request there is: asking again would be refused again.
                 raise LogsRefused(f"chain {self.partition}: {self.settings.url} refuses the logs of block {hash_} "
-                                  f"even pinned by blockHash ({exc}); narrow addresses/topics or use a node "
-                                  f"without that cap") from None
+                                  f"even pinned by blockHash ({one_line(str(exc))}); narrow addresses/topics or use "
+                                  f"a node without that cap") from None
             raise
         return self._pinned(items, hash_, f"eth_getLogs(blockHash={hash_})")
 
@@ -622,6 +669,7 @@ async def run_chain_connection(
     backoff: Backoff,
     breaker: CircuitBreaker | None = None,
     rng: random.Random | None = None,
+    unavailable_blocks: float = UNAVAILABLE_BLOCKS,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow one chain into ``send`` until ``stopping`` is set (ready at once, like the Farcaster actor).
@@ -630,18 +678,32 @@ async def run_chain_connection(
     incarnation the follower's memory carries over reconnects.
     """
     rng = rng or random.Random()
-    reader = ChainReader(settings=settings, decoder=decoder, stats=stats)
+    reader = ChainReader(settings=settings, decoder=decoder, stats=stats, unavailable_blocks=unavailable_blocks)
     task_status.started()
+
+    def steps_done() -> int:
+        return stats.emitted_blocks + stats.retracted_blocks
+
     async with until_stopped(stopping):
         cursor = await read_cursor()
         if cursor is not None:
             reader.handed = cursor
 
         async def session() -> None:
+            done, ready = steps_done(), reader.ready_sessions
             try:
                 await _session(reader, send, stats, breaker)
-            except BlockUnavailable as exc:
-                reader.note_unavailable(exc)  # BlockLost after too many sessions without that block
+            except Exception as exc:
+                if steps_done() > done:
+                    reader.unavailable = (None, 0, 0.0)  # the node served what weir needed: a new run
+                    if breaker is not None and reader.ready_sessions == ready:
+                        # Progress before the session was ready (a retraction at start): the breaker
+                        # must still hear a success, or a half-open trial would never end.
+                        breaker.record_success()
+                elif isinstance(exc, BlockUnavailable):
+                    # Nothing came of it: no progress, so the backoff grows and the breaker counts it.
+                    reader.ready_sessions = ready
+                    reader.note_unavailable(exc)  # BlockLost after too many sessions without that block
                 raise
 
         async def on_lost(exc: BaseException, delay: float) -> None:
@@ -653,7 +715,7 @@ async def run_chain_connection(
                                "reconnects": stats.reconnects})
 
         await reconnect_forever(
-            session, progress=lambda: stats.emitted_blocks + stats.connects, is_transient=is_transient,
+            session, progress=lambda: steps_done() + reader.ready_sessions, is_transient=is_transient,
             on_lost=on_lost, stats=stats, backoff=backoff, rng=rng, breaker=breaker,
         )
     stats.connected = False
@@ -671,13 +733,16 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
         stats.connects += 1
         stats.connected = True
         stats.last_error = None
-        if breaker is not None:
-            breaker.record_success()
         log.info("chain %s: connected to %s", reader.partition, settings.url,
                  extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": settings.url,
                         "resume_from": _resume_point(reader), "connects": stats.connects})
         if reader.follower is None:
             await _start(reader, rpc, reader.handed, send)
+        # Only now is the node known to be of use: one that is behind the cursor, or that lost its
+        # block, connects fine every time, and must still look failed to the backoff and the breaker.
+        reader.ready_sessions += 1
+        if breaker is not None:
+            breaker.record_success()
         await _backfill(reader, rpc, from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber"), send)
         idle = settings.idle_blocks * settings.block_time
         while True:
@@ -741,28 +806,25 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: 
 
     The cursor's block is checked against the node's block at its height first: a reorg while weir
     was down is then retracted at once, even when it left the chain as long (or shorter) and no
-    new block comes to reveal it.
+    new block comes to reveal it. No block at that height is a node behind, not a reorg
+    (:func:`_shorter_chain_head` tells the two apart where it can): nothing is retracted.
     """
     settings = reader.settings
     if cursor.token:
         number, hash_ = parse_token(cursor.token)
         current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(number), False],
                                             f"eth_getBlockByNumber({number})")
-        tip = current if current is not None and current.hash == hash_ else await reader.header_by_hash(rpc, hash_)
+        if current is None:
+            current = await _shorter_chain_head(reader, rpc, number, hash_)  # or NodeBehind: wait
+        tip = current if current.hash == hash_ else await reader.header_by_hash(rpc, hash_)
         if tip.number != number:
             raise ProtocolError(f"cursor block {hash_} is block {tip.number} on the node, {number} in the cursor")
         reader.follower = ChainFollower.resume(seq=cursor.position, tip=tip, confirmations=settings.confirmations,
                                                max_depth=settings.max_reorg_depth)
         log.info("chain %s: resuming after block %d (%s), sequence %d", reader.partition, number, hash_, cursor.position)
-        if current is not None and current.hash == hash_:
+        if current.hash == hash_:
             return
-        if current is None:
-            # No block at that height: the chain is shorter now (or the node's view lags): its
-            # head is where the walk back starts (it links to the cursor's block if that still holds).
-            current = await reader.fetch_header(rpc, "eth_getBlockByNumber", ["latest", False], "eth_getBlockByNumber(latest)")
-            if current is None:
-                raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block")
-        log.warning("chain %s: the cursor's block %d (%s) is not the node's at that height; walking back from block %d (%s)",
+        log.warning("chain %s: the cursor's block %d (%s) is not on the node's chain; walking back from block %d (%s)",
                     reader.partition, number, hash_, current.number, current.hash)
         logs, dead = await reader.logs_by_hash(rpc, current.hash)
         await reader.hand_on(await reader.resolve(rpc, [Block(header=current, logs=logs, dead=dead)]), send)
@@ -777,6 +839,41 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: 
     log.info("chain %s: no cursor, starting at block %d", reader.partition, first.number)
     steps = reader.follower.apply([Block(header=first, logs=logs, dead=dead)])
     await reader.hand_on(steps, send)
+
+
+async def _shorter_chain_head(reader: ChainReader, rpc: RpcConnection, number: int, hash_: str) -> Header:
+    """The node has no block at the cursor's height ``number``. Returns its head when it is on
+    another, shorter chain (the walk back starts there); raises :class:`NodeBehind` when it is
+    behind, or when that cannot be told yet.
+
+    Another chain: the cursor's block (by hash) has an ancestor at the head's height that is not
+    the head. Walking back from the head instead would retract still-canonical blocks when the node
+    is merely behind. When the node does not serve the cursor's block (not imported yet, or pruned
+    after a reorg) it waits: once the node's chain passes the cursor's height, the block there says
+    which it was.
+    """
+    head = await reader.fetch_header(rpc, "eth_getBlockByNumber", ["latest", False], "eth_getBlockByNumber(latest)")
+    if head is None:
+        raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block")
+    behind = NodeBehind(f"chain {reader.partition}: the node has no block {number} (its head is block {head.number}), "
+                        f"where weir resumes from block {hash_}; waiting for it to catch up", number, head.number)
+    # At or past the height: the node's view moved meanwhile (look again). Further below than any
+    # reorg weir could retract: a lag (and if not, the reorg is found, too deep, past the cursor).
+    if head.number >= number or number - head.number > reader.settings.max_reorg_depth:
+        raise behind
+    try:
+        block = await reader.header_by_hash(rpc, hash_)
+        if block.number != number:
+            raise ProtocolError(f"cursor block {hash_} is block {block.number} on the node, {number} in the cursor")
+        for _ in range(number - head.number):
+            block = await reader.header_by_hash(rpc, block.parent_hash)
+    except BlockUnavailable:
+        raise behind from None
+    if block.number != head.number:
+        raise ProtocolError(f"block {block.hash} is block {block.number} on the node, {head.number} by its children")
+    if block.hash == head.hash:
+        raise behind  # its head is an ancestor of the cursor's block
+    return head
 
 
 async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: trio.MemorySendChannel[Chunk]) -> None:

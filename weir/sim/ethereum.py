@@ -28,7 +28,9 @@ concurrently); :meth:`EthereumSim.mute_heads` silences the current ``newHeads`` 
 WebSocket stays open, blocks keep coming, a new subscription is pushed heads again): a stuck
 subscription, which only an idle watchdog notices. :attr:`EthereumSim.refusing` refuses new
 connections (the node is down), :meth:`SimChain.forget` drops orphaned blocks (a node that pruned
-its side blocks), and :meth:`EthereumSim.record_calls` notes every call in the order it came.
+its side blocks), :meth:`EthereumSim.lag` serves the chain only up to an older block until
+:meth:`EthereumSim.catch_up` (a failover node, a backend still importing, a node restarted from an
+older state), and :meth:`EthereumSim.record_calls` notes every call in the order it came.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class EthereumSimConfig:
             ``Transfer`` (0: none). Drawn apart: the chain is otherwise the same with or without.
         reply_delay: each reply (to a call or a batch) is sent after a random 0..``reply_delay``
             seconds, so replies to concurrent calls arrive in any order (0: at once, in order).
+        cap_pinned: ``max_logs`` caps eth_getLogs by ``blockHash`` too (a provider that caps every
+            answer): a block with more logs is refused however it is asked for.
 
     At run time, :meth:`EthereumSim.mute_heads` stops pushing heads to the subscriptions that exist
     (the connection stays open and blocks keep coming): a stuck ``newHeads`` subscription.
@@ -121,6 +125,7 @@ class EthereumSimConfig:
     malformed_header_every: int = 0
     approval_every: int = 0
     reply_delay: float = 0.0
+    cap_pinned: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
@@ -311,6 +316,8 @@ class EthereumSim:
     muted: set[str] = attrs.Factory(set)  # subscriptions that are no longer pushed heads (mute_heads)
     refusing: bool = False  # new connections are refused (HTTP 503): the node is down
     calls: list[tuple[str, Any]] | None = None  # (method, params) in arrival order, once record_calls()
+    lag_head: int | None = None  # the newest block served while lagging (lag()); None: the whole chain
+    lag_by_hash: bool = False  # while lagging, blocks above lag_head are still served by hash
     _sub_counter: int = 0
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
     _delay_rng: random.Random = attrs.Factory(lambda: random.Random(11))
@@ -338,6 +345,30 @@ class EthereumSim:
             self.muted |= conn.subscriptions
         return len(self.muted) - before
 
+    def lag(self, head: int, *, by_hash: bool = False) -> None:
+        """Serve the chain only up to block ``head`` until :meth:`catch_up`: ``eth_blockNumber``,
+        ``latest``, blocks by number and ranges of logs end there, and no head is pushed. Blocks
+        above it (orphans too) are unknown by hash, unless ``by_hash``: imported, but not yet the
+        node's chain. The chain itself goes on as configured, hidden."""
+        self.lag_head, self.lag_by_hash = head, by_hash
+
+    def catch_up(self) -> None:
+        """End :meth:`lag`: the whole chain is served again, and its tip pushed."""
+        self.lag_head = None
+        self._announce(self.chain.canonical[-1:])
+
+    def _head(self) -> int:
+        """The newest block number served."""
+        head = self.chain.head_number
+        return head if self.lag_head is None else min(head, self.lag_head)
+
+    def _known(self, hash_: str) -> bool:
+        """Whether block ``hash_`` is served by hash (it exists, and is not hidden by :meth:`lag`)."""
+        header = self.chain.headers.get(hash_)
+        if header is None:
+            return False
+        return self.lag_head is None or self.lag_by_hash or from_quantity(header["number"]) <= self.lag_head
+
     def record_calls(self) -> list[tuple[str, Any]]:
         """Note every call from now on, in the order the node reads them; returns the (live) list."""
         self.calls = []
@@ -357,6 +388,8 @@ class EthereumSim:
         self.finished.set()
 
     def _announce(self, hashes: Iterable[str]) -> None:
+        if self.lag_head is not None:
+            return  # a node behind has not seen these blocks yet
         for conn in list(self.connections):
             for sub in conn.subscriptions - self.muted:
                 for hash_ in hashes:
@@ -459,13 +492,14 @@ class EthereumSim:
         if method == "eth_chainId":
             return to_quantity(self.config.chain_id)
         if method == "eth_blockNumber":
-            return to_quantity(chain.head_number)
+            return to_quantity(self._head())
         if method == "eth_getBlockByNumber":
             tag = params[0]
-            number = chain.head_number if tag in ("latest", "safe", "finalized") else from_quantity(tag, "block number")
-            return self._serve_header(chain.block_by_number(number))
+            number = self._head() if tag in ("latest", "safe", "finalized") else from_quantity(tag, "block number")
+            return self._serve_header(chain.block_by_number(number) if number <= self._head() else None)
         if method == "eth_getBlockByHash":
-            return self._serve_header(chain.headers.get(str(params[0]).lower()))
+            hash_ = str(params[0]).lower()
+            return self._serve_header(chain.headers[hash_] if self._known(hash_) else None)
         if method == "eth_getLogs":
             return self._get_logs(params[0])
         if method == "eth_subscribe":
@@ -486,20 +520,23 @@ class EthereumSim:
         address = filter_.get("address")
         addresses = None if address is None else {a.lower() for a in ([address] if isinstance(address, str) else address)}
         topics = filter_.get("topics") or []
+        cfg = self.config
         if "blockHash" in filter_:
             if "fromBlock" in filter_ or "toBlock" in filter_:
                 raise JsonRpcError(INVALID_PARAMS, "cannot specify both BlockHash and FromBlock/ToBlock")
             hash_ = str(filter_["blockHash"]).lower()
-            if hash_ not in chain.logs:
+            if not self._known(hash_):
                 raise JsonRpcError(-32000, "unknown block")
-            return [item for item in chain.logs[hash_] if _matches(item, addresses, topics)]
+            found = [item for item in chain.logs[hash_] if _matches(item, addresses, topics)]
+            if cfg.cap_pinned and len(found) > cfg.max_logs:
+                raise JsonRpcError(cfg.range_error_code, cfg.range_error_message.format(limit=cfg.max_logs))
+            return found
 
         def bound(name: str) -> int:
             tag = filter_.get(name, "latest")
-            return chain.head_number if tag in ("latest", "safe", "finalized") else from_quantity(tag, name)
+            return self._head() if tag in ("latest", "safe", "finalized") else from_quantity(tag, name)
 
-        first, last = bound("fromBlock"), min(bound("toBlock"), chain.head_number)
-        cfg = self.config
+        first, last = bound("fromBlock"), min(bound("toBlock"), self._head())
         if cfg.max_range and last - first + 1 > cfg.max_range:
             raise JsonRpcError(cfg.range_error_code, cfg.range_error_message.format(limit=cfg.max_range))
         out: list[dict[str, Any]] = []
