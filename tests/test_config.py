@@ -217,3 +217,13 @@ def test_breakers_take_their_longest_wait_from_the_settings() -> None:
     breaker = config.supervision.breaker("redis")
     assert breaker.name == "redis"
     assert (breaker._base_timeout, breaker._max_timeout) == (0.5, 1.0)
+
+
+def test_every_registered_network_has_its_config_section_and_name() -> None:
+    from weir.config import Config
+    from weir.networks import NETWORKS, enabled_networks, network_class
+
+    for name in NETWORKS:
+        assert network_class(name).name == name
+        assert isinstance(getattr(Config(), name).enabled, bool)
+    assert [n.name for n in enabled_networks(Config())] == ["farcaster"]  # the default: mainnet Farcaster

@@ -26,7 +26,7 @@ from weir.actors.pipeline import PipelineStats, build_pipeline
 from weir.actors.stopping import until_stopped
 from weir.bridge import open_asyncio_loop
 from weir.config import Config
-from weir.networks import NETWORKS, Network, NetworkContext
+from weir.networks import Network, NetworkContext, enabled_networks
 from weir.observability.http import Observability, open_observability
 from weir.sinks.embedded_redis import (
     RedisServerConfig,
@@ -138,7 +138,7 @@ async def serve(
     backoff = Backoff(initial=sup.backoff_initial, maximum=sup.backoff_max)
     breaker = sup.breaker("redis")
     context = NetworkContext(backoff=backoff, rng=rng, redis_breaker=breaker)
-    networks = [factory(config, context) for factory in NETWORKS.values() if factory.enabled(config)]
+    networks = [factory(config, context) for factory in enabled_networks(config)]
     if not networks:
         raise ValueError("no network is enabled: set one of farcaster.enabled, atproto.enabled, ethereum.enabled to true")
     policy = BatchPolicy(

@@ -606,7 +606,9 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         for key in ("backfill_blocks", "gap_fetch"):
             if getattr(chain, key) < 1:
                 fail("ethereum.chains", f"{where}: {key} must be at least 1, got {getattr(chain, key)}")
-    from weir.codecs.ethereum_logs import EventAbi
+    if not eth.abis:
+        return
+    from weir.codecs.ethereum_logs import EventAbi  # eth-abi: ~0.4 s to import, only when there is an ABI to check
 
     for text in eth.abis:
         try:
