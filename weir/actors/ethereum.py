@@ -691,9 +691,17 @@ async def run_chain_connection(
 
         async def session() -> None:
             done, ready = steps_done(), reader.ready_sessions
+            began = trio.current_time()
             try:
                 await _session(reader, send, stats, breaker)
             except Exception as exc:
+                if steps_done() == done and reader.ready_sessions > ready and (
+                    trio.current_time() - began < settings.idle_blocks * settings.block_time
+                ):
+                    # Ready, then failed fast with nothing done (e.g. the first backfill query
+                    # times out every time): not progress, or the same query would be resent at
+                    # the base delay forever with the breaker kept closed.
+                    reader.ready_sessions = ready
                 if steps_done() > done:
                     reader.unavailable = (None, 0, 0.0)  # the node served what weir needed: a new run
                     if breaker is not None and reader.ready_sessions == ready:
@@ -857,9 +865,14 @@ async def _shorter_chain_head(reader: ChainReader, rpc: RpcConnection, number: i
         raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block")
     behind = NodeBehind(f"chain {reader.partition}: the node has no block {number} (its head is block {head.number}), "
                         f"where weir resumes from block {hash_}; waiting for it to catch up", number, head.number)
-    # At or past the height: the node's view moved meanwhile (look again). Further below than any
-    # reorg weir could retract: a lag (and if not, the reorg is found, too deep, past the cursor).
-    if head.number >= number or number - head.number > reader.settings.max_reorg_depth:
+    if head.number >= number:
+        # Its head is past the height yet it has no block there: not lag but a node missing
+        # history (pruned, or inconsistent backends): counted towards BlockLost like a missing block.
+        raise BlockUnavailable(f"chain {reader.partition}: the node has no block {number} although its head is "
+                               f"block {head.number}", hash_)
+    # Further below than any reorg weir could retract: a lag (and if not, the reorg is found, too
+    # deep, once its chain passes the cursor).
+    if number - head.number > reader.settings.max_reorg_depth:
         raise behind
     try:
         block = await reader.header_by_hash(rpc, hash_)
