@@ -35,7 +35,9 @@ def _redis_timeout(seconds: float) -> Scenario:
         rate=1000.0 if seconds <= 5 else 300.0,
         # the long hang is also a stalled Redis: weir's memory must not grow with it
         checks=("memory_bounded",) if seconds > 5 else (),
-        expect=REDIS_OUTAGE_LOGS + (("breaker_change:state~open",) if seconds > 1 else ()),
+        # a 1 s hold is at the edge of the 1 s socket timeout: the write often completes just in
+        # time, and then there is no outage to log (CI saw both)
+        expect=REDIS_OUTAGE_LOGS + ("breaker_change:state~open",) if seconds > 1 else (),
         max_restarts=0,
     )
 
