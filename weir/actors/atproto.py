@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import ssl
 import time
@@ -49,6 +48,7 @@ from weir.codecs.atproto_firehose import (
 from weir.codecs.atproto_jetstream import JetstreamDecoder, dictionary_id
 from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
+from weir.files import write_atomically
 from weir.supervision import Backoff, CircuitBreaker
 
 log = logging.getLogger("weir.actors.atproto")
@@ -578,20 +578,13 @@ async def load_zstd_dictionary(source: str, cache_dir: Path, *, timeout: float) 
     except ValueError as exc:
         raise unavailable(f"{source} did not return a zstd dictionary: {exc}") from None
     try:
-        await trio.to_thread.run_sync(_write_atomically, cached, data)
+        await trio.to_thread.run_sync(write_atomically, cached, data)
     except OSError as exc:  # still usable from memory; only the next start fetches again
         log.warning("cannot cache the zstd dictionary in %s: %s", cached, exc.strerror or exc)
     log.info("zstd dictionary %s (id %d, %d bytes) fetched, cached in %s", source, ident, len(data), cached,
              extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
                     "bytes": len(data), "cache": str(cached), "fetched": True})
     return data
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # a crash mid-write leaves no damaged cache
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 @attrs.define(eq=False)

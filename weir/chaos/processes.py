@@ -33,6 +33,7 @@ import trio
 from grpclib.const import Status
 
 from weir.bridge import call_asyncio
+from weir.files import write_atomically
 from weir.sim.snapchain import SnapchainSim
 from weir.sinks.embedded_redis import RedisServer
 
@@ -271,10 +272,8 @@ class SimProcessHub:
 
     async def set_error(self, status: Status | None) -> None:
         if self.control:
-            # write then rename: the simulator never reads a half-written name
-            staged = self.control + ".new"
-            await trio.Path(staged).write_text("" if status is None else status.name, encoding="ascii")
-            os.replace(staged, self.control)
+            # whole or not at all: the simulator never reads a half-written name
+            write_atomically(self.control, b"" if status is None else status.name.encode("ascii"))
             os.kill(self.pid, signal.SIGUSR2)
         else:
             if status not in (None, Status.UNAVAILABLE):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import importlib
 import json
 import logging
@@ -68,7 +67,7 @@ from weir.chaos.checker import (
 from weir.chaos.processes import SimProcessHub, WeirProcess, weir_run_args
 from weir.chaos.proxy import open_proxy
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, run_schedule, schedules
-from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.sim.farcaster_data import SnapchainSimConfig, offered_digest
 from weir.sim.process import SimProcess, open_snapchain_sim
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 
@@ -578,10 +577,7 @@ def record_mismatches(record: Mapping[str, Any], offered: Mapping[str, Sequence[
             problems.append(f"partition {partition}: the simulator offered {len(entry['ids'])} events, the checker "
                             f"expected {len(ids)}; they differ from position {first}")
             continue
-        digest = hashlib.sha256()
-        for _, payload in events:
-            digest.update(payload)
-        if digest.hexdigest() != entry["sha256"]:
+        if offered_digest(events) != entry["sha256"]:
             problems.append(f"partition {partition}: the simulator offered other bytes than the checker regenerated")
     return problems
 

@@ -1,6 +1,6 @@
 """Detect missed Farcaster events from ids and BLOCK_CONFIRMED counts (sans-IO, pure logic).
 
-Two kinds of gap are reported:
+Three kinds of gap are reported:
 - retention: after Subscribe(from_id), the first event is past the point the stream should have
   resumed at — the node no longer had the requested events (they are kept ~3 days).
 - block count: a BLOCK_CONFIRMED event (seq 0, first in its block) announces how many events of

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
-import os
 import signal
 import sys
 
 from grpclib.const import Status
 
-from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.files import write_atomically
+from weir.sim.farcaster_data import SnapchainSimConfig, offered_digest
 from weir.sim.snapchain import SnapchainSim, serve_snapchain
 
 
@@ -82,18 +81,12 @@ def config_from_args(args: argparse.Namespace) -> SnapchainSimConfig:
 
 def write_record(sim: SnapchainSim, path: str) -> None:
     """What the simulator offered, per shard: every released id in order and a SHA-256 over their
-    HubEvent bytes (written whole, then renamed: a reader never sees half of it)."""
+    HubEvent bytes (written whole or not at all: a reader never sees half of it)."""
     record = {}
     for shard in sim.logs:
         offered = sim.offered(shard)
-        digest = hashlib.sha256()
-        for _, payload in offered:
-            digest.update(payload)
-        record[str(shard)] = {"ids": [event_id for event_id, _ in offered], "sha256": digest.hexdigest()}
-    staged = path + ".new"
-    with open(staged, "w", encoding="ascii") as handle:
-        json.dump(record, handle)
-    os.replace(staged, path)
+        record[str(shard)] = {"ids": [event_id for event_id, _ in offered], "sha256": offered_digest(offered)}
+    write_atomically(path, json.dumps(record).encode("ascii"))
 
 
 async def _run_snapchain(config: SnapchainSimConfig, host: str, port: int, control: str = "", record: str = "") -> None:

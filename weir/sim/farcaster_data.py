@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 import blake3
@@ -527,6 +527,15 @@ class ShardEventGenerator:
         _, message = self._sign(fid, USERNAME_PROOF, self._message_time(block_time), ens)
         state.messages.append(message)
         return MERGE_USERNAME_PROOF, _ld(b"\x0a", ens) + _ld(b"\x1a", message)
+
+
+def offered_digest(events: Iterable[tuple[int, bytes]]) -> str:
+    """SHA-256 over the bytes of ``events`` in order: what the simulator's record of what it offered
+    holds, and what the chaos checker compares its regeneration with."""
+    digest = hashlib.sha256()
+    for _, payload in events:
+        digest.update(payload)
+    return digest.hexdigest()
 
 
 def generate_offered(config: SnapchainSimConfig, shard: int, count: int) -> list[tuple[int, bytes]]:

@@ -39,6 +39,10 @@ class SimProcess:
         url: ``http://HOST:PORT`` (plaintext gRPC).
         pid: the process id.
         config: what it was started with (recompute its events with ``generate_offered``).
+        control: the file it reads on ``SIGUSR2`` (a gRPC status name to fail new calls with, or
+            empty), for :class:`weir.chaos.processes.SimProcessHub`.
+        record: the file it writes as it exits, with ``record_offered``: what it offered
+            (``weir.sim.__main__.write_record``); "" otherwise.
     """
 
     host: str
@@ -173,9 +177,6 @@ class EthereumSimProcess:
     Attributes:
         host, port: where it serves; ``url`` is ``ws://HOST:PORT``.
         pid: the process id (``SIGUSR1`` drops every connection).
-        control: the file it reads on ``SIGUSR2`` (a gRPC status name to fail new calls with, or
-            empty), for :class:`weir.chaos.processes.SimProcessHub`.
-        record: the file it writes when it exits: what it offered (``weir.sim.__main__.write_record``).
         config: what it was started with.
         record: where it writes its final canonical chain on exit ("" for nowhere).
     """
