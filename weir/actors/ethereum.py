@@ -695,22 +695,21 @@ async def run_chain_connection(
             try:
                 await _session(reader, send, stats, breaker)
             except Exception as exc:
-                if steps_done() == done and reader.ready_sessions > ready and (
-                    trio.current_time() - began < settings.idle_blocks * settings.block_time
-                ):
-                    # Ready, then failed fast with nothing done (e.g. the first backfill query
-                    # times out every time): not progress, or the same query would be resent at
-                    # the base delay forever with the breaker kept closed.
-                    reader.ready_sessions = ready
                 if steps_done() > done:
                     reader.unavailable = (None, 0, 0.0)  # the node served what weir needed: a new run
                     if breaker is not None and reader.ready_sessions == ready:
                         # Progress before the session was ready (a retraction at start): the breaker
                         # must still hear a success, or a half-open trial would never end.
                         breaker.record_success()
-                elif isinstance(exc, BlockUnavailable):
-                    # Nothing came of it: no progress, so the backoff grows and the breaker counts it.
+                    raise
+                # Nothing done. Not progress either, so the backoff grows and the breaker counts it,
+                # when the block weir needs was missing, or when the session failed fast even after
+                # getting ready (e.g. its first backfill query times out every time: it would be
+                # resent at the base delay for ever, the breaker kept closed).
+                unavailable = isinstance(exc, BlockUnavailable)
+                if unavailable or trio.current_time() - began < settings.idle_blocks * settings.block_time:
                     reader.ready_sessions = ready
+                if unavailable:
                     reader.note_unavailable(exc)  # BlockLost after too many sessions without that block
                 raise
 
