@@ -29,6 +29,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
+from weir.codecs import ethereum_heads as heads
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
 from weir.config import EthereumChainSettings
@@ -254,6 +255,8 @@ class ChainStats:
     range_splits: int = 0
     idle_reconnects: int = 0
     stale_heads: int = 0  # heads skipped: no longer the node's block at their height
+    repeated_heads: int = 0  # heads skipped: blocks weir holds (or their ancestors), announced again
+    behind_heads: int = 0  # heads skipped: at or below weir's tip while the node has no block at the tip's height
     last_error: str | None = None
 
 
@@ -547,27 +550,27 @@ class ChainReader:
                 for h, d in zip(headers, dead)]
 
     async def resolve(self, rpc: RpcConnection, branch: list[Block]) -> list[Step]:
-        """Walk back until ``branch`` links to the window, then apply it."""
+        """Walk back until ``branch`` links to the window, then apply it (:class:`Linking` decides;
+        this only fetches what it asks for)."""
         follower = self.follower
         assert follower is not None
-        branch = follower.trim_known(branch)
-        if not branch:
-            return []
-        fetched = 0
-        while (need := follower.link(branch)) is not None:
+        linking = follower.begin(branch)
+        while (need := linking.need()) is not None:
             if isinstance(need, NeedBlock):
                 header = await self.header_by_hash(rpc, need.hash)
                 logs, dead = await self.logs_by_hash(rpc, need.hash)
-                branch.insert(0, Block(header=header, logs=logs, dead=dead))
-                fetched += 1
+                linking.add_block(Block(header=header, logs=logs, dead=dead))
             elif isinstance(need, NeedOlder):
-                follower.add_older(await self.header_by_hash(rpc, need.hash))
+                linking.add_older(await self.header_by_hash(rpc, need.hash))
             else:
                 assert isinstance(need, NeedLogs)
                 # Logs that do not parse were dead-lettered (not emitted) when the block was applied.
-                follower.add_logs(need.hash, (await self.logs_by_hash(rpc, need.hash))[0])
+                linking.add_logs(need.hash, (await self.logs_by_hash(rpc, need.hash))[0])
+        if linking.new_head is None:
+            return []  # every block of it was known: a re-announcement
+        branch, fetched = linking.branch, linking.fetched
         reorgs_before, old_tip = follower.reorgs, follower.tip
-        steps = follower.apply(branch)
+        steps = linking.finish()
         ancestor = branch[0].header.number - 1
         fields = {"source": SOURCE, "partition": self.partition, "ancestor": ancestor, "head": branch[-1].header.number}
         if follower.reorgs > reorgs_before:
@@ -776,19 +779,44 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
                     raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block") from None
                 header = latest
             stats.head = max(stats.head or 0, header.number)
-            tip = reader.follower.tip  # type: ignore[union-attr]
-            if tip is not None and header.number > tip.number + settings.gap_fetch:
-                await _backfill(reader, rpc, header.number - 1, send)
-                tip = reader.follower.tip  # type: ignore[union-attr]
-            if tip is not None and header.parent_hash != tip.hash and not await _still_canonical(reader, rpc, header):
-                # Not the next block (a reorg, a gap or a repeat) and no longer the node's block at its
-                # height: a head that waited in the buffer while weir learnt the newer chain another
-                # way (a backfill, a fetch of "latest"). Following it would take weir back to the
-                # abandoned branch, retracting and re-emitting blocks for nothing.
-                stats.stale_heads += 1
-                continue
-            logs, dead = await reader.logs_by_hash(rpc, header.hash)
-            await reader.hand_on(await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
+            await _follow_head(reader, rpc, header, send)
+
+
+async def _follow_head(reader: ChainReader, rpc: RpcConnection, header: Header, send: trio.MemorySendChannel[Chunk]) -> None:
+    """Do what a live head means (:mod:`weir.codecs.ethereum_heads` decides; this asks the node)."""
+    follower = reader.follower
+    assert follower is not None
+    stats = reader.stats
+    for _ in range(2):  # a far head: backfill by ranges, then look again
+        tip = follower.tip
+        assert tip is not None
+        verdict = heads.first_look(tip, follower.knows(header.hash), header, gap_fetch=reader.settings.gap_fetch)
+        if verdict.kind != heads.FAR_AHEAD:
+            break
+        await _backfill(reader, rpc, header.number - 1, send)
+    else:
+        verdict = heads.Verdict(kind=heads.ASK)  # still far after a backfill (the node moved on): ask
+    if verdict.kind == heads.ASK:
+        at_height = await _block_at(reader, rpc, header.number)
+        at_tip = at_height if tip.number == header.number else (await _block_at(reader, rpc, tip.number) if verdict.ask_tip else None)
+        verdict = heads.second_look(tip, header, at_height=at_height, at_tip=at_tip)
+    if verdict.kind in (heads.REPEAT, heads.BEHIND, heads.STALE):
+        # REPEAT: the node re-announced a block weir holds (or an ancestor of it); BEHIND: the node
+        # is behind weir's tip; STALE: a head that waited in the buffer while weir learnt the newer
+        # chain another way. Following any of them would retract and re-emit blocks for nothing.
+        counter = {heads.REPEAT: "repeated_heads", heads.BEHIND: "behind_heads"}.get(verdict.kind, "stale_heads")
+        setattr(stats, counter, getattr(stats, counter) + 1)
+        return
+    target = verdict.header
+    assert target is not None
+    logs, dead = await reader.logs_by_hash(rpc, target.hash)
+    await reader.hand_on(await reader.resolve(rpc, [Block(header=target, logs=logs, dead=dead)]), send)
+
+
+async def _block_at(reader: ChainReader, rpc: RpcConnection, number: int) -> Header | None:
+    """The node's block at height ``number`` (None: it has none)."""
+    return await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(number), False],
+                                     f"eth_getBlockByNumber({number})")
 
 
 def _resume_point(reader: ChainReader) -> str | None:
@@ -796,15 +824,6 @@ def _resume_point(reader: ChainReader) -> str | None:
     known (or of the persisted cursor, before the first session); None: from ``start``."""
     tip = reader.follower.tip if reader.follower is not None else None
     return tip.token if tip is not None else reader.handed.token or None
-
-
-async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Header) -> bool:
-    """Whether the node's block at ``header``'s height is ``header`` (or the node has none yet)."""
-    current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(header.number), False],
-                                        f"eth_getBlockByNumber({header.number})")
-    # No block at that height (a provider whose read view lags its newHeads): not known to be
-    # stale, so the head is followed.
-    return current is None or current.hash == header.hash
 
 
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: trio.MemorySendChannel[Chunk]) -> None:

@@ -99,6 +99,11 @@ class ServiceCollector(Collector):
         # Ethereum chains only (sources whose statistics count reorgs).
         reorgs = counter("weir_reorgs", "Chain reorganisations: blocks the source had seen were replaced by another branch.")
         deep_reorgs = counter("weir_deep_reorgs", "Reorgs deeper than the confirmation depth: logs emitted as confirmed were retracted.")
+        ignored_heads = CounterMetricFamily(
+            "weir_ignored_heads", "Announced heads that moved nothing: repeat (a block weir holds, or its ancestor), "
+            "behind (the node is behind weir's tip), stale (no longer the node's block at its height).",
+            labels=[*_PARTITION, "reason"],
+        )
         connected = gauge("weir_source_connected", "1 while the source is receiving from the network, else 0.")
         position = gauge("weir_source_position", "Position (event id) of the last event the source received.")
         cursor = gauge("weir_cursor_position", "Durable cursor: the position through which the partition is persisted.")
@@ -131,6 +136,9 @@ class ServiceCollector(Collector):
             if hasattr(source, "deep_reorgs"):
                 reorgs.add_metric(labels, source.reorgs)
                 deep_reorgs.add_metric(labels, source.deep_reorgs)
+                for reason, count in (("repeat", source.repeated_heads), ("behind", source.behind_heads),
+                                      ("stale", source.stale_heads)):
+                    ignored_heads.add_metric([*labels, reason], count)
             connected.add_metric(labels, 1 if getattr(source, "connected", False) else 0)
             last_id = getattr(source, "last_id", None)
             if isinstance(last_id, (int, float)):
@@ -150,7 +158,7 @@ class ServiceCollector(Collector):
                 family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
 
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
-                    rollbacks, reorgs, deep_reorgs, connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
+                    rollbacks, reorgs, deep_reorgs, ignored_heads, connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
 
     def _supervisors(self) -> Iterator[Metric]:

@@ -101,6 +101,9 @@ class EthereumSimConfig:
             seconds, so replies to concurrent calls arrive in any order (0: at once, in order).
         cap_pinned: ``max_logs`` caps eth_getLogs by ``blockHash`` too (a provider that caps every
             answer): a block with more logs is refused however it is asked for.
+        reannounce: after every ``eth_subscribe("newHeads")``, push the node's last this-many heads
+            again, oldest first (as a load-balanced provider does): blocks the client may already
+            hold, at and below its cursor (0: none).
 
     At run time, :meth:`EthereumSim.mute_heads` stops pushing heads to the subscriptions that exist
     (the connection stays open and blocks keep coming): a stuck ``newHeads`` subscription.
@@ -126,12 +129,13 @@ class EthereumSimConfig:
     approval_every: int = 0
     reply_delay: float = 0.0
     cap_pinned: bool = False
+    reannounce: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
             raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
         for name in ("logs_per_block", "history", "reorg_every", "max_logs", "max_range", "drop_every", "contracts",
-                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay"):
+                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay", "reannounce"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
 
@@ -297,6 +301,7 @@ class _Conn:
     scope: trio.CancelScope
     outbox_send: trio.MemorySendChannel[str]
     subscriptions: set[str] = attrs.Factory(set)
+    fresh_subscriptions: list[str] = attrs.Factory(list)  # made by the last message (reannounce)
 
 
 @attrs.define(eq=False)
@@ -401,6 +406,19 @@ class EthereumSim:
                     except trio.ClosedResourceError:
                         pass
 
+    def _reannounce(self, conn: _Conn) -> None:
+        """Push the last ``reannounce`` heads to the subscriptions just made on ``conn``."""
+        fresh, conn.fresh_subscriptions = conn.fresh_subscriptions, []
+        if not fresh or not self.config.reannounce or self.lag_head is not None:
+            return
+        for hash_ in self.chain.canonical[-self.config.reannounce :]:
+            for sub in fresh:
+                text = notification_text("eth_subscription", {"subscription": sub, "result": self._serve_header(self.chain.headers[hash_])})
+                try:
+                    conn.outbox_send.send_nowait(text)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    return
+
     async def handle(self, request: WebSocketRequest) -> None:
         if self.refusing:
             await request.reject(503, body=b"node unavailable")
@@ -424,6 +442,7 @@ class EthereumSim:
                                 nursery.start_soon(self._send_later, outbox_send, reply, delay)
                             else:
                                 await outbox_send.send(reply)
+                            self._reannounce(conn)
                     except ConnectionClosed:
                         nursery.cancel_scope.cancel()
             finally:
@@ -508,6 +527,7 @@ class EthereumSim:
             self._sub_counter += 1
             sub = "0x%032x" % self._sub_counter
             conn.subscriptions.add(sub)
+            conn.fresh_subscriptions.append(sub)
             return sub
         if method == "eth_unsubscribe":
             found = params[0] in conn.subscriptions

@@ -37,6 +37,7 @@ def add_parser(networks: argparse._SubParsersAction) -> None:
     eth.add_argument("--contracts", type=int, default=3)
     eth.add_argument("--malformed-log-every", type=int, default=0, help="about one log in N is malformed (persistently)")
     eth.add_argument("--malformed-header-every", type=int, default=0, help="every N-th header served is malformed (once)")
+    eth.add_argument("--reannounce", type=int, default=0, help="push the last N heads again after every subscribe")
     eth.add_argument("--record", default="", help="write the final canonical chain here on exit")
     eth.add_argument("--log-level", default="WARNING")
 
@@ -47,6 +48,7 @@ def config_from_args(args: argparse.Namespace) -> EthereumSimConfig:
         history=args.history, blocks=args.blocks, reorg_every=args.reorg_every, min_reorg_depth=args.min_reorg_depth,
         max_reorg_depth=args.max_reorg_depth, max_logs=args.max_logs, drop_every=args.drop_every, contracts=args.contracts,
         malformed_log_every=args.malformed_log_every, malformed_header_every=args.malformed_header_every,
+        reannounce=args.reannounce,
     )
 
 

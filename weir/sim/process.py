@@ -204,6 +204,7 @@ def ethereum_args(config: EthereumSimConfig, host: str = "127.0.0.1", port: int 
         "--drop-every", str(config.drop_every), "--contracts", str(config.contracts),
         "--malformed-log-every", str(config.malformed_log_every),
         "--malformed-header-every", str(config.malformed_header_every),
+        "--reannounce", str(config.reannounce),
     ]
     if record:
         args += ["--record", record]
