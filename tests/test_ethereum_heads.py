@@ -99,6 +99,27 @@ class Driver:
             return
         self._link(backend, [self.world.block(verdict.header.hash)])
 
+    @classmethod
+    def restarted(cls, world: World, backend: Backend, persisted: list[Step], confirmations: int) -> Driver | None:
+        """``_start``: the cursor's block judged against ``backend``; None: the node is behind (wait)."""
+        number, hash_ = parse_token(persisted[-1].token)
+        cursor_block = world.by_hash[hash_]
+        verdict = heads.judge_resume(number, hash_, at_height=backend.at(number), head=None, max_depth=64)
+        if verdict.kind == heads.ASK:
+            head = backend.chain[-1]
+            verdict = heads.judge_resume(number, hash_, at_height=None, head=head, max_depth=64)
+            assert verdict.kind != heads.MISSING, "a backend's chain has no holes"
+            if verdict.kind == heads.WALK_CURSOR:
+                verdict = heads.shorter_chain(world.ancestor(cursor_block, head.number), head)
+            if verdict.kind == heads.BEHIND:
+                return None
+        driver = cls(world, ChainFollower.resume(seq=persisted[-1].seq, tip=cursor_block, confirmations=confirmations))
+        if verdict.kind == heads.REORG:
+            driver._link(backend, [world.block(verdict.header.hash)])
+        else:
+            assert verdict.kind == heads.RESUME
+        return driver
+
     def session(self, backend: Backend, header: Header) -> None:
         """A reconnect: backfill to the node's head, then the head; a block the node does not
         serve ends the session (the actor reconnects; the follower is left consistent)."""
@@ -112,7 +133,7 @@ class Driver:
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("extend"), st.integers(0, 3)),
-        st.tuples(st.just("reorg"), st.integers(1, 5), st.integers(0, 2)),
+        st.tuples(st.just("reorg"), st.integers(1, 5), st.integers(-1, 2)),  # the new branch: one shorter to two longer
         st.tuples(st.just("catch_up"), st.integers(0, 2)),  # that backend sees the world as it is now
         st.tuples(st.just("announce"), st.integers(0, 2), st.integers(0, 6)),  # backend, how far back
         st.tuples(st.just("restart"), st.integers(0, 100)),
@@ -145,7 +166,7 @@ def test_heads_from_lagging_backends_and_repeats_never_retract_what_the_node_hol
             world.extend(op[1])
             backends[0].catch_up()  # backend 0 is always up to date; 1 and 2 lag until told
         elif op[0] == "reorg":
-            world.reorg(op[1], op[1] + op[2], 2)
+            world.reorg(op[1], max(1, op[1] + op[2]), 2)
             backends[0].catch_up()
             reorged = True
         elif op[0] == "catch_up":
@@ -167,10 +188,8 @@ def test_heads_from_lagging_backends_and_repeats_never_retract_what_the_node_hol
             keep = op[1] * len(driver.steps) // 100
             persisted += driver.steps[:keep]
             if persisted:
-                number, hash_ = parse_token(persisted[-1].token)
-                follower = ChainFollower.resume(seq=persisted[-1].seq, tip=world.by_hash[hash_], confirmations=confirmations)
-                assert follower.tip.number == number
-                driver = Driver(world, follower)
+                # the start check goes to the up-to-date backend; one behind the cursor is waited for
+                driver = Driver.restarted(world, backends[0], persisted, confirmations) or driver_after_wait(world, persisted, confirmations)
             else:
                 follower, steps = fresh(world, confirmations)
                 driver = Driver(world, follower)
@@ -185,6 +204,13 @@ def test_heads_from_lagging_backends_and_repeats_never_retract_what_the_node_hol
         assert not any(s.kind == RETRACT for s in steps), "a retraction on a chain that never reorganised"
     settled = [h for h in world.canonical if h.number <= world.head.number - confirmations]
     assert net_logs(steps) == Counter(log.identity for h in settled for log in world.logs[h.hash])
+
+
+def driver_after_wait(world: World, persisted: list[Step], confirmations: int) -> Driver:
+    """The node was behind at the start check: weir waits; by the next session it is up to date."""
+    driver = Driver.restarted(world, Backend(world), persisted, confirmations)
+    assert driver is not None
+    return driver
 
 
 def restarted_after(world: World, steps: list[Step]) -> ChainFollower:
@@ -255,3 +281,26 @@ def test_first_and_second_look_name_each_case():
     sibling = Header(number=10, hash="0x" + "1" * 64, parent_hash=a.parent_hash)
     assert heads.second_look(a, sibling, at_height=sibling, at_tip=sibling) == heads.Verdict(kind=heads.FOLLOW, header=sibling)
     assert heads.second_look(a, sibling, at_height=a, at_tip=a).kind == heads.STALE
+
+
+def test_the_cursor_block_at_start_is_resumed_reorged_missing_or_waited_for():
+    cursor = Header(number=100, hash="0x" + "11" * 32, parent_hash="0x" + "10" * 32)
+    other = Header(number=100, hash="0x" + "22" * 32, parent_hash="0x" + "10" * 32)
+
+    def head(number: int, byte: str = "ab") -> Header:
+        return Header(number=number, hash="0x" + byte * 32, parent_hash="0x" + "cd" * 32)
+
+    def judge(at_height, head_):
+        return heads.judge_resume(100, cursor.hash, at_height=at_height, head=head_, max_depth=64)
+
+    assert judge(cursor, None).kind == heads.RESUME
+    assert judge(other, None) == heads.Verdict(kind=heads.REORG, header=other)
+    assert judge(None, None).kind == heads.ASK
+    # no block at the height while the head is past it: missing history (counts towards BlockLost), not lag
+    assert judge(None, head(120)).kind == heads.MISSING
+    assert judge(None, head(10)).kind == heads.BEHIND  # further below than any retractable reorg: lag
+    assert judge(None, head(90)).kind == heads.WALK_CURSOR
+    ninety = head(90)
+    assert heads.shorter_chain(ninety, ninety).kind == heads.BEHIND  # its head is the cursor's ancestor
+    assert heads.shorter_chain(None, ninety).kind == heads.BEHIND  # cannot tell yet
+    assert heads.shorter_chain(head(90, "ee"), ninety) == heads.Verdict(kind=heads.REORG, header=ninety)

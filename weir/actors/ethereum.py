@@ -830,30 +830,32 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: 
     """Set up the follower: from the cursor's block, or from ``start`` when the cursor has no block
     (none persisted yet: position 0, no token).
 
-    The cursor's block is checked against the node's block at its height first: a reorg while weir
-    was down is then retracted at once, even when it left the chain as long (or shorter) and no
-    new block comes to reveal it. No block at that height is a node behind, not a reorg
-    (:func:`_shorter_chain_head` tells the two apart where it can): nothing is retracted.
+    The cursor's block is checked against the node's first (:func:`weir.codecs.ethereum_heads.judge_resume`
+    decides; this asks): a reorg while weir was down is then retracted at once; a node that is behind
+    is waited for (:class:`NodeBehind`), and retracts nothing.
     """
     settings = reader.settings
     if cursor.token:
         number, hash_ = parse_token(cursor.token)
-        current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(number), False],
-                                            f"eth_getBlockByNumber({number})")
-        if current is None:
-            current = await _shorter_chain_head(reader, rpc, number, hash_)  # or NodeBehind: wait
-        tip = current if current.hash == hash_ else await reader.header_by_hash(rpc, hash_)
-        if tip.number != number:
-            raise ProtocolError(f"cursor block {hash_} is block {tip.number} on the node, {number} in the cursor")
+        current = await _block_at(reader, rpc, number)
+        verdict = heads.judge_resume(number, hash_, at_height=current, head=None, max_depth=settings.max_reorg_depth)
+        if verdict.kind == heads.ASK:
+            verdict = await _judge_without_block(reader, rpc, number, hash_)
+        assert verdict.kind in (heads.RESUME, heads.REORG)
+        tip = current if verdict.kind == heads.RESUME else await reader.header_by_hash(rpc, hash_)
+        if tip is None or tip.number != number:
+            raise ProtocolError(f"cursor block {hash_} is block {tip.number if tip else '?'} on the node, {number} in the cursor")
         reader.follower = ChainFollower.resume(seq=cursor.position, tip=tip, confirmations=settings.confirmations,
                                                max_depth=settings.max_reorg_depth)
         log.info("chain %s: resuming after block %d (%s), sequence %d", reader.partition, number, hash_, cursor.position)
-        if current.hash == hash_:
+        if verdict.kind == heads.RESUME:
             return
+        other = verdict.header
+        assert other is not None
         log.warning("chain %s: the cursor's block %d (%s) is not on the node's chain; walking back from block %d (%s)",
-                    reader.partition, number, hash_, current.number, current.hash)
-        logs, dead = await reader.logs_by_hash(rpc, current.hash)
-        await reader.hand_on(await reader.resolve(rpc, [Block(header=current, logs=logs, dead=dead)]), send)
+                    reader.partition, number, hash_, other.number, other.hash)
+        logs, dead = await reader.logs_by_hash(rpc, other.hash)
+        await reader.hand_on(await reader.resolve(rpc, [Block(header=other, logs=logs, dead=dead)]), send)
         return
     seq = cursor.position
     tag = "latest" if settings.start == "latest" else to_quantity(int(settings.start))
@@ -867,31 +869,22 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: 
     await reader.hand_on(steps, send)
 
 
-async def _shorter_chain_head(reader: ChainReader, rpc: RpcConnection, number: int, hash_: str) -> Header:
-    """The node has no block at the cursor's height ``number``. Returns its head when it is on
-    another, shorter chain (the walk back starts there); raises :class:`NodeBehind` when it is
-    behind, or when that cannot be told yet.
-
-    Another chain: the cursor's block (by hash) has an ancestor at the head's height that is not
-    the head. Walking back from the head instead would retract still-canonical blocks when the node
-    is merely behind. When the node does not serve the cursor's block (not imported yet, or pruned
-    after a reorg) it waits: once the node's chain passes the cursor's height, the block there says
-    which it was.
-    """
+async def _judge_without_block(reader: ChainReader, rpc: RpcConnection, number: int, hash_: str) -> heads.Verdict:
+    """The node has no block at the cursor's height ``number``: a REORG verdict (walk back from its
+    head, on another, shorter chain), or raises :class:`NodeBehind` (wait for it) or
+    :class:`BlockUnavailable` (missing history, counted towards :class:`BlockLost`)."""
     head = await reader.fetch_header(rpc, "eth_getBlockByNumber", ["latest", False], "eth_getBlockByNumber(latest)")
     if head is None:
         raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block")
     behind = NodeBehind(f"chain {reader.partition}: the node has no block {number} (its head is block {head.number}), "
                         f"where weir resumes from block {hash_}; waiting for it to catch up", number, head.number)
-    if head.number >= number:
-        # Its head is past the height yet it has no block there: not lag but a node missing
-        # history (pruned, or inconsistent backends): counted towards BlockLost like a missing block.
+    verdict = heads.judge_resume(number, hash_, at_height=None, head=head, max_depth=reader.settings.max_reorg_depth)
+    if verdict.kind == heads.MISSING:
         raise BlockUnavailable(f"chain {reader.partition}: the node has no block {number} although its head is "
                                f"block {head.number}", hash_)
-    # Further below than any reorg weir could retract: a lag (and if not, the reorg is found, too
-    # deep, once its chain passes the cursor).
-    if number - head.number > reader.settings.max_reorg_depth:
+    if verdict.kind == heads.BEHIND:
         raise behind
+    assert verdict.kind == heads.WALK_CURSOR
     try:
         block = await reader.header_by_hash(rpc, hash_)
         if block.number != number:
@@ -899,12 +892,13 @@ async def _shorter_chain_head(reader: ChainReader, rpc: RpcConnection, number: i
         for _ in range(number - head.number):
             block = await reader.header_by_hash(rpc, block.parent_hash)
     except BlockUnavailable:
-        raise behind from None
-    if block.number != head.number:
+        block = None
+    if block is not None and block.number != head.number:
         raise ProtocolError(f"block {block.hash} is block {block.number} on the node, {head.number} by its children")
-    if block.hash == head.hash:
-        raise behind  # its head is an ancestor of the cursor's block
-    return head
+    verdict = heads.shorter_chain(block, head)
+    if verdict.kind == heads.BEHIND:
+        raise behind
+    return verdict
 
 
 async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: trio.MemorySendChannel[Chunk]) -> None:

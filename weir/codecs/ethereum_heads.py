@@ -22,8 +22,11 @@ when the first needs the node's word:
 
 So a block the node still holds at its height is never retracted on the word of a head that does
 not reach past it; a reorg to a shorter chain is retracted once the node's new chain holds another
-block at the tip's height (at start-up, :mod:`weir.actors.ethereum` also checks the cursor's block
-against the node's).
+block at the tip's height.
+
+At start-up, :func:`judge_resume` and :func:`shorter_chain` judge the cursor's block against the
+node's: resume, reorg (walk back from the node's block), wait for a node that is behind, or count
+a block the node should have and does not (missing history, towards ``BlockLost``).
 """
 
 from __future__ import annotations
@@ -94,3 +97,39 @@ def second_look(tip: Header, header: Header, *, at_height: Header | None, at_tip
     # No block at that height: a provider whose read view lags its newHeads. Not known to be
     # stale, so the head is followed (the walk back fetches by hash).
     return Verdict(kind=FOLLOW, header=header)
+
+
+# -- resuming from the cursor -----------------------------------------------------------------------
+#
+# After a restart the cursor's block ("number:hash") is checked against the node before anything
+# else, so a reorg while weir was down is retracted at once, even when it left the chain as long
+# (or shorter) and no new head comes to reveal it. A node that is merely behind must not look like
+# one: walking back from a lagging head would retract canonical blocks.
+
+RESUME = "resume"  # the node holds the cursor's block: go on from it
+REORG = "reorg"  # the node holds another block (``header``): walk back from it, retracting
+MISSING = "missing"  # no block at the height although its head is past it: missing history (counts towards BlockLost)
+WALK_CURSOR = "walk_cursor"  # fetch the cursor block's ancestor at the head's height (by hash), then shorter_chain()
+
+
+def judge_resume(number: int, hash_: str, *, at_height: Header | None, head: Header | None, max_depth: int) -> Verdict:
+    """Judge the cursor's block ``number:hash_`` by the node's block at that height (``at_height``)
+    and, when it has none, its head (``head``; None: asked only then, or the node has no head)."""
+    if at_height is not None:
+        return Verdict(kind=RESUME) if at_height.hash == hash_ else Verdict(kind=REORG, header=at_height)
+    if head is None:
+        return Verdict(kind=ASK)  # the driver asks for the node's head, then judges again
+    if head.number >= number:
+        return Verdict(kind=MISSING)
+    if number - head.number > max_depth:
+        return Verdict(kind=BEHIND)  # further below than any reorg weir could retract: lag
+    return Verdict(kind=WALK_CURSOR)
+
+
+def shorter_chain(ancestor: Header | None, head: Header) -> Verdict:
+    """The node has no block at the cursor's height; ``ancestor`` is the cursor block's ancestor at
+    the node's head's height (None: the node does not serve the cursor's block or one of its
+    ancestors: not imported yet, or pruned after a reorg, which only a longer chain will tell)."""
+    if ancestor is None or ancestor.hash == head.hash:
+        return Verdict(kind=BEHIND)  # its head is an ancestor of the cursor's block, or we cannot tell yet
+    return Verdict(kind=REORG, header=head)  # another, shorter chain: walk back from its head
