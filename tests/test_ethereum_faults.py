@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 import trio
 
-from weir.actors.ethereum import ChainReader, ChainStats, _session, open_rpc
+from weir.actors.ethereum import ChainReader, ChainStats, _session
+from weir.actors.jsonrpc_ws import open_rpc
 from weir.app import serve
 from weir.codecs.ethereum_chain import parse_token
 from weir.codecs.ethereum_logs import LogDecoder
