@@ -22,6 +22,13 @@ A fault's *span*, for memory and restarts: from when it was applied until ``wind
 cleared, or until its recovery if that is later — what the fault causes happens during it or
 while weir recovers from it.
 
+The checker knows no network: a source (:mod:`weir.chaos.source`) says what it offered, per
+partition, as :data:`OfferedEvent` s in the order the stream must hold them — ``(position, data)``
+or ``(position, sub, data)``, the entry id being ``<position>-<sub>`` — and which cursor a full
+drain leaves (default: the last event's position). Positions are whatever the source counts in
+(a Snapchain event id, a firehose seq, a Jetstream ``time_us``, an Ethereum sequence number);
+the checker only compares them.
+
 The comparison and the measurements are pure functions of lists (tested without Redis); only
 :class:`RespClient`, :class:`RunSampler` and :func:`check_run` do I/O.
 """
@@ -41,11 +48,11 @@ import attrs
 import trio
 
 from weir.chaos.schedule import FaultRecord
-from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
 from weir.sinks.keys import partition_keys
 
 __all__ = [
     "FaultReport",
+    "OfferedEvent",
     "PartitionReport",
     "RespClient",
     "RespError",
@@ -60,7 +67,7 @@ __all__ = [
     "cursor_regressions",
     "fault_report",
     "format_restarts",
-    "offered_from_config",
+    "offered_position",
     "read_rss_kb",
     "restarts_from_log",
     "restarts_in_span",
@@ -72,6 +79,17 @@ __all__ = [
 log = logging.getLogger("weir.chaos.checker")
 
 Entry = tuple[bytes, Mapping[bytes, bytes]]  # (entry id, fields), as XRANGE returns them
+#: One offered event as the stream must hold it: ``(position, data)`` (sub 0) or ``(position, sub, data)``.
+OfferedEvent = tuple[int, bytes] | tuple[int, int, bytes]
+
+
+def offered_position(event: OfferedEvent) -> tuple[int, int]:
+    """The ``(position, sub)`` an offered event's entry id must carry."""
+    return (event[0], 0) if len(event) == 2 else (event[0], event[1])  # type: ignore[misc]
+
+
+def _offered_data(event: OfferedEvent) -> bytes:
+    return event[-1]  # type: ignore[return-value]
 
 
 # -- a minimal Redis client on trio ---------------------------------------------------------------
@@ -493,22 +511,25 @@ def _position(entry_id: bytes) -> tuple[int, int]:
 
 def compare_partition(
     partition: str,
-    offered: Sequence[tuple[int, bytes]],
+    offered: Sequence[OfferedEvent],
     entries: Sequence[Entry],
     *,
     dead: Sequence[Entry] = (),
     cursors: Iterable[int | None] = (),
     final_cursor: int | None = None,
+    expected_cursor: int | None = None,
     rolled_back: Container[int] = (),
 ) -> PartitionReport:
     """Compare one partition's stream (and dead letters) with what was offered, in order.
 
-    An entry is identified by its ``data`` (a HubEvent's bytes include its id, so equal bytes are
-    the same event). ``cursors`` are the cursor samples taken during the run, in time order;
-    ``rolled_back`` the indexes of samples taken around a Redis rollback, where the cursor going
-    down is Redis's doing (the fault), not weir's.
+    An entry is identified by its ``data`` (the source makes each offered event's data unique: a
+    HubEvent's bytes include its id, so equal bytes are the same event); its id must be the offered
+    event's ``<position>-<sub>``. ``cursors`` are the cursor samples taken during the run, in time
+    order; ``rolled_back`` the indexes of samples taken around a Redis rollback, where the cursor
+    going down is Redis's doing (the fault), not weir's. ``expected_cursor``: the cursor a full
+    drain leaves (default: the last offered event's position).
     """
-    index = {payload: i for i, (_, payload) in enumerate(offered)}
+    index = {_offered_data(event): i for i, event in enumerate(offered)}
     seen = [0] * len(offered)
     unexpected = wrong_id = out_of_order = duplicated = 0
     examples: list[str] = []
@@ -524,7 +545,7 @@ def compare_partition(
             duplicated += 1
             examples.append(f"event {offered[i][0]} again at {entry_id.decode()}")
             continue
-        if _position(entry_id) != (offered[i][0], 0):
+        if _position(entry_id) != offered_position(offered[i]):
             wrong_id += 1
             examples.append(f"event {offered[i][0]} stored as {entry_id.decode()}")
         if i < highest:
@@ -540,7 +561,8 @@ def compare_partition(
     missing = [offered[i][0] for i, n in enumerate(seen) if n == 0]
     examples += [f"event {id_} lost" for id_ in missing[:3]]
     regressions = cursor_regressions(cursors, rolled_back=rolled_back)
-    expected_cursor = offered[-1][0] if offered else None
+    if expected_cursor is None and offered:
+        expected_cursor = offered[-1][0]
     return PartitionReport(
         partition=partition,
         offered=len(offered),
@@ -775,21 +797,14 @@ def restarts_in_span(timed: Iterable[tuple[float, SupervisionLogEntry]], start: 
     return dict(sorted(counts.items()))
 
 
-def offered_from_config(config: SnapchainSimConfig, shards: Iterable[int], count: int | None = None) -> dict[str, list[tuple[int, bytes]]]:
-    """What a simulator with ``config`` offers per shard: ``count`` events each (default ``total``)."""
-    n = count if count is not None else config.total
-    if n is None:
-        raise ValueError("the simulator produces forever: give count (or set total)")
-    return {str(shard): generate_offered(config, shard, n) for shard in shards}
-
-
 # -- the check ------------------------------------------------------------------------------------
 
 
 async def check_run(
     redis_url: str,
-    offered: Mapping[str, Sequence[tuple[int, bytes]]],
+    offered: Mapping[str, Sequence[OfferedEvent]],
     *,
+    expected_cursors: Mapping[str, int] | None = None,
     name: str = "run",
     sampler: RunSampler | None = None,
     records: Sequence[FaultRecord] = (),
@@ -809,6 +824,8 @@ async def check_run(
     ``process_restarts`` adds weir's own restarts under ``"process"``; ``restarts`` (the total)
     defaults to their sum. ``wall_offset`` (``time.time() - trio.current_time()`` in the process
     that ran the schedule) places the log's events on the trio clock, to count them per fault.
+    ``expected_cursors``: per partition, the cursor a full drain leaves (default: the last offered
+    event's position).
     """
     samples = sampler.samples if sampler is not None else []
     partitions = list(sampler.partitions) if sampler is not None else []
@@ -824,6 +841,7 @@ async def check_run(
             final = None if cursor is None else int(cursor)
             reports.append(
                 compare_partition(partition, events, entries, dead=dead, cursors=[*cursors, final], final_cursor=final,
+                                  expected_cursor=(expected_cursors or {}).get(partition),
                                   rolled_back=rollback_samples(samples, records, window))
             )
     origin = samples[0].at if samples else 0.0
