@@ -62,6 +62,7 @@ __all__ = [
     "Sample",
     "SupervisionLogEntry",
     "check_run",
+    "compare_chain",
     "compare_partition",
     "count_by_level",
     "cursor_regressions",
@@ -315,6 +316,8 @@ class PartitionReport:
         cursor_regressions: times a sampled cursor was below the previous sample.
         final_cursor: the cursor after the drain.
         cursor_mismatch: the final cursor is not the last offered event's id.
+        spurious_retractions: for a chain (:func:`compare_chain`), retraction entries of blocks
+            that are on the final canonical chain: weir took back something that never left it.
     """
 
     partition: str
@@ -329,13 +332,14 @@ class PartitionReport:
     cursor_regressions: int = 0
     final_cursor: int | None = None
     cursor_mismatch: bool = False
+    spurious_retractions: int = 0
     examples: tuple[str, ...] = ()  # a few concrete findings, for the failure message
 
     @property
     def ok(self) -> bool:
         return not (
             self.lost or self.unexpected or self.duplicated or self.out_of_order or self.wrong_id
-            or self.cursor_regressions or self.cursor_mismatch
+            or self.cursor_regressions or self.cursor_mismatch or self.spurious_retractions
         )  # fmt: skip
 
 
@@ -483,6 +487,7 @@ class RunReport:
                 f"partition {p.partition}: {status} offered={p.offered} persisted={p.persisted} dead={p.dead} "
                 f"lost={p.lost} unexpected={p.unexpected} duplicated={p.duplicated} out_of_order={p.out_of_order} "
                 f"wrong_id={p.wrong_id} cursor_regressions={p.cursor_regressions} final_cursor={p.final_cursor}"
+                + (f" spurious_retractions={p.spurious_retractions}" if p.spurious_retractions else "")
                 + (f" examples={list(p.examples)}" if p.examples else "")
             )
         if self.restarts_by_supervisor:
@@ -576,6 +581,79 @@ def compare_partition(
         cursor_regressions=regressions,
         final_cursor=final_cursor,
         cursor_mismatch=final_cursor != expected_cursor,
+        examples=tuple(examples[:8]),
+    )
+
+
+def compare_chain(
+    partition: str,
+    canonical: Sequence[bytes],
+    canonical_blocks: Container[str],
+    entries: Sequence[Entry],
+    *,
+    dead: Sequence[Entry] = (),
+    cursors: Iterable[int | None] = (),
+    final_cursor: int | None = None,
+    final_token: str | None = None,
+    expected_token: str | None = None,
+    rolled_back: Container[int] = (),
+) -> PartitionReport:
+    """Compare a chain's stream (``log`` and ``retract`` entries) with the final canonical chain.
+
+    A chain's stream cannot be known in advance (what weir retracts depends on what it saw before a
+    reorg), so it is replayed: a ``log`` entry adds its key (``chain:block_hash:log_index``), a
+    ``retract`` entry removes it. Then **lost**: a ``canonical`` log key not held at the end (nor
+    dead-lettered); **unexpected**: a held key that is not canonical; **duplicated**: a ``log``
+    entry for a key already held; **out_of_order**: a ``retract`` of a key not held, or entry ids
+    that do not increase; **spurious_retractions**: a ``retract`` of a block in
+    ``canonical_blocks`` (hashes of the final canonical chain); **cursor_mismatch**: the cursor's
+    token (``number:hash``) is not ``expected_token`` (the final head's).
+    """
+    wanted = set(canonical)
+    held: set[bytes] = set()
+    duplicated = out_of_order = spurious = 0
+    examples: list[str] = []
+    last_id = (-1, -1)
+    for entry_id, fields in entries:
+        position = _position(entry_id)
+        if position <= last_id:
+            out_of_order += 1
+            examples.append(f"entry {entry_id.decode()} after {last_id}")
+        last_id = max(last_id, position)
+        key, kind = fields.get(b"key", b""), fields.get(b"kind", b"")
+        if kind == b"retract":
+            block = key.decode(errors="replace").split(":")[1] if key.count(b":") == 2 else ""
+            if block in canonical_blocks:
+                spurious += 1
+                examples.append(f"retraction of canonical block {block} at {entry_id.decode()}")
+            if key in held:
+                held.remove(key)
+            else:
+                out_of_order += 1
+                examples.append(f"retraction of {key.decode(errors='replace')}, not held, at {entry_id.decode()}")
+        elif key in held:
+            duplicated += 1
+            examples.append(f"{key.decode(errors='replace')} again at {entry_id.decode()} without a retraction")
+        else:
+            held.add(key)
+    dead_keys = {fields.get(b"key", b"") for _, fields in dead}
+    missing = [key for key in canonical if key not in held and key not in dead_keys]
+    unexpected = held - wanted
+    examples += [f"log {key.decode(errors='replace')} lost" for key in missing[:3]]
+    examples += [f"log {key.decode(errors='replace')} held, not canonical" for key in sorted(unexpected)[:3]]
+    return PartitionReport(
+        partition=partition,
+        offered=len(wanted),
+        persisted=len(entries),
+        dead=len(wanted & dead_keys),
+        lost=len(missing),
+        unexpected=len(unexpected),
+        duplicated=duplicated,
+        out_of_order=out_of_order,
+        cursor_regressions=cursor_regressions(cursors, rolled_back=rolled_back),
+        final_cursor=final_cursor,
+        cursor_mismatch=final_token != expected_token,
+        spurious_retractions=spurious,
         examples=tuple(examples[:8]),
     )
 
@@ -817,6 +895,7 @@ async def check_run(
     supervision: Sequence[SupervisionLogEntry] = (),
     process_restarts: int = 0,
     wall_offset: float | None = None,
+    compare: Callable[..., PartitionReport] | None = None,
 ) -> RunReport:
     """Read every partition of ``offered`` from Redis (after the drain) and build the report.
 
@@ -825,7 +904,9 @@ async def check_run(
     defaults to their sum. ``wall_offset`` (``time.time() - trio.current_time()`` in the process
     that ran the schedule) places the log's events on the trio clock, to count them per fault.
     ``expected_cursors``: per partition, the cursor a full drain leaves (default: the last offered
-    event's position).
+    event's position). ``compare``: the source's own comparison instead of :func:`compare_partition`
+    (e.g. a chain's, :func:`compare_chain`), called as ``compare(partition, entries, dead=…,
+    cursors=…, final_cursor=…, final_token=…, rolled_back=…)``.
     """
     samples = sampler.samples if sampler is not None else []
     partitions = list(sampler.partitions) if sampler is not None else []
@@ -835,14 +916,18 @@ async def check_run(
             keys = partition_keys(source, partition, prefix=prefix)
             entries = await client.xrange_all(keys.events)
             dead = await client.xrange_all(keys.dead)
-            cursor = await client.command("HGET", keys.cursor, "position")
+            cursor, token = await client.command("HMGET", keys.cursor, "position", "token")
             column = partitions.index(partition) if partition in partitions else None
             cursors = [s.cursors[column] for s in samples] if column is not None else []
             final = None if cursor is None else int(cursor)
+            rolled_back = rollback_samples(samples, records, window)
+            if compare is not None:
+                reports.append(compare(partition, entries, dead=dead, cursors=[*cursors, final], final_cursor=final,
+                                       final_token=None if token is None else token.decode(), rolled_back=rolled_back))
+                continue
             reports.append(
                 compare_partition(partition, events, entries, dead=dead, cursors=[*cursors, final], final_cursor=final,
-                                  expected_cursor=(expected_cursors or {}).get(partition),
-                                  rolled_back=rollback_samples(samples, records, window))
+                                  expected_cursor=(expected_cursors or {}).get(partition), rolled_back=rolled_back)
             )
     origin = samples[0].at if samples else 0.0
     rss = [s.rss_kb for s in samples if s.rss_kb is not None]
