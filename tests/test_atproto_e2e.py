@@ -429,12 +429,14 @@ async def assert_each_once_by_time(redis_client, expected: list[ExpectedEntry]) 
     return entries
 
 
-async def test_jetstream_reordered_at_the_cutover_is_persisted_once_and_counted(redis_server, redis_client):
+async def test_jetstream_reordered_at_the_cutover_is_persisted_once_and_counted(redis_server, redis_client, caplog):
     """The simulator *process* (the chaos suite's way) with ``--reorder-at-cutover 5
     --duplicate-at-cutover 3``: the 5 late messages are persisted (above the cursor) and counted as
-    reordered, the 3 repeated ones are skipped and counted as duplicates; both are on /metrics."""
+    reordered (and logged: event ``reordered``), the 3 repeated ones are skipped and counted as
+    duplicates; both are on /metrics."""
     from test_observability import scrape, value
 
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
     from weir.sim.atproto_data import generate_history
     from weir.sim.process import open_atproto_sim
 
@@ -455,6 +457,9 @@ async def test_jetstream_reordered_at_the_cutover_is_persisted_once_and_counted(
     times = [int(fields[b"time_us"]) for _, fields in entries]
     late = [t for i, t in enumerate(times) if t < max(times[:i], default=0)]
     assert len(late) == 5  # stored in the order they came: five with a time below one stored before them
+    records = logged(caplog, "reordered")
+    assert sum(record.count for record in records) == 5 and not any(record.beyond_rewind for record in records)
+    assert min(record.oldest_time_us for record in records) == min(late)
 
 
 async def test_jetstream_restart_inside_the_reordered_region_loses_and_repeats_nothing(redis_server, redis_client):

@@ -6,12 +6,14 @@ queued, up to ``read_batch``), turned into events by a sans-IO reader (:class:`F
 so all ops of one commit (one ``seq``) always travel together.
 
 What one Redis entry holds (docs/atproto.md): one event per commit op, id ``<seq>-<op index>``
-(Jetstream: ``<time_us>-0``); ``data`` is the record block's original DAG-CBOR bytes (verified
+(Jetstream: ``<time_us>-0``, or a position above the highest for a late message); ``data`` is the record block's original DAG-CBOR bytes (verified
 against its CID), or its JSON form with ``atproto.record_format = "json"``; deletes carry no data.
 ``#identity`` / ``#account`` / ``#sync`` are events of their own kind (``data`` = the body).
 
-Resume: the cursor is the last persisted seq (time_us); the connection asks for ``cursor=`` it and
-skips anything at or below it, because relays disagree on whether replay is inclusive.
+Resume: the firehose's cursor is the last persisted seq; the connection asks for ``cursor=`` it and
+skips anything at or below it (the seq is the frame's identity; relays disagree on whether replay
+is inclusive). Jetstream's connection asks for ``atproto.jetstream_rewind`` before its highest
+position and skips what it already handed on by identity (weir/codecs/atproto_order.py).
 """
 
 from __future__ import annotations
@@ -326,6 +328,7 @@ class JetstreamReader(_ReaderBase):
         dead, self._unplaced = self._unplaced, []
         order = self.order
         assert order is not None
+        late: list[tuple[int, int, bool]] = []
         for message in messages:
             raw = message.encode() if isinstance(message, str) else message
             try:
@@ -363,8 +366,10 @@ class JetstreamReader(_ReaderBase):
                 continue
             self.consecutive_bad = 0
             if verdict == LATE:
-                self._late(decoded, admission.position, admission.beyond_margin)
+                late.append((decoded.time_us, admission.position, admission.beyond_margin))
             events.append(Event(source=SOURCE, partition=self.partition, position=admission.position, **parts))
+        if late:
+            self._report_late(late)
         return self._finish(events, dead, order.high, len(messages))
 
     def _bad_message(self, exc: FrameError, payload: bytes, dead: list[DeadLetter], received: float) -> None:
@@ -381,15 +386,17 @@ class JetstreamReader(_ReaderBase):
             order.pass_over(exc.seq)
             self.progress += 1
 
-    def _late(self, decoded: JetstreamMessage, position: int, beyond: bool) -> None:
-        self.stats.reordered += 1
-        level = logging.WARNING if beyond else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(level, "%s: %s of %s at time_us %d arrived after later events; persisted at position %d%s",
-                    self.partition, decoded.kind, decoded.did, decoded.time_us, position,
-                    " (older than atproto.jetstream_rewind: a crash before it is durable would lose it)" if beyond else "",
-                    extra={"event": "reordered", "source": SOURCE, "partition": self.partition, "time_us": decoded.time_us,
-                           "position": position, "did": decoded.did, "beyond_rewind": beyond})
+    def _report_late(self, late: list[tuple[int, int, bool]]) -> None:
+        """One log line per read for the events that came late: (time_us, position, beyond the rewind)."""
+        self.stats.reordered += len(late)
+        beyond = sum(1 for _, _, far in late if far)
+        log.log(logging.WARNING if beyond else logging.INFO,
+                "%s: %d event(s) arrived after later ones (time_us from %d), persisted at positions %d..%d%s",
+                self.partition, len(late), min(t for t, _, _ in late), late[0][1], late[-1][1],
+                f"; {beyond} older than atproto.jetstream_rewind (a crash before they are durable would lose them)" if beyond else "",
+                extra={"event": "reordered", "source": SOURCE, "partition": self.partition, "count": len(late),
+                       "oldest_time_us": min(t for t, _, _ in late), "first_position": late[0][1],
+                       "last_position": late[-1][1], "beyond_rewind": beyond})
 
     def _parts(self, decoded: JetstreamMessage, received: float) -> dict[str, Any]:
         """Everything of the event but its position (given by the order once it is admitted)."""
