@@ -25,7 +25,7 @@ commit whose rev is older than a rev of the same DID seen at a smaller ``time_us
 
 from __future__ import annotations
 
-import heapq
+from collections import deque
 from collections.abc import Hashable, Iterable
 
 import attrs
@@ -137,8 +137,9 @@ class JetstreamOrder:
     capacity: int = 1_000_000
     latest: int | None = None  # the largest time_us seen: an event below it arrived late
     _seen: dict[Hashable, int] = attrs.Factory(dict)  # identity -> time_us
-    _by_time: list[tuple[int, int, Hashable]] = attrs.Factory(list)  # heap of (time_us, arrival, identity)
-    _arrivals: int = 0
+    # In arrival order, forgotten from the oldest arrival while it is below the window: a late
+    # identity may be kept a little longer than needed, never forgotten too early (O(1) each).
+    _arrived: deque[tuple[int, Hashable]] = attrs.Factory(deque)
 
     @classmethod
     def resumed(cls, cursor: int, entries: Iterable[tuple[int, Hashable, str, str]], *, margin: int,
@@ -202,13 +203,11 @@ class JetstreamOrder:
 
     def _remember(self, identity: Hashable, time_us: int) -> None:
         self._seen[identity] = time_us
-        self._arrivals += 1
-        heapq.heappush(self._by_time, (time_us, self._arrivals, identity))
+        self._arrived.append((time_us, identity))
 
     def _forget_old(self) -> None:
         """Drop identities below the window (and the oldest beyond ``capacity``)."""
         horizon = -1 if self.high is None else self.high - self.margin
-        heap = self._by_time
-        while heap and (heap[0][0] < horizon or len(heap) > self.capacity):
-            _, _, identity = heapq.heappop(heap)
-            self._seen.pop(identity, None)
+        arrived = self._arrived
+        while arrived and (arrived[0][0] < horizon or len(arrived) > self.capacity):
+            self._seen.pop(arrived.popleft()[1], None)
