@@ -492,3 +492,21 @@ async def test_jetstream_restart_inside_the_reordered_region_loses_and_repeats_n
     entries = await assert_each_once_by_time(redis_client, expected)
     late_ids = [entry_id for entry_id, fields in entries if int(fields[b"time_us"]) in {sim.js_times[i] for i in held}]
     assert all(int(entry_id.split(b"-")[0]) > cursor for entry_id in late_ids)
+
+
+async def test_jetstream_reconnects_during_reordering_lose_and_repeat_nothing(redis_server, redis_client):
+    """Connections dropped while the server reorders at every cutover: each reconnection rewinds,
+    meets a new cutover, and the stream still holds every message once."""
+    sim_config = AtprotoSimConfig(seed=23, total=1500, rate=2000, history=300, reorder_at_cutover=4, duplicate_at_cutover=2)
+    async with atproto_sim(sim_config) as (sim, url):
+        expected, _ = expected_records(sim.events, mode="jetstream")
+        config = at_config(redis_server.url, url, atproto__mode="jetstream", atproto__jetstream_rewind="0.2")
+        async with running_service(config) as (service, _):
+            stats = service.partitions[0].source
+            for drop in range(1, 4):
+                await wait_for(lambda: len(sim.cutovers) == drop and sim.released > 300 + 200 * drop, timeout=TIMEOUT,
+                               what=f"connection {drop} to stream live")
+                sim.drop_connections()
+            await wait_for(lambda: reached(service, sim.js_times[-1]), timeout=TIMEOUT, what="the end")
+            assert stats.reconnects == 3 and len(sim.cutovers) == 4 and stats.duplicates_skipped > 0
+    await assert_each_once_by_time(redis_client, expected)
