@@ -160,7 +160,8 @@ async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1",
     """
     args = [sys.executable, "-m", "weir.sim", "atproto", "--host", host, "--port", str(port), "--seed", str(config.seed),
             "--total", str(config.total), "--rate", repr(config.rate), "--dids", str(config.dids),
-            "--reject-first", str(config.reject_first)]
+            "--reject-first", str(config.reject_first), "--history", str(config.history),
+            "--reorder-at-cutover", str(config.reorder_at_cutover), "--duplicate-at-cutover", str(config.duplicate_at_cutover)]
     for flag, value in (("--corrupt-every", config.corrupt_every), ("--drop-after", config.drop_after)):
         if value is not None:
             args += [flag, str(value)]
