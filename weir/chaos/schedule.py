@@ -19,7 +19,10 @@ Targets and kinds:
 ``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`); the others
 every run has. A new source adds its targets to :data:`KINDS`: a proxy in front of its simulator
 is a target named ``<something>_link`` with the proxy's kinds, and takes every link fault as is;
-a control target needs its kinds here and in ``_apply``.
+a control target needs its kinds here, and either a branch in ``_apply`` or an
+``apply_fault(fault)`` method of its own (awaited; returns the async function that clears the
+fault and the fault's outcome), which ``_apply`` calls first. A kind that happens at once (no
+duration) goes in :data:`INSTANT_KINDS` too.
 
 :func:`generate_schedule` draws a schedule from a ``random.Random`` (``weir chaos --random N
 --seed S`` needs nothing else); :func:`schedules` is the same generator as a hypothesis strategy,
@@ -47,6 +50,7 @@ from weir.chaos.processes import (
 from weir.chaos.proxy import FAULT_KINDS, Direction, Fault, FaultProxy
 
 __all__ = [
+    "INSTANT_KINDS",
     "KINDS",
     "FaultRecord",
     "Schedule",
@@ -68,6 +72,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
 }
+#: Kinds that happen at once: the generator gives them no duration.
+INSTANT_KINDS: set[str] = {"drop_streams"}
 
 
 def is_link(target: str) -> bool:
@@ -237,6 +243,9 @@ async def _apply(fault: TimedFault, target: Any):  # type: ignore[no-untyped-def
             target.remove(handle)
 
         return remove, None
+    apply_fault = getattr(target, "apply_fault", None)
+    if apply_fault is not None:  # a source's control target that applies its own kinds
+        return await apply_fault(fault)
     if fault.kind == "kill":
         await target.kill()
         return target.start, None
@@ -308,7 +317,7 @@ def generate_schedule(
         target = rng.choice(names)
         kind = rng.choice(allowed[target])
         start = _round(rng.uniform(0, horizon))
-        duration = 0.0 if kind == "drop_streams" else _round(rng.uniform(min_duration, max_duration))
+        duration = 0.0 if kind in INSTANT_KINDS else _round(rng.uniform(min_duration, max_duration))
         params = _draw_params(rng, target, kind)
         if not is_link(target):
             spans = busy.setdefault(target, [])

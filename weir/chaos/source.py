@@ -26,7 +26,9 @@ A new source (e.g. AT Protocol, Ethereum) is an attrs frozen class providing:
   front of it, and yields a :class:`RunningSource`.
 
 The engine calls the final drain done when every partition's sampled cursor equals its
-:attr:`Offer.final_cursor`.
+:attr:`Offer.final_cursor`, unless the running source gives its own ``drained`` test; and it judges
+each partition position by position against the offer, unless the running source gives its own
+``compare`` (a chain's stream is replayed instead: :mod:`weir.chaos.ethereum`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from weir.chaos.checker import OfferedEvent
+from weir.chaos.checker import OfferedEvent, PartitionReport
 
 __all__ = ["ChaosSource", "Load", "Offer", "RunningSource"]
 
@@ -85,11 +87,21 @@ class RunningSource:
         targets: the schedule targets it provides, by name (see :attr:`ChaosSource.network_targets`).
         finish: called once weir has exited: stops the simulator and returns problems (e.g. its own
             record of what it offered differs from the ``offered`` the checker uses); empty if none.
+        drained: for a source whose stream cannot be known in advance (a chain with reorgs, events
+            whose positions depend on arrival order): whether the full drain is done (polled; e.g.
+            the cursor's token is the final head's). None: every partition's sampled cursor equals
+            its :attr:`Offer.final_cursor`.
+        compare: the source's own comparison of a partition, used instead of
+            :func:`~weir.chaos.checker.compare_partition` (see :func:`~weir.chaos.checker.check_run`),
+            e.g. :func:`~weir.chaos.checker.compare_chain` with the simulator's final chain, known
+            once ``finish`` has read its record. None: the offered events, position by position.
     """
 
     weir_args: tuple[str, ...]
     targets: Mapping[str, Any]
     finish: Callable[[Mapping[str, Offer]], Awaitable[list[str]]]
+    drained: Callable[[], Awaitable[bool]] | None = None
+    compare: Callable[..., PartitionReport] | None = None
 
 
 class ChaosSource(Protocol):

@@ -424,6 +424,15 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         def drained() -> bool:
             return bool(sampler.samples) and sampler.samples[-1].cursors == last
 
+        async def drain(timeout: float) -> bool:
+            if network.drained is None:
+                return await wait_until(drained, timeout=timeout)
+            with trio.move_on_after(timeout):
+                while not await network.drained():
+                    await trio.sleep(0.05)
+                return True
+            return False
+
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(sampler.run)
@@ -441,7 +450,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 await wait_until(lambda: len(records) == len(scenario.schedule.faults)
                             and all(r.cleared_at is not None for r in records), timeout=scenario.schedule.end + 60)
                 faults_done = trio.current_time()
-                if not await wait_until(drained, timeout=scenario.drain_timeout):
+                if not await drain(scenario.drain_timeout):
                     problems.append(
                         f"not drained {scenario.drain_timeout:g} s after the last fault cleared (a hang?): "
                         f"cursors {sampler.samples[-1].cursors if sampler.samples else None}, expected {last}; "
@@ -465,7 +474,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
             redis.url, {p: o.events for p, o in offered.items()}, expected_cursors={p: o.final_cursor for p, o in offered.items()},
             source=source.name, name=scenario.name, sampler=sampler, records=records,
             supervision=supervision, process_restarts=weir.starts - 1, wall_offset=wall_offset,
-            reconnects=reconnects, schedule=scenario.schedule.to_json(),
+            reconnects=reconnects, schedule=scenario.schedule.to_json(), compare=network.compare,
         )  # fmt: skip
     origin = sampler.samples[0].at if sampler.samples else 0.0
     windows = fault_windows(records, sampler.samples, origin, supervision=supervision, wall_offset=wall_offset)
