@@ -778,14 +778,15 @@ def _rate(samples: Sequence[Sample], start: float, end: float) -> float:
 
 
 _RESTART = re.compile(r"supervisor \S+: child \S+ restarting")
-_RECONNECT = re.compile(r"stream from \S+ lost .* reconnecting")
+# a JSON ``disconnect`` event (every source), or the text form of a Farcaster stream lost
+_RECONNECT = re.compile(r'"event": "disconnect"|stream from \S+ lost .* reconnecting')
 _SUPERVISION_TEXT = re.compile(r"supervisor (\S+): child (\S+) (restarting|escalated)")
 _SUPERVISION_EVENTS = {"restart": "restart", "escalation": "escalation", "restarting": "restart", "escalated": "escalation"}
 
 
 def restarts_from_log(text: str) -> tuple[int, int]:
     """(supervisor restarts, source reconnects) counted in weir's log output."""
-    return len(_RESTART.findall(text)), len(_RECONNECT.findall(text))
+    return len(_RESTART.findall(text)), sum(1 for line in text.splitlines() if _RECONNECT.search(line))
 
 
 # -- restarts by supervisor -----------------------------------------------------------------------

@@ -14,6 +14,10 @@ Targets and kinds:
 ``weir``        ``kill``, ``pause`` (as for redis), ``term`` (SIGTERM: ordered drain and exit, the
                 exit code is the record's ``outcome``; started again after ``duration``)
 ``hub``         ``drop_streams`` (instant), ``error`` (status ``params.status`` for ``duration``)
+``node_link``   proxy faults between weir and the Ethereum node
+``node``        ``reorg`` (``params.depth`` blocks, instant), ``drop`` (every connection, instant),
+                ``mute`` (head subscriptions go silent, instant), ``lag`` (``params.blocks``
+                behind, for ``duration``), ``refuse`` (new connections, for ``duration``)
 ==============  ==========================================================================
 
 ``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`); the others
@@ -71,9 +75,11 @@ KINDS: dict[str, tuple[str, ...]] = {
     "redis": ("kill", "pause", "rollback"),
     "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
+    "node_link": tuple(FAULT_KINDS),  # the Ethereum source's (weir.chaos.ethereum)
+    "node": ("reorg", "drop", "mute", "lag", "refuse"),
 }
 #: Kinds that happen at once: the generator gives them no duration.
-INSTANT_KINDS: set[str] = {"drop_streams"}
+INSTANT_KINDS: set[str] = {"drop_streams", "reorg", "drop", "mute"}
 
 
 def is_link(target: str) -> bool:

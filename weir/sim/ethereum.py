@@ -335,6 +335,7 @@ class EthereumSim:
     lag_by_hash: bool = False  # while lagging, blocks above lag_head are still served by hash
     _sub_counter: int = 0
     _accepted: int = 0
+    lagging_caught_up: bool = False  # the chain stopped and the lagging backend has every block
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
     _delay_rng: random.Random = attrs.Factory(lambda: random.Random(11))
 
@@ -405,6 +406,13 @@ class EthereumSim:
             self._announce(new[-1:] if tip_only else new)
             if cfg.drop_every and self.chain.produced % cfg.drop_every == 0:
                 self.drop_connections()
+        if cfg.lagging_backend:
+            # the lagging backend imports the last blocks too, as late as it imported the others
+            await trio.sleep(cfg.lagging_backend * cfg.block_time)
+            self.lagging_caught_up = True
+            for conn in self.connections:
+                conn.behind = 0
+            self._announce(self.chain.canonical[-1:])
         self.finished.set()
 
     def _announce(self, hashes: Iterable[str]) -> None:
@@ -445,7 +453,8 @@ class EthereumSim:
         ws = await request.accept()
         outbox_send, outbox_receive = trio.open_memory_channel[str](4096)
         self._accepted += 1
-        behind = self.config.lagging_backend if self._accepted % 2 == 0 else 0  # round robin over two backends
+        lagging = self._accepted % 2 == 0 and not self.lagging_caught_up  # round robin over two backends
+        behind = self.config.lagging_backend if lagging else 0
         with trio.CancelScope() as scope:
             conn = _Conn(ws=ws, scope=scope, outbox_send=outbox_send, behind=behind)
             self.connections.add(conn)

@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 
+from weir.files import write_atomically
 from weir.sim.ethereum import EthereumSim, EthereumSimConfig, serve_ethereum_sim
 
 
@@ -106,9 +107,11 @@ def main(args: argparse.Namespace) -> int:
                         break
                 finally:
                     if args.record:
-                        with open(args.record, "w") as out:
-                            json.dump({"head": sim.chain.head_number, "logs": sim.chain.canonical_logs(),
-                                       "blocks": sim.chain.canonical, "reorgs": sim.chain.reorgs}, out)
+                        # whole or not at all: a checker polls for the file
+                        write_atomically(args.record, json.dumps({
+                            "head": sim.chain.head_number, "logs": sim.chain.canonical_logs(),
+                            "blocks": sim.chain.canonical, "reorgs": sim.chain.reorgs,
+                        }).encode())
                     nursery.cancel_scope.cancel()
 
     trio.run(run)
