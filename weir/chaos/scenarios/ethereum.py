@@ -55,12 +55,12 @@ def scenarios() -> list[Scenario]:
         ),
         Scenario(
             name="eth-reannounce-on-subscribe",
-            label="node re-announces its last 3 heads after every subscribe; connections dropped ×4",
+            label="node re-announces its last 32 heads after every subscribe; drops ×4, weir kill -9",
             description="A load-balanced provider announces its recent heads again after each eth_subscribe: blocks "
                         "weir holds, at and below its cursor. Each drop makes weir resubscribe; the repeats must "
                         "change nothing (weir_ignored_heads_total{reason=repeat}), and a weir restart (kill -9) "
                         "with only the cursor kept must not retract them either (issue 9's defect).",
-            source=EthereumSource(reannounce=3),
+            source=EthereumSource(reannounce=32),
             schedule=Schedule(seed=103, faults=[
                 fault("node", "drop", 0.5), fault("node", "drop", 1.0), fault("weir", "kill", 1.5, 0.2),
                 fault("node", "drop", 2.5), fault("node", "drop", 3.0),
