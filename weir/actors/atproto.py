@@ -29,7 +29,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
 import h11
@@ -49,6 +49,7 @@ from weir.codecs.atproto_jetstream import JetstreamDecoder, dictionary_id
 from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.files import write_atomically
+from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
 
 log = logging.getLogger("weir.actors.atproto")
@@ -418,16 +419,22 @@ def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
     if cursor is None and settings.start != "live":
         cursor = 0 if settings.start == "oldest" else int(settings.start)
     if settings.mode == "firehose":
-        base = settings.url.rstrip("/") + FIREHOSE_PATH
-        return base if cursor is None else f"{base}?cursor={cursor}"
+        return _endpoint(settings.url, FIREHOSE_PATH, [] if cursor is None else [("cursor", str(cursor))])
     params: list[tuple[str, str]] = [("wantedCollections", c) for c in settings.collections]
     params += [("wantedDids", d) for d in settings.dids]
     if cursor is not None:
         params.append(("cursor", str(max(cursor, 1))))  # Jetstream replays inclusively: skipped by the reader
     if settings.compress:
         params.append(("compress", "true"))
-    base = settings.jetstream_url.rstrip("/") + JETSTREAM_PATH
-    return f"{base}?{urlencode(params)}" if params else base
+    return _endpoint(settings.jetstream_url, JETSTREAM_PATH, params)
+
+
+def _endpoint(server: str, path: str, params: list[tuple[str, str]]) -> str:
+    """``path`` under the server's URL, with ``params`` after the URL's own query (a gateway's
+    ``?token=…`` stays in the query, not glued in front of the path)."""
+    parts = urlsplit(server)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
 
 
 def retry_after(exc: BaseException, *, now: float | None = None) -> float | None:
@@ -554,6 +561,7 @@ async def load_zstd_dictionary(source: str, cache_dir: Path, *, timeout: float) 
         except OSError as exc:
             raise unavailable(f"cannot read {source!r}: {exc.strerror or exc}") from None
     cached = dictionary_cache_path(cache_dir, source)
+    shown = redact_url(source)  # a URL may carry an access token
     try:
         data = await trio.Path(cached).read_bytes()
         ident = dictionary_id(data)
@@ -562,27 +570,27 @@ async def load_zstd_dictionary(source: str, cache_dir: Path, *, timeout: float) 
     except (OSError, ValueError) as exc:  # damaged or unreadable: fetch it again
         log.warning("ignoring the cached zstd dictionary %s: %s", cached, exc)
     else:
-        log.info("zstd dictionary %s (id %d, %d bytes) from the cache %s", source, ident, len(data), cached,
-                 extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
+        log.info("zstd dictionary %s (id %d, %d bytes) from the cache %s", shown, ident, len(data), cached,
+                 extra={"event": "zstd_dictionary", "source": SOURCE, "url": shown, "dict_id": ident,
                         "bytes": len(data), "cache": str(cached), "fetched": False})
         return data
     try:
         with trio.fail_after(timeout):
             data = await _http_get(source)
     except trio.TooSlowError:
-        raise unavailable(f"cannot fetch {source}: no answer within {timeout:g}s") from None
+        raise unavailable(f"cannot fetch {shown}: no answer within {timeout:g}s") from None
     except (OSError, ValueError, HttpStatusError, h11.ProtocolError, trio.BrokenResourceError) as exc:
-        raise unavailable(f"cannot fetch {source}: {_fetch_problem(exc)}") from None
+        raise unavailable(f"cannot fetch {shown}: {_fetch_problem(exc)}") from None
     try:
         ident = dictionary_id(data)
     except ValueError as exc:
-        raise unavailable(f"{source} did not return a zstd dictionary: {exc}") from None
+        raise unavailable(f"{shown} did not return a zstd dictionary: {exc}") from None
     try:
         await trio.to_thread.run_sync(write_atomically, cached, data)
     except OSError as exc:  # still usable from memory; only the next start fetches again
         log.warning("cannot cache the zstd dictionary in %s: %s", cached, exc.strerror or exc)
-    log.info("zstd dictionary %s (id %d, %d bytes) fetched, cached in %s", source, ident, len(data), cached,
-             extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
+    log.info("zstd dictionary %s (id %d, %d bytes) fetched, cached in %s", shown, ident, len(data), cached,
+             extra={"event": "zstd_dictionary", "source": SOURCE, "url": shown, "dict_id": ident,
                     "bytes": len(data), "cache": str(cached), "fetched": True})
     return data
 
@@ -675,7 +683,7 @@ async def run_atproto_connection(
             except DictionaryUnavailable as exc:
                 stats.last_error = str(exc)
                 log.error("%s: %s", partition, exc, extra={"event": "zstd_dictionary_unavailable", "source": SOURCE,
-                                                           "partition": partition, "url": dictionary.source, "error": str(exc)})
+                                                           "partition": partition, "url": redact_url(dictionary.source), "error": str(exc)})
                 raise
         reader = new_reader(settings, partition, stats, persisted, zstd_dictionary)
 
@@ -736,7 +744,8 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
 
 
 def _host(url: str) -> str:
-    parts = urlsplit(url)
+    """The server's URL without the query, and without credentials (for logs)."""
+    parts = urlsplit(redact_url(url))
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
@@ -754,7 +763,7 @@ async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk
     # way (an error frame, a stop) must not end this one at its first batch.
     reader.consecutive_bad = reader.longest_bad_run = 0
     stats.connects += 1
-    log.info("%s: connecting to %s", reader.partition, url,
+    log.info("%s: connecting to %s", reader.partition, redact_url(url),
              extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": _host(url),
                     "from_id": _cursor_in(url), "connects": stats.connects})
     async with open_websocket(url, settings) as ws:
