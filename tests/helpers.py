@@ -196,3 +196,18 @@ async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = No
             if process.returncode is None:
                 process.kill()
             await process.wait()
+
+
+async def metrics_url_from(log_path: Path, *, timeout: float = 30.0) -> str:
+    """The endpoint's URL, from the ``metrics_listening`` line of a ``weir run``'s JSON log."""
+    found: list[str] = []
+
+    def listening() -> bool:
+        for line in log_path.read_text().splitlines():
+            if '"metrics_listening"' in line:
+                found.append(json.loads(line)["url"])
+                return True
+        return False
+
+    await wait_for(listening, timeout=timeout, what="the metrics endpoint to listen")
+    return found[0]

@@ -3,14 +3,13 @@ and an attack on /metrics that leaves ingestion alone (docs/security.md)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import trio
-from helpers import wait_for, weir_args, weir_process
+from helpers import metrics_url_from, wait_for, weir_args, weir_process
 from test_observability import http, parse_response, samples, value
 
 from weir.observability.http import BUSY_RESPONSE, Observability
@@ -99,21 +98,6 @@ def sockets_of(pid: int) -> int:
         except OSError:  # closed meanwhile
             pass
     return count
-
-
-async def metrics_url_from(log_path: Path) -> str:
-    """The endpoint's URL, from weir's ``metrics_listening`` log line."""
-    found: list[str] = []
-
-    def listening() -> bool:
-        for line in log_path.read_text().splitlines():
-            if '"metrics_listening"' in line:
-                found.append(json.loads(line)["url"])
-                return True
-        return False
-
-    await wait_for(listening, timeout=TIMEOUT, what="the metrics endpoint to listen")
-    return found[0]
 
 
 ATTACKERS = 300

@@ -23,7 +23,7 @@ class EthereumNetwork:
         self.decoder = LogDecoder(EventAbi.parse(text) for text in self.settings.abis)
         sup = config.supervision
         self.breakers = {
-            str(chain.chain_id): sup.breaker(f"ethereum {redact_url(chain.url)}")
+            str(chain.chain_id): sup.breaker(f"ethereum {chain.chain_id} {redact_url(chain.url)}")  # unique though two URLs redact alike
             for chain in self.settings.chains
         }
 
