@@ -38,6 +38,7 @@ import trio_websocket
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
+from weir.actors.tls import tls_handshake
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import (
     KEEP_ALL,
@@ -724,6 +725,8 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
         else:
             stream = await trio.open_tcp_stream(host, port)
     try:
+        with trio.fail_after(settings.connect_timeout):
+            await tls_handshake(stream)  # outside the nursery: its error leaves as itself
         async with trio.open_nursery() as nursery:
             with trio.fail_after(settings.connect_timeout):
                 ws = await trio_websocket.wrap_client_stream(

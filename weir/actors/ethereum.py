@@ -28,6 +28,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
+from weir.actors.tls import tls_handshake
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
@@ -219,6 +220,7 @@ async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float)
             stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
+                await tls_handshake(stream)
                 ws = await wrap_client_stream(nursery, stream, host, resource, max_message_size=256 << 20)
             rpc = RpcConnection(ws=ws, timeout=request_timeout)
             nursery.start_soon(rpc.read_loop)
