@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from weir.entry import print_redacted_traceback
 from weir.logs import JsonFormatter, TextFormatter
 from weir.redact import REDACTED, redact_text, redact_url
 
@@ -108,3 +109,14 @@ def test_log_lines_are_redacted_in_the_message_the_fields_and_the_traceback():
     assert entry["url"] == entry["msg"].removeprefix("connected to ") == "wss://***@node.example/v2/***"
     assert "refused by wss://***@node.example/v2/***" in entry["exc"]
     assert "hunter2" not in TextFormatter().format(record("connected to %s", url))
+
+
+def test_a_crash_prints_its_traceback_redacted(capsys):
+    """The console script's excepthook: a traceback that quotes a URL shows it without credentials."""
+    try:
+        raise RuntimeError("lost wss://u:hunter2@node.example/v2/abcDEF1234567890abcdef12345678xy")
+    except RuntimeError as exc:
+        print_redacted_traceback(type(exc), exc, exc.__traceback__)
+    printed = capsys.readouterr().err
+    assert printed.startswith("Traceback (most recent call last):") and "test_redact.py" in printed
+    assert printed.rstrip().endswith("RuntimeError: lost wss://***@node.example/v2/***")
