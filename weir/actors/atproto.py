@@ -38,7 +38,7 @@ import trio_websocket
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
-from weir.actors.tls import tls_handshake
+from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import (
     KEEP_ALL,
@@ -712,25 +712,13 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
     """A client WebSocket whose TCP stream is always closed (trio-websocket's own
     ``open_websocket_url`` leaks the socket when the server rejects the handshake, e.g. with a 429).
     """
-    parts = urlsplit(url)
-    tls = parts.scheme == "wss"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = host if parts.port is None else f"{host}:{port}"
-    with trio.fail_after(settings.connect_timeout):
-        if tls:
-            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl.create_default_context(), https_compatible=True)
-        else:
-            stream = await trio.open_tcp_stream(host, port)
+    target = WebSocketTarget.from_url(url)
+    stream = await open_stream(target, connect_timeout=settings.connect_timeout)
     try:
-        with trio.fail_after(settings.connect_timeout):
-            await tls_handshake(stream)  # outside the nursery: its error leaves as itself
         async with trio.open_nursery() as nursery:
             with trio.fail_after(settings.connect_timeout):
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, host_header, resource,
+                    nursery, stream, target.host_header, target.resource,
                     message_queue_size=settings.read_batch,
                     # Above the frame limit, so an oversized frame reaches the reader and becomes a dead letter.
                     max_message_size=2 * settings.max_frame_bytes,

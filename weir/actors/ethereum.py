@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit
 from typing import Any
 
 import attrs
@@ -28,7 +26,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
-from weir.actors.tls import tls_handshake
+from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
@@ -208,20 +206,12 @@ async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) 
 async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
     # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
     # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
-    parts = urlsplit(url)
-    tls = parts.scheme == "wss"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    with trio.fail_after(connect_timeout):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    target = WebSocketTarget.from_url(url)
+    stream = await open_stream(target, connect_timeout=connect_timeout)
     try:
-        if tls:
-            stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                await tls_handshake(stream)
-                ws = await wrap_client_stream(nursery, stream, host, resource, max_message_size=256 << 20)
+                ws = await wrap_client_stream(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
             rpc = RpcConnection(ws=ws, timeout=request_timeout)
             nursery.start_soon(rpc.read_loop)
             try:
