@@ -21,7 +21,6 @@ from weir.actors.atproto import (
     IdleStream,
     JetstreamReader,
     RelayError,
-    RevTracker,
     TooManyBadFrames,
     connect_url,
     is_transient,
@@ -193,13 +192,6 @@ def test_an_equal_rev_passes_between_jetstream_messages_and_an_older_one_does_no
     chunk = r.read([*messages, json.dumps(older)], 0.0)
     assert len(chunk.events) == len(messages) and {e.fields["rev"] for e in chunk.events} == {commit.rev}
     assert r.stats.stale_revs == 1 and chunk.through == older["time_us"]
-
-
-def test_rev_tracker_is_bounded():
-    tracker = RevTracker(capacity=2)
-    assert tracker.advance("a", "1") and tracker.advance("b", "1") and tracker.advance("c", "1")
-    assert tracker.advance("a", "0")  # forgotten, so accepted again
-    assert not tracker.advance("c", "0")
 
 
 def test_info_error_and_unknown_frames():

@@ -409,3 +409,104 @@ async def test_a_frame_over_the_5mb_limit_is_a_dead_letter_and_the_stream_goes_o
     assert dead[b"data"] == big
     (record,) = logged(caplog, "dead_letter")
     assert (record.position, record.reason) == (None, reason)
+
+
+# ----------------------------------------------------------------------------- Jetstream reordering at the cutover
+
+
+async def assert_each_once_by_time(redis_client, expected: list[ExpectedEntry]) -> list[tuple[bytes, dict]]:
+    """Every expected Jetstream entry exactly once, found by its ``time_us`` (a late one is stored at
+    a position above the cursor, not at its time), with its data; the stream's ids only grow."""
+    entries = await redis_client("XRANGE", KEYS.events, "-", "+")
+    got = [int(fields[b"time_us"]) for _, fields in entries]
+    want = {entry.position: entry for entry in expected}
+    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} duplicated"
+    assert set(got) == set(want), f"missing {sorted(set(want) - set(got))[:5]}, unexpected {sorted(set(got) - set(want))[:5]}"
+    for entry_id, fields in entries:
+        entry = want[int(fields[b"time_us"])]
+        assert fields[b"data"] == entry.data and fields[b"kind"] == entry.kind.encode(), entry_id
+        assert int(entry_id.split(b"-")[0]) >= entry.position  # at its time, or later when it came late
+    return entries
+
+
+async def test_jetstream_reordered_at_the_cutover_is_persisted_once_and_counted(redis_server, redis_client, caplog):
+    """The simulator *process* (the chaos suite's way) with ``--reorder-at-cutover 5
+    --duplicate-at-cutover 3``: the 5 late messages are persisted (above the cursor) and counted as
+    reordered (and logged: event ``reordered``), the 3 repeated ones are skipped and counted as
+    duplicates; both are on /metrics."""
+    from test_observability import scrape, value
+
+    caplog.set_level(logging.INFO, logger="weir.actors.atproto")
+    from weir.sim.atproto_data import generate_history
+    from weir.sim.process import open_atproto_sim
+
+    sim_config = AtprotoSimConfig(seed=21, total=600, rate=1000, history=200, reorder_at_cutover=5, duplicate_at_cutover=3)
+    history = generate_history(sim_config)
+    expected, _ = expected_records(history, mode="jetstream")
+    last = max(time_us for event in history for time_us, _ in event.jetstream)
+    async with open_atproto_sim(sim_config) as url:
+        async with running_service(at_config(redis_server.url, url, atproto__mode="jetstream")) as (service, _):
+            await wait_for(lambda: reached(service, last), timeout=TIMEOUT, what="the end")
+            stats = service.partitions[0].source
+            assert (stats.reconnects, stats.reordered, stats.duplicates_skipped) == (0, 5, 3)
+            metrics = await scrape(service.observability.url)
+    labels = {"source": "atproto", "partition": PARTITION}
+    assert value(metrics, "weir_source_reordered_total", **labels) == 5
+    assert value(metrics, "weir_source_duplicates_total", **labels) == 3
+    entries = await assert_each_once_by_time(redis_client, expected)
+    times = [int(fields[b"time_us"]) for _, fields in entries]
+    late = [t for i, t in enumerate(times) if t < max(times[:i], default=0)]
+    assert len(late) == 5  # stored in the order they came: five with a time below one stored before them
+    records = logged(caplog, "reordered")
+    assert sum(record.count for record in records) == 5 and not any(record.beyond_rewind for record in records)
+    assert min(record.oldest_time_us for record in records) == min(late)
+
+
+async def test_jetstream_restart_inside_the_reordered_region_loses_and_repeats_nothing(redis_server, redis_client):
+    """weir is stopped (cancelled, nothing drained) when the live messages sent ahead are durable and
+    the late ones not yet sent; the next start rewinds (atproto.jetstream_rewind), recognises what
+    it persisted by identity, and persists the late ones once, above the cursor."""
+    sim_config = AtprotoSimConfig(seed=22, total=600, rate=1000, history=200, reorder_at_cutover=5, duplicate_at_cutover=3)
+    async with atproto_sim(sim_config) as (sim, url):
+        sim.late_gate = trio.Event()
+        expected, _ = expected_records(sim.events, mode="jetstream")
+        config = at_config(redis_server.url, url, atproto__mode="jetstream", atproto__jetstream_rewind="0.05")
+        with trio.CancelScope() as scope:
+            async with running_service(config) as (service, _):
+                await wait_for(lambda: bool(sim.cutovers), timeout=TIMEOUT, what="the cutover")
+                plan = sim.cutovers[0]
+                gate = plan.index(-1)
+                ahead, held = plan[gate - 5:gate], plan[gate + 1:gate + 6]
+                await wait_for(lambda: reached(service, sim.js_times[ahead[-1]]), timeout=TIMEOUT, what="the messages sent ahead")
+                scope.cancel()
+        stored = {int(fields[b"time_us"]) for _, fields in await redis_client("XRANGE", KEYS.events, "-", "+")}
+        assert {sim.js_times[i] for i in ahead} <= stored and stored.isdisjoint(sim.js_times[i] for i in held)
+        cursor = int(await redis_client("HGET", KEYS.cursor, "position"))
+        assert cursor == sim.js_times[ahead[-1]] > max(sim.js_times[i] for i in held)
+        sim.late_gate.set()
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: reached(service, sim.js_times[-1]), timeout=TIMEOUT, what="the end after the restart")
+            stats = service.partitions[0].source
+            assert stats.reordered >= 5 and stats.duplicates_skipped > 0
+    assert len(sim.cutovers) == 2 and sim.cutovers[1][0] < ahead[0]  # the restart rewound before the cursor
+    entries = await assert_each_once_by_time(redis_client, expected)
+    late_ids = [entry_id for entry_id, fields in entries if int(fields[b"time_us"]) in {sim.js_times[i] for i in held}]
+    assert all(int(entry_id.split(b"-")[0]) > cursor for entry_id in late_ids)
+
+
+async def test_jetstream_reconnects_during_reordering_lose_and_repeat_nothing(redis_server, redis_client):
+    """Connections dropped while the server reorders at every cutover: each reconnection rewinds,
+    meets a new cutover, and the stream still holds every message once."""
+    sim_config = AtprotoSimConfig(seed=23, total=1500, rate=2000, history=300, reorder_at_cutover=4, duplicate_at_cutover=2)
+    async with atproto_sim(sim_config) as (sim, url):
+        expected, _ = expected_records(sim.events, mode="jetstream")
+        config = at_config(redis_server.url, url, atproto__mode="jetstream", atproto__jetstream_rewind="0.2")
+        async with running_service(config) as (service, _):
+            stats = service.partitions[0].source
+            for drop in range(1, 4):
+                await wait_for(lambda: len(sim.cutovers) == drop and sim.released > 300 + 200 * drop, timeout=TIMEOUT,
+                               what=f"connection {drop} to stream live")
+                sim.drop_connections()
+            await wait_for(lambda: reached(service, sim.js_times[-1]), timeout=TIMEOUT, what="the end")
+            assert stats.reconnects == 3 and len(sim.cutovers) == 4 and stats.duplicates_skipped > 0
+    await assert_each_once_by_time(redis_client, expected)

@@ -34,7 +34,6 @@ from weir.chaos.checker import (
     cursor_regressions,
     fault_report,
     format_restarts,
-    offered_from_config,
     on_trio_clock,
     restarts_from_log,
     rollback_samples,
@@ -42,6 +41,7 @@ from weir.chaos.checker import (
     supervision_from_log,
     supervisor_level,
 )
+from weir.chaos.farcaster import offered_from_config
 from weir.chaos.processes import (
     InProcessHub,
     SimProcessHub,
@@ -85,6 +85,22 @@ def test_compare_counts_each_kind_of_damage():
     assert report.wrong_id == 2  # the swapped pair
     assert report.unexpected == 1
     assert not report.ok
+
+
+def test_positions_are_the_sources_own_with_a_sub_and_a_final_cursor_it_names():
+    """Not only Snapchain ids: several entries per position (a commit's ops, a block's logs) at
+    ``<position>-<sub>``, and a drain that leaves the cursor past the last event (a block without logs)."""
+    offered = [(1_700_000_000_000_001, 0, b"op a"), (1_700_000_000_000_001, 1, b"op b"), (1_700_000_000_000_007, 0, b"op c")]
+    entries = [(b"1700000000000001-0", {b"data": b"op a"}), (b"1700000000000001-1", {b"data": b"op b"}),
+               (b"1700000000000007-0", {b"data": b"op c"})]
+    final = 1_700_000_000_000_009
+    assert compare_partition("relay", offered, entries, final_cursor=final, expected_cursor=final).ok
+    assert compare_partition("relay", offered, entries, final_cursor=final).cursor_mismatch  # default: the last event
+    swapped = [entries[1], entries[0], entries[2]]
+    report = compare_partition("relay", offered, swapped, final_cursor=final, expected_cursor=final)
+    assert (report.out_of_order, report.wrong_id) == (1, 0)
+    renumbered = [(b"1700000000000001-0", {b"data": b"op a"}), (b"1700000000000001-2", {b"data": b"op b"}), entries[2]]
+    assert compare_partition("relay", offered, renumbered, final_cursor=final, expected_cursor=final).wrong_id == 1
 
 
 def test_dead_letters_account_for_offered_events():
@@ -365,7 +381,7 @@ async def test_smoke_hub_resets_and_a_redis_hang_lose_and_duplicate_nothing(redi
             async with trio.open_nursery() as sampling:
                 await sampling.start(sampler.run)
                 async with running_service(config) as (service, _):
-                    targets = Targets(hub_link=hub_link, redis_link=redis_link, hub=InProcessHub(sim))
+                    targets = Targets(redis_link=redis_link, network={"hub_link": hub_link, "hub": InProcessHub(sim)})
                     records = await run_schedule(schedule, targets)
                     last = {p: events[-1][0] for p, events in offered.items()}
                     await wait_for(
@@ -456,7 +472,7 @@ async def test_process_faults_weir_kill_and_freeze_redis_kill_hub_drop_lose_and_
     )
     run = await run_weir_process(
         sim_config, offered, redis_server, tmp_path, schedule, "farcaster.idle_timeout=5",
-        targets=lambda weir, sim: Targets(weir=weir, redis=redis_server, hub=SimProcessHub(sim.pid, sim.control)),
+        targets=lambda weir, sim: Targets(weir=weir, redis=redis_server, network={"hub": SimProcessHub(sim.pid, sim.control)}),
     )  # fmt: skip
     weir, sampler, records, wall_offset = run.weir, run.sampler, run.records, run.wall_offset
     _, reconnects = restarts_from_log(weir.log_text())
@@ -547,7 +563,7 @@ async def test_pipeline_restarts_of_a_real_weir_process_are_counted_by_superviso
             async with trio.open_nursery() as sampling:
                 await sampling.start(sampler.run)
                 await wait_for(lambda: sampler.samples[-1].persisted > 0, timeout=20, what="weir to start persisting")
-                records = await run_schedule(schedule, Targets(hub=InProcessHub(sim)))
+                records = await run_schedule(schedule, Targets(network={"hub": InProcessHub(sim)}))
                 last = tuple(offered[p][-1][0] for p in ("1", "2"))
                 await wait_for(lambda: sampler.samples[-1].cursors == last, timeout=20, what="every event persisted")
                 sampling.cancel_scope.cancel()

@@ -1,4 +1,4 @@
-"""The chaos suite (chaos/scenarios.py) in the test run: one test per named scenario, plus generated schedules.
+"""The chaos suite (the built-in scenarios, weir/chaos/scenarios/) in the test run: one test per named scenario, plus generated schedules.
 
 Each scenario runs for real — redis-server, the Snapchain simulator and ``weir run`` as separate
 processes, fault proxies on both links — and fails on any lost, unexpected, duplicated or
@@ -192,7 +192,7 @@ def test_escalations_and_unexpected_restarts_fail_a_scenario():
 def test_the_simulator_record_must_match_what_the_checker_regenerates():
     import hashlib
 
-    from weir.chaos.suite import record_mismatches
+    from weir.chaos.farcaster import record_mismatches
 
     offered = {"1": [(10, b"a"), (11, b"b")]}
     record = {"1": {"ids": [10, 11], "sha256": hashlib.sha256(b"ab").hexdigest()}}
@@ -208,7 +208,8 @@ def test_a_replayed_schedule_gets_the_same_simulated_data():
 
     (generated,) = random_scenarios(1, 20251123)
     replayed = schedule_scenario(Schedule.from_json(generated.schedule.to_json()), "schedule-0")
-    assert replayed.sim_config() == generated.sim_config()
+    assert replayed.load() == generated.load() and replayed.source == generated.source
+    assert replayed.source.offered(replayed.load()) == generated.source.offered(generated.load())
 
 
 def test_weir_chaos_prints_the_table_and_exits_1_when_a_scenario_fails(monkeypatch, capsys, tmp_path):
@@ -231,7 +232,7 @@ def test_weir_chaos_prints_the_table_and_exits_1_when_a_scenario_fails(monkeypat
         return results
 
     registry = {name: suite.Scenario(name=name, label=name, schedule=Schedule(seed=i)) for i, name in enumerate("ab")}
-    monkeypatch.setattr(suite, "load_registry", lambda: registry)
+    monkeypatch.setattr(suite, "load_registry", lambda path=None: registry)
     monkeypatch.setattr(suite, "run_suite", fake_run_suite)
     assert cli.main(["chaos", "a", "b", "--json", str(tmp_path / "r.json")]) == 1
     out = capsys.readouterr().out

@@ -144,9 +144,9 @@ def test_log_level_from_the_environment_names_the_variable(capsys, monkeypatch) 
 def test_chaos_with_no_scenario_to_run_is_a_usage_error(capsys, monkeypatch, argv: list[str]) -> None:
     import weir.chaos.suite
 
-    monkeypatch.setattr(weir.chaos.suite, "load_registry", lambda: {})
+    monkeypatch.setattr(weir.chaos.suite, "load_registry", lambda path=None: {})
     assert run_main(capsys, *argv) == (
-        USAGE, "weir chaos: no scenarios to run: chaos/scenarios.py names none (give --random N or --schedule)")
+        USAGE, "weir chaos: no scenarios to run: the registry names none (give --random N or --schedule)")
 
 
 def test_a_bug_inside_the_service_still_shows_its_traceback(monkeypatch) -> None:

@@ -146,6 +146,28 @@ async def test_reorg_while_weir_is_down_is_detected_and_retracted_on_restart(red
         assert kinds[b"retract"] == depth * 2
 
 
+async def test_a_node_re_announcing_its_last_heads_on_every_subscribe_moves_nothing_across_a_restart(redis_server, redis_client):
+    """Issue 9's defect: after a restart the node announced again the blocks at and below the
+    cursor; weir retracted them and emitted their logs a second time. Now: no retraction, each log
+    once, and the repeats are counted (weir_ignored_heads{reason="repeat"})."""
+    sim_config = EthereumSimConfig(chain_id=9, seed=6, block_time=0.01, logs_per_block=3, history=5, blocks=40,
+                                   drop_every=9, reannounce=3)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the first run to catch up")
+            first = service.partitions[0].source
+            assert first.reconnects >= 3 and first.repeated_heads >= 3  # the node dropped us, and repeated itself
+        for _ in range(2):  # restarts on the same Redis: only the cursor's block is known at start
+            async with running_service(config) as (service, _):
+                stats = service.partitions[0].source
+                await wait_for(lambda: stats.repeated_heads >= 3, timeout=TIMEOUT, what="the three heads announced again")
+                assert await caught_up(redis_client, sim)
+                assert (stats.reorgs, stats.retracted_blocks, stats.emitted_blocks) == (0, 0, 0)
+    kinds = await assert_canonical(redis_client, sim)
+    assert kinds[b"retract"] == 0 and kinds[b"log"] == len(canonical_keys(sim))
+
+
 async def test_two_chains_at_once_one_with_confirmations(redis_server, redis_client):
     fast = EthereumSimConfig(chain_id=1, seed=5, block_time=0.01, logs_per_block=2, history=5, blocks=60,
                              reorg_every=4, max_reorg_depth=2)

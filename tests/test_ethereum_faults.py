@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 import trio
 
-from weir.actors.ethereum import ChainReader, ChainStats, _session, open_rpc
+from weir.actors.ethereum import ChainReader, ChainStats, _session
+from weir.actors.jsonrpc_ws import open_rpc
 from weir.app import serve
 from weir.codecs.ethereum_chain import parse_token
 from weir.codecs.ethereum_logs import LogDecoder
@@ -145,6 +146,52 @@ async def test_the_simulator_runs_as_a_process_and_stops_on_exit(tmp_path):
         os.kill(pid, 0)  # gone (and reaped)
     recorded = json.loads(record.read_text())
     assert recorded["head"] == 10 and len(recorded["logs"]) == 10 * 2
+
+
+async def test_the_simulator_process_takes_commands_through_its_control_file(tmp_path):
+    """What the chaos suite does to a node process: a reorg now, a lag, a catch-up."""
+    record = tmp_path / "chain.json"
+    config = EthereumSimConfig(chain_id=6, seed=3, block_time=0.01, logs_per_block=1, history=5, blocks=5)
+    async with open_ethereum_sim(config, record=str(record)) as proc:
+        async with open_rpc(proc.url, connect_timeout=5, request_timeout=5) as rpc:
+
+            async def head() -> int:
+                return from_quantity(await rpc.call("eth_blockNumber"))
+
+            async def until_head(number: int) -> None:
+                with trio.fail_after(TIMEOUT):
+                    while await head() != number:
+                        await trio.sleep(0.01)
+
+            await until_head(10)
+            before = (await rpc.call("eth_getBlockByNumber", ["0x8", False]))["hash"]
+            proc.command(reorg=3)  # blocks 8..10 replaced by 8..11
+            await until_head(11)
+            assert (await rpc.call("eth_getBlockByNumber", ["0x8", False]))["hash"] != before
+            assert (await rpc.call("eth_getBlockByHash", [before, False]))["number"] == "0x8"  # kept as a side block
+            proc.command(lag=4)
+            await until_head(7)
+            proc.command(catch_up=True)
+            await until_head(11)
+    recorded = json.loads(record.read_text())
+    assert recorded["reorgs"] == [[3, 10]] and before not in recorded["blocks"] and len(recorded["blocks"]) == 12
+
+
+async def test_two_backends_behind_one_url_one_lagging_lose_and_retract_nothing(redis_server, redis_client):
+    """A load balancer routes every second connection to a backend 4 blocks behind: its heads are
+    below weir's tip after a reconnect, its ranges end early, and blocks above its head are unknown
+    to it. weir must neither retract a canonical block nor miss one."""
+    sim_config = EthereumSimConfig(chain_id=26, seed=16, block_time=0.01, logs_per_block=2, history=10, blocks=60,
+                                   drop_every=7, lagging_backend=4, reannounce=2)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="weir to follow both backends")
+            stats = service.partitions[0].source
+            assert stats.reconnects >= 4 and stats.reorgs == 0 and stats.retracted_blocks == 0
+            assert stats.behind_heads + stats.repeated_heads > 0  # the lagging backend's heads moved nothing
+    kinds = await assert_canonical(redis_client, sim)
+    assert kinds[b"retract"] == 0
 
 
 async def test_a_hand_off_cut_short_is_sent_first_by_the_next_session():

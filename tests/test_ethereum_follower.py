@@ -15,97 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weir.codecs.ethereum_chain import (
-    APPLY,
-    RETRACT,
-    Block,
-    ChainFollower,
-    NeedBlock,
-    NeedLogs,
-    NeedOlder,
-    ReorgTooDeep,
-    Step,
-    parse_token,
-)
-from weir.codecs.ethereum_logs import Header, Log, Malformed
-
-
-class World:
-    """A chain with reorgs; every block ever made stays fetchable by hash (as a node keeps side blocks)."""
-
-    def __init__(self) -> None:
-        self.counter = 0
-        self.by_hash: dict[str, Header] = {}
-        self.logs: dict[str, tuple[Log, ...]] = {}
-        self.bad: dict[str, tuple[Malformed, ...]] = {}  # the block's logs that do not parse (after the good ones)
-        genesis = self._make(0, "0x" + "0" * 64, 1)
-        self.canonical = [genesis]
-
-    def _make(self, number: int, parent: str, n_logs: int, n_bad: int = 0) -> Header:
-        self.counter += 1
-        header = Header(number=number, hash="0x%064x" % self.counter, parent_hash=parent)
-        self.by_hash[header.hash] = header
-        self.logs[header.hash] = tuple(
-            Log(block_number=number, block_hash=header.hash, log_index=i, tx_hash="0x" + "1" * 64,
-                address="0x" + "2" * 40, topics=(), data="0x", raw={})
-            for i in range(n_logs)
-        )
-        self.bad[header.hash] = tuple(
-            Malformed(payload=b"%s:%d" % (header.hash.encode(), i), reason="malformed log: test")
-            for i in range(n_logs, n_logs + n_bad)
-        )
-        return header
-
-    def extend(self, n_logs: int, n_bad: int = 0) -> None:
-        tip = self.canonical[-1]
-        self.canonical.append(self._make(tip.number + 1, tip.hash, n_logs, n_bad))
-
-    def reorg(self, depth: int, length: int, n_logs: int, n_bad: int = 0) -> None:
-        depth = min(depth, len(self.canonical) - 1)
-        del self.canonical[len(self.canonical) - depth :]
-        for _ in range(length):
-            self.extend(n_logs, n_bad)
-
-    @property
-    def head(self) -> Header:
-        return self.canonical[-1]
-
-    def block(self, hash_: str) -> Block:
-        return Block(header=self.by_hash[hash_], logs=self.logs[hash_], dead=self.bad[hash_])
-
-
-def follow(follower: ChainFollower, world: World, head: Header) -> list[Step]:
-    """The driver loop the actor runs, with the world as the node."""
-    branch = follower.trim_known([world.block(head.hash)])
-    if not branch:
-        return []
-    while (need := follower.link(branch)) is not None:
-        if isinstance(need, NeedBlock):
-            branch.insert(0, world.block(need.hash))
-        elif isinstance(need, NeedOlder):
-            follower.add_older(world.by_hash[need.hash])
-        else:
-            assert isinstance(need, NeedLogs)
-            follower.add_logs(need.hash, world.logs[need.hash])  # as the actor: the logs that parse
-    return follower.apply(branch)
-
-
-def fresh(world: World, confirmations: int) -> tuple[ChainFollower, list[Step]]:
-    follower = ChainFollower(confirmations=confirmations)
-    return follower, follower.apply([world.block(world.canonical[0].hash)])
-
-
-def net_logs(steps: list[Step]) -> Counter:
-    held: Counter = Counter()
-    for step in steps:
-        for log in step.logs:
-            if step.kind == APPLY:
-                held[log.identity] += 1
-                assert held[log.identity] == 1, f"log {log.identity} emitted twice"
-            else:
-                assert held[log.identity] == 1, f"retraction of {log.identity}, which is not held"
-                held[log.identity] -= 1
-    return +held
+from chain_world import World, follow, fresh, net_logs
+from weir.codecs.ethereum_chain import APPLY, RETRACT, ChainFollower, ReorgTooDeep, Step, parse_token
 
 
 operations = st.lists(
@@ -113,6 +24,7 @@ operations = st.lists(
         st.tuples(st.just("extend"), st.integers(0, 3), st.booleans(), st.integers(0, 2)),
         st.tuples(st.just("reorg"), st.integers(1, 10), st.integers(0, 3), st.booleans(), st.integers(0, 2)),
         st.tuples(st.just("restart"), st.integers(0, 100)),
+        st.tuples(st.just("repeat"), st.integers(0, 8)),  # the node announces an earlier head again
     ),
     max_size=60,
 )
@@ -131,6 +43,16 @@ def test_emitted_minus_retracted_is_the_final_canonical_chain(ops, confirmations
         elif op[0] == "reorg":
             world.reorg(op[1], op[1] + op[2] % 2, 2, op[4])  # same length or one longer
             deliver = op[3]
+        elif op[0] == "repeat":
+            # Linking alone (no head verdict first): an ancestor of the tip, even one the window
+            # no longer holds (after a restart), is found known on the walk back and changes nothing.
+            tip = follower.tip
+            repeated = world.canonical[max(0, len(world.canonical) - 1 - op[1])]
+            if tip is not None and repeated.number <= tip.number and world.ancestor(tip, repeated.number) == repeated:
+                before = (follower.tip, follower.seq)
+                assert follow(follower, world, repeated) == [], f"re-announced block {repeated.number} emitted steps"
+                assert (follower.tip, follower.seq) == before
+            continue
         else:
             # A crash: only a prefix of what was emitted reached Redis, with its cursor.
             keep = op[1] * len(unpersisted) // 100

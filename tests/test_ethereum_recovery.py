@@ -265,27 +265,3 @@ async def test_ranges_refused_in_a_providers_words_are_split_down_to_blocks_pinn
     single: list[Any] = [p[0] for m, p in calls if m == "eth_getLogs" and p[0].get("fromBlock") == p[0].get("toBlock")]
     assert single, "no range was split down to one block"
     await assert_canonical(redis_client, sim)
-
-
-async def test_a_node_missing_a_block_below_its_own_head_is_not_waited_for_as_lag() -> None:
-    """No block at the cursor's height while the node's head is past it is missing history
-    (pruned, or inconsistent backends), not lag: a plain BlockUnavailable for the cursor's block,
-    which counts towards BlockLost, rather than a NodeBehind that would wait for ever. (Pure
-    logic: the reader's header fetch is replaced.)"""
-    from types import SimpleNamespace
-
-    from weir.actors.ethereum import BlockUnavailable, NodeBehind, _shorter_chain_head
-    from weir.codecs.ethereum_logs import Header
-
-    def reader_with_head(number: int) -> Any:
-        async def fetch_header(rpc: Any, method: str, params: list[Any], where: str, **_: Any) -> Header:
-            return Header(number=number, hash="0x" + "ab" * 32, parent_hash="0x" + "cd" * 32)
-
-        return SimpleNamespace(partition="1", fetch_header=fetch_header, settings=SimpleNamespace(max_reorg_depth=64))
-
-    cursor_hash = "0x" + "11" * 32
-    with pytest.raises(BlockUnavailable) as caught:
-        await _shorter_chain_head(reader_with_head(120), None, 100, cursor_hash)
-    assert not isinstance(caught.value, NodeBehind) and caught.value.hash == cursor_hash
-    with pytest.raises(NodeBehind):  # far below the cursor: lag
-        await _shorter_chain_head(reader_with_head(10), None, 100, cursor_hash)

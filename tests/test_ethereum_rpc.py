@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 
-from weir.actors.ethereum import open_rpc
+from weir.actors.jsonrpc_ws import open_rpc
 from weir.codecs.jsonrpc import METHOD_NOT_FOUND, JsonRpcClientProtocol, JsonRpcError, Notification, from_quantity, to_quantity
 from weir.sim.ethereum import EthereumSimConfig
 

@@ -102,6 +102,17 @@ async def test_read_cursor_of_new_partition_is_none(sink):
     assert await sink.read_cursor("7") is None
 
 
+async def test_read_since_returns_the_fields_of_the_latest_entries_in_pages(sink):
+    """What a Jetstream source rebuilds its identity memory from after a restart: every entry at a
+    position from the given one on (all subs of it), oldest first, without ``data``, across pages."""
+    await sink.write(PART, [chunk(*(ev(p, sub, fid=p) for p in range(10, 20) for sub in (0, 1)))])
+    got = await sink.read_since(PART, 15, page=3)
+    assert [(f["fid"], "data" in f) for f in got] == [(str(p), False) for p in range(15, 20) for _ in (0, 1)]
+    assert got[0] == {"kind": "MERGE_MESSAGE", "key": "key-15-0", "ts": "1700000000.25", "fid": "15"}
+    assert len(await sink.read_since(PART, 15, page=3, limit=4)) == 4
+    assert await sink.read_since(PART, 20) == [] and await sink.read_since("7", 0) == []
+
+
 async def test_replaying_a_batch_writes_nothing(sink, redis_client):
     batch = [chunk(ev(1), ev(2)), chunk(ev(3), dead=[dead(3)])]
     assert await sink.write(PART, batch) == WriteResult(appended=3, skipped=0, dead_appended=1, cursor=3)

@@ -13,7 +13,7 @@ import trio
 import trustme
 
 from weir.actors.atproto import open_websocket
-from weir.actors.ethereum import open_rpc
+from weir.actors.jsonrpc_ws import open_rpc
 from weir.config import load_config
 
 CONNECT_TIMEOUT = 10.0

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -35,6 +35,8 @@ from weir.sinks.embedded_redis import (
 )
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
+
+T = TypeVar("T")
 
 log = logging.getLogger("weir.app")
 
@@ -99,14 +101,19 @@ async def read_cursor_patiently(
     Without it a pipeline starting while Redis is unreachable would crash until its restart
     intensity escalated, although nothing is wrong that time will not cure.
     """
+    return await _read_patiently(sink.read_cursor, (partition,), "the cursor", partition, breaker, backoff, rng)
+
+
+async def _read_patiently(read: Callable[..., Awaitable[T]], args: tuple[Any, ...], what: str, partition: str,
+                          breaker: CircuitBreaker, backoff: Backoff, rng: random.Random) -> T:
     attempt = 0
     while True:
         try:
-            return await breaker.call(sink.read_cursor, partition)
+            return await breaker.call(read, *args)
         except SinkUnavailable as exc:
             delay = backoff.delay(attempt, rng)
             if attempt == 0:
-                log.warning("partition %s: cannot read the cursor (%s); waiting for Redis", partition, exc)
+                log.warning("partition %s: cannot read %s (%s); waiting for Redis", partition, what, exc)
             attempt += 1
             await trio.sleep(delay)
 
@@ -216,10 +223,14 @@ def _pipeline(network: Network, partition: str, view: PartitionView, sink: Redis
         mark.resumed_from(None if cursor is None else cursor.position)
         return cursor
 
+    async def read_since(position: int) -> list[dict[str, str]]:
+        return await _read_patiently(sink.read_since, (partition, position), "the latest entries", partition,
+                                     breaker, context.backoff, context.rng)
+
     return build_pipeline(
         view.name,
         partition=partition,
-        source=network.source(partition, read_cursor=read_cursor, stats=view.source),
+        source=network.source(partition, read_cursor=read_cursor, read_since=read_since, stats=view.source),
         predicate=network.predicate(),
         policy=policy,
         sink=sink,

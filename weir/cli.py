@@ -135,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--raw", action="store_true", help="print entry fields only, without decoding the payload")
 
     # The engine is weir/chaos/suite.py, imported only when this command runs (it is heavy).
-    chaos = commands.add_parser("chaos", help="run the chaos suite: fault scenarios, table, verdict (needs the source checkout)")
+    chaos = commands.add_parser("chaos", help="run the chaos suite: fault scenarios, table, verdict")
     chaos.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="named scenarios to run, or 'all' (default: all, unless --random or --schedule is given; see --list)")
     chaos.add_argument("--list", action="store_true", help="list the named scenarios and exit")
+    chaos.add_argument("--scenarios-file", metavar="PATH",
+                       help="your own scenarios (a Python file defining registry()), added to the built-in ones "
+                            "(default: ./chaos/scenarios.py if it exists)")
     chaos.add_argument("--random", type=_integer(0, "0 or a positive integer"), default=0, metavar="N", help="also run N generated fault schedules (default 0)")
     chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
     chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",

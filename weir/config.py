@@ -109,6 +109,9 @@ class AtprotoSettings:
     max_frame_bytes: int = 5_000_000
     max_bad_frames: int = 20  # malformed frames in a row before the connection is dropped and reopened
     rev_cache: int = 1_000_000  # DIDs whose last rev is remembered (for the stale-rev check)
+    # Jetstream: seconds of time_us a connection resumes before the cursor, and for which the
+    # identities of persisted events are remembered (late events around the replay-to-live cutover).
+    jetstream_rewind: float = 2.0
     idle_timeout: float = 60.0
     connect_timeout: float = 10.0
     read_batch: int = 256
@@ -526,6 +529,8 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
     for key in ("idle_timeout", "connect_timeout"):
         if getattr(at, key) <= 0:
             fail(f"atproto.{key}", f"must be positive, got {getattr(at, key)}")
+    if not 0 <= at.jetstream_rewind <= 3600:
+        fail("atproto.jetstream_rewind", f"must be between 0 and 3600 seconds, got {at.jetstream_rewind}")
 
 
 def _coerce_tables(name: str, value: Any, cls: type, origin: str) -> tuple[Any, ...]:

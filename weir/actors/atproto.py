@@ -6,12 +6,14 @@ queued, up to ``read_batch``), turned into events by a sans-IO reader (:class:`F
 so all ops of one commit (one ``seq``) always travel together.
 
 What one Redis entry holds (docs/atproto.md): one event per commit op, id ``<seq>-<op index>``
-(Jetstream: ``<time_us>-0``); ``data`` is the record block's original DAG-CBOR bytes (verified
+(Jetstream: ``<time_us>-0``, or a position above the highest for a late message); ``data`` is the record block's original DAG-CBOR bytes (verified
 against its CID), or its JSON form with ``atproto.record_format = "json"``; deletes carry no data.
 ``#identity`` / ``#account`` / ``#sync`` are events of their own kind (``data`` = the body).
 
-Resume: the cursor is the last persisted seq (time_us); the connection asks for ``cursor=`` it and
-skips anything at or below it, because relays disagree on whether replay is inclusive.
+Resume: the firehose's cursor is the last persisted seq; the connection asks for ``cursor=`` it and
+skips anything at or below it (the seq is the frame's identity; relays disagree on whether replay
+is inclusive). Jetstream's connection asks for ``atproto.jetstream_rewind`` before its highest
+position and skips what it already handed on by identity (weir/codecs/atproto_order.py).
 """
 
 from __future__ import annotations
@@ -46,7 +48,16 @@ from weir.codecs.atproto_firehose import (
     RecordFilter,
     decode_frame,
 )
-from weir.codecs.atproto_jetstream import JetstreamDecoder, dictionary_id
+from weir.codecs.atproto_jetstream import JetstreamDecoder, JetstreamMessage, dictionary_id
+from weir.codecs.atproto_order import (
+    LATE,
+    STALE,
+    JetstreamOrder,
+    RevTracker,
+    commit_identity,
+    event_identity,
+    identity_of_fields,
+)
 from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.files import write_atomically
@@ -93,7 +104,8 @@ class AtprotoStats:
     events: int = 0  # events produced (after the filter)
     filtered: int = 0  # ops / events the filter dropped; a frame dropped by its repo (DID) before its ops are read counts 1
     dead_letters: int = 0
-    duplicates_skipped: int = 0  # at or below the cursor (replay)
+    duplicates_skipped: int = 0  # already handed on, by identity: a seq at or below the last; a known Jetstream event
+    reordered: int = 0  # Jetstream events that came after one with a larger time_us: persisted all the same
     stale_revs: int = 0  # commits whose rev was not above the DID's last rev: dropped
     unknown_frames: int = 0
     infos: int = 0
@@ -101,29 +113,6 @@ class AtprotoStats:
     gaps: int = 0  # firehose seqs have gaps by design; kept for the common stats interface
     last_id: int | None = None
     last_error: str | None = None
-
-
-@attrs.define(eq=False)
-class RevTracker:
-    """The last rev seen per DID, for at most ``capacity`` DIDs (least recently updated forgotten)."""
-
-    capacity: int = 1_000_000
-    _revs: dict[str, str] = attrs.Factory(dict)
-
-    def last(self, did: str) -> str | None:
-        return self._revs.get(did)
-
-    def advance(self, did: str, rev: str, *, allow_equal: bool = False) -> bool:
-        """Record ``rev`` for ``did``; False (nothing recorded) if it does not move forward."""
-        last = self._revs.get(did)
-        if last is not None:
-            if rev < last or (rev == last and not allow_equal):
-                return False
-            del self._revs[did]  # re-insert: the dict's order is the eviction order
-        elif len(self._revs) >= self.capacity:
-            del self._revs[next(iter(self._revs))]
-        self._revs[did] = rev
-        return True
 
 
 def _timestamp(text: str) -> float:
@@ -153,6 +142,10 @@ class _ReaderBase:
     relay_error: RelayError | None = None  # set by an error frame: raise after handing on the chunk
     _unplaced: list[DeadLetter] = attrs.Factory(list)
 
+    def resume_from(self) -> int | None:
+        """The cursor a (re)connection asks for: the last seq handed on (None: per ``start``)."""
+        return self.last_id
+
     def _bad(self, exc: FrameError, payload: bytes, last: int | None, dead: list[DeadLetter], received: float) -> int | None:
         """A message that did not decode: skipped when it is a replay, else dead-lettered.
 
@@ -161,10 +154,13 @@ class _ReaderBase:
         if exc.seq is not None and last is not None and exc.seq <= last:
             self.stats.duplicates_skipped += 1
             return last
-        self.consecutive_bad += 1
-        self.longest_bad_run = max(self.longest_bad_run, self.consecutive_bad)
+        self._count_bad()
         dead.append(self._dead(payload, str(exc), exc.seq, received))
         return exc.seq if exc.seq is not None else last
+
+    def _count_bad(self) -> None:
+        self.consecutive_bad += 1
+        self.longest_bad_run = max(self.longest_bad_run, self.consecutive_bad)
 
     def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
         self.stats.dead_letters += 1
@@ -310,54 +306,114 @@ class JetstreamReader(_ReaderBase):
     ``data`` of a record event is DAG-CBOR re-encoded from Jetstream's JSON (canonical, so the
     bytes and the CID are the firehose's; the CID is checked) or, in ``json`` form, the record's
     compact JSON.
+
+    Events are judged by identity, not by ``time_us`` (:mod:`weir.codecs.atproto_order`): a late
+    one is persisted at a position above the highest so far, a known one is skipped.
     """
 
     decoder: JetstreamDecoder = attrs.Factory(JetstreamDecoder)
+    order: JetstreamOrder | None = None  # None: a fresh one, from ``last_id`` as a start
+    rewind_us: int = 2_000_000
+
+    def __attrs_post_init__(self) -> None:
+        if self.order is None:
+            self.order = JetstreamOrder(margin=self.rewind_us, high=self.last_id, floor=self.last_id, revs=self.revs)
+        self.revs = self.order.revs
+        self.last_id = self.order.high
+
+    def resume_from(self) -> int | None:
+        assert self.order is not None
+        return self.order.resume_cursor()
 
     def read(self, messages: list[bytes | str], received: float) -> Chunk | None:
         events: list[Event] = []
         dead, self._unplaced = self._unplaced, []
-        last = self.last_id
+        order = self.order
+        assert order is not None
+        late: list[tuple[int, int, bool]] = []
         for message in messages:
             raw = message.encode() if isinstance(message, str) else message
             try:
                 decoded = self.decoder.decode(message)
-                if last is not None and decoded.time_us <= last:
-                    self.stats.duplicates_skipped += 1
-                    continue
-                event = self._event(decoded, received) if decoded.kind != "unknown" and decoded.wanted else None
             except FrameError as exc:
-                last = self._bad(exc, raw, last, dead, received)
+                self._bad_message(exc, raw, dead, received)
+                continue
+            if decoded.kind == "unknown" or not decoded.wanted:
+                self.consecutive_bad = 0
+                if decoded.kind == "unknown":
+                    self.stats.unknown_frames += 1
+                else:
+                    self.stats.filtered += 1
+                before = order.high
+                if order.pass_over(decoded.time_us) != before:
+                    self.progress += 1
+                continue
+            rev = decoded.body["rev"] if decoded.kind == "commit" else ""
+            admission = order.admit(decoded.time_us, _identity(decoded), did=decoded.did, rev=rev)
+            verdict = admission.verdict
+            if not admission.persist:
+                self.consecutive_bad = 0
+                if verdict == STALE:
+                    self._stale("commit at time_us", decoded.time_us, decoded.did, rev)
+                else:  # DUPLICATE, or BEFORE_START: at or below the configured start, as if persisted
+                    self.stats.duplicates_skipped += 1
+                continue
+            self.progress += 1
+            try:
+                parts = self._parts(decoded, received)
+            except FrameError as exc:
+                # At its time_us, not at its position: a replay of it is then skipped by the cursor rule.
+                self._count_bad()
+                dead.append(self._dead(raw, str(exc), exc.seq, received))
                 continue
             self.consecutive_bad = 0
-            last = decoded.time_us
-            self.progress += 1
-            if decoded.kind == "unknown":
-                self.stats.unknown_frames += 1
-            elif not decoded.wanted:
-                self.stats.filtered += 1
-            elif event is not None:
-                events.append(event)
-        return self._finish(events, dead, last, len(messages))
+            if verdict == LATE:
+                late.append((decoded.time_us, admission.position, admission.beyond_margin))
+            events.append(Event(source=SOURCE, partition=self.partition, position=admission.position, **parts))
+        if late:
+            self._report_late(late)
+        return self._finish(events, dead, order.high, len(messages))
 
-    def _event(self, decoded: Any, received: float) -> Event | None:
+    def _bad_message(self, exc: FrameError, payload: bytes, dead: list[DeadLetter], received: float) -> None:
+        """A message that did not decode. Its time_us (when readable) is its dead letter's position,
+        so a replay of it is skipped by the cursor rule (and by the reader at or below its highest)."""
+        order = self.order
+        assert order is not None
+        if exc.seq is not None and order.high is not None and exc.seq <= order.high:
+            self.stats.duplicates_skipped += 1  # a replay (or a late malformed message: see docs/atproto.md)
+            return
+        self._count_bad()
+        dead.append(self._dead(payload, str(exc), exc.seq, received))
+        if exc.seq is not None:
+            order.pass_over(exc.seq)
+            self.progress += 1
+
+    def _report_late(self, late: list[tuple[int, int, bool]]) -> None:
+        """One log line per read for the events that came late: (time_us, position, beyond the rewind)."""
+        self.stats.reordered += len(late)
+        beyond = sum(1 for _, _, far in late if far)
+        log.log(logging.WARNING if beyond else logging.INFO,
+                "%s: %d event(s) arrived after later ones (time_us from %d), persisted at positions %d..%d%s",
+                self.partition, len(late), min(t for t, _, _ in late), late[0][1], late[-1][1],
+                f"; {beyond} older than atproto.jetstream_rewind (a crash before they are durable would lose them)" if beyond else "",
+                extra={"event": "reordered", "source": SOURCE, "partition": self.partition, "count": len(late),
+                       "oldest_time_us": min(t for t, _, _ in late), "first_position": late[0][1],
+                       "last_position": late[-1][1], "beyond_rewind": beyond})
+
+    def _parts(self, decoded: JetstreamMessage, received: float) -> dict[str, Any]:
+        """Everything of the event but its position (given by the order once it is admitted)."""
         body = decoded.body
         time_us = decoded.time_us
         fields: dict[str, Any] = {"did": decoded.did, "time_us": time_us}
         if decoded.kind == "commit":
-            rev = body["rev"]
-            if not self.revs.advance(decoded.did, rev, allow_equal=True):  # ops of one commit share a rev
-                self._stale("commit at time_us", time_us, decoded.did, rev)
-                return None
-            fields.update(collection=body["collection"], rkey=body["rkey"], action=body["operation"], rev=rev)
+            fields.update(collection=body["collection"], rkey=body["rkey"], action=body["operation"], rev=body["rev"])
             fields["time"] = _iso(time_us)
             key = payload = b""
             if body["operation"] != "delete":
                 fields["cid"] = body["cid"]
                 key = body["cid"].encode()
                 payload = self._record_bytes(body["record"], body["cid"], time_us)
-            return Event(source=SOURCE, partition=self.partition, position=time_us, kind="commit", key=key,
-                         payload=payload, timestamp=time_us / 1e6, received=received, fields=fields)
+            return dict(kind="commit", key=key, payload=payload, timestamp=time_us / 1e6, received=received, fields=fields)
         fields["time"] = body.get("time") if isinstance(body.get("time"), str) else _iso(time_us)
         if decoded.kind == "identity" and isinstance(body.get("handle"), str):
             fields["handle"] = body["handle"]
@@ -369,8 +425,7 @@ class JetstreamReader(_ReaderBase):
             payload = _json_bytes(body) if self.record_format == "json" else cbor.encode(cbor.from_json(body))
         except cbor.CborError as exc:
             raise FrameError(f"{decoded.kind} at time_us {time_us}: {exc}", time_us) from None
-        return Event(source=SOURCE, partition=self.partition, position=time_us, kind=decoded.kind, payload=payload,
-                     timestamp=_timestamp(fields["time"]), received=received, fields=fields)
+        return dict(kind=decoded.kind, payload=payload, timestamp=_timestamp(fields["time"]), received=received, fields=fields)
 
     def _record_bytes(self, record: dict[str, Any], cid: str, time_us: int) -> bytes:
         if self.record_format == "json":
@@ -383,6 +438,14 @@ class JetstreamReader(_ReaderBase):
         if problem is not None:
             raise FrameError(f"commit at time_us {time_us}: record re-encoded as DAG-CBOR: {problem}", time_us)
         return block
+
+
+def _identity(decoded: JetstreamMessage) -> tuple[str | int, ...]:
+    if decoded.kind == "commit":
+        body = decoded.body
+        return commit_identity(decoded.did, body["rev"], body["collection"], body["rkey"], body["operation"],
+                               body.get("cid", "") if body["operation"] != "delete" else "")
+    return event_identity(decoded.kind, decoded.did, decoded.time_us)
 
 
 def _iso(time_us: int) -> str:
@@ -405,14 +468,29 @@ def default_partition(settings: AtprotoSettings) -> str:
     return f"{settings.mode}-{urlsplit(url).hostname}"
 
 
+def rewind_us(settings: AtprotoSettings) -> int:
+    return round(settings.jetstream_rewind * 1_000_000)
+
+
 def new_reader(settings: AtprotoSettings, partition: str, stats: AtprotoStats, last_id: int | None,
-               dictionary: bytes | None = None) -> FirehoseReader | JetstreamReader:
+               dictionary: bytes | None = None, *, persisted: list[dict[str, str]] | None = None) -> FirehoseReader | JetstreamReader:
+    """A reader that reads on after ``last_id``.
+
+    Jetstream: with ``persisted`` (the fields of the stream's entries from ``last_id`` minus the
+    rewind on), ``last_id`` is the stored cursor and the identity memory is rebuilt from them;
+    without, ``last_id`` is a start (nothing at or below it is taken).
+    """
+    revs = RevTracker(capacity=settings.rev_cache)
     common = dict(partition=partition, stats=stats, keep=record_filter(settings), record_format=settings.record_format,
-                  revs=RevTracker(capacity=settings.rev_cache), last_id=last_id)
+                  revs=revs, last_id=last_id)
     if settings.mode == "firehose":
         return FirehoseReader(**common, max_frame=settings.max_frame_bytes)
     decoder = JetstreamDecoder(keep=common["keep"], dictionary=dictionary, max_frame=settings.max_frame_bytes)
-    return JetstreamReader(**common, decoder=decoder)
+    order = None
+    if persisted is not None and last_id is not None:
+        identities = [identity for identity in map(identity_of_fields, persisted) if identity is not None]
+        order = JetstreamOrder.resumed(last_id, identities, margin=rewind_us(settings), revs=revs)
+    return JetstreamReader(**common, decoder=decoder, order=order, rewind_us=rewind_us(settings))
 
 
 def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
@@ -424,7 +502,7 @@ def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
     params: list[tuple[str, str]] = [("wantedCollections", c) for c in settings.collections]
     params += [("wantedDids", d) for d in settings.dids]
     if cursor is not None:
-        params.append(("cursor", str(max(cursor, 1))))  # Jetstream replays inclusively: skipped by the reader
+        params.append(("cursor", str(max(cursor, 1))))  # Jetstream replays inclusively: known events are skipped by identity
     if settings.compress:
         params.append(("compress", "true"))
     return _endpoint(settings.jetstream_url, JETSTREAM_PATH, params)
@@ -655,6 +733,7 @@ async def run_atproto_connection(
     partition: str,
     read_cursor: Callable[[], Awaitable[int | None]],
     send: trio.MemorySendChannel[Chunk],
+    read_since: Callable[[int], Awaitable[list[dict[str, str]]]] | None = None,
     stats: AtprotoStats,
     backoff: Backoff,
     breaker: CircuitBreaker | None = None,
@@ -667,16 +746,21 @@ async def run_atproto_connection(
     Same contract as the Farcaster source: ready at once; stopping interrupts (what was not handed
     on is replayed by the next start, from the persisted cursor); network faults reconnect with
     backoff (a 429's or 503's Retry-After is honoured) behind ``breaker``; a new incarnation
-    resumes from the persisted cursor. ``dictionary`` (Jetstream with compression) is loaded
+    resumes from the persisted cursor (Jetstream: ``atproto.jetstream_rewind`` before it, knowing
+    what it persisted there from ``read_since``). ``dictionary`` (Jetstream with compression) is loaded
     first; when it cannot be, :class:`DictionaryUnavailable` ends the actor (the supervisor
     restarts it, and gives up if it keeps failing).
     """
     rng = rng or random.Random()
     task_status.started()
     async with until_stopped(stopping):
-        persisted = await read_cursor()
-        if persisted is None and settings.start not in ("live", "oldest"):
-            persisted = int(settings.start)
+        stored = await read_cursor()
+        recent = None
+        if stored is not None and settings.mode == "jetstream" and read_since is not None:
+            recent = await read_since(max(0, stored - rewind_us(settings)))
+        start = stored
+        if stored is None and settings.start not in ("live", "oldest"):
+            start = int(settings.start)
         zstd_dictionary = None
         if dictionary is not None:
             try:
@@ -686,19 +770,19 @@ async def run_atproto_connection(
                 log.error("%s: %s", partition, exc, extra={"event": "zstd_dictionary_unavailable", "source": SOURCE,
                                                            "partition": partition, "url": redact_url(dictionary.source), "error": str(exc)})
                 raise
-        reader = new_reader(settings, partition, stats, persisted, zstd_dictionary)
+        reader = new_reader(settings, partition, stats, start, zstd_dictionary, persisted=recent)
 
         async def session() -> None:
-            await _stream_once(connect_url(settings, reader.last_id), reader, send, settings, stats, breaker)
+            await _stream_once(connect_url(settings, reader.resume_from()), reader, send, settings, stats, breaker)
 
         async def on_lost(exc: BaseException, delay: float) -> None:
             stats.last_error = _describe(exc)
-            url = _host(connect_url(settings, reader.last_id))
+            url = _host(connect_url(settings, reader.resume_from()))
             log.warning("%s: connection to %s lost (%s); reconnecting in %.2fs after %s",
                         partition, url, stats.last_error, delay, reader.last_id,
                         extra={"event": "disconnect", "source": SOURCE, "partition": partition, "url": url,
                                "error": stats.last_error, "reconnect_in": round(delay, 3),
-                               "resume_from": reader.last_id, "reconnects": stats.reconnects})
+                               "resume_from": reader.resume_from(), "reconnects": stats.reconnects})
 
         await reconnect_forever(
             session, progress=lambda: reader.progress, is_transient=is_transient, on_lost=on_lost,

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, HandshakeError
 
+from weir.actors.jsonrpc_ws import ConnectionLost, RequestTimeout, RpcConnection, open_rpc
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
-from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
+from weir.codecs import ethereum_heads as heads
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
-from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, JsonRpcError, Notification, ProtocolError, from_quantity, to_quantity
+from weir.codecs.jsonrpc import JsonRpcError, ProtocolError, from_quantity, to_quantity
 from weir.config import EthereumChainSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.redact import redact_url
@@ -39,7 +39,6 @@ from weir.supervision import Backoff, CircuitBreaker
 log = logging.getLogger("weir.actors.ethereum")
 
 SOURCE = "ethereum"
-HEAD_BUFFER = 1024  # heads buffered while catching up; more are dropped (the next head fills the gap)
 BATCH_CALLS = 100  # calls per JSON-RPC batch
 CHUNK_EVENTS = 2000  # steps are grouped into chunks of about this many events
 HEADER_ATTEMPTS = 3  # a header that does not parse is fetched again this many times in all
@@ -51,14 +50,6 @@ UNAVAILABLE_ATTEMPTS = 5
 # and a backend still importing the block needs time, not attempts.
 UNAVAILABLE_BLOCKS = 10.0
 PROVIDER_TEXT = 200  # a provider's error text quoted in one of our messages: one line, at most this long
-
-
-class ConnectionLost(Exception):
-    """The WebSocket closed (or broke) while calls were outstanding."""
-
-
-class RequestTimeout(Exception):
-    """A call got no answer within ``request_timeout``."""
 
 
 class IdleStream(Exception):
@@ -107,125 +98,6 @@ class MalformedHeader(ProtocolError):
 
 
 @attrs.define(eq=False)
-class RpcConnection:
-    """JSON-RPC calls over one WebSocket: concurrent calls and batches matched by id, pushes to ``heads``."""
-
-    ws: WebSocketConnection
-    timeout: float
-    protocol: JsonRpcClientProtocol = attrs.Factory(JsonRpcClientProtocol)
-    _waiting: dict[int, list[Any]] = attrs.Factory(dict)  # id -> [trio.Event, result or exception]
-    _broken: BaseException | None = None
-    heads_send: trio.MemorySendChannel[Any] = attrs.field(init=False)
-    heads: trio.MemoryReceiveChannel[Any] = attrs.field(init=False)
-    dropped_heads: int = 0
-
-    def __attrs_post_init__(self) -> None:
-        self.heads_send, self.heads = trio.open_memory_channel[Any](HEAD_BUFFER)
-
-    async def read_loop(self) -> None:
-        try:
-            while True:
-                message = await self.ws.get_message()
-                for event in self.protocol.receive(message):
-                    if isinstance(event, Notification):
-                        if event.method == "eth_subscription" and isinstance(event.params, dict):
-                            try:
-                                self.heads_send.send_nowait(event.params.get("result"))
-                            except trio.WouldBlock:
-                                self.dropped_heads += 1
-                        continue
-                    slot = self._waiting.pop(event.id, None)
-                    if slot is not None:
-                        slot[1] = event.error if isinstance(event, ErrorReply) else event.result
-                        slot[0].set()
-        except ConnectionClosed as exc:
-            self._fail(ConnectionLost(f"WebSocket closed ({exc.reason})"))
-        except ProtocolError as exc:
-            self._fail(exc)
-        finally:
-            self.heads_send.close()
-
-    def _fail(self, exc: BaseException) -> None:
-        self._broken = exc
-        for slot in self._waiting.values():
-            slot[1] = exc
-            slot[0].set()
-        self._waiting.clear()
-
-    async def call(self, method: str, params: Any = ()) -> Any:
-        """One call; returns its result or raises JsonRpcError / ConnectionLost / RequestTimeout."""
-        id_, text = self.protocol.request(method, params)
-        return (await self._send_and_wait([id_], text, method))[0]
-
-    async def batch(self, calls: list[tuple[str, Any]]) -> list[Any]:
-        """Several calls in one message; results in call order (answers may arrive in any order)."""
-        ids, text = self.protocol.batch(calls)
-        return await self._send_and_wait(ids, text, f"batch of {len(calls)} {calls[0][0]}")
-
-    async def _send_and_wait(self, ids: list[int], text: str, what: str) -> list[Any]:
-        if self._broken is not None:
-            raise ConnectionLost(f"connection already broken: {self._broken}")
-        slots = [[trio.Event(), None] for _ in ids]
-        self._waiting.update(zip(ids, slots))
-        try:
-            await self.ws.send_message(text)
-            with trio.fail_after(self.timeout):
-                for slot in slots:
-                    await slot[0].wait()
-        except trio.TooSlowError:
-            raise RequestTimeout(f"{what}: no answer within {self.timeout:g}s") from None
-        except ConnectionClosed as exc:
-            raise ConnectionLost(f"WebSocket closed ({exc.reason})") from None
-        finally:
-            for id_ in ids:
-                self._waiting.pop(id_, None)
-            self.protocol.forget(ids)
-        results = [slot[1] for slot in slots]
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return results
-
-
-@asynccontextmanager
-async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
-    """Connect, run the reader, yield the connection; closes it on exit.
-
-    An error leaves as itself, not wrapped in the reader nursery's exception group.
-    """
-    try:
-        async with _rpc_nursery(url, connect_timeout, request_timeout) as rpc:
-            yield rpc
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
-            raise group.exceptions[0] from group
-        raise
-
-
-@asynccontextmanager
-async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
-    # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
-    # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
-    target = WebSocketTarget.from_url(url)
-    stream = await open_stream(target, connect_timeout=connect_timeout)
-    try:
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
-                ws = await wrap_client_stream(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
-            rpc = RpcConnection(ws=ws, timeout=request_timeout)
-            nursery.start_soon(rpc.read_loop)
-            try:
-                yield rpc
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
-
-
-@attrs.define(eq=False)
 class ChainStats:
     """Live counters of one chain's connection."""
 
@@ -247,6 +119,8 @@ class ChainStats:
     range_splits: int = 0
     idle_reconnects: int = 0
     stale_heads: int = 0  # heads skipped: no longer the node's block at their height
+    repeated_heads: int = 0  # heads skipped: blocks weir holds (or their ancestors), announced again
+    behind_heads: int = 0  # heads skipped: at or below weir's tip while the node has no block at the tip's height
     last_error: str | None = None
 
 
@@ -545,27 +419,27 @@ class ChainReader:
                 for h, d in zip(headers, dead)]
 
     async def resolve(self, rpc: RpcConnection, branch: list[Block]) -> list[Step]:
-        """Walk back until ``branch`` links to the window, then apply it."""
+        """Walk back until ``branch`` links to the window, then apply it (:class:`Linking` decides;
+        this only fetches what it asks for)."""
         follower = self.follower
         assert follower is not None
-        branch = follower.trim_known(branch)
-        if not branch:
-            return []
-        fetched = 0
-        while (need := follower.link(branch)) is not None:
+        linking = follower.begin(branch)
+        while (need := linking.need()) is not None:
             if isinstance(need, NeedBlock):
                 header = await self.header_by_hash(rpc, need.hash)
                 logs, dead = await self.logs_by_hash(rpc, need.hash)
-                branch.insert(0, Block(header=header, logs=logs, dead=dead))
-                fetched += 1
+                linking.add_block(Block(header=header, logs=logs, dead=dead))
             elif isinstance(need, NeedOlder):
-                follower.add_older(await self.header_by_hash(rpc, need.hash))
+                linking.add_older(await self.header_by_hash(rpc, need.hash))
             else:
                 assert isinstance(need, NeedLogs)
                 # Logs that do not parse were dead-lettered (not emitted) when the block was applied.
-                follower.add_logs(need.hash, (await self.logs_by_hash(rpc, need.hash))[0])
+                linking.add_logs(need.hash, (await self.logs_by_hash(rpc, need.hash))[0])
+        if linking.new_head is None:
+            return []  # every block of it was known: a re-announcement
+        branch, fetched = linking.branch, linking.fetched
         reorgs_before, old_tip = follower.reorgs, follower.tip
-        steps = follower.apply(branch)
+        steps = linking.finish()
         ancestor = branch[0].header.number - 1
         fields = {"source": SOURCE, "partition": self.partition, "ancestor": ancestor, "head": branch[-1].header.number}
         if follower.reorgs > reorgs_before:
@@ -774,19 +648,44 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
                     raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block") from None
                 header = latest
             stats.head = max(stats.head or 0, header.number)
-            tip = reader.follower.tip  # type: ignore[union-attr]
-            if tip is not None and header.number > tip.number + settings.gap_fetch:
-                await _backfill(reader, rpc, header.number - 1, send)
-                tip = reader.follower.tip  # type: ignore[union-attr]
-            if tip is not None and header.parent_hash != tip.hash and not await _still_canonical(reader, rpc, header):
-                # Not the next block (a reorg, a gap or a repeat) and no longer the node's block at its
-                # height: a head that waited in the buffer while weir learnt the newer chain another
-                # way (a backfill, a fetch of "latest"). Following it would take weir back to the
-                # abandoned branch, retracting and re-emitting blocks for nothing.
-                stats.stale_heads += 1
-                continue
-            logs, dead = await reader.logs_by_hash(rpc, header.hash)
-            await reader.hand_on(await reader.resolve(rpc, [Block(header=header, logs=logs, dead=dead)]), send)
+            await _follow_head(reader, rpc, header, send)
+
+
+async def _follow_head(reader: ChainReader, rpc: RpcConnection, header: Header, send: trio.MemorySendChannel[Chunk]) -> None:
+    """Do what a live head means (:mod:`weir.codecs.ethereum_heads` decides; this asks the node)."""
+    follower = reader.follower
+    assert follower is not None
+    stats = reader.stats
+    for _ in range(2):  # a far head: backfill by ranges, then look again
+        tip = follower.tip
+        assert tip is not None
+        verdict = heads.first_look(tip, follower.knows(header.hash), header, gap_fetch=reader.settings.gap_fetch)
+        if verdict.kind != heads.FAR_AHEAD:
+            break
+        await _backfill(reader, rpc, header.number - 1, send)
+    else:
+        verdict = heads.Verdict(kind=heads.ASK)  # still far after a backfill (the node moved on): ask
+    if verdict.kind == heads.ASK:
+        at_height = await _block_at(reader, rpc, header.number)
+        at_tip = at_height if tip.number == header.number else (await _block_at(reader, rpc, tip.number) if verdict.ask_tip else None)
+        verdict = heads.second_look(tip, header, at_height=at_height, at_tip=at_tip)
+    if verdict.kind in (heads.REPEAT, heads.BEHIND, heads.STALE):
+        # REPEAT: the node re-announced a block weir holds (or an ancestor of it); BEHIND: the node
+        # is behind weir's tip; STALE: a head that waited in the buffer while weir learnt the newer
+        # chain another way. Following any of them would retract and re-emit blocks for nothing.
+        counter = {heads.REPEAT: "repeated_heads", heads.BEHIND: "behind_heads"}.get(verdict.kind, "stale_heads")
+        setattr(stats, counter, getattr(stats, counter) + 1)
+        return
+    target = verdict.header
+    assert target is not None
+    logs, dead = await reader.logs_by_hash(rpc, target.hash)
+    await reader.hand_on(await reader.resolve(rpc, [Block(header=target, logs=logs, dead=dead)]), send)
+
+
+async def _block_at(reader: ChainReader, rpc: RpcConnection, number: int) -> Header | None:
+    """The node's block at height ``number`` (None: it has none)."""
+    return await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(number), False],
+                                     f"eth_getBlockByNumber({number})")
 
 
 def _resume_point(reader: ChainReader) -> str | None:
@@ -796,43 +695,36 @@ def _resume_point(reader: ChainReader) -> str | None:
     return tip.token if tip is not None else reader.handed.token or None
 
 
-async def _still_canonical(reader: ChainReader, rpc: RpcConnection, header: Header) -> bool:
-    """Whether the node's block at ``header``'s height is ``header`` (or the node has none yet)."""
-    current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(header.number), False],
-                                        f"eth_getBlockByNumber({header.number})")
-    # No block at that height (a provider whose read view lags its newHeads): not known to be
-    # stale, so the head is followed.
-    return current is None or current.hash == header.hash
-
-
 async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: trio.MemorySendChannel[Chunk]) -> None:
     """Set up the follower: from the cursor's block, or from ``start`` when the cursor has no block
     (none persisted yet: position 0, no token).
 
-    The cursor's block is checked against the node's block at its height first: a reorg while weir
-    was down is then retracted at once, even when it left the chain as long (or shorter) and no
-    new block comes to reveal it. No block at that height is a node behind, not a reorg
-    (:func:`_shorter_chain_head` tells the two apart where it can): nothing is retracted.
+    The cursor's block is checked against the node's first (:func:`weir.codecs.ethereum_heads.judge_resume`
+    decides; this asks): a reorg while weir was down is then retracted at once; a node that is behind
+    is waited for (:class:`NodeBehind`), and retracts nothing.
     """
     settings = reader.settings
     if cursor.token:
         number, hash_ = parse_token(cursor.token)
-        current = await reader.fetch_header(rpc, "eth_getBlockByNumber", [to_quantity(number), False],
-                                            f"eth_getBlockByNumber({number})")
-        if current is None:
-            current = await _shorter_chain_head(reader, rpc, number, hash_)  # or NodeBehind: wait
-        tip = current if current.hash == hash_ else await reader.header_by_hash(rpc, hash_)
-        if tip.number != number:
-            raise ProtocolError(f"cursor block {hash_} is block {tip.number} on the node, {number} in the cursor")
+        current = await _block_at(reader, rpc, number)
+        verdict = heads.judge_resume(number, hash_, at_height=current, head=None, max_depth=settings.max_reorg_depth)
+        if verdict.kind == heads.ASK:
+            verdict = await _judge_without_block(reader, rpc, number, hash_)
+        assert verdict.kind in (heads.RESUME, heads.REORG)
+        tip = current if verdict.kind == heads.RESUME else await reader.header_by_hash(rpc, hash_)
+        if tip is None or tip.number != number:
+            raise ProtocolError(f"cursor block {hash_} is block {tip.number if tip else '?'} on the node, {number} in the cursor")
         reader.follower = ChainFollower.resume(seq=cursor.position, tip=tip, confirmations=settings.confirmations,
                                                max_depth=settings.max_reorg_depth)
         log.info("chain %s: resuming after block %d (%s), sequence %d", reader.partition, number, hash_, cursor.position)
-        if current.hash == hash_:
+        if verdict.kind == heads.RESUME:
             return
+        other = verdict.header
+        assert other is not None
         log.warning("chain %s: the cursor's block %d (%s) is not on the node's chain; walking back from block %d (%s)",
-                    reader.partition, number, hash_, current.number, current.hash)
-        logs, dead = await reader.logs_by_hash(rpc, current.hash)
-        await reader.hand_on(await reader.resolve(rpc, [Block(header=current, logs=logs, dead=dead)]), send)
+                    reader.partition, number, hash_, other.number, other.hash)
+        logs, dead = await reader.logs_by_hash(rpc, other.hash)
+        await reader.hand_on(await reader.resolve(rpc, [Block(header=other, logs=logs, dead=dead)]), send)
         return
     seq = cursor.position
     tag = "latest" if settings.start == "latest" else to_quantity(int(settings.start))
@@ -846,31 +738,22 @@ async def _start(reader: ChainReader, rpc: RpcConnection, cursor: Cursor, send: 
     await reader.hand_on(steps, send)
 
 
-async def _shorter_chain_head(reader: ChainReader, rpc: RpcConnection, number: int, hash_: str) -> Header:
-    """The node has no block at the cursor's height ``number``. Returns its head when it is on
-    another, shorter chain (the walk back starts there); raises :class:`NodeBehind` when it is
-    behind, or when that cannot be told yet.
-
-    Another chain: the cursor's block (by hash) has an ancestor at the head's height that is not
-    the head. Walking back from the head instead would retract still-canonical blocks when the node
-    is merely behind. When the node does not serve the cursor's block (not imported yet, or pruned
-    after a reorg) it waits: once the node's chain passes the cursor's height, the block there says
-    which it was.
-    """
+async def _judge_without_block(reader: ChainReader, rpc: RpcConnection, number: int, hash_: str) -> heads.Verdict:
+    """The node has no block at the cursor's height ``number``: a REORG verdict (walk back from its
+    head, on another, shorter chain), or raises :class:`NodeBehind` (wait for it) or
+    :class:`BlockUnavailable` (missing history, counted towards :class:`BlockLost`)."""
     head = await reader.fetch_header(rpc, "eth_getBlockByNumber", ["latest", False], "eth_getBlockByNumber(latest)")
     if head is None:
         raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block")
     behind = NodeBehind(f"chain {reader.partition}: the node has no block {number} (its head is block {head.number}), "
                         f"where weir resumes from block {hash_}; waiting for it to catch up", number, head.number)
-    if head.number >= number:
-        # Its head is past the height yet it has no block there: not lag but a node missing
-        # history (pruned, or inconsistent backends): counted towards BlockLost like a missing block.
+    verdict = heads.judge_resume(number, hash_, at_height=None, head=head, max_depth=reader.settings.max_reorg_depth)
+    if verdict.kind == heads.MISSING:
         raise BlockUnavailable(f"chain {reader.partition}: the node has no block {number} although its head is "
                                f"block {head.number}", hash_)
-    # Further below than any reorg weir could retract: a lag (and if not, the reorg is found, too
-    # deep, once its chain passes the cursor).
-    if number - head.number > reader.settings.max_reorg_depth:
+    if verdict.kind == heads.BEHIND:
         raise behind
+    assert verdict.kind == heads.WALK_CURSOR
     try:
         block = await reader.header_by_hash(rpc, hash_)
         if block.number != number:
@@ -878,12 +761,13 @@ async def _shorter_chain_head(reader: ChainReader, rpc: RpcConnection, number: i
         for _ in range(number - head.number):
             block = await reader.header_by_hash(rpc, block.parent_hash)
     except BlockUnavailable:
-        raise behind from None
-    if block.number != head.number:
+        block = None
+    if block is not None and block.number != head.number:
         raise ProtocolError(f"block {block.hash} is block {block.number} on the node, {head.number} by its children")
-    if block.hash == head.hash:
-        raise behind  # its head is an ancestor of the cursor's block
-    return head
+    verdict = heads.shorter_chain(block, head)
+    if verdict.kind == heads.BEHIND:
+        raise behind
+    return verdict
 
 
 async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: trio.MemorySendChannel[Chunk]) -> None:

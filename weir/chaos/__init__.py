@@ -4,11 +4,16 @@
   slicer, limit_data, down), a sans-IO fault pipeline behind real sockets.
 - :mod:`weir.chaos.processes` — kill -9 / restart / SIGSTOP of weir and redis-server; simulator failures.
 - :mod:`weir.chaos.schedule` — ``Schedule`` of timed faults (one JSON line, replayable), ``run_schedule``,
-  and the hypothesis strategy ``schedules()``.
+  the seeded generator ``generate_schedule`` and its hypothesis strategy ``schedules()``.
 - :mod:`weir.chaos.checker` — ``RunSampler`` during the run, ``check_run`` after it → ``RunReport``.
+- :mod:`weir.chaos.source` — what a network must provide to be driven (``ChaosSource``);
+  :mod:`weir.chaos.farcaster` is the Snapchain one.
+- :mod:`weir.chaos.scenario`, :mod:`weir.chaos.scenarios` (built-in), :mod:`weir.chaos.registry`
+  (built-in + a user's file) and :mod:`weir.chaos.suite` (the engine, ``weir chaos``).
 """
 
-from weir.chaos.checker import RunReport, RunSampler, check_run, offered_from_config
+from weir.chaos.checker import RunReport, RunSampler, check_run
+from weir.chaos.farcaster import FarcasterSource, offered_from_config
 from weir.chaos.processes import (
     InProcessHub,
     SimProcessHub,
@@ -33,6 +38,7 @@ from weir.chaos.schedule import (
     Schedule,
     Targets,
     TimedFault,
+    generate_schedule,
     run_schedule,
     schedules,
 )
@@ -42,6 +48,7 @@ __all__ = [
     "Direction",
     "Down",
     "FaultProxy",
+    "FarcasterSource",
     "FaultRecord",
     "InProcessHub",
     "Latency",
@@ -60,6 +67,7 @@ __all__ = [
     "offered_from_config",
     "open_proxy",
     "open_weir_process",
+    "generate_schedule",
     "run_schedule",
     "schedules",
     "weir_run_args",

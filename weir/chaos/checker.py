@@ -22,6 +22,13 @@ A fault's *span*, for memory and restarts: from when it was applied until ``wind
 cleared, or until its recovery if that is later — what the fault causes happens during it or
 while weir recovers from it.
 
+The checker knows no network: a source (:mod:`weir.chaos.source`) says what it offered, per
+partition, as :data:`OfferedEvent` s in the order the stream must hold them — ``(position, data)``
+or ``(position, sub, data)``, the entry id being ``<position>-<sub>`` — and which cursor a full
+drain leaves (default: the last event's position). Positions are whatever the source counts in
+(a Snapchain event id, a firehose seq, a Jetstream ``time_us``, an Ethereum sequence number);
+the checker only compares them.
+
 The comparison and the measurements are pure functions of lists (tested without Redis); only
 :class:`RespClient`, :class:`RunSampler` and :func:`check_run` do I/O.
 """
@@ -41,11 +48,11 @@ import attrs
 import trio
 
 from weir.chaos.schedule import FaultRecord
-from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
 from weir.sinks.keys import partition_keys
 
 __all__ = [
     "FaultReport",
+    "OfferedEvent",
     "PartitionReport",
     "RespClient",
     "RespError",
@@ -55,12 +62,13 @@ __all__ = [
     "Sample",
     "SupervisionLogEntry",
     "check_run",
+    "compare_chain",
     "compare_partition",
     "count_by_level",
     "cursor_regressions",
     "fault_report",
     "format_restarts",
-    "offered_from_config",
+    "offered_position",
     "read_rss_kb",
     "restarts_from_log",
     "restarts_in_span",
@@ -72,6 +80,17 @@ __all__ = [
 log = logging.getLogger("weir.chaos.checker")
 
 Entry = tuple[bytes, Mapping[bytes, bytes]]  # (entry id, fields), as XRANGE returns them
+#: One offered event as the stream must hold it: ``(position, data)`` (sub 0) or ``(position, sub, data)``.
+OfferedEvent = tuple[int, bytes] | tuple[int, int, bytes]
+
+
+def offered_position(event: OfferedEvent) -> tuple[int, int]:
+    """The ``(position, sub)`` an offered event's entry id must carry."""
+    return (event[0], 0) if len(event) == 2 else (event[0], event[1])  # type: ignore[misc]
+
+
+def _offered_data(event: OfferedEvent) -> bytes:
+    return event[-1]  # type: ignore[return-value]
 
 
 # -- a minimal Redis client on trio ---------------------------------------------------------------
@@ -297,6 +316,8 @@ class PartitionReport:
         cursor_regressions: times a sampled cursor was below the previous sample.
         final_cursor: the cursor after the drain.
         cursor_mismatch: the final cursor is not the last offered event's id.
+        spurious_retractions: for a chain (:func:`compare_chain`), retraction entries of blocks
+            that are on the final canonical chain: weir took back something that never left it.
     """
 
     partition: str
@@ -311,13 +332,14 @@ class PartitionReport:
     cursor_regressions: int = 0
     final_cursor: int | None = None
     cursor_mismatch: bool = False
+    spurious_retractions: int = 0
     examples: tuple[str, ...] = ()  # a few concrete findings, for the failure message
 
     @property
     def ok(self) -> bool:
         return not (
             self.lost or self.unexpected or self.duplicated or self.out_of_order or self.wrong_id
-            or self.cursor_regressions or self.cursor_mismatch
+            or self.cursor_regressions or self.cursor_mismatch or self.spurious_retractions
         )  # fmt: skip
 
 
@@ -465,6 +487,7 @@ class RunReport:
                 f"partition {p.partition}: {status} offered={p.offered} persisted={p.persisted} dead={p.dead} "
                 f"lost={p.lost} unexpected={p.unexpected} duplicated={p.duplicated} out_of_order={p.out_of_order} "
                 f"wrong_id={p.wrong_id} cursor_regressions={p.cursor_regressions} final_cursor={p.final_cursor}"
+                + (f" spurious_retractions={p.spurious_retractions}" if p.spurious_retractions else "")
                 + (f" examples={list(p.examples)}" if p.examples else "")
             )
         if self.restarts_by_supervisor:
@@ -493,22 +516,25 @@ def _position(entry_id: bytes) -> tuple[int, int]:
 
 def compare_partition(
     partition: str,
-    offered: Sequence[tuple[int, bytes]],
+    offered: Sequence[OfferedEvent],
     entries: Sequence[Entry],
     *,
     dead: Sequence[Entry] = (),
     cursors: Iterable[int | None] = (),
     final_cursor: int | None = None,
+    expected_cursor: int | None = None,
     rolled_back: Container[int] = (),
 ) -> PartitionReport:
     """Compare one partition's stream (and dead letters) with what was offered, in order.
 
-    An entry is identified by its ``data`` (a HubEvent's bytes include its id, so equal bytes are
-    the same event). ``cursors`` are the cursor samples taken during the run, in time order;
-    ``rolled_back`` the indexes of samples taken around a Redis rollback, where the cursor going
-    down is Redis's doing (the fault), not weir's.
+    An entry is identified by its ``data`` (the source makes each offered event's data unique: a
+    HubEvent's bytes include its id, so equal bytes are the same event); its id must be the offered
+    event's ``<position>-<sub>``. ``cursors`` are the cursor samples taken during the run, in time
+    order; ``rolled_back`` the indexes of samples taken around a Redis rollback, where the cursor
+    going down is Redis's doing (the fault), not weir's. ``expected_cursor``: the cursor a full
+    drain leaves (default: the last offered event's position).
     """
-    index = {payload: i for i, (_, payload) in enumerate(offered)}
+    index = {_offered_data(event): i for i, event in enumerate(offered)}
     seen = [0] * len(offered)
     unexpected = wrong_id = out_of_order = duplicated = 0
     examples: list[str] = []
@@ -524,7 +550,7 @@ def compare_partition(
             duplicated += 1
             examples.append(f"event {offered[i][0]} again at {entry_id.decode()}")
             continue
-        if _position(entry_id) != (offered[i][0], 0):
+        if _position(entry_id) != offered_position(offered[i]):
             wrong_id += 1
             examples.append(f"event {offered[i][0]} stored as {entry_id.decode()}")
         if i < highest:
@@ -540,7 +566,8 @@ def compare_partition(
     missing = [offered[i][0] for i, n in enumerate(seen) if n == 0]
     examples += [f"event {id_} lost" for id_ in missing[:3]]
     regressions = cursor_regressions(cursors, rolled_back=rolled_back)
-    expected_cursor = offered[-1][0] if offered else None
+    if expected_cursor is None and offered:
+        expected_cursor = offered[-1][0]
     return PartitionReport(
         partition=partition,
         offered=len(offered),
@@ -554,6 +581,79 @@ def compare_partition(
         cursor_regressions=regressions,
         final_cursor=final_cursor,
         cursor_mismatch=final_cursor != expected_cursor,
+        examples=tuple(examples[:8]),
+    )
+
+
+def compare_chain(
+    partition: str,
+    canonical: Sequence[bytes],
+    canonical_blocks: Container[str],
+    entries: Sequence[Entry],
+    *,
+    dead: Sequence[Entry] = (),
+    cursors: Iterable[int | None] = (),
+    final_cursor: int | None = None,
+    final_token: str | None = None,
+    expected_token: str | None = None,
+    rolled_back: Container[int] = (),
+) -> PartitionReport:
+    """Compare a chain's stream (``log`` and ``retract`` entries) with the final canonical chain.
+
+    A chain's stream cannot be known in advance (what weir retracts depends on what it saw before a
+    reorg), so it is replayed: a ``log`` entry adds its key (``chain:block_hash:log_index``), a
+    ``retract`` entry removes it. Then **lost**: a ``canonical`` log key not held at the end (nor
+    dead-lettered); **unexpected**: a held key that is not canonical; **duplicated**: a ``log``
+    entry for a key already held; **out_of_order**: a ``retract`` of a key not held, or entry ids
+    that do not increase; **spurious_retractions**: a ``retract`` of a block in
+    ``canonical_blocks`` (hashes of the final canonical chain); **cursor_mismatch**: the cursor's
+    token (``number:hash``) is not ``expected_token`` (the final head's).
+    """
+    wanted = set(canonical)
+    held: set[bytes] = set()
+    duplicated = out_of_order = spurious = 0
+    examples: list[str] = []
+    last_id = (-1, -1)
+    for entry_id, fields in entries:
+        position = _position(entry_id)
+        if position <= last_id:
+            out_of_order += 1
+            examples.append(f"entry {entry_id.decode()} after {last_id}")
+        last_id = max(last_id, position)
+        key, kind = fields.get(b"key", b""), fields.get(b"kind", b"")
+        if kind == b"retract":
+            block = key.decode(errors="replace").split(":")[1] if key.count(b":") == 2 else ""
+            if block in canonical_blocks:
+                spurious += 1
+                examples.append(f"retraction of canonical block {block} at {entry_id.decode()}")
+            if key in held:
+                held.remove(key)
+            else:
+                out_of_order += 1
+                examples.append(f"retraction of {key.decode(errors='replace')}, not held, at {entry_id.decode()}")
+        elif key in held:
+            duplicated += 1
+            examples.append(f"{key.decode(errors='replace')} again at {entry_id.decode()} without a retraction")
+        else:
+            held.add(key)
+    dead_keys = {fields.get(b"key", b"") for _, fields in dead}
+    missing = [key for key in canonical if key not in held and key not in dead_keys]
+    unexpected = held - wanted
+    examples += [f"log {key.decode(errors='replace')} lost" for key in missing[:3]]
+    examples += [f"log {key.decode(errors='replace')} held, not canonical" for key in sorted(unexpected)[:3]]
+    return PartitionReport(
+        partition=partition,
+        offered=len(wanted),
+        persisted=len(entries),
+        dead=len(wanted & dead_keys),
+        lost=len(missing),
+        unexpected=len(unexpected),
+        duplicated=duplicated,
+        out_of_order=out_of_order,
+        cursor_regressions=cursor_regressions(cursors, rolled_back=rolled_back),
+        final_cursor=final_cursor,
+        cursor_mismatch=final_token != expected_token,
+        spurious_retractions=spurious,
         examples=tuple(examples[:8]),
     )
 
@@ -775,21 +875,14 @@ def restarts_in_span(timed: Iterable[tuple[float, SupervisionLogEntry]], start: 
     return dict(sorted(counts.items()))
 
 
-def offered_from_config(config: SnapchainSimConfig, shards: Iterable[int], count: int | None = None) -> dict[str, list[tuple[int, bytes]]]:
-    """What a simulator with ``config`` offers per shard: ``count`` events each (default ``total``)."""
-    n = count if count is not None else config.total
-    if n is None:
-        raise ValueError("the simulator produces forever: give count (or set total)")
-    return {str(shard): generate_offered(config, shard, n) for shard in shards}
-
-
 # -- the check ------------------------------------------------------------------------------------
 
 
 async def check_run(
     redis_url: str,
-    offered: Mapping[str, Sequence[tuple[int, bytes]]],
+    offered: Mapping[str, Sequence[OfferedEvent]],
     *,
+    expected_cursors: Mapping[str, int] | None = None,
     name: str = "run",
     sampler: RunSampler | None = None,
     records: Sequence[FaultRecord] = (),
@@ -802,6 +895,7 @@ async def check_run(
     supervision: Sequence[SupervisionLogEntry] = (),
     process_restarts: int = 0,
     wall_offset: float | None = None,
+    compare: Callable[..., PartitionReport] | None = None,
 ) -> RunReport:
     """Read every partition of ``offered`` from Redis (after the drain) and build the report.
 
@@ -809,6 +903,10 @@ async def check_run(
     ``process_restarts`` adds weir's own restarts under ``"process"``; ``restarts`` (the total)
     defaults to their sum. ``wall_offset`` (``time.time() - trio.current_time()`` in the process
     that ran the schedule) places the log's events on the trio clock, to count them per fault.
+    ``expected_cursors``: per partition, the cursor a full drain leaves (default: the last offered
+    event's position). ``compare``: the source's own comparison instead of :func:`compare_partition`
+    (e.g. a chain's, :func:`compare_chain`), called as ``compare(partition, entries, dead=…,
+    cursors=…, final_cursor=…, final_token=…, rolled_back=…)``.
     """
     samples = sampler.samples if sampler is not None else []
     partitions = list(sampler.partitions) if sampler is not None else []
@@ -818,13 +916,18 @@ async def check_run(
             keys = partition_keys(source, partition, prefix=prefix)
             entries = await client.xrange_all(keys.events)
             dead = await client.xrange_all(keys.dead)
-            cursor = await client.command("HGET", keys.cursor, "position")
+            cursor, token = await client.command("HMGET", keys.cursor, "position", "token")
             column = partitions.index(partition) if partition in partitions else None
             cursors = [s.cursors[column] for s in samples] if column is not None else []
             final = None if cursor is None else int(cursor)
+            rolled_back = rollback_samples(samples, records, window)
+            if compare is not None:
+                reports.append(compare(partition, entries, dead=dead, cursors=[*cursors, final], final_cursor=final,
+                                       final_token=None if token is None else token.decode(), rolled_back=rolled_back))
+                continue
             reports.append(
                 compare_partition(partition, events, entries, dead=dead, cursors=[*cursors, final], final_cursor=final,
-                                  rolled_back=rollback_samples(samples, records, window))
+                                  expected_cursor=(expected_cursors or {}).get(partition), rolled_back=rolled_back)
             )
     origin = samples[0].at if samples else 0.0
     rss = [s.rss_kb for s in samples if s.rss_kb is not None]

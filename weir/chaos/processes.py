@@ -47,6 +47,7 @@ __all__ = [
     "restart_redis_from",
     "save_redis_state",
     "weir_run_args",
+    "weir_run_command",
 ]
 
 log = logging.getLogger("weir.chaos.processes")
@@ -75,12 +76,18 @@ class HubControl(Protocol):
     async def set_error(self, status: Status | None) -> None: ...
 
 
-def weir_run_args(redis_url: str, farcaster_url: str, *settings: str) -> list[str]:
-    """``python -m weir run`` against ``redis_url`` and ``farcaster_url``, plus ``--set`` each setting."""
-    args = [sys.executable, "-m", "weir", "run", "--redis-url", redis_url, "--farcaster-url", farcaster_url]
+def weir_run_command(redis_url: str, source_args: Sequence[str], settings: Sequence[str]) -> list[str]:
+    """``python -m weir run`` against ``redis_url``, with ``source_args`` (how it reaches the
+    network, e.g. ``--farcaster-url URL``), plus ``--set`` each setting."""
+    args = [sys.executable, "-m", "weir", "run", "--redis-url", redis_url, *source_args]
     for setting in settings:
         args += ["--set", setting]
     return args
+
+
+def weir_run_args(redis_url: str, farcaster_url: str, *settings: str) -> list[str]:
+    """``python -m weir run`` against ``redis_url`` and ``farcaster_url``, plus ``--set`` each setting."""
+    return weir_run_command(redis_url, ("--farcaster-url", farcaster_url), settings)
 
 
 @attrs.define(eq=False)

@@ -1,4 +1,4 @@
-"""Fault schedules: timed faults on named targets, a trio runner, and a hypothesis strategy.
+"""Fault schedules: timed faults on named targets, a trio runner, and a seeded generator.
 
 A schedule is a value that prints as one compact JSON line and parses back exactly
 (``Schedule.from_json(s.to_json()) == s``), so a failing chaos run is replayed from its log line.
@@ -15,12 +15,22 @@ Targets and kinds:
                 exit code is the record's ``outcome``; started again after ``duration``)
 ``hub``         ``drop_streams`` (instant), ``error`` (status ``params.status`` for ``duration``)
 ==============  ==========================================================================
+
+``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`); the others
+every run has. A new source adds its targets to :data:`KINDS`: a proxy in front of its simulator
+is a target named ``<something>_link`` with the proxy's kinds, and takes every link fault as is;
+a control target needs its kinds here and in ``_apply``.
+
+:func:`generate_schedule` draws a schedule from a ``random.Random`` (``weir chaos --random N
+--seed S`` needs nothing else); :func:`schedules` is the same generator as a hypothesis strategy,
+for property tests.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,13 +52,14 @@ __all__ = [
     "Schedule",
     "Targets",
     "TimedFault",
+    "generate_schedule",
+    "random_schedules",
     "run_schedule",
     "schedules",
 ]
 
 log = logging.getLogger("weir.chaos.schedule")
 
-LINK_TARGETS = ("hub_link", "redis_link")
 PROCESS_TARGETS = ("redis", "weir")
 KINDS: dict[str, tuple[str, ...]] = {
     "hub_link": tuple(FAULT_KINDS),
@@ -57,6 +68,11 @@ KINDS: dict[str, tuple[str, ...]] = {
     "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
 }
+
+
+def is_link(target: str) -> bool:
+    """Whether ``target`` is a fault proxy (takes the proxy's faults): ``redis_link``, ``hub_link``, …"""
+    return target.endswith("_link")
 
 
 def _params(value: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
@@ -83,7 +99,7 @@ class TimedFault:
             raise ValueError(f"unknown target {self.target!r} (one of {', '.join(KINDS)})")
         if self.kind not in kinds:
             raise ValueError(f"target {self.target} has no fault {self.kind!r} (one of {', '.join(kinds)})")
-        if self.target in LINK_TARGETS:
+        if is_link(self.target):
             self.proxy_fault()  # validates the parameters now, not when the fault is due
             Direction(self.param("direction", "both"))
         if self.kind == "error" and self.param("status", "UNAVAILABLE") not in Status.__members__:
@@ -145,13 +161,21 @@ class Schedule:
 
 @attrs.define(eq=False, kw_only=True)
 class Targets:
-    """What a schedule acts on; a fault on a target that is None is an error."""
+    """What a schedule acts on; a fault on a target that is missing (or None) is an error.
 
-    hub_link: FaultProxy | None = None
+    ``redis_link``, ``redis`` and ``weir`` are every run's; ``network`` holds the source's own
+    targets by name (``{"hub_link": proxy, "hub": control}`` for Farcaster).
+    """
+
     redis_link: FaultProxy | None = None
     redis: ProcessTarget | None = None
     weir: ProcessTarget | None = None
-    hub: HubControl | None = None
+    network: Mapping[str, Any] = attrs.Factory(dict)
+
+    def get(self, name: str) -> Any:
+        if name in ("redis_link", "redis", "weir"):
+            return getattr(self, name)
+        return self.network.get(name)
 
 
 @attrs.define(kw_only=True)
@@ -177,7 +201,7 @@ async def run_schedule(
     cancellation every fault still applied is cleared (processes are started/resumed again).
     """
     for fault in schedule.faults:
-        if getattr(targets, fault.target) is None:
+        if targets.get(fault.target) is None:
             raise ValueError(f"the schedule needs target {fault.target!r}, which was not given")
     records = [] if records is None else records
     t0 = trio.current_time()
@@ -190,7 +214,7 @@ async def run_schedule(
 
 async def _run_one(fault: TimedFault, targets: Targets, t0: float, records: list[FaultRecord]) -> None:
     await trio.sleep_until(t0 + fault.start)
-    target = getattr(targets, fault.target)
+    target = targets.get(fault.target)
     clear, outcome = await _apply(fault, target)
     record = FaultRecord(fault=fault, applied_at=trio.current_time(), outcome=outcome)
     records.append(record)
@@ -206,7 +230,7 @@ async def _run_one(fault: TimedFault, targets: Targets, t0: float, records: list
 
 async def _apply(fault: TimedFault, target: Any):  # type: ignore[no-untyped-def]
     """Apply ``fault``; return an async function that clears it, and the fault's outcome."""
-    if fault.target in LINK_TARGETS:
+    if is_link(fault.target):
         handle = target.add(fault.proxy_fault(), fault.param("direction", "both"))
 
         async def remove() -> None:
@@ -259,7 +283,8 @@ def _round(x: float) -> float:
     return round(x, 2)
 
 
-def schedules(
+def generate_schedule(
+    rng: random.Random,
     *,
     targets: Sequence[str] = ("hub_link", "redis_link"),
     kinds: Mapping[str, Sequence[str]] | None = None,
@@ -267,56 +292,69 @@ def schedules(
     horizon: float = 5.0,
     min_duration: float = 0.05,
     max_duration: float = 2.0,
-):  # type: ignore[no-untyped-def]
-    """A hypothesis strategy of :class:`Schedule` (bounded count, start, duration and parameters).
+) -> Schedule:
+    """A :class:`Schedule` drawn from ``rng`` (bounded count, start, duration and parameters).
 
     Faults on one process or the hub's error switch never overlap (a kill while frozen is not a
     scenario anyone can reason about); link faults may overlap. Times are rounded to 10 ms so the
-    JSON line stays short. Hypothesis is a test dependency, imported only here.
+    JSON line stays short. The same ``rng`` state gives the same schedule.
     """
+    allowed = {t: tuple((kinds or {}).get(t, KINDS[t])) for t in targets}
+    names = list(allowed)
+    seed = rng.randint(0, 2**31 - 1)
+    faults: list[TimedFault] = []
+    busy: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(rng.randint(0, max_faults)):
+        target = rng.choice(names)
+        kind = rng.choice(allowed[target])
+        start = _round(rng.uniform(0, horizon))
+        duration = 0.0 if kind == "drop_streams" else _round(rng.uniform(min_duration, max_duration))
+        params = _draw_params(rng, target, kind)
+        if not is_link(target):
+            spans = busy.setdefault(target, [])
+            if any(start < e and s < start + duration + 0.01 for s, e in spans):
+                continue  # would overlap: leave it out (deterministically)
+            spans.append((start, start + duration + 0.01))
+        faults.append(TimedFault(target=target, kind=kind, start=start, duration=duration, params=params))
+    return Schedule(faults=faults, seed=seed)
+
+
+def _draw_params(rng: random.Random, target: str, kind: str) -> dict[str, Any]:
+    if not is_link(target):
+        if kind == "error":
+            return {"status": rng.choice(["UNAVAILABLE", "INTERNAL", "RESOURCE_EXHAUSTED"])}
+        return {}
+    if kind == "down":
+        return {}
+    fields: dict[str, Any] = {
+        "latency": lambda: {"ms": rng.randint(1, 500), "jitter_ms": rng.randint(0, 50)},
+        "bandwidth": lambda: {"kb_per_s": rng.randint(10, 10_000)},
+        "timeout": lambda: {"close_after_ms": rng.choice([None, rng.randint(1, 1000)])},
+        "reset_peer": lambda: {"after_ms": rng.randint(0, 1000)},
+        "slicer": lambda: {"average_size": rng.randint(8, 64), "size_variation": rng.randint(0, 7),
+                           "delay_us": rng.randint(0, 2000)},
+        "limit_data": lambda: {"bytes": rng.randint(0, 65536)},
+    }[kind]()
+    return {"direction": rng.choice([d.value for d in Direction]), **fields}
+
+
+def random_schedules(count: int, seed: int, *, targets: Sequence[str], horizon: float = 4.0, max_faults: int = 4,
+                     max_duration: float = 2.0, attempts: int = 1000) -> list[Schedule]:
+    """``count`` distinct schedules of at least two distinct faults each, the same for the same seed."""
+    rng = random.Random(seed)
+    found: list[Schedule] = []
+    for _ in range(attempts):
+        if len(found) == count:
+            break
+        schedule = generate_schedule(rng, targets=targets, max_faults=max_faults, horizon=horizon, max_duration=max_duration)
+        if len(set(schedule.faults)) >= 2 and schedule not in found:
+            found.append(schedule)
+    return found
+
+
+def schedules(**options: Any):  # type: ignore[no-untyped-def]
+    """:func:`generate_schedule` as a hypothesis strategy (same options). Hypothesis is a test
+    dependency, imported only here."""
     from hypothesis import strategies as st
 
-    allowed = {t: tuple((kinds or {}).get(t, KINDS[t])) for t in targets}
-
-    @st.composite
-    def build(draw) -> Schedule:  # type: ignore[no-untyped-def]
-        seed = draw(st.integers(0, 2**31 - 1))
-        count = draw(st.integers(0, max_faults))
-        faults: list[TimedFault] = []
-        busy: dict[str, list[tuple[float, float]]] = {}
-        for _ in range(count):
-            target = draw(st.sampled_from(list(allowed)))
-            kind = draw(st.sampled_from(allowed[target]))
-            start = _round(draw(st.floats(0, horizon)))
-            duration = 0.0 if kind == "drop_streams" else _round(draw(st.floats(min_duration, max_duration)))
-            params = draw(_params_strategy(st, target, kind))
-            if target not in LINK_TARGETS:
-                spans = busy.setdefault(target, [])
-                if any(start < e and s < start + duration + 0.01 for s, e in spans):
-                    continue  # would overlap: leave it out (deterministically)
-                spans.append((start, start + duration + 0.01))
-            faults.append(TimedFault(target=target, kind=kind, start=start, duration=duration, params=params))
-        return Schedule(faults=faults, seed=seed)
-
-    return build()
-
-
-def _params_strategy(st, target: str, kind: str):  # type: ignore[no-untyped-def]
-    if target not in LINK_TARGETS:
-        if kind == "error":
-            return st.fixed_dictionaries({"status": st.sampled_from(["UNAVAILABLE", "INTERNAL", "RESOURCE_EXHAUSTED"])})
-        return st.just({})
-    direction = st.sampled_from([d.value for d in Direction])
-    ms = st.integers(0, 1000)
-    fields = {
-        "latency": {"ms": st.integers(1, 500), "jitter_ms": st.integers(0, 50)},
-        "bandwidth": {"kb_per_s": st.integers(10, 10_000)},
-        "timeout": {"close_after_ms": st.one_of(st.none(), st.integers(1, 1000))},
-        "reset_peer": {"after_ms": ms},
-        "slicer": {"average_size": st.integers(8, 64), "size_variation": st.integers(0, 7), "delay_us": st.integers(0, 2000)},
-        "limit_data": {"bytes": st.integers(0, 65536)},
-        "down": {},
-    }[kind]
-    if kind == "down":
-        return st.just({})
-    return st.fixed_dictionaries({"direction": direction, **fields})
+    return st.randoms(use_true_random=False).map(lambda rng: generate_schedule(rng, **options))

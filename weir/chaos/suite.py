@@ -1,21 +1,24 @@
 """The chaos suite's engine: run a named scenario end to end and judge it.
 
-A :class:`Scenario` is a fault :class:`~weir.chaos.schedule.Schedule` plus the load and the extra
-checks that go with it; the named ones live in the top-level ``chaos/scenarios.py`` of the
-checkout (:func:`load_registry`). One run (:func:`run_scenario`), production-shaped — four
-processes and real sockets:
+A :class:`~weir.chaos.scenario.Scenario` is a fault :class:`~weir.chaos.schedule.Schedule`, the
+source it runs against (:class:`~weir.chaos.source.ChaosSource`), the load and the extra checks
+that go with it; the named ones are the built-in :mod:`weir.chaos.scenarios` plus a user's file
+(:func:`~weir.chaos.registry.load_registry`). One run (:func:`run_scenario`), production-shaped —
+four processes and real sockets (here with the Farcaster source):
 
     python -m weir.sim snapchain ◀── hub_link proxy ◀── weir run (subprocess) ──▶ redis_link proxy ──▶ redis-server
                                                                  ▲                                        ▲
                              this process: proxies, schedule, RunSampler (direct) ────────────────────────┘
 
-1. start redis-server (embedded binary, AOF on, ``appendfsync always``), the simulator, a proxy in
-   front of each, and ``weir run`` through the proxies;
+1. start redis-server (embedded binary, AOF on, ``appendfsync always``) and a proxy in front of
+   it, the source's simulator and proxy (:meth:`ChaosSource.open`), and ``weir run`` through the
+   proxies;
 2. once weir persists (or at once, for a fault that must precede start-up) run the schedule;
-3. wait for a full drain: every partition's durable cursor is the last offered event (polled, with
-   a timeout — a hang fails the scenario);
-4. SIGTERM weir (it must exit 0), then :func:`~weir.chaos.checker.check_run` compares Redis with
-   what the simulator offered, and the recovery, memory and source-rate targets are judged.
+3. wait for a full drain: every partition's durable cursor is the source's final cursor (polled,
+   with a timeout — a hang fails the scenario);
+4. SIGTERM weir (it must exit 0), let the source check its simulator (``RunningSource.finish``),
+   then :func:`~weir.chaos.checker.check_run` compares Redis with what the source offered, and the
+   recovery, memory and source-rate targets are judged.
 
 Every fault window also reports weir's RSS growth over it (the process that was running when it
 began, from just before it to ``WINDOW_SETTLE_S`` after it ends or its recovery) and the restarts
@@ -30,12 +33,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import logging
-import os
 import re
-import signal
 import socket
 import statistics
 import sys
@@ -56,7 +56,6 @@ from weir.chaos.checker import (
     count_by_level,
     describe_rss,
     format_restarts,
-    offered_from_config,
     on_trio_clock,
     process_restarted,
     restarts_from_log,
@@ -64,11 +63,14 @@ from weir.chaos.checker import (
     rss_growth,
     supervision_from_log,
 )
-from weir.chaos.processes import SimProcessHub, WeirProcess, weir_run_args
+from weir.chaos.farcaster import FARCASTER
+from weir.chaos.processes import WeirProcess, weir_run_command
 from weir.chaos.proxy import open_proxy
-from weir.chaos.schedule import FaultRecord, Schedule, Targets, run_schedule, schedules
-from weir.sim.farcaster_data import SnapchainSimConfig, offered_digest
-from weir.sim.process import SimProcess, open_snapchain_sim
+from weir.chaos.registry import ScenariosError, load_registry
+from weir.chaos.scenario import Scenario
+from weir.chaos.schedule import FaultRecord, Schedule, Targets, random_schedules, run_schedule
+from weir.chaos.source import ChaosSource
+from weir.chaos.waiting import wait_until
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 
 __all__ = [
@@ -89,7 +91,7 @@ __all__ = [
 log = logging.getLogger("weir.chaos.suite")
 
 #: Recovery targets (seconds from the fault clearing to the first newly persisted event).
-RECOVERY_TARGET_NETWORK = 2.0  # a fault on the hub link or the hub
+RECOVERY_TARGET_NETWORK = 2.0  # a fault on the source's side (its link, its simulator)
 RECOVERY_TARGET_REDIS = 5.0  # Redis returns (its link or its process), or weir's own process restarts
 #: Memory bound under a stalled Redis: weir's RSS may not grow by more than this from the first to
 #: the second half of the stall (it must not grow with the stall's length).
@@ -104,11 +106,9 @@ RSS_WINDOW_GROWTH_LIMIT_KB = 32 * 1024
 #: Under a stalled Redis the source must read at most this fraction of what the network offers.
 SOURCE_SLOWDOWN = 0.5
 
-#: weir's settings in every scenario (tuned for fast recovery; docs/resilience.md says why).
+#: weir's settings in every scenario, whatever the source (tuned for fast recovery; docs/resilience.md
+#: says why); the source adds its own (:attr:`ChaosSource.settings`).
 BASE_SETTINGS: tuple[str, ...] = (
-    "farcaster.start=oldest",
-    "farcaster.idle_timeout=1",  # a silent-but-open hub is noticed after 1 s (default 30 s)
-    "farcaster.connect_timeout=2",
     "redis.socket_timeout=1",  # a hung Redis is noticed after 1 s (default 5 s)
     "supervision.backoff_initial=0.05",
     "supervision.backoff_max=0.5",  # default 10 s: recovery after a long outage would be up to that
@@ -117,62 +117,6 @@ BASE_SETTINGS: tuple[str, ...] = (
 )
 
 _PROCESS_TARGETS = ("redis", "redis_link", "weir")
-
-
-# -- scenarios ------------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class Scenario:
-    """A named chaos run.
-
-    Attributes:
-        name: the registry key, e.g. ``redis-kill``.
-        label: the faults in a few words (the table's "faults" column).
-        description: what it exercises (``--list``).
-        schedule: the faults, in seconds from when weir first persists (see ``before_start``).
-        rate: events/s per shard the simulator produces (after ``history`` that exist at its start).
-        history: events per shard that exist when the simulator starts.
-        shards: simulated user shards (one pipeline each).
-        tail: seconds of production left after the last fault clears (so recovery is measurable).
-        before_start: apply the schedule's first fault *before* starting weir (Redis down at start-up).
-        settings: extra ``--set`` for weir (after :data:`BASE_SETTINGS`).
-        checks: extra verdicts under a slow Redis link: ``memory_bounded`` (RSS does not grow with the
-            stall's length), ``source_slowed`` (the source reads less than half of what is offered),
-            ``sink_progress`` (events are still persisted while the link is slow).
-        expect: log events weir must write during the run, so a scenario proves the behaviour the
-            docs describe, not only the outcome: ``"event"`` or ``"event:field~text"`` (a JSON log
-            line with that ``event`` whose ``field`` contains ``text``), e.g.
-            ``"disconnect:error~IdleStream"``.
-        max_restarts: supervisor restarts allowed in the run (None: any); 0 where the fault must be
-            absorbed by a reconnect or a retry, never by restarting an actor.
-        drain_timeout: seconds after the last fault to wait for the full drain.
-    """
-
-    name: str
-    label: str
-    description: str = ""
-    schedule: Schedule
-    rate: float = 1000.0
-    history: int = 500
-    shards: int = 2
-    tail: float = 2.0
-    before_start: bool = False
-    settings: tuple[str, ...] = ()
-    checks: tuple[str, ...] = ()
-    expect: tuple[str, ...] = ()
-    max_restarts: int | None = None
-    drain_timeout: float = 30.0
-
-    def sim_config(self) -> SnapchainSimConfig:
-        # start-up (~1.5 s until weir persists) + the schedule + the tail, at `rate`
-        seconds = 1.5 + self.schedule.end + self.tail
-        # the schedule's seed, so `weir chaos --schedule '<json>'` replays the very same data
-        seed = self.schedule.seed & 0x7FFFFFFF
-        return SnapchainSimConfig(
-            shards=self.shards, seed=seed, rate=self.rate, history=self.history,
-            total=self.history + int(self.rate * seconds),
-        )  # fmt: skip
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -449,15 +393,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``condition`` until it holds (True) or ``timeout`` s pass (False)."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(interval)
-        return True
-    return False
-
-
 # -- one run --------------------------------------------------------------------------------------
 
 
@@ -466,27 +401,25 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
     began = time.monotonic()
     wall_offset = time.time() - trio.current_time()  # places weir's log lines (wall clock) on trio's clock
     workdir.mkdir(parents=True, exist_ok=True)
-    sim_config = scenario.sim_config()
-    partitions = [str(s) for s in range(1, scenario.shards + 1)]
-    offered = await trio.to_thread.run_sync(offered_from_config, sim_config, range(1, scenario.shards + 1))
-    last = tuple(offered[p][-1][0] for p in partitions)
+    source = scenario.source
+    load = scenario.load()
+    partitions = list(source.partitions)
+    offered = await trio.to_thread.run_sync(source.offered, load)
+    last = tuple(offered[p].final_cursor for p in partitions)
     problems: list[str] = []
     measures: dict[str, Any] = {}
     records: list[FaultRecord] = []
     seed = scenario.schedule.seed
     redis_config = RedisServerConfig(data_dir=workdir / "redis", appendfsync="always")
-    async with open_embedded_redis(redis_config) as redis, open_snapchain_sim(sim_config, record_offered=True) as sim, \
-            open_proxy("127.0.0.1", sim.port, seed=seed) as hub_link, \
+    async with open_embedded_redis(redis_config) as redis, source.open(load, workdir, seed) as network, \
             open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link:  # fmt: skip
         metrics_port = _free_port()
-        args = weir_run_args(
-            redis_link.redis_url, hub_link.http_url, *BASE_SETTINGS,
-            f"farcaster.shards={','.join(partitions)}", f"metrics.port={metrics_port}", *scenario.settings,
-        ) + ["--log-format", "json", "--log-level", "INFO"]  # fmt: skip
+        settings = (*BASE_SETTINGS, *source.settings, f"metrics.port={metrics_port}", *scenario.settings)
+        args = weir_run_command(redis_link.redis_url, network.weir_args, settings) + ["--log-format", "json", "--log-level", "INFO"]
         weir = WeirProcess(args=args, log_path=workdir / "weir.log")
-        sampler = RunSampler(redis.url, partitions, pid=lambda: weir.pid, interval=0.01)
+        sampler = RunSampler(redis.url, partitions, pid=lambda: weir.pid, interval=0.01, source=source.name)
         metrics = MetricsSampler(metrics_port)
-        targets = Targets(hub_link=hub_link, redis_link=redis_link, redis=redis, weir=weir, hub=SimProcessHub(sim.pid, sim.control))
+        targets = Targets(redis_link=redis_link, redis=redis, weir=weir, network=network.targets)
 
         def drained() -> bool:
             return bool(sampler.samples) and sampler.samples[-1].cursors == last
@@ -497,18 +430,18 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 nursery.start_soon(metrics.run)
                 if scenario.before_start:
                     nursery.start_soon(functools.partial(run_schedule, scenario.schedule, targets, records=records))
-                    await _wait(lambda: len(records) > 0, timeout=start_timeout)
+                    await wait_until(lambda: len(records) > 0, timeout=start_timeout)
                     await weir.start()
                 else:
                     await weir.start()
-                    if not await _wait(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
+                    if not await wait_until(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
                         problems.append(f"weir persisted nothing within {start_timeout:g} s of starting")
                     await run_schedule(scenario.schedule, targets, records=records)
                 # the schedule's end: for before_start, wait until every fault has cleared
-                await _wait(lambda: len(records) == len(scenario.schedule.faults)
+                await wait_until(lambda: len(records) == len(scenario.schedule.faults)
                             and all(r.cleared_at is not None for r in records), timeout=scenario.schedule.end + 60)
                 faults_done = trio.current_time()
-                if not await _wait(drained, timeout=scenario.drain_timeout):
+                if not await wait_until(drained, timeout=scenario.drain_timeout):
                     problems.append(
                         f"not drained {scenario.drain_timeout:g} s after the last fault cleared (a hang?): "
                         f"cursors {sampler.samples[-1].cursors if sampler.samples else None}, expected {last}; "
@@ -519,7 +452,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 code = await weir.terminate(timeout=15)
                 if code != 0:
                     problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
-                problems += await _check_simulator_record(sim, offered)
+                problems += await network.finish(offered)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -529,7 +462,8 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         _, reconnects = restarts_from_log(log_text)
         supervision = supervision_from_log(log_text)
         report = await check_run(
-            redis.url, offered, name=scenario.name, sampler=sampler, records=records,
+            redis.url, {p: o.events for p, o in offered.items()}, expected_cursors={p: o.final_cursor for p, o in offered.items()},
+            source=source.name, name=scenario.name, sampler=sampler, records=records,
             supervision=supervision, process_restarts=weir.starts - 1, wall_offset=wall_offset,
             reconnects=reconnects, schedule=scenario.schedule.to_json(),
         )  # fmt: skip
@@ -548,38 +482,6 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         problems=tuple(problems), elapsed_s=time.monotonic() - began, measures=measures,
         log_path=str(weir.log_path),
     )  # fmt: skip
-
-
-async def _check_simulator_record(sim: SimProcess, offered: Mapping[str, Sequence[tuple[int, bytes]]]) -> list[str]:
-    """Stop the simulator and compare what it says it offered with what the checker uses.
-
-    The checker regenerates the offered events (ids and bytes) from the simulator's seed; the
-    simulator's own record (written as it exits) proves that regeneration is what went on the wire.
-    """
-    os.kill(sim.pid, signal.SIGTERM)
-    if not await _wait(lambda: os.path.exists(sim.record), timeout=15):
-        return ["the simulator wrote no record of what it offered (did it exit?)"]
-    record = json.loads(Path(sim.record).read_text())
-    return record_mismatches(record, offered)
-
-
-def record_mismatches(record: Mapping[str, Any], offered: Mapping[str, Sequence[tuple[int, bytes]]]) -> list[str]:
-    """Differences between the simulator's record (``{partition: {ids, sha256}}``) and ``offered``."""
-    problems = []
-    for partition, events in offered.items():
-        entry = record.get(partition)
-        if entry is None:
-            problems.append(f"partition {partition}: the simulator recorded nothing offered")
-            continue
-        ids = [event_id for event_id, _ in events]
-        if entry["ids"] != ids:
-            first = next((i for i, (a, b) in enumerate(zip(entry["ids"], ids)) if a != b), min(len(ids), len(entry["ids"])))
-            problems.append(f"partition {partition}: the simulator offered {len(entry['ids'])} events, the checker "
-                            f"expected {len(ids)}; they differ from position {first}")
-            continue
-        if offered_digest(events) != entry["sha256"]:
-            problems.append(f"partition {partition}: the simulator offered other bytes than the checker regenerated")
-    return problems
 
 
 def judge_supervision(scenario: Scenario, report: RunReport) -> list[str]:
@@ -642,7 +544,7 @@ def _judge_stall(scenario: Scenario, records: Sequence[FaultRecord], sampler: Ru
                 problems.append(f"memory not bounded: weir's peak RSS grew {growth / 1024:.1f} MiB from the first "
                                 f"to the second half of the stall (limit {RSS_GROWTH_LIMIT_KB / 1024:g} MiB)")
     if "source_slowed" in scenario.checks:
-        offered_rate = scenario.rate * scenario.shards
+        offered_rate = scenario.rate * len(scenario.source.partitions)
         during = metrics.rate(start + settle, end)
         persisted = metrics.rate(start + settle, end, column=2)
         measures["offered_rate"] = offered_rate
@@ -665,59 +567,19 @@ def _judge_stall(scenario: Scenario, records: Sequence[FaultRecord], sampler: Ru
 # -- generated schedules --------------------------------------------------------------------------
 
 
-def random_schedules(count: int, seed: int, *, horizon: float = 4.0, max_faults: int = 4) -> list[Schedule]:
-    """``count`` distinct schedules from the hypothesis strategy, the same for the same seed."""
-    from hypothesis import Phase, given, settings
-    from hypothesis import seed as hypothesis_seed
-
-    found: list[Schedule] = []
-    strategy = schedules(
-        targets=("hub_link", "redis_link", "redis", "weir", "hub"),
-        max_faults=max_faults, horizon=horizon, max_duration=2.0,
-    )  # fmt: skip
-
-    @hypothesis_seed(seed)
-    @settings(max_examples=max(50, count * 20), database=None, phases=[Phase.generate], deadline=None)
-    @given(strategy)
-    def collect(schedule: Schedule) -> None:
-        # Hypothesis starts with its simplest draws (one 50 ms, 1 ms latency, repeated): keep
-        # schedules of at least two distinct faults.
-        if len(found) < count and len(set(schedule.faults)) >= 2 and schedule not in found:
-            found.append(schedule)
-
-    collect()
-    return found
-
-
-def schedule_scenario(schedule: Schedule, name: str = "schedule") -> Scenario:
+def schedule_scenario(schedule: Schedule, name: str = "schedule", source: ChaosSource = FARCASTER) -> Scenario:
     """A scenario that runs exactly ``schedule`` (``--schedule`` and ``--random``)."""
     return Scenario(
         name=name, label=f"{len(schedule.faults)} faults (seed {schedule.seed})",
-        description="a given fault schedule", schedule=schedule, rate=800.0, history=300,
+        description="a given fault schedule", schedule=schedule, source=source, rate=800.0, history=300,
     )
 
 
-def random_scenarios(count: int, seed: int) -> list[Scenario]:
-    return [schedule_scenario(s, f"random-{seed}-{i}") for i, s in enumerate(random_schedules(count, seed))]
-
-
-# -- the registry ---------------------------------------------------------------------------------
-
-
-def load_registry() -> dict[str, Scenario]:
-    """The named scenarios of ``chaos/scenarios.py`` (the checkout's top-level ``chaos`` package).
-
-    The suite is a development and CI tool: it needs the source checkout, whose root is put on
-    ``sys.path`` when ``chaos`` is not importable from where weir runs.
-    """
-    root = Path(__file__).resolve().parents[2]
-    if (root / "chaos" / "scenarios.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        module = importlib.import_module("chaos.scenarios")
-    except ImportError as exc:
-        raise RuntimeError(f"the chaos scenarios (chaos/scenarios.py in weir's checkout) are not available: {exc}") from exc
-    return module.registry()  # type: ignore[no-any-return]
+def random_scenarios(count: int, seed: int, source: ChaosSource = FARCASTER) -> list[Scenario]:
+    """``count`` generated schedules on every target of a run against ``source``, the same for the same seed."""
+    targets = ("redis_link", "redis", "weir", *source.network_targets)
+    schedules = random_schedules(count, seed, targets=targets, horizon=4.0, max_faults=4, max_duration=2.0)
+    return [schedule_scenario(s, f"random-{seed}-{i}", source) for i, s in enumerate(schedules)]
 
 
 # -- the suite and the command --------------------------------------------------------------------
@@ -743,13 +605,13 @@ def main(args: argparse.Namespace) -> int:
     """``weir chaos``: run the scenarios, print the table; 1 if any failed, 2 on a usage error."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        registry = load_registry()
-    except RuntimeError as exc:
+        registry = load_registry(args.scenarios_file)
+    except ScenariosError as exc:
         print(f"weir chaos: {exc}", file=sys.stderr)
         return 2
     if args.list:
         for scenario in registry.values():
-            print(f"{scenario.name:28} {scenario.label}\n{'':28} {scenario.description}")
+            print(f"{scenario.name:28} [{scenario.source.name}] {scenario.label}\n{'':28} {scenario.description}")
         return 0
     if "all" in args.scenarios:  # `weir chaos all --random N`: every named scenario, then the generated ones
         args.scenarios = list(registry)
@@ -764,15 +626,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"weir chaos: bad --schedule: {exc!r}", file=sys.stderr)
         return 2
     if args.random:
-        try:
-            chosen += random_scenarios(args.random, args.seed)
-        except ImportError:
-            print("weir chaos: --random needs hypothesis (pip install -e '.[test]')", file=sys.stderr)
-            return 2
+        chosen += random_scenarios(args.random, args.seed)
     if not args.scenarios and not args.schedule and not args.random:
         chosen = list(registry.values())
     if not chosen:
-        print("weir chaos: no scenarios to run: chaos/scenarios.py names none (give --random N or --schedule)",
+        print("weir chaos: no scenarios to run: the registry names none (give --random N or --schedule)",
               file=sys.stderr)
         return 2
     return trio.run(_main, chosen, args)

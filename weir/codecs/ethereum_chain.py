@@ -3,9 +3,10 @@
 The follower keeps a window of recent blocks (number, hash, parent hash, logs): a prefix of
 *emitted* blocks (their logs went down the pipeline; the newest is the cursor) and a suffix of
 *pending* blocks (seen, not yet ``confirmations`` deep). The driver (the actor, or a test) hands it
-a *branch*: consecutive blocks ending at a new head. :meth:`ChainFollower.link` says what it still
-needs before the branch connects to the window; the driver fetches that and asks again; then
-:meth:`ChainFollower.apply` returns the :class:`Step` values to emit:
+a *branch*: consecutive blocks ending at a new head, through a :class:`Linking`
+(:meth:`ChainFollower.begin`): :meth:`Linking.need` says what it still needs before the branch
+connects to the window; the driver fetches that, hands it over and asks again; then
+:meth:`Linking.finish` returns the :class:`Step` values to emit:
 
 - the branch's first parent is the tip: the plain case (a head, or a gap the driver filled);
 - it is an older block of the window: a reorg — the blocks above it are orphaned: emitted ones are
@@ -14,6 +15,12 @@ needs before the branch connects to the window; the driver fetches that and asks
   (``NeedBlock``), or, once the branch reaches below the window, the window's own older blocks
   (``NeedOlder``), until both meet at the common ancestor. A retracted block whose logs are not in
   memory (after a restart, only the cursor block is known) is asked for with ``NeedLogs``.
+
+Blocks of the branch that the window already holds are dropped before every question, not only
+the first: after a restart the window holds the cursor's block alone, so a re-announced older
+head is learnt to be an ancestor only once the walk back has fetched it. It then changes nothing.
+What a head means before any of this (a repeat, lag, a stale head, a gap for ranges) is decided by
+:mod:`weir.codecs.ethereum_heads`.
 
 Every step has its own **sequence number**, one more than the last: the Redis stream position.
 The sequence only increases, whatever the chain does, so stream ids stay strictly increasing and
@@ -168,6 +175,11 @@ class ChainFollower:
 
     # -- linking ---------------------------------------------------------------------------------
 
+    def begin(self, branch: Sequence[Block]) -> Linking:
+        """Start linking ``branch`` (consecutive blocks, oldest first) to the window."""
+        _check_branch(branch)
+        return Linking(follower=self, branch=list(branch))
+
     def trim_known(self, branch: Sequence[Block]) -> list[Block]:
         """Drop the branch's leading blocks that are already in the window (replayed heads)."""
         start = 0
@@ -274,3 +286,60 @@ def _check_branch(branch: Sequence[Block]) -> None:
             raise ValueError(
                 f"branch blocks do not link: {newer.header.number} {newer.header.hash} after {older.header.number} {older.header.hash}"
             )
+
+
+@attrs.define(eq=False)
+class Linking:
+    """One branch on its way into the window: what to fetch, then the steps (sans-IO).
+
+    The driver loops ``while (need := linking.need()) is not None``, answers each need with
+    :meth:`add_block`, :meth:`add_older` or :meth:`add_logs`, then calls :meth:`finish`. Giving up
+    half way (the node could not answer) is safe: the answers only ever add blocks the window's
+    chain really has below it, or logs of blocks it holds.
+
+    Attributes:
+        fetched: blocks put in front of the branch by hash (a gap filled, or a reorg's new branch).
+    """
+
+    follower: ChainFollower
+    branch: list[Block]
+    fetched: int = 0
+
+    def need(self) -> Need | None:
+        """What is still needed (None: :meth:`finish` can be called). Known blocks are dropped
+        first, every time (see the module docstring).
+
+        Raises:
+            ReorgTooDeep: the walk back passed ``max_depth`` blocks below the tip.
+        """
+        self.branch = self.follower.trim_known(self.branch)
+        if not self.branch:
+            return None  # nothing new: a re-announcement of blocks the window holds
+        return self.follower.link(self.branch)
+
+    def add_block(self, block: Block) -> None:
+        """Answer to :class:`NeedBlock`: the parent of the branch's first block."""
+        first = self.branch[0].header
+        if block.header.hash != first.parent_hash or block.header.number != first.number - 1:
+            raise ValueError(f"block {block.header.number} {block.header.hash} is not the parent of block {first.number} {first.hash}")
+        self.branch.insert(0, block)
+        self.fetched += 1
+
+    def add_older(self, header: Header) -> None:
+        """Answer to :class:`NeedOlder`."""
+        self.follower.add_older(header)
+
+    def add_logs(self, hash_: str, logs: Sequence[Log]) -> None:
+        """Answer to :class:`NeedLogs`."""
+        self.follower.add_logs(hash_, logs)
+
+    @property
+    def new_head(self) -> Header | None:
+        """The branch's last block, if anything of it is new."""
+        return self.branch[-1].header if self.branch else None
+
+    def finish(self) -> list[Step]:
+        """Apply the branch (:meth:`need` returned None); the steps to emit, in order."""
+        if self.need() is not None:
+            raise ValueError("the branch does not link to the window yet (call need() until it returns None)")
+        return self.follower.apply(self.branch) if self.branch else []

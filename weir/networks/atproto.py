@@ -21,7 +21,7 @@ from weir.actors.atproto import (
 )
 from weir.actors.filter import Predicate
 from weir.config import Config
-from weir.networks.base import NetworkContext, ReadCursor
+from weir.networks.base import NetworkContext, ReadCursor, ReadSince
 from weir.redact import redact_url
 
 
@@ -49,7 +49,8 @@ class AtprotoNetwork:
     def new_source_stats(self) -> AtprotoStats:
         return AtprotoStats()
 
-    def source(self, partition: str, *, read_cursor: ReadCursor, stats: Any) -> Callable[..., Awaitable[None]]:
+    def source(self, partition: str, *, read_cursor: ReadCursor, read_since: ReadSince | None = None,
+               stats: Any) -> Callable[..., Awaitable[None]]:
         async def read_position() -> int | None:
             cursor = await read_cursor()
             return None if cursor is None else cursor.position
@@ -59,6 +60,7 @@ class AtprotoNetwork:
             settings=self.settings,
             partition=partition,
             read_cursor=read_position,
+            read_since=read_since,
             stats=stats,
             backoff=self.context.backoff,
             breaker=self.breaker,

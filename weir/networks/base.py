@@ -14,6 +14,8 @@ from weir.sinks.redis_sink import Cursor
 from weir.supervision import Backoff, CircuitBreaker
 
 ReadCursor = Callable[[], Awaitable[Cursor | None]]
+#: The fields (without ``data``) of the partition's stream entries at positions from the given one on.
+ReadSince = Callable[[int], Awaitable[list[dict[str, str]]]]
 
 
 @attrs.frozen(kw_only=True)
@@ -45,8 +47,12 @@ class Network(Protocol):
 
     def new_source_stats(self) -> Any: ...
 
-    def source(self, partition: str, *, read_cursor: ReadCursor, stats: Any) -> Callable[..., Awaitable[None]]:
-        """A connection actor bound to everything but ``send``: called as ``target(stopping, send=..., task_status=...)``."""
+    def source(self, partition: str, *, read_cursor: ReadCursor, read_since: ReadSince, stats: Any) -> Callable[..., Awaitable[None]]:
+        """A connection actor bound to everything but ``send``: called as ``target(stopping, send=..., task_status=...)``.
+
+        ``read_since`` is for sources whose positions are not identities (Jetstream): what they
+        persisted lately, to recognise it when the network sends it again after a restart.
+        """
         ...
 
     def predicate(self) -> Predicate | None: ...

@@ -10,7 +10,7 @@ from weir.actors.ethereum import SOURCE, ChainStats, run_chain_connection
 from weir.actors.filter import Predicate
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder
 from weir.config import Config
-from weir.networks.base import NetworkContext, ReadCursor
+from weir.networks.base import NetworkContext, ReadCursor, ReadSince
 from weir.redact import redact_url
 
 
@@ -37,7 +37,8 @@ class EthereumNetwork:
     def new_source_stats(self) -> ChainStats:
         return ChainStats()
 
-    def source(self, partition: str, *, read_cursor: ReadCursor, stats: Any) -> Callable[..., Awaitable[None]]:
+    def source(self, partition: str, *, read_cursor: ReadCursor, read_since: ReadSince | None = None,
+               stats: Any) -> Callable[..., Awaitable[None]]:
         chain = next(c for c in self.settings.chains if str(c.chain_id) == partition)
         return functools.partial(
             run_chain_connection,

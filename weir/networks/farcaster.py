@@ -24,7 +24,7 @@ from weir.codecs.farcaster_keys import (
     HubEventKeys,
 )
 from weir.config import Config, FarcasterSettings
-from weir.networks.base import NetworkContext, ReadCursor
+from weir.networks.base import NetworkContext, ReadCursor, ReadSince
 from weir.redact import redact_url
 
 log = logging.getLogger("weir.networks.farcaster")
@@ -96,7 +96,8 @@ class FarcasterNetwork:
     def new_source_stats(self) -> ShardStats:
         return ShardStats()
 
-    def source(self, partition: str, *, read_cursor: ReadCursor, stats: Any) -> Callable[..., Awaitable[None]]:
+    def source(self, partition: str, *, read_cursor: ReadCursor, read_since: ReadSince | None = None,
+               stats: Any) -> Callable[..., Awaitable[None]]:
         async def read_position() -> int | None:
             cursor = await read_cursor()
             return None if cursor is None else cursor.position

@@ -98,9 +98,20 @@ class ServiceCollector(Collector):
         reconnects = counter("weir_source_reconnects", "Reconnections of the source after a network fault.")
         purged = counter("weir_pipeline_purged_chunks", "Chunks discarded from the channels at a pipeline restart (replayed by the source).")
         rollbacks = counter("weir_sink_rollbacks", "Times Redis was found holding an older cursor than it had acknowledged (lost writes, read again).")
+        # Sources that judge what they receive by identity (Farcaster, the AT Protocol).
+        duplicates = counter("weir_source_duplicates",
+                             "Events the source skipped because it had already handed them on (by identity: a replay, a repeat).")
+        reordered = counter("weir_source_reordered",
+                            "Events that arrived after a later one (Jetstream around its replay-to-live cutover) and were kept.")
+        stale_revs = counter("weir_source_stale_revs", "AT Protocol commits dropped because their rev was not above the repository's last.")
         # Ethereum chains only (sources whose statistics count reorgs).
         reorgs = counter("weir_reorgs", "Chain reorganisations: blocks the source had seen were replaced by another branch.")
         deep_reorgs = counter("weir_deep_reorgs", "Reorgs deeper than the confirmation depth: logs emitted as confirmed were retracted.")
+        ignored_heads = CounterMetricFamily(
+            "weir_ignored_heads", "Announced heads that moved nothing: repeat (a block weir holds, or its ancestor), "
+            "behind (the node is behind weir's tip), stale (no longer the node's block at its height).",
+            labels=[*_PARTITION, "reason"],
+        )
         connected = gauge("weir_source_connected", "1 while the source is receiving from the network, else 0.")
         position = gauge("weir_source_position", "Position (event id) of the last event the source received.")
         cursor = gauge("weir_cursor_position", "Durable cursor: the position through which the partition is persisted.")
@@ -130,9 +141,18 @@ class ServiceCollector(Collector):
             reconnects.add_metric(labels, getattr(source, "reconnects", 0))
             purged.add_metric(labels, sink.purged)
             rollbacks.add_metric(labels, sink.mark.rollbacks if sink.mark is not None else 0)
+            if hasattr(source, "duplicates_skipped"):
+                duplicates.add_metric(labels, source.duplicates_skipped)
+            if hasattr(source, "reordered"):
+                reordered.add_metric(labels, source.reordered)
+            if hasattr(source, "stale_revs"):
+                stale_revs.add_metric(labels, source.stale_revs)
             if hasattr(source, "deep_reorgs"):
                 reorgs.add_metric(labels, source.reorgs)
                 deep_reorgs.add_metric(labels, source.deep_reorgs)
+                for reason, count in (("repeat", source.repeated_heads), ("behind", source.behind_heads),
+                                      ("stale", source.stale_heads)):
+                    ignored_heads.add_metric([*labels, reason], count)
             connected.add_metric(labels, 1 if getattr(source, "connected", False) else 0)
             last_id = getattr(source, "last_id", None)
             if isinstance(last_id, (int, float)):
@@ -152,7 +172,8 @@ class ServiceCollector(Collector):
                 family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
 
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
-                    rollbacks, reorgs, deep_reorgs, connected, position, cursor, lag_events, lag_seconds, write_age, ready, depth, capacity,
+                    rollbacks, duplicates, reordered, stale_revs, reorgs, deep_reorgs, ignored_heads, connected, position, cursor,
+                    lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
 
     def _supervisors(self) -> Iterator[Metric]:

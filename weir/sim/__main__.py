@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--drop-after", type=_optional_int, default=None, help="ConsumerTooSlow after N frames per connection")
     at.add_argument("--reject-first", type=int, default=0, help="answer the first N handshakes with HTTP 429")
     at.add_argument("--exclusive-replay", action="store_true", help="replay after the cursor, not from it")
+    at.add_argument("--history", type=int, default=0, help="with --rate: events that exist at the start")
+    at.add_argument("--reorder-at-cutover", type=int, default=0,
+                    help="Jetstream: send N live messages before the last N replayed ones on every connection with a cursor")
+    at.add_argument("--duplicate-at-cutover", type=int, default=0,
+                    help="Jetstream: send the last N replayed messages again after the cutover")
     at.add_argument("--log-level", default="WARNING")
     from weir.sim import ethereum_main
 
@@ -149,6 +154,7 @@ def _main_atproto(args: argparse.Namespace) -> int:
     config = AtprotoSimConfig(
         seed=args.seed, total=args.total, rate=args.rate, dids=args.dids, corrupt_every=args.corrupt_every,
         drop_after=args.drop_after, reject_first=args.reject_first, inclusive_replay=not args.exclusive_replay,
+        history=args.history, reorder_at_cutover=args.reorder_at_cutover, duplicate_at_cutover=args.duplicate_at_cutover,
     )
     try:
         trio.run(serve_atproto_sim, config, args.host, args.port)

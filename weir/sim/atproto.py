@@ -12,15 +12,20 @@ ingestor can notice (shared/notes/protocols.md §2):
 - ``reject_first``: the first N handshakes get HTTP ``reject_status`` (429, 503, …) with
   ``Retry-After: <retry_after>`` (or no such header);
 - ``stale_every``: some commits carry a rev that is not above the repository's last one.
+- ``history``: with a ``rate``, that many events exist at the start (a cursor then replays them);
+  the others are released from the first connection on.
 
 Jetstream, ``GET /subscribe?wantedCollections=…&wantedDids=…&cursor=<µs>&compress=true``: one JSON
-message per op; the cursor is inclusive; ``compress=true`` sends zstd frames made with a shared
+message per op; the cursor is inclusive; ``reorder_at_cutover`` / ``duplicate_at_cutover`` send a
+few live messages ahead of the last replayed ones, and some replayed ones twice, where a replay
+turns live (as Bluesky's Jetstream does); ``compress=true`` sends zstd frames made with a shared
 dictionary, as Bluesky's servers do. Like Bluesky, which publishes its dictionary in the Jetstream
 repository, the simulator publishes its own (:func:`~weir.sim.atproto_data.jetstream_dictionary`)
 over plain HTTP: ``GET /jetstream/zstd_dictionary`` on the same port (:attr:`AtprotoSim.dictionary_url`).
 
 Control hooks for tests: :meth:`AtprotoSim.drop_connections`, :meth:`AtprotoSim.send_info`,
-:attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`.
+:attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`,
+:attr:`AtprotoSim.late_gate`, :attr:`AtprotoSim.cutovers`.
 """
 
 from __future__ import annotations
@@ -91,7 +96,12 @@ class AtprotoSim:
         self.seqs = [event.seq for event in self.events]
         self.js_messages = [(time_us, message) for event in self.events for time_us, message in event.jetstream]
         self.js_times = [time_us for time_us, _ in self.js_messages]
-        self.released = len(self.events) if not config.rate else 0
+        self.released = len(self.events) if not config.rate else min(config.history, len(self.events))
+        # Test hook (reorder_at_cutover): once set to an Event, a Jetstream connection sends the
+        # late (held back) messages only after it is set; a test stops weir in between.
+        self.late_gate: trio.Event | None = None
+        self.cutovers: list[list[int]] = []  # per Jetstream connection with a cursor: _cutover_order's plan
+        self._first_client = trio.Event()
         self.slow_timeout = slow_timeout
         self.dictionary = jetstream_dictionary()
         self.handshakes = 0
@@ -190,10 +200,12 @@ class AtprotoSim:
                               % (status, kind, len(body), body))
 
     async def _release(self) -> None:
+        if self.config.history:  # the history exists, the rest comes live once someone listens
+            await self._first_client.wait()
         start = trio.current_time()
         while self.released < len(self.events):
             await trio.sleep(RELEASE_TICK)
-            due = min(len(self.events), int((trio.current_time() - start) * self.config.rate))
+            due = min(len(self.events), self.config.history + int((trio.current_time() - start) * self.config.rate))
             if due > self.released:
                 self.released = due
                 self._notify()
@@ -218,6 +230,7 @@ class AtprotoSim:
             return
         ws = await request.accept()
         self.connections += 1
+        self._first_client.set()
         try:
             with trio.CancelScope() as scope:
                 drop = self._drop
@@ -287,24 +300,62 @@ class AtprotoSim:
         released_messages = lambda: bisect.bisect_right(self.js_times, self.events[self.released - 1].time_us + 10) if self.released else 0  # noqa: E731
         index = released_messages() if cursor is None else bisect.bisect_left(self.js_times, cursor)
         sent = 0
+
+        async def send(i: int) -> bool:
+            """Send message ``i`` unless the filters drop it; False once drop_after is reached."""
+            nonlocal sent
+            doc = json.loads(self.js_messages[i][1])
+            if dids and doc["did"] not in dids:
+                return True
+            if collections and doc["kind"] == "commit":
+                collection = doc["commit"]["collection"]
+                if collection not in exact and not collection.startswith(prefixes):
+                    return True
+            if self.config.drop_after is not None and sent >= self.config.drop_after:
+                return False  # Jetstream just closes
+            message = self.js_messages[i][1]
+            await self._send(ws, compressor.compress(message.encode()) if compressor else message)
+            sent += 1
+            return True
+
+        if cursor is not None:
+            first, index = index, max(index, released_messages())  # the replay ends where the live part begins
+            plan = self._cutover_order(first, index)
+            self.cutovers.append(plan)
+            for i in plan:
+                while i >= released_messages():  # a live message: wait for it
+                    changed = self._changed
+                    if i < released_messages():
+                        break
+                    await changed.wait()
+                if i == -1:
+                    if self.late_gate is not None:
+                        await self.late_gate.wait()
+                    continue
+                if not await send(i):
+                    return
+            index += min(self.config.reorder_at_cutover, len(self.js_messages) - index)
         while True:
             changed = self._changed
             limit = released_messages()
             while index < limit:
-                time_us, message = self.js_messages[index]
                 index += 1
-                doc = json.loads(message)
-                if dids and doc["did"] not in dids:
-                    continue
-                if collections and doc["kind"] == "commit":
-                    collection = doc["commit"]["collection"]
-                    if collection not in exact and not collection.startswith(prefixes):
-                        continue
-                if self.config.drop_after is not None and sent >= self.config.drop_after:
-                    return  # Jetstream just closes
-                await self._send(ws, compressor.compress(message.encode()) if compressor else message)
-                sent += 1
+                if not await send(index - 1):
+                    return
             await changed.wait()
+
+    def _cutover_order(self, first: int, cutover: int) -> list[int]:
+        """The messages of a replay from ``first`` to ``cutover`` and around its switch to live, in
+        the order they are sent: the last ``reorder_at_cutover`` replayed ones after as many live
+        ones, then the last ``duplicate_at_cutover`` replayed ones again. -1 marks where the late
+        ones begin (the test hook :attr:`late_gate`)."""
+        config = self.config
+        held = list(range(max(first, cutover - config.reorder_at_cutover), cutover))
+        ahead = list(range(cutover, min(cutover + config.reorder_at_cutover, len(self.js_messages))))
+        again = list(range(max(first, cutover - config.duplicate_at_cutover), cutover))
+        if not ahead:
+            return [*range(first, cutover), *again]
+        return [*range(first, cutover - len(held)), *ahead, -1, *held, *again]
 
 
 async def serve_atproto_sim(config: AtprotoSimConfig, host: str, port: int) -> None:

@@ -53,6 +53,14 @@ class AtprotoSimConfig:
             above the DID's last one: alternately equal to it and older (None: never).
         retention: events kept for replay (None: all); an older cursor gets #info OutdatedCursor.
         time_base_us: unix µs of the first event.
+        history: with a ``rate``, events released at once at the start; the rest at the rate from
+            the first connection on (so a replay always ends where a live part begins).
+        reorder_at_cutover: Jetstream, on every connection with a cursor: the first N live
+            messages (released after the connection) are sent before the last N replayed ones,
+            which thus arrive with a smaller time_us than messages already sent (as Bluesky's
+            Jetstream does around its replay-to-live cutover).
+        duplicate_at_cutover: Jetstream, there too: the last N replayed messages are sent again
+            after the reordered ones (true duplicates).
     """
 
     seed: int = 1
@@ -70,6 +78,9 @@ class AtprotoSimConfig:
     stale_every: int | None = None
     retention: int | None = None
     time_base_us: int = 1_754_850_000_000_000
+    history: int = 0
+    reorder_at_cutover: int = 0
+    duplicate_at_cutover: int = 0
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -101,6 +101,13 @@ class EthereumSimConfig:
             seconds, so replies to concurrent calls arrive in any order (0: at once, in order).
         cap_pinned: ``max_logs`` caps eth_getLogs by ``blockHash`` too (a provider that caps every
             answer): a block with more logs is refused however it is asked for.
+        lagging_backend: every second connection is served by a backend this many blocks behind
+            (two backends behind one URL, as a load balancer routes connections): its head, its
+            blocks by number and by hash, its logs and its pushed heads end that far below the
+            chain's head (0: one backend).
+        reannounce: after every ``eth_subscribe("newHeads")``, push the node's last this-many heads
+            again, oldest first (as a load-balanced provider does): blocks the client may already
+            hold, at and below its cursor (0: none).
 
     At run time, :meth:`EthereumSim.mute_heads` stops pushing heads to the subscriptions that exist
     (the connection stays open and blocks keep coming): a stuck ``newHeads`` subscription.
@@ -126,12 +133,14 @@ class EthereumSimConfig:
     approval_every: int = 0
     reply_delay: float = 0.0
     cap_pinned: bool = False
+    reannounce: int = 0
+    lagging_backend: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
             raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
         for name in ("logs_per_block", "history", "reorg_every", "max_logs", "max_range", "drop_every", "contracts",
-                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay"):
+                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay", "reannounce", "lagging_backend"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
 
@@ -218,13 +227,17 @@ class SimChain:
         self.produced += 1
         cfg = self.config
         if cfg.reorg_every and self.head_number > 1 and self.rng.randrange(cfg.reorg_every) == 0:
-            depth = min(self.rng.randint(cfg.min_reorg_depth, cfg.max_reorg_depth), self.head_number)
-            at = self.head_number
-            del self.canonical[len(self.canonical) - depth :]
-            new = [self._extend() for _ in range(depth + 1)]
-            self.reorgs.append((depth, at))
-            return new, self.rng.random() < 0.5
+            return self.reorg(self.rng.randint(cfg.min_reorg_depth, cfg.max_reorg_depth)), self.rng.random() < 0.5
         return [self._extend()], False
+
+    def reorg(self, depth: int) -> list[str]:
+        """Replace the top ``depth`` blocks by a branch one block longer; returns the new hashes."""
+        depth = min(depth, self.head_number)
+        at = self.head_number
+        del self.canonical[len(self.canonical) - depth :]
+        new = [self._extend() for _ in range(depth + 1)]
+        self.reorgs.append((depth, at))
+        return new
 
     def forget(self, hash_: str) -> None:
         """Drop an orphaned block: the node no longer serves it by hash (pruned side blocks)."""
@@ -297,6 +310,8 @@ class _Conn:
     scope: trio.CancelScope
     outbox_send: trio.MemorySendChannel[str]
     subscriptions: set[str] = attrs.Factory(set)
+    fresh_subscriptions: list[str] = attrs.Factory(list)  # made by the last message (reannounce)
+    behind: int = 0  # blocks this connection's backend is behind the chain (lagging_backend)
 
 
 @attrs.define(eq=False)
@@ -319,6 +334,7 @@ class EthereumSim:
     lag_head: int | None = None  # the newest block served while lagging (lag()); None: the whole chain
     lag_by_hash: bool = False  # while lagging, blocks above lag_head are still served by hash
     _sub_counter: int = 0
+    _accepted: int = 0
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
     _delay_rng: random.Random = attrs.Factory(lambda: random.Random(11))
 
@@ -357,17 +373,21 @@ class EthereumSim:
         self.lag_head = None
         self._announce(self.chain.canonical[-1:])
 
-    def _head(self) -> int:
-        """The newest block number served."""
-        head = self.chain.head_number
+    def _head(self, conn: _Conn | None = None) -> int:
+        """The newest block number served (to ``conn``: its backend may be behind)."""
+        head = self.chain.head_number - (conn.behind if conn is not None else 0)
         return head if self.lag_head is None else min(head, self.lag_head)
 
-    def _known(self, hash_: str) -> bool:
-        """Whether block ``hash_`` is served by hash (it exists, and is not hidden by :meth:`lag`)."""
+    def _known(self, hash_: str, conn: _Conn | None = None) -> bool:
+        """Whether block ``hash_`` is served by hash (it exists, and is not hidden by :meth:`lag`
+        or by ``conn``'s backend being behind)."""
         header = self.chain.headers.get(hash_)
         if header is None:
             return False
-        return self.lag_head is None or self.lag_by_hash or from_quantity(header["number"]) <= self.lag_head
+        number = from_quantity(header["number"])
+        if conn is not None and conn.behind and number > self._head(conn):
+            return False
+        return self.lag_head is None or self.lag_by_hash or number <= self.lag_head
 
     def record_calls(self) -> list[tuple[str, Any]]:
         """Note every call from now on, in the order the node reads them; returns the (live) list."""
@@ -390,9 +410,13 @@ class EthereumSim:
     def _announce(self, hashes: Iterable[str]) -> None:
         if self.lag_head is not None:
             return  # a node behind has not seen these blocks yet
+        hashes = list(hashes)
         for conn in list(self.connections):
+            # a backend behind announces the block that far below each new one, when it has it
+            seen = [self.chain.canonical[n] for n in sorted({from_quantity(self.chain.headers[h]["number"]) - conn.behind
+                                                             for h in hashes}) if n >= 0] if conn.behind else hashes
             for sub in conn.subscriptions - self.muted:
-                for hash_ in hashes:
+                for hash_ in seen:
                     text = notification_text("eth_subscription", {"subscription": sub, "result": self._serve_header(self.chain.headers[hash_])})
                     try:
                         conn.outbox_send.send_nowait(text)
@@ -401,14 +425,29 @@ class EthereumSim:
                     except trio.ClosedResourceError:
                         pass
 
+    def _reannounce(self, conn: _Conn) -> None:
+        """Push the last ``reannounce`` heads to the subscriptions just made on ``conn``."""
+        fresh, conn.fresh_subscriptions = conn.fresh_subscriptions, []
+        if not fresh or not self.config.reannounce or self.lag_head is not None:
+            return
+        for hash_ in self.chain.canonical[: self._head(conn) + 1][-self.config.reannounce :]:
+            for sub in fresh:
+                text = notification_text("eth_subscription", {"subscription": sub, "result": self._serve_header(self.chain.headers[hash_])})
+                try:
+                    conn.outbox_send.send_nowait(text)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    return
+
     async def handle(self, request: WebSocketRequest) -> None:
         if self.refusing:
             await request.reject(503, body=b"node unavailable")
             return
         ws = await request.accept()
         outbox_send, outbox_receive = trio.open_memory_channel[str](4096)
+        self._accepted += 1
+        behind = self.config.lagging_backend if self._accepted % 2 == 0 else 0  # round robin over two backends
         with trio.CancelScope() as scope:
-            conn = _Conn(ws=ws, scope=scope, outbox_send=outbox_send)
+            conn = _Conn(ws=ws, scope=scope, outbox_send=outbox_send, behind=behind)
             self.connections.add(conn)
             try:
                 async with trio.open_nursery() as nursery:
@@ -424,6 +463,7 @@ class EthereumSim:
                                 nursery.start_soon(self._send_later, outbox_send, reply, delay)
                             else:
                                 await outbox_send.send(reply)
+                            self._reannounce(conn)
                     except ConnectionClosed:
                         nursery.cancel_scope.cancel()
             finally:
@@ -492,22 +532,23 @@ class EthereumSim:
         if method == "eth_chainId":
             return to_quantity(self.config.chain_id)
         if method == "eth_blockNumber":
-            return to_quantity(self._head())
+            return to_quantity(self._head(conn))
         if method == "eth_getBlockByNumber":
             tag = params[0]
-            number = self._head() if tag in ("latest", "safe", "finalized") else from_quantity(tag, "block number")
-            return self._serve_header(chain.block_by_number(number) if number <= self._head() else None)
+            number = self._head(conn) if tag in ("latest", "safe", "finalized") else from_quantity(tag, "block number")
+            return self._serve_header(chain.block_by_number(number) if number <= self._head(conn) else None)
         if method == "eth_getBlockByHash":
             hash_ = str(params[0]).lower()
-            return self._serve_header(chain.headers[hash_] if self._known(hash_) else None)
+            return self._serve_header(chain.headers[hash_] if self._known(hash_, conn) else None)
         if method == "eth_getLogs":
-            return self._get_logs(params[0])
+            return self._get_logs(params[0], conn)
         if method == "eth_subscribe":
             if params[:1] != ["newHeads"]:
                 raise JsonRpcError(INVALID_PARAMS, f"unsupported subscription {params[:1]}")
             self._sub_counter += 1
             sub = "0x%032x" % self._sub_counter
             conn.subscriptions.add(sub)
+            conn.fresh_subscriptions.append(sub)
             return sub
         if method == "eth_unsubscribe":
             found = params[0] in conn.subscriptions
@@ -515,7 +556,7 @@ class EthereumSim:
             return found
         raise JsonRpcError(METHOD_NOT_FOUND, f"the method {method} does not exist/is not available")
 
-    def _get_logs(self, filter_: dict[str, Any]) -> list[dict[str, Any]]:
+    def _get_logs(self, filter_: dict[str, Any], conn: _Conn | None = None) -> list[dict[str, Any]]:
         chain = self.chain
         address = filter_.get("address")
         addresses = None if address is None else {a.lower() for a in ([address] if isinstance(address, str) else address)}
@@ -525,7 +566,7 @@ class EthereumSim:
             if "fromBlock" in filter_ or "toBlock" in filter_:
                 raise JsonRpcError(INVALID_PARAMS, "cannot specify both BlockHash and FromBlock/ToBlock")
             hash_ = str(filter_["blockHash"]).lower()
-            if not self._known(hash_):
+            if not self._known(hash_, conn):
                 raise JsonRpcError(-32000, "unknown block")
             found = [item for item in chain.logs[hash_] if _matches(item, addresses, topics)]
             if cfg.cap_pinned and len(found) > cfg.max_logs:
@@ -534,9 +575,9 @@ class EthereumSim:
 
         def bound(name: str) -> int:
             tag = filter_.get(name, "latest")
-            return self._head() if tag in ("latest", "safe", "finalized") else from_quantity(tag, name)
+            return self._head(conn) if tag in ("latest", "safe", "finalized") else from_quantity(tag, name)
 
-        first, last = bound("fromBlock"), min(bound("toBlock"), self._head())
+        first, last = bound("fromBlock"), min(bound("toBlock"), self._head(conn))
         if cfg.max_range and last - first + 1 > cfg.max_range:
             raise JsonRpcError(cfg.range_error_code, cfg.range_error_message.format(limit=cfg.max_range))
         out: list[dict[str, Any]] = []

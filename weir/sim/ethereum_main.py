@@ -1,6 +1,10 @@
 """``python -m weir.sim ethereum [options]``: the simulated Ethereum node as a process (until SIGTERM/SIGINT).
 
 Prints ``weir-sim ethereum listening on HOST:PORT`` once it serves. SIGUSR1 drops every connection.
+SIGUSR2 reads the ``--control`` file, one JSON object naming what to do now (the chaos suite writes
+it): ``{"reorg": N}`` replaces the top N blocks by a longer branch and pushes it, ``{"lag": N}``
+serves the chain only up to N blocks below its head until ``{"catch_up": true}``, ``{"mute": true}``
+silences the current head subscriptions, ``{"refuse": true|false}`` refuses new connections (503).
 On exit with ``--record PATH`` it writes the final canonical chain (``[[block hash, log index], ...]``
 and the head) as JSON, for checkers in other processes.
 """
@@ -9,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 
-from weir.sim.ethereum import EthereumSimConfig, serve_ethereum_sim
+from weir.sim.ethereum import EthereumSim, EthereumSimConfig, serve_ethereum_sim
 
 
 def _optional_int(text: str) -> int | None:
@@ -37,6 +42,11 @@ def add_parser(networks: argparse._SubParsersAction) -> None:
     eth.add_argument("--contracts", type=int, default=3)
     eth.add_argument("--malformed-log-every", type=int, default=0, help="about one log in N is malformed (persistently)")
     eth.add_argument("--malformed-header-every", type=int, default=0, help="every N-th header served is malformed (once)")
+    eth.add_argument("--max-range", type=int, default=0, help="eth_getLogs refuses ranges of more blocks than this (0: no cap)")
+    eth.add_argument("--lagging-backend", type=int, default=0,
+                     help="every second connection is served by a backend this many blocks behind")
+    eth.add_argument("--control", default="", help="file read on SIGUSR2: a JSON command (see the module docstring)")
+    eth.add_argument("--reannounce", type=int, default=0, help="push the last N heads again after every subscribe")
     eth.add_argument("--record", default="", help="write the final canonical chain here on exit")
     eth.add_argument("--log-level", default="WARNING")
 
@@ -47,7 +57,27 @@ def config_from_args(args: argparse.Namespace) -> EthereumSimConfig:
         history=args.history, blocks=args.blocks, reorg_every=args.reorg_every, min_reorg_depth=args.min_reorg_depth,
         max_reorg_depth=args.max_reorg_depth, max_logs=args.max_logs, drop_every=args.drop_every, contracts=args.contracts,
         malformed_log_every=args.malformed_log_every, malformed_header_every=args.malformed_header_every,
+        reannounce=args.reannounce, max_range=args.max_range, lagging_backend=args.lagging_backend,
     )
+
+
+def apply_control(sim: EthereumSim, path: str) -> None:
+    """Do what the control file says (see the module docstring); a bad file is logged, not fatal."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            command = json.load(handle)
+        if "reorg" in command:
+            sim._announce(sim.chain.reorg(int(command["reorg"])))
+        if "lag" in command:
+            sim.lag(sim.chain.head_number - int(command["lag"]))
+        if command.get("catch_up"):
+            sim.catch_up()
+        if command.get("mute"):
+            sim.mute_heads()
+        if "refuse" in command:
+            sim.refusing = bool(command["refuse"])
+    except (OSError, ValueError, TypeError) as exc:
+        logging.getLogger("weir.sim").error("control file %s: %s", path, exc)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2) as signals:
             async with trio.open_nursery() as nursery:
                 sim = await nursery.start(serve_ethereum_sim, config, args.host, args.port)
                 print(f"weir-sim ethereum listening on {args.host}:{sim.port}", flush=True)
@@ -69,11 +99,16 @@ def main(args: argparse.Namespace) -> int:
                         if signum == signal.SIGUSR1:
                             sim.drop_connections()
                             continue
+                        if signum == signal.SIGUSR2:
+                            if args.control:
+                                apply_control(sim, args.control)
+                            continue
                         break
                 finally:
                     if args.record:
                         with open(args.record, "w") as out:
-                            json.dump({"head": sim.chain.head_number, "logs": sim.chain.canonical_logs()}, out)
+                            json.dump({"head": sim.chain.head_number, "logs": sim.chain.canonical_logs(),
+                                       "blocks": sim.chain.canonical, "reorgs": sim.chain.reorgs}, out)
                     nursery.cancel_scope.cancel()
 
     trio.run(run)

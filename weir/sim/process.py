@@ -6,6 +6,7 @@ the ingestor are not disturbed by the simulator, and a chaos run can kill it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from weir.files import write_atomically
 from weir.sim.atproto_data import AtprotoSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
@@ -158,7 +160,8 @@ async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1",
     """
     args = [sys.executable, "-m", "weir.sim", "atproto", "--host", host, "--port", str(port), "--seed", str(config.seed),
             "--total", str(config.total), "--rate", repr(config.rate), "--dids", str(config.dids),
-            "--reject-first", str(config.reject_first)]
+            "--reject-first", str(config.reject_first), "--history", str(config.history),
+            "--reorder-at-cutover", str(config.reorder_at_cutover), "--duplicate-at-cutover", str(config.duplicate_at_cutover)]
     for flag, value in (("--corrupt-every", config.corrupt_every), ("--drop-after", config.drop_after)):
         if value is not None:
             args += [flag, str(value)]
@@ -179,6 +182,8 @@ class EthereumSimProcess:
         pid: the process id (``SIGUSR1`` drops every connection).
         config: what it was started with.
         record: where it writes its final canonical chain on exit ("" for nowhere).
+        control: the file it reads on ``SIGUSR2`` (a JSON command: see :mod:`weir.sim.ethereum_main`);
+            :meth:`command` writes it and signals.
     """
 
     host: str
@@ -186,6 +191,12 @@ class EthereumSimProcess:
     pid: int
     config: EthereumSimConfig
     record: str = ""
+    control: str = ""
+
+    def command(self, **what: object) -> None:
+        """Make the node do ``what`` now, e.g. ``command(reorg=3)``, ``command(lag=5)``."""
+        write_atomically(self.control, json.dumps(what).encode())
+        os.kill(self.pid, signal.SIGUSR2)
 
     @property
     def url(self) -> str:
@@ -204,6 +215,8 @@ def ethereum_args(config: EthereumSimConfig, host: str = "127.0.0.1", port: int 
         "--drop-every", str(config.drop_every), "--contracts", str(config.contracts),
         "--malformed-log-every", str(config.malformed_log_every),
         "--malformed-header-every", str(config.malformed_header_every),
+        "--reannounce", str(config.reannounce), "--max-range", str(config.max_range),
+        "--lagging-backend", str(config.lagging_backend),
     ]
     if record:
         args += ["--record", record]
@@ -228,6 +241,8 @@ async def open_ethereum_sim(
     Raises:
         SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
     """
-    args = ethereum_args(config, host, port, record)
-    async with _open_sim_process(args, "ethereum", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
-        yield EthereumSimProcess(host=h, port=p, pid=pid, config=config, record=record)
+    with tempfile.TemporaryDirectory(prefix="weir-sim-") as tmp:
+        control = os.path.join(tmp, "control.json")
+        args = [*ethereum_args(config, host, port, record), "--control", control]
+        async with _open_sim_process(args, "ethereum", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
+            yield EthereumSimProcess(host=h, port=p, pid=pid, config=config, record=record, control=control)

@@ -241,6 +241,30 @@ class RedisSink:
     async def _read_cursor_aio(self, cursor_key: str) -> list[bytes | None]:
         return await self._require_client().hmget(cursor_key, ["position", "token"])
 
+    async def read_since(self, partition: str, position: int, *, limit: int = 1_000_000,
+                         page: int = 1000) -> list[dict[str, str]]:
+        """The fields of the stream entries at positions from ``position`` on (oldest first, at most
+        ``limit``), without their ``data``: what a source whose positions are not identities
+        (Jetstream) rebuilds its memory of recent events from after a restart.
+
+        Raises:
+            SinkUnavailable: Redis cannot answer now.
+        """
+        events_key = self._key_tuple(partition)[0]
+        out: list[dict[str, str]] = []
+        start = f"{position}-0"
+        while len(out) < limit:
+            entries = await self._call(self._xrange_aio, events_key, start, min(page, limit - len(out)))
+            for _, fields in entries:
+                out.append({name.decode(): value.decode(errors="replace") for name, value in fields.items() if name != b"data"})
+            if len(entries) < page:
+                break
+            start = "(" + entries[-1][0].decode()
+        return out
+
+    async def _xrange_aio(self, key: str, start: str, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        return await self._require_client().xrange(key, min=start, max="+", count=count)
+
     async def check_behind(self, partition: str, expect: int) -> None:
         """Raise :class:`SinkBehind` if the stored cursor is below ``expect`` (or gone).
 

@@ -1,0 +1,146 @@
+"""JSON-RPC 2.0 over one WebSocket (trio-websocket): concurrent calls and batches matched by id,
+``eth_subscription`` pushes into a bounded channel. Knows nothing of chains; the Ethereum actor
+(:mod:`weir.actors.ethereum`) drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+
+from weir.actors.ws_transport import WebSocketTarget, open_stream
+from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, Notification, ProtocolError
+
+HEAD_BUFFER = 1024  # pushes buffered while the reader is busy (catching up); more are dropped and counted
+
+
+class ConnectionLost(Exception):
+    """The WebSocket closed (or broke) while calls were outstanding."""
+
+
+class RequestTimeout(Exception):
+    """A call got no answer within ``request_timeout``."""
+
+
+@attrs.define(eq=False)
+class RpcConnection:
+    """JSON-RPC calls over one WebSocket: concurrent calls and batches matched by id, pushes to ``heads``."""
+
+    ws: WebSocketConnection
+    timeout: float
+    protocol: JsonRpcClientProtocol = attrs.Factory(JsonRpcClientProtocol)
+    _waiting: dict[int, list[Any]] = attrs.Factory(dict)  # id -> [trio.Event, result or exception]
+    _broken: BaseException | None = None
+    heads_send: trio.MemorySendChannel[Any] = attrs.field(init=False)
+    heads: trio.MemoryReceiveChannel[Any] = attrs.field(init=False)
+    dropped_heads: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.heads_send, self.heads = trio.open_memory_channel[Any](HEAD_BUFFER)
+
+    async def read_loop(self) -> None:
+        try:
+            while True:
+                message = await self.ws.get_message()
+                for event in self.protocol.receive(message):
+                    if isinstance(event, Notification):
+                        if event.method == "eth_subscription" and isinstance(event.params, dict):
+                            try:
+                                self.heads_send.send_nowait(event.params.get("result"))
+                            except trio.WouldBlock:
+                                self.dropped_heads += 1
+                        continue
+                    slot = self._waiting.pop(event.id, None)
+                    if slot is not None:
+                        slot[1] = event.error if isinstance(event, ErrorReply) else event.result
+                        slot[0].set()
+        except ConnectionClosed as exc:
+            self._fail(ConnectionLost(f"WebSocket closed ({exc.reason})"))
+        except ProtocolError as exc:
+            self._fail(exc)
+        finally:
+            self.heads_send.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._broken = exc
+        for slot in self._waiting.values():
+            slot[1] = exc
+            slot[0].set()
+        self._waiting.clear()
+
+    async def call(self, method: str, params: Any = ()) -> Any:
+        """One call; returns its result or raises JsonRpcError / ConnectionLost / RequestTimeout."""
+        id_, text = self.protocol.request(method, params)
+        return (await self._send_and_wait([id_], text, method))[0]
+
+    async def batch(self, calls: list[tuple[str, Any]]) -> list[Any]:
+        """Several calls in one message; results in call order (answers may arrive in any order)."""
+        ids, text = self.protocol.batch(calls)
+        return await self._send_and_wait(ids, text, f"batch of {len(calls)} {calls[0][0]}")
+
+    async def _send_and_wait(self, ids: list[int], text: str, what: str) -> list[Any]:
+        if self._broken is not None:
+            raise ConnectionLost(f"connection already broken: {self._broken}")
+        slots = [[trio.Event(), None] for _ in ids]
+        self._waiting.update(zip(ids, slots))
+        try:
+            await self.ws.send_message(text)
+            with trio.fail_after(self.timeout):
+                for slot in slots:
+                    await slot[0].wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"{what}: no answer within {self.timeout:g}s") from None
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"WebSocket closed ({exc.reason})") from None
+        finally:
+            for id_ in ids:
+                self._waiting.pop(id_, None)
+            self.protocol.forget(ids)
+        results = [slot[1] for slot in slots]
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+
+@asynccontextmanager
+async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
+    """Connect, run the reader, yield the connection; closes it on exit.
+
+    An error leaves as itself, not wrapped in the reader nursery's exception group.
+    """
+    try:
+        async with _rpc_nursery(url, connect_timeout, request_timeout) as rpc:
+            yield rpc
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from group
+        raise
+
+
+@asynccontextmanager
+async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
+    # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
+    # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
+    target = WebSocketTarget.from_url(url)
+    stream = await open_stream(target, connect_timeout=connect_timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                ws = await wrap_client_stream(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
+            rpc = RpcConnection(ws=ws, timeout=request_timeout)
+            nursery.start_soon(rpc.read_loop)
+            try:
+                yield rpc
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)

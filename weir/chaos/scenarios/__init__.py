@@ -1,0 +1,18 @@
+"""The scenarios weir ships, one module per source (:mod:`weir.chaos.scenarios.farcaster`).
+
+A source's scenarios are plain data (:class:`~weir.chaos.scenario.Scenario` values); a new source
+adds its module here and its list to :func:`builtin`. A user's own scenarios are loaded from a
+file instead (:mod:`weir.chaos.registry`).
+"""
+
+from __future__ import annotations
+
+from weir.chaos.scenario import Scenario
+from weir.chaos.scenarios import farcaster
+
+__all__ = ["builtin"]
+
+
+def builtin() -> list[Scenario]:
+    """Every built-in scenario, in the order ``weir chaos`` runs them."""
+    return [*farcaster.scenarios()]
