@@ -6,8 +6,12 @@ import functools
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -168,3 +172,42 @@ def capture_json_logs() -> Iterator[LogCapture]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+def weir_args(command: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "weir", command, *args]
+
+
+@asynccontextmanager
+async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None) -> AsyncIterator[trio.Process]:
+    """Start ``weir``; on exit kill it if it is still running (only this process, by its handle).
+
+    WEIR_* variables of the test's environment are not passed on: the command line is the whole config.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
+    with open(log_path, "ab") as log:
+        process = await trio.lowlevel.open_process(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env, PYTHONUNBUFFERED="1"), cwd=cwd
+        )
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+async def metrics_url_from(log_path: Path, *, timeout: float = 30.0) -> str:
+    """The endpoint's URL, from the ``metrics_listening`` line of a ``weir run``'s JSON log."""
+    found: list[str] = []
+
+    def listening() -> bool:
+        for line in log_path.read_text().splitlines():
+            if '"metrics_listening"' in line:
+                found.append(json.loads(line)["url"])
+                return True
+        return False
+
+    await wait_for(listening, timeout=timeout, what="the metrics endpoint to listen")
+    return found[0]

@@ -340,6 +340,9 @@ def test_connect_urls():
         "&wantedDids=did%3Aweb%3Aexample.com")
     firehose = load_config(environ={}, overrides={"atproto.url": "ws://h:1", "atproto.dids": dids})
     assert connect_url(firehose.atproto, 5) == "ws://h:1/xrpc/com.atproto.sync.subscribeRepos?cursor=5"  # filtered locally
+    # A gateway's own path and query (an access token) stay where they belong: path before, query first.
+    gateway = load_config(environ={}, overrides={"atproto.url": "wss://gw.example/relay/?token=abc"})
+    assert connect_url(gateway.atproto, 5) == "wss://gw.example/relay/xrpc/com.atproto.sync.subscribeRepos?token=abc&cursor=5"
 
 
 # ----------------------------------------------------------------------------- HTTP rejections

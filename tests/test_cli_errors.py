@@ -85,7 +85,7 @@ UNREACHABLE = f"redis://127.0.0.1:{free_port()}/0"  # so config and usage cases 
         (["run", "--redis-url", "redis://h:port"],
          "weir: config error: redis.url: invalid port in 'redis://h:port' (from command line --redis-url)"),
         (["run", "--redis-url", "redis://admin:hunter2@h:port"],  # the password is never printed
-         "weir: config error: redis.url: invalid port in 'redis://admin:***@h:port' (from command line --redis-url)"),
+         "weir: config error: redis.url: invalid port in 'redis://***@h:port' (from command line --redis-url)"),
         (["run", "--redis-url", UNREACHABLE, "--set", "nope"],
          "weir: config error: --set 'nope': expected SECTION.KEY=VALUE (or log_level=, log_format=)"),
         # demo
@@ -179,7 +179,7 @@ def test_tail_against_a_redis_that_is_not_there() -> None:
         FAILURE, f"weir tail: cannot reach redis at redis://127.0.0.1:{port}/0: Connection refused")
     # The password in the URL is not printed.
     assert run_process("tail", "--redis-url", f"redis://:hunter2@127.0.0.1:{port}/0") == (
-        FAILURE, f"weir tail: cannot reach redis at redis://:***@127.0.0.1:{port}/0: Connection refused")
+        FAILURE, f"weir tail: cannot reach redis at redis://***@127.0.0.1:{port}/0: Connection refused")
 
 
 def test_embedded_redis_that_cannot_start_is_one_line(tmp_path: Path) -> None:

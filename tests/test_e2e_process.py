@@ -9,10 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,8 @@ from weir.sim.process import open_snapchain_sim
 
 from helpers import (
     assert_exact,
+    weir_args,
+    weir_process,
     cursor_position,
     e2e_config,
     in_process_sim,
@@ -38,10 +36,6 @@ SHARDS = (1, 2)
 TIMEOUT = 20.0
 
 
-def weir_args(command: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "weir", command, *args]
-
-
 def run_args(redis_url: str, sim_url: str, *extra: str) -> list[str]:
     return weir_args(
         "run",
@@ -55,26 +49,6 @@ def run_args(redis_url: str, sim_url: str, *extra: str) -> list[str]:
         "--set", "metrics.port=0",
         *extra,
     )  # fmt: skip
-
-
-@asynccontextmanager
-async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None) -> AsyncIterator[trio.Process]:
-    """Start ``weir``; on exit kill it if it is still running (only this process, by its handle).
-
-    WEIR_* variables of the test's environment are not passed on: the command line is the whole config.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
-    with open(log_path, "ab") as log:
-        process = await trio.lowlevel.open_process(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env, PYTHONUNBUFFERED="1"), cwd=cwd
-        )
-    try:
-        yield process
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
 
 
 async def persisted(redis_client, shard: int) -> int:

@@ -156,7 +156,7 @@ async def test_a_node_behind_the_cursor_is_waited_for_then_followed_exactly(redi
     # Full jitter draws each delay below a cap that doubles per attempt from backoff_initial (0.01 s):
     # a delay above it means the sessions counted as failures, not as progress.
     assert max(r.reconnect_in for r in lost) > 0.01, [r.reconnect_in for r in lost]
-    assert any(r.state == "open" for r in events("breaker_change") if r.breaker == f"ethereum {sim.url}")
+    assert any(r.state == "open" for r in events("breaker_change") if r.breaker == f"ethereum {sim_config.chain_id} {sim.url}")
     kinds = await assert_canonical(redis_client, sim, confirmations)
     assert kinds[b"retract"] == 0
 

@@ -439,9 +439,8 @@ def test_buckets_are_cumulative_and_weighted():
     assert (buckets.count, buckets.sum) == (6, 0.5 + 30 + 22)
 
 
-async def test_endpoint_before_the_service_is_attached_and_idle_connections(monkeypatch):
-    monkeypatch.setattr("weir.observability.http.IDLE_TIMEOUT", 0.2)
-    observability = Observability("127.0.0.1", 0)
+async def test_endpoint_before_the_service_is_attached_and_idle_connections():
+    observability = Observability("127.0.0.1", 0, idle_timeout=0.2)
     await observability.bind()
     try:
         async with trio.open_nursery() as nursery:

@@ -23,7 +23,6 @@ from weir.sinks.redis_sink import (
     is_transient_response,
     open_redis_sink,
 )
-from weir.sinks.urls import redacted
 
 pytestmark = pytest.mark.integration
 
@@ -502,12 +501,6 @@ async def test_a_cursor_that_is_gone_is_behind_any_expectation_and_none_expects_
         await sink.write(PART, [chunk(ev(5))], expect=-1)
 
 
-def test_urls_are_shown_without_their_password():
-    assert redacted("redis://admin:hunter2@h:6379/0") == "redis://admin:***@h:6379/0"
-    assert redacted("rediss://:hunter2@[::1]:6380/2") == "rediss://:***@[::1]:6380/2"
-    assert redacted("redis://h:6379/0") == "redis://h:6379/0"
-    assert redacted("redis://[::1") == "<redis URL>"  # urllib cannot take it apart
-
 
 async def test_an_unreachable_redis_is_named_without_its_password(asyncio_loop):
     import socket
@@ -518,5 +511,5 @@ async def test_an_unreachable_redis_is_named_without_its_password(asyncio_loop):
     async with open_redis_sink(f"redis://:hunter2@127.0.0.1:{port}/0", source=SOURCE, socket_timeout=1.0) as sink:
         with pytest.raises(SinkUnavailable) as caught:
             await sink.ping()
-    assert f"redis at redis://:***@127.0.0.1:{port}/0 unavailable" in str(caught.value)
+    assert f"redis at redis://***@127.0.0.1:{port}/0 unavailable" in str(caught.value)
     assert "hunter2" not in str(caught.value)

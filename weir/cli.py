@@ -22,6 +22,7 @@ import trio
 from weir import __version__, entry
 from weir.config import Config, ConfigError, load_config
 from weir.logs import configure_logging
+from weir.redact import redact_text
 from weir.sinks.embedded_redis import EmbeddedRedisError
 from weir.sinks.keys import validate_name
 
@@ -187,7 +188,7 @@ def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
         failure = group
         while isinstance(failure, BaseExceptionGroup):
             failure = failure.exceptions[0]
-    print(f"weir: cannot start the embedded Redis (redis.data_dir {config.redis.data_dir!r}): {failure}",
+    print(f"weir: cannot start the embedded Redis (redis.data_dir {config.redis.data_dir!r}): {redact_text(str(failure))}",
           file=sys.stderr)
     return EXIT_FAILURE
 
@@ -203,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config_from(args)
     except ConfigError as exc:
-        print(f"weir: config error: {exc}", file=sys.stderr)
+        print(f"weir: config error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     level = config.log_level
     if args.command == "demo" and args.log_level is None and "WEIR_LOG_LEVEL" not in os.environ:

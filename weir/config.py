@@ -20,7 +20,7 @@ import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
 from weir.sinks.keys import validate_prefix
-from weir.sinks.urls import redacted
+from weir.redact import redact_url
 from weir.supervision.breaker import CircuitBreaker
 
 MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
@@ -126,6 +126,12 @@ class MetricsSettings:
     port: int = 9464  # 0: any free port (the bound one is logged and on Service.observability)
     # /readyz fails for a partition with events pending and no durable write for this long.
     stale_after: float = 30.0
+    # Limits that keep the endpoint from being exhausted (docs/security.md): connections open at
+    # once (one more gets 503 and is closed at once), seconds before a request must begin, and
+    # seconds from its first byte until it must be complete.
+    max_connections: int = 64
+    idle_timeout: float = 5.0
+    request_timeout: float = 5.0
 
 
 @attrs.frozen(kw_only=True)
@@ -391,9 +397,9 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     if redis.url:
         parts = urlsplit(redis.url)
         if parts.scheme not in {"redis", "rediss", "unix"}:
-            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {redacted(redis.url)!r}")
+            fail("redis.url", f"expected a redis://, rediss:// or unix:// URL, got {redact_url(redis.url)!r}")
         if not _port_parses(parts):
-            fail("redis.url", f"invalid port in {redacted(redis.url)!r}")
+            fail("redis.url", f"invalid port in {redact_url(redis.url)!r}")
     else:  # the embedded server keeps its data in redis.data_dir
         _validate_data_dir(redis.data_dir, lambda message: fail("redis.data_dir", message))
     if redis.appendfsync not in {"always", "everysec"}:
@@ -418,11 +424,11 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     fc = config.farcaster
     parts = urlsplit(fc.url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        fail("farcaster.url", f"expected http://host:port (plaintext) or https://host:port (TLS), got {fc.url!r}")
+        fail("farcaster.url", f"expected http://host:port (plaintext) or https://host:port (TLS), got {redact_url(fc.url)!r}")
     if not _port_parses(parts):
-        fail("farcaster.url", f"invalid port in {fc.url!r}")
+        fail("farcaster.url", f"invalid port in {redact_url(fc.url)!r}")
     if parts.port == 0:
-        fail("farcaster.url", f"port 0 in {fc.url!r}: a node listens on a real port")
+        fail("farcaster.url", f"port 0 in {redact_url(fc.url)!r}: a node listens on a real port")
     for shard in fc.shards:
         if shard < 1:
             fail("farcaster.shards", f"user shards are numbered from 1, got {shard}")
@@ -445,7 +451,9 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
         fail("metrics.port", f"expected 0 (any free port) to 65535, got {config.metrics.port}")
     if not config.metrics.host:
         fail("metrics.host", "must not be empty (0.0.0.0 listens on every interface)")
-    positive("metrics.stale_after", config.metrics.stale_after)
+    for key in ("stale_after", "idle_timeout", "request_timeout"):
+        positive(f"metrics.{key}", getattr(config.metrics, key))
+    at_least("metrics.max_connections", config.metrics.max_connections, 1)
     _validate_ethereum(config.ethereum, fail)
     if not (config.farcaster.enabled or config.atproto.enabled or config.ethereum.enabled):
         fail("farcaster.enabled", "no network is enabled: set farcaster.enabled, atproto.enabled or ethereum.enabled to true")
@@ -485,9 +493,9 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
     for key in ("url", "jetstream_url"):
         parts = urlsplit(getattr(at, key))
         if parts.scheme not in {"ws", "wss"} or not parts.hostname:
-            fail(f"atproto.{key}", f"expected ws://host[:port] or wss://host[:port], got {getattr(at, key)!r}")
+            fail(f"atproto.{key}", f"expected ws://host[:port] or wss://host[:port], got {redact_url(getattr(at, key))!r}")
         if not _port_parses(parts):
-            fail(f"atproto.{key}", f"invalid port in {getattr(at, key)!r}")
+            fail(f"atproto.{key}", f"invalid port in {redact_url(getattr(at, key))!r}")
     if at.partition and not re.fullmatch(r"[A-Za-z0-9._-]+", at.partition):
         fail("atproto.partition", f"use letters, digits, '.', '_' or '-' only, got {at.partition!r}")
     if at.start not in {"live", "oldest"} and not _is_position(at.start, _INT64_MAX):
@@ -510,9 +518,9 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
         parts = urlsplit(at.zstd_dictionary)
         if parts.scheme in {"http", "https"}:
             if not parts.hostname or not _port_parses(parts):
-                fail("atproto.zstd_dictionary", f"expected http(s)://host[:port]/path, got {at.zstd_dictionary!r}")
+                fail("atproto.zstd_dictionary", f"expected http(s)://host[:port]/path, got {redact_url(at.zstd_dictionary)!r}")
         elif "://" in at.zstd_dictionary:
-            fail("atproto.zstd_dictionary", f"expected a file path or an http(s):// URL, got {at.zstd_dictionary!r}")
+            fail("atproto.zstd_dictionary", f"expected a file path or an http(s):// URL, got {redact_url(at.zstd_dictionary)!r}")
         elif not Path(at.zstd_dictionary).is_file():
             fail("atproto.zstd_dictionary", f"no such file {at.zstd_dictionary!r}")
     for key in ("max_frame_bytes", "max_bad_frames", "rev_cache", "read_batch"):
@@ -587,9 +595,9 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         seen.add(chain.chain_id)
         parts = urlsplit(chain.url)
         if parts.scheme not in {"ws", "wss"} or not parts.hostname:
-            fail("ethereum.chains", f"{where}: url: expected ws://host[:port][/path] or wss://…, got {chain.url!r}")
+            fail("ethereum.chains", f"{where}: url: expected ws://host[:port][/path] or wss://…, got {redact_url(chain.url)!r}")
         if not _port_parses(parts):
-            fail("ethereum.chains", f"{where}: url: invalid port in {chain.url!r}")
+            fail("ethereum.chains", f"{where}: url: invalid port in {redact_url(chain.url)!r}")
         for address in chain.addresses:
             if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
                 fail("ethereum.chains", f"{where}: addresses: expected 0x + 40 hex digits, got {address!r}")

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from weir.config import Config, ConfigError, load_config
+from weir.redact import redact_text, redact_url
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
 
@@ -73,12 +74,13 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                              **{item.partition("=")[0].strip(): "command line --set" for item in args.set}},
                 )
             except ConfigError as exc:  # the --set values valid alone, not with the demo's own (e.g. no network left)
-                print(f"weir: config error: {exc}", file=sys.stderr)
+                print(f"weir: config error: {redact_text(str(exc))}", file=sys.stderr)
                 return EXIT_USAGE
             summary: dict[str, object] = {}
 
             async def watch(service, stopping: trio.Event) -> None:
-                print(f"weir demo: Redis at {service.redis_url} (redis-cli -u {service.redis_url})", file=sys.stderr)
+                shown = redact_url(service.redis_url)
+                print(f"weir demo: Redis at {shown} (redis-cli -u {shown})", file=sys.stderr)
                 if service.observability is not None:
                     print(f"weir demo: metrics at {service.observability.url}/metrics", file=sys.stderr)
                 start = trio.current_time()

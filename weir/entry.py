@@ -42,11 +42,22 @@ def release() -> None:
         os.kill(os.getpid(), signum)
 
 
+def print_redacted_traceback(kind: type[BaseException], value: BaseException, traceback: object) -> None:
+    """``sys.excepthook`` of the console script: a crash prints its traceback as Python would, with
+    every URL in it redacted (weir/redact.py): an exception's text may quote a node's key."""
+    import traceback as tb
+
+    from weir.redact import redact_text
+
+    sys.stderr.write(redact_text("".join(tb.format_exception(kind, value, traceback))))  # type: ignore[arg-type]
+
+
 def main() -> int:
     global _installed
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _remember)
     _installed = True
+    sys.excepthook = print_redacted_traceback
     from weir.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from weir.redact import redact_text
+
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -38,7 +40,14 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
             elif isinstance(value, (list, tuple, dict)):
                 entry[key] = value if isinstance(value, dict) else list(value)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return redact_text(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal, redacted like :class:`JsonFormatter`'s."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
@@ -48,7 +57,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> No
     if use_json:
         handler.setFormatter(JsonFormatter())
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        formatter = TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         formatter.converter = time.localtime
         handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -17,7 +17,7 @@ from weir.app import REDIS_URL_FILE
 from weir.bridge import call_asyncio, open_asyncio_loop
 from weir.config import Config
 from weir.sinks.keys import partition_keys
-from weir.sinks.urls import redacted
+from weir.redact import redact_url
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
@@ -75,7 +75,7 @@ async def _tail_aio(url: str, config: Config, args: argparse.Namespace, emit) ->
             found = [key.decode() async for key in client.scan_iter(match=pattern.replace("{", "\\{").replace("}", "\\}"))]
             partitions = sorted((k[len(prefix) + len(args.source) + 3 : k.index("}")] for k in found), key=_natural)
         if not partitions:
-            print(f"weir tail: no {args.source} events under prefix {prefix!r} in {url}", file=sys.stderr)
+            print(f"weir tail: no {args.source} events under prefix {prefix!r} in {redact_url(url)}", file=sys.stderr)
             return EXIT_NOTHING
         last_ids: dict[str, bytes] = {}
         for partition in partitions:
@@ -132,8 +132,8 @@ async def run_tail(config: Config, args: argparse.Namespace) -> int:
         except trio.Cancelled:
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            print(f"weir tail: cannot reach redis at {redacted(url)}: {_reason(exc)}", file=sys.stderr)
+            print(f"weir tail: cannot reach redis at {redact_url(url)}: {_reason(exc)}", file=sys.stderr)
             return EXIT_FAILURE
         except redis.exceptions.ResponseError as exc:  # e.g. WRONGTYPE: the key is not weir's stream
-            print(f"weir tail: redis at {redacted(url)} refused a command: {exc}", file=sys.stderr)
+            print(f"weir tail: redis at {redact_url(url)} refused a command: {exc}", file=sys.stderr)
             return EXIT_FAILURE

@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
 import h11
@@ -40,6 +40,7 @@ import trio_websocket
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
+from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import (
     KEEP_ALL,
@@ -60,6 +61,7 @@ from weir.codecs.atproto_order import (
 from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.files import write_atomically
+from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
 
 log = logging.getLogger("weir.actors.atproto")
@@ -496,16 +498,22 @@ def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
     if cursor is None and settings.start != "live":
         cursor = 0 if settings.start == "oldest" else int(settings.start)
     if settings.mode == "firehose":
-        base = settings.url.rstrip("/") + FIREHOSE_PATH
-        return base if cursor is None else f"{base}?cursor={cursor}"
+        return _endpoint(settings.url, FIREHOSE_PATH, [] if cursor is None else [("cursor", str(cursor))])
     params: list[tuple[str, str]] = [("wantedCollections", c) for c in settings.collections]
     params += [("wantedDids", d) for d in settings.dids]
     if cursor is not None:
         params.append(("cursor", str(max(cursor, 1))))  # Jetstream replays inclusively: known events are skipped by identity
     if settings.compress:
         params.append(("compress", "true"))
-    base = settings.jetstream_url.rstrip("/") + JETSTREAM_PATH
-    return f"{base}?{urlencode(params)}" if params else base
+    return _endpoint(settings.jetstream_url, JETSTREAM_PATH, params)
+
+
+def _endpoint(server: str, path: str, params: list[tuple[str, str]]) -> str:
+    """``path`` under the server's URL, with ``params`` after the URL's own query (a gateway's
+    ``?token=…`` stays in the query, not glued in front of the path)."""
+    parts = urlsplit(server)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
 
 
 def retry_after(exc: BaseException, *, now: float | None = None) -> float | None:
@@ -632,6 +640,7 @@ async def load_zstd_dictionary(source: str, cache_dir: Path, *, timeout: float) 
         except OSError as exc:
             raise unavailable(f"cannot read {source!r}: {exc.strerror or exc}") from None
     cached = dictionary_cache_path(cache_dir, source)
+    shown = redact_url(source)  # a URL may carry an access token
     try:
         data = await trio.Path(cached).read_bytes()
         ident = dictionary_id(data)
@@ -640,27 +649,27 @@ async def load_zstd_dictionary(source: str, cache_dir: Path, *, timeout: float) 
     except (OSError, ValueError) as exc:  # damaged or unreadable: fetch it again
         log.warning("ignoring the cached zstd dictionary %s: %s", cached, exc)
     else:
-        log.info("zstd dictionary %s (id %d, %d bytes) from the cache %s", source, ident, len(data), cached,
-                 extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
+        log.info("zstd dictionary %s (id %d, %d bytes) from the cache %s", shown, ident, len(data), cached,
+                 extra={"event": "zstd_dictionary", "source": SOURCE, "url": shown, "dict_id": ident,
                         "bytes": len(data), "cache": str(cached), "fetched": False})
         return data
     try:
         with trio.fail_after(timeout):
             data = await _http_get(source)
     except trio.TooSlowError:
-        raise unavailable(f"cannot fetch {source}: no answer within {timeout:g}s") from None
+        raise unavailable(f"cannot fetch {shown}: no answer within {timeout:g}s") from None
     except (OSError, ValueError, HttpStatusError, h11.ProtocolError, trio.BrokenResourceError) as exc:
-        raise unavailable(f"cannot fetch {source}: {_fetch_problem(exc)}") from None
+        raise unavailable(f"cannot fetch {shown}: {_fetch_problem(exc)}") from None
     try:
         ident = dictionary_id(data)
     except ValueError as exc:
-        raise unavailable(f"{source} did not return a zstd dictionary: {exc}") from None
+        raise unavailable(f"{shown} did not return a zstd dictionary: {exc}") from None
     try:
         await trio.to_thread.run_sync(write_atomically, cached, data)
     except OSError as exc:  # still usable from memory; only the next start fetches again
         log.warning("cannot cache the zstd dictionary in %s: %s", cached, exc.strerror or exc)
-    log.info("zstd dictionary %s (id %d, %d bytes) fetched, cached in %s", source, ident, len(data), cached,
-             extra={"event": "zstd_dictionary", "source": SOURCE, "url": source, "dict_id": ident,
+    log.info("zstd dictionary %s (id %d, %d bytes) fetched, cached in %s", shown, ident, len(data), cached,
+             extra={"event": "zstd_dictionary", "source": SOURCE, "url": shown, "dict_id": ident,
                     "bytes": len(data), "cache": str(cached), "fetched": True})
     return data
 
@@ -759,7 +768,7 @@ async def run_atproto_connection(
             except DictionaryUnavailable as exc:
                 stats.last_error = str(exc)
                 log.error("%s: %s", partition, exc, extra={"event": "zstd_dictionary_unavailable", "source": SOURCE,
-                                                           "partition": partition, "url": dictionary.source, "error": str(exc)})
+                                                           "partition": partition, "url": redact_url(dictionary.source), "error": str(exc)})
                 raise
         reader = new_reader(settings, partition, stats, start, zstd_dictionary, persisted=recent)
 
@@ -787,23 +796,13 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
     """A client WebSocket whose TCP stream is always closed (trio-websocket's own
     ``open_websocket_url`` leaks the socket when the server rejects the handshake, e.g. with a 429).
     """
-    parts = urlsplit(url)
-    tls = parts.scheme == "wss"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = host if parts.port is None else f"{host}:{port}"
-    with trio.fail_after(settings.connect_timeout):
-        if tls:
-            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl.create_default_context(), https_compatible=True)
-        else:
-            stream = await trio.open_tcp_stream(host, port)
+    target = WebSocketTarget.from_url(url)
+    stream = await open_stream(target, connect_timeout=settings.connect_timeout)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(settings.connect_timeout):
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, host_header, resource,
+                    nursery, stream, target.host_header, target.resource,
                     message_queue_size=settings.read_batch,
                     # Above the frame limit, so an oversized frame reaches the reader and becomes a dead letter.
                     max_message_size=2 * settings.max_frame_bytes,
@@ -820,7 +819,8 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
 
 
 def _host(url: str) -> str:
-    parts = urlsplit(url)
+    """The server's URL without the query, and without credentials (for logs)."""
+    parts = urlsplit(redact_url(url))
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
@@ -838,7 +838,7 @@ async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk
     # way (an error frame, a stop) must not end this one at its first batch.
     reader.consecutive_bad = reader.longest_bad_run = 0
     stats.connects += 1
-    log.info("%s: connecting to %s", reader.partition, url,
+    log.info("%s: connecting to %s", reader.partition, redact_url(url),
              extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": _host(url),
                     "from_id": _cursor_in(url), "connects": stats.connects})
     async with open_websocket(url, settings) as ws:

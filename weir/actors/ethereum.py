@@ -32,6 +32,7 @@ from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_
 from weir.codecs.jsonrpc import JsonRpcError, ProtocolError, from_quantity, to_quantity
 from weir.config import EthereumChainSettings
 from weir.events import Chunk, DeadLetter, Event
+from weir.redact import redact_url
 from weir.sinks.redis_sink import Cursor
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -177,6 +178,11 @@ class ChainReader:
     def partition(self) -> str:
         return str(self.settings.chain_id)
 
+    @property
+    def shown_url(self) -> str:
+        """The node's URL as messages and logs show it: without its credentials."""
+        return redact_url(self.settings.url)
+
     def log_filter(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.settings.addresses:
@@ -195,7 +201,7 @@ class ChainReader:
         self.malformed_run += 1
         if self.malformed_run >= MALFORMED_RUN:
             self.malformed_run = 0
-            raise ProtocolError(f"{MALFORMED_RUN} malformed items in a row from {self.settings.url}: dropping the connection")
+            raise ProtocolError(f"{MALFORMED_RUN} malformed items in a row from {self.shown_url}: dropping the connection")
 
     def parse_header(self, obj: Any, where: str) -> Header:
         """:func:`parse_header`; one that does not parse is dead-lettered and raises :class:`MalformedHeader`."""
@@ -276,7 +282,7 @@ class ChainReader:
         self.unavailable = (exc.hash, count, since)
         missing_for = now - since
         if exc.hash is not None and count >= UNAVAILABLE_ATTEMPTS and missing_for >= self.lost_after:
-            message = (f"chain {self.partition}: block {exc.hash} was not served by {self.settings.url} in "
+            message = (f"chain {self.partition}: block {exc.hash} was not served by {self.shown_url} in "
                        f"{count} connections in a row over {missing_for:.1f}s ({one_line(str(exc), 2 * PROVIDER_TEXT)}); "
                        f"weir needs it to retract what it emitted from it (or to resume from it): use a node that "
                        f"keeps recent side blocks, see docs/ethereum.md (Limits)")
@@ -308,7 +314,7 @@ class ChainReader:
                                        hash_) from None
             if exc.too_large:
                 # One block is the smallest request there is: asking again would be refused again.
-                raise LogsRefused(f"chain {self.partition}: {self.settings.url} refuses the logs of block {hash_} "
+                raise LogsRefused(f"chain {self.partition}: {self.shown_url} refuses the logs of block {hash_} "
                                   f"even pinned by blockHash ({one_line(str(exc))}); narrow addresses/topics or use "
                                   f"a node without that cap") from None
             raise
@@ -582,8 +588,8 @@ async def run_chain_connection(
         async def on_lost(exc: BaseException, delay: float) -> None:
             stats.last_error = f"{type(exc).__name__}: {exc}"
             await reader.flush_dead(send)
-            log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, settings.url, stats.last_error, delay,
-                        extra={"event": "disconnect", "source": SOURCE, "partition": reader.partition, "url": settings.url,
+            log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, reader.shown_url, stats.last_error, delay,
+                        extra={"event": "disconnect", "source": SOURCE, "partition": reader.partition, "url": reader.shown_url,
                                "error": stats.last_error, "reconnect_in": round(delay, 3), "resume_from": _resume_point(reader),
                                "reconnects": stats.reconnects})
 
@@ -601,13 +607,13 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
     async with open_rpc(settings.url, connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout) as rpc:
         chain_id = from_quantity(await rpc.call("eth_chainId"), "eth_chainId")
         if chain_id != settings.chain_id:
-            raise ChainMismatch(f"{settings.url} serves chain {chain_id}, configured as chain {settings.chain_id}")
+            raise ChainMismatch(f"{reader.shown_url} serves chain {chain_id}, configured as chain {settings.chain_id}")
         await rpc.call("eth_subscribe", ["newHeads"])  # first: heads buffer while we catch up
         stats.connects += 1
         stats.connected = True
         stats.last_error = None
-        log.info("chain %s: connected to %s", reader.partition, settings.url,
-                 extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": settings.url,
+        log.info("chain %s: connected to %s", reader.partition, reader.shown_url,
+                 extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": reader.shown_url,
                         "resume_from": _resume_point(reader), "connects": stats.connects})
         if reader.follower is None:
             await _start(reader, rpc, reader.handed, send)

@@ -39,6 +39,7 @@ from weir.codecs.farcaster_keys import (
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
 from weir.events import Chunk, DeadLetter, Event
+from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
 
 log = logging.getLogger("weir.actors.farcaster")
@@ -67,14 +68,14 @@ class GrpcTarget:
     def from_url(cls, url: str) -> GrpcTarget:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http://host:port or https://host:port, got {url!r}")
+            raise ValueError(f"expected http://host:port or https://host:port, got {redact_url(url)!r}")
         tls = parts.scheme == "https"
         try:
             port = parts.port
         except ValueError as exc:
-            raise ValueError(f"invalid port in {url!r}: {exc}") from None
+            raise ValueError(f"invalid port in {redact_url(url)!r}: {exc}") from None
         if port == 0:
-            raise ValueError(f"port 0 in {url!r}: a node listens on a real port")
+            raise ValueError(f"port 0 in {redact_url(url)!r}: a node listens on a real port")
         return cls(host=parts.hostname, port=port if port is not None else (443 if tls else 3383), tls=tls)
 
     def __str__(self) -> str:

@@ -5,16 +5,15 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, Notification, ProtocolError
 
 HEAD_BUFFER = 1024  # pushes buffered while the reader is busy (catching up); more are dropped and counted
@@ -128,19 +127,12 @@ async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) 
 async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
     # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
     # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
-    parts = urlsplit(url)
-    tls = parts.scheme == "wss"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    with trio.fail_after(connect_timeout):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    target = WebSocketTarget.from_url(url)
+    stream = await open_stream(target, connect_timeout=connect_timeout)
     try:
-        if tls:
-            stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await wrap_client_stream(nursery, stream, host, resource, max_message_size=256 << 20)
+                ws = await wrap_client_stream(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
             rpc = RpcConnection(ws=ws, timeout=request_timeout)
             nursery.start_soon(rpc.read_loop)
             try:

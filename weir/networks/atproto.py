@@ -22,6 +22,7 @@ from weir.actors.atproto import (
 from weir.actors.filter import Predicate
 from weir.config import Config
 from weir.networks.base import NetworkContext, ReadCursor, ReadSince
+from weir.redact import redact_url
 
 
 class AtprotoNetwork:
@@ -32,7 +33,7 @@ class AtprotoNetwork:
         self.context = context
         sup = config.supervision
         url = self.settings.url if self.settings.mode == "firehose" else self.settings.jetstream_url
-        self.breaker = sup.breaker(f"atproto {url}")
+        self.breaker = sup.breaker(f"atproto {redact_url(url)}")
         # Jetstream with compression: the dictionary, fetched once (a URL is cached in weir's data directory).
         source = dictionary_source(self.settings)
         self.dictionary = None if source is None else ZstdDictionary(

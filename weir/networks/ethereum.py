@@ -11,6 +11,7 @@ from weir.actors.filter import Predicate
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder
 from weir.config import Config
 from weir.networks.base import NetworkContext, ReadCursor, ReadSince
+from weir.redact import redact_url
 
 
 class EthereumNetwork:
@@ -22,7 +23,7 @@ class EthereumNetwork:
         self.decoder = LogDecoder(EventAbi.parse(text) for text in self.settings.abis)
         sup = config.supervision
         self.breakers = {
-            str(chain.chain_id): sup.breaker(f"ethereum {chain.url}")
+            str(chain.chain_id): sup.breaker(f"ethereum {chain.chain_id} {redact_url(chain.url)}")  # unique though two URLs redact alike
             for chain in self.settings.chains
         }
 

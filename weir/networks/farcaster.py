@@ -25,6 +25,7 @@ from weir.codecs.farcaster_keys import (
 )
 from weir.config import Config, FarcasterSettings
 from weir.networks.base import NetworkContext, ReadCursor, ReadSince
+from weir.redact import redact_url
 
 log = logging.getLogger("weir.networks.farcaster")
 
@@ -61,7 +62,7 @@ class FarcasterNetwork:
         self.context = context
         sup = config.supervision
         # One breaker per node, shared by its shards: a node that is down is not hammered by each.
-        self.node_breaker = sup.breaker(f"snapchain {self.settings.url}")
+        self.node_breaker = sup.breaker(f"snapchain {redact_url(self.settings.url)}")
 
     @staticmethod
     def enabled(config: Config) -> bool:

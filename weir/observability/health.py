@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from weir.redact import redact_text
 from weir.supervision import BreakerState, CircuitBreaker
 
 
@@ -117,12 +118,13 @@ def readiness(service: Any, *, now: float, stale_after: float) -> Readiness:
         for breaker, network in open_breakers:
             if network is None or network == source:
                 problems.append(f"circuit breaker {breaker.name!r} is {breaker.state.value}")
-        partitions[view.name] = problems
+        # The problems quote errors, which may quote a node's URL: redacted like every output.
+        partitions[view.name] = [redact_text(problem) for problem in problems]
     ready = bool(partitions) and not any(partitions.values())
     return Readiness(
         ready=ready,
         partitions=partitions,
-        breakers={b.name: b.state.value for b, _ in breakers},
+        breakers={redact_text(b.name): b.state.value for b, _ in breakers},
     )
 
 

@@ -6,6 +6,11 @@ server task: if the task crashes, the root supervisor restarts it on the same po
 
 Observability never takes ingestion down: a port already in use is logged as an error and the
 service runs without the endpoint; a bad request or a broken connection ends that connection only.
+
+Nor can a client exhaust it (docs/security.md): at most ``max_connections`` are open at once (one
+more is answered 503 and closed at once, so descriptors stay bounded and accept never meets
+EMFILE on the endpoint's account); a connection must begin a request within ``idle_timeout`` and
+complete it within ``request_timeout``, so idle and slow (slowloris) clients are shed in seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,13 +34,17 @@ from weir.supervision import ChildSpec, Restart
 
 log = logging.getLogger("weir.observability")
 
-#: A connection with no complete request for this long is closed (keep-alive idle or a slow client).
-IDLE_TIMEOUT = 30.0
 #: Writing a response may take this long at most.
 SEND_TIMEOUT = 10.0
 MAX_REQUEST_HEAD = 16 * 1024
 RECEIVE_SIZE = 16 * 1024
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_BUSY_BODY = b"busy: too many connections to the metrics endpoint\n"
+#: The whole answer to a connection above the cap: small enough for one non-blocking write.
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 class Observability:
@@ -47,13 +57,24 @@ class Observability:
         host, port: where it listens (``port`` is the bound one, e.g. when configured as 0; None
             when it is not listening).
         registry: this service's Prometheus registry (None until attached).
+        max_connections: connections open at once; one more is answered 503 and closed.
+        idle_timeout: seconds a connection may wait before a request begins.
+        request_timeout: seconds a request may take to arrive whole once begun.
+        connections: connections open now.
+        refused: connections answered 503 because ``max_connections`` were open.
     """
 
-    def __init__(self, host: str, port: int, *, stale_after: float = 30.0) -> None:
+    def __init__(self, host: str, port: int, *, stale_after: float = 30.0, max_connections: int = 64,
+                 idle_timeout: float = 5.0, request_timeout: float = 5.0) -> None:
         self.host = host
         self.requested_port = port
         self.port: int | None = None
         self.stale_after = stale_after
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.connections = 0
+        self.refused = 0
         self.registry: CollectorRegistry | None = None
         self.service: Any = None
         self._listeners: list[trio.SocketListener] = []
@@ -103,26 +124,38 @@ class Observability:
             nursery.cancel_scope.cancel()
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        failures = 0  # accept failures in a row for want of descriptors or memory: logged once
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                log.error("metrics endpoint: accept failed (%s); retrying in 0.1 s", exc)
+                if failures == 0:
+                    log.error("metrics endpoint: accept failed (%s); retrying every 0.1 s", exc,
+                              extra={"event": "metrics_accept_failed", "error": str(exc)})
+                failures += 1
                 await trio.sleep(0.1)
                 continue
+            if failures:
+                log.warning("metrics endpoint: accepting again after %d failed attempts", failures,
+                            extra={"event": "metrics_accept_recovered", "failures": failures})
+                failures = 0
+            if self.connections >= self.max_connections:
+                self.refused += 1
+                _refuse_at_once(stream)
+                continue
+            self.connections += 1
             nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        """Serve requests on one connection (keep-alive) until the client closes or idles."""
+        """Serve requests on one connection (keep-alive) until the client closes, idles or is too slow."""
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         try:
             while True:
-                request = None
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    request = await _read_request(connection, stream)
-                if request is None:  # closed by the client, or idle too long
+                request = await _read_request(connection, stream, idle_timeout=self.idle_timeout,
+                                              request_timeout=self.request_timeout)
+                if request is None:  # closed by the client, idle too long, or too slow
                     return
                 status, content_type, body = self.respond(request.method, request.target, _header(request, b"accept"))
                 with trio.fail_after(SEND_TIMEOUT):
@@ -138,6 +171,7 @@ class Observability:
             log.exception("metrics endpoint: request failed")
             await _send_error(connection, stream, 500, "internal error")
         finally:
+            self.connections -= 1
             await trio.aclose_forcefully(stream)
 
     def respond(self, method: bytes, target: bytes, accept: bytes = b"") -> tuple[int, str, bytes]:
@@ -166,7 +200,10 @@ async def open_observability(settings: Any) -> AsyncIterator[Observability | Non
     if not settings.enabled:
         yield None
         return
-    observability = Observability(settings.host, settings.port, stale_after=settings.stale_after)
+    observability = Observability(
+        settings.host, settings.port, stale_after=settings.stale_after, max_connections=settings.max_connections,
+        idle_timeout=settings.idle_timeout, request_timeout=settings.request_timeout,
+    )
     try:
         await observability.bind()
     except OSError as exc:
@@ -193,19 +230,39 @@ def _header(request: h11.Request, name: bytes) -> bytes:
     return b""
 
 
-async def _read_request(connection: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    """The next request, read to its end (a body is discarded); None when the client has closed."""
+async def _read_request(
+    connection: h11.Connection, stream: trio.SocketStream, *, idle_timeout: float, request_timeout: float
+) -> h11.Request | None:
+    """The next request, read to its end (a body is discarded); None when the client has closed,
+    sent nothing for ``idle_timeout`` s, or took more than ``request_timeout`` s from its first byte."""
     request: h11.Request | None = None
-    while True:
-        event = connection.next_event()
-        if event is h11.NEED_DATA:
-            connection.receive_data(await stream.receive_some(RECEIVE_SIZE))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-            return None
+    began = bool(connection.trailing_data[0])  # a pipelined request already begun
+    with trio.move_on_after(request_timeout if began else idle_timeout) as deadline:
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if data and not began:
+                    began = True
+                    deadline.deadline = trio.current_time() + request_timeout
+                connection.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+    return None
+
+
+def _refuse_at_once(stream: trio.SocketStream) -> None:
+    """Answer 503 and close, without waiting (the accept loop must not): one non-blocking write,
+    which a fresh socket's empty send buffer takes whole; if not, the client just sees the close."""
+    try:
+        os.write(stream.socket.fileno(), BUSY_RESPONSE)
+    except OSError:
+        pass
+    stream.socket.close()
 
 
 async def _send_response(

@@ -32,6 +32,7 @@ from weir.observability.health import (
     partition_labels,
     partition_problems,
 )
+from weir.redact import redact_text
 from weir.supervision import BreakerState
 
 #: weir_breaker_state values.
@@ -72,6 +73,7 @@ class ServiceCollector(Collector):
         yield from self._partitions(now)
         yield from self._supervisors()
         yield from self._breakers()
+        yield from self._endpoint()
 
     def _info(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("weir_build_info", "weir's version (always 1).", labels=["version"])
@@ -201,7 +203,16 @@ class ServiceCollector(Collector):
                                      labels=["breaker"])
         for breaker, _network in breakers_of(self.service):
             stats = breaker.statistics()
-            state.add_metric([stats.name], BREAKER_STATE_VALUE[stats.state])
-            opened.add_metric([stats.name], stats.opened_count)
-            failures.add_metric([stats.name], stats.consecutive_failures)
+            label = [redact_text(stats.name)]  # named after a node's URL: never with its credentials
+            state.add_metric(label, BREAKER_STATE_VALUE[stats.state])
+            opened.add_metric(label, stats.opened_count)
+            failures.add_metric(label, stats.consecutive_failures)
         yield from (state, opened, failures)
+
+    def _endpoint(self) -> Iterator[Metric]:
+        endpoint = getattr(self.service, "observability", None)
+        if endpoint is None:
+            return
+        yield GaugeMetricFamily("weir_http_connections", "Connections open to this endpoint.", value=endpoint.connections)
+        yield CounterMetricFamily("weir_http_connections_refused",
+                                  "Connections answered 503 because metrics.max_connections were open.", value=endpoint.refused)

@@ -33,7 +33,7 @@ from weir.sinks.keys import (
     validate_name,
     validate_prefix,
 )
-from weir.sinks.urls import redacted
+from weir.redact import redact_url
 
 _U64_MAX = (1 << 64) - 1
 
@@ -162,7 +162,7 @@ class RedisSink:
         if maxlen is not None and (type(maxlen) is not int or maxlen < 1):
             raise ValueError(f"maxlen must be a positive int or None, not {maxlen!r}")
         self.url = url
-        self._shown_url = redacted(url)  # for messages: without the password
+        self._shown_url = redact_url(url)  # for messages: without the password
         self.prefix = validate_prefix(prefix)
         self.source = validate_name("source", source)
         self.socket_timeout = socket_timeout
