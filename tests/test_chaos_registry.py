@@ -135,3 +135,42 @@ def test_the_scenarios_do_not_need_the_engine():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == len(builtin())
+
+
+def test_generated_schedules_cycle_through_every_source_and_draw_its_fault_kinds():
+    from weir.chaos.sources import SOURCES
+    from weir.chaos.suite import random_scenarios
+
+    scenarios = random_scenarios(2 * len(SOURCES), 7)
+    assert [s.source.name for s in scenarios] == [*SOURCES] * 2
+    assert random_scenarios(2 * len(SOURCES), 7) == scenarios  # the same seed, the same schedules
+    for scenario in scenarios:
+        allowed = {"redis", "redis_link", "weir", *scenario.source.network_targets}
+        assert {f.target for f in scenario.schedule.faults} <= allowed
+    drawn = {f.target for s in random_scenarios(12 * len(SOURCES), 3) for f in s.schedule.faults}
+    for source in SOURCES.values():
+        assert drawn & set(source.network_targets), f"no generated fault on {source.name}'s targets"
+
+
+def test_a_replayed_schedule_runs_against_the_source_its_targets_name():
+    from weir.chaos.schedule import Schedule, TimedFault
+    from weir.chaos.sources import SOURCES, source_of
+
+    def on(*targets: str) -> Schedule:
+        kinds = {"node": "drop", "hub": "drop_streams", "redis": "kill"}
+        return Schedule(seed=1, faults=[TimedFault(target=t, kind=kinds.get(t, "latency"), start=0, duration=0,
+                                                   params={"ms": 1} if t.endswith("_link") else {}) for t in targets])
+
+    assert source_of(on("node", "redis")) is SOURCES["ethereum"]
+    assert source_of(on("hub_link")) is SOURCES["farcaster"]
+    assert source_of(on("redis"), default=SOURCES["ethereum"]) is SOURCES["ethereum"]
+    with pytest.raises(ValueError, match="several sources"):
+        source_of(on("node", "hub"))
+
+
+def test_weir_chaos_source_choices_are_the_suite_sources():
+    from weir.chaos.sources import SOURCES
+    from weir.cli import build_parser
+
+    chaos = next(a for a in build_parser()._subparsers._group_actions[0].choices["chaos"]._actions if a.dest == "source")
+    assert set(chaos.choices) == set(SOURCES)

@@ -15,7 +15,7 @@ from weir.chaos.suite import load_registry, random_scenarios, run_scenario
 
 REGISTRY = load_registry()
 RANDOM_SEED = 20251123
-RANDOM_COUNT = 2
+RANDOM_COUNT = 3  # cycles through the sources (weir.chaos.sources.SOURCES)
 
 
 def _explain(result) -> str:  # type: ignore[no-untyped-def]

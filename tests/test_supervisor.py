@@ -509,6 +509,40 @@ async def test_nested_supervisor_escalation_is_a_crash_its_parent_restarts(
     assert starts_of(log).count("sibling") == 1
 
 
+async def test_a_child_supervisor_that_gave_up_on_a_fatal_error_is_not_restarted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A fatal error (weir.errors.Fatal) is retried within the inner supervisor's intensity, like
+    any crash; once the inner one gives up on it, the outer one escalates at once instead of
+    restarting the subtree: no crash loop, and the Fatal error is in the cause chain."""
+    from weir.errors import Fatal, fatal_in
+
+    class WrongChain(Fatal):
+        pass
+
+    class FatalWorker:
+        starts = 0
+
+        async def run(self, stopping: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            self.starts += 1
+            task_status.started()
+            await trio.sleep(1.0)
+            raise WrongChain("the node serves chain 5, configured as chain 1")
+
+    worker = FatalWorker()
+    inner = Supervisor("inner", [ChildSpec(name="worker", target=worker.run)], max_restarts=2, period=100.0,
+                       backoff=NO_BACKOFF)
+    outer_rec = Recorder()
+    outer = Supervisor("outer", [ChildSpec(name="pipeline", target=inner.run)], max_restarts=5, period=100.0,
+                       backoff=NO_BACKOFF, on_event=outer_rec)
+    with pytest.raises(SupervisorEscalation) as info:
+        await run_bounded(outer)
+    assert worker.starts == 3  # the first run and max_restarts=2 restarts, then the inner gave up
+    assert outer_rec.kinds("restarting", "escalated") == [("escalated", "pipeline")]
+    assert isinstance(fatal_in(info.value), WrongChain)
+    assert "fatal: the node serves chain 5" in str(info.value)
+
+
 async def test_intensity_counts_exit_times_not_when_a_backoff_let_us_handle_them(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

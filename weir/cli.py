@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
     chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",
                        help="run this fault schedule (the JSON line a failed run printed); repeatable")
+    chaos.add_argument("--source", choices=("farcaster", "ethereum"), default=None,
+                       help="the network of --random and --schedule runs (default: --random cycles through every "
+                            "source; a --schedule runs against the source its targets name)")
     chaos.add_argument("--json", type=_output_file, metavar="PATH", help="also write the results as JSON to PATH")
     chaos.add_argument("--workdir", type=_directory, metavar="DIR", help="keep every run's files (weir log, Redis data) under DIR")
     return parser
@@ -234,11 +237,13 @@ async def serve_until_signalled(config: Config, *, on_started=None) -> int:
 
 async def _serve_with_signals(config: Config, signals: Any, on_started: Any) -> int:
     from weir.app import serve
+    from weir.errors import EXIT_FATAL, fatal_in
     from weir.supervision import SupervisorEscalation
 
     stopping = trio.Event()
     interrupted = False
     failed = False
+    fatal: BaseException | None = None
     early = [signal.Signals(signum).name for signum in entry.take_pending()]
     if len(early) > 1:  # twice while still importing: "now", as a second signal always means
         log.warning("second %s (during start-up): exiting at once", early[-1],
@@ -277,10 +282,14 @@ async def _serve_with_signals(config: Config, signals: Any, on_started: Any) -> 
             if on_started is not None and service is not None:
                 nursery.start_soon(on_started, service, stopping)
     except* SupervisorEscalation as group:
-        log.error("giving up: %s", group.exceptions[0])
+        fatal = fatal_in(group)
+        if fatal is not None:  # one line an operator can act on, and a distinct exit code
+            log.error("fatal: %s", fatal, extra={"event": "fatal", "error": f"{type(fatal).__name__}: {fatal}"})
+        else:
+            log.error("giving up: %s", group.exceptions[0])
         failed = True
     if failed:
-        return EXIT_FAILURE
+        return EXIT_FATAL if fatal is not None else EXIT_FAILURE
     if interrupted:
         return EXIT_INTERRUPTED
     log.info("stopped cleanly", extra={"event": "stopped"})

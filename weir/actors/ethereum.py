@@ -31,6 +31,7 @@ from weir.codecs import ethereum_heads as heads
 from weir.codecs.ethereum_logs import Header, Log, LogDecoder, Malformed, parse_header, parse_log, raw_bytes, raw_log_bytes
 from weir.codecs.jsonrpc import JsonRpcError, ProtocolError, from_quantity, to_quantity
 from weir.config import EthereumChainSettings
+from weir.errors import Fatal
 from weir.events import Chunk, DeadLetter, Event
 from weir.redact import redact_url
 from weir.sinks.redis_sink import Cursor
@@ -56,7 +57,7 @@ class IdleStream(Exception):
     """No head for longer than the idle timeout while the node's head moved on."""
 
 
-class ChainMismatch(Exception):
+class ChainMismatch(Fatal):
     """The endpoint serves another chain than the configured ``chain_id`` (configuration error)."""
 
 
@@ -82,13 +83,13 @@ class NodeBehind(BlockUnavailable):
         self.node_head = node_head
 
 
-class BlockLost(Exception):
+class BlockLost(Fatal):
     """A block weir needs by hash (an orphan to retract, the cursor's block) was not served in
     UNAVAILABLE_ATTEMPTS sessions in a row, over UNAVAILABLE_BLOCKS block times at least, by a node
     that has passed its height: the node pruned it. Not retried (docs/ethereum.md, Limits)."""
 
 
-class LogsRefused(Exception):
+class LogsRefused(Fatal):
     """The node refuses one block's logs as too large even pinned by ``blockHash``: no smaller
     request exists, so retrying cannot help (narrow the filter, or use a node without that cap)."""
 

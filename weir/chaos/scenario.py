@@ -46,6 +46,9 @@ class Scenario:
         max_restarts: supervisor restarts allowed in the run (None: any); 0 where the fault must be
             absorbed by a reconnect or a retry, never by restarting an actor.
         drain_timeout: seconds after the last fault to wait for the full drain.
+        exits: weir must stop by itself with this exit code once the faults are applied (a fatal
+            error, e.g. a reorg deeper than it can retract: 3), within ``drain_timeout``, instead of
+            draining; supervisors escalating on the way are then expected. None: weir runs on.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Scenario:
     expect: tuple[str, ...] = ()
     max_restarts: int | None = None
     drain_timeout: float = 30.0
+    exits: int | None = None
 
     def __attrs_post_init__(self) -> None:
         provided = {"redis", "redis_link", "weir", *self.source.network_targets}

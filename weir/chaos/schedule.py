@@ -46,7 +46,6 @@ import trio
 from grpclib.const import Status
 
 from weir.chaos.processes import (
-    HubControl,
     ProcessTarget,
     restart_redis_from,
     save_redis_state,
@@ -338,6 +337,10 @@ def _draw_params(rng: random.Random, target: str, kind: str) -> dict[str, Any]:
     if not is_link(target):
         if kind == "error":
             return {"status": rng.choice(["UNAVAILABLE", "INTERNAL", "RESOURCE_EXHAUSTED"])}
+        if kind == "reorg":
+            return {"depth": rng.randint(1, 3)}
+        if kind == "lag":
+            return {"blocks": rng.randint(1, 8)}
         return {}
     if kind == "down":
         return {}

@@ -70,6 +70,7 @@ from weir.chaos.registry import ScenariosError, load_registry
 from weir.chaos.scenario import Scenario
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, random_schedules, run_schedule
 from weir.chaos.source import ChaosSource
+from weir.chaos.sources import SOURCES, source_of
 from weir.chaos.waiting import wait_until
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 
@@ -450,7 +451,16 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 await wait_until(lambda: len(records) == len(scenario.schedule.faults)
                             and all(r.cleared_at is not None for r in records), timeout=scenario.schedule.end + 60)
                 faults_done = trio.current_time()
-                if not await drain(scenario.drain_timeout):
+                if scenario.exits is not None:
+                    # weir must stop by itself (a fatal error): its exit, not a drain, ends the run
+                    if not await wait_until(lambda: not weir.running, timeout=scenario.drain_timeout):
+                        problems.append(f"weir did not stop by itself within {scenario.drain_timeout:g} s "
+                                        f"(expected exit code {scenario.exits})")
+                    elif weir.returncode != scenario.exits:
+                        problems.append(f"weir exited with {weir.returncode}, expected {scenario.exits}")
+                    problems += await network.finish(offered)
+                    nursery.cancel_scope.cancel()
+                elif not await drain(scenario.drain_timeout):
                     problems.append(
                         f"not drained {scenario.drain_timeout:g} s after the last fault cleared (a hang?): "
                         f"cursors {sampler.samples[-1].cursors if sampler.samples else None}, expected {last}; "
@@ -458,11 +468,12 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                     )
                 else:
                     measures["drain_after_last_fault_s"] = round(trio.current_time() - faults_done, 2)
-                code = await weir.terminate(timeout=15)
-                if code != 0:
-                    problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
-                problems += await network.finish(offered)
-                nursery.cancel_scope.cancel()
+                if scenario.exits is None:
+                    code = await weir.terminate(timeout=15)
+                    if code != 0:
+                        problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
+                    problems += await network.finish(offered)
+                    nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 weir.resume()
@@ -497,7 +508,7 @@ def judge_supervision(scenario: Scenario, report: RunReport) -> list[str]:
     """Any escalation fails a run (a crash loop, even one the root absorbed); so do restarts
     beyond ``scenario.max_restarts``."""
     problems = []
-    if report.escalations_by_supervisor:
+    if report.escalations_by_supervisor and scenario.exits is None:
         problems.append("supervisors escalated (restart intensity exceeded): "
                         + ", ".join(f"{name} ×{n}" for name, n in report.escalations_by_supervisor.items()))
     by_supervisor = {name: n for name, n in report.restarts_by_supervisor.items() if name != "process" and n}
@@ -584,11 +595,24 @@ def schedule_scenario(schedule: Schedule, name: str = "schedule", source: ChaosS
     )
 
 
-def random_scenarios(count: int, seed: int, source: ChaosSource = FARCASTER) -> list[Scenario]:
-    """``count`` generated schedules on every target of a run against ``source``, the same for the same seed."""
-    targets = ("redis_link", "redis", "weir", *source.network_targets)
-    schedules = random_schedules(count, seed, targets=targets, horizon=4.0, max_faults=4, max_duration=2.0)
-    return [schedule_scenario(s, f"random-{seed}-{i}", source) for i, s in enumerate(schedules)]
+def random_scenarios(count: int, seed: int, source: ChaosSource | None = None) -> list[Scenario]:
+    """``count`` generated schedules on every target of a run against ``source``, the same for the
+    same seed; without a source, the i-th runs against the i-th of :data:`~weir.chaos.sources.SOURCES`
+    (cycling), so a few schedules draw from every source's fault kinds."""
+    chosen = [source] if source is not None else list(SOURCES.values())
+    out = []
+    for offset, each in enumerate(chosen):
+        n = len(range(offset, count, len(chosen)))  # the schedules that fall to this source
+        targets = ("redis_link", "redis", "weir", *each.network_targets)
+        for i, schedule in zip(range(offset, count, len(chosen)), random_schedules(
+                n, seed + offset, targets=targets, horizon=4.0, max_faults=4, max_duration=2.0)):
+            out.append((i, schedule_scenario(schedule, f"random-{seed}-{i}", each)))
+    return [scenario for _, scenario in sorted(out, key=lambda pair: pair[0])]
+
+
+def _replayed(schedule: Schedule, name: str, source: str | None) -> Scenario:
+    """``--schedule``: against ``--source``, else the source whose targets the schedule names."""
+    return schedule_scenario(schedule, name, SOURCES[source] if source else source_of(schedule))
 
 
 # -- the suite and the command --------------------------------------------------------------------
@@ -630,12 +654,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     chosen: list[Scenario] = [registry[name] for name in args.scenarios]
     try:
-        chosen += [schedule_scenario(Schedule.from_json(text), f"schedule-{i}") for i, text in enumerate(args.schedule)]
+        chosen += [_replayed(Schedule.from_json(text), f"schedule-{i}", args.source) for i, text in enumerate(args.schedule)]
     except (ValueError, KeyError, TypeError) as exc:
         print(f"weir chaos: bad --schedule: {exc!r}", file=sys.stderr)
         return 2
     if args.random:
-        chosen += random_scenarios(args.random, args.seed)
+        chosen += random_scenarios(args.random, args.seed, SOURCES[args.source] if args.source else None)
     if not args.scenarios and not args.schedule and not args.random:
         chosen = list(registry.values())
     if not chosen:
@@ -647,6 +671,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def _main(chosen: list[Scenario], args: argparse.Namespace) -> int:
     began = time.monotonic()
+    sources_by_name = {scenario.name: scenario.source.name for scenario in chosen}
 
     def progress(result: ScenarioResult) -> None:
         print(f"{'ok  ' if result.ok else 'FAIL'} {result.scenario} ({result.elapsed_s:.1f} s)", file=sys.stderr, flush=True)
@@ -667,7 +692,8 @@ async def _main(chosen: list[Scenario], args: argparse.Namespace) -> int:
     for result in failed:
         print(f"FAILED {result.scenario}: " + "; ".join(result.problems or ("lost/duplicated/out-of-order/cursor: see above",)))
         if result.scenario.startswith(("random-", "schedule-")):
-            print(f"  replay: weir chaos --schedule '{result.report.schedule}'")
+            source = sources_by_name.get(result.scenario)
+            print(f"  replay: weir chaos --schedule '{result.report.schedule}'" + (f" --source {source}" if source else ""))
         else:
             print(f"  replay: weir chaos {result.scenario}   (schedule {result.report.schedule})")
     if args.json:

@@ -36,12 +36,13 @@ from collections.abc import Sequence
 import attrs
 
 from weir.codecs.ethereum_logs import Header, Log, Malformed
+from weir.errors import Fatal
 
 APPLY = "log"
 RETRACT = "retract"
 
 
-class ReorgTooDeep(Exception):
+class ReorgTooDeep(Fatal):
     """The common ancestor is deeper than ``max_depth`` blocks below the tip: weir cannot retract
     exactly; an operator must decide (the message says from which block)."""
 

@@ -111,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
                         write_atomically(args.record, json.dumps({
                             "head": sim.chain.head_number, "logs": sim.chain.canonical_logs(),
                             "blocks": sim.chain.canonical, "reorgs": sim.chain.reorgs,
+                            "parents": {h: header["parentHash"] for h, header in sim.chain.headers.items()},
                         }).encode())
                     nursery.cancel_scope.cancel()
 

@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 import trio
 
+from weir.errors import fatal_in
+
 from .backoff import Backoff
 from .intensity import RestartWindow
 from .spec import (
@@ -392,13 +394,16 @@ class Supervisor:
         # The exit time, not the time we got to it: a backoff sleep must not dilute intensity.
         now = instance.exited_at
         count = self._window.record(now)
-        if self._window.exceeded(count):
+        # A child supervisor that gave up on a fatal error is not restarted: it already retried
+        # within its own intensity, and the error needs an operator (weir.errors).
+        gave_up_on_fatal = isinstance(error, SupervisorEscalation) and fatal_in(error) is not None
+        if self._window.exceeded(count) or gave_up_on_fatal:
             self._escalations += 1
             self._emit("escalated", child, error=error, restarts_in_period=count)
             detail = (
                 f"{count} restarts within {self._window.period}s exceed max_restarts="
                 f"{self._window.max_restarts}"
-            )
+            ) if not gave_up_on_fatal else f"fatal: {fatal_in(error)}"
             self._escalation = (SupervisorEscalation(self._name, child.spec.name, detail), error)
             return
         if self._last_restart_at is not None and now - self._last_restart_at >= self._stable_after:

@@ -54,6 +54,21 @@ def scenarios() -> list[Scenario]:
             max_restarts=0,
         ),
         Scenario(
+            name="eth-reorg-beyond-window",
+            label="reorg of 8 blocks on a follower that keeps 4: weir stops (exit 3), nothing wrong written",
+            description="weir keeps max_reorg_depth (4 here) emitted blocks to retract from; the node replaces 8. "
+                        "weir will not guess what to retract: the chain's pipeline retries within its restart "
+                        "intensity, then weir stops with one `fatal:` line naming the blocks (ReorgTooDeep) and "
+                        "exit code 3, instead of crash-looping. The stream then holds exactly the branch its cursor "
+                        "names, each log once.",
+            source=EthereumSource(weir_max_reorg_depth=4, judge_at_cursor=True),
+            schedule=Schedule(seed=109, faults=[fault("node", "reorg", 1.0, depth=8)]),
+            rate=RATE,
+            exits=3,
+            expect=("fatal:error~ReorgTooDeep",),
+            drain_timeout=20.0,
+        ),
+        Scenario(
             name="eth-reannounce-on-subscribe",
             label="node re-announces its last 32 heads after every subscribe; drops ×4, weir kill -9",
             description="A load-balanced provider announces its recent heads again after each eth_subscribe: blocks "
