@@ -56,3 +56,35 @@ async def test_an_untrusted_wss_certificate_is_named_at_once(connect):
         with pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):
             await connect(f"wss://localhost:{port}/")
         assert trio.current_time() - started < CONNECT_TIMEOUT / 2, "refused only by the connect timeout"
+
+
+async def test_weir_run_stops_with_exit_3_on_a_refused_certificate_instead_of_reconnecting(redis_server, tmp_path):
+    """A certificate that does not verify is configuration, not a network fault: weir stops after
+    the pipeline's restart intensity with one `fatal:` line naming the node, exit code 3."""
+    import json
+
+    from helpers import weir_args, weir_process
+
+    from weir.errors import EXIT_FATAL
+
+    log_path = tmp_path / "weir.log"
+    async with tls_server() as port:
+        chains = [{"chain_id": 1, "url": f"wss://localhost:{port}/v2/SECRETKEY0123456789abcdefghij", "start": "0",
+                   "connect_timeout": 5}]
+        args = weir_args(
+            "run", "--redis-url", redis_server.url, "--set", "farcaster.enabled=false",
+            "--set", "ethereum.enabled=true", "--set", f"ethereum.chains={json.dumps(chains)}",
+            "--set", "supervision.backoff_initial=0.01", "--set", "supervision.backoff_max=0.05",
+            "--set", "supervision.max_restarts=2", "--set", "metrics.port=0", "--log-format", "json",
+        )  # fmt: skip
+        async with weir_process(args, log_path) as process:
+            with trio.fail_after(60):
+                code = await process.wait()
+    assert code == EXIT_FATAL
+    text = log_path.read_text()
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    fatal = [e for e in events if e.get("event") == "fatal"]
+    assert len(fatal) == 1, fatal
+    assert "CERTIFICATE_VERIFY_FAILED" in fatal[0]["msg"] and f"wss://localhost:{port}/v2/***" in fatal[0]["msg"]
+    assert not any(e.get("event") == "disconnect" for e in events), "a refused certificate is not a reconnect"
+    assert "SECRETKEY" not in text

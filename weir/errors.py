@@ -10,7 +10,9 @@ actors, supervision and the CLI import it; it imports nothing of weir.
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FATAL", "Fatal", "fatal_in"]
+import ssl
+
+__all__ = ["EXIT_FATAL", "CertificateRefused", "Fatal", "certificate_error", "fatal_in"]
 
 #: weir's exit code after a fatal error (1 is any other failure, 2 a usage error).
 EXIT_FATAL = 3
@@ -22,8 +24,25 @@ class Fatal(Exception):
     longer serves). The message says what and where, on one line."""
 
 
+class CertificateRefused(Fatal):
+    """The peer's TLS certificate does not verify against the trusted CAs (any transport): a
+    configuration matter (the URL, the CA bundle, ``SSL_CERT_FILE``), not a network fault."""
+
+
 def fatal_in(exc: BaseException | None) -> Fatal | None:
     """The :class:`Fatal` error ``exc`` is, wraps (exception groups) or was caused by, if any."""
+    found = _find(exc, Fatal)
+    return found if isinstance(found, Fatal) else None
+
+
+def certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure ``exc`` is, wraps or was caused by, if any (libraries
+    wrap it: redis-py in a ConnectionError, trio in BrokenResourceError)."""
+    found = _find(exc, ssl.SSLCertVerificationError)
+    return found if isinstance(found, ssl.SSLCertVerificationError) else None
+
+
+def _find(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -31,7 +50,7 @@ def fatal_in(exc: BaseException | None) -> Fatal | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, Fatal):
+        if isinstance(current, kind):
             return current
         if isinstance(current, BaseExceptionGroup):
             stack += list(current.exceptions)

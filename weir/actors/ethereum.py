@@ -597,6 +597,7 @@ async def run_chain_connection(
         await reconnect_forever(
             session, progress=lambda: steps_done() + reader.ready_sessions, is_transient=is_transient,
             on_lost=on_lost, stats=stats, backoff=backoff, rng=rng, breaker=breaker,
+            peer=f"chain {reader.partition}'s node {reader.shown_url}",
         )
     stats.connected = False
 

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from weir.errors import CertificateRefused, certificate_error
 from weir.supervision import Backoff, CircuitBreaker
 
 
@@ -22,6 +23,7 @@ async def reconnect_forever(
     rng: random.Random,
     breaker: CircuitBreaker | None = None,
     retry_after: Callable[[BaseException], float | None] = lambda exc: None,
+    peer: str = "",
 ) -> NoReturn:
     """Run ``session`` again and again; only a fault that is not transient (or a cancel) ends it.
 
@@ -33,8 +35,11 @@ async def reconnect_forever(
             stats, hand on what is pending).
         stats: the source's statistics; ``connected`` and ``reconnects`` are kept here.
         retry_after: a delay the peer asked for (e.g. HTTP 429 Retry-After), used when longer.
+        peer: what the session connects to (a redacted URL), for the message of a fatal error.
 
     Raises:
+        CertificateRefused: the peer's TLS certificate did not verify (whatever the transport
+            wrapped it in): retrying cannot help, so it is fatal (weir.errors), never a reconnect.
         The session's exception when ``is_transient`` says it is not a network fault.
     """
     attempt = 0
@@ -50,6 +55,11 @@ async def reconnect_forever(
             progressed = progress() > before
             if breaker is not None and not progressed:
                 breaker.record_failure()
+            refused = certificate_error(exc)
+            if refused is not None:
+                where = f" of {peer}" if peer else ""
+                raise CertificateRefused(f"the TLS certificate{where} was refused "
+                                         f"(CERTIFICATE_VERIFY_FAILED: {refused.verify_message})") from exc
             if not is_transient(exc):
                 raise
             if progressed:

@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from weir.bridge import call_asyncio
+from weir.errors import CertificateRefused, Fatal, certificate_error
 from weir.events import Chunk
 from weir.sinks.keys import (
     DEFAULT_PREFIX,
@@ -104,6 +105,11 @@ class SinkUnavailable(Exception):
     #: True when Redis (or the link to it) did not answer within the socket timeout: the write may
     #: simply be too big for a slow link, so the persist actor retries it in smaller parts.
     timed_out: bool = False
+
+
+class RedisRefused(Fatal):
+    """Redis refused weir's credentials or permissions (WRONGPASS, NOAUTH, an ACL's NOPERM): the
+    configuration is wrong, and retrying will not make it right."""
 
 
 class SinkBehind(Exception):
@@ -458,11 +464,17 @@ class RedisSink:
         for attempt in (1, 2):
             try:
                 return await call_asyncio(fn, *args)
-            except (rex.AuthenticationError, rex.AuthorizationError):
-                raise  # configuration, not availability
+            except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
+                # configuration, not availability: fatal (weir.errors), never a retry loop
+                raise RedisRefused(f"redis at {self._shown_url} refused weir ({type(exc).__name__}: {exc}); "
+                                   f"check the user, password and ACL of redis.url") from exc
             except rex.BusyLoadingError as exc:
                 raise SinkUnavailable(f"redis at {self._shown_url} is loading its data: {exc}") from exc
             except rex.ConnectionError as exc:
+                refused = certificate_error(exc)
+                if refused is not None:
+                    raise CertificateRefused(f"the TLS certificate of redis at {self._shown_url} was refused "
+                                             f"(CERTIFICATE_VERIFY_FAILED: {refused.verify_message})") from exc
                 if attempt == 1:
                     continue
                 raise SinkUnavailable(f"redis at {self._shown_url} unavailable: {exc}") from exc
