@@ -26,6 +26,7 @@ from weir.sim.snapchain import serve_snapchain
 from weir.supervision import SupervisorEscalation
 from weir.supervision.breaker import BreakerState
 
+from weir.errors import CertificateRefused, fatal_in
 from helpers import (
     assert_exact,
     capture_json_logs,
@@ -390,18 +391,25 @@ async def tls_sim(sim_config: SnapchainSimConfig, ca: trustme.CA):
 
 async def test_an_https_node_is_streamed_over_verified_tls(redis_server, redis_client, tmp_path, monkeypatch):
     """https:// selects TLS with certificate and host name checks (the public nodes' setting): a
-    node whose certificate chains to a trusted CA streams everything; the same node is refused
-    while its CA is not trusted."""
+    node whose certificate chains to a trusted CA streams everything; while its CA is not trusted
+    the same node is refused, and that is fatal (weir.errors.CertificateRefused): the service
+    stops after the pipeline's restart intensity instead of reconnecting for ever."""
     sim_config = SnapchainSimConfig(shards=2, seed=30, rate=0, history=600, total=600)
     expected = {shard: offered(sim_config, shard) for shard in SHARDS}
     ca = trustme.CA()
     async with tls_sim(sim_config, ca) as url:
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nobody.pem"))  # trusts nothing
         (tmp_path / "nobody.pem").write_bytes(trustme.CA().cert_pem.bytes())
-        async with running_service(e2e_config(redis_server.url, url)) as (service, _):
-            await wait_for(lambda: all("CERTIFICATE_VERIFY_FAILED" in (v.source.last_error or "") for v in service.partitions),
-                           timeout=TIMEOUT, what="the untrusted certificate to be refused")
-            assert all(v.source.received == 0 for v in service.partitions)
+        services = []
+        with trio.fail_after(TIMEOUT), pytest.raises(BaseException) as stopped:
+            # restart intensity 2, and a breaker that waits at most 0.2 s between trials
+            config = e2e_config(redis_server.url, url, supervision__max_restarts="2", supervision__breaker_reset_max="0.2")
+            async with running_service(config) as (service, _):
+                services.append(service)
+                await trio.sleep_forever()  # until the fatal escalation ends the service
+        refused = fatal_in(stopped.value)
+        assert isinstance(refused, CertificateRefused) and "CERTIFICATE_VERIFY_FAILED" in str(refused)
+        assert all(v.source.received == 0 for v in services[0].partitions)
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
         async with running_service(e2e_config(redis_server.url, url)) as (service, _):

@@ -127,10 +127,10 @@ class EthereumSource:
 
     def chain_settings(self, url: str, block_time: float) -> dict[str, Any]:
         """weir's ``[[ethereum.chains]]`` entry: tuned so a silent node is noticed in 1 s and a
-        failed call in 2 s (docs/resilience.md)."""
+        failed call in 2 s, a connection that does not open in 1 s (docs/resilience.md)."""
         return {
             "chain_id": self.chain_id, "url": url, "start": "0", "block_time": block_time,
-            "idle_blocks": 1.0 / block_time, "connect_timeout": 2, "request_timeout": 2,
+            "idle_blocks": 1.0 / block_time, "connect_timeout": 1, "request_timeout": 2,
             "confirmations": self.confirmations, "max_reorg_depth": self.weir_max_reorg_depth,
             "backfill_blocks": self.backfill_blocks,
         }  # fmt: skip
