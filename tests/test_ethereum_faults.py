@@ -310,3 +310,29 @@ async def test_a_node_serving_another_chain_stops_weir_with_one_fatal_line_and_e
     assert len(fatal) == 1 and "serves chain 5, configured as chain 1" in fatal[0]["msg"]
     assert sum(e.get("event") == "crash" and "ChainMismatch" in e.get("msg", "") for e in events) == 4  # 1 + 3 restarts
     assert not any("giving up" in e.get("msg", "") for e in events)
+
+
+async def test_forged_head_numbers_never_move_the_cursor_and_lose_nothing(redis_server, redis_client):
+    """A node that lies about block numbers (issue 10): a head whose parent is weir's tip but whose
+    number is 2^60, and one far above the node's own head, are dead-lettered with their reason and
+    never linked; the cursor never reads the forged number, and every log of the chain is there."""
+    sim_config = EthereumSimConfig(chain_id=27, seed=17, block_time=0.02, logs_per_block=3, history=10, blocks=40)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)])
+        async with running_service(config) as (service, _):
+            stats = service.partitions[0].source
+            await wait_for(lambda: stats.emitted_blocks > 15, timeout=TIMEOUT, what="weir to follow the chain")
+            sim.forge_head(1 << 60)  # a child of the tip numbered 2^60
+            sim.forge_head(sim.chain.head_number + 5000, parent="0x" + "ab" * 32)  # far above the node's head
+            await wait_for(lambda: stats.implausible_heads == 2, timeout=TIMEOUT, what="both forged heads refused")
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the chain's last block")
+            assert stats.reconnects == 0 and stats.reorgs == 0
+    keys = partition_keys("ethereum", "27")
+    number = int((await redis_client("HGET", keys.cursor, "token")).decode().partition(":")[0])
+    assert number == sim.chain.head_number
+    dead = await redis_client("XRANGE", keys.dead, "-", "+")
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert len(reasons) == 2 and all("implausible head" in r for r in reasons)
+    assert str(1 << 60) in reasons[0]
+    kinds = await assert_canonical(redis_client, sim)
+    assert kinds[b"retract"] == 0

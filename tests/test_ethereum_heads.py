@@ -13,7 +13,9 @@ properties:
 - a block is retracted only on the word of the backend that answered: never a block of its chain;
   while the world has no reorg at all, nothing is ever retracted, whatever is re-announced;
 - a head the follower already holds, or an ancestor of its tip confirmed by the node, changes
-  nothing (no step, same tip, same position).
+  nothing (no step, same tip, same position);
+- a forged head (a child of the tip whose number does not follow it, or one far above the node's
+  own head) changes nothing either: it is never linked, so its number never becomes the cursor.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from weir.codecs.ethereum_chain import APPLY, RETRACT, Block, ChainFollower, Ste
 from weir.codecs.ethereum_logs import Header
 
 GAP_FETCH = 3
+HEAD_AHEAD_LIMIT = 20
 RANGE = 4  # blocks per backfill range
 
 
@@ -87,11 +90,15 @@ class Driver:
         for _ in range(2):
             tip = follower.tip
             verdict = heads.first_look(tip, follower.knows(header.hash), header, gap_fetch=GAP_FETCH)
+            if verdict.kind == heads.FAR_AHEAD:
+                verdict = heads.judge_far(header, len(backend.chain) - 1, max_ahead=HEAD_AHEAD_LIMIT)
             if verdict.kind != heads.FAR_AHEAD:
                 break
             self.backfill(backend, header.number - 1)
         else:
             verdict = heads.Verdict(kind=heads.ASK)
+        if verdict.kind == heads.IMPLAUSIBLE:
+            return  # dead-lettered, never linked
         if verdict.kind == heads.ASK:
             at_tip = backend.at(tip.number) if verdict.ask_tip else None
             verdict = heads.second_look(tip, header, at_height=backend.at(header.number), at_tip=at_tip)
@@ -137,6 +144,9 @@ operations = st.lists(
         st.tuples(st.just("catch_up"), st.integers(0, 2)),  # that backend sees the world as it is now
         st.tuples(st.just("announce"), st.integers(0, 2), st.integers(0, 6)),  # backend, how far back
         st.tuples(st.just("restart"), st.integers(0, 100)),
+        # a lying node: a child of weir's tip with a number that does not follow it, or a head far
+        # above the node's own head
+        st.tuples(st.just("forge"), st.sampled_from([0, 2, 1 << 60]), st.booleans()),
     ),
     max_size=50,
 )
@@ -183,6 +193,16 @@ def test_heads_from_lagging_backends_and_repeats_never_retract_what_the_node_hol
                     f"re-announced block {header.number} changed the follower"
             else:
                 driver.session(backend, header)
+        elif op[0] == "forge":
+            tip = driver.follower.tip
+            if op[2]:
+                forged = Header(number=tip.number + 1 + HEAD_AHEAD_LIMIT + len(world.canonical) + op[1],
+                                hash="0x" + "f" * 64, parent_hash="0x" + "e" * 64)
+            else:
+                forged = Header(number=tip.number + (op[1] or -1), hash="0x" + "f" * 64, parent_hash=tip.hash)
+            before = (driver.follower.tip, driver.follower.seq, len(driver.steps))
+            driver.head(backends[0], forged)
+            assert (driver.follower.tip, driver.follower.seq, len(driver.steps)) == before, "a forged head moved weir"
         else:
             # A crash: only a prefix of what was emitted reached Redis, with its cursor.
             keep = op[1] * len(driver.steps) // 100

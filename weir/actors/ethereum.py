@@ -14,6 +14,7 @@ Redis entry per log; see docs/ethereum.md.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,9 @@ BATCH_CALLS = 100  # calls per JSON-RPC batch
 CHUNK_EVENTS = 2000  # steps are grouped into chunks of about this many events
 HEADER_ATTEMPTS = 3  # a header that does not parse is fetched again this many times in all
 MALFORMED_RUN = 16  # this many malformed items in a row (logs or headers): the connection is dropped
+# A head more than this many blocks above the node's own eth_blockNumber is implausible (a forged
+# number); a lagging backend behind one URL stays far closer than this.
+HEAD_AHEAD_LIMIT = 1024
 # Sessions in a row that end because the node does not serve the same block: then it is lost, not
 # late (a load-balanced provider may route the next connection to a backend that has it)...
 UNAVAILABLE_ATTEMPTS = 5
@@ -122,6 +126,7 @@ class ChainStats:
     stale_heads: int = 0  # heads skipped: no longer the node's block at their height
     repeated_heads: int = 0  # heads skipped: blocks weir holds (or their ancestors), announced again
     behind_heads: int = 0  # heads skipped: at or below weir's tip while the node has no block at the tip's height
+    implausible_heads: int = 0  # heads dead-lettered: a number that does not follow its parent's, or far above the node's head
     last_error: str | None = None
 
 
@@ -210,14 +215,19 @@ class ChainReader:
             header = parse_header(obj, where)
         except ProtocolError as exc:
             reason = f"malformed header: {exc}"
-            log.warning("chain %s: dead letter: %s", self.partition, reason,
-                        extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition})
-            self.pending_dead.append(DeadLetter(source=SOURCE, partition=self.partition, payload=raw_bytes(obj),
-                                                reason=reason, received=trio.current_time()))
-            self._malformed()
+            self.dead_header(raw_bytes(obj), reason)
             raise MalformedHeader(reason) from None
         self.malformed_run = 0
         return header
+
+    def dead_header(self, payload: bytes, reason: str) -> None:
+        """Dead-letter a header weir will not link (no position: it was never applied); a run of
+        MALFORMED_RUN bad items drops the connection."""
+        log.warning("chain %s: dead letter: %s", self.partition, reason,
+                    extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition})
+        self.pending_dead.append(DeadLetter(source=SOURCE, partition=self.partition, payload=payload,
+                                            reason=reason, received=trio.current_time()))
+        self._malformed()
 
     async def fetch_header(self, rpc: RpcConnection, method: str, params: list[Any], where: str,
                            *, first: Any = None) -> Header | None:
@@ -662,11 +672,23 @@ async def _follow_head(reader: ChainReader, rpc: RpcConnection, header: Header, 
         tip = follower.tip
         assert tip is not None
         verdict = heads.first_look(tip, follower.knows(header.hash), header, gap_fetch=reader.settings.gap_fetch)
+        if verdict.kind == heads.FAR_AHEAD:
+            node_head = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
+            verdict = heads.judge_far(header, node_head, max_ahead=HEAD_AHEAD_LIMIT)
         if verdict.kind != heads.FAR_AHEAD:
             break
         await _backfill(reader, rpc, header.number - 1, send)
     else:
         verdict = heads.Verdict(kind=heads.ASK)  # still far after a backfill (the node moved on): ask
+    if verdict.kind == heads.IMPLAUSIBLE:
+        # Never linked: a forged number would become the cursor, or send the backfill after blocks
+        # that do not exist. Dead-lettered; a run of them drops the connection (MALFORMED_RUN).
+        stats.implausible_heads += 1
+        reader.dead_header(json.dumps({"number": hex(header.number), "hash": header.hash, "parentHash": header.parent_hash}).encode(),
+                           f"implausible head: block {header.number} ({header.hash}) after weir's tip {tip.number} "
+                           f"({tip.hash}): its number does not follow its parent's, or is far above the node's own head")
+        await reader.flush_dead(send)
+        return
     if verdict.kind == heads.ASK:
         at_height = await _block_at(reader, rpc, header.number)
         at_tip = at_height if tip.number == header.number else (await _block_at(reader, rpc, tip.number) if verdict.ask_tip else None)

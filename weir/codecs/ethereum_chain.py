@@ -200,6 +200,10 @@ class ChainFollower:
             return None
         first = branch[0].header
         at = self._index.get(first.parent_hash)
+        if at is not None and self._chain[at].header.number != first.number - 1:
+            parent = self._chain[at].header
+            raise ValueError(f"block {first.number} ({first.hash}) names block {parent.number} ({parent.hash}) "
+                             f"as its parent: a number that does not follow its parent's")
         if at is not None:
             for node in self._chain[at + 1 :]:
                 if node.emitted and node.logs is None:

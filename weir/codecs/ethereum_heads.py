@@ -6,9 +6,11 @@ while weir learns the newer chain another way (a backfill). Two pure decisions, 
 when the first needs the node's word:
 
 1. :func:`first_look` (the window and the head alone): the head is already held (**repeat**), the
-   tip's child (**extend**), far ahead (**far ahead**: backfill by ranges first, then look again),
-   or anything else (**ask**: what the node holds at the head's height, and at the tip's height
-   when the head is not above the tip).
+   tip's child (**extend**), a child of the tip whose number is not the tip's plus one
+   (**implausible**: dead-lettered, never linked, so a forged number never becomes the cursor),
+   far ahead (**far ahead**: :func:`judge_far` with the node's own head number decides whether it
+   is implausible or a gap to backfill by ranges), or anything else (**ask**: what the node holds
+   at the head's height, and at the tip's height when the head is not above the tip).
 2. :func:`second_look` (with those answers):
 
    - a head above the tip that is not the node's block at its height is **stale**: skipped;
@@ -37,6 +39,7 @@ from weir.codecs.ethereum_logs import Header
 
 REPEAT = "repeat"
 EXTEND = "extend"
+IMPLAUSIBLE = "implausible"
 FAR_AHEAD = "far_ahead"
 ASK = "ask"
 STALE = "stale"
@@ -70,10 +73,22 @@ def first_look(tip: Header, known: bool, header: Header, *, gap_fetch: int) -> V
     if known:
         return Verdict(kind=REPEAT)
     if header.parent_hash == tip.hash:
+        if header.number != tip.number + 1:
+            return Verdict(kind=IMPLAUSIBLE)
         return Verdict(kind=EXTEND, header=header)
     if header.number > tip.number + gap_fetch:
         return Verdict(kind=FAR_AHEAD)
     return Verdict(kind=ASK, ask_tip=header.number <= tip.number)
+
+
+def judge_far(header: Header, node_head: int, *, max_ahead: int) -> Verdict:
+    """A head more than ``gap_fetch`` blocks past the tip, against the node's own head number
+    (``eth_blockNumber``): a head further than ``max_ahead`` blocks above what the node itself
+    says it has is **implausible** (a forged or corrupt number: believed, it would make weir
+    backfill towards a block that does not exist); otherwise a gap to backfill (**far ahead**)."""
+    if header.number > node_head + max_ahead:
+        return Verdict(kind=IMPLAUSIBLE)
+    return Verdict(kind=FAR_AHEAD)
 
 
 def second_look(tip: Header, header: Header, *, at_height: Header | None, at_tip: Header | None) -> Verdict:

@@ -109,7 +109,8 @@ class ServiceCollector(Collector):
         deep_reorgs = counter("weir_deep_reorgs", "Reorgs deeper than the confirmation depth: logs emitted as confirmed were retracted.")
         ignored_heads = CounterMetricFamily(
             "weir_ignored_heads", "Announced heads that moved nothing: repeat (a block weir holds, or its ancestor), "
-            "behind (the node is behind weir's tip), stale (no longer the node's block at its height).",
+            "behind (the node is behind weir's tip), stale (no longer the node's block at its height), "
+            "implausible (dead-lettered: a number that does not follow its parent's, or far above the node's head).",
             labels=[*_PARTITION, "reason"],
         )
         connected = gauge("weir_source_connected", "1 while the source is receiving from the network, else 0.")
@@ -151,7 +152,7 @@ class ServiceCollector(Collector):
                 reorgs.add_metric(labels, source.reorgs)
                 deep_reorgs.add_metric(labels, source.deep_reorgs)
                 for reason, count in (("repeat", source.repeated_heads), ("behind", source.behind_heads),
-                                      ("stale", source.stale_heads)):
+                                      ("stale", source.stale_heads), ("implausible", source.implausible_heads)):
                     ignored_heads.add_metric([*labels, reason], count)
             connected.add_metric(labels, 1 if getattr(source, "connected", False) else 0)
             last_id = getattr(source, "last_id", None)

@@ -433,6 +433,21 @@ class EthereumSim:
                     except trio.ClosedResourceError:
                         pass
 
+    def forge_head(self, number: int, *, parent: str | None = None) -> dict[str, Any]:
+        """Push a head that is no block of the chain: number ``number``, child of ``parent``
+        (default: the tip). A lying or corrupt node; returns the header pushed."""
+        parent = parent or self.chain.canonical[-1]
+        header = {"number": to_quantity(number), "hash": _hex32(b"forged:%d:%s" % (number, parent.encode())),
+                  "parentHash": parent, "timestamp": to_quantity(GENESIS_TIME + 12 * min(number, 1 << 40)),
+                  "miner": "0x" + "00" * 20, "gasUsed": "0x0"}
+        for conn in list(self.connections):
+            for sub in conn.subscriptions - self.muted:
+                try:
+                    conn.outbox_send.send_nowait(notification_text("eth_subscription", {"subscription": sub, "result": header}))
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    pass
+        return header
+
     def _reannounce(self, conn: _Conn) -> None:
         """Push the last ``reannounce`` heads to the subscriptions just made on ``conn``."""
         fresh, conn.fresh_subscriptions = conn.fresh_subscriptions, []

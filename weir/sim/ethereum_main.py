@@ -4,7 +4,8 @@ Prints ``weir-sim ethereum listening on HOST:PORT`` once it serves. SIGUSR1 drop
 SIGUSR2 reads the ``--control`` file, one JSON object naming what to do now (the chaos suite writes
 it): ``{"reorg": N}`` replaces the top N blocks by a longer branch and pushes it, ``{"lag": N}``
 serves the chain only up to N blocks below its head until ``{"catch_up": true}``, ``{"mute": true}``
-silences the current head subscriptions, ``{"refuse": true|false}`` refuses new connections (503).
+silences the current head subscriptions, ``{"refuse": true|false}`` refuses new connections (503),
+``{"forge_head": N}`` pushes a head numbered N that is no block of the chain (a child of the tip).
 On exit with ``--record PATH`` it writes the final canonical chain (``[[block hash, log index], ...]``
 and the head) as JSON, for checkers in other processes.
 """
@@ -77,6 +78,8 @@ def apply_control(sim: EthereumSim, path: str) -> None:
             sim.mute_heads()
         if "refuse" in command:
             sim.refusing = bool(command["refuse"])
+        if "forge_head" in command:
+            sim.forge_head(int(command["forge_head"]))
     except (OSError, ValueError, TypeError) as exc:
         logging.getLogger("weir.sim").error("control file %s: %s", path, exc)
 
