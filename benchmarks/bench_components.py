@@ -54,7 +54,7 @@ async def transport_trio(url: str, shard: int, expected: int, read_batch: int) -
 
         async def pump() -> None:
             async with send:
-                await call_asyncio(_subscribe_aio, GrpcTarget.from_url(url), request, trio_sender(send), read_batch, 10.0)
+                await call_asyncio(_subscribe_aio, GrpcTarget.from_url(url), request, trio_sender(send), FarcasterSettings(read_batch=read_batch))
 
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
