@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from weir.actors.farcaster import ShardReader, ShardStats
 from weir.codecs.farcaster_gaps import GapDetector
 from weir.codecs.farcaster_keys import BLOCK_CONFIRMED, MERGE_MESSAGE, scan_hub_event
-from weir.codecs.farcaster_positions import ACCEPT, DEAD_LETTER, REFUSE, REPLAY, PositionJudge
+from weir.codecs.farcaster_positions import ACCEPT, DEAD_LETTER, HOLD, REFUSE, REPLAY, PositionJudge
 from weir.codecs.grpc_frames import SkippedMessage
 from weir.codecs.protowire import LEN, encode_varint, iter_fields, read_varint
 from weir.sim.farcaster_data import SnapchainSimConfig, compose_hub_event, generate_offered
@@ -188,3 +188,31 @@ def test_bad_ids_in_a_row_refuse_the_node_and_a_good_one_resets_the_count():
         assert j.judge(BOGUS, last_id=last + 1, event_type=MERGE_MESSAGE).action == DEAD_LETTER
     verdict = j.judge(BOGUS, last_id=last + 1, event_type=MERGE_MESSAGE)
     assert verdict.action == REFUSE and "3 implausible ids in a row" in verdict.reason
+
+
+def test_a_far_but_consistent_id_is_held_for_a_new_height_and_not_counted():
+    j = judge()
+    far = (1_500 << 14) | 1
+    verdict = j.judge(far, last_id=1_000 << 14, event_type=MERGE_MESSAGE, may_hold=True)
+    assert verdict.action == HOLD and j.bad_in_row == 0
+    j.announce_height(1_450)  # GetInfo again: the node did move on
+    assert j.judge(far, last_id=1_000 << 14, event_type=MERGE_MESSAGE).action == ACCEPT
+    # inconsistent ids are never held: asking the height cannot make them plausible
+    assert j.judge(BOGUS, last_id=far, event_type=MERGE_MESSAGE, may_hold=True).action == DEAD_LETTER
+
+
+def test_the_reader_leaves_what_follows_a_held_id_for_the_next_read():
+    first_block = stream()[0][0] >> 14
+    events = [e for e in stream() if (e[0] >> 14) == first_block or (e[0] >> 14) >= first_block + 5]  # a skip forward
+    reader = new_reader(10)
+    reader.judge.height = first_block  # GetInfo said: only the first block exists
+    reader.judge.max_block_jump = 1
+    chunk = reader.read([p for _, p in events], received=0.0, may_hold=True)
+    held = reader.held
+    assert chunk is not None and held is not None and len(chunk.events) + len(held) == len(events)
+    assert chunk.dead == [] and chunk.through == chunk.events[-1].position
+    reader.held = None
+    reader.judge.announce_height(events[-1][0] >> 14)  # GetInfo again: the node did move on
+    rest = reader.read(held, received=0.0)
+    assert [e.position for e in chunk.events + rest.events] == [id_ for id_, _ in events]
+    assert reader.stats.received == len(events) and reader.stats.dead_letters == 0

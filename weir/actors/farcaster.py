@@ -24,7 +24,7 @@ from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector
-from weir.codecs.farcaster_positions import ACCEPT, REFUSE, REPLAY, PositionJudge, PositionVerdict
+from weir.codecs.farcaster_positions import ACCEPT, HOLD, REFUSE, REPLAY, PositionJudge, PositionVerdict
 from weir.codecs.farcaster_validity import hub_event_invalidity
 from weir.codecs.grpc_frames import KEEP_BYTES, MAX_MESSAGE, SkippedMessage
 from weir.codecs.farcaster_keys import (
@@ -241,11 +241,19 @@ class ShardReader:
     dead_letter_bytes: int = KEEP_BYTES
     # Set when the judge says the node is to be refused: the actor hands on the chunk, then drops it.
     refusal: str | None = None
+    # What a read left when an id was too far past the known height (read(may_hold=True)).
+    held: list[bytes | SkippedMessage] | None = None
     # Dead letters read before any id is known: they wait for the first chunk that has a position,
     # because a chunk must carry a cursor and inventing one (0) would mean "replay everything".
     _unplaced: list[DeadLetter] = attrs.Factory(list)
 
-    def read(self, payloads: list[bytes | SkippedMessage], received: float) -> Chunk | None:
+    def read(self, payloads: list[bytes | SkippedMessage], received: float, *, may_hold: bool = False) -> Chunk | None:
+        """The chunk of ``payloads`` (None while no id is known yet).
+
+        With ``may_hold``, reading stops at the first id that is consistent but too far past the
+        known height: the rest is left in ``held``, for the actor to read again once it asked the
+        node's height (GetInfo).
+        """
         events: list[Event] = []
         dead: list[DeadLetter] = self._unplaced
         self._unplaced = []
@@ -256,7 +264,8 @@ class ShardReader:
         limit = self.max_message_bytes
         filtered = 0
         accepted = 0
-        for payload in payloads:
+        consumed = len(payloads)
+        for index, payload in enumerate(payloads):
             if type(payload) is not bytes or len(payload) > limit:
                 before, last_id = last_id, self._skipped(payload, last_id, dead, received)
                 accepted += last_id != before
@@ -284,8 +293,13 @@ class ShardReader:
                 continue
             event_id = keys.event_id
             verdict = judge(event_id, last_id=last_id, event_type=keys.event_type, block_field=keys.block_number,
-                            shard_field=keys.shard, confirmed_block=keys.block.block_number if keys.block else None)
+                            shard_field=keys.shard, confirmed_block=keys.block.block_number if keys.block else None,
+                            may_hold=may_hold)
             if verdict.action != ACCEPT:
+                if verdict.action == HOLD:
+                    self.held = payloads[index:]
+                    consumed = index
+                    break
                 if verdict.action == REPLAY:
                     self.stats.duplicates_skipped += 1  # a node replaying what we already have
                 else:
@@ -325,7 +339,7 @@ class ShardReader:
                     fields=fields,
                 )
             )
-        self.stats.received += len(payloads)
+        self.stats.received += consumed
         self.stats.filtered += filtered
         if accepted:
             self.stats.refused = None
@@ -557,7 +571,22 @@ async def _stream_once(
                     if breaker is not None:
                         breaker.record_success()
                 handed_on = reader.last_id
-                chunk = reader.read(payloads, trio.current_time())
+                chunk = reader.read(payloads, trio.current_time(), may_hold=True)
+                if reader.held is not None:
+                    # An id past the height known: the node may have moved on (it skips a lagging
+                    # subscriber forward). Ask it, then judge what is left once more, for good.
+                    rest, reader.held = reader.held, None
+                    try:
+                        height = await announced_height(target, reader.shard, timeout=settings.connect_timeout)
+                    except BaseException:
+                        reader.last_id = handed_on  # nothing of this read was handed on
+                        raise
+                    reader.judge.announce_height(height)
+                    more = reader.read(rest, trio.current_time())
+                    if chunk is None:
+                        chunk = more
+                    elif more is not None:
+                        chunk = attrs.evolve(more, events=chunk.events + more.events, dead=chunk.dead + more.dead)
                 if chunk is not None:
                     try:
                         await send.send(chunk)

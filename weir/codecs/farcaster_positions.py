@@ -19,7 +19,9 @@ is a heuristic: an honest node never sends an id above its own height, and its h
 one block a second, block by block on a live stream, so only a node that skipped a lagging
 subscriber forward by more than ``max_block_jump`` blocks within one connection trips it; then the
 refusal reconnects, GetInfo announces the new height, and the events come again and are accepted.
-With no height announced and nothing accepted yet there is nothing to judge against: the first
+Before an id is dead-lettered for being too far ahead, the actor asks the node's height again
+(HOLD): a node that skipped a lagging subscriber forward is then believed, and only an id past
+the height the node itself announces is refused. With no height announced and nothing accepted yet there is nothing to judge against: the first
 consistent id is accepted (the actor always asks GetInfo first, so this is a node without one).
 """
 
@@ -34,6 +36,7 @@ ACCEPT = "accept"
 REPLAY = "replay"
 DEAD_LETTER = "dead_letter"
 REFUSE = "refuse"
+HOLD = "hold"  # too far ahead of the height known: ask the node for its height, then judge again
 
 
 @attrs.frozen(slots=True)
@@ -79,6 +82,7 @@ class PositionJudge:
         block_field: int = 0,
         shard_field: int = 0,
         confirmed_block: int | None = None,
+        may_hold: bool = False,
     ) -> PositionVerdict:
         """The verdict on ``event_id``, given the last accepted id.
 
@@ -86,12 +90,16 @@ class PositionJudge:
             event_type: the HubEventType, None when it could not be read (a damaged event).
             block_field, shard_field: the event's block_number and shard_index (0: absent).
             confirmed_block: a BLOCK_CONFIRMED body's block number, None without one.
+            may_hold: an id that is consistent but too far ahead gets HOLD (not counted) instead
+                of DEAD_LETTER: the caller asks the node's height again and judges it once more.
         """
         if last_id is not None and event_id <= last_id:
             return _REPLAYED
         problem = self._inconsistency(event_id, event_type, block_field, shard_field, confirmed_block)
         if problem is None:
             problem = self._too_far(event_id, last_id)
+            if problem is not None and may_hold:
+                return PositionVerdict(HOLD, problem)
         if problem is not None:
             self.bad_in_row += 1
             if self.bad_in_row >= self.max_bad_in_row:
