@@ -54,7 +54,7 @@ async def transport_trio(url: str, shard: int, expected: int, read_batch: int) -
 
         async def pump() -> None:
             async with send:
-                await call_asyncio(_subscribe_aio, GrpcTarget.from_url(url), request, trio_sender(send), read_batch, 10.0)
+                await call_asyncio(_subscribe_aio, GrpcTarget.from_url(url), request, trio_sender(send), FarcasterSettings(read_batch=read_batch))
 
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport-asyncio", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--transport-trio", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--read-batch", type=int, default=512, help=argparse.SUPPRESS)
+    parser.add_argument("--no-transport", action="store_true", help="only the in-process figures (no simulator)")
     args = parser.parse_args(argv)
     if args.transport_asyncio:
         print(json.dumps(asyncio.run(transport_asyncio(args.transport_asyncio, 1, args.events))))
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from weir.actors.farcaster import ShardReader, ShardStats
     from weir.codecs.farcaster_gaps import GapDetector
     from weir.codecs.farcaster_keys import scan_hub_event, scan_hub_event_strict
+    from weir.codecs.farcaster_validity import hub_event_invalidity
     from weir.networks.farcaster import key_filter
     from weir.config import load_config
     from weir.events import Chunk
@@ -149,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     figures["scan_hub_event_us"] = per_event(lambda: [scan_hub_event(p) for p in payloads], n)
     figures["scan_hub_event_strict_us"] = per_event(lambda: [scan_hub_event_strict(p) for p in payloads], n)
 
-    def read_all() -> list[Chunk]:
-        reader = ShardReader(shard=1, partition="1", detector=GapDetector(), stats=__import__("weir.actors.farcaster", fromlist=["ShardStats"]).ShardStats())
+    def read_all(verify: bool = True) -> list[Chunk]:
+        reader = ShardReader(shard=1, partition="1", detector=GapDetector(), stats=ShardStats(), verify=verify)
         return [reader.read(batch, 0.0) for batch in lists]
 
+    # farcaster.verify (on by default): the BLAKE3-160 hash and Ed25519 signature of every message
+    # that passes the filter; the difference between the two reader figures is its cost per event.
     figures["shard_reader_read_us"] = per_event(read_all, n)
+    figures["shard_reader_read_noverify_us"] = per_event(lambda: read_all(verify=False), n)
+    figures["verify_hub_event_us"] = per_event(lambda: [hub_event_invalidity(p) for p in payloads], n)
     chunks = read_all()
     fids = sorted({e.fields.get("fid") for c in chunks for e in c.events if e.fields.get("fid")})
     keep = fids[:: max(1, len(fids) // args.fids)][: args.fids]
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 figures[name] = json.loads(completed.stdout)
 
-    trio.run(transport)
+    if not args.no_transport:
+        trio.run(transport)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

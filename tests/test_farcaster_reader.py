@@ -10,6 +10,7 @@ import pytest
 from weir.actors.farcaster import ShardReader, ShardStats, server_event_types, subscribe_request
 from weir.codecs.farcaster_gaps import GapDetector
 from weir.codecs.farcaster_keys import BLOCK_CONFIRMED, HUB_EVENT_TYPES, MERGE_MESSAGE, scan_hub_event
+from weir.codecs.grpc_frames import SkippedMessage
 from weir.codecs.protowire import encode_varint, read_varint
 from weir.config import FarcasterSettings, load_config
 from weir.protos.snapchain import SubscribeRequest
@@ -194,15 +195,15 @@ def test_merge_message_without_a_message_is_a_dead_letter():
     assert [e.position for e in chunk.events] == [id_ for id_, _ in events]
 
 
-def test_event_for_another_shard_is_a_dead_letter():
+def test_event_for_another_shard_is_a_dead_letter_that_does_not_move_the_cursor():
     events = offered(3)
     foreign_id = events[-1][0] + 1
     r = reader()
     chunk = r.read([p for _, p in events] + [shard2_event(foreign_id)], received=0.0)
     assert chunk is not None
-    assert [d.position for d in chunk.dead] == [foreign_id]
+    assert [d.position for d in chunk.dead] == [None]  # its id belongs to another shard's sequence
     assert "shard 2" in chunk.dead[0].reason
-    assert chunk.through == foreign_id
+    assert chunk.through == events[-1][0]
 
 
 def shard2_event(event_id: int) -> bytes:
@@ -323,3 +324,78 @@ def test_no_event_types_keeps_block_confirmed():
     assert keep is not None
     kinds = {scan_hub_event(p).event_type: keep(scan_hub_event(p)) for _, p in offered(200)}
     assert kinds[BLOCK_CONFIRMED] is True and kinds[MERGE_MESSAGE] is False
+
+
+# -- size limit and validity -------------------------------------------------------------------------
+
+
+def test_an_oversized_event_with_a_plausible_id_is_dead_lettered_and_passed():
+    events = offered(10)
+    big_id, big_payload = events[4]
+    r = reader()
+    r.max_message_bytes = 1_000
+    r.dead_letter_bytes = 64
+    huge = big_payload
+    items = [p for _, p in events]
+    items[4] = SkippedMessage(size=5_243_065, head=huge[:100], why="above the 1000-byte limit")
+    chunk = r.read(items, received=0.0)
+    assert chunk is not None
+    [letter] = chunk.dead
+    assert letter.position == big_id and letter.payload == huge[:64]
+    assert "5243065 bytes" in letter.reason and "first 64 bytes kept" in letter.reason
+    assert [e.position for e in chunk.events] == [i for i, _ in events if i != big_id]
+    assert chunk.through == events[-1][0] and r.stats.oversized == 1
+
+
+def test_a_whole_message_over_the_limit_is_cut_to_its_head():
+    events = offered(3)
+    r = reader()
+    r.max_message_bytes = 40
+    r.dead_letter_bytes = 32
+    chunk = r.read([p for _, p in events], received=0.0)
+    assert chunk is not None
+    long_ones = [i for i, p in events if len(p) > 40]
+    assert [d.position for d in chunk.dead] == long_ones
+    assert all(len(d.payload) == 32 for d in chunk.dead)
+
+
+def test_an_oversized_event_whose_id_cannot_be_read_keeps_the_cursor():
+    events = offered(3)
+    r = reader()
+    chunk = r.read([p for _, p in events] + [SkippedMessage(size=9_000_000, head=b"\xff\xff", why="x")], received=0.0)
+    assert chunk is not None and chunk.through == events[-1][0]
+    [letter] = chunk.dead
+    assert letter.position is None and "its id could not be read" in letter.reason
+
+
+def forged(payload: bytes) -> bytes:
+    """A MERGE_MESSAGE whose signature's last byte is flipped (same length: only the check can tell)."""
+    keys = scan_hub_event(payload)
+    at = payload.index(keys.msg_hash) + len(keys.msg_hash)
+    sig_at = payload.index(b"\x22\x40", at) + 2
+    return payload[: sig_at + 63] + bytes([payload[sig_at + 63] ^ 1]) + payload[sig_at + 64 :]
+
+
+def test_a_forged_signature_is_dead_lettered_and_the_cursor_moves_past_it():
+    events = offered(40)
+    index = next(i for i, (_, p) in enumerate(events) if scan_hub_event(p).event_type == MERGE_MESSAGE)
+    items = [p for _, p in events]
+    items[index] = forged(items[index])
+    r = reader()
+    chunk = r.read(items, received=0.0)
+    assert chunk is not None
+    [letter] = chunk.dead
+    assert letter.position == events[index][0] and "signature does not verify" in letter.reason
+    assert len(chunk.events) == len(events) - 1 and r.stats.invalid_messages == 1
+    r2 = reader()
+    r2.verify = False  # farcaster.verify = false: persisted as received
+    assert len(r2.read(items, received=0.0).events) == len(events)
+
+
+def test_verification_is_off_the_filtered_out_path():
+    events = offered(40)
+    items = [forged(p) if scan_hub_event(p).event_type == MERGE_MESSAGE else p for _, p in events]
+    r = reader()
+    r.keep = lambda keys: keys.event_type != MERGE_MESSAGE
+    chunk = r.read(items, received=0.0)
+    assert chunk is not None and chunk.dead == [] and r.stats.invalid_messages == 0

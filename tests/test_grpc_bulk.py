@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weir.actors.grpc_bulk import bulk_capable, message_lists
-from weir.codecs.grpc_frames import GrpcFrameError, MessageSplitter
+from weir.codecs.grpc_frames import GrpcFrameError, MessageSplitter, SkippedMessage
 from weir.codecs.grpc_raw import RawBytesCodec
 from weir.protos.snapchain import HubEventType, SubscribeRequest
 from weir.sim.farcaster_data import SnapchainSimConfig
@@ -64,14 +64,49 @@ def test_a_body_that_ends_inside_a_message_is_an_error(messages, keep):
             splitter.finish()
 
 
-def test_compressed_bad_flag_and_oversized_messages_are_refused():
-    with pytest.raises(GrpcFrameError, match="compressed gRPC message"):
-        MessageSplitter().feed(framed(b"x", flag=1))
+def test_a_bad_flag_is_refused_and_an_empty_message_is_a_message():
     with pytest.raises(GrpcFrameError, match="bad gRPC message flag 7"):
         MessageSplitter().feed(framed(b"x", flag=7))
-    with pytest.raises(GrpcFrameError, match="of 11 bytes, above the 10-byte limit"):
-        MessageSplitter(max_message=10).feed(framed(b"x" * 11)[:7])  # refused from its prefix alone
     assert MessageSplitter().feed(framed(b"")) == [b""]  # an empty message is a message
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=60), st.sampled_from(["ok", "ok", "big", "compressed"])), max_size=20),
+    st.lists(st.integers(0, 10_000), max_size=40),
+    st.integers(0, 8),
+)
+def test_oversized_and_compressed_messages_are_skipped_whatever_the_cuts(items, points, keep):
+    """A message over the limit, or compressed, comes out as a SkippedMessage in its place (size,
+    first bytes, why), the messages around it come out whole, and nothing is held but its head."""
+    limit = 20
+    body = b""
+    expected: list[object] = []
+    for payload, kind in items:
+        if kind == "big":
+            payload = payload.ljust(limit + 1, b"z")
+        body += framed(payload, flag=1 if kind == "compressed" else 0)
+        if kind == "ok" and len(payload) <= limit:
+            expected.append(payload)
+        else:
+            why = "compressed, but no compression was negotiated" if kind == "compressed" else "above the 20-byte limit"
+            expected.append(SkippedMessage(size=len(payload), head=payload[:keep], why=why))
+    splitter = MessageSplitter(max_message=limit, keep_bytes=keep)
+    out: list[object] = []
+    for piece in cut(body, points):
+        out += splitter.feed(piece)
+        assert splitter.pending <= max(len(body), 5)
+    assert out == expected
+    assert splitter.pending == 0
+    splitter.finish()
+
+
+def test_a_huge_message_is_skipped_without_being_held():
+    splitter = MessageSplitter(max_message=10, keep_bytes=4)
+    prefix = b"\x00" + (3_000_000_000).to_bytes(4, "big")
+    assert splitter.feed(prefix + b"abcdef") == []
+    assert splitter.pending == 3_000_000_000 - 6
+    with pytest.raises(GrpcFrameError, match="ended inside a gRPC message"):
+        splitter.finish()
 
 
 # -- against the simulator --------------------------------------------------------------------------

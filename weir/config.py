@@ -23,6 +23,7 @@ from weir.sinks.keys import validate_prefix
 from weir.redact import redact_url
 from weir.supervision.breaker import CircuitBreaker
 
+_GRPC_LENGTH_MAX = 2**32 - 1
 MAINNET_SNAPCHAIN_URL = "https://snapchain.farcaster.xyz:3383"
 BSKY_RELAY_URL = "wss://bsky.network"
 BSKY_JETSTREAM_URL = "wss://jetstream2.us-east.bsky.network"
@@ -83,6 +84,15 @@ class FarcasterSettings:
     idle_timeout: float = 30.0
     connect_timeout: float = 10.0
     read_batch: int = 512
+    # What weir trusts of a node (docs/security.md): the hash and signature of every message that
+    # passes the filter; the largest HubEvent taken (a larger one is dead-lettered with its first
+    # dead_letter_bytes); how far past the node's announced height (GetInfo, then the blocks
+    # received) an event id may point; implausible ids in a row before the node is disconnected.
+    verify: bool = True
+    max_message_bytes: int = 4 * 1024 * 1024
+    dead_letter_bytes: int = 1024
+    max_block_jump: int = 1000
+    max_bad_positions: int = 10
 
 
 @attrs.frozen(kw_only=True)
@@ -446,6 +456,13 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     for key in ("idle_timeout", "connect_timeout"):
         positive(f"farcaster.{key}", getattr(fc, key))
     at_least("farcaster.read_batch", fc.read_batch, 1)
+    # A HubEvent's type and id sit in its first bytes: a kept head shorter than 32 could lose them.
+    at_least("farcaster.dead_letter_bytes", fc.dead_letter_bytes, 32)
+    at_least("farcaster.max_message_bytes", fc.max_message_bytes, fc.dead_letter_bytes)
+    if fc.max_message_bytes > _GRPC_LENGTH_MAX:
+        fail("farcaster.max_message_bytes", f"a gRPC message length is 32 bits: at most {_GRPC_LENGTH_MAX}, got {fc.max_message_bytes}")
+    at_least("farcaster.max_block_jump", fc.max_block_jump, 1)
+    at_least("farcaster.max_bad_positions", fc.max_bad_positions, 1)
     _validate_atproto(config.atproto, fail)
     if not 0 <= config.metrics.port <= 65535:
         fail("metrics.port", f"expected 0 (any free port) to 65535, got {config.metrics.port}")

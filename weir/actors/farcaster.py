@@ -13,6 +13,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -23,6 +24,9 @@ from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector
+from weir.codecs.farcaster_positions import ACCEPT, HOLD, REFUSE, REPLAY, PositionJudge, PositionVerdict
+from weir.codecs.farcaster_validity import hub_event_invalidity
+from weir.codecs.grpc_frames import KEEP_BYTES, MAX_MESSAGE, SkippedMessage
 from weir.codecs.farcaster_keys import (
     BLOCK_CONFIRMED,
     FARCASTER_EPOCH_UNIX,
@@ -105,6 +109,13 @@ async def _get_info_aio(target: GrpcTarget, timeout: float):
         channel.close()
 
 
+async def announced_height(target: GrpcTarget, shard: int, *, timeout: float) -> int | None:
+    """The block height the node announces for ``shard`` (GetInfo's ShardInfo.max_height), if any."""
+    info = await call_asyncio(_get_info_aio, target, timeout)
+    heights = [s.max_height for s in info.shard_infos if s.shard_id == shard]
+    return heights[0] if heights and heights[0] else None
+
+
 async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[int]:
     """Ask the node (GetInfo) which user shards exist: 1..num_shards (shard 0 holds no user data)."""
     info = await call_asyncio(_get_info_aio, target, timeout)
@@ -113,11 +124,11 @@ async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[
     return sorted(s.shard_id for s in info.shard_infos if s.shard_id > 0)
 
 
-async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, read_batch: int, connect_timeout: float) -> None:
+async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, settings: FarcasterSettings) -> None:
     """Open Subscribe and pump raw HubEvent bytes to trio in lists (asyncio side)."""
     channel = _open_channel(target)
     try:
-        await _subscribe_on(channel, request_bytes, deliver, read_batch, connect_timeout)
+        await _subscribe_on(channel, request_bytes, deliver, settings)
     except AttributeError as exc:
         # grpclib 0.4.9: a connection reset while the stream is being opened deletes the
         # connection's transport before it is used ("'Connection' object has no attribute
@@ -129,16 +140,20 @@ async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, read
         channel.close()
 
 
-async def _subscribe_on(channel, request_bytes: bytes, deliver, read_batch: int, connect_timeout: float) -> None:
+async def _subscribe_on(channel, request_bytes: bytes, deliver, settings: FarcasterSettings) -> None:
     import asyncio
 
     from grpclib.const import Cardinality
 
     async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, bytes, bytes) as stream:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel (gh-86296).
-        async with asyncio.timeout(connect_timeout):
+        async with asyncio.timeout(settings.connect_timeout):
             await stream.send_message(request_bytes, end=True)
-        await pump_batches(message_lists(stream, max_messages=read_batch), deliver, max_batch=read_batch, lists=True)
+        # A message over weir's limit is skipped by the reader (never held whole), not refused: it
+        # reaches ShardReader as a SkippedMessage, to be dead-lettered there.
+        messages = message_lists(stream, max_messages=settings.read_batch, max_message_bytes=settings.max_message_bytes,
+                                 keep_bytes=settings.dead_letter_bytes)
+        await pump_batches(messages, deliver, max_batch=settings.read_batch, lists=True)
         # The status only arrives with the trailers: without this an error status (a node
         # dropping us with UNAVAILABLE) would look like a normal end of stream.
         await stream.recv_trailing_metadata()
@@ -184,13 +199,33 @@ class ShardStats:
     duplicates_skipped: int = 0
     gaps: int = 0
     missed_events: int = 0
+    implausible_positions: int = 0  # ids dead-lettered without moving the cursor
+    oversized: int = 0  # HubEvents over farcaster.max_message_bytes, dead-lettered
+    invalid_messages: int = 0  # messages whose hash or signature did not verify, dead-lettered
+    refusals: int = 0  # times the node was disconnected for sending implausible ids
+    refused: str | None = None  # why the node was last refused; None once it sent a plausible id
     last_id: int | None = None
     last_error: str | None = None
 
 
+class NodeRefused(Exception):
+    """The node kept sending implausible event ids: drop the connection (and reconnect later)."""
+
+
+def _default_judge(reader: ShardReader) -> PositionJudge:
+    defaults = FarcasterSettings()
+    return PositionJudge(shard=reader.shard, max_block_jump=defaults.max_block_jump, max_bad_in_row=defaults.max_bad_positions)
+
+
 @attrs.define(eq=False)
 class ShardReader:
-    """Turns one shard's raw HubEvent bytes into chunks; keeps the resume position (no I/O)."""
+    """Turns one shard's raw HubEvent bytes into chunks; keeps the resume position (no I/O).
+
+    Nothing the node sends moves ``last_id`` (the resume point, then the cursor) before ``judge``
+    found its id plausible; a message over ``max_message_bytes`` and, with ``verify``, a message
+    whose hash or signature fails are dead-lettered (their first ``dead_letter_bytes`` kept for
+    the oversized), and the stream goes on.
+    """
 
     shard: int
     partition: str
@@ -200,47 +235,92 @@ class ShardReader:
     # The user's filter, on scanned keys: events it rejects still move the cursor (``through``) but
     # never become Event objects, which is most of what filtering would otherwise cost.
     keep: Callable[[HubEventKeys], bool] | None = None
+    judge: PositionJudge = attrs.Factory(_default_judge, takes_self=True)
+    verify: bool = True
+    max_message_bytes: int = MAX_MESSAGE
+    dead_letter_bytes: int = KEEP_BYTES
+    # Set when the judge says the node is to be refused: the actor hands on the chunk, then drops it.
+    refusal: str | None = None
+    # What a read left when an id was too far past the known height (read(may_hold=True)).
+    held: list[bytes | SkippedMessage] | None = None
     # Dead letters read before any id is known: they wait for the first chunk that has a position,
     # because a chunk must carry a cursor and inventing one (0) would mean "replay everything".
     _unplaced: list[DeadLetter] = attrs.Factory(list)
 
-    def read(self, payloads: list[bytes], received: float) -> Chunk | None:
+    def read(self, payloads: list[bytes | SkippedMessage], received: float, *, may_hold: bool = False) -> Chunk | None:
+        """The chunk of ``payloads`` (None while no id is known yet).
+
+        With ``may_hold``, reading stops at the first id that is consistent but too far past the
+        known height: the rest is left in ``held``, for the actor to read again once it asked the
+        node's height (GetInfo).
+        """
         events: list[Event] = []
         dead: list[DeadLetter] = self._unplaced
         self._unplaced = []
         last_id = self.last_id
         keep = self.keep
+        judge = self.judge.judge
+        verify = self.verify
+        limit = self.max_message_bytes
         filtered = 0
-        for payload in payloads:
+        accepted = 0
+        consumed = len(payloads)
+        for index, payload in enumerate(payloads):
+            if type(payload) is not bytes or len(payload) > limit:
+                before, last_id = last_id, self._skipped(payload, last_id, dead, received)
+                accepted += last_id != before
+                continue
             try:
                 keys = scan_hub_event(payload)
             except WireError as exc:
                 event_type, position = recover_type_and_id(payload)
-                if position is not None and last_id is not None and position <= last_id:
+                reason = f"malformed HubEvent: {exc}"
+                if position is None:
+                    dead.append(self._dead(payload, reason, None, received))
                     continue
-                dead.append(self._dead(payload, f"malformed HubEvent: {exc}", position, received))
-                if position is not None:
-                    last_id = position
-                    # It was received (and kept, as a dead letter): the block's counts include it.
-                    for gap in self.detector.observe(_bare_keys(event_type, position)):
-                        self._report(gap)
+                verdict = judge(position, last_id=last_id, event_type=event_type or None)
+                if verdict.action == REPLAY:
+                    continue
+                if verdict.action != ACCEPT:
+                    self._implausible(payload, f"{reason}; {verdict.reason}", verdict, dead, received)
+                    continue
+                dead.append(self._dead(payload, reason, position, received))
+                last_id = position
+                accepted += 1
+                # It was received (and kept, as a dead letter): the block's counts include it.
+                for gap in self.detector.observe(_bare_keys(event_type, position)):
+                    self._report(gap)
                 continue
             event_id = keys.event_id
-            if last_id is not None and event_id <= last_id:
-                self.stats.duplicates_skipped += 1  # a node replaying what we already have
+            verdict = judge(event_id, last_id=last_id, event_type=keys.event_type, block_field=keys.block_number,
+                            shard_field=keys.shard, confirmed_block=keys.block.block_number if keys.block else None,
+                            may_hold=may_hold)
+            if verdict.action != ACCEPT:
+                if verdict.action == HOLD:
+                    self.held = payloads[index:]
+                    consumed = index
+                    break
+                if verdict.action == REPLAY:
+                    self.stats.duplicates_skipped += 1  # a node replaying what we already have
+                else:
+                    self._implausible(payload, verdict.reason, verdict, dead, received)
                 continue
             last_id = event_id
+            accepted += 1
             for gap in self.detector.observe(keys):
                 self._report(gap)
             if keys.event_type in _MESSAGE_EVENTS and not keys.msg_hash:
                 dead.append(self._dead(payload, f"{HUB_EVENT_TYPES[keys.event_type]} event carries no message", event_id, received))
                 continue
-            if keys.shard and keys.shard != self.shard:
-                dead.append(self._dead(payload, f"event for shard {keys.shard} on shard {self.shard}'s stream", event_id, received))
-                continue
             if keep is not None and not keep(keys):
                 filtered += 1
                 continue
+            if verify:  # only what passed the filter: the filtered-out path pays nothing
+                invalid = hub_event_invalidity(payload)
+                if invalid is not None:
+                    self.stats.invalid_messages += 1
+                    dead.append(self._dead(payload, invalid, event_id, received))
+                    continue
             fields: dict[str, object] = {"block": keys.block_number}
             if keys.fid:
                 fields["fid"] = keys.fid
@@ -259,14 +339,50 @@ class ShardReader:
                     fields=fields,
                 )
             )
-        self.stats.received += len(payloads)
+        self.stats.received += consumed
         self.stats.filtered += filtered
+        if accepted:
+            self.stats.refused = None
         if last_id is None:
             self._unplaced = dead
             return None
         self.last_id = last_id
         self.stats.last_id = last_id
         return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
+
+    def _skipped(self, item: bytes | SkippedMessage, last_id: int | None, dead: list[DeadLetter], received: float) -> int | None:
+        """Dead-letter a message too big to take (or unreadable as sent); return the new last id.
+
+        Its id is read from its first bytes where it can be, and moves the cursor past it only
+        when it is plausible.
+        """
+        if isinstance(item, SkippedMessage):
+            size, head, why = item.size, item.head[: self.dead_letter_bytes], item.why
+        else:
+            size, head, why = len(item), item[: self.dead_letter_bytes], f"above the {self.max_message_bytes}-byte limit"
+        self.stats.oversized += 1
+        reason = f"HubEvent of {size} bytes, {why} (farcaster.max_message_bytes); its first {len(head)} bytes kept"
+        event_type, position = recover_type_and_id(head)
+        if position is None:
+            dead.append(self._dead(head, f"{reason}; its id could not be read from them", None, received))
+            return last_id
+        verdict = self.judge.judge(position, last_id=last_id, event_type=event_type or None)
+        if verdict.action == REPLAY:
+            return last_id
+        if verdict.action != ACCEPT:
+            self._implausible(head, f"{reason}; {verdict.reason}", verdict, dead, received)
+            return last_id
+        dead.append(self._dead(head, reason, position, received))
+        for gap in self.detector.observe(_bare_keys(event_type, position)):
+            self._report(gap)
+        return position
+
+    def _implausible(self, payload: bytes, reason: str, verdict: PositionVerdict, dead: list[DeadLetter], received: float) -> None:
+        """Dead-letter an item whose id is not believed: without a position, so the cursor stays."""
+        self.stats.implausible_positions += 1
+        dead.append(self._dead(payload, reason, None, received))
+        if verdict.action == REFUSE and self.refusal is None:
+            self.refusal = verdict.reason
 
     def _dead(self, payload: bytes, reason: str, position: int | None, received: float) -> DeadLetter:
         self.stats.dead_letters += 1
@@ -317,7 +433,7 @@ def is_transient(exc: BaseException) -> bool:
 
     return isinstance(
         exc,
-        (IdleStream, StreamEnded, StreamTerminatedError, ProtocolError, ConnectionError, OSError,
+        (IdleStream, StreamEnded, NodeRefused, StreamTerminatedError, ProtocolError, ConnectionError, OSError,
          asyncio.TimeoutError, TimeoutError, h2.exceptions.ProtocolError, trio.BrokenResourceError),
     )
 
@@ -361,9 +477,18 @@ async def run_shard_connection(
             stats=stats,
             last_id=await read_cursor(),  # may wait for Redis; a stop request still ends it
             keep=keep,
+            judge=PositionJudge(shard=shard, max_block_jump=settings.max_block_jump,
+                                max_bad_in_row=settings.max_bad_positions),
+            verify=settings.verify,
+            max_message_bytes=settings.max_message_bytes,
+            dead_letter_bytes=settings.dead_letter_bytes,
         )
 
         async def session() -> None:
+            # The node's own height bounds the ids it may send (weir.codecs.farcaster_positions).
+            reader.judge.announce_height(await announced_height(target, shard, timeout=settings.connect_timeout))
+            reader.judge.bad_in_row = 0
+            reader.refusal = None
             from_id = _resume_from(reader.last_id, settings.start)
             reader.detector.subscribed_from(from_id)
             request = subscribe_request(shard, from_id, event_types)
@@ -379,7 +504,8 @@ async def run_shard_connection(
                                "resume_from": resume_from, "reconnects": stats.reconnects})
 
         await reconnect_forever(
-            session, progress=lambda: stats.received, is_transient=is_transient, on_lost=on_lost,
+            # Implausible ids are no progress: a node that sends only those is backed off from.
+            session, progress=lambda: stats.received - stats.implausible_positions, is_transient=is_transient, on_lost=on_lost,
             stats=stats, backoff=backoff, rng=rng, breaker=breaker,
         )
     stats.connected = False
@@ -416,7 +542,7 @@ async def _stream_once(
 
     async def pump() -> None:
         try:
-            await call_asyncio(_subscribe_aio, target, request, trio_sender(raw_send), settings.read_batch, settings.connect_timeout)
+            await call_asyncio(_subscribe_aio, target, request, trio_sender(raw_send), settings)
         finally:
             # close() has no checkpoint: the pump's own error (say a GRPCError status) is what
             # leaves this task, not a Cancelled raised while closing.
@@ -445,7 +571,22 @@ async def _stream_once(
                     if breaker is not None:
                         breaker.record_success()
                 handed_on = reader.last_id
-                chunk = reader.read(payloads, trio.current_time())
+                chunk = reader.read(payloads, trio.current_time(), may_hold=True)
+                if reader.held is not None:
+                    # An id past the height known: the node may have moved on (it skips a lagging
+                    # subscriber forward). Ask it, then judge what is left once more, for good.
+                    rest, reader.held = reader.held, None
+                    try:
+                        height = await announced_height(target, reader.shard, timeout=settings.connect_timeout)
+                    except BaseException:
+                        reader.last_id = handed_on  # nothing of this read was handed on
+                        raise
+                    reader.judge.announce_height(height)
+                    more = reader.read(rest, trio.current_time())
+                    if chunk is None:
+                        chunk = more
+                    elif more is not None:
+                        chunk = attrs.evolve(more, events=chunk.events + more.events, dead=chunk.dead + more.dead)
                 if chunk is not None:
                     try:
                         await send.send(chunk)
@@ -456,4 +597,17 @@ async def _stream_once(
                         # after events that never reached the pipeline: they were lost.
                         reader.last_id = handed_on
                         raise
+                if reader.refusal is not None:
+                    _refuse(reader, target)
     raise StreamEnded("the node ended the stream")
+
+
+def _refuse(reader: ShardReader, target: GrpcTarget) -> NoReturn:
+    """Drop a node that keeps sending implausible ids: reported, then reconnected with backoff."""
+    stats = reader.stats
+    stats.refusals += 1
+    stats.refused = reader.refusal
+    log.error("shard %d: refusing %s: %s", reader.shard, target, reader.refusal,
+              extra={"event": "node_refused", "source": SOURCE, "partition": reader.partition, "url": str(target),
+                     "reason": reader.refusal, "refusals": stats.refusals, "last_id": reader.last_id})
+    raise NodeRefused(f"the node kept sending implausible event ids: {reader.refusal}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from weir.codecs.grpc_frames import MessageSplitter
+from weir.codecs.grpc_frames import KEEP_BYTES, MAX_MESSAGE, MessageSplitter, SkippedMessage
 
 
 def _buffer_of(stream: Any) -> Any:
@@ -38,8 +38,15 @@ def bulk_capable(stream: Any) -> bool:
     )
 
 
-async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterator[list[bytes]]:
+async def message_lists(
+    stream: Any, *, max_messages: int = 512, max_message_bytes: int = MAX_MESSAGE, keep_bytes: int = KEEP_BYTES
+) -> AsyncIterator[list[bytes | SkippedMessage]]:
     """The raw messages of ``stream``, as lists of what had arrived each time (never empty lists).
+
+    A message over ``max_message_bytes`` (or compressed) is never held whole: a
+    :class:`~weir.codecs.grpc_frames.SkippedMessage` with its size and first ``keep_bytes`` takes
+    its place, for the caller to dead-letter. (Read message by message, grpclib has no limit of its
+    own: the caller checks the size of what it gets.)
 
     A list stops growing once it holds ``max_messages`` (plus the rest of the DATA chunk that got
     it there): what is not taken yet stays unacknowledged in grpclib's buffer, so the peer's flow
@@ -48,7 +55,7 @@ async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterato
     ``StreamTerminatedError``, as ``recv_message`` would.
 
     Raises:
-        GrpcFrameError: the body is not uncompressed length-prefixed messages, or ends inside one.
+        GrpcFrameError: the body is not length-prefixed messages, or ends inside one.
     """
     if not bulk_capable(stream):
         async for message in stream:
@@ -58,7 +65,7 @@ async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterato
     buffer = _buffer_of(stream)
     unacked, acknowledge = buffer._unacked, buffer._ack_callback
     wrapper = stream._wrapper
-    splitter = MessageSplitter()
+    splitter = MessageSplitter(max_message_bytes, keep_bytes)
     while True:
         if unacked.empty():
             # The wrapper is how grpclib wakes a reader whose connection died (it cancels the task
@@ -69,7 +76,7 @@ async def message_lists(stream: Any, *, max_messages: int = 512) -> AsyncIterato
         else:
             _raise_if_terminated(wrapper)
             data, _, ack_size = unacked.get_nowait()
-        messages: list[bytes] = []
+        messages: list[bytes | SkippedMessage] = []
         ended = False
         while True:
             if ack_size:

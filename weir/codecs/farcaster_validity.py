@@ -158,3 +158,46 @@ def _fid_and_type(data: bytes) -> tuple[int, int]:
             else:
                 fid = value
     return fid, msg_type
+
+
+# HubEvent body fields (number -> the fields of that body that hold a signed Message). A
+# MERGE_FAILURE (13) carries a message the node refused, often for being invalid: it is a report,
+# not a claim that the message is valid, so it is not verified.
+_SIGNED_IN_BODY = {
+    3: (1, 2),  # MergeMessageBody: message, deleted_messages
+    4: (1,),  # PruneMessageBody: message
+    5: (1,),  # RevokeMessageBody: message
+    8: (3, 4),  # MergeUserNameProofBody: username_proof_message, deleted_username_proof_message
+}
+
+
+def hub_event_messages(event: bytes) -> list[bytes]:
+    """The signed Messages a HubEvent carries (none for on-chain events, BLOCK_CONFIRMED, failures).
+
+    Raises:
+        WireError: the event or one of its bodies is not well-formed protobuf.
+    """
+    messages: list[bytes] = []
+    for field, wire_type, start, end in iter_fields(event):
+        wanted = _SIGNED_IN_BODY.get(field)
+        if wanted is None or wire_type != LEN:
+            continue
+        for inner, inner_type, inner_start, inner_end in iter_fields(event, start, end):
+            if inner in wanted and inner_type == LEN:
+                messages.append(event[inner_start:inner_end])
+    return messages
+
+
+def hub_event_invalidity(event: bytes) -> str | None:
+    """Why the messages of a HubEvent are not valid (one line), or None when every one verifies."""
+    try:
+        messages = hub_event_messages(event)
+    except WireError as exc:
+        return f"not a well-formed HubEvent: {exc}"
+    for i, message in enumerate(messages):
+        try:
+            verify_message(message)
+        except InvalidMessage as exc:
+            which = "its message" if len(messages) == 1 else f"message {i + 1} of {len(messages)}"
+            return f"invalid Farcaster message ({which}): {exc.reason}"
+    return None

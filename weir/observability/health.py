@@ -144,6 +144,9 @@ def partition_problems(view: Any, *, now: float, stale_after: float) -> list[str
                 + (f"; last error {errors[-1]}" if errors else "")
             )
     source = view.source
+    refused = getattr(source, "refused", None)
+    if refused:  # until the node sends a plausible position again
+        problems.append(f"node refused: {refused}")
     if not getattr(source, "connected", False):
         error = getattr(source, "last_error", None)
         problems.append("source not connected" + (f" (last error: {error})" if error else ""))

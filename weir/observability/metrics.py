@@ -103,6 +103,11 @@ class ServiceCollector(Collector):
                              "Events the source skipped because it had already handed them on (by identity: a replay, a repeat).")
         reordered = counter("weir_source_reordered",
                             "Events that arrived after a later one (Jetstream around its replay-to-live cutover) and were kept.")
+        implausible = counter("weir_source_implausible_positions",
+                              "Items dead-lettered because their position was not plausible (the cursor stayed).")
+        refusals = counter("weir_source_refusals", "Times the source dropped its node for sending implausible positions in a row.")
+        oversized = counter("weir_source_oversized", "Items over the source's size limit, dead-lettered with their first bytes.")
+        invalid = counter("weir_source_invalid_messages", "Messages whose hash or signature did not verify, dead-lettered.")
         stale_revs = counter("weir_source_stale_revs", "AT Protocol commits dropped because their rev was not above the repository's last.")
         # Ethereum chains only (sources whose statistics count reorgs).
         reorgs = counter("weir_reorgs", "Chain reorganisations: blocks the source had seen were replaced by another branch.")
@@ -146,6 +151,10 @@ class ServiceCollector(Collector):
                 duplicates.add_metric(labels, source.duplicates_skipped)
             if hasattr(source, "reordered"):
                 reordered.add_metric(labels, source.reordered)
+            for family, attribute in ((implausible, "implausible_positions"), (refusals, "refusals"),
+                                      (oversized, "oversized"), (invalid, "invalid_messages")):
+                if hasattr(source, attribute):
+                    family.add_metric(labels, getattr(source, attribute))
             if hasattr(source, "stale_revs"):
                 stale_revs.add_metric(labels, source.stale_revs)
             if hasattr(source, "deep_reorgs"):
@@ -173,7 +182,7 @@ class ServiceCollector(Collector):
                 family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
 
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
-                    rollbacks, duplicates, reordered, stale_revs, reorgs, deep_reorgs, ignored_heads, connected, position, cursor,
+                    rollbacks, duplicates, reordered, implausible, refusals, oversized, invalid, stale_revs, reorgs, deep_reorgs, ignored_heads, connected, position, cursor,
                     lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
 

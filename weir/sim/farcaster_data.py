@@ -46,6 +46,7 @@ from weir.codecs.farcaster_keys import (
     REVOKE_MESSAGE,
 )
 from weir.codecs.protowire import encode_varint
+from weir.sim.farcaster_faults import Injection
 
 DEFAULT_GENESIS_TIME = 1735689600 - FARCASTER_EPOCH_UNIX
 """Farcaster time of the first simulated block (2025-01-01T00:00:00Z): fixed, for determinism."""
@@ -149,6 +150,8 @@ class SnapchainSimConfig:
         genesis_time: Farcaster time of the first block; each block is 1 s after the previous.
         pregenerate: generate all ``total`` events when the server starts instead of lazily
             (for benchmarks: the offered rate is then not bounded by signing).
+        injections: content faults served over the socket (weir.sim.farcaster_faults): a bogus
+            id, an oversized event, a forged or altered message, given Message bytes.
     """
 
     shards: int = attrs.field(default=2, validator=_positive)
@@ -163,6 +166,7 @@ class SnapchainSimConfig:
     first_block: int = attrs.field(default=1, validator=_positive)
     genesis_time: int = DEFAULT_GENESIS_TIME
     pregenerate: bool = False
+    injections: tuple[Injection, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.total is not None and self.history > self.total:

@@ -47,6 +47,8 @@ from weir.protos.snapchain import (
     SubscribeRequest,
 )
 from weir.codecs.farcaster_keys import BLOCK_CONFIRMED
+from weir.sim.farcaster_faults import Injection
+from weir.sim.farcaster_faults import apply as apply_fault
 from weir.sim.farcaster_data import (
     SnapchainSimConfig,
     ShardEventGenerator,
@@ -67,6 +69,13 @@ VERSION = "weir-sim-0.1"
 DEFAULT_PAGE_SIZE = 1000
 MAX_BATCH_EVENTS = 512
 _FRAME_PREFIX = b"\x00"  # gRPC message prefix: not compressed, then a 4-byte big-endian length
+
+
+def _type_of(payload: bytes) -> int:
+    """The HubEventType of raw bytes served as they are (0 when field 1 does not come first)."""
+    if payload[:1] == b"\x08" and len(payload) > 1 and payload[1] < 0x80:
+        return payload[1]
+    return 0
 
 
 def _frame(payload: bytes) -> bytes:
@@ -96,6 +105,11 @@ class ShardLog:
         self.num_messages = 0
         self._changed = asyncio.Event()
         self._exhausted = False
+        self._made = 0  # events generated (before injections): the index Injection.at counts
+        self._injections: dict[int, list[Injection]] = {}
+        for injection in config.injections:
+            if injection.shard == shard:
+                self._injections.setdefault(injection.at, []).append(injection)
 
     # -- generation and release ----------------------------------------------------------------
 
@@ -114,11 +128,23 @@ class ShardLog:
         if block is None:
             self._exhausted = True
             return False
+        size = 0
         for id_, event_type, payload in block:
-            self._ids.append(id_)
-            self._types.append(event_type)
-            self._framed.append(_frame(payload))
-        self._pending.append(len(block))
+            inserted: list[bytes] = []
+            for injection in self._injections.get(self._made, ()):
+                if injection.action == "insert":
+                    inserted.append(injection.payload)
+                else:
+                    payload = apply_fault(payload, injection)
+            self._made += 1
+            for served in (payload, *inserted):
+                # An inserted item sorts with the event before it (its own id may be anything):
+                # a resume at a later id does not send it again.
+                self._ids.append(id_)
+                self._types.append(event_type if served is payload else _type_of(served))
+                self._framed.append(_frame(served))
+                size += 1
+        self._pending.append(size)
         return True
 
     def pregenerate(self, count: int | None) -> None:
