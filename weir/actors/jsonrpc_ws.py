@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from weir.actors.ws_upgrade import upgrade_client
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, Notification, ProtocolError
 
 HEAD_BUFFER = 1024  # pushes buffered while the reader is busy (catching up); more are dropped and counted
@@ -140,7 +141,7 @@ async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float)
             stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await wrap_client_stream(nursery, stream, host, resource, max_message_size=256 << 20)
+                ws = await upgrade_client(nursery, stream, host, resource, max_message_size=256 << 20)
             rpc = RpcConnection(ws=ws, timeout=request_timeout)
             nursery.start_soon(rpc.read_loop)
             try:
