@@ -14,9 +14,12 @@ Targets and kinds:
 ``weir``        ``kill``, ``pause`` (as for redis), ``term`` (SIGTERM: ordered drain and exit, the
                 exit code is the record's ``outcome``; started again after ``duration``)
 ``hub``         ``drop_streams`` (instant), ``error`` (status ``params.status`` for ``duration``)
+``relay_link``  proxy faults between weir and the AT Protocol simulator (as ``hub_link``)
+``relay``       ``drop``, ``error_frame`` (``params.name``), ``outdated_cursor`` (all instant)
 ==============  ==========================================================================
 
-``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`); the others
+``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`), ``relay_link``
+and ``relay`` the AT Protocol sources' (:mod:`weir.chaos.atproto`); the others
 every run has. A new source adds its targets to :data:`KINDS`: a proxy in front of its simulator
 is a target named ``<something>_link`` with the proxy's kinds, and takes every link fault as is;
 a control target needs its kinds here, and either a branch in ``_apply`` or an
@@ -71,9 +74,11 @@ KINDS: dict[str, tuple[str, ...]] = {
     "redis": ("kill", "pause", "rollback"),
     "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
+    "relay_link": tuple(FAULT_KINDS),
+    "relay": ("drop", "error_frame", "outdated_cursor"),
 }
 #: Kinds that happen at once: the generator gives them no duration.
-INSTANT_KINDS: set[str] = {"drop_streams"}
+INSTANT_KINDS: set[str] = {"drop_streams", "drop", "error_frame", "outdated_cursor"}
 
 
 def is_link(target: str) -> bool:

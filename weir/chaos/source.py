@@ -88,9 +88,9 @@ class RunningSource:
         finish: called once weir has exited: stops the simulator and returns problems (e.g. its own
             record of what it offered differs from the ``offered`` the checker uses); empty if none.
         drained: for a source whose stream cannot be known in advance (a chain with reorgs, events
-            whose positions depend on arrival order): whether the full drain is done (polled; e.g.
-            the cursor's token is the final head's). None: every partition's sampled cursor equals
-            its :attr:`Offer.final_cursor`.
+            whose positions depend on arrival order): whether the full drain is done, given the
+            Redis URL to read (polled; e.g. the cursor's token is the final head's). None: every
+            partition's sampled cursor equals its :attr:`Offer.final_cursor`.
         compare: the source's own comparison of a partition, used instead of
             :func:`~weir.chaos.checker.compare_partition` (see :func:`~weir.chaos.checker.check_run`),
             e.g. :func:`~weir.chaos.checker.compare_chain` with the simulator's final chain, known
@@ -100,7 +100,7 @@ class RunningSource:
     weir_args: tuple[str, ...]
     targets: Mapping[str, Any]
     finish: Callable[[Mapping[str, Offer]], Awaitable[list[str]]]
-    drained: Callable[[], Awaitable[bool]] | None = None
+    drained: Callable[[str], Awaitable[bool]] | None = None
     compare: Callable[..., PartitionReport] | None = None
 
 

@@ -428,7 +428,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
             if network.drained is None:
                 return await wait_until(drained, timeout=timeout)
             with trio.move_on_after(timeout):
-                while not await network.drained():
+                while not await network.drained(redis.url):
                     await trio.sleep(0.05)
                 return True
             return False
