@@ -150,3 +150,11 @@ async def test_the_simulator_process_takes_commands_and_records_what_it_offered(
     # the cutover sent 5 live messages before the last 5 replayed ones: those came late
     sent_late = [t for i, t in enumerate(times) if t < max(times[:i], default=-1)]
     assert len(sent_late) == 5 and set(sent_late) <= set(record["late"])
+
+
+def test_atproto_disconnects_count_as_reconnects():
+    from weir.chaos.checker import restarts_from_log
+
+    line = ('{"msg": "firehose: connection to ws://127.0.0.1:1/xrpc/com.atproto.sync.subscribeRepos lost '
+            '(IdleStream: no data for 1s); reconnecting in 0.05s after 2146", "event": "disconnect"}')
+    assert restarts_from_log("\n".join([line, line, "unrelated"])) == (0, 2)

@@ -778,7 +778,7 @@ def _rate(samples: Sequence[Sample], start: float, end: float) -> float:
 
 
 _RESTART = re.compile(r"supervisor \S+: child \S+ restarting")
-_RECONNECT = re.compile(r"stream from \S+ lost .* reconnecting")
+_RECONNECT = re.compile(r"(?:stream from|connection to) \S+ lost .* reconnecting")  # Farcaster, AT Protocol
 _SUPERVISION_TEXT = re.compile(r"supervisor (\S+): child (\S+) (restarting|escalated)")
 _SUPERVISION_EVENTS = {"restart": "restart", "escalation": "escalation", "restarting": "restart", "escalated": "escalation"}
 

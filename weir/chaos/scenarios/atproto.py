@@ -72,13 +72,15 @@ def _weir_kill(source: AtprotoSource, seed: int) -> Scenario:
                        if source.mode == "jetstream" else "."),
         source=AtprotoSource(mode=source.mode, ops_per_commit=MANY_OPS, reorder_at_cutover=source.reorder_at_cutover,
                              duplicate_at_cutover=source.duplicate_at_cutover),
+        # 1.8 s apart: a restart (~1 s of start-up, then Jetstream's 2 s rewind read back from Redis
+        # and replayed) is over before the next kill, so each kill's recovery is its own
         schedule=Schedule(seed=seed, faults=[
-            fault("redis_link", "latency", 0.0, 4.2, ms=5),
+            fault("redis_link", "latency", 0.0, 5.4, ms=5),
             fault("weir", "kill", 1.0, 0.2),
-            fault("weir", "kill", 2.2, 0.2),
-            fault("weir", "kill", 3.4, 0.2),
+            fault("weir", "kill", 2.8, 0.2),
+            fault("weir", "kill", 4.6, 0.2),
         ]),
-        rate=150.0 if source.mode == "firehose" else 100.0,  # Jetstream: one message per op
+        rate=150.0 if source.mode == "firehose" else 80.0,  # Jetstream: one message per op
         history=100,
         max_restarts=0,
     )
