@@ -142,7 +142,7 @@ def test_generated_schedules_cycle_through_every_source_and_draw_its_fault_kinds
     from weir.chaos.suite import random_scenarios
 
     scenarios = random_scenarios(2 * len(SOURCES), 7)
-    assert [s.source.name for s in scenarios] == [*SOURCES] * 2
+    assert [s.source for s in scenarios] == [*SOURCES.values()] * 2
     assert random_scenarios(2 * len(SOURCES), 7) == scenarios  # the same seed, the same schedules
     for scenario in scenarios:
         allowed = {"redis", "redis_link", "weir", *scenario.source.network_targets}
@@ -157,7 +157,7 @@ def test_a_replayed_schedule_runs_against_the_source_its_targets_name():
     from weir.chaos.sources import SOURCES, source_of
 
     def on(*targets: str) -> Schedule:
-        kinds = {"node": "drop", "hub": "drop_streams", "redis": "kill"}
+        kinds = {"node": "drop", "hub": "drop_streams", "redis": "kill", "relay": "drop"}
         return Schedule(seed=1, faults=[TimedFault(target=t, kind=kinds.get(t, "latency"), start=0, duration=0,
                                                    params={"ms": 1} if t.endswith("_link") else {}) for t in targets])
 
@@ -166,6 +166,8 @@ def test_a_replayed_schedule_runs_against_the_source_its_targets_name():
     assert source_of(on("redis"), default=SOURCES["ethereum"]) is SOURCES["ethereum"]
     with pytest.raises(ValueError, match="several sources"):
         source_of(on("node", "hub"))
+    with pytest.raises(ValueError, match="firehose, jetstream"):  # the same targets: --source says which
+        source_of(on("relay"))
 
 
 def test_weir_chaos_source_choices_are_the_suite_sources():

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+from weir.chaos.sources import SOURCES
 from weir.chaos.suite import load_registry, random_scenarios, run_scenario
 
 REGISTRY = load_registry()
 RANDOM_SEED = 20251123
-RANDOM_COUNT = 3  # cycles through the sources (weir.chaos.sources.SOURCES)
 
 
 def _explain(result) -> str:  # type: ignore[no-untyped-def]
@@ -53,15 +53,16 @@ async def test_scenario(name, tmp_path):
 
 
 @pytest.mark.integration
-async def test_generated_schedules(tmp_path):
-    scenarios = random_scenarios(RANDOM_COUNT, RANDOM_SEED)
-    assert len(scenarios) == RANDOM_COUNT
+@pytest.mark.parametrize("source", list(SOURCES))  # one schedule drawn from each source's fault kinds
+async def test_generated_schedules(tmp_path, source):
+    scenarios = random_scenarios(1, RANDOM_SEED, SOURCES[source])
+    assert len(scenarios) == 1
     failures = []
     for scenario in scenarios:
         result = await run_scenario(scenario, tmp_path / scenario.name)
         print("\n" + result.summary())
         if not result.ok:
-            failures.append(f"{_explain(result)}\nreplay: weir chaos --schedule '{scenario.schedule.to_json()}'")
+            failures.append(f"{_explain(result)}\nreplay: weir chaos --source {source} --schedule '{scenario.schedule.to_json()}'")
     assert not failures, "\n\n".join(failures)
 
 

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the generated schedules (default 1)")
     chaos.add_argument("--schedule", action="append", default=[], metavar="JSON",
                        help="run this fault schedule (the JSON line a failed run printed); repeatable")
-    chaos.add_argument("--source", choices=("farcaster", "ethereum"), default=None,
+    chaos.add_argument("--source", choices=("farcaster", "firehose", "jetstream", "ethereum"), default=None,
                        help="the network of --random and --schedule runs (default: --random cycles through every "
                             "source; a --schedule runs against the source its targets name)")
     chaos.add_argument("--json", type=_output_file, metavar="PATH", help="also write the results as JSON to PATH")

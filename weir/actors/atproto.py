@@ -41,6 +41,7 @@ import trio_websocket
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.actors.ws_transport import WebSocketTarget, open_stream
+from weir.actors.ws_upgrade import upgrade_client
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import (
     KEEP_ALL,
@@ -801,7 +802,7 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(settings.connect_timeout):
-                ws = await trio_websocket.wrap_client_stream(
+                ws = await upgrade_client(
                     nursery, stream, target.host_header, target.resource,
                     message_queue_size=settings.read_batch,
                     # Above the frame limit, so an oversized frame reaches the reader and becomes a dead letter.

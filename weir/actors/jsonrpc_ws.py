@@ -11,9 +11,10 @@ from typing import Any
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from weir.actors.ws_transport import WebSocketTarget, open_stream
+from weir.actors.ws_upgrade import upgrade_client
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, Notification, ProtocolError
 
 HEAD_BUFFER = 1024  # pushes buffered while the reader is busy (catching up); more are dropped and counted
@@ -132,7 +133,7 @@ async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await wrap_client_stream(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
+                ws = await upgrade_client(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
             rpc = RpcConnection(ws=ws, timeout=request_timeout)
             nursery.start_soon(rpc.read_loop)
             try:

@@ -14,13 +14,16 @@ Targets and kinds:
 ``weir``        ``kill``, ``pause`` (as for redis), ``term`` (SIGTERM: ordered drain and exit, the
                 exit code is the record's ``outcome``; started again after ``duration``)
 ``hub``         ``drop_streams`` (instant), ``error`` (status ``params.status`` for ``duration``)
+``relay_link``  proxy faults between weir and the AT Protocol simulator (as ``hub_link``)
+``relay``       ``drop``, ``error_frame`` (``params.name``), ``outdated_cursor`` (all instant)
 ``node_link``   proxy faults between weir and the Ethereum node
 ``node``        ``reorg`` (``params.depth`` blocks, instant), ``drop`` (every connection, instant),
                 ``mute`` (head subscriptions go silent, instant), ``lag`` (``params.blocks``
                 behind, for ``duration``), ``refuse`` (new connections, for ``duration``)
 ==============  ==========================================================================
 
-``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`); the others
+``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`), ``relay_link``
+and ``relay`` the AT Protocol sources' (:mod:`weir.chaos.atproto`); the others
 every run has. A new source adds its targets to :data:`KINDS`: a proxy in front of its simulator
 is a target named ``<something>_link`` with the proxy's kinds, and takes every link fault as is;
 a control target needs its kinds here, and either a branch in ``_apply`` or an
@@ -74,11 +77,13 @@ KINDS: dict[str, tuple[str, ...]] = {
     "redis": ("kill", "pause", "rollback"),
     "weir": ("kill", "pause", "term"),
     "hub": ("drop_streams", "error"),
+    "relay_link": tuple(FAULT_KINDS),  # the AT Protocol sources' (weir.chaos.atproto)
+    "relay": ("drop", "error_frame", "outdated_cursor"),
     "node_link": tuple(FAULT_KINDS),  # the Ethereum source's (weir.chaos.ethereum)
     "node": ("reorg", "drop", "mute", "lag", "refuse"),
 }
 #: Kinds that happen at once: the generator gives them no duration.
-INSTANT_KINDS: set[str] = {"drop_streams", "reorg", "drop", "mute"}
+INSTANT_KINDS: set[str] = {"drop_streams", "drop", "error_frame", "outdated_cursor", "reorg", "mute"}
 
 
 def is_link(target: str) -> bool:

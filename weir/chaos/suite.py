@@ -70,7 +70,7 @@ from weir.chaos.registry import ScenariosError, load_registry
 from weir.chaos.scenario import Scenario
 from weir.chaos.schedule import FaultRecord, Schedule, Targets, random_schedules, run_schedule
 from weir.chaos.source import ChaosSource
-from weir.chaos.sources import SOURCES, source_of
+from weir.chaos.sources import SOURCES, source_key, source_of
 from weir.chaos.waiting import wait_until
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 
@@ -671,7 +671,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def _main(chosen: list[Scenario], args: argparse.Namespace) -> int:
     began = time.monotonic()
-    sources_by_name = {scenario.name: scenario.source.name for scenario in chosen}
+    sources_by_name = {scenario.name: source_key(scenario.source) for scenario in chosen}
 
     def progress(result: ScenarioResult) -> None:
         print(f"{'ok  ' if result.ok else 'FAIL'} {result.scenario} ({result.elapsed_s:.1f} s)", file=sys.stderr, flush=True)

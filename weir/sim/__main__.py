@@ -46,24 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--record", default="", help="file written at exit: the ids (and a digest) of every event offered")
     snap.add_argument("--control", default="", help="file read on SIGUSR2: a gRPC status name to fail calls with, or empty")
     snap.add_argument("--log-level", default="WARNING")
-    at = networks.add_parser("atproto", help="an AT Protocol relay (firehose) and Jetstream server (WebSocket)")
-    at.add_argument("--host", default="127.0.0.1")
-    at.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
-    at.add_argument("--seed", type=int, default=1)
-    at.add_argument("--total", type=int, default=1000, help="events in the history")
-    at.add_argument("--rate", type=float, default=0.0, help="events/s released; 0 = all at once")
-    at.add_argument("--dids", type=int, default=40)
-    at.add_argument("--corrupt-every", type=_optional_int, default=None)
-    at.add_argument("--drop-after", type=_optional_int, default=None, help="ConsumerTooSlow after N frames per connection")
-    at.add_argument("--reject-first", type=int, default=0, help="answer the first N handshakes with HTTP 429")
-    at.add_argument("--exclusive-replay", action="store_true", help="replay after the cursor, not from it")
-    at.add_argument("--history", type=int, default=0, help="with --rate: events that exist at the start")
-    at.add_argument("--reorder-at-cutover", type=int, default=0,
-                    help="Jetstream: send N live messages before the last N replayed ones on every connection with a cursor")
-    at.add_argument("--duplicate-at-cutover", type=int, default=0,
-                    help="Jetstream: send the last N replayed messages again after the cutover")
-    at.add_argument("--log-level", default="WARNING")
-    from weir.sim import ethereum_main
+    from weir.sim import atproto_main, ethereum_main
+
+    atproto_main.add_parser(networks)
 
     ethereum_main.add_parser(networks)
     return parser
@@ -131,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     if args.network == "atproto":
-        return _main_atproto(args)
+        from weir.sim import atproto_main
+
+        return atproto_main.main(args)
     if args.network == "ethereum":
         from weir.sim import ethereum_main
 
@@ -142,24 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"weir-sim: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_run_snapchain(config, args.host, args.port, args.control, args.record))
-    return 0
-
-
-def _main_atproto(args: argparse.Namespace) -> int:
-    import trio
-
-    from weir.sim.atproto import serve_atproto_sim
-    from weir.sim.atproto_data import AtprotoSimConfig
-
-    config = AtprotoSimConfig(
-        seed=args.seed, total=args.total, rate=args.rate, dids=args.dids, corrupt_every=args.corrupt_every,
-        drop_after=args.drop_after, reject_first=args.reject_first, inclusive_replay=not args.exclusive_replay,
-        history=args.history, reorder_at_cutover=args.reorder_at_cutover, duplicate_at_cutover=args.duplicate_at_cutover,
-    )
-    try:
-        trio.run(serve_atproto_sim, config, args.host, args.port)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -23,8 +23,8 @@ dictionary, as Bluesky's servers do. Like Bluesky, which publishes its dictionar
 repository, the simulator publishes its own (:func:`~weir.sim.atproto_data.jetstream_dictionary`)
 over plain HTTP: ``GET /jetstream/zstd_dictionary`` on the same port (:attr:`AtprotoSim.dictionary_url`).
 
-Control hooks for tests: :meth:`AtprotoSim.drop_connections`, :meth:`AtprotoSim.send_info`,
-:attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`,
+Control hooks for tests and the chaos suite: :meth:`AtprotoSim.drop_connections`,
+:meth:`AtprotoSim.send_info`, :meth:`AtprotoSim.send_error`, :meth:`AtprotoSim.record`, :attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`,
 :attr:`AtprotoSim.late_gate`, :attr:`AtprotoSim.cutovers`.
 """
 
@@ -112,6 +112,11 @@ class AtprotoSim:
         self._changed = trio.Event()
         self._drop = trio.Event()
         self._infos: list[bytes] = []
+        self._errors: list[bytes] = []
+        # Jetstream messages sent after one with a larger time_us (on any connection): what an
+        # ingestor may rightly store out of time order (the chaos checker's ``late``).
+        self._max_sent_us = -1
+        self.late_sent: set[int] = set()
 
     # ------------------------------------------------------------------ control
 
@@ -124,6 +129,17 @@ class AtprotoSim:
         """Send an ``#info`` frame to every firehose client."""
         self._infos.append(info_frame(name, message))
         self._notify()
+
+    def send_error(self, name: str, message: str = "") -> None:
+        """Send an error frame (``{op: -1}``) to every firehose client and close its connection,
+        as a relay does (``ConsumerTooSlow``, ``FutureCursor``, …)."""
+        self._errors.append(error_frame(name, message))
+        self._notify()
+
+    def record(self) -> dict[str, object]:
+        """What it offered, for a checker in another process: the events released (all of the
+        history, once a run is over) and the time_us of every Jetstream message sent late."""
+        return {"released": self.released, "total": len(self.events), "late": sorted(self.late_sent)}
 
     def _notify(self) -> None:
         self._changed.set()
@@ -275,11 +291,15 @@ class AtprotoSim:
                 index = self.oldest
         sent = 0
         infos_seen = len(self._infos)
+        errors_seen = len(self._errors)
         while True:
             changed = self._changed
             while infos_seen < len(self._infos):
                 await self._send(ws, self._infos[infos_seen])
                 infos_seen += 1
+            if errors_seen < len(self._errors):
+                await ws.send_message(self._errors[errors_seen])
+                return
             while index < self.released:
                 if self.config.drop_after is not None and sent >= self.config.drop_after:
                     await ws.send_message(error_frame("ConsumerTooSlow", "Stream consumer too slow"))
@@ -313,8 +333,11 @@ class AtprotoSim:
                     return True
             if self.config.drop_after is not None and sent >= self.config.drop_after:
                 return False  # Jetstream just closes
-            message = self.js_messages[i][1]
+            time_us, message = self.js_messages[i]
             await self._send(ws, compressor.compress(message.encode()) if compressor else message)
+            if time_us < self._max_sent_us:
+                self.late_sent.add(time_us)
+            self._max_sent_us = max(self._max_sent_us, time_us)
             sent += 1
             return True
 
@@ -357,10 +380,3 @@ class AtprotoSim:
             return [*range(first, cutover), *again]
         return [*range(first, cutover - len(held)), *ahead, -1, *held, *again]
 
-
-async def serve_atproto_sim(config: AtprotoSimConfig, host: str, port: int) -> None:
-    """``python -m weir.sim atproto``: serve until cancelled, printing the ready line once listening."""
-    sim = AtprotoSim(config)
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(sim.serve, host, port)
-        print(f"weir-sim atproto listening on {host}:{bound}", flush=True)

@@ -61,6 +61,9 @@ class AtprotoSimConfig:
             Jetstream does around its replay-to-live cutover).
         duplicate_at_cutover: Jetstream, there too: the last N replayed messages are sent again
             after the reordered ones (true duplicates).
+        ops_per_commit: each commit's op count is drawn from these (repeat a count to weight it).
+        time_step_us: µs of ``time_us`` between events (plus up to 500 µs of jitter): 1e6 / ``rate``
+            makes ``time_us`` follow the release, as a live relay's does (Jetstream's rewind is in it).
     """
 
     seed: int = 1
@@ -81,6 +84,8 @@ class AtprotoSimConfig:
     history: int = 0
     reorder_at_cutover: int = 0
     duplicate_at_cutover: int = 0
+    ops_per_commit: tuple[int, ...] = attrs.field(default=(1, 1, 1, 2, 3), converter=tuple)
+    time_step_us: int = attrs.field(default=1000, validator=attrs.validators.ge(1000))
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -165,7 +170,7 @@ def generate_history(config: AtprotoSimConfig) -> list[SimEvent]:
     seq = config.first_seq
     commits = stales = 0
     for i in range(config.total):
-        time_us = config.time_base_us + i * 1000 + rng.randrange(500)
+        time_us = config.time_base_us + i * config.time_step_us + rng.randrange(500)
         did = rng.choice(dids)
         if config.other_every and i % config.other_every == config.other_every - 1:
             events.append(_other_event(rng, i, seq, time_us, did, last_rev, config))
@@ -178,7 +183,7 @@ def generate_history(config: AtprotoSimConfig) -> list[SimEvent]:
             corrupt = bool(config.corrupt_every) and commits % config.corrupt_every == 0 and stale_rev is None
             # A stale commit is one weir must drop: it leaves the repository's state as it was.
             records = list(existing[did]) if stale_rev else existing[did]
-            events.append(_commit(rng, seq, time_us, did, dids, records, last_rev, corrupt, stale_rev))
+            events.append(_commit(rng, seq, time_us, did, dids, records, last_rev, corrupt, stale_rev, config.ops_per_commit))
         seq += rng.choice((1, 1, 1, 2))
     return events
 
@@ -193,14 +198,15 @@ def jetstream_dictionary() -> bytes:
 
 
 def _commit(rng: random.Random, seq: int, time_us: int, did: str, dids: list[str], existing: list[tuple[str, str]],
-            last_rev: dict[str, str], corrupt: bool, stale_rev: str | None = None) -> SimEvent:
+            last_rev: dict[str, str], corrupt: bool, stale_rev: str | None = None,
+            op_counts: tuple[int, ...] = (1,)) -> SimEvent:
     rev = tid(time_us, rng.randrange(1024))
     if stale_rev is not None:
         rev = stale_rev
     ops: list[SimRecordOp] = []
     tamper = corrupt
     blocks: list[tuple[CID, bytes]] = []
-    for index in range(rng.choice((1, 1, 1, 2, 3))):
+    for index in range(rng.choice(op_counts)):
         roll = rng.random()
         if existing and roll < 0.1:
             collection, rkey = existing.pop(rng.randrange(len(existing)))
@@ -237,7 +243,7 @@ def _commit(rng: random.Random, seq: int, time_us: int, did: str, dids: list[str
     frame, encoded = _frame("#commit", body)
     messages = []
     for op in ops:
-        op_time = time_us * 1 + op.index  # unique: events are >= 1000 µs apart
+        op_time = time_us * 1 + op.index  # unique: events are >= time_step_us - 500 >= 500 µs apart
         commit_json: dict = {"rev": rev, "operation": op.action, "collection": op.collection, "rkey": op.rkey}
         if op.record is not None:
             commit_json["record"] = cbor.to_json(cbor.decode(op.block))  # what the CAR holds, tampered or not

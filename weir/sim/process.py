@@ -150,27 +150,84 @@ async def open_snapchain_sim(
             yield SimProcess(host=h, port=p, pid=pid, config=config, control=control, record=record)
 
 
-@asynccontextmanager
-async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1", port: int = 0,
-                           ready_timeout: float = 60.0, stop_grace: float = 5.0) -> AsyncIterator[str]:
-    """Start ``python -m weir.sim atproto`` (firehose and Jetstream on one port); yield its ``ws://HOST:PORT``.
+def send_command(control: str, pid: int, what: dict[str, object]) -> None:
+    """Write ``what`` as JSON to a simulator's ``--control`` file and signal it (SIGUSR2) to read it."""
+    write_atomically(control, json.dumps(what).encode())
+    os.kill(pid, signal.SIGUSR2)
 
-    Raises:
-        SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
+
+@attrs.frozen(kw_only=True)
+class AtprotoSimProcess:
+    """A running simulated relay and Jetstream server process.
+
+    Attributes:
+        host, port: where it serves; ``url`` is ``ws://HOST:PORT``.
+        pid: the process id (``SIGUSR1`` closes every connection).
+        config: what it was started with (recompute its history with ``generate_history``).
+        control: the file it reads on ``SIGUSR2`` (a JSON command: see :mod:`weir.sim.atproto_main`);
+            :meth:`command` writes it and signals.
+        record: where it writes what it offered on exit ("" for nowhere).
     """
+
+    host: str
+    port: int
+    pid: int
+    config: AtprotoSimConfig
+    control: str = ""
+    record: str = ""
+
+    def command(self, **what: object) -> None:
+        """Make the relay do ``what`` now, e.g. ``command(drop=True)``, ``command(error="ConsumerTooSlow")``."""
+        send_command(self.control, self.pid, what)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+
+def atproto_args(config: AtprotoSimConfig, host: str = "127.0.0.1", port: int = 0) -> list[str]:
+    """The command line that runs ``config`` (the inverse of ``weir.sim.atproto_main.config_from_args``)."""
     args = [sys.executable, "-m", "weir.sim", "atproto", "--host", host, "--port", str(port), "--seed", str(config.seed),
             "--total", str(config.total), "--rate", repr(config.rate), "--dids", str(config.dids),
             "--reject-first", str(config.reject_first), "--history", str(config.history),
-            "--reorder-at-cutover", str(config.reorder_at_cutover), "--duplicate-at-cutover", str(config.duplicate_at_cutover)]
+            "--reorder-at-cutover", str(config.reorder_at_cutover), "--duplicate-at-cutover", str(config.duplicate_at_cutover),
+            "--ops-per-commit", ",".join(map(str, config.ops_per_commit)), "--time-step-us", str(config.time_step_us)]
     for flag, value in (("--corrupt-every", config.corrupt_every), ("--drop-after", config.drop_after)):
         if value is not None:
             args += [flag, str(value)]
     if not config.inclusive_replay:
         args.append("--exclusive-replay")
-    async with _open_sim_process(args, "atproto", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, _pid):
-        yield f"ws://{h}:{p}"
+    return args
 
 
+@asynccontextmanager
+async def open_atproto_sim_process(config: AtprotoSimConfig, *, host: str = "127.0.0.1", port: int = 0, record: bool = False,
+                                   ready_timeout: float = 60.0, stop_grace: float = 5.0) -> AsyncIterator[AtprotoSimProcess]:
+    """Start ``python -m weir.sim atproto`` (firehose and Jetstream on one port) and yield once it
+    serves; stop it on exit (SIGTERM, then SIGKILL after ``stop_grace`` seconds).
+
+    ``record``: it writes what it offered to :attr:`AtprotoSimProcess.record` as it exits.
+
+    Raises:
+        SimulatorFailed: it exited, or did not print its ready line within ``ready_timeout``.
+    """
+    with tempfile.TemporaryDirectory(prefix="weir-sim-") as tmp:
+        control = os.path.join(tmp, "control.json")
+        path = os.path.join(tmp, "offered.json") if record else ""
+        args = [*atproto_args(config, host, port), "--control", control]
+        if path:
+            args += ["--record", path]
+        async with _open_sim_process(args, "atproto", ready_timeout=ready_timeout, stop_grace=stop_grace) as (h, p, pid):
+            yield AtprotoSimProcess(host=h, port=p, pid=pid, config=config, control=control, record=path)
+
+
+@asynccontextmanager
+async def open_atproto_sim(config: AtprotoSimConfig, *, host: str = "127.0.0.1", port: int = 0,
+                           ready_timeout: float = 60.0, stop_grace: float = 5.0) -> AsyncIterator[str]:
+    """:func:`open_atproto_sim_process`, yielding only its ``ws://HOST:PORT``."""
+    async with open_atproto_sim_process(config, host=host, port=port, ready_timeout=ready_timeout,
+                                        stop_grace=stop_grace) as sim:
+        yield sim.url
 
 
 @attrs.frozen(kw_only=True)
@@ -195,8 +252,7 @@ class EthereumSimProcess:
 
     def command(self, **what: object) -> None:
         """Make the node do ``what`` now, e.g. ``command(reorg=3)``, ``command(lag=5)``."""
-        write_atomically(self.control, json.dumps(what).encode())
-        os.kill(self.pid, signal.SIGUSR2)
+        send_command(self.control, self.pid, what)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,83 @@
+"""The WebSocket upgrade of the WebSocket sources (AT Protocol, Ethereum JSON-RPC), failing at once
+when the server closes the connection before it answers.
+
+trio-websocket's ``wrap_client_stream`` (0.12) waits for the server's answer only: when the TCP
+stream ends first (a reset, a close), its reader task records an abnormal closure and stops, and
+the wait goes on until the caller's timeout. A relay or a node that drops connections during the
+upgrade (restarting, behind a load balancer shedding load, a reset on the way) thus stalled every
+reconnection for ``connect_timeout`` (10 s by default; the chaos suite's relay-cut scenarios
+measured it). :func:`upgrade_client` watches the stream under the upgrade and raises
+``ConnectionClosed`` as soon as it ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio_websocket
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+
+__all__ = ["upgrade_client"]
+
+ABNORMAL_CLOSURE = 1006
+
+
+class _WatchedStream(trio.abc.Stream):
+    """``stream``, with an event set once it has ended (end of data, or broken either way)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self.ended = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+        if not data:
+            self.ended.set()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.ended.set()
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def upgrade_client(nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, **options: Any) -> WebSocketConnection:
+    """``trio_websocket.wrap_client_stream(nursery, stream, host, resource, **options)``, except that
+    a stream that ends before the server accepts raises at once.
+
+    Raises:
+        trio_websocket.ConnectionClosed: the connection ended during the upgrade (code 1006).
+        trio_websocket.ConnectionRejected: the server answered with an HTTP status (from ``nursery``,
+            as trio-websocket raises it).
+    """
+    watched = _WatchedStream(stream)
+    ws: WebSocketConnection | None = None
+    async with trio.open_nursery() as race:
+
+        async def upgrade() -> None:
+            nonlocal ws
+            ws = await trio_websocket.wrap_client_stream(nursery, watched, host, resource, **options)  # type: ignore[arg-type]
+            race.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await watched.ended.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(upgrade)
+        race.start_soon(watch)
+    if ws is None:
+        raise ConnectionClosed(CloseReason(ABNORMAL_CLOSURE, "the connection ended during the WebSocket upgrade"))
+    return ws
