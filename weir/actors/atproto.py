@@ -788,6 +788,7 @@ async def run_atproto_connection(
         await reconnect_forever(
             session, progress=lambda: reader.progress, is_transient=is_transient, on_lost=on_lost,
             stats=stats, backoff=backoff, rng=rng, breaker=breaker, retry_after=retry_after,
+            peer=f"{partition}'s relay {redact_url(settings.url)}",
         )
     stats.connected = False
 

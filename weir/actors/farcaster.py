@@ -506,7 +506,7 @@ async def run_shard_connection(
         await reconnect_forever(
             # Implausible ids are no progress: a node that sends only those is backed off from.
             session, progress=lambda: stats.received - stats.implausible_positions, is_transient=is_transient, on_lost=on_lost,
-            stats=stats, backoff=backoff, rng=rng, breaker=breaker,
+            stats=stats, backoff=backoff, rng=rng, breaker=breaker, peer=f"shard {shard}'s node {target}",
         )
     stats.connected = False
 
