@@ -336,3 +336,27 @@ async def test_forged_head_numbers_never_move_the_cursor_and_lose_nothing(redis_
     assert str(1 << 60) in reasons[0]
     kinds = await assert_canonical(redis_client, sim)
     assert kinds[b"retract"] == 0
+
+
+async def test_logs_over_the_reply_limit_split_ranges_then_dead_letter_the_block_and_go_on(redis_server, redis_client):
+    """A reply over max_reply_bytes closes the WebSocket (1009, MESSAGE_TOO_BIG): asking the same
+    again would loop for ever (issue 10). weir halves its ranges, and a single block still too
+    large is dead-lettered with its reason, applied without its logs; every other log is there."""
+    sim_config = EthereumSimConfig(chain_id=28, seed=18, block_time=0.02, logs_per_block=2, history=90, blocks=20,
+                                   fat_block_every=25, fat_logs=120)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim, backfill_blocks=64, max_reply_bytes=32 * 1024)])
+        async with running_service(config) as (service, _):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the chain's last block")
+            stats = service.partitions[0].source
+            fat = [h for n, h in enumerate(sim.chain.canonical) if n and n % 25 == 0]
+            # bounded: a reconnect per halving, log2(backfill_blocks) + 1 per large block at most
+            assert stats.range_splits >= 1 and stats.reconnects <= len(fat) * 8
+            assert service.restarts() == 0
+    assert len(fat) == 4
+    keys = partition_keys("ethereum", "28")
+    dead = await redis_client("XRANGE", keys.dead, "-", "+")
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert len(reasons) == len(fat) and all("logs too large" in r and "max_reply_bytes=32768" in r for r in reasons)
+    assert {h for h in fat if any(h in r for r in reasons)} == set(fat)
+    await assert_canonical(redis_client, sim, minus={(h, i) for h in fat for i in range(120)})

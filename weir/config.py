@@ -161,6 +161,9 @@ class EthereumChainSettings:
     max_reorg_depth: int = 64  # deepest reorg that is retracted exactly (blocks kept in memory)
     backfill_blocks: int = 1000  # blocks per eth_getLogs range when catching up (halved when refused)
     gap_fetch: int = 16  # a gap up to this many blocks is filled block by block, above by ranges
+    # The largest JSON-RPC reply (one WebSocket message) weir reads. A range above it is split; one
+    # block's logs above it are dead-lettered, the block applied without them (docs/security.md).
+    max_reply_bytes: int = 64 << 20
     request_timeout: float = 10.0
     connect_timeout: float = 10.0
 
@@ -636,6 +639,8 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         for key in ("backfill_blocks", "gap_fetch"):
             if getattr(chain, key) < 1:
                 fail("ethereum.chains", f"{where}: {key} must be at least 1, got {getattr(chain, key)}")
+        if chain.max_reply_bytes < 4096:
+            fail("ethereum.chains", f"{where}: max_reply_bytes must be at least 4096, got {chain.max_reply_bytes}")
     if not eth.abis:
         return
     from weir.codecs.ethereum_logs import EventAbi  # eth-abi: ~0.4 s to import, only when there is an ABI to check

@@ -24,7 +24,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
-from weir.actors.jsonrpc_ws import ConnectionLost, RequestTimeout, RpcConnection, open_rpc
+from weir.actors.jsonrpc_ws import ConnectionLost, ReplyTooLarge, RequestTimeout, RpcConnection, open_rpc
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.codecs.ethereum_chain import RETRACT, Block, ChainFollower, NeedBlock, NeedLogs, NeedOlder, Step, parse_token
@@ -179,6 +179,12 @@ class ChainReader:
     # Sessions that got as far as following the chain (the cursor's block checked): progress, like
     # an emitted block, for the backoff and the breaker.
     ready_sessions: int = 0
+    # Blocks per eth_getLogs range after a reply over max_reply_bytes (None: backfill_blocks); it
+    # grows back, doubling, with each range read whole.
+    range_cap: int | None = None
+    # Blocks whose logs came in a reply over max_reply_bytes (hash -> the limit): dead-lettered.
+    oversized: dict[str, int] = attrs.Factory(dict)
+    size_lessons: int = 0  # replies over max_reply_bytes that changed what is asked for
 
     @property
     def partition(self) -> str:
@@ -316,9 +322,19 @@ class ChainReader:
         return header
 
     async def logs_by_hash(self, rpc: RpcConnection, hash_: str) -> tuple[tuple[Log, ...], tuple[Malformed, ...]]:
-        """The logs of block ``hash_`` (by log index), and the ones that do not parse."""
+        """The logs of block ``hash_`` (by log index), and the ones that do not parse.
+
+        A block whose logs came in a reply over ``max_reply_bytes`` (this session or an earlier
+        one: the reply closed that connection) is not asked again: its logs are one dead letter.
+        """
+        if hash_ in self.oversized:
+            return (), (self.oversized_letter(hash_),)
         try:
             items = await rpc.call("eth_getLogs", [{"blockHash": hash_, **self.log_filter()}])
+        except ReplyTooLarge:
+            self.oversized[hash_] = self.settings.max_reply_bytes
+            self.size_lessons += 1
+            raise
         except JsonRpcError as exc:
             if "unknown block" in exc.message.lower() or "not found" in exc.message.lower():
                 raise BlockUnavailable(f"chain {self.partition}: no logs for block {hash_}: {one_line(exc.message)}",
@@ -331,12 +347,25 @@ class ChainReader:
             raise
         return self._pinned(items, hash_, f"eth_getLogs(blockHash={hash_})")
 
+    def oversized_letter(self, hash_: str) -> Malformed:
+        """The dead letter that stands for the logs of block ``hash_``, too large to read."""
+        return Malformed(payload=b"", reason=f"logs too large: eth_getLogs(blockHash={hash_}) answered more than "
+                                             f"max_reply_bytes={self.settings.max_reply_bytes} bytes; the block is "
+                                             f"applied without them")
+
     async def logs_by_hashes(self, rpc: RpcConnection, hashes: list[str]) -> list[tuple[tuple[Log, ...], tuple[Malformed, ...]]]:
-        """:meth:`logs_by_hash` for several blocks, in batches."""
+        """:meth:`logs_by_hash` for several blocks, in batches (one by one once a batch was too large)."""
+        if self.range_cap == 1:
+            return [await self.logs_by_hash(rpc, h) for h in hashes]
         out = []
         for start in range(0, len(hashes), BATCH_CALLS):
             part = hashes[start : start + BATCH_CALLS]
-            results = await rpc.batch([("eth_getLogs", [{"blockHash": h, **self.log_filter()}]) for h in part])
+            try:
+                results = await rpc.batch([("eth_getLogs", [{"blockHash": h, **self.log_filter()}]) for h in part])
+            except ReplyTooLarge:
+                self.range_cap = 1  # the next session asks block by block, and finds the large one
+                self.size_lessons += 1
+                raise
             out += [self._pinned(items, h, f"eth_getLogs(blockHash={h})") for h, items in zip(part, results)]
         return out
 
@@ -374,8 +403,20 @@ class ChainReader:
         provider caps a range's results, not one block's). Returns the logs, and the ones that do
         not parse each with the block hash it names (None: unreadable)."""
         first, last = headers[0].number, headers[-1].number
+        if first == last and headers[0].hash in self.oversized:
+            return [], [(headers[0].hash, self.oversized_letter(headers[0].hash))]
         try:
             items = await rpc.call("eth_getLogs", [{"fromBlock": to_quantity(first), "toBlock": to_quantity(last), **self.log_filter()}])
+        except ReplyTooLarge:
+            # The connection is gone with the reply: the next session asks for half the range, down
+            # to one block, which is then dead-lettered instead of asked for again.
+            if first == last:
+                self.oversized[headers[0].hash] = self.settings.max_reply_bytes
+            else:
+                self.range_cap = max(1, (last - first + 1) // 2)
+                self.stats.range_splits += 1
+            self.size_lessons += 1
+            raise
         except JsonRpcError as exc:
             if not exc.too_large:
                 raise
@@ -605,7 +646,9 @@ async def run_chain_connection(
                                "reconnects": stats.reconnects})
 
         await reconnect_forever(
-            session, progress=lambda: steps_done() + reader.ready_sessions, is_transient=is_transient,
+            # a reply over the size limit teaches the reader to ask for less: progress too, or
+            # the breaker would open while the range is halved down
+            session, progress=lambda: steps_done() + reader.ready_sessions + reader.size_lessons, is_transient=is_transient,
             on_lost=on_lost, stats=stats, backoff=backoff, rng=rng, breaker=breaker,
             peer=f"chain {reader.partition}'s node {reader.shown_url}",
         )
@@ -616,7 +659,8 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
                    breaker: CircuitBreaker | None) -> None:
     settings = reader.settings
     await reader.flush_unsent(send)  # what an interrupted hand-off left, before anything newer
-    async with open_rpc(settings.url, connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout) as rpc:
+    async with open_rpc(settings.url, connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout,
+                        max_reply_bytes=settings.max_reply_bytes) as rpc:
         chain_id = from_quantity(await rpc.call("eth_chainId"), "eth_chainId")
         if chain_id != settings.chain_id:
             raise ChainMismatch(f"{reader.shown_url} serves chain {chain_id}, configured as chain {settings.chain_id}")
@@ -804,8 +848,11 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
     start, fetched, splits = None, 0, stats.range_splits
     while (tip := follower.tip) is not None and tip.number < target:
         first = tip.number + 1
-        last = min(target, first + settings.backfill_blocks - 1)
+        span = settings.backfill_blocks if reader.range_cap is None else min(settings.backfill_blocks, reader.range_cap)
+        last = min(target, first + span - 1)
         blocks = await reader.blocks_by_range(rpc, first, last)
+        if blocks is not None and reader.range_cap is not None:  # a range read whole: ask for more again
+            reader.range_cap = None if span * 2 >= settings.backfill_blocks else span * 2
         if blocks is None:
             await reader.flush_dead(send)
             retries += 1

@@ -18,10 +18,21 @@ from weir.actors.ws_upgrade import upgrade_client
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, Notification, ProtocolError
 
 HEAD_BUFFER = 1024  # pushes buffered while the reader is busy (catching up); more are dropped and counted
+MESSAGE_TOO_BIG = 1009  # RFC 6455: the WebSocket library closed on a message over its limit
 
 
 class ConnectionLost(Exception):
     """The WebSocket closed (or broke) while calls were outstanding."""
+
+
+class ReplyTooLarge(ConnectionLost):
+    """A reply exceeded the connection's ``max_reply`` bytes: the WebSocket closed with 1009
+    (MESSAGE_TOO_BIG), failing every call in flight. Asking the same again would be refused again:
+    the caller asks for less (a smaller range), or gives the item up (dead letter)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a reply above the {limit}-byte limit (max_reply_bytes): WebSocket closed with 1009")
+        self.limit = limit
 
 
 class RequestTimeout(Exception):
@@ -34,6 +45,7 @@ class RpcConnection:
 
     ws: WebSocketConnection
     timeout: float
+    max_reply: int = 256 << 20
     protocol: JsonRpcClientProtocol = attrs.Factory(JsonRpcClientProtocol)
     _waiting: dict[int, list[Any]] = attrs.Factory(dict)  # id -> [trio.Event, result or exception]
     _broken: BaseException | None = None
@@ -61,7 +73,10 @@ class RpcConnection:
                         slot[1] = event.error if isinstance(event, ErrorReply) else event.result
                         slot[0].set()
         except ConnectionClosed as exc:
-            self._fail(ConnectionLost(f"WebSocket closed ({exc.reason})"))
+            if exc.reason.code == MESSAGE_TOO_BIG:
+                self._fail(ReplyTooLarge(self.max_reply))
+            else:
+                self._fail(ConnectionLost(f"WebSocket closed ({exc.reason})"))
         except ProtocolError as exc:
             self._fail(exc)
         finally:
@@ -110,13 +125,15 @@ class RpcConnection:
 
 
 @asynccontextmanager
-async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
+async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float,
+                   max_reply_bytes: int = 256 << 20) -> AsyncIterator[RpcConnection]:
     """Connect, run the reader, yield the connection; closes it on exit.
 
-    An error leaves as itself, not wrapped in the reader nursery's exception group.
+    An error leaves as itself, not wrapped in the reader nursery's exception group. A reply above
+    ``max_reply_bytes`` closes the connection and fails the calls in flight with :class:`ReplyTooLarge`.
     """
     try:
-        async with _rpc_nursery(url, connect_timeout, request_timeout) as rpc:
+        async with _rpc_nursery(url, connect_timeout, request_timeout, max_reply_bytes) as rpc:
             yield rpc
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
@@ -125,7 +142,8 @@ async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float) 
 
 
 @asynccontextmanager
-async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float) -> AsyncIterator[RpcConnection]:
+async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float,
+                       max_reply_bytes: int) -> AsyncIterator[RpcConnection]:
     # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
     # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
     target = WebSocketTarget.from_url(url)
@@ -133,8 +151,9 @@ async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
-                ws = await upgrade_client(nursery, stream, target.host_header, target.resource, max_message_size=256 << 20)
-            rpc = RpcConnection(ws=ws, timeout=request_timeout)
+                ws = await upgrade_client(nursery, stream, target.host_header, target.resource,
+                                          max_message_size=max_reply_bytes)
+            rpc = RpcConnection(ws=ws, timeout=request_timeout, max_reply=max_reply_bytes)
             nursery.start_soon(rpc.read_loop)
             try:
                 yield rpc

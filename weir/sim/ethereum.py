@@ -101,6 +101,9 @@ class EthereumSimConfig:
             seconds, so replies to concurrent calls arrive in any order (0: at once, in order).
         cap_pinned: ``max_logs`` caps eth_getLogs by ``blockHash`` too (a provider that caps every
             answer): a block with more logs is refused however it is asked for.
+        fat_block_every: every block whose number is a multiple of this carries ``fat_logs`` logs
+            instead of ``logs_per_block`` (0: none): replies too large for a client's limit.
+        fat_logs: the logs of such a block.
         lagging_backend: every second connection is served by a backend this many blocks behind
             (two backends behind one URL, as a load balancer routes connections): its head, its
             blocks by number and by hash, its logs and its pushed heads end that far below the
@@ -135,12 +138,14 @@ class EthereumSimConfig:
     cap_pinned: bool = False
     reannounce: int = 0
     lagging_backend: int = 0
+    fat_block_every: int = 0
+    fat_logs: int = 200
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
             raise ValueError(f"reorg depth range {self.min_reorg_depth}..{self.max_reorg_depth} is empty or below 1")
         for name in ("logs_per_block", "history", "reorg_every", "max_logs", "max_range", "drop_every", "contracts",
-                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay", "reannounce", "lagging_backend"):
+                     "malformed_log_every", "malformed_header_every", "approval_every", "reply_delay", "reannounce", "lagging_backend", "fat_block_every", "fat_logs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more")
 
@@ -190,7 +195,9 @@ class SimChain:
             "miner": "0x" + "00" * 20,
             "gasUsed": "0x0",
         }
-        self.logs[hash_] = [self._log(number, hash_, i) for i in range(self.config.logs_per_block)] if number else []
+        fat = self.config.fat_block_every and number % self.config.fat_block_every == 0
+        count = self.config.fat_logs if fat else self.config.logs_per_block
+        self.logs[hash_] = [self._log(number, hash_, i) for i in range(count)] if number else []
         if self.config.malformed_log_every:
             for i, item in enumerate(self.logs[hash_]):
                 if self._bad_rng.randrange(self.config.malformed_log_every) == 0:
