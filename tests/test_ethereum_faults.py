@@ -360,3 +360,17 @@ async def test_logs_over_the_reply_limit_split_ranges_then_dead_letter_the_block
     assert len(reasons) == len(fat) and all("logs too large" in r and "max_reply_bytes=32768" in r for r in reasons)
     assert {h for h in fat if any(h in r for r in reasons)} == set(fat)
     await assert_canonical(redis_client, sim, minus={(h, i) for h in fat for i in range(120)})
+
+
+async def test_a_block_with_more_logs_than_max_logs_per_block_is_one_dead_letter(redis_server, redis_client):
+    sim_config = EthereumSimConfig(chain_id=29, seed=19, block_time=0.02, logs_per_block=3, history=30, blocks=10,
+                                   fat_block_every=10, fat_logs=50)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim, max_logs_per_block=20)])
+        async with running_service(config):
+            await wait_for(lambda: caught_up(redis_client, sim), timeout=TIMEOUT, what="the chain's last block")
+    fat = [h for n, h in enumerate(sim.chain.canonical) if n and n % 10 == 0]
+    dead = await redis_client("XRANGE", partition_keys("ethereum", "29").dead, "-", "+")
+    reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
+    assert len(reasons) == len(fat) == 4 and all("has 50 matching logs, above max_logs_per_block=20" in r for r in reasons)
+    await assert_canonical(redis_client, sim, minus={(h, i) for h in fat for i in range(50)})

@@ -164,6 +164,7 @@ class EthereumChainSettings:
     # The largest JSON-RPC reply (one WebSocket message) weir reads. A range above it is split; one
     # block's logs above it are dead-lettered, the block applied without them (docs/security.md).
     max_reply_bytes: int = 64 << 20
+    max_logs_per_block: int = 100_000  # more matching logs in one block: dead-lettered as one (docs/security.md)
     request_timeout: float = 10.0
     connect_timeout: float = 10.0
 
@@ -639,6 +640,8 @@ def _validate_ethereum(eth: EthereumSettings, fail: Any) -> None:
         for key in ("backfill_blocks", "gap_fetch"):
             if getattr(chain, key) < 1:
                 fail("ethereum.chains", f"{where}: {key} must be at least 1, got {getattr(chain, key)}")
+        if chain.max_logs_per_block < 1:
+            fail("ethereum.chains", f"{where}: max_logs_per_block must be at least 1, got {chain.max_logs_per_block}")
         if chain.max_reply_bytes < 4096:
             fail("ethereum.chains", f"{where}: max_reply_bytes must be at least 4096, got {chain.max_reply_bytes}")
     if not eth.abis:

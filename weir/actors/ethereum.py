@@ -378,7 +378,17 @@ class ChainReader:
                 kept.append(item)
             else:
                 dead.append(Malformed(payload=raw_log_bytes(item), reason=f"malformed log: {where} returned a log of block {item.block_hash}"))
-        return tuple(sorted(kept, key=lambda item: item.log_index)), tuple(dead)
+        return self.capped(hash_, tuple(sorted(kept, key=lambda item: item.log_index)), tuple(dead))
+
+    def capped(self, hash_: str, logs: tuple[Log, ...], dead: tuple[Malformed, ...]) -> tuple[tuple[Log, ...], tuple[Malformed, ...]]:
+        """A block's logs within ``max_logs_per_block``; above it, none, and one dead letter saying so
+        (a node that answers a block with an absurd number of logs must not flood the stream)."""
+        limit = self.settings.max_logs_per_block
+        if len(logs) <= limit:
+            return logs, dead
+        reason = f"too many logs: block {hash_} has {len(logs)} matching logs, above max_logs_per_block={limit}; " \
+                 f"the block is applied without them"
+        return (), (*dead, Malformed(payload=b"", reason=reason))
 
     def _parse_logs(self, items: Any, where: str) -> tuple[list[Log], list[tuple[Any, Malformed]]]:
         """The items that parse, and the ones that do not (each with its dead-letter form)."""
@@ -467,8 +477,11 @@ class ChainReader:
             if item.block_number not in by_number or item.block_hash != headers[item.block_number - first].hash:
                 return None
             by_number[item.block_number].append(item)
-        return [Block(header=h, logs=tuple(sorted(by_number[h.number], key=lambda x: x.log_index)), dead=tuple(d))
-                for h, d in zip(headers, dead)]
+        blocks = []
+        for h, d in zip(headers, dead):
+            logs_, dead_ = self.capped(h.hash, tuple(sorted(by_number[h.number], key=lambda x: x.log_index)), tuple(d))
+            blocks.append(Block(header=h, logs=logs_, dead=dead_))
+        return blocks
 
     async def resolve(self, rpc: RpcConnection, branch: list[Block]) -> list[Step]:
         """Walk back until ``branch`` links to the window, then apply it (:class:`Linking` decides;
