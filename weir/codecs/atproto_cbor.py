@@ -377,10 +377,15 @@ def find_block(car: bytes, cid: bytes) -> bytes | None:
     start (a varint section length right before them, the section inside the data) and accept the
     section only if the block hashes to the CID. Content addressing makes a false match
     impossible, so the rest of the CAR need not be walked. A None answer is followed by
-    :func:`index_car` to say precisely what is wrong.
+    :func:`index_car`, which finds the block or says precisely what is wrong.
+
+    At most ``len(car)`` bytes are hashed in all: a CAR that repeats the CID behind long section
+    lengths would otherwise cost a hash of up to the whole CAR per repetition (2 MB of them took
+    15 s); past that budget the answer is None and the linear walk of :func:`index_car` decides.
     """
     size = len(car)
     width = len(cid)
+    budget = size
     at = car.find(cid)
     while at > 0:
         for back in (1, 2, 3):
@@ -395,6 +400,9 @@ def find_block(car: bytes, cid: bytes) -> bytes | None:
                     break
             if length <= width or car[at - 1] >= 0x80 or start + back + length > size:
                 continue
+            budget -= length - width
+            if budget < 0:
+                return None
             block = car[at + width : at + length]
             if verify_block(cid, block) is None:
                 return block

@@ -224,8 +224,8 @@ def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, commo
         if not isinstance(op, dict):
             raise FrameError(f"#commit seq {seq}: op {index} is not a map", seq)
         action, path, cid = op.get("action"), op.get("path"), op.get("cid")
-        if action not in ACTIONS:
-            raise FrameError(f"#commit seq {seq}: op {index} has action {action!r}", seq)
+        if not isinstance(action, str) or action not in ACTIONS:  # a list or map is unhashable: test the type first
+            raise FrameError(f"#commit seq {seq}: op {index} has action {action!r:.100}", seq)
         if not isinstance(path, str):
             raise FrameError(f"#commit seq {seq}: op {index} has no path", seq)
         collection, slash, rkey = path.partition("/")
@@ -238,19 +238,24 @@ def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, commo
         if not filtering or keep.wants_op(action, collection):
             kept.append((index, action, collection, rkey, cid))
     records: list[RecordOp] = []
+    spans: dict[bytes, tuple[int, int]] | None = None  # the CAR's index, walked once if find_block fails
     for index, action, collection, rkey, cid in kept:
         record = None
         if cid is not None:
             record = find_block(blocks, cid)
-            if record is None:  # say exactly why: a broken CAR, a missing block or a bad hash
-                try:
-                    span = index_car(blocks).get(cid)
-                except (CborError, ValueError) as exc:
-                    raise FrameError(f"#commit seq {seq}: blocks: {_short(exc)}", seq) from None
+            if record is None:  # a broken CAR, a missing block, a bad hash, or find_block gave up: walk the CAR
+                if spans is None:
+                    try:
+                        spans = index_car(blocks)
+                    except (CborError, ValueError) as exc:
+                        raise FrameError(f"#commit seq {seq}: blocks: {_short(exc)}", seq) from None
+                span = spans.get(cid)
                 if span is None:
                     raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): record block not in the CAR", seq)
-                problem = verify_block(cid, blocks[span[0] : span[1]]) or "record block not found"
-                raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): {problem}", seq)
+                record = blocks[span[0] : span[1]]
+                problem = verify_block(cid, record)
+                if problem is not None:
+                    raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): {problem}", seq)
         records.append(RecordOp(index=index, action=action, collection=collection, rkey=rkey, cid=cid, record=record))
     return Frame(**common, ops=tuple(records), total_ops=len(ops))
 

@@ -95,8 +95,8 @@ class JetstreamDecoder:
             return JetstreamMessage(kind=kind, time_us=time_us, did=did, wanted=False)
         if kind == "commit":
             action, collection, rkey, rev = (body.get(k) for k in ("operation", "collection", "rkey", "rev"))
-            if action not in ACTIONS:
-                raise FrameError(f"commit at time_us {time_us}: operation {action!r}", time_us)
+            if not isinstance(action, str) or action not in ACTIONS:  # a list or object is unhashable: test the type first
+                raise FrameError(f"commit at time_us {time_us}: operation {action!r:.100}", time_us)
             if not (isinstance(collection, str) and collection and isinstance(rkey, str) and rkey and isinstance(rev, str) and rev):
                 raise FrameError(f"commit at time_us {time_us}: collection, rkey or rev missing", time_us)
             if action != "delete" and not (isinstance(body.get("cid"), str) and isinstance(body.get("record"), dict)):

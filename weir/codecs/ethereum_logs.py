@@ -23,9 +23,10 @@ from eth_utils import keccak
 
 from weir.codecs.jsonrpc import ProtocolError, from_quantity
 
-_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_HEX = re.compile(r"^0x(?:[0-9a-fA-F]{2})*$")
+# \Z, not $: "$" also matches before a final newline, which would let "0x…\n" through as a hash.
+_HASH = re.compile(r"^0x[0-9a-fA-F]{64}\Z")
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
+_HEX = re.compile(r"^0x(?:[0-9a-fA-F]{2})*\Z")
 
 
 @attrs.frozen(kw_only=True)

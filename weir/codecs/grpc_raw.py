@@ -4,6 +4,8 @@ The simulator streams events it encoded once, and the ingestor wants each event'
 bytes (decoding a HubEvent with the typed models costs ~50 µs; passing bytes costs nothing). With
 this codec a handler or a client asks for ``bytes`` as the message type and gets the payload as it
 was on the wire; any other message type is a betterproto2 message, encoded and parsed as usual.
+A message that does not parse raises :class:`~weir.codecs.protowire.WireError`, whatever
+betterproto2 raised (KeyError, EOFError, UnicodeDecodeError … on a garbled GetInfo reply).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from grpclib.encoding.base import CodecBase
+
+from weir.codecs.protowire import WireError
 
 
 class RawBytesCodec(CodecBase):
@@ -28,4 +32,7 @@ class RawBytesCodec(CodecBase):
     def decode(self, data: bytes, message_type: Any) -> Any:
         if message_type is bytes:
             return data
-        return message_type.parse(data)
+        try:
+            return message_type.parse(data)
+        except Exception as exc:  # betterproto2 has no error type of its own: any failure is malformed bytes
+            raise WireError(f"not a valid {message_type.__name__}: {type(exc).__name__}: {exc}"[:300]) from exc

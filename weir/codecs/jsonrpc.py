@@ -157,7 +157,7 @@ class JsonRpcClientProtocol:
             raise ProtocolError(f"peer sent a {len(message)}-byte message, above the {self.max_message}-byte limit")
         try:
             decoded = json.loads(message)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the stack
             raise ProtocolError(f"peer sent invalid JSON: {exc}") from None
         if isinstance(decoded, list):
             if not decoded:
@@ -229,7 +229,7 @@ def parse_requests(message: str | bytes) -> tuple[list[Request | JsonRpcError], 
     """
     try:
         decoded = json.loads(message)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the stack
         raise JsonRpcError(PARSE_ERROR, f"parse error: {exc}") from None
     if isinstance(decoded, list):
         if not decoded:
@@ -281,7 +281,8 @@ def to_quantity(value: int) -> str:
 
 def from_quantity(value: Any, what: str = "quantity") -> int:
     """Parse a QUANTITY (``"0x1a"``); raises :class:`ProtocolError` naming ``what`` when it is not one."""
-    if isinstance(value, str) and value[:2] in ("0x", "0X") and len(value) > 2:
+    # int() alone would also take "0x1 ", "0x_1" and non-ASCII digits: only hex digits may follow.
+    if isinstance(value, str) and value[:2] in ("0x", "0X") and len(value) > 2 and value.isascii() and value[2:].isalnum():
         try:
             return int(value, 16)
         except ValueError:

@@ -1,0 +1,643 @@
+"""Fuzzers over every decoder of what a network sends (issue 10, point 7).
+
+Each property feeds a decoder random bytes and structure-aware mutations of valid inputs (made by
+the simulators, and real recorded ones from tests/fixtures/): bit flips, truncation, deletion,
+duplication, inserted bytes, inflated length fields, huge declared lengths, nesting bombs. It
+holds when the decoder
+
+- raises nothing but its documented error type (WireError, GrpcFrameError, CborError, FrameError,
+  ProtocolError, JsonRpcError, InvalidMessage);
+- returns within the per-example deadline (a hang fails the example);
+- allocates nothing in proportion to a declared length: tracemalloc's peak during the call is
+  bounded by the input's size and the configured limit, not by what a length field claims.
+
+Budget: CI runs a fixed number of examples per property, derandomized (the same inputs every run,
+no example database), ~30 s in all on a loaded 2-core machine. ``WEIR_FUZZ_EXAMPLES=20000``
+runs that many per property with fresh random inputs (failures are kept in .hypothesis/ and
+replayed first next time). docs/security.md ("Fuzzing") lists what was found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from weir.actors.farcaster import recover_type_and_id
+from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_firehose import FrameError, RecordFilter, decode_frame
+from weir.codecs.atproto_jetstream import JetstreamDecoder
+from weir.codecs.ethereum_logs import EventAbi, LogDecoder, parse_header, parse_log
+from weir.codecs.farcaster_keys import MERGE_MESSAGE, scan_hub_event, scan_hub_event_strict
+from weir.codecs.farcaster_validity import InvalidMessage, verify_message
+from weir.codecs.grpc_frames import GrpcFrameError, MessageSplitter
+from weir.codecs.grpc_raw import RawBytesCodec
+from weir.codecs.jsonrpc import (
+    JsonRpcClientProtocol,
+    JsonRpcError,
+    ProtocolError,
+    from_quantity,
+    notification_text,
+    parse_requests,
+    reply_object,
+)
+from weir.codecs.protowire import LEN, WireError, bytes_field, encode_varint, iter_fields
+from weir.protos.snapchain import GetInfoResponse, ShardInfo
+from weir.sim.atproto_data import AtprotoSimConfig, generate_history, jetstream_dictionary
+from weir.sim.ethereum import EthereumSimConfig, SimChain
+from weir.sim.farcaster_data import SnapchainSimConfig, compose_hub_event, generate_offered
+
+FIXTURES = Path(__file__).parent / "fixtures"
+_EXAMPLES = os.environ.get("WEIR_FUZZ_EXAMPLES")
+# Decoders answer in microseconds to milliseconds; 2 s is far above that even on a loaded machine.
+DEADLINE = timedelta(seconds=2)
+
+
+def fuzz(examples: int) -> settings:
+    """``examples`` derandomized examples in CI; ``WEIR_FUZZ_EXAMPLES`` random ones instead."""
+    common: dict[str, Any] = dict(
+        deadline=DEADLINE,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+                               HealthCheck.filter_too_much],
+    )
+    if _EXAMPLES:
+        return settings(max_examples=int(_EXAMPLES), **common)
+    return settings(max_examples=examples, derandomize=True, database=None, **common)
+
+
+def peak_allocation(call: Callable[[], Any]) -> int:
+    """Bytes allocated at the peak while ``call()`` ran (its exception, if any, propagates)."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def refused_or_returned(call: Callable[[], Any], errors: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
+    """``call()``'s value, or None when it raised one of ``errors`` (anything else fails the test)."""
+    try:
+        return call()
+    except errors:
+        return None
+
+
+# --- mutations ---------------------------------------------------------------------------------
+
+BIG = ((1 << 31) - 1, 1 << 32, 1 << 40, 1 << 63, (1 << 64) - 1)
+INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF)
+Inflate = Callable[[bytes, int, int], bytes]  # (data, which site, new length or length increase) -> data
+
+
+@st.composite
+def mutated(draw: Any, seeds: list[bytes], inflate: Inflate | None = None, max_ops: int = 4) -> bytes:
+    """One of ``seeds`` after 1..max_ops mutations."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    kinds = ["flip", "set", "truncate", "delete", "duplicate", "insert"] + (["inflate"] * 3 if inflate else [])
+    for _ in range(draw(st.integers(1, max_ops))):
+        kind = draw(st.sampled_from(kinds))
+        size = len(data)
+        at = draw(st.integers(0, size))
+        if kind == "flip" and size:
+            data[min(at, size - 1)] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set" and size:
+            data[min(at, size - 1)] = draw(st.sampled_from(INTERESTING_BYTES) | st.integers(0, 255))
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 64))]
+        elif kind == "duplicate":
+            piece = data[at : at + draw(st.integers(1, 64))]
+            data[at:at] = piece * draw(st.integers(1, 40))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "inflate" and inflate is not None:
+            amount = draw(st.sampled_from(BIG) | st.integers(1, 5000))
+            data = bytearray(inflate(bytes(data), draw(st.integers(0, 1 << 16)), amount))
+    return bytes(data)
+
+
+def _new_length(length: int, amount: int) -> int:
+    return amount if amount >= BIG[0] else length + amount
+
+
+def protobuf_length_sites(buf: bytes, start: int = 0, end: int | None = None, depth: int = 0) -> list[tuple[int, int, int]]:
+    """(prefix start, prefix end, length) of the LEN fields of ``buf``, nested messages too (best effort)."""
+    sites: list[tuple[int, int, int]] = []
+    try:
+        for _field, wire_type, value_start, value_end in iter_fields(buf, start, end):
+            if wire_type == LEN:
+                length = value_end - value_start
+                sites.append((value_start - len(encode_varint(length)), value_start, length))
+                if depth < 8:
+                    sites += protobuf_length_sites(buf, value_start, value_end, depth + 1)
+    except WireError:
+        pass
+    return sites
+
+
+def inflate_protobuf(data: bytes, which: int, amount: int) -> bytes:
+    sites = protobuf_length_sites(data)
+    if not sites:
+        return data
+    start, end, length = sites[which % len(sites)]
+    return data[:start] + encode_varint(min(_new_length(length, amount), (1 << 64) - 1)) + data[end:]
+
+
+def cbor_head_sites(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(start, end, major, argument) of each item head in ``data``, walked in order (best effort)."""
+    sites = []
+    pos = 0
+    while pos < len(data):
+        first = data[pos]
+        major, info = first >> 5, first & 0x1F
+        size = 0 if info < 24 else 1 << (info - 24) if info <= 27 else -1
+        if size < 0 or pos + 1 + size > len(data):
+            break
+        arg = info if size == 0 else int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+        sites.append((pos, pos + 1 + size, major, arg))
+        pos += 1 + size + (arg if major in (2, 3) else 0)
+    return sites
+
+
+def inflate_cbor(data: bytes, which: int, amount: int) -> bytes:
+    """A string, array or map head declaring ``amount`` more items/bytes, or a BIG count (8-byte head)."""
+    sites = [site for site in cbor_head_sites(data) if site[2] in (2, 3, 4, 5)]
+    if not sites:
+        return data
+    start, end, major, arg = sites[which % len(sites)]
+    head = cbor._head(major, min(_new_length(arg, amount), (1 << 64) - 1))
+    return data[:start] + head + data[end:]
+
+
+def car_length_sites(car: bytes) -> list[tuple[int, int, int]]:
+    """(varint start, varint end, length) of the header length and each section length of a CAR."""
+    sites = []
+    pos = 0
+    try:
+        while pos < len(car):
+            length, after = cbor.read_varint(car, pos)
+            sites.append((pos, after, length))
+            pos = after + length
+    except cbor.CborError:
+        pass
+    return sites
+
+
+def inflate_car(car: bytes, which: int, amount: int) -> bytes:
+    sites = car_length_sites(car)
+    if not sites:
+        return car
+    start, end, length = sites[which % len(sites)]
+    return car[:start] + cbor.encode_varint(min(_new_length(length, amount), (1 << 63) - 1)) + car[end:]
+
+
+def grpc_body(messages: list[bytes]) -> bytes:
+    return b"".join(b"\x00" + len(m).to_bytes(4, "big") + m for m in messages)
+
+
+def inflate_grpc(body: bytes, which: int, amount: int) -> bytes:
+    sites = []
+    pos = 0
+    while pos + 5 <= len(body):
+        sites.append(pos)
+        pos += 5 + int.from_bytes(body[pos + 1 : pos + 5], "big")
+    if not sites:
+        return body
+    at = sites[which % len(sites)]
+    length = int.from_bytes(body[at + 1 : at + 5], "big")
+    return body[: at + 1] + min(_new_length(length, amount), (1 << 32) - 1).to_bytes(4, "big") + body[at + 5 :]
+
+
+def nesting_bomb(depth: int, kind: str) -> bytes:
+    """A DAG-CBOR value nested ``depth`` deep: arrays, maps or CID tags."""
+    if kind == "array":
+        return b"\x81" * depth + b"\x00"
+    if kind == "map":
+        return b"\xa1\x61a" * depth + b"\x00"
+    return b"\xd8\x2a" * depth + b"\x00"
+
+
+def json_nesting_bomb(depth: int, kind: str, closed: bool) -> str:
+    opener, closer = ("[", "]") if kind == "array" else ('{"a":', "}")
+    return opener * depth + "1" + (closer * depth if closed else "")
+
+
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+json_values = st.recursive(
+    json_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12
+)
+
+
+@st.composite
+def near(draw: Any, text: str) -> str:
+    """A string one small edit away from ``text`` (what a validator must still refuse)."""
+    edit = draw(st.sampled_from(["newline", "space", "upper", "drop", "insert", "replace", "underscore"]))
+    at = draw(st.integers(0, len(text)))
+    if edit == "newline":
+        return text + "\n"
+    if edit == "space":
+        return text[:at] + " " + text[at:]
+    if edit == "upper":
+        return text.upper()
+    if edit == "drop":
+        return text[:at] + text[at + 1 :]
+    if edit == "underscore":
+        return text[:2] + "_" + text[2:]
+    char = draw(st.characters(codec="utf-8") | st.sampled_from("٠١０ＡgG\x00x"))
+    return text[:at] + char + text[at + (edit == "replace") :]
+
+
+def _paths(value: Any, path: tuple = ()) -> list[tuple]:
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*path, index))
+    return found
+
+
+@st.composite
+def mutated_tree(draw: Any, seeds: list[Any], max_ops: int = 3) -> Any:
+    """A JSON document from ``seeds`` with 1..max_ops subtrees replaced, dropped, nearly-edited or nested."""
+    doc = json.loads(json.dumps(draw(st.sampled_from(seeds))))  # a deep copy
+    for _ in range(draw(st.integers(1, max_ops))):
+        path = draw(st.sampled_from(_paths(doc)))
+        if not path:
+            doc = draw(json_values)
+            continue
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        key = path[-1]
+        value = parent[key]
+        edit = draw(st.sampled_from(["replace", "drop", "near", "wrap", "bomb"]))
+        if edit == "drop":
+            del parent[key]
+        elif edit == "near" and isinstance(value, str):
+            parent[key] = draw(near(value))
+        elif edit == "wrap":
+            parent[key] = [value] if draw(st.booleans()) else {"x": value}
+        elif edit == "bomb":
+            parent[key] = json.loads(json_nesting_bomb(draw(st.integers(1, 200)), draw(st.sampled_from(["array", "map"])), True))
+        else:
+            parent[key] = draw(json_values)
+    return doc
+
+
+# --- valid inputs ------------------------------------------------------------------------------
+
+FIXTURE_MESSAGES = [path.read_bytes() for path in sorted((FIXTURES / "farcaster" / "parity").glob("valid_*.bin"))]
+HUB_EVENTS = [payload for _, payload in generate_offered(SnapchainSimConfig(shards=1, seed=7, max_block_events=8), 1, 60)] + [
+    compose_hub_event(MERGE_MESSAGE, 1000 + i, bytes_field(1, message), 5, 1, 123) for i, message in enumerate(FIXTURE_MESSAGES)
+]
+GET_INFO = [bytes(GetInfoResponse(version="0.4.1", num_shards=2, shard_infos=[ShardInfo(shard_id=1, max_height=9)]))]
+
+HISTORY = generate_history(AtprotoSimConfig(seed=3, total=24, other_every=4))
+RECORDED_FRAMES = [path.read_bytes() for path in sorted((FIXTURES / "atproto" / "frames").glob("*.bin"))]
+FRAMES = RECORDED_FRAMES + [event.frame for event in HISTORY]
+COMMIT_FRAMES = [frame for frame in FRAMES if cbor.decode_prefix(frame, 0)[0].get("t") == "#commit"]
+CARS = [cbor.decode(frame[cbor.decode_prefix(frame, 0)[1] :])["blocks"] for frame in COMMIT_FRAMES]
+JETSTREAM = [message for event in HISTORY for _, message in event.jetstream]
+JETSTREAM_DOCS = [json.loads(message) for message in JETSTREAM]
+JETSTREAM_DICTIONARY = jetstream_dictionary()
+FILTERS = [RecordFilter(), RecordFilter.build(collections=["app.bsky.feed.*"]), RecordFilter.build(actions=["delete"])]
+
+_receipt = json.loads(next((FIXTURES / "ethereum" / "receipts_with_logs").glob("*.json")).read_text())["result"]
+_block = json.loads(next((FIXTURES / "ethereum" / "blocks_1755634_1755635").glob("*.json")).read_text())["result"]
+_chain = SimChain(EthereumSimConfig(history=3, logs_per_block=3))
+LOGS = _receipt["logs"] + [log for hash_ in _chain.canonical for log in _chain.logs[hash_]]
+HEADERS = [_block] + [_chain.headers[hash_] for hash_ in _chain.canonical]
+REPLIES = [reply_object(1, _receipt), reply_object(2, _block), reply_object(3, LOGS), [reply_object(1, "0x1"), reply_object(2, None)],
+           {"jsonrpc": "2.0", "id": 3, "error": {"code": -32005, "message": "query returned more than 10000 results"}},
+           json.loads(notification_text("eth_subscription", {"subscription": "0x9", "result": HEADERS[1]}))]
+
+
+# --- protobuf: wire reader, HubEvent key scanner, Message validity, GetInfo ------------------------
+
+
+@fuzz(400)
+@given(st.binary(max_size=300) | mutated(HUB_EVENTS, inflate_protobuf))
+@example(b"\x12" + encode_varint((1 << 64) - 1))  # a LEN field declaring 2^64-1 bytes
+@example(b"\x80" * 11)  # a varint longer than 10 bytes
+def test_protobuf_scanners_raise_only_wire_error(data: bytes) -> None:
+    fields = refused_or_returned(lambda: list(iter_fields(data)), WireError)
+    for _field, _wire_type, start, end in fields or ():
+        assert 0 <= start <= end <= len(data)
+    try:
+        expected = scan_hub_event_strict(data)
+    except WireError as exc:
+        with pytest.raises(WireError) as refused:
+            scan_hub_event(data)
+        assert str(refused.value) == str(exc)  # the fast path gives the strict scanner's error...
+    else:
+        assert scan_hub_event(data) == expected  # ... or its keys
+    event_type, event_id = recover_type_and_id(data)  # the dead-letter path never raises
+    assert event_type >= 0 and (event_id is None or event_id >= 0)
+    assert peak_allocation(lambda: refused_or_returned(lambda: scan_hub_event(data), WireError)) < 4 * len(data) + 65536
+
+
+@fuzz(300)
+@given(st.binary(max_size=250) | mutated(FIXTURE_MESSAGES, inflate_protobuf))
+def test_message_validity_raises_only_invalid_message(data: bytes) -> None:
+    verified = refused_or_returned(lambda: verify_message(data), InvalidMessage)
+    if data in FIXTURE_MESSAGES:
+        assert verified is not None
+
+
+@fuzz(200)
+@given(st.binary(max_size=100) | mutated(GET_INFO, inflate_protobuf))
+@example(b"1\xc2\xb0\xf8x!\x14+")  # betterproto2 raised KeyError('string')
+@example(b"\x06\n\x9f\xee\x8e\xd4UD\xa2")  # ... and UnicodeDecodeError, EOFError
+def test_a_garbled_get_info_reply_raises_wire_error(data: bytes) -> None:
+    refused_or_returned(lambda: RawBytesCodec().decode(data, GetInfoResponse), WireError)
+
+
+# --- gRPC framing ------------------------------------------------------------------------------
+
+GRPC_BODIES = [grpc_body(HUB_EVENTS[i : i + 5]) for i in range(0, len(HUB_EVENTS), 5)]
+
+
+@fuzz(300)
+@given(
+    st.binary(max_size=200) | mutated(GRPC_BODIES, inflate_grpc),
+    st.lists(st.integers(0, 4000), max_size=12),
+    st.sampled_from([64, 1000, 4 * 1024 * 1024]),
+)
+@example(b"\x00\xff\xff\xff\xff" + b"x" * 100, [], 4 * 1024 * 1024)  # a 4 GiB declared message
+@example(b"\x00\x00\x3f\xff\xff" + b"x" * 100, [1, 2, 3], 4 * 1024 * 1024)  # 4 MiB declared, 100 bytes sent
+def test_grpc_splitter_holds_only_what_arrived(body: bytes, cuts: list[int], max_message: int) -> None:
+    """However a body is cut, the splitter gives the one-shot messages or GrpcFrameError, and holds only
+    bytes that arrived (never a buffer of the declared length)."""
+    points = sorted({min(cut, len(body)) for cut in cuts} | {0, len(body)})
+    chunks = [body[a:b] for a, b in zip(points, points[1:])]
+
+    def split(pieces: list[bytes]) -> list[bytes]:
+        splitter = MessageSplitter(max_message)
+        out: list[bytes] = []
+        for piece in pieces:
+            out += splitter.feed(piece)
+            assert splitter.pending <= 5 + max_message and splitter.pending <= len(body)
+        splitter.finish()
+        return out
+
+    whole = refused_or_returned(lambda: split([body]), GrpcFrameError)
+    assert refused_or_returned(lambda: split(chunks), GrpcFrameError) == whole
+    peak = peak_allocation(lambda: refused_or_returned(lambda: split(chunks), GrpcFrameError))
+    assert peak < 3 * len(body) + 65536
+
+
+# --- DAG-CBOR, CAR, firehose frames --------------------------------------------------------------
+
+
+@fuzz(300)
+@given(
+    st.binary(max_size=200) | mutated(FRAMES, inflate_cbor) | mutated(CARS, inflate_car),
+)
+@example(b"\x9b" + (1 << 63).to_bytes(8, "big"))  # an array of 2^63 items in 9 bytes
+@example(b"\x5b" + (1 << 40).to_bytes(8, "big") + b"x")  # a byte string of 1 TiB
+@example(b"\xff" * 16)  # a CAR header length that overflows the varint
+def test_dag_cbor_and_car_raise_only_cbor_error(data: bytes) -> None:
+    for decode in (cbor.decode, cbor.index_car):
+        peak = peak_allocation(lambda: refused_or_returned(lambda: decode(data), cbor.CborError))
+        assert peak < 100 * len(data) + 65536  # Python objects for what is there, never for what is declared
+    for cid in {cbor.CID.of_block(b"x").raw, data[1:37], data[-36:]}:
+        block = cbor.find_block(data, cid)
+        assert block is None or cbor.verify_block(cid, block) is None
+
+
+@fuzz(60)
+@given(st.integers(1, 30000), st.sampled_from(["array", "map", "tag"]))
+def test_cbor_nesting_bombs_are_refused(depth: int, kind: str) -> None:
+    bomb = nesting_bomb(depth, kind)
+    if depth > cbor.MAX_DEPTH:
+        with pytest.raises(cbor.CborError):
+            cbor.decode(bomb)
+    header = cbor.encode({"op": 1, "t": "#commit"})
+    for frame in (bomb + bomb, header + bomb, header + b"\xa1\x64seqs" + bomb):
+        refused_or_returned(lambda: decode_frame(frame), FrameError)
+
+
+@st.composite
+def mutated_commits(draw: Any) -> bytes:
+    """A commit frame with its body decoded and changed: ops duplicated, dropped, pointed at other CIDs,
+    seq and paths replaced, the CAR mutated with inflated section lengths, then re-encoded."""
+    frame = draw(st.sampled_from(COMMIT_FRAMES))
+    header, at = cbor.decode_prefix(frame, 0)
+    body = cbor.decode(frame[at:])
+    ops = body["ops"]
+    for _ in range(draw(st.integers(1, 3))):
+        edit = draw(st.sampled_from(["car", "dup-op", "drop-op", "cid", "path", "seq", "many-ops", "field"]))
+        if edit == "car":
+            body["blocks"] = draw(mutated(CARS + [body["blocks"]], inflate_car))
+        elif edit == "dup-op" and ops:
+            ops += [draw(st.sampled_from(ops))] * draw(st.integers(1, 5))
+        elif edit == "drop-op" and ops:
+            ops.pop(draw(st.integers(0, len(ops) - 1)))
+        elif edit == "cid" and ops:
+            op = draw(st.sampled_from(ops))
+            op["cid"] = draw(st.sampled_from([cbor.CID.of_block(b"missing"), cbor.CID(b"\x01"), cbor.CID(b"\x12\x20" + bytes(32)), None]))
+        elif edit == "path" and ops:
+            draw(st.sampled_from(ops))["path"] = draw(st.sampled_from(["", "/", "a/", "/b", "a/b/c", "app.bsky.feed.post/x"]) | st.text(max_size=10))
+        elif edit == "seq":
+            body["seq"] = draw(st.sampled_from([-1, 0, 1 << 63, (1 << 64) - 1]) | st.integers(0, 1 << 64))
+        elif edit == "many-ops" and ops:
+            ops += [ops[0]] * 200
+        else:
+            body[draw(st.sampled_from(["repo", "time", "rev", "ops", "blocks", "commit"]))] = draw(
+                st.sampled_from([None, True, 7, "", b"", [], {}, "did:x"])
+            )
+    try:
+        return cbor.encode(header) + cbor.encode(body)
+    except cbor.CborError:
+        return frame  # a mutation the encoder cannot write (an out-of-range seq): the frame as it was
+
+
+def car_bomb(copies: int) -> bytes:
+    """A commit whose CAR repeats its op's CID behind 3-byte section lengths (~1 MB each): a search that
+    hashes every candidate section hashes up to 1 MB per repetition."""
+    record = cbor.encode({"$type": "app.bsky.feed.post", "text": "hi", "createdAt": "2026-08-10T00:00:00Z"})
+    cid = cbor.CID.of_block(record)
+    car = cbor.encode_car([cid], []) + (b"\xff\xff\x3f" + cid.raw) * copies
+    op = {"action": "create", "path": "app.bsky.feed.post/3k", "cid": cid}
+    body = {"seq": 5, "repo": "did:plc:x", "time": "2026-08-10T00:00:00Z", "rev": "3k", "ops": [op] * 3, "blocks": car}
+    return cbor.encode({"op": 1, "t": "#commit"}) + cbor.encode(body)
+
+
+@fuzz(300)
+@given(st.binary(max_size=200) | mutated(FRAMES, inflate_cbor) | mutated_commits(), st.sampled_from(FILTERS))
+@example(cbor.encode({"op": 1, "t": "#commit"}) + cbor.encode(
+    {"seq": 1, "repo": "did:plc:x", "time": "t", "rev": "r", "ops": [{"action": [], "path": "a/b"}], "blocks": b""}
+), RecordFilter())  # an unhashable action raised TypeError
+@example(car_bomb(50_000), RecordFilter())  # 1.9 MB of blocks: took 15 s per op before find_block had a budget
+def test_firehose_frames_raise_only_frame_error_and_every_record_matches_its_cid(frame: bytes, keep: RecordFilter) -> None:
+    started = time.perf_counter()
+    decoded = refused_or_returned(lambda: decode_frame(frame, keep=keep), FrameError)
+    assert time.perf_counter() - started < 1.5  # a frame within the limits decodes in linear time
+    for op in decoded.ops if decoded is not None else ():
+        if op.action != "delete":
+            assert op.record is not None and cbor.verify_block(op.cid, op.record) is None  # content addressing holds
+    assert peak_allocation(lambda: refused_or_returned(lambda: decode_frame(frame, keep=keep), FrameError)) < 100 * len(frame) + 262144
+
+
+# --- Jetstream JSON and zstd ------------------------------------------------------------------------
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+JETSTREAM_LIMIT = 65536
+
+
+def redeclare(frame: bytes, size: int | None) -> bytes:
+    """``frame`` (one zstd frame) with a header declaring ``size`` content bytes, or no size at all."""
+    if frame[:4] != ZSTD_MAGIC or len(frame) < 6:
+        return frame
+    descriptor = frame[4]
+    single_segment = descriptor >> 5 & 1
+    pos = 5 + (not single_segment)
+    dictionary_id = frame[pos : pos + (0, 1, 2, 4)[descriptor & 3]]
+    pos += len(dictionary_id) + (single_segment, 2, 4, 8)[descriptor >> 6]
+    window = frame[5:6] if not single_segment else bytes(((17 - 10) << 3,))  # 128 KiB: holds any seed
+    declared = b"" if size is None else size.to_bytes(8, "little")
+    flags = (0 if size is None else 3 << 6) | (descriptor & 0x07)  # keep the checksum and dictionary flags
+    return ZSTD_MAGIC + bytes((flags,)) + window + dictionary_id + declared + frame[pos:]
+
+
+def zstd(data: bytes, *, declared: bool, dictionary: bytes | None = None) -> bytes:
+    kw = {"dict_data": zstandard.ZstdCompressionDict(dictionary)} if dictionary else {}
+    return zstandard.ZstdCompressor(write_content_size=declared, **kw).compress(data)
+
+
+ZSTD_FRAMES = [zstd(m.encode(), declared=d, dictionary=JETSTREAM_DICTIONARY if d else None) for m in JETSTREAM[:6] for d in (True, False)]
+ZSTD_BOMBS = [zstd(bytes(4_000_000), declared=d) for d in (True, False)]  # 4 MB of zeros in ~150 bytes
+
+
+@st.composite
+def zstd_messages(draw: Any) -> bytes:
+    """Compressed messages: valid or mutated JSON compressed, frames mutated, bombs, sizes re-declared."""
+    source = draw(st.sampled_from(["json", "frame", "bomb"]))
+    if source == "json":
+        text = json.dumps(draw(mutated_tree(JETSTREAM_DOCS)))
+        frame = zstd(text.encode(), declared=draw(st.booleans()), dictionary=draw(st.sampled_from([None, JETSTREAM_DICTIONARY])))
+    elif source == "frame":
+        frame = draw(mutated(ZSTD_FRAMES))
+    else:
+        frame = draw(st.sampled_from(ZSTD_BOMBS))
+    if draw(st.booleans()):
+        frame = redeclare(frame, draw(st.none() | st.sampled_from(BIG) | st.integers(0, 2 * JETSTREAM_LIMIT)))
+    return frame
+
+
+@fuzz(300)
+@given(
+    st.text(max_size=200)
+    | mutated_tree(JETSTREAM_DOCS).map(json.dumps)
+    | mutated([m.encode() for m in JETSTREAM]).map(lambda b: b.decode(errors="replace"))
+    | zstd_messages(),
+    st.booleans(),
+)
+@example(redeclare(ZSTD_BOMBS[0], (1 << 64) - 1), True)  # declares 2^64-1 bytes
+@example(redeclare(ZSTD_BOMBS[0], None), False)  # 4 MB, size not declared
+@example(redeclare(ZSTD_FRAMES[0], 1 << 40), True)  # a real message declaring 1 TiB
+@example('{"did": "did:plc:x", "time_us": 5, "kind": "commit", "commit": {"operation": []}}', False)  # TypeError before
+def test_jetstream_raises_only_frame_error_and_decompresses_within_the_limit(message: str | bytes, with_dictionary: bool) -> None:
+    decoder = JetstreamDecoder(max_frame=JETSTREAM_LIMIT, dictionary=JETSTREAM_DICTIONARY if with_dictionary else None)
+    peak = peak_allocation(lambda: refused_or_returned(lambda: decoder.decode(message), FrameError))
+    # The output so far plus one slice's (streamed frames stop within 384 KiB past the limit), never a declared size.
+    assert peak < 3 * (JETSTREAM_LIMIT + 512 * 1024) + 16 * len(message)
+
+
+@fuzz(60)
+@given(st.integers(1, 100_000), st.sampled_from(["array", "map"]), st.booleans())
+def test_json_nesting_bombs_are_refused(depth: int, kind: str, closed: bool) -> None:
+    bomb = json_nesting_bomb(depth, kind, closed)
+    refused_or_returned(lambda: JetstreamDecoder().decode(bomb), FrameError)
+    refused_or_returned(lambda: JsonRpcClientProtocol().receive(bomb), ProtocolError)
+    refused_or_returned(lambda: parse_requests(bomb), JsonRpcError)
+
+
+# --- JSON-RPC and Ethereum values ---------------------------------------------------------------------
+
+
+@fuzz(300)
+@given(
+    st.text(max_size=200)
+    | mutated_tree(REPLIES).map(json.dumps)
+    | mutated([json.dumps(reply).encode() for reply in REPLIES]).map(lambda b: b.decode(errors="replace"))
+)
+@example("[" * 100_000)  # RecursionError escaped receive() before
+@example('{"a":' * 100_000)
+def test_json_rpc_replies_raise_only_protocol_error(message: str) -> None:
+    protocol = JsonRpcClientProtocol()
+    for method in ("eth_getTransactionReceipt", "eth_getBlockByNumber", "eth_getLogs"):
+        protocol.request(method, [])
+    refused_or_returned(lambda: protocol.receive(message), ProtocolError)
+    refused_or_returned(lambda: parse_requests(message), JsonRpcError)
+
+
+CANONICAL_HASH = r"0x[0-9a-f]{64}"
+
+
+def canonical(text: str, pattern: str) -> bool:
+    return re.fullmatch(pattern, text) is not None
+
+
+@fuzz(300)
+@given(mutated_tree(LOGS) | json_values)
+@example({**LOGS[0], "blockHash": LOGS[0]["blockHash"] + "\n"})  # "$" matched before a final newline
+@example({**LOGS[0], "logIndex": "0x1 "})  # int() took surrounding spaces...
+@example({**LOGS[0], "blockNumber": "0x_1"})  # ... and underscores
+def test_logs_raise_only_protocol_error_and_accepted_ones_are_canonical(obj: Any) -> None:
+    log = refused_or_returned(lambda: parse_log(obj), ProtocolError)
+    if log is None:
+        return
+    assert all(canonical(h, CANONICAL_HASH) for h in (log.block_hash, log.tx_hash, *log.topics))
+    assert canonical(log.address, r"0x[0-9a-f]{40}") and canonical(log.data, r"0x(?:[0-9a-f]{2})*")
+    for field in ("blockNumber", "logIndex"):
+        assert canonical(obj[field], r"0[xX][0-9a-fA-F]+")
+    LOG_DECODER.decode(log)  # None or Decoded, never an exception
+
+
+@fuzz(300)
+@given(mutated_tree(HEADERS) | json_values)
+@example({**HEADERS[0], "parentHash": HEADERS[0]["parentHash"] + "\n"})
+def test_headers_raise_only_protocol_error_and_accepted_ones_are_canonical(obj: Any) -> None:
+    header = refused_or_returned(lambda: parse_header(obj), ProtocolError)
+    if header is not None:
+        assert canonical(header.hash, CANONICAL_HASH) and canonical(header.parent_hash, CANONICAL_HASH)
+
+
+@fuzz(300)
+@given(json_values | st.text(max_size=70).map(lambda s: "0x" + s) | st.sampled_from(["0x1 ", "0x_1", "0x١", "0x"]))
+def test_quantities_are_hex_digits_or_protocol_error(value: Any) -> None:
+    number = refused_or_returned(lambda: from_quantity(value), ProtocolError)
+    if number is not None:
+        assert canonical(value, r"0[xX][0-9a-fA-F]+") and int(value, 16) == number
+
+
+# ABI-encoded event data whose offsets and array lengths are attacker-chosen: eth-abi must refuse them
+# from what is there, not allocate what they declare.
+DYNAMIC_EVENTS = [EventAbi.parse("Blob(uint256[] values, bytes data, string note)"), EventAbi.parse("Nest((address,uint8)[] pairs)")]
+LOG_DECODER = LogDecoder(DYNAMIC_EVENTS)
+_word = st.sampled_from([0, 32, 64, 96, 1 << 20, (1 << 64) - 1, (1 << 256) - 1]) | st.integers(0, (1 << 256) - 1)
+
+
+@fuzz(200)
+@given(st.sampled_from(DYNAMIC_EVENTS), st.lists(_word, max_size=12), st.binary(max_size=64))
+def test_abi_data_with_huge_declared_lengths_is_refused_cheaply(abi: EventAbi, words: list[int], tail: bytes) -> None:
+    data = b"".join(word.to_bytes(32, "big") for word in words) + tail
+    log = parse_log({**LOGS[0], "topics": [abi.topic0], "data": "0x" + data.hex()})
+    peak = peak_allocation(lambda: LOG_DECODER.decode(log))
+    assert peak < 200 * len(data) + 262144
