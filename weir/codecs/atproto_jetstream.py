@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import zstandard
 
+from weir.codecs.atproto_cbor import MAX_DEPTH
 from weir.codecs.atproto_firehose import (
     ACTIONS,
     KEEP_ALL,
@@ -35,6 +36,20 @@ def dictionary_id(data: bytes) -> int:
     if len(data) < 8 or data[:4] != ZSTD_DICTIONARY_MAGIC:
         raise ValueError(f"not a zstd dictionary ({len(data)} bytes starting {data[:8].hex() or 'with nothing'})")
     return int.from_bytes(data[4:8], "little")
+
+
+def _deeper_than(doc: Any, limit: int) -> bool:
+    """Whether a value of ``doc`` (a JSON document, ``doc`` itself at depth 0) lies deeper than ``limit``."""
+    stack = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return False
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -79,6 +94,10 @@ class JetstreamDecoder:
             raise FrameError(f"message is not JSON: {str(exc)[:120]}") from None
         if not isinstance(doc, dict):
             raise FrameError("message is not a JSON object")
+        # Persisting re-encodes the body (cbor.from_json, json.dumps: recursive), where a body json.loads took
+        # ~500 deep raised RecursionError in the actor, for ever. Few messages hold enough brackets to be checked.
+        if message.count("[") + message.count("{") > MAX_DEPTH and _deeper_than(doc, MAX_DEPTH + 1):
+            raise FrameError(f"message nested deeper than {MAX_DEPTH} levels below its {doc.get('kind')!r:.40} object")
         time_us = doc.get("time_us")
         if not isinstance(time_us, int) or isinstance(time_us, bool) or time_us <= 0:
             raise FrameError("message has no valid time_us")

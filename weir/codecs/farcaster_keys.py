@@ -181,10 +181,8 @@ def _message_in_body_common(buf: bytes, pos: int, end: int) -> tuple[int, int, b
             if key == 0x0A:  # field 1: the Message
                 return _message_common(buf, pos, stop)
             pos = stop
-        elif wire_type == VARINT:
-            while buf[pos] >= 0x80:
-                pos += 1
-            pos += 1
+        elif wire_type == VARINT:  # read, not skipped to its last byte: one over 10 bytes is the strict scanner's error
+            pos = pos + 1 if buf[pos] < 0x80 else read_varint(buf, pos, end)[1]
         else:
             raise _Unusual
     if pos != end:
@@ -218,10 +216,8 @@ def _message_common(buf: bytes, pos: int, end: int) -> tuple[int, int, bytes]:
             elif key == 0x3A:  # data_bytes
                 data_bytes_start, data_bytes_end = pos, stop
             pos = stop
-        elif wire_type == VARINT:
-            while buf[pos] >= 0x80:
-                pos += 1
-            pos += 1
+        elif wire_type == VARINT:  # read, not skipped to its last byte: one over 10 bytes is the strict scanner's error
+            pos = pos + 1 if buf[pos] < 0x80 else read_varint(buf, pos, end)[1]
         else:
             raise _Unusual
     if pos != end:
