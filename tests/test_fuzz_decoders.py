@@ -490,6 +490,9 @@ def car_bomb(copies: int) -> bytes:
 @example(cbor.encode({"op": 1, "t": "#commit"}) + cbor.encode(
     {"seq": 1, "repo": "did:plc:x", "time": "t", "rev": "r", "ops": [{"action": [], "path": "a/b"}], "blocks": b""}
 ), RecordFilter())  # an unhashable action raised TypeError
+@example(cbor.encode({"op": 1, "t": "#identity"}) + b"\xa4\x61x" + nesting_bomb(900, "array")
+         + cbor.encode("did") + cbor.encode("did:plc:x") + cbor.encode("seq") + cbor.encode(1) + cbor.encode("time") + cbor.encode("t"),
+         RecordFilter())  # a body nested 900 deep: libipld takes it, the strict decoder refuses it
 @example(car_bomb(50_000), RecordFilter())  # 1.9 MB of blocks: took 15 s per op before find_block had a budget
 def test_firehose_frames_raise_only_frame_error_and_every_record_matches_its_cid(frame: bytes, keep: RecordFilter) -> None:
     started = time.perf_counter()
@@ -498,6 +501,10 @@ def test_firehose_frames_raise_only_frame_error_and_every_record_matches_its_cid
     for op in decoded.ops if decoded is not None else ():
         if op.action != "delete":
             assert op.record is not None and cbor.verify_block(op.cid, op.record) is None  # content addressing holds
+    if decoded is not None and decoded.seq is not None:  # the actor's JSON form: records, or the body, decoded strictly
+        payloads = [op.record for op in decoded.ops if op.record] if decoded.kind == "commit" else [frame[decoded.body_offset :]]
+        for payload in payloads:
+            refused_or_returned(lambda: json.dumps(cbor.to_json(cbor.decode(payload))), cbor.CborError)
     assert peak_allocation(lambda: refused_or_returned(lambda: decode_frame(frame, keep=keep), FrameError)) < 100 * len(frame) + 262144
 
 
