@@ -41,7 +41,7 @@ from weir.codecs.atproto_jetstream import JetstreamDecoder
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder, parse_header, parse_log
 from weir.codecs.farcaster_keys import MERGE_MESSAGE, scan_hub_event, scan_hub_event_strict
 from weir.codecs.farcaster_validity import InvalidMessage, verify_message
-from weir.codecs.grpc_frames import GrpcFrameError, MessageSplitter
+from weir.codecs.grpc_frames import KEEP_BYTES, GrpcFrameError, MessageSplitter, SkippedMessage
 from weir.codecs.grpc_raw import RawBytesCodec
 from weir.codecs.jsonrpc import (
     JsonRpcClientProtocol,
@@ -387,23 +387,29 @@ GRPC_BODIES = [grpc_body(HUB_EVENTS[i : i + 5]) for i in range(0, len(HUB_EVENTS
 )
 @example(b"\x00\xff\xff\xff\xff" + b"x" * 100, [], 4 * 1024 * 1024)  # a 4 GiB declared message
 @example(b"\x00\x00\x3f\xff\xff" + b"x" * 100, [1, 2, 3], 4 * 1024 * 1024)  # 4 MiB declared, 100 bytes sent
+@example(b"\x00\x00\x00\x10\x00" + b"x" * 4096 + b"\x00\x00\x00\x00\x01y", [7, 2000], 1000)  # skipped, then the next one
 def test_grpc_splitter_holds_only_what_arrived(body: bytes, cuts: list[int], max_message: int) -> None:
-    """However a body is cut, the splitter gives the one-shot messages or GrpcFrameError, and holds only
-    bytes that arrived (never a buffer of the declared length)."""
+    """However a body is cut, the splitter gives the one-shot messages (an oversized one skipped, its head
+    kept) or GrpcFrameError, and holds only bytes that arrived (never a buffer of the declared length)."""
     points = sorted({min(cut, len(body)) for cut in cuts} | {0, len(body)})
     chunks = [body[a:b] for a, b in zip(points, points[1:])]
 
-    def split(pieces: list[bytes]) -> list[bytes]:
+    def split(pieces: list[bytes]) -> list[bytes | SkippedMessage]:
         splitter = MessageSplitter(max_message)
-        out: list[bytes] = []
+        out: list[bytes | SkippedMessage] = []
         for piece in pieces:
             out += splitter.feed(piece)
-            assert splitter.pending <= 5 + max_message and splitter.pending <= len(body)
         splitter.finish()
         return out
 
     whole = refused_or_returned(lambda: split([body]), GrpcFrameError)
     assert refused_or_returned(lambda: split(chunks), GrpcFrameError) == whole
+    for message in whole or ():
+        if isinstance(message, SkippedMessage):
+            assert message.size > max_message or message.why.startswith("compressed")
+            assert len(message.head) <= KEEP_BYTES
+        else:
+            assert len(message) <= max_message
     peak = peak_allocation(lambda: refused_or_returned(lambda: split(chunks), GrpcFrameError))
     assert peak < 3 * len(body) + 65536
 
