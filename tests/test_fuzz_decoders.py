@@ -12,7 +12,7 @@ holds when the decoder
   bounded by the input's size and the configured limit, not by what a length field claims.
 
 Budget: CI runs a fixed number of examples per property, derandomized (the same inputs every run,
-no example database), ~30 s in all on a loaded 2-core machine. ``WEIR_FUZZ_EXAMPLES=20000``
+no example database), ~15 s in all on a 2-core machine. ``WEIR_FUZZ_EXAMPLES=20000``
 runs that many per property with fresh random inputs (failures are kept in .hypothesis/ and
 replayed first next time). docs/security.md ("Fuzzing") lists what was found.
 """
