@@ -63,7 +63,7 @@ def test_a_frame_declaring_a_huge_size_is_refused_before_decompressing(bombs: di
     frame = bombs[True]
     assert len(frame) < 5000 and zstandard.get_frame_parameters(frame).content_size == BOMB
     reason, seconds, peak = refuse(frame)
-    assert reason == f"zstd frame declares {BOMB} bytes, over the {LIMIT}-byte limit"
+    assert reason == f"zstd frame declares {BOMB} bytes, over the {LIMIT}-byte limit (atproto.max_frame_bytes)"
     assert seconds < 1 and peak < 100_000  # nothing was decompressed
 
 
@@ -71,7 +71,7 @@ def test_a_frame_not_declaring_its_size_stops_near_the_limit(bombs: dict[bool, b
     frame = bombs[False]
     assert len(frame) < 5000 and zstandard.get_frame_parameters(frame).content_size == zstandard.CONTENTSIZE_UNKNOWN
     reason, seconds, peak = refuse(frame)
-    assert reason == f"zstd frame (size not declared) decompresses to more than the {LIMIT}-byte limit"
+    assert reason == f"zstd frame (size not declared) decompresses to more than the {LIMIT}-byte limit (atproto.max_frame_bytes)"
     assert seconds < 1 and peak < 3 * LIMIT  # the output so far and the last slice's, not 50 MB
 
 

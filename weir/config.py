@@ -116,8 +116,20 @@ class AtprotoSettings:
     # A file path or an http(s) URL (fetched once, cached under redis.data_dir); empty with
     # compress = true: JETSTREAM_ZSTD_DICTIONARY_URL, the dictionary Bluesky's servers use.
     zstd_dictionary: str = ""
+    # What weir trusts of a relay (docs/security.md). Size limits: a firehose frame or a Jetstream
+    # message (decompressed); a commit's ops and its CAR of blocks (the protocol's own limits). An
+    # item over one is dead-lettered with its first dead_letter_bytes, and the stream goes on.
     max_frame_bytes: int = 5_000_000
+    max_ops: int = 200
+    max_blocks_bytes: int = 2_000_000
+    dead_letter_bytes: int = 1024
     max_bad_frames: int = 20  # malformed frames in a row before the connection is dropped and reopened
+    # Positions: how far above the last accepted firehose seq a seq may be (unless the relay says
+    # OutdatedCursor); how many seconds past the wall clock a Jetstream time_us may be; implausible
+    # positions in a row before the relay is disconnected and reported.
+    max_seq_jump: int = 1_000_000
+    max_future_skew: float = 300.0
+    max_bad_positions: int = 10
     rev_cache: int = 1_000_000  # DIDs whose last rev is remembered (for the stale-rev check)
     # Jetstream: seconds of time_us a connection resumes before the cursor, and for which the
     # identities of persisted events are remembered (late events around the replay-to-live cutover).
@@ -544,10 +556,13 @@ def _validate_atproto(at: AtprotoSettings, fail: Any) -> None:
             fail("atproto.zstd_dictionary", f"expected a file path or an http(s):// URL, got {redact_url(at.zstd_dictionary)!r}")
         elif not Path(at.zstd_dictionary).is_file():
             fail("atproto.zstd_dictionary", f"no such file {at.zstd_dictionary!r}")
-    for key in ("max_frame_bytes", "max_bad_frames", "rev_cache", "read_batch"):
+    for key in ("max_frame_bytes", "max_ops", "max_blocks_bytes", "max_bad_frames", "max_seq_jump", "max_bad_positions",
+                "rev_cache", "read_batch"):
         if getattr(at, key) < 1:
             fail(f"atproto.{key}", f"must be at least 1, got {getattr(at, key)}")
-    for key in ("idle_timeout", "connect_timeout"):
+    if not 32 <= at.dead_letter_bytes <= at.max_frame_bytes:
+        fail("atproto.dead_letter_bytes", f"must be between 32 and atproto.max_frame_bytes, got {at.dead_letter_bytes}")
+    for key in ("idle_timeout", "connect_timeout", "max_future_skew"):
         if getattr(at, key) <= 0:
             fail(f"atproto.{key}", f"must be positive, got {getattr(at, key)}")
     if not 0 <= at.jetstream_rewind <= 3600:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
@@ -43,13 +43,19 @@ from weir.actors.stopping import until_stopped
 from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.actors.ws_upgrade import upgrade_client
 from weir.codecs import atproto_cbor as cbor
+from weir.actors.ws_bounded import OversizedMessage
 from weir.codecs.atproto_firehose import (
+    HEAD_BYTES,
     KEEP_ALL,
+    MAX_BLOCKS_BYTES,
+    MAX_OPS,
     FrameError,
+    OverLimit,
     RecordFilter,
     decode_frame,
+    seq_of_head,
 )
-from weir.codecs.atproto_jetstream import JetstreamDecoder, JetstreamMessage, dictionary_id
+from weir.codecs.atproto_jetstream import JetstreamDecoder, JetstreamMessage, dictionary_id, time_us_of_head
 from weir.codecs.atproto_order import (
     LATE,
     STALE,
@@ -59,6 +65,7 @@ from weir.codecs.atproto_order import (
     event_identity,
     identity_of_fields,
 )
+from weir.codecs.atproto_positions import ACCEPT, REFUSE, REPLAY, PositionVerdict, SeqJudge, TimeJudge
 from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.files import write_atomically
@@ -90,6 +97,10 @@ class TooManyBadFrames(Exception):
     """Malformed frames kept arriving in a row: the connection is reopened."""
 
 
+class RelayRefused(Exception):
+    """The relay kept sending implausible positions: the connection is dropped (and reopened later)."""
+
+
 class DictionaryUnavailable(Exception):
     """The Jetstream zstd dictionary could not be read or fetched (one line naming the setting and where)."""
 
@@ -112,6 +123,10 @@ class AtprotoStats:
     infos: int = 0
     relay_errors: int = 0
     gaps: int = 0  # firehose seqs have gaps by design; kept for the common stats interface
+    implausible_positions: int = 0  # items dead-lettered without moving the cursor (seq, time_us not believed)
+    oversized: int = 0  # items over a size limit (frame, ops, blocks), dead-lettered with their first bytes
+    refusals: int = 0  # times the relay was disconnected for sending implausible positions in a row
+    refused: str | None = None  # why the relay was last refused; None once it sent a plausible position
     last_id: int | None = None
     last_error: str | None = None
 
@@ -121,6 +136,10 @@ def _timestamp(text: str) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return 0.0
+
+
+def _bytes_of(head: bytes | str) -> bytes:
+    return head.encode(errors="surrogatepass") if isinstance(head, str) else head
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -141,23 +160,37 @@ class _ReaderBase:
     longest_bad_run: int = 0
     progress: int = 0  # frames that advanced the position (a connection that made progress)
     relay_error: RelayError | None = None  # set by an error frame: raise after handing on the chunk
+    refusal: str | None = None  # set when the judge refuses the relay: raise after handing on the chunk
+    dead_letter_bytes: int = 1024  # of an item over a size limit, what its dead letter keeps
     _unplaced: list[DeadLetter] = attrs.Factory(list)
 
     def resume_from(self) -> int | None:
         """The cursor a (re)connection asks for: the last seq handed on (None: per ``start``)."""
         return self.last_id
 
-    def _bad(self, exc: FrameError, payload: bytes, last: int | None, dead: list[DeadLetter], received: float) -> int | None:
-        """A message that did not decode: skipped when it is a replay, else dead-lettered.
+    def _accepted(self) -> None:
+        """A plausible position came: the relay is no longer reported as refused."""
+        self.stats.refused = None
 
-        Returns the position read so far (a dead letter with a known position moves it).
-        """
-        if exc.seq is not None and last is not None and exc.seq <= last:
-            self.stats.duplicates_skipped += 1
-            return last
-        self._count_bad()
-        dead.append(self._dead(payload, str(exc), exc.seq, received))
-        return exc.seq if exc.seq is not None else last
+    def _over_limit(self, item: OversizedMessage | bytes, exc: FrameError | None, max_frame: int) -> tuple[bytes, str]:
+        """The head a dead letter keeps of an item over a limit, and the reason."""
+        if isinstance(item, OversizedMessage):
+            head = _bytes_of(item.head)
+            what = "frame" if isinstance(self, FirehoseReader) else "message"
+            unit = "bytes" if isinstance(item.head, bytes) else "characters"
+            reason = f"{what} of {item.size} {unit} exceeds the {max_frame}-byte limit (atproto.max_frame_bytes)"
+        else:
+            head, reason = item, str(exc)
+        self.stats.oversized += 1
+        kept = head[: self.dead_letter_bytes]
+        return kept, f"{reason}; its first {len(kept)} bytes kept"
+
+    def _implausible(self, payload: bytes, reason: str, verdict: PositionVerdict, dead: list[DeadLetter], received: float) -> None:
+        """Dead-letter an item whose position is not believed: without a position, so the cursor stays."""
+        self.stats.implausible_positions += 1
+        dead.append(self._dead(payload, reason, None, received))
+        if verdict.action == REFUSE and self.refusal is None:
+            self.refusal = verdict.reason
 
     def _count_bad(self) -> None:
         self.consecutive_bad += 1
@@ -189,18 +222,36 @@ class _ReaderBase:
         return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
 
 
+def _default_seq_judge(reader: FirehoseReader) -> SeqJudge:
+    defaults = AtprotoSettings()
+    return SeqJudge(max_bad_in_row=defaults.max_bad_positions, max_jump=defaults.max_seq_jump)
+
+
 @attrs.define(eq=False)
 class FirehoseReader(_ReaderBase):
-    """Turns firehose frames into chunks of per-op events; keeps the resume seq (no I/O)."""
+    """Turns firehose frames into chunks of per-op events; keeps the resume seq (no I/O).
+
+    No seq moves ``last_id`` (the resume point, then the cursor) before ``judge`` found it plausible
+    (:mod:`weir.codecs.atproto_positions`); a frame over a size limit is dead-lettered with its first
+    bytes, at its seq when that can be read and is plausible.
+    """
 
     max_frame: int = 5_000_000
+    max_ops: int = MAX_OPS
+    max_blocks: int = MAX_BLOCKS_BYTES
+    judge: SeqJudge = attrs.Factory(_default_seq_judge, takes_self=True)
 
-    def read(self, frames: list[bytes | str], received: float) -> Chunk | None:
+    def read(self, frames: list[bytes | str | OversizedMessage], received: float) -> Chunk | None:
         events: list[Event] = []
         dead, self._unplaced = self._unplaced, []
         last = self.last_id
         keep = self.keep
         for frame in frames:
+            if isinstance(frame, OversizedMessage):
+                seq = seq_of_head(_bytes_of(frame.head))  # from the whole head the transport kept
+                head, reason = self._over_limit(frame, None, self.max_frame)
+                last = self._bad(head, reason, seq, last, dead, received)
+                continue
             if isinstance(frame, str):
                 frame = frame.encode()
                 failure: FrameError | None = FrameError("text message on the firehose (frames are binary)")
@@ -209,9 +260,13 @@ class FirehoseReader(_ReaderBase):
             try:
                 if failure is not None:
                     raise failure
-                decoded = decode_frame(frame, keep=keep, max_frame=self.max_frame)
+                decoded = decode_frame(frame, keep=keep, max_frame=self.max_frame, max_blocks=self.max_blocks, max_ops=self.max_ops)
+            except OverLimit as exc:
+                head, reason = self._over_limit(frame, exc, self.max_frame)
+                last = self._bad(head, reason, exc.seq, last, dead, received)
+                continue
             except FrameError as exc:
-                last = self._bad(exc, frame, last, dead, received)
+                last = self._bad(frame, str(exc), exc.seq, last, dead, received)
                 continue
             self.consecutive_bad = 0
             kind = decoded.kind
@@ -220,6 +275,8 @@ class FirehoseReader(_ReaderBase):
                 if kind == "info":
                     self.stats.infos += 1
                     name, message = decoded.body["name"], decoded.body["message"]
+                    if name == "OutdatedCursor":  # the relay replays from its oldest event: any seq above is its
+                        self.judge.relay_skips_ahead()
                     log.warning("%s: relay info %s: %s", self.partition, name, message,
                                 extra={"event": "relay_info", "source": SOURCE, "partition": self.partition,
                                        "info": name, "detail": message, "last_id": last})
@@ -237,6 +294,14 @@ class FirehoseReader(_ReaderBase):
             if last is not None and seq <= last:
                 self.stats.duplicates_skipped += 1
                 continue
+            verdict = self.judge.judge(seq)
+            if verdict.action == REPLAY:
+                self.stats.duplicates_skipped += 1
+                continue
+            if verdict.action != ACCEPT:
+                self._implausible(frame, f"{decoded.type} seq {seq}: {verdict.reason}", verdict, dead, received)
+                continue
+            self._accepted()
             last = seq
             self.progress += 1
             if not decoded.wanted:
@@ -278,6 +343,30 @@ class FirehoseReader(_ReaderBase):
                                 timestamp=timestamp, received=received, fields=fields))
         return self._finish(events, dead, last, len(frames))
 
+    def _bad(self, payload: bytes, reason: str, seq: int | None, last: int | None, dead: list[DeadLetter], received: float) -> int | None:
+        """A frame that did not decode, or over a limit: skipped when it is a replay, else dead-lettered
+        at its seq when that was read and is plausible (the cursor moves past it), else without one.
+
+        Returns the position read so far.
+        """
+        if seq is not None and last is not None and seq <= last:
+            self.stats.duplicates_skipped += 1
+            return last
+        self._count_bad()
+        if seq is None:
+            dead.append(self._dead(payload, reason, None, received))
+            return last
+        verdict = self.judge.judge(seq)
+        if verdict.action == REPLAY:
+            self.stats.duplicates_skipped += 1
+            return last
+        if verdict.action != ACCEPT:
+            self._implausible(payload, f"{reason}; {verdict.reason}", verdict, dead, received)
+            return last
+        self._accepted()
+        dead.append(self._dead(payload, reason, seq, received))
+        return seq
+
     def _commit_events(self, decoded: Any, timestamp: float, received: float) -> list[Event]:
         out = []
         as_json = self.record_format == "json"
@@ -315,6 +404,9 @@ class JetstreamReader(_ReaderBase):
     decoder: JetstreamDecoder = attrs.Factory(JetstreamDecoder)
     order: JetstreamOrder | None = None  # None: a fresh one, from ``last_id`` as a start
     rewind_us: int = 2_000_000
+    judge: TimeJudge = attrs.Factory(lambda: TimeJudge(max_bad_in_row=AtprotoSettings().max_bad_positions,
+                                                       max_skew_us=round(AtprotoSettings().max_future_skew * 1e6)))
+    clock: Callable[[], float] = time.time  # the wall clock a time_us is judged against
 
     def __attrs_post_init__(self) -> None:
         if self.order is None:
@@ -332,13 +424,28 @@ class JetstreamReader(_ReaderBase):
         order = self.order
         assert order is not None
         late: list[tuple[int, int, bool]] = []
+        now_us = round(self.clock() * 1e6)
         for message in messages:
+            if isinstance(message, OversizedMessage):
+                time_us = time_us_of_head(_bytes_of(message.head), self.decoder.dictionary)
+                head, reason = self._over_limit(message, None, self.decoder.max_frame)
+                self._bad_message(time_us, head, reason, dead, received, now_us)
+                continue
             raw = message.encode() if isinstance(message, str) else message
             try:
                 decoded = self.decoder.decode(message)
-            except FrameError as exc:
-                self._bad_message(exc, raw, dead, received)
+            except OverLimit as exc:
+                head, reason = self._over_limit(raw, exc, self.decoder.max_frame)
+                self._bad_message(exc.seq, head, reason, dead, received, now_us)
                 continue
+            except FrameError as exc:
+                self._bad_message(exc.seq, raw, str(exc), dead, received, now_us)
+                continue
+            verdict = self.judge.judge(decoded.time_us, now_us=now_us)
+            if verdict.action != ACCEPT:
+                self._implausible(raw, f"{decoded.kind} at time_us {decoded.time_us}: {verdict.reason}", verdict, dead, received)
+                continue
+            self._accepted()
             if decoded.kind == "unknown" or not decoded.wanted:
                 self.consecutive_bad = 0
                 if decoded.kind == "unknown":
@@ -375,18 +482,26 @@ class JetstreamReader(_ReaderBase):
             self._report_late(late)
         return self._finish(events, dead, order.high, len(messages))
 
-    def _bad_message(self, exc: FrameError, payload: bytes, dead: list[DeadLetter], received: float) -> None:
-        """A message that did not decode. Its time_us (when readable) is its dead letter's position,
-        so a replay of it is skipped by the cursor rule (and by the reader at or below its highest)."""
+    def _bad_message(self, time_us: int | None, payload: bytes, reason: str, dead: list[DeadLetter], received: float,
+                     now_us: int) -> None:
+        """A message that did not decode, or over a limit. Its time_us (when readable and plausible)
+        is its dead letter's position, so a replay of it is skipped by the cursor rule (and by the
+        reader at or below its highest); an implausible one is dead-lettered without a position."""
         order = self.order
         assert order is not None
-        if exc.seq is not None and order.high is not None and exc.seq <= order.high:
+        if time_us is not None and order.high is not None and time_us <= order.high:
             self.stats.duplicates_skipped += 1  # a replay (or a late malformed message: see docs/atproto.md)
             return
         self._count_bad()
-        dead.append(self._dead(payload, str(exc), exc.seq, received))
-        if exc.seq is not None:
-            order.pass_over(exc.seq)
+        if time_us is not None:
+            verdict = self.judge.judge(time_us, now_us=now_us)
+            if verdict.action != ACCEPT:
+                self._implausible(payload, f"{reason}; {verdict.reason}", verdict, dead, received)
+                return
+            self._accepted()
+        dead.append(self._dead(payload, reason, time_us, received))
+        if time_us is not None:
+            order.pass_over(time_us)
             self.progress += 1
 
     def _report_late(self, late: list[tuple[int, int, bool]]) -> None:
@@ -474,8 +589,9 @@ def rewind_us(settings: AtprotoSettings) -> int:
 
 
 def new_reader(settings: AtprotoSettings, partition: str, stats: AtprotoStats, last_id: int | None,
-               dictionary: bytes | None = None, *, persisted: list[dict[str, str]] | None = None) -> FirehoseReader | JetstreamReader:
-    """A reader that reads on after ``last_id``.
+               dictionary: bytes | None = None, *, persisted: list[dict[str, str]] | None = None,
+               persisted_cursor: bool = False) -> FirehoseReader | JetstreamReader:
+    """A reader that reads on after ``last_id`` (``persisted_cursor``: the stored cursor, not a start).
 
     Jetstream: with ``persisted`` (the fields of the stream's entries from ``last_id`` minus the
     rewind on), ``last_id`` is the stored cursor and the identity memory is rebuilt from them;
@@ -483,15 +599,20 @@ def new_reader(settings: AtprotoSettings, partition: str, stats: AtprotoStats, l
     """
     revs = RevTracker(capacity=settings.rev_cache)
     common = dict(partition=partition, stats=stats, keep=record_filter(settings), record_format=settings.record_format,
-                  revs=revs, last_id=last_id)
+                  revs=revs, last_id=last_id, dead_letter_bytes=settings.dead_letter_bytes)
     if settings.mode == "firehose":
-        return FirehoseReader(**common, max_frame=settings.max_frame_bytes)
+        # Only a persisted cursor is a seq the relay gave: a configured start is not judged against.
+        judge = SeqJudge(max_bad_in_row=settings.max_bad_positions, max_jump=settings.max_seq_jump,
+                         last=last_id if persisted_cursor else None)
+        return FirehoseReader(**common, max_frame=settings.max_frame_bytes, max_ops=settings.max_ops,
+                              max_blocks=settings.max_blocks_bytes, judge=judge)
     decoder = JetstreamDecoder(keep=common["keep"], dictionary=dictionary, max_frame=settings.max_frame_bytes)
     order = None
     if persisted is not None and last_id is not None:
         identities = [identity for identity in map(identity_of_fields, persisted) if identity is not None]
         order = JetstreamOrder.resumed(last_id, identities, margin=rewind_us(settings), revs=revs)
-    return JetstreamReader(**common, decoder=decoder, order=order, rewind_us=rewind_us(settings))
+    judge = TimeJudge(max_bad_in_row=settings.max_bad_positions, max_skew_us=round(settings.max_future_skew * 1e6))
+    return JetstreamReader(**common, decoder=decoder, order=order, rewind_us=rewind_us(settings), judge=judge)
 
 
 def connect_url(settings: AtprotoSettings, cursor: int | None) -> str:
@@ -699,7 +820,7 @@ def is_transient(exc: BaseException) -> bool:
         return exc.status_code in (408, 425, 429) or exc.status_code >= 500
     return isinstance(
         exc,
-        (IdleStream, RelayError, TooManyBadFrames, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
+        (IdleStream, RelayError, TooManyBadFrames, RelayRefused, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
          trio_websocket.ConnectionTimeout, trio_websocket.DisconnectionTimeout, trio.BrokenResourceError, trio.TooSlowError, OSError,
          TimeoutError),
     )
@@ -715,7 +836,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _receive_batch(ws: trio_websocket.WebSocketConnection, limit: int) -> list[bytes | str]:
+async def _receive_batch(ws: trio_websocket.WebSocketConnection, limit: int) -> list[bytes | str | OversizedMessage]:
     """One message (waiting for it), then whatever else is already queued, up to ``limit``."""
     batch = [await ws.get_message()]
     queue = getattr(ws, "_recv_channel", None)  # trio-websocket's message queue: no public nowait API
@@ -771,7 +892,7 @@ async def run_atproto_connection(
                 log.error("%s: %s", partition, exc, extra={"event": "zstd_dictionary_unavailable", "source": SOURCE,
                                                            "partition": partition, "url": redact_url(dictionary.source), "error": str(exc)})
                 raise
-        reader = new_reader(settings, partition, stats, start, zstd_dictionary, persisted=recent)
+        reader = new_reader(settings, partition, stats, start, zstd_dictionary, persisted=recent, persisted_cursor=stored is not None)
 
         async def session() -> None:
             await _stream_once(connect_url(settings, reader.resume_from()), reader, send, settings, stats, breaker)
@@ -806,8 +927,10 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
                 ws = await upgrade_client(
                     nursery, stream, target.host_header, target.resource,
                     message_queue_size=settings.read_batch,
-                    # Above the frame limit, so an oversized frame reaches the reader and becomes a dead letter.
-                    max_message_size=2 * settings.max_frame_bytes,
+                    # A message over the frame limit is read past, its head kept: it reaches the reader as an
+                    # OversizedMessage and becomes a dead letter; the connection is never closed with 1009.
+                    max_message_size=settings.max_frame_bytes, oversized_over=settings.max_frame_bytes,
+                    oversized_keep=max(HEAD_BYTES, settings.dead_letter_bytes),
                 )
             try:
                 yield ws
@@ -839,13 +962,15 @@ async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk
     # A run of bad frames is counted per connection: one left from a session that ended another
     # way (an error frame, a stop) must not end this one at its first batch.
     reader.consecutive_bad = reader.longest_bad_run = 0
+    reader.judge.bad_in_row = 0  # likewise the run of implausible positions, and a refusal pending
+    reader.refusal = None
     stats.connects += 1
     log.info("%s: connecting to %s", reader.partition, redact_url(url),
              extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": _host(url),
                     "from_id": _cursor_in(url), "connects": stats.connects})
     async with open_websocket(url, settings) as ws:
         while True:
-            batch: list[bytes | str] | None = None
+            batch: list[bytes | str | OversizedMessage] | None = None
             with trio.move_on_after(settings.idle_timeout):
                 batch = await _receive_batch(ws, settings.read_batch)
             if batch is None:
@@ -861,6 +986,20 @@ async def _stream_once(url: str, reader: Any, send: trio.MemorySendChannel[Chunk
             if reader.relay_error is not None:
                 error, reader.relay_error = reader.relay_error, None
                 raise error
+            if reader.refusal is not None:
+                _refuse(reader, url)
             if reader.longest_bad_run >= settings.max_bad_frames:
                 reader.consecutive_bad = reader.longest_bad_run = 0
                 raise TooManyBadFrames(f"{settings.max_bad_frames} malformed frames in a row")
+
+
+def _refuse(reader: FirehoseReader | JetstreamReader, url: str) -> NoReturn:
+    """Drop a relay that keeps sending implausible positions: reported, then reconnected with backoff."""
+    stats = reader.stats
+    stats.refusals += 1
+    stats.refused = reader.refusal
+    shown = _host(url)
+    log.error("%s: refusing %s: %s", reader.partition, shown, reader.refusal,
+              extra={"event": "relay_refused", "source": SOURCE, "partition": reader.partition, "url": shown,
+                     "reason": reader.refusal, "refusals": stats.refusals, "last_id": reader.last_id})
+    raise RelayRefused(f"the relay kept sending implausible positions: {reader.refusal}")

@@ -18,6 +18,8 @@ import trio
 import trio_websocket
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
+from weir.actors.ws_bounded import bounded_client
+
 __all__ = ["upgrade_client"]
 
 ABNORMAL_CLOSURE = 1006
@@ -54,9 +56,14 @@ class _WatchedStream(trio.abc.Stream):
         await self._stream.aclose()
 
 
-async def upgrade_client(nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, **options: Any) -> WebSocketConnection:
+async def upgrade_client(nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, *,
+                         oversized_over: int | None = None, oversized_keep: int = 0, **options: Any) -> WebSocketConnection:
     """``trio_websocket.wrap_client_stream(nursery, stream, host, resource, **options)``, except that
     a stream that ends before the server accepts raises at once.
+
+    With ``oversized_over``, a message longer than that is read past and delivered as an
+    :class:`~weir.actors.ws_bounded.OversizedMessage` (its first ``oversized_keep`` bytes and its
+    size) instead of closing the connection with 1009 (:mod:`weir.actors.ws_bounded`).
 
     Raises:
         trio_websocket.ConnectionClosed: the connection ended during the upgrade (code 1006).
@@ -69,7 +76,13 @@ async def upgrade_client(nursery: trio.Nursery, stream: trio.abc.Stream, host: s
 
         async def upgrade() -> None:
             nonlocal ws
-            ws = await trio_websocket.wrap_client_stream(nursery, watched, host, resource, **options)  # type: ignore[arg-type]
+            if oversized_over is None:
+                ws = await trio_websocket.wrap_client_stream(nursery, watched, host, resource, **options)  # type: ignore[arg-type]
+            else:
+                connection = bounded_client(watched, host, resource, limit=oversized_over, keep=oversized_keep, **options)
+                nursery.start_soon(connection._reader_task)  # as wrap_client_stream does
+                await connection._open_handshake.wait()
+                ws = connection
             race.cancel_scope.cancel()
 
         async def watch() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -163,6 +164,22 @@ def decode(data: bytes) -> Any:
 def decode_prefix(data: bytes, offset: int = 0) -> tuple[Any, int]:
     """Decode one DAG-CBOR value starting at ``offset``; return it and the offset just after it."""
     return _decode(data, offset, 0)
+
+
+def map_entries(data: bytes, offset: int = 0) -> Iterator[tuple[Any, Any]]:
+    """The entries of the map at ``offset``, one at a time, as far as ``data`` goes: a field near
+    the start of a map can be read from the first bytes of a value too large to keep whole.
+
+    Raises:
+        CborError: no map there, or an entry cut off by the end of ``data``.
+    """
+    major, _, count, pos = _read_head(data, offset)
+    if major != 5:
+        raise CborError(f"no map at offset {offset}")
+    for _ in range(count):
+        key, pos = _decode(data, pos, 1)
+        value, pos = _decode(data, pos, 1)
+        yield key, value
 
 
 def _read_head(data: bytes, pos: int) -> tuple[int, int, int, int]:

@@ -18,11 +18,12 @@ from typing import Any
 import attrs
 import libipld
 
-from weir.codecs.atproto_cbor import CborError, decode_prefix, find_block, index_car, verify_block
+from weir.codecs.atproto_cbor import CborError, decode_prefix, find_block, index_car, map_entries, verify_block
 
 MAX_FRAME_BYTES = 5_000_000
 MAX_BLOCKS_BYTES = 2_000_000
 MAX_OPS = 200
+HEAD_BYTES = 64 << 10  # of a frame too large to keep: enough for the ops and seq before its blocks
 ACTIONS = frozenset({"create", "update", "delete"})
 KINDS = ("commit", "identity", "account", "sync")
 _KIND_BY_TYPE = {"#commit": "commit", "#identity": "identity", "#account": "account", "#sync": "sync", "#info": "info"}
@@ -34,6 +35,10 @@ class FrameError(ValueError):
     def __init__(self, message: str, seq: int | None = None) -> None:
         super().__init__(message)
         self.seq = seq
+
+
+class OverLimit(FrameError):
+    """A frame over one of the size limits (bytes, ops per commit, blocks): only its head is kept."""
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -140,7 +145,7 @@ def decode_frame(
         FrameError: the frame is malformed or over a limit (message says which and where).
     """
     if len(frame) > max_frame:
-        raise FrameError(f"frame of {len(frame)} bytes exceeds the {max_frame}-byte limit")
+        raise OverLimit(f"frame of {len(frame)} bytes exceeds the {max_frame}-byte limit (atproto.max_frame_bytes)", seq_of_head(frame[:HEAD_BYTES]))
     try:
         values = libipld.decode_dag_cbor_multi(frame)
     except BaseException as exc:  # libipld raises ValueError; a Rust panic surfaces as a BaseException
@@ -198,6 +203,24 @@ def decode_frame(
     return _decode_commit(frame, body, keep, common, max_blocks, max_ops)
 
 
+def seq_of_head(head: bytes) -> int | None:
+    """The seq of a frame from its first bytes only (a frame too large to keep whole), or None.
+
+    DAG-CBOR orders map keys by length, so a body's ``seq`` comes after ``ops`` and ``rev`` and
+    before ``blocks`` (the bulk): the first few tens of KiB of a commit hold it.
+    """
+    try:
+        header, offset = decode_prefix(head, 0)
+        if not isinstance(header, dict) or header.get("op") != 1:
+            return None
+        for key, value in map_entries(head, offset):
+            if key == "seq":
+                return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    except CborError:
+        pass
+    return None
+
+
 def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, common: dict[str, Any], max_blocks: int, max_ops: int) -> Frame:
     seq = common["seq"]
     ops = body.get("ops")
@@ -207,9 +230,9 @@ def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, commo
     if not isinstance(blocks, bytes):
         raise FrameError(f"#commit seq {seq}: blocks is not bytes", seq)
     if len(ops) > max_ops:
-        raise FrameError(f"#commit seq {seq}: {len(ops)} ops exceed the limit of {max_ops}", seq)
+        raise OverLimit(f"#commit seq {seq}: {len(ops)} ops exceed the limit of {max_ops} (atproto.max_ops)", seq)
     if len(blocks) > max_blocks:
-        raise FrameError(f"#commit seq {seq}: blocks of {len(blocks)} bytes exceed the {max_blocks}-byte limit", seq)
+        raise OverLimit(f"#commit seq {seq}: blocks of {len(blocks)} bytes exceed the {max_blocks}-byte limit (atproto.max_blocks_bytes)", seq)
     kept: list[tuple[int, str, str, str, bytes | None]] = []
     filtering = keep.filters_ops
     for index, op in enumerate(ops):

@@ -9,7 +9,9 @@ uses it). Errors are :class:`~weir.codecs.atproto_firehose.FrameError`, like the
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from typing import Any
 
 import attrs
@@ -19,12 +21,16 @@ from weir.codecs.atproto_cbor import MAX_DEPTH
 from weir.codecs.atproto_firehose import (
     ACTIONS,
     KEEP_ALL,
+    HEAD_BYTES,
     MAX_FRAME_BYTES,
     FrameError,
+    OverLimit,
     RecordFilter,
 )
 
 _KINDS = ("commit", "identity", "account")
+_TIME_US = re.compile(rb'"time_us"\s*:\s*(\d{1,30})[\s,}]')
+HEAD_TEXT_BYTES = 4096  # of a compressed message too large to keep: decompressed to find its time_us
 ZSTD_DICTIONARY_MAGIC = b"\x37\xa4\x30\xec"  # 0xEC30A437 little-endian: a zstd dictionary with a header
 
 
@@ -87,7 +93,8 @@ class JetstreamDecoder:
         elif len(message) * 4 > self.max_frame:  # UTF-8 takes at most 4 bytes a character: count them only near the limit
             size = len(message.encode(errors="surrogatepass"))
             if size > self.max_frame:
-                raise FrameError(f"message of {size} bytes exceeds the {self.max_frame}-byte limit")
+                raise OverLimit(f"message of {size} bytes exceeds the {self.max_frame}-byte limit (atproto.max_frame_bytes)",
+                                time_us_of_head(message[:HEAD_BYTES].encode(errors="surrogatepass")))
         try:
             doc = json.loads(message)
         except (ValueError, RecursionError) as exc:
@@ -136,7 +143,8 @@ class JetstreamDecoder:
             raw = self._decompress_streamed(data)
         elif size > self.max_frame:
             # decompress() allocates the declared size whatever max_output_size says: refuse it unread
-            raise FrameError(f"zstd frame declares {size} bytes, over the {self.max_frame}-byte limit")
+            raise OverLimit(f"zstd frame declares {size} bytes, over the {self.max_frame}-byte limit (atproto.max_frame_bytes)",
+                            time_us_of_head(data[:HEAD_BYTES], self.dictionary))
         else:
             try:
                 raw = self._zstd.decompress(data)  # zstd fails the frame if its content is not the declared size
@@ -163,7 +171,8 @@ class JetstreamDecoder:
             except Exception as exc:  # zstandard.ZstdError and friends
                 raise FrameError(self._unreadable(data, exc)) from None
             if len(raw) > self.max_frame:
-                raise FrameError(f"zstd frame (size not declared) decompresses to more than the {self.max_frame}-byte limit")
+                raise OverLimit(f"zstd frame (size not declared) decompresses to more than the {self.max_frame}-byte limit "
+                                "(atproto.max_frame_bytes)", time_us_of_head(bytes(raw[:HEAD_BYTES])))
             start = end
         if not stream.eof:
             raise FrameError(f"zstd frame is truncated (size not declared, {len(data)} bytes)")
@@ -180,3 +189,25 @@ class JetstreamDecoder:
             have = "no dictionary is loaded" if loaded is None else f"the loaded one has id {loaded}"
             return f"zstd frame was compressed with dictionary id {wanted}, but {have} (atproto.zstd_dictionary)"
         return f"binary message is not a zstd frame this decoder can read: {str(exc)[:120]}"
+
+
+def time_us_of_head(head: bytes, dictionary: bytes | None = None) -> int | None:
+    """The ``time_us`` of a message from its first bytes only (a message too large to keep whole),
+    or None. Jetstream writes ``time_us`` right after ``did``; a zstd message's head is decompressed
+    as far as it goes, to at most :data:`HEAD_TEXT_BYTES`."""
+    if head[:4] == b"\x28\xb5\x2f\xfd":  # a zstd frame
+        decompressor = (zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary)) if dictionary
+                        else zstandard.ZstdDecompressor())
+        text = bytearray()
+        try:
+            with decompressor.stream_reader(io.BytesIO(head)) as reader:
+                while len(text) < HEAD_TEXT_BYTES and (piece := reader.read(HEAD_TEXT_BYTES - len(text))):
+                    text += piece
+        except zstandard.ZstdError:
+            pass  # the head ends mid-frame: what came out so far is what there is
+        head = bytes(text)
+    match = _TIME_US.search(head, 0, HEAD_TEXT_BYTES)
+    if match is None:
+        return None
+    value = int(match.group(1))
+    return value if value > 0 else None

@@ -24,7 +24,8 @@ repository, the simulator publishes its own (:func:`~weir.sim.atproto_data.jetst
 over plain HTTP: ``GET /jetstream/zstd_dictionary`` on the same port (:attr:`AtprotoSim.dictionary_url`).
 
 Control hooks for tests and the chaos suite: :meth:`AtprotoSim.drop_connections`,
-:meth:`AtprotoSim.send_info`, :meth:`AtprotoSim.send_error`, :meth:`AtprotoSim.record`, :attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`,
+:meth:`AtprotoSim.send_info`, :meth:`AtprotoSim.send_error`, :meth:`AtprotoSim.inject` (a bad seq / time_us, an
+oversized frame or message, a commit with too many ops), :meth:`AtprotoSim.record`, :attr:`AtprotoSim.handshakes`, :attr:`AtprotoSim.handshake_times`, :attr:`AtprotoSim.dictionary_fetches`,
 :attr:`AtprotoSim.late_gate`, :attr:`AtprotoSim.cutovers`.
 """
 
@@ -117,6 +118,9 @@ class AtprotoSim:
         # ingestor may rightly store out of time order (the chaos checker's ``late``).
         self._max_sent_us = -1
         self.late_sent: set[int] = set()
+        # Content faults (issue 10): raw items sent after a firehose event / a Jetstream message (by index).
+        self.injected_frames: dict[int, list[bytes]] = {}
+        self.injected_messages: dict[int, list[str]] = {}
 
     # ------------------------------------------------------------------ control
 
@@ -135,6 +139,17 @@ class AtprotoSim:
         as a relay does (``ConsumerTooSlow``, ``FutureCursor``, …)."""
         self._errors.append(error_frame(name, message))
         self._notify()
+
+    def inject(self, after: int, *, frame: bytes | None = None, message: str | None = None) -> None:
+        """Serve a bad item over the real socket: ``frame`` right after firehose event ``after`` and
+        ``message`` right after Jetstream message ``after`` (compressed like the others), on every
+        connection that sends that event (live or replayed). Builders: ``forged_seq_frame``,
+        ``oversized_frame``, ``too_many_ops_frame``, ``forged_time_message``, ``oversized_message``
+        in :mod:`weir.sim.atproto_data`."""
+        if frame is not None:
+            self.injected_frames.setdefault(after, []).append(frame)
+        if message is not None:
+            self.injected_messages.setdefault(after, []).append(message)
 
     def record(self) -> dict[str, object]:
         """What it offered, for a checker in another process: the events released (all of the
@@ -305,6 +320,8 @@ class AtprotoSim:
                     await ws.send_message(error_frame("ConsumerTooSlow", "Stream consumer too slow"))
                     return
                 await self._send(ws, self.events[index].frame)
+                for frame in self.injected_frames.get(index, ()):
+                    await self._send(ws, frame)
                 index += 1
                 sent += 1
             await changed.wait()
@@ -335,6 +352,8 @@ class AtprotoSim:
                 return False  # Jetstream just closes
             time_us, message = self.js_messages[i]
             await self._send(ws, compressor.compress(message.encode()) if compressor else message)
+            for extra in self.injected_messages.get(i, ()):
+                await self._send(ws, compressor.compress(extra.encode()) if compressor else extra)
             if time_us < self._max_sent_us:
                 self.late_sent.add(time_us)
             self._max_sent_us = max(self._max_sent_us, time_us)

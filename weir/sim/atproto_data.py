@@ -377,3 +377,45 @@ def _fates(events: list[SimEvent], mode: str, collections: tuple[str, ...]) -> I
                     continue
                 revs[event.did] = event.rev
                 yield _Fate(event, op, time_us, "dead" if op.tampered else "entry")
+
+
+# --------------------------------------------------------------------------- content faults (issue 10)
+
+
+def forged_seq_frame(event: SimEvent, seq: int) -> bytes:
+    """``event``'s frame, well-formed, with another seq (a relay's bogus position)."""
+    header, _ = _split_frame(event)
+    return header + cbor.encode({**cbor.decode(event.body), "seq": seq})
+
+
+def oversized_frame(event: SimEvent, size: int) -> bytes:
+    """``event`` (a commit) padded with zero bytes in its blocks to at least ``size`` bytes."""
+    header, _ = _split_frame(event)
+    body = cbor.decode(event.body)
+    return header + cbor.encode({**body, "blocks": body["blocks"] + bytes(max(0, size - len(event.frame)))})
+
+
+def too_many_ops_frame(event: SimEvent, ops: int) -> bytes:
+    """``event`` (a commit) with its first op repeated to ``ops`` ops."""
+    header, _ = _split_frame(event)
+    body = cbor.decode(event.body)
+    return header + cbor.encode({**body, "ops": [body["ops"][0]] * ops})
+
+
+def forged_time_message(message: str, time_us: int) -> str:
+    """A Jetstream message with another ``time_us`` (written where Jetstream writes it)."""
+    doc = json.loads(message)
+    return json.dumps({"did": doc["did"], "time_us": time_us, **{k: v for k, v in doc.items() if k not in ("did", "time_us")}})
+
+
+def oversized_message(message: str, size: int) -> str:
+    """A Jetstream message padded (inside its record or body) to at least ``size`` characters."""
+    doc = json.loads(message)
+    body = doc[doc["kind"]]
+    target = body.get("record", body)
+    target["padding"] = "x" * max(0, size - len(message))
+    return json.dumps(doc)
+
+
+def _split_frame(event: SimEvent) -> tuple[bytes, bytes]:
+    return event.frame[: len(event.frame) - len(event.body)], event.body
