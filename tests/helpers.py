@@ -211,3 +211,22 @@ async def metrics_url_from(log_path: Path, *, timeout: float = 30.0) -> str:
 
     await wait_for(listening, timeout=timeout, what="the metrics endpoint to listen")
     return found[0]
+
+
+def fatal_run_args(redis_url: str, *args: str, max_restarts: int = 2) -> list[str]:
+    """``weir run`` against ``redis_url`` with fast restarts and JSON logs, for runs expected to stop
+    on their own (a fatal error): ``args`` say what to ingest."""
+    return weir_args(
+        "run", "--redis-url", redis_url, *args,
+        "--set", "supervision.backoff_initial=0.01", "--set", "supervision.backoff_max=0.05",
+        "--set", f"supervision.max_restarts={max_restarts}", "--set", "metrics.port=0", "--log-format", "json",
+    )  # fmt: skip
+
+
+async def run_until_exit(args: list[str], log_path: Path, *, timeout: float) -> tuple[int, list[dict]]:
+    """Run ``weir`` until it exits by itself; its exit code and its JSON log events."""
+    async with weir_process(args, log_path) as process:
+        with trio.fail_after(timeout):
+            code = await process.wait()
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return code, events

@@ -352,21 +352,17 @@ async def test_tail_prints_the_last_events_of_each_partition_as_json(redis_serve
 async def test_redis_refusing_the_password_stops_weir_with_exit_3_and_no_secret(redis_server, redis_client, tmp_path):
     """WRONGPASS is configuration, not an outage: weir stops with one `fatal:` line naming the
     (redacted) Redis URL and exit code 3, within the restart intensity, and never prints the password."""
-    from helpers import weir_args, weir_process
+    from helpers import fatal_run_args, run_until_exit
 
     from weir.errors import EXIT_FATAL
 
     await redis_client("ACL", "SETUSER", "weiruser", "on", ">right-password", "~*", "&*", "+@all")
     url = redis_server.url.replace("redis://", "redis://weiruser:SECRETWRONGPASS@")
     log_path = tmp_path / "weir.log"
-    args = weir_args("run", "--redis-url", url, "--farcaster-url", "http://127.0.0.1:1", "--set", "farcaster.shards=1",
-                     "--set", "supervision.backoff_initial=0.01", "--set", "supervision.backoff_max=0.05",
-                     "--set", "supervision.max_restarts=2", "--set", "metrics.port=0", "--log-format", "json")
-    async with weir_process(args, log_path) as process:
-        with trio.fail_after(60):
-            code = await process.wait()
+    args = fatal_run_args(url, "--farcaster-url", "http://127.0.0.1:1", "--set", "farcaster.shards=1")
+    code, events = await run_until_exit(args, log_path, timeout=60)
     text = log_path.read_text()
     assert code == EXIT_FATAL, text[-2000:]
-    fatal = [json.loads(line) for line in text.splitlines() if line.startswith("{") and '"event": "fatal"' in line]
+    fatal = [e for e in events if e.get("event") == "fatal"]
     assert len(fatal) == 1 and "refused weir" in fatal[0]["msg"] and "***@127.0.0.1" in fatal[0]["msg"]
     assert "SECRETWRONGPASS" not in text

@@ -287,25 +287,17 @@ async def test_a_node_serving_another_chain_stops_weir_with_one_fatal_line_and_e
     """A configuration error found at run time (the URL serves another chain) is retried within the
     pipeline's restart intensity, then stops weir: one `fatal:` line naming it, exit code 3 —
     not a crash loop under the root supervisor."""
-    from helpers import weir_args, weir_process
+    from helpers import fatal_run_args, run_until_exit
 
     from weir.errors import EXIT_FATAL
 
-    log_path = tmp_path / "weir.log"
     sim_config = EthereumSimConfig(chain_id=5, seed=2, block_time=0.05, logs_per_block=1, history=3, blocks=None)
     async with open_ethereum_sim(sim_config) as node:
         chains = [{"chain_id": 1, "url": node.url, "start": "0", "block_time": 0.05, "connect_timeout": 2}]
-        args = weir_args(
-            "run", "--redis-url", redis_server.url, "--set", "farcaster.enabled=false",
-            "--set", "ethereum.enabled=true", "--set", f"ethereum.chains={json.dumps(chains)}",
-            "--set", "supervision.backoff_initial=0.01", "--set", "supervision.backoff_max=0.05",
-            "--set", "supervision.max_restarts=3", "--set", "metrics.port=0", "--log-format", "json",
-        )  # fmt: skip
-        async with weir_process(args, log_path) as process:
-            with trio.fail_after(TIMEOUT):
-                code = await process.wait()
+        args = fatal_run_args(redis_server.url, "--set", "farcaster.enabled=false", "--set", "ethereum.enabled=true",
+                              "--set", f"ethereum.chains={json.dumps(chains)}", max_restarts=3)
+        code, events = await run_until_exit(args, tmp_path / "weir.log", timeout=TIMEOUT)
     assert code == EXIT_FATAL
-    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     fatal = [e for e in events if e.get("event") == "fatal"]
     assert len(fatal) == 1 and "serves chain 5, configured as chain 1" in fatal[0]["msg"]
     assert sum(e.get("event") == "crash" and "ChainMismatch" in e.get("msg", "") for e in events) == 4  # 1 + 3 restarts

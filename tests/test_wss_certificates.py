@@ -63,7 +63,7 @@ async def test_weir_run_stops_with_exit_3_on_a_refused_certificate_instead_of_re
     the pipeline's restart intensity with one `fatal:` line naming the node, exit code 3."""
     import json
 
-    from helpers import weir_args, weir_process
+    from helpers import fatal_run_args, run_until_exit
 
     from weir.errors import EXIT_FATAL
 
@@ -71,18 +71,11 @@ async def test_weir_run_stops_with_exit_3_on_a_refused_certificate_instead_of_re
     async with tls_server() as port:
         chains = [{"chain_id": 1, "url": f"wss://localhost:{port}/v2/SECRETKEY0123456789abcdefghij", "start": "0",
                    "connect_timeout": 5}]
-        args = weir_args(
-            "run", "--redis-url", redis_server.url, "--set", "farcaster.enabled=false",
-            "--set", "ethereum.enabled=true", "--set", f"ethereum.chains={json.dumps(chains)}",
-            "--set", "supervision.backoff_initial=0.01", "--set", "supervision.backoff_max=0.05",
-            "--set", "supervision.max_restarts=2", "--set", "metrics.port=0", "--log-format", "json",
-        )  # fmt: skip
-        async with weir_process(args, log_path) as process:
-            with trio.fail_after(60):
-                code = await process.wait()
+        args = fatal_run_args(redis_server.url, "--set", "farcaster.enabled=false", "--set", "ethereum.enabled=true",
+                              "--set", f"ethereum.chains={json.dumps(chains)}")
+        code, events = await run_until_exit(args, log_path, timeout=60)
     assert code == EXIT_FATAL
     text = log_path.read_text()
-    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     fatal = [e for e in events if e.get("event") == "fatal"]
     assert len(fatal) == 1, fatal
     assert "CERTIFICATE_VERIFY_FAILED" in fatal[0]["msg"] and f"wss://localhost:{port}/v2/***" in fatal[0]["msg"]
