@@ -277,6 +277,7 @@ async def test_readyz_follows_the_source_and_redis(redis_server, asyncio_loop, l
     disconnect = logs.of("disconnect")[0]
     assert disconnect["level"] == "warning" and disconnect["source"] == "farcaster"
     assert disconnect["partition"] in ("1", "2") and "UNAVAILABLE" in disconnect["error"]
+    assert disconnect["opened"] is False and " did not open (" in disconnect["msg"]  # no data before the error
     assert isinstance(disconnect["reconnect_in"], float) and disconnect["reconnects"] >= 1
     unavailable = logs.of("sink_unavailable")[0]
     assert unavailable["partition"] in ("1", "2") and unavailable["source"] == "farcaster"
