@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from weir.app import Service, serve
@@ -172,6 +173,18 @@ def capture_json_logs() -> Iterator[LogCapture]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"  # real-world data, in the repository: see its README.md
+
+
+def fixture_file(path: Path | str) -> Path:
+    """A fixture file (``path`` relative to tests/fixtures/, or absolute); a missing one fails the test."""
+    found = FIXTURES / path
+    if not found.is_file():
+        pytest.fail(f"fixture file {found} is missing (tests/fixtures/README.md lists every file and its origin)",
+                    pytrace=False)
+    return found
 
 
 def weir_args(command: str, *args: str) -> list[str]:

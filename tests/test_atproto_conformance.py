@@ -1,4 +1,4 @@
-"""Conformance: the 12 frames recorded from Bluesky's relay (../shared/fixtures/atproto/frames/).
+"""Conformance: the 12 frames recorded from Bluesky's relay (tests/fixtures/atproto/frames/).
 
 Each frame is decoded by weir and checked against what the frame itself holds, read independently
 (libipld's CAR decoder for the blocks, libipld's DAG-CBOR decoder for the body): every op becomes
@@ -9,8 +9,6 @@ block's sha-256.
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import libipld
 import pytest
@@ -19,19 +17,17 @@ from weir.actors.atproto import AtprotoStats, FirehoseReader
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import RecordFilter, decode_frame
 
-FIXTURES = Path(os.environ.get("WEIR_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
-FRAMES_DIR = FIXTURES / "atproto" / "frames"
-pytestmark = pytest.mark.skipif(not FRAMES_DIR.is_dir(), reason=f"AT Protocol fixtures not found at {FRAMES_DIR} (set WEIR_FIXTURES)")
+from helpers import FIXTURES, fixture_file
 
-NAMES = sorted(p.name for p in FRAMES_DIR.glob("*.bin")) if FRAMES_DIR.is_dir() else []
+NAMES = [f"frame_{i:02d}.bin" for i in range(10)] + ["frame_delete.bin", "frame_identity.bin"]
 
 
 def load(name: str) -> bytes:
-    return (FRAMES_DIR / name).read_bytes()
+    return fixture_file(f"atproto/frames/{name}").read_bytes()
 
 
 def test_all_twelve_frames_are_there():
-    assert len(NAMES) == 12 and "frame_identity.bin" in NAMES and "frame_delete.bin" in NAMES
+    assert sorted(p.name for p in (FIXTURES / "atproto" / "frames").glob("*.bin")) == sorted(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -150,8 +150,9 @@ def test_restarts_and_reconnects_are_counted_from_the_log():
         "WARNING weir.supervision: supervisor farcaster/1: child source restarting (strategy=one_for_all)\n"
         "WARNING weir.actors.farcaster: shard 1: stream from http://x:1 lost (reset); reconnecting in 0.01s from event 5\n"
         "WARNING weir.actors.farcaster: shard 2: stream from http://x:1 lost (reset); reconnecting in 0.01s from event 7\n"
+        "WARNING weir.actors.farcaster: shard 2: stream from http://x:1 did not open (refused); reconnecting in 0.01s from event 7\n"
     )
-    assert restarts_from_log(text) == (1, 2)
+    assert restarts_from_log(text) == (1, 3)
 
 
 def test_report_row_and_verdict():

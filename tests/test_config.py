@@ -227,3 +227,41 @@ def test_every_registered_network_has_its_config_section_and_name() -> None:
         assert network_class(name).name == name
         assert isinstance(getattr(Config(), name).enabled, bool)
     assert [n.name for n in enabled_networks(Config())] == ["farcaster"]  # the default: mainnet Farcaster
+
+
+def _run_help() -> str:
+    from weir.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    return run.format_help()
+
+
+def test_run_help_states_the_precedence() -> None:
+    text = " ".join(_run_help().split())
+    assert ("built-in defaults < --config FILE < WEIR_* environment variables < --set SECTION.KEY=VALUE "
+            "and the named flags above") in text
+
+
+def test_run_help_lists_every_setting_as_a_variable_that_is_read() -> None:
+    """Each listed WEIR_* variable reaches its setting: a value of -1 is refused naming the variable,
+    or it changes the setting; and every setting is listed."""
+    import re
+
+    import attrs
+
+    from weir.config import Config
+
+    listed = re.findall(r"\bWEIR_[A-Z0-9_]*[A-Z0-9]\b", _run_help().split("environment variables (")[1])
+    sections = {f.name: type(getattr(Config(), f.name)) for f in attrs.fields(Config)}
+    every = {f"WEIR_{name.upper()}" for name, kind in sections.items() if not attrs.has(kind)}
+    every |= {f"WEIR_{name.upper()}_{g.name.upper()}" for name, kind in sections.items() if attrs.has(kind)
+              for g in attrs.fields(kind)}
+    assert sorted(listed) == sorted(every)
+    default = load_config(environ={})
+    for name in listed:
+        try:
+            config = load_config(environ={name: "-1"})
+        except ConfigError as exc:
+            assert str(exc).endswith(f"(from environment {name})"), (name, str(exc))
+        else:
+            assert config != default, f"{name} was ignored"

@@ -1,13 +1,11 @@
-"""Real mainnet JSON-RPC responses (../shared/fixtures/ethereum) parse, and decoded transfers match.
+"""Real mainnet JSON-RPC responses (tests/fixtures/ethereum) parse, and decoded transfers match.
 
-Skipped with a reason when the fixtures are not beside the checkout (``WEIR_FIXTURES`` overrides),
-and test by test when one of the files it reads is missing.
+A fixture file that is missing fails its test, naming the file (tests/fixtures/README.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -15,21 +13,15 @@ import pytest
 
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder, parse_header, parse_log
 
-FIXTURES = Path(os.environ.get("WEIR_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures") / "ethereum"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"Ethereum fixtures not found at {FIXTURES} (set WEIR_FIXTURES)")
+from helpers import FIXTURES as ALL_FIXTURES, fixture_file as fixture
 
-
-def fixture(path: Path) -> Path:
-    """``path``, or skip the test (with the reason) when that one fixture file is missing."""
-    if not path.is_file():
-        pytest.skip(f"fixture file {path} not found")
-    return path
+FIXTURES = ALL_FIXTURES / "ethereum"
 
 
 def receipts(fixtures: Path, folder: str):
     paths = sorted((fixtures / folder).glob("web3_response.eth_getTransactionReceipt_*.json"))
     if not paths:
-        pytest.skip(f"no eth_getTransactionReceipt fixtures in {fixtures / folder}")
+        pytest.fail(f"no eth_getTransactionReceipt fixtures in {fixtures / folder}", pytrace=False)
     for path in paths:
         yield path, json.loads(path.read_text())["result"]
 
@@ -58,7 +50,7 @@ def test_decoded_token_transfers_equal_the_expected_ones():
 
 def check_token_transfers(fixtures: Path) -> None:
     folder = "blocks_1755634_1755635"
-    expected_path = fixture(fixtures / folder / "expected_token_transfers.json")  # before any work: may skip
+    expected_path = fixture(fixtures / folder / "expected_token_transfers.json")  # before any work: may fail
     decoder = LogDecoder()
     transfers = []
     for path, receipt in receipts(fixtures, folder):
@@ -76,13 +68,19 @@ def check_token_transfers(fixtures: Path) -> None:
     assert transfers == [{k: e[k] for k in keys} for e in expected]
 
 
-def test_a_missing_expected_file_skips_its_test_alone(tmp_path):
-    # A fixture set without expected_token_transfers.json (the receipts alone): that test skips
-    # with the file's name as the reason, rather than failing on FileNotFoundError.
+def test_a_missing_expected_file_fails_naming_it(tmp_path):
+    # A fixture set without expected_token_transfers.json (the receipts alone): the test fails with
+    # the file's name, before any work (never a skip, never a bare FileNotFoundError).
     shutil.copytree(FIXTURES, tmp_path / "ethereum")
     (tmp_path / "ethereum" / "blocks_1755634_1755635" / "expected_token_transfers.json").unlink()
-    with pytest.raises(pytest.skip.Exception, match="expected_token_transfers.json not found"):
+    with pytest.raises(pytest.fail.Exception, match="expected_token_transfers.json is missing"):
         check_token_transfers(tmp_path / "ethereum")
+
+
+def test_every_receipt_folder_holds_receipts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pytest.fail.Exception, match="no eth_getTransactionReceipt fixtures in"):
+        list(receipts(tmp_path, "empty"))
 
 
 def test_user_abi_decodes_and_bad_abi_is_named():

@@ -203,6 +203,9 @@ async def test_a_reconnect_resubscribes_then_backfills_by_ranges_and_only_then_f
     lost = events("disconnect")
     assert lost and all(r.source == "ethereum" and r.partition == "32" and r.error and r.url == sim.url for r in lost)
     assert any("ConnectionLost" in r.error for r in lost) and any("Handshake" in r.error or "Rejected" in r.error for r in lost)
+    # a connection that had served is "lost"; a handshake refused "did not open" (never both)
+    assert any(r.opened and " lost (" in r.getMessage() for r in lost if "ConnectionLost" in r.error)
+    assert all(not r.opened and " did not open (" in r.getMessage() for r in lost if "Handshake" in r.error or "Rejected" in r.error)
     connects = events("connect")
     assert [r.resume_from is None for r in connects] == [True, False], [r.getMessage() for r in lost]
     assert int(connects[1].resume_from.split(":")[0]) <= down_at  # from "start", then from the tip it had

@@ -1,13 +1,12 @@
 """Conformance: Snapchain's golden vectors decode with our typed models and verify.
 
-The fixtures live outside the repository (``../shared/fixtures`` beside the checkout, or
-``$WEIR_FIXTURES``); without them these tests skip.
+The fixtures are in the repository (tests/fixtures/farcaster, origins in its README); a missing
+one fails its test.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,34 +14,19 @@ import pytest
 from weir.codecs.farcaster_models import decode_message, message_to_json
 from weir.codecs.farcaster_validity import InvalidMessage, verify_message
 
+from helpers import fixture_file
 
-def _fixtures_root() -> Path:
-    override = os.environ.get("WEIR_FIXTURES")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-
-
-FARCASTER = _fixtures_root() / "farcaster"
-MANIFEST = FARCASTER / "conformance" / "manifest.json"
-PARITY = FARCASTER / "parity"
-
-pytestmark = pytest.mark.skipif(
-    not MANIFEST.is_file(),
-    reason=f"Farcaster fixtures not found at {FARCASTER} (set WEIR_FIXTURES to the fixtures folder)",
-)
+MANIFEST = fixture_file("farcaster/conformance/manifest.json")  # missing: an error at collection
+PARITY_VALID = ["valid_cast_add.bin", "valid_link_add.bin", "valid_reaction_add.bin", "valid_user_data_add.bin"]
 
 
 def _vectors() -> list[dict]:
-    if not MANIFEST.is_file():
-        return []
     return json.loads(MANIFEST.read_text())["vectors"]
 
 
 def _message_file(vector: dict) -> Path:
     # The manifest names "messages/<name>.pb"; the files sit beside the manifest.
-    named = MANIFEST.parent / vector["message_file"]
-    return named if named.is_file() else MANIFEST.parent / Path(vector["message_file"]).name
+    return fixture_file(MANIFEST.parent / Path(vector["message_file"]).name)
 
 
 @pytest.mark.parametrize("vector", _vectors(), ids=lambda v: v["id"])
@@ -75,9 +59,9 @@ def test_manifest_covers_types_newer_than_our_protos() -> None:
     assert 16 in types  # KeyAdd: not in our MessageType subset, must still decode and verify
 
 
-@pytest.mark.parametrize("path", sorted(PARITY.glob("valid_*.bin")) if PARITY.is_dir() else [], ids=lambda p: p.name)
-def test_parity_valid_messages_verify(path: Path) -> None:
-    verified = verify_message(path.read_bytes())
+@pytest.mark.parametrize("name", PARITY_VALID)
+def test_parity_valid_messages_verify(name: str) -> None:
+    verified = verify_message(fixture_file(f"farcaster/parity/{name}").read_bytes())
     assert len(verified.hash) == 20
     assert verified.fid > 0
 
@@ -88,6 +72,6 @@ def test_parity_valid_messages_verify(path: Path) -> None:
 )
 def test_parity_invalid_messages_are_rejected(name: str, reason: str) -> None:
     with pytest.raises(InvalidMessage) as excinfo:
-        verify_message((PARITY / name).read_bytes())
+        verify_message(fixture_file(f"farcaster/parity/{name}").read_bytes())
     assert reason in excinfo.value.reason
     assert "\n" not in excinfo.value.reason

@@ -314,7 +314,10 @@ HUB_EVENTS = [payload for _, payload in generate_offered(SnapchainSimConfig(shar
 GET_INFO = [bytes(GetInfoResponse(version="0.4.1", num_shards=2, shard_infos=[ShardInfo(shard_id=1, max_height=9)]))]
 
 HISTORY = generate_history(AtprotoSimConfig(seed=3, total=24, other_every=4))
-RECORDED_FRAMES = [path.read_bytes() for path in sorted((FIXTURES / "atproto" / "frames").glob("*.bin"))]
+# Four of the 12 recorded frames (two commits, a delete, an #identity): all 12 make the strategy's
+# repr too large for hypothesis (a warning, an error here), and these cover every kind.
+RECORDED_FRAMES = [(FIXTURES / "atproto" / "frames" / name).read_bytes()
+                   for name in ("frame_00.bin", "frame_05.bin", "frame_delete.bin", "frame_identity.bin")]
 FRAMES = RECORDED_FRAMES + [event.frame for event in HISTORY]
 COMMIT_FRAMES = [frame for frame in FRAMES if cbor.decode_prefix(frame, 0)[0].get("t") == "#commit"]
 CARS = [cbor.decode(frame[cbor.decode_prefix(frame, 0)[1] :])["blocks"] for frame in COMMIT_FRAMES]

@@ -168,6 +168,9 @@ async def test_metrics_count_exactly_what_was_persisted(redis_server, redis_clie
     assert value(metrics, "weir_supervisor_escalations_total", supervisor="root") == 0
     assert value(metrics, "weir_breaker_state", breaker="redis") == 0
     assert value(metrics, "weir_breaker_state", breaker=f"snapchain {url}") == 0
+    for breaker in ("redis", f"snapchain {url}"):  # the same by name: 1 for its state only
+        assert {state: value(metrics, "weir_breaker_status", breaker=breaker, state=state)
+                for state in ("closed", "half_open", "open")} == {"closed": 1, "half_open": 0, "open": 0}
     assert ("process_cpu_seconds_total", frozenset()) in metrics
     # the log lines behind it: a connect per shard, a dead letter per corrupt event, with fields
     connects = logs.of("connect")
@@ -274,6 +277,7 @@ async def test_readyz_follows_the_source_and_redis(redis_server, asyncio_loop, l
     disconnect = logs.of("disconnect")[0]
     assert disconnect["level"] == "warning" and disconnect["source"] == "farcaster"
     assert disconnect["partition"] in ("1", "2") and "UNAVAILABLE" in disconnect["error"]
+    assert disconnect["opened"] is False and " did not open (" in disconnect["msg"]  # no data before the error
     assert isinstance(disconnect["reconnect_in"], float) and disconnect["reconnects"] >= 1
     unavailable = logs.of("sink_unavailable")[0]
     assert unavailable["partition"] in ("1", "2") and unavailable["source"] == "farcaster"
@@ -318,7 +322,11 @@ async def test_readyz_is_503_naming_an_open_circuit_breaker_and_200_once_it_clos
                 assert verdict["status"] == "not ready"
                 assert verdict["breakers"][breaker.name] in ("open", "half_open")
                 metrics = await scrape(base)
-                assert value(metrics, "weir_breaker_state", breaker=breaker.name) in (1, 2)  # half-open, open
+                code = value(metrics, "weir_breaker_state", breaker=breaker.name)
+                assert code in (1, 2)  # half-open, open
+                named = {state: value(metrics, "weir_breaker_status", breaker=breaker.name, state=state)
+                         for state in ("closed", "half_open", "open")}
+                assert named == {"closed": 0, "half_open": float(code == 1), "open": float(code == 2)}
                 assert value(metrics, "weir_breaker_opened_total", breaker=breaker.name) >= 1
                 assert (await http(base, "/healthz"))[0] == 200  # alive, just not ready
             finally:

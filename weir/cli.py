@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import trio
 
 from weir import __version__, entry
-from weir.config import Config, ConfigError, load_config
+from weir.config import Config, ConfigError, environment_variables, load_config
 from weir.logs import configure_logging
 from weir.redact import redact_text
 from weir.sinks.embedded_redis import EmbeddedRedisError
@@ -107,12 +108,24 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", metavar="FORMAT", help="auto, text or json (log_format)")
 
 
+def _settings_epilog() -> str:
+    """Where settings come from, and every environment variable (generated from weir.config)."""
+    lines = ["settings, each overriding the one before: built-in defaults < --config FILE < WEIR_* environment",
+             "variables < --set SECTION.KEY=VALUE and the named flags above (docs: README.md, Configuration).",
+             "", "environment variables (WEIR_<SECTION>_<KEY>; lists comma-separated or JSON):"]
+    for section, names in environment_variables().items():
+        lines.extend(textwrap.wrap(", ".join(names), width=100, initial_indent=f"  {section or 'top level'}: ",
+                                   subsequent_indent="    ", break_on_hyphens=False))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="weir", description="Lossless ingestion of decentralised network streams into Redis.")
     parser.add_argument("--version", action="version", version=f"weir {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the ingestion service")
+    run = commands.add_parser("run", help="run the ingestion service", epilog=_settings_epilog(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(run)
     run.add_argument("--farcaster-url", metavar="URL", help="Snapchain node, http://host:port or https://host:port (farcaster.url)")
     run.add_argument("--shards", metavar="N,N", help="user shards to ingest; default: all, from GetInfo (farcaster.shards)")

@@ -216,6 +216,14 @@ _SECTIONS: dict[str, type] = {
 _TOP_LEVEL = {"log_level", "log_format"}
 
 
+def environment_variables() -> dict[str, list[str]]:
+    """Every ``WEIR_*`` variable that sets a setting, by section ("" for the top level)."""
+    names = {"": sorted(f"{ENV_PREFIX}{key.upper()}" for key in _TOP_LEVEL)}
+    for section, cls in _SECTIONS.items():
+        names[section] = [f"{ENV_PREFIX}{section.upper()}_{field.name.upper()}" for field in attrs.fields(cls)]
+    return names
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -254,7 +262,7 @@ def load_config(
                 else:
                     raw.setdefault(section, {})[key] = (value, str(path))
     for name, value in (os.environ if environ is None else environ).items():
-        if not name.startswith(ENV_PREFIX) or name == "WEIR_FIXTURES":
+        if not name.startswith(ENV_PREFIX):
             continue
         dotted = name[len(ENV_PREFIX) :].lower()
         section, _, key = dotted.partition("_")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -37,9 +38,13 @@ async def _open_simulation(args: argparse.Namespace) -> AsyncIterator[tuple[dict
         from weir.sim.process import open_atproto_sim
 
         sim_config = AtprotoSimConfig(seed=args.seed, total=args.events, rate=args.rate)
-        last_seq = generate_history(sim_config)[-1].seq
+        # Generating the history takes a while (~2 s for 20,000 events): say so first.
         print(f"weir demo: simulating an AT Protocol relay with {args.events} events at "
-              f"{'full speed' if not args.rate else f'{args.rate:g} events/s'} (seed {args.seed})", file=sys.stderr)
+              f"{'full speed' if not args.rate else f'{args.rate:g} events/s'} (seed {args.seed}); "
+              "generating its history...", file=sys.stderr, flush=True)
+        last_seq = generate_history(sim_config)[-1].seq
+        print("weir demo: 'received' counts relay frames, 'persisted' records: "
+              "one commit frame carries one or more records", file=sys.stderr)
         async with open_atproto_sim(sim_config) as url:
             overrides = {"farcaster.enabled": "false", "atproto.enabled": "true", "atproto.url": url,
                          "atproto.jetstream_url": url, "atproto.start": "oldest"}
@@ -84,51 +89,75 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                 if service.observability is not None:
                     print(f"weir demo: metrics at {service.observability.url}/metrics", file=sys.stderr)
                 start = trio.current_time()
-                last_time, last_done = start, 0
                 tty = sys.stderr.isatty()
-                next_print = start + PROGRESS_INTERVAL
-                while True:
-                    await trio.sleep(CHECK_INTERVAL)
-                    now = trio.current_time()
-                    complete = all(partition_done(p) for p in service.partitions)
-                    if now < next_print and not complete:
-                        continue
-                    next_print = now + PROGRESS_INTERVAL
-                    received = sum(getattr(p.source, "received", 0) for p in service.partitions)
-                    persisted = sum(p.sink.appended for p in service.partitions)
-                    durable = sum(p.sink.appended + p.sink.skipped for p in service.partitions)
-                    rate = (durable - last_done) / (now - last_time)
-                    last_time, last_done = now, durable
-                    restarts = service.restarts()
-                    latencies = [x for p in service.partitions for x in p.sink.latencies[-2000:]]
-                    line = (f"{received:>9,} received  {persisted:>9,} persisted  {rate:>8,.0f} ev/s  "
-                            f"lag {max(0, received - durable - _filtered(service)):>6,}  "
-                            f"p50 {_percentile(latencies, 0.5) * 1000:5.1f} ms  restarts {restarts}")
-                    print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-                    if complete:
-                        elapsed = now - start
-                        all_latencies = [x for p in service.partitions for x in p.sink.latencies]
-                        summary.update(
-                            persisted=persisted, elapsed=elapsed, rate=persisted / elapsed if elapsed else 0.0,
-                            p50=_percentile(all_latencies, 0.5), p99=_percentile(all_latencies, 0.99),
-                            dead=sum(p.sink.dead_appended for p in service.partitions),
-                            gaps=sum(getattr(p.source, "gaps", 0) for p in service.partitions), restarts=restarts,
-                        )
-                        if tty:
-                            print(file=sys.stderr)
-                        stopping.set()
-                        return
+                try:
+                    await _show_progress(service, partition_done, tty)
+                    summary["complete"] = True
+                finally:  # also when a signal stopped the demo early: the counts once drained
+                    if tty:
+                        print(file=sys.stderr)  # the shell's prompt starts on a line of its own
+                    summary.update(_summary(service, trio.current_time() - start))
+                stopping.set()
 
             code = await serve_until_signalled(demo_config, on_started=watch)
     if summary:
+        complete = "" if summary.get("complete") else "stopped early: "
         print(
-            f"weir demo: {summary['persisted']:,} events persisted in {summary['elapsed']:.1f} s "
+            f"weir demo: {complete}{summary['persisted']:,} events persisted in {summary['elapsed']:.1f} s "
             f"({summary['rate']:,.0f} events/s); latency receipt->durable p50 {summary['p50'] * 1000:.1f} ms, "
             f"p99 {summary['p99'] * 1000:.1f} ms; dead letters {summary['dead']}; gaps {summary['gaps']}; "
             f"restarts {summary['restarts']}",
             file=sys.stderr,
         )
+    print(_where_the_data_went(config, args), file=sys.stderr)
     return code
+
+
+async def _show_progress(service, partition_done: Callable[[Any], bool], tty: bool) -> None:
+    """Print a progress line every PROGRESS_INTERVAL until every partition is done."""
+    last_time, last_done = trio.current_time(), 0
+    next_print = last_time + PROGRESS_INTERVAL
+    while True:
+        await trio.sleep(CHECK_INTERVAL)
+        now = trio.current_time()
+        complete = all(partition_done(p) for p in service.partitions)
+        if now < next_print and not complete:
+            continue
+        next_print = now + PROGRESS_INTERVAL
+        received = sum(getattr(p.source, "received", 0) for p in service.partitions)
+        persisted = sum(p.sink.appended for p in service.partitions)
+        durable = sum(p.sink.appended + p.sink.skipped for p in service.partitions)
+        rate = (durable - last_done) / (now - last_time)
+        last_time, last_done = now, durable
+        latencies = [x for p in service.partitions for x in p.sink.latencies[-2000:]]
+        line = (f"{received:>9,} received  {persisted:>9,} persisted  {rate:>8,.0f} ev/s  "
+                f"lag {max(0, received - durable - _filtered(service)):>6,}  "
+                f"p50 {_percentile(latencies, 0.5) * 1000:5.1f} ms  restarts {service.restarts()}")
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if complete:
+            return
+
+
+def _summary(service, elapsed: float) -> dict[str, object]:
+    persisted = sum(p.sink.appended for p in service.partitions)
+    latencies = [x for p in service.partitions for x in p.sink.latencies]
+    return {"persisted": persisted, "elapsed": elapsed, "rate": persisted / elapsed if elapsed else 0.0,
+            "p50": _percentile(latencies, 0.5), "p99": _percentile(latencies, 0.99),
+            "dead": sum(p.sink.dead_appended for p in service.partitions),
+            "gaps": sum(getattr(p.source, "gaps", 0) for p in service.partitions), "restarts": service.restarts()}
+
+
+def _where_the_data_went(config: Config, args: argparse.Namespace) -> str:
+    """The demo's last line: where its events are now, and the command that reads them."""
+    source = "" if args.network == "farcaster" else f" --source {args.network}"
+    if config.redis.url:
+        shown = redact_url(config.redis.url)
+        return f"weir demo: the events are in the Redis at {shown}; read them with: weir tail --redis-url {shown}{source} --count 5"
+    if args.data_dir is not None:
+        data_dir = shlex.quote(args.data_dir)
+        return f"weir demo: the data is kept in {data_dir}; read it with: weir tail --data-dir {data_dir}{source} --count 5"
+    return ("weir demo: its Redis data was in a temporary directory, now deleted; to keep it, run "
+            f"weir demo --data-dir weir-data, then: weir tail --data-dir weir-data{source} --count 5")
 
 
 def _filtered(service) -> int:

@@ -22,6 +22,17 @@ from weir.redact import redact_url
 EXIT_OK = 0
 EXIT_NOTHING = 1
 EXIT_FAILURE = 1
+EXIT_NO_REDIS = 4  # nothing to read from: no redis.url and no data directory (not a failure of weir's)
+
+
+def missing_redis(config: Config) -> str | None:
+    """Why there is no Redis to read (one line: what, where, what to do), or None if there is one."""
+    data_dir = Path(config.redis.data_dir).resolve()
+    if config.redis.url or data_dir.exists():
+        return None
+    return (f"weir tail: no Redis to read: redis.url is not set and the data directory {str(data_dir)!r} "
+            "does not exist; run `weir run` (or `weir demo --data-dir DIR`) first, "
+            "or give --data-dir DIR or --redis-url URL")
 
 
 @asynccontextmanager
@@ -35,8 +46,6 @@ async def _redis_url_for_reading(config: Config) -> AsyncIterator[str]:
     if url_file.exists():
         yield url_file.read_text().strip()
         return
-    if not data_dir.exists():
-        raise SystemExit(f"weir tail: no Redis: redis.url is not set and {data_dir} does not exist (run weir first)")
     from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 
     async with open_embedded_redis(RedisServerConfig(data_dir=data_dir)) as server:
@@ -124,6 +133,10 @@ def _reason(exc: BaseException) -> str:
 async def run_tail(config: Config, args: argparse.Namespace) -> int:
     import redis.exceptions
 
+    missing = missing_redis(config)
+    if missing is not None:  # checked before any task starts: one line, not an exception group
+        print(missing, file=sys.stderr)
+        return EXIT_NO_REDIS
     async with open_asyncio_loop(), _redis_url_for_reading(config) as url:
         try:
             return await call_asyncio(_tail_aio, url, config, args, _emit)

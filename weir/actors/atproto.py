@@ -897,13 +897,14 @@ async def run_atproto_connection(
         async def session() -> None:
             await _stream_once(connect_url(settings, reader.resume_from()), reader, send, settings, stats, breaker)
 
-        async def on_lost(exc: BaseException, delay: float) -> None:
+        async def on_lost(exc: BaseException, delay: float, opened: bool) -> None:
             stats.last_error = _describe(exc)
             url = _host(connect_url(settings, reader.resume_from()))
-            log.warning("%s: connection to %s lost (%s); reconnecting in %.2fs after %s",
-                        partition, url, stats.last_error, delay, reader.last_id,
+            resume = f"after {reader.last_id}" if reader.last_id is not None else f"from the start ({settings.start})"
+            log.warning("%s: connection to %s %s (%s); reconnecting in %.2fs %s",
+                        partition, url, "lost" if opened else "did not open", stats.last_error, delay, resume,
                         extra={"event": "disconnect", "source": SOURCE, "partition": partition, "url": url,
-                               "error": stats.last_error, "reconnect_in": round(delay, 3),
+                               "opened": opened, "error": stats.last_error, "reconnect_in": round(delay, 3),
                                "resume_from": reader.resume_from(), "reconnects": stats.reconnects})
 
         await reconnect_forever(

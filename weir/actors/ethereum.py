@@ -650,12 +650,13 @@ async def run_chain_connection(
                     reader.note_unavailable(exc)  # BlockLost after too many sessions without that block
                 raise
 
-        async def on_lost(exc: BaseException, delay: float) -> None:
+        async def on_lost(exc: BaseException, delay: float, opened: bool) -> None:
             stats.last_error = f"{type(exc).__name__}: {exc}"
             await reader.flush_dead(send)
-            log.warning("chain %s: %s lost (%s); reconnecting in %.2fs", reader.partition, reader.shown_url, stats.last_error, delay,
+            log.warning("chain %s: connection to %s %s (%s); reconnecting in %.2fs", reader.partition, reader.shown_url,
+                        "lost" if opened else "did not open", stats.last_error, delay,
                         extra={"event": "disconnect", "source": SOURCE, "partition": reader.partition, "url": reader.shown_url,
-                               "error": stats.last_error, "reconnect_in": round(delay, 3), "resume_from": _resume_point(reader),
+                               "opened": opened, "error": stats.last_error, "reconnect_in": round(delay, 3), "resume_from": _resume_point(reader),
                                "reconnects": stats.reconnects})
 
         await reconnect_forever(

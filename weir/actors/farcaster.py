@@ -494,13 +494,13 @@ async def run_shard_connection(
             request = subscribe_request(shard, from_id, event_types)
             await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
 
-        async def on_lost(exc: BaseException, delay: float) -> None:
+        async def on_lost(exc: BaseException, delay: float, opened: bool) -> None:
             stats.last_error = _describe(exc)
             resume_from = _resume_from(reader.last_id, settings.start)
-            log.warning("shard %d: stream from %s lost (%s); reconnecting in %.2fs from event %s",
-                        shard, target, stats.last_error, delay, resume_from,
-                        extra={"event": "disconnect", "source": SOURCE, "partition": str(shard),
-                               "url": str(target), "error": stats.last_error, "reconnect_in": round(delay, 3),
+            log.warning("shard %d: stream from %s %s (%s); reconnecting in %.2fs from event %s",
+                        shard, target, "lost" if opened else "did not open", stats.last_error, delay, resume_from,
+                        extra={"event": "disconnect", "source": SOURCE, "partition": str(shard), "url": str(target),
+                               "opened": opened, "error": stats.last_error, "reconnect_in": round(delay, 3),
                                "resume_from": resume_from, "reconnects": stats.reconnects})
 
         await reconnect_forever(

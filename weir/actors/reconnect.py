@@ -17,7 +17,7 @@ async def reconnect_forever(
     *,
     progress: Callable[[], int],
     is_transient: Callable[[BaseException], bool],
-    on_lost: Callable[[BaseException, float], Awaitable[None]],
+    on_lost: Callable[[BaseException, float, bool], Awaitable[None]],
     stats: Any,
     backoff: Backoff,
     rng: random.Random,
@@ -31,7 +31,8 @@ async def reconnect_forever(
         session: one connection's life; it ends by raising.
         progress: a counter that grows when a session delivers data. A session that delivered
             nothing counts against ``breaker``; one that did resets the backoff.
-        on_lost: called with the fault and the delay before the next try (log it, note it in the
+        on_lost: called with the fault, the delay before the next try, and whether the session
+            had opened (``stats.connected``: it got data) or failed before (log it, note it in the
             stats, hand on what is pending).
         stats: the source's statistics; ``connected`` and ``reconnects`` are kept here.
         retry_after: a delay the peer asked for (e.g. HTTP 429 Retry-After), used when longer.
@@ -51,7 +52,7 @@ async def reconnect_forever(
             await session()
             raise AssertionError("a source session ends by raising")  # pragma: no cover
         except Exception as exc:
-            stats.connected = False
+            opened, stats.connected = stats.connected, False  # opened: the session got as far as data
             progressed = progress() > before
             if breaker is not None and not progressed:
                 breaker.record_failure()
@@ -70,7 +71,7 @@ async def reconnect_forever(
                 delay = max(delay, hint)
             attempt += 1
             stats.reconnects += 1
-            await on_lost(exc, delay)
+            await on_lost(exc, delay, opened)
             await trio.sleep(delay)
         except BaseException:
             if breaker is not None:

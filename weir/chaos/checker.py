@@ -778,8 +778,8 @@ def _rate(samples: Sequence[Sample], start: float, end: float) -> float:
 
 
 _RESTART = re.compile(r"supervisor \S+: child \S+ restarting")
-# a JSON ``disconnect`` event (every source), or the text form of a Farcaster stream lost
-_RECONNECT = re.compile(r'"event": "disconnect"|stream from \S+ lost .* reconnecting')
+# a JSON ``disconnect`` event (every source), or the text form of a Farcaster stream lost (or never opened)
+_RECONNECT = re.compile(r'"event": "disconnect"|stream from \S+ (?:lost|did not open) .* reconnecting')
 _SUPERVISION_TEXT = re.compile(r"supervisor (\S+): child (\S+) (restarting|escalated)")
 _SUPERVISION_EVENTS = {"restart": "restart", "escalation": "escalation", "restarting": "restart", "escalated": "escalation"}
 

@@ -207,6 +207,9 @@ class ServiceCollector(Collector):
 
     def _breakers(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("weir_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", labels=["breaker"])
+        # The same by name: 1 for the state it is in, 0 for the others (no code to look up in a dashboard).
+        status = GaugeMetricFamily("weir_breaker_status", "1 for the circuit breaker's current state, 0 for the others.",
+                                   labels=["breaker", "state"])
         opened = CounterMetricFamily("weir_breaker_opened", "Times the breaker opened (re-opening after a failed trial included).",
                                      labels=["breaker"])
         failures = GaugeMetricFamily("weir_breaker_consecutive_failures", "Failures since the breaker's last success.",
@@ -215,9 +218,11 @@ class ServiceCollector(Collector):
             stats = breaker.statistics()
             label = [redact_text(stats.name)]  # named after a node's URL: never with its credentials
             state.add_metric(label, BREAKER_STATE_VALUE[stats.state])
+            for each in BreakerState:
+                status.add_metric([*label, each.value], 1 if each is stats.state else 0)
             opened.add_metric(label, stats.opened_count)
             failures.add_metric(label, stats.consecutive_failures)
-        yield from (state, opened, failures)
+        yield from (state, status, opened, failures)
 
     def _endpoint(self) -> Iterator[Metric]:
         endpoint = getattr(self.service, "observability", None)
