@@ -18,11 +18,10 @@ import pytest
 import trio
 
 from weir.app import Service, serve
-from weir.bridge import call_asyncio
 from weir.config import Config, load_config
 from weir.logs import JsonFormatter
 from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
-from weir.sim.snapchain import SnapchainSim, serve_snapchain
+from weir.sim.in_process import open_snapchain_sim_in_process
 from weir.sinks.keys import partition_keys
 
 POLL = 0.02
@@ -69,15 +68,17 @@ def e2e_config(redis_url: str, farcaster_url: str, *, shards: str = "1,2", **ove
 
 
 @asynccontextmanager
-async def running_service(config: Config, *, stop_timeout: float = 10.0) -> AsyncIterator[tuple[Service, trio.Event]]:
-    """Run ``serve(config)`` for the block; on exit ask it to stop (ordered drain) and wait for it.
+async def running_service(config: Config, *, stop_timeout: float = 10.0,
+                          **serve_options: Any) -> AsyncIterator[tuple[Service, trio.Event]]:
+    """Run ``serve(config, **serve_options)`` for the block; on exit ask it to stop (ordered drain)
+    and wait for it.
 
     Fails if the drain takes longer than ``stop_timeout`` seconds.
     """
     stopping = trio.Event()
     with trio.CancelScope() as bound:
         async with trio.open_nursery() as nursery:
-            service = await nursery.start(functools.partial(serve, config, stopping=stopping))
+            service = await nursery.start(functools.partial(serve, config, stopping=stopping, **serve_options))
             try:
                 yield service, stopping
             finally:
@@ -87,24 +88,8 @@ async def running_service(config: Config, *, stop_timeout: float = 10.0) -> Asyn
         raise AssertionError(f"the service did not stop within {stop_timeout} s of being asked to")
 
 
-SIM_CLOSE_TIMEOUT = 5.0
-
-
-@asynccontextmanager
-async def in_process_sim(config: SnapchainSimConfig) -> AsyncIterator[tuple[SnapchainSim, str]]:
-    """The simulator in this process's asyncio loop (needs open_asyncio_loop); yields it and its URL."""
-    sim, port = await call_asyncio(serve_snapchain, config)
-    try:
-        yield sim, f"http://127.0.0.1:{port}"
-    finally:
-        with trio.CancelScope(shield=True):
-            sim.close()
-            # Bounded: on Python 3.11 asyncio's Server.wait_closed waits for every client
-            # connection, and one gRPC client connection has been seen left open after a storm
-            # of idle-watchdog reconnects (a race between cancelling a connect and closing its
-            # channel, under investigation). The test's own assertions are made before this.
-            with trio.move_on_after(SIM_CLOSE_TIMEOUT):
-                await call_asyncio(sim.wait_closed)
+# The simulator in this process (it opens the asyncio loop itself if the test has none).
+in_process_sim = open_snapchain_sim_in_process
 
 
 async def stream_entries(client: Any, shard: int | str) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -82,9 +82,15 @@ def test_an_unknown_top_level_key_is_named_as_an_unknown_setting(tmp_path: Path)
         load_config(path, environ={})
 
 
-def test_a_service_with_no_network_is_refused() -> None:
+def test_a_service_with_no_network_is_refused_by_weir_run_but_not_by_load_config(capsys) -> None:
+    from weir.cli import main
+    from weir.config import require_a_network
+
+    config = load_config(environ={}, overrides={"farcaster.enabled": "false"})  # an embedding program's own networks may run
     with pytest.raises(ConfigError, match="farcaster.enabled: no network is enabled"):
-        load_config(environ={}, overrides={"farcaster.enabled": "false"})
+        require_a_network(config)
+    assert main(["run", "--set", "farcaster.enabled=false"]) == 2
+    assert "weir: config error: farcaster.enabled: no network is enabled" in capsys.readouterr().err
 
 
 def _numeric_settings() -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,12 +21,13 @@ import attrs
 import trio
 
 from weir.actors.batch import BatchPolicy
+from weir.actors.filter import Predicate, all_of
 from weir.actors.persist import DurableMark
 from weir.actors.pipeline import PipelineStats, build_pipeline
 from weir.actors.stopping import until_stopped
 from weir.bridge import open_asyncio_loop
 from weir.config import Config
-from weir.networks import Network, NetworkContext, enabled_networks
+from weir.networks import Network, NetworkContext, NetworkFactory, enabled_networks
 from weir.observability.http import Observability, open_observability
 from weir.sinks.embedded_redis import (
     RedisServerConfig,
@@ -130,13 +131,26 @@ async def serve(
     config: Config,
     *,
     stopping: trio.Event | None = None,
+    event_filter: Predicate | None = None,
+    networks: Sequence[NetworkFactory] | None = None,
     task_status: trio.TaskStatus[Service | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until ``stopping`` is set (ordered drain) or the root supervisor gives up.
 
     Hands the caller the running :class:`Service` once every pipeline has started (``None`` if it
     was stopped before the partitions were known; a service already stopping if the stop came
-    while its pipelines were starting).
+    while its pipelines were starting). Use it with ``nursery.start`` (docs/embedding.md).
+
+    Args:
+        event_filter: ``(event) -> bool``, asked in every pipeline's filter actor after the
+            configured filters; an event it refuses is not persisted, and the cursor still moves
+            past it. An exception it raises crashes the pipeline (restarted from the cursor, so
+            the same event is asked again: one that always raises ends in the root giving up).
+        networks: the networks to run, instead of those ``config`` enables (classes, or factories
+            called as ``factory(config, context)``); each still reads its settings from ``config``.
+
+    Raises:
+        SupervisorEscalation: (in an exception group) the root supervisor gave up.
     """
     if stopping is None:
         stopping = trio.Event()
@@ -145,9 +159,13 @@ async def serve(
     backoff = Backoff(initial=sup.backoff_initial, maximum=sup.backoff_max)
     breaker = sup.breaker("redis")
     context = NetworkContext(backoff=backoff, rng=rng, redis_breaker=breaker)
-    networks = [factory(config, context) for factory in enabled_networks(config)]
-    if not networks:
+    factories = enabled_networks(config) if networks is None else list(networks)
+    running = [factory(config, context) for factory in factories]
+    if not running:
         raise ValueError("no network is enabled: set one of farcaster.enabled, atproto.enabled, ethereum.enabled to true")
+    names = [network.name for network in running]
+    if len(set(names)) < len(names):  # they would write to the same Redis keys
+        raise ValueError(f"two networks share a name: {sorted(names)}")
     policy = BatchPolicy(
         max_events=config.batch.max_events,
         max_bytes=config.batch.max_bytes,
@@ -157,7 +175,7 @@ async def serve(
     async with open_asyncio_loop(), open_redis_url(config) as redis_url, AsyncExitStack() as sinks:
         children: list[ChildSpec] = []
         views: list[PartitionView] = []
-        for network in networks:
+        for network in running:
             sink = RedisSink(redis_url, prefix=config.redis.prefix, source=network.name, socket_timeout=config.redis.socket_timeout)
             await sink.open()
             sinks.push_async_callback(_close_shielded, sink)
@@ -172,7 +190,7 @@ async def serve(
                 children.append(
                     ChildSpec(
                         name=view.name,
-                        target=_pipeline(network, partition, view, sink, policy, breaker, context, sup).run,
+                        target=_pipeline(network, partition, view, sink, policy, breaker, context, sup, event_filter).run,
                         shutdown_grace=30.0,
                     )
                 )
@@ -184,7 +202,7 @@ async def serve(
             "root", children, strategy=Strategy.ONE_FOR_ONE, max_restarts=sup.max_restarts, period=sup.period,
             backoff=backoff, rng=rng,
         )
-        service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, networks=networks,
+        service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, networks=running,
                           observability=observability)
         if observability is not None:
             observability.attach(service)
@@ -214,7 +232,7 @@ async def _run_root(root: Supervisor, stopping: trio.Event, task_status: trio.Ta
 
 
 def _pipeline(network: Network, partition: str, view: PartitionView, sink: RedisSink, policy: BatchPolicy,
-              breaker: CircuitBreaker, context: NetworkContext, sup: Any) -> Supervisor:
+              breaker: CircuitBreaker, context: NetworkContext, sup: Any, event_filter: Predicate | None) -> Supervisor:
     mark = DurableMark(partition)
 
     async def read_cursor() -> Cursor | None:
@@ -231,7 +249,7 @@ def _pipeline(network: Network, partition: str, view: PartitionView, sink: Redis
         view.name,
         partition=partition,
         source=network.source(partition, read_cursor=read_cursor, read_since=read_since, stats=view.source),
-        predicate=network.predicate(),
+        predicate=all_of(network.predicate(), event_filter),  # the configured filter first
         policy=policy,
         sink=sink,
         breaker=breaker,

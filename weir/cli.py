@@ -7,6 +7,7 @@ Commands: ``run`` (the service), ``demo`` (simulator + pipeline + embedded Redis
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any
 import trio
 
 from weir import __version__, entry
-from weir.config import Config, ConfigError, environment_variables, load_config
+from weir.config import Config, ConfigError, environment_variables, load_config, require_a_network
 from weir.logs import configure_logging
 from weir.redact import redact_text
 from weir.sinks.embedded_redis import EmbeddedRedisError
@@ -219,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return chaos_main(args)
     try:
         config = _config_from(args)
+        if args.command == "run":
+            require_a_network(config)
     except ConfigError as exc:
         print(f"weir: config error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -227,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
     configure_logging(level, config.log_format)
     if args.command == "run":
-        return _run_trio(config, _run_command, config)
+        return run_until_signalled(config)
     if args.command == "demo":
         from weir.demo import run_demo
 
@@ -239,16 +242,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-async def serve_until_signalled(config: Config, *, on_started=None) -> int:
+def run_until_signalled(config: Config, **serve_options: Any) -> int:
+    """Run the service in this thread (the main one) until SIGINT or SIGTERM, as ``weir run`` does.
+
+    The first signal drains and stops; a second one stops at once. ``serve_options`` are
+    :func:`weir.app.serve`'s (``event_filter``, ``networks``).
+
+    Returns:
+        ``weir run``'s exit status: 0 after an ordered stop, 130 after a second signal, 1 if the
+        service gave up, ``weir.errors.EXIT_FATAL`` on a fatal error (logged).
+    """
+    return _run_trio(config, functools.partial(serve_until_signalled, config, **serve_options))
+
+
+async def serve_until_signalled(config: Config, *, on_started=None, **serve_options: Any) -> int:
     """Run the service; first SIGINT/SIGTERM drains and exits 0, a second one exits at once."""
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            return await _serve_with_signals(config, signals, on_started)
+            return await _serve_with_signals(config, signals, on_started, serve_options)
     finally:
         entry.release()  # trio put back the start-up handler: signals from now on act as usual
 
 
-async def _serve_with_signals(config: Config, signals: Any, on_started: Any) -> int:
+async def _serve_with_signals(config: Config, signals: Any, on_started: Any, serve_options: dict[str, Any]) -> int:
     from weir.app import serve
     from weir.errors import EXIT_FATAL, fatal_in
     from weir.supervision import SupervisorEscalation
@@ -286,7 +302,7 @@ async def _serve_with_signals(config: Config, signals: Any, on_started: Any) -> 
 
             async def serve_then_stop_watching(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
-                    await serve(config, stopping=stopping, task_status=task_status)
+                    await serve(config, stopping=stopping, task_status=task_status, **serve_options)
                 finally:
                     nursery.cancel_scope.cancel()
 
@@ -307,10 +323,6 @@ async def _serve_with_signals(config: Config, signals: Any, on_started: Any) -> 
         return EXIT_INTERRUPTED
     log.info("stopped cleanly", extra={"event": "stopped"})
     return EXIT_OK
-
-
-async def _run_command(config: Config) -> int:
-    return await serve_until_signalled(config)
 
 
 def print_json(entry: dict) -> None:

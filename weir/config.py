@@ -193,6 +193,12 @@ class EthereumSettings:
 
 @attrs.frozen(kw_only=True)
 class Config:
+    """Every setting of the service, one section per attribute (``Config()``: the defaults).
+
+    Build one with :func:`load_config` (validated, as the CLI does), or change one with
+    ``attrs.evolve(config, farcaster=attrs.evolve(config.farcaster, start="oldest"))``.
+    """
+
     redis: RedisSettings = RedisSettings()
     batch: BatchSettings = BatchSettings()
     supervision: SupervisionSettings = SupervisionSettings()
@@ -280,6 +286,20 @@ def load_config(
         else:
             raw.setdefault(section, {})[key] = (value, origin)
     return _build(raw)
+
+
+def require_a_network(config: Config) -> None:
+    """``weir run``'s check that ``config`` enables one of weir's networks.
+
+    Not part of :func:`load_config`: a program embedding weir may run only networks of its own
+    (docs/embedding.md), with every built-in one disabled.
+
+    Raises:
+        ConfigError: no built-in network is enabled.
+    """
+    if not (config.farcaster.enabled or config.atproto.enabled or config.ethereum.enabled):
+        raise ConfigError("farcaster.enabled: no network is enabled: set farcaster.enabled, atproto.enabled "
+                          "or ethereum.enabled to true")
 
 
 def _read_config_file(path: Path) -> str:
@@ -496,8 +516,6 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
         positive(f"metrics.{key}", getattr(config.metrics, key))
     at_least("metrics.max_connections", config.metrics.max_connections, 1)
     _validate_ethereum(config.ethereum, fail)
-    if not (config.farcaster.enabled or config.atproto.enabled or config.ethereum.enabled):
-        fail("farcaster.enabled", "no network is enabled: set farcaster.enabled, atproto.enabled or ethereum.enabled to true")
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         fail("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
     if config.log_format not in {"auto", "text", "json"}:

@@ -51,6 +51,10 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> None:
+    """Log to ``stream`` (stderr) at ``level`` and above, replacing the root logger's handlers.
+
+    ``fmt``: "json" (one object a line, with each record's ``event`` fields), "text", or "auto"
+    (text on a terminal, JSON otherwise)."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())

@@ -13,6 +13,22 @@ from weir.events import Chunk, Event
 Predicate = Callable[[Event], bool]
 
 
+def all_of(*predicates: Predicate | None) -> Predicate | None:
+    """One predicate that keeps an event only if every given one does, asked in order (the first
+    that refuses ends it: a user's predicate after the configured ones sees only what they kept).
+    ``None`` entries are skipped; ``None`` if none is left (the filter actor then keeps all)."""
+    chain = tuple(predicate for predicate in predicates if predicate is not None)
+    if not chain:
+        return None
+    if len(chain) == 1:
+        return chain[0]
+
+    def keep(event: Event) -> bool:
+        return all(predicate(event) for predicate in chain)
+
+    return keep
+
+
 async def run_filter(
     stopping: trio.Event,
     *,
