@@ -4,7 +4,7 @@
     python benchmarks/bench_atproto.py [--events 3000] [--repeat 5]
 
 Frames: the simulator's history (real DAG-CBOR, CAR and CIDs; ~1.5 ops per commit, some identity /
-account / sync) and, when ``../shared/fixtures`` exists, the 12 frames recorded from Bluesky's relay.
+account / sync) and the 12 frames recorded from Bluesky's relay (tests/fixtures/atproto/frames, or ``$WEIR_FIXTURES``).
 
 - weir: ``FirehoseReader.read`` (libipld decode, filter on the ops, CAR index, sha-256 check of each
   kept record against its CID, one ``Event`` per kept op with the record's original bytes).
