@@ -4,7 +4,7 @@
     python benchmarks/bench_atproto.py [--events 3000] [--repeat 5]
 
 Frames: the simulator's history (real DAG-CBOR, CAR and CIDs; ~1.5 ops per commit, some identity /
-account / sync) and, when ``../shared/fixtures`` exists, the 12 frames recorded from Bluesky's relay.
+account / sync) and the 12 frames recorded from Bluesky's relay (tests/fixtures/atproto/frames, or ``$WEIR_FIXTURES``).
 
 - weir: ``FirehoseReader.read`` (libipld decode, filter on the ops, CAR index, sha-256 check of each
   kept record against its CID, one ``Event`` per kept op with the record's original bytes).
@@ -13,7 +13,13 @@ account / sync) and, when ``../shared/fixtures`` exists, the 12 frames recorded 
   record models (weir does not build those either). With the filter the SDK also skips the CAR of a
   commit with no wanted op. The SDK does not verify CIDs.
 
-Best of ``--repeat`` runs; one core. Prints a Markdown table.
+Then the stages where records change form, in µs per record (``--stages-only`` for these alone):
+DAG-CBOR -> JSON (``record_format = "json"``) and JSON -> DAG-CBOR (Jetstream records re-encoded and
+checked against their CID), by weir's pure-Python codec and by ``weir/codecs/atproto_json.py``
+(cbrrr), on the records of the simulated and recorded frames; and the readers that use them, in µs
+per event: ``FirehoseReader`` in json form, ``JetstreamReader`` in dag-cbor form.
+
+Best of ``--repeat`` runs; one core. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -24,15 +30,19 @@ import time
 import warnings
 from pathlib import Path
 
-from weir.actors.atproto import AtprotoStats, FirehoseReader
-from weir.codecs.atproto_firehose import RecordFilter
+import json
+
+from weir.actors.atproto import AtprotoStats, FirehoseReader, JetstreamReader
+from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_firehose import RecordFilter, decode_frame
+from weir.codecs.atproto_json import compact_json, json_dag_cbor, record_json
 from weir.sim.atproto_data import AtprotoSimConfig, generate_history
 
 COLLECTION = "app.bsky.feed.post"
 
 
 def fixture_frames() -> list[bytes]:
-    root = Path(os.environ.get("WEIR_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures")
+    root = Path(os.environ.get("WEIR_FIXTURES") or Path(__file__).resolve().parents[1] / "tests" / "fixtures")
     folder = root / "atproto" / "frames"
     return [p.read_bytes() for p in sorted(folder.glob("*.bin"))] if folder.is_dir() else []
 
@@ -69,6 +79,37 @@ def sdk_decode(frames: list[bytes], collection: str | None) -> int:
     return events
 
 
+def per_item(fn, items: list, repeat: int) -> float:
+    """Best µs per item of ``fn`` over ``items``."""
+    seconds, _ = best(lambda: [fn(item) for item in items], repeat)
+    return seconds / len(items) * 1e6
+
+
+def stages(history_frames: list[bytes], jetstream: list[str], recorded: list[bytes], repeat: int) -> None:
+    print("\n| stage | items | weir codec µs | atproto_json (cbrrr) µs | ratio |")
+    print("|---|---|---|---|---|")
+    for name, frames in (("simulated", history_frames), ("recorded", recorded * 100)):
+        blocks = [op.record for frame in frames for op in decode_frame(frame).ops if op.record]
+        if not blocks:
+            continue
+        docs = [json.loads(record_json(block)) for block in blocks]
+        for stage, slow, fast, items in (
+            ("DAG-CBOR -> JSON", lambda b: compact_json(cbor.to_json(cbor.decode(b))), record_json, blocks),
+            ("JSON -> DAG-CBOR", lambda d: cbor.encode(cbor.from_json(d)), json_dag_cbor, docs),
+        ):
+            t_slow, t_fast = per_item(slow, items, repeat), per_item(fast, items, repeat)
+            print(f"| {stage}, {name} records | {len(items):,} | {t_slow:.1f} | {t_fast:.1f} | {t_slow / t_fast:.1f}x |", flush=True)
+    print("\n| reader (as installed) | events | µs per event |")
+    print("|---|---|---|")
+    for form in ("dag-cbor", "json"):
+        reader_runs = lambda: FirehoseReader(partition="bench", stats=AtprotoStats(), record_format=form).read(history_frames, 0.0)
+        events = len(reader_runs().events)
+        print(f"| FirehoseReader, {form} | {events:,} | {best(reader_runs, repeat)[0] / events * 1e6:.1f} |", flush=True)
+    jet_runs = lambda: JetstreamReader(partition="bench", stats=AtprotoStats()).read(jetstream, 0.0)
+    events = len(jet_runs().events)
+    print(f"| JetstreamReader, dag-cbor | {events:,} | {best(jet_runs, repeat)[0] / events * 1e6:.1f} |", flush=True)
+
+
 def best(fn, repeat: int) -> tuple[float, int]:
     times, result = [], 0
     for _ in range(repeat):
@@ -82,10 +123,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--stages-only", action="store_true", help="only the per-record stages and readers")
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
-    sets = {"simulated": ([e.frame for e in generate_history(AtprotoSimConfig(seed=1, total=args.events))], 1)}
+    history = generate_history(AtprotoSimConfig(seed=1, total=args.events))
+    sets = {"simulated": ([e.frame for e in history], 1)}
     recorded = fixture_frames()
+    if args.stages_only:
+        stages(sets["simulated"][0], [m for e in history for _, m in e.jetstream], recorded, args.repeat)
+        return
     if recorded:
         sets["recorded x100"] = (recorded * 100, 100)
     try:
@@ -108,6 +154,7 @@ def main() -> None:
             else:
                 row += " – | – | – |"
             print(row, flush=True)
+    stages(sets["simulated"][0], [m for e in history for _, m in e.jetstream], recorded, args.repeat)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import json
 import logging
 import math
 import random
@@ -43,6 +42,7 @@ from weir.actors.stopping import until_stopped
 from weir.actors.ws_transport import WebSocketTarget, open_stream
 from weir.actors.ws_upgrade import upgrade_client
 from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_json import compact_json, json_dag_cbor, record_json
 from weir.actors.ws_bounded import OversizedMessage
 from weir.codecs.atproto_firehose import (
     HEAD_BYTES,
@@ -140,10 +140,6 @@ def _timestamp(text: str) -> float:
 
 def _bytes_of(head: bytes | str) -> bytes:
     return head.encode(errors="surrogatepass") if isinstance(head, str) else head
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @attrs.define(eq=False)
@@ -335,7 +331,7 @@ class FirehoseReader(_ReaderBase):
             payload = frame[decoded.body_offset :]
             if self.record_format == "json":
                 try:
-                    payload = _json_bytes(cbor.to_json(cbor.decode(payload)))
+                    payload = record_json(payload)
                 except cbor.CborError as exc:
                     dead.append(self._dead(frame, f"{decoded.type} seq {seq}: body: {exc}", seq, received))
                     continue
@@ -383,7 +379,7 @@ class FirehoseReader(_ReaderBase):
                 key = cid.encode()
                 payload = op.record
                 if as_json:
-                    payload = _json_bytes(cbor.to_json(cbor.decode(payload)))
+                    payload = record_json(payload)
             out.append(Event(source=SOURCE, partition=self.partition, position=decoded.seq, sub=op.index, kind="commit",
                              key=key, payload=payload, timestamp=timestamp, received=received, fields=fields))
         return out
@@ -538,16 +534,16 @@ class JetstreamReader(_ReaderBase):
             if isinstance(body.get("status"), str):
                 fields["status"] = body["status"]
         try:
-            payload = _json_bytes(body) if self.record_format == "json" else cbor.encode(cbor.from_json(body))
+            payload = compact_json(body) if self.record_format == "json" else json_dag_cbor(body)
         except cbor.CborError as exc:
             raise FrameError(f"{decoded.kind} at time_us {time_us}: {exc}", time_us) from None
         return dict(kind=decoded.kind, payload=payload, timestamp=_timestamp(fields["time"]), received=received, fields=fields)
 
     def _record_bytes(self, record: dict[str, Any], cid: str, time_us: int) -> bytes:
         if self.record_format == "json":
-            return _json_bytes(record)
+            return compact_json(record)
         try:
-            block = cbor.encode(cbor.from_json(record))
+            block = json_dag_cbor(record)
             problem = cbor.verify_block(cbor.CID.parse(cid).raw, block)
         except cbor.CborError as exc:
             raise FrameError(f"commit at time_us {time_us}: record: {exc}", time_us) from None

@@ -6,7 +6,9 @@ what libipld cannot do or what must not lose information:
 - a strict pure-Python DAG-CBOR decoder that keeps CIDs as :class:`CID` (libipld turns tag 42 into
   plain bytes, which is lossy) and reports where a value ends (needed to split a frame in two);
 - a canonical DAG-CBOR encoder (the simulator, and Jetstream records in ``dag-cbor`` form);
-- the AT Protocol JSON data model (``{"$link": cid}``, ``{"$bytes": base64}``) both ways;
+- the AT Protocol JSON data model (``{"$link": cid}``, ``{"$bytes": base64}``) both ways (records on
+  the hot path go through :mod:`weir.codecs.atproto_json`, cbrrr in C, which hands back to this
+  module whatever it refuses or could read differently);
 - a CAR v1 index: which byte range holds which block, found by CID.
 
 All errors are :class:`CborError` with a one-line message naming what and where (byte offset).
