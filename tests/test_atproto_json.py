@@ -132,3 +132,15 @@ json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.
 @example({"a": 1.0, "$bytes": "AA=="})
 def test_encoding_gives_weirs_bytes_and_refusals(value):
     assert fast_dag_cbor(value) == weir_dag_cbor(value)
+
+
+def test_without_cbrrr_weirs_own_codec_gives_the_same_bytes(monkeypatch):
+    """cbrrr is optional (the `fast` extra, no wheels on PyPI): without it, the same bytes."""
+    from weir.codecs import atproto_json
+
+    fast = [(atproto_json.record_json(block), atproto_json.json_dag_cbor(json.loads(record_json(block))))
+            for block in RECORDS + BODIES]
+    monkeypatch.setattr(atproto_json, "cbrrr", None)
+    slow = [(atproto_json.record_json(block), atproto_json.json_dag_cbor(json.loads(record_json(block))))
+            for block in RECORDS + BODIES]
+    assert slow == fast and len(slow) >= 22

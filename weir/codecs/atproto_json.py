@@ -1,6 +1,6 @@
 """AT Protocol records between DAG-CBOR and their JSON form, fast (sans-IO, pure functions).
 
-cbrrr (C) does the work: ~5x faster than :mod:`weir.codecs.atproto_cbor` both ways, same bytes
+cbrrr (C, the optional ``fast`` extra) does the work when it is installed: ~3-10x faster than :mod:`weir.codecs.atproto_cbor` both ways, same bytes
 out (tests/test_atproto_json.py checks on generated values and on the recorded relay frames).
 Whatever cbrrr refuses, or could read differently from weir's own codec, goes to that codec, which
 decides and names the fault: so a value is accepted, refused and written exactly as before. The
@@ -20,7 +20,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import cbrrr
+try:  # optional (the `fast` extra): without it, weir's own codec does the work, same bytes
+    import cbrrr
+except ImportError:  # pragma: no cover - exercised by a test that hides the module
+    cbrrr = None
 
 from weir.codecs.atproto_cbor import MAX_DEPTH, decode, encode, from_json, to_json
 
@@ -40,6 +43,8 @@ def record_json(block: bytes) -> bytes:
     Raises:
         CborError: ``block`` is not one valid DAG-CBOR value of the AT Protocol data model.
     """
+    if cbrrr is None:
+        return compact_json(to_json(decode(block)))
     try:
         out = compact_json(cbrrr.decode_dag_cbor(block, atjson_mode=True))
     except (ValueError, RecursionError, MemoryError):  # MemoryError: cbrrr's parse stack, on deep nesting
@@ -58,6 +63,8 @@ def json_dag_cbor(value: Any) -> bytes:
         CborError: ``value`` has no DAG-CBOR form (a float, a bad ``$link`` or ``$bytes``, an
             integer beyond 64 bits).
     """
+    if cbrrr is None:
+        return encode(from_json(value))
     try:
         out = cbrrr.encode_dag_cbor(value, atjson_mode=True)
     except (ValueError, TypeError):
