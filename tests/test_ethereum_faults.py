@@ -366,3 +366,28 @@ async def test_a_block_with_more_logs_than_max_logs_per_block_is_one_dead_letter
     reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
     assert len(reasons) == len(fat) == 4 and all("has 50 matching logs, above max_logs_per_block=20" in r for r in reasons)
     await assert_canonical(redis_client, sim, minus={(h, i) for h in fat for i in range(50)})
+
+
+async def test_a_node_that_keeps_forging_heads_is_refused_and_reported(redis_server, redis_client):
+    """16 implausible heads in a row: the connection is dropped, `refused` says why (/readyz shows
+    it as "node refused: …"), and once the node sends heads weir can follow, it is believed again."""
+    from weir.actors.ethereum import MALFORMED_RUN
+    from weir.observability.health import partition_problems
+
+    sim_config = EthereumSimConfig(chain_id=30, seed=20, block_time=0.02, logs_per_block=2, history=10, blocks=None)
+    async with simulated(sim_config) as (sim,):
+        config = eth_config(redis_server.url, [chain(sim)])
+        async with running_service(config) as (service, _):
+            view = service.partitions[0]
+            stats = view.source
+            await wait_for(lambda: stats.emitted_blocks > 5, timeout=TIMEOUT, what="weir to follow the chain")
+            sim.paused = True  # no real head in between: only forged ones
+            for i in range(MALFORMED_RUN):
+                sim.forge_head(1 << 60 | i)
+            await wait_for(lambda: stats.refused is not None, timeout=TIMEOUT, what="the node to be refused")
+            assert stats.implausible_heads == MALFORMED_RUN and stats.reconnects >= 1
+            assert any("node refused" in p for p in partition_problems(view, now=trio.current_time(), stale_after=30))
+            sim.paused = False
+            await wait_for(lambda: stats.refused is None, timeout=TIMEOUT, what="the node to be believed again")
+    dead = await redis_client("XLEN", partition_keys("ethereum", "30").dead)
+    assert dead == MALFORMED_RUN

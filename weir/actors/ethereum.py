@@ -127,6 +127,7 @@ class ChainStats:
     repeated_heads: int = 0  # heads skipped: blocks weir holds (or their ancestors), announced again
     behind_heads: int = 0  # heads skipped: at or below weir's tip while the node has no block at the tip's height
     implausible_heads: int = 0  # heads dead-lettered: a number that does not follow its parent's, or far above the node's head
+    refused: str | None = None  # why the node was last refused (implausible heads in a row); None once a head is followed
     last_error: str | None = None
 
 
@@ -185,6 +186,7 @@ class ChainReader:
     # Blocks whose logs came in a reply over max_reply_bytes (hash -> the limit): dead-lettered.
     oversized: dict[str, int] = attrs.Factory(dict)
     size_lessons: int = 0  # replies over max_reply_bytes that changed what is asked for
+    implausible_run: int = 0  # implausible heads in a row (reset by a head weir follows)
 
     @property
     def partition(self) -> str:
@@ -740,12 +742,25 @@ async def _follow_head(reader: ChainReader, rpc: RpcConnection, header: Header, 
         verdict = heads.Verdict(kind=heads.ASK)  # still far after a backfill (the node moved on): ask
     if verdict.kind == heads.IMPLAUSIBLE:
         # Never linked: a forged number would become the cursor, or send the backfill after blocks
-        # that do not exist. Dead-lettered; a run of them drops the connection (MALFORMED_RUN).
+        # that do not exist. Dead-lettered; MALFORMED_RUN of them in a row refuse the node: the
+        # connection is dropped and /readyz says why until the node sends a head weir can follow.
         stats.implausible_heads += 1
-        reader.dead_header(json.dumps({"number": hex(header.number), "hash": header.hash, "parentHash": header.parent_hash}).encode(),
-                           f"implausible head: block {header.number} ({header.hash}) after weir's tip {tip.number} "
-                           f"({tip.hash}): its number does not follow its parent's, or is far above the node's own head")
+        reader.implausible_run += 1
+        payload = json.dumps({"number": hex(header.number), "hash": header.hash, "parentHash": header.parent_hash}).encode()
+        reason = (f"implausible head: block {header.number} ({header.hash}) after weir's tip {tip.number} ({tip.hash}): "
+                  f"its number does not follow its parent's, or is far above the node's own head")
+        reader.pending_dead.append(DeadLetter(source=SOURCE, partition=reader.partition, payload=payload, reason=reason,
+                                              received=trio.current_time()))
+        log.warning("chain %s: dead letter: %s", reader.partition, reason,
+                    extra={"event": "dead_letter", "source": SOURCE, "partition": reader.partition})
         await reader.flush_dead(send)
+        if reader.implausible_run >= MALFORMED_RUN:
+            reader.implausible_run = 0
+            stats.refused = f"{MALFORMED_RUN} implausible heads in a row from {reader.shown_url}"
+            log.error("chain %s: node refused: %s", reader.partition, stats.refused,
+                      extra={"event": "node_refused", "source": SOURCE, "partition": reader.partition,
+                             "reason": stats.refused})
+            raise ProtocolError(f"node refused: {stats.refused}; dropping the connection")
         return
     if verdict.kind == heads.ASK:
         at_height = await _block_at(reader, rpc, header.number)
@@ -758,6 +773,8 @@ async def _follow_head(reader: ChainReader, rpc: RpcConnection, header: Header, 
         counter = {heads.REPEAT: "repeated_heads", heads.BEHIND: "behind_heads"}.get(verdict.kind, "stale_heads")
         setattr(stats, counter, getattr(stats, counter) + 1)
         return
+    reader.implausible_run = 0  # a head weir follows: the node is believed again
+    stats.refused = None
     target = verdict.header
     assert target is not None
     logs, dead = await reader.logs_by_hash(rpc, target.hash)
