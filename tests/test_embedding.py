@@ -7,7 +7,6 @@ real socket; the toy network is a user's own source, which is what registering o
 
 from __future__ import annotations
 
-import functools
 import re
 import runpy
 import subprocess
