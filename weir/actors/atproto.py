@@ -39,8 +39,7 @@ import trio_websocket
 
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
-from weir.actors.ws_transport import WebSocketTarget, open_stream
-from weir.actors.ws_upgrade import upgrade_client
+from weir.actors.ws_upgrade import open_client
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_json import compact_json, json_dag_cbor, record_json
 from weir.actors.ws_bounded import OversizedMessage
@@ -916,28 +915,12 @@ async def open_websocket(url: str, settings: AtprotoSettings) -> AsyncIterator[t
     """A client WebSocket whose TCP stream is always closed (trio-websocket's own
     ``open_websocket_url`` leaks the socket when the server rejects the handshake, e.g. with a 429).
     """
-    target = WebSocketTarget.from_url(url)
-    stream = await open_stream(target, connect_timeout=settings.connect_timeout)
-    try:
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(settings.connect_timeout):
-                ws = await upgrade_client(
-                    nursery, stream, target.host_header, target.resource,
-                    message_queue_size=settings.read_batch,
-                    # A message over the frame limit is read past, its head kept: it reaches the reader as an
-                    # OversizedMessage and becomes a dead letter; the connection is never closed with 1009.
-                    max_message_size=settings.max_frame_bytes, oversized_over=settings.max_frame_bytes,
-                    oversized_keep=max(HEAD_BYTES, settings.dead_letter_bytes),
-                )
-            try:
-                yield ws
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+    # A message over the frame limit is read past, its head kept: it reaches the reader as an
+    # OversizedMessage and becomes a dead letter; the connection is never closed with 1009.
+    async with open_client(url, connect_timeout=settings.connect_timeout, message_queue_size=settings.read_batch,
+                           max_message_size=settings.max_frame_bytes, oversized_over=settings.max_frame_bytes,
+                           oversized_keep=max(HEAD_BYTES, settings.dead_letter_bytes)) as (_, ws):
+        yield ws
 
 
 def _host(url: str) -> str:

@@ -13,8 +13,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from weir.actors.ws_transport import WebSocketTarget, open_stream
-from weir.actors.ws_upgrade import upgrade_client
+from weir.actors.ws_upgrade import open_client
 from weir.codecs.jsonrpc import ErrorReply, JsonRpcClientProtocol, Notification, ProtocolError
 
 HEAD_BUFFER = 1024  # pushes buffered while the reader is busy (catching up); more are dropped and counted
@@ -144,23 +143,7 @@ async def open_rpc(url: str, *, connect_timeout: float, request_timeout: float,
 @asynccontextmanager
 async def _rpc_nursery(url: str, connect_timeout: float, request_timeout: float,
                        max_reply_bytes: int) -> AsyncIterator[RpcConnection]:
-    # The TCP (or TLS) stream is opened and closed here: trio-websocket 0.12 leaves the socket open
-    # when the server closes the connection first (a ResourceWarning, and a leaked descriptor).
-    target = WebSocketTarget.from_url(url)
-    stream = await open_stream(target, connect_timeout=connect_timeout)
-    try:
-        async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
-                ws = await upgrade_client(nursery, stream, target.host_header, target.resource,
-                                          max_message_size=max_reply_bytes)
-            rpc = RpcConnection(ws=ws, timeout=request_timeout, max_reply=max_reply_bytes)
-            nursery.start_soon(rpc.read_loop)
-            try:
-                yield rpc
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
+    async with open_client(url, connect_timeout=connect_timeout, max_message_size=max_reply_bytes) as (nursery, ws):
+        rpc = RpcConnection(ws=ws, timeout=request_timeout, max_reply=max_reply_bytes)
+        nursery.start_soon(rpc.read_loop)
+        yield rpc

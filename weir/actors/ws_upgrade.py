@@ -12,6 +12,8 @@ measured it). :func:`upgrade_client` watches the stream under the upgrade and ra
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -19,6 +21,7 @@ import trio_websocket
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from weir.actors.ws_bounded import bounded_client
+from weir.actors.ws_transport import WebSocketTarget, open_stream
 
 __all__ = ["upgrade_client"]
 
@@ -94,3 +97,29 @@ async def upgrade_client(nursery: trio.Nursery, stream: trio.abc.Stream, host: s
     if ws is None:
         raise ConnectionClosed(CloseReason(ABNORMAL_CLOSURE, "the connection ended during the WebSocket upgrade"))
     return ws
+
+
+@asynccontextmanager
+async def open_client(url: str, *, connect_timeout: float,
+                      **options: Any) -> AsyncIterator[tuple[trio.Nursery, WebSocketConnection]]:
+    """A client WebSocket to ``url`` over a stream weir owns (:func:`~weir.actors.ws_transport.open_stream`):
+    connected and upgraded (:func:`upgrade_client` with ``options``) within ``connect_timeout``;
+    yields the connection's nursery (for a reader task of the caller's) and the connection. On
+    exit the WebSocket is closed (at most 1 s), then the stream, always: trio-websocket 0.12 leaves
+    the socket open when the server closes first or rejects the upgrade (a leaked descriptor).
+    """
+    target = WebSocketTarget.from_url(url)
+    stream = await open_stream(target, connect_timeout=connect_timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(connect_timeout):
+                ws = await upgrade_client(nursery, stream, target.host_header, target.resource, **options)
+            try:
+                yield nursery, ws
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
