@@ -16,7 +16,6 @@ Redis entry per log; see docs/ethereum.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -49,7 +48,7 @@ from weir.codecs.ethereum_logs import Header, LogDecoder
 from weir.codecs.jsonrpc import JsonRpcError, ProtocolError, from_quantity, to_quantity
 from weir.config import EthereumChainSettings
 from weir.errors import Fatal
-from weir.events import Chunk, DeadLetter
+from weir.events import Chunk
 from weir.sinks.redis_sink import Cursor
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -224,40 +223,30 @@ async def _follow_head(reader: ChainReader, rpc: RpcConnection, header: Header, 
     else:
         verdict = heads.Verdict(kind=heads.ASK)  # still far after a backfill (the node moved on): ask
     if verdict.kind == heads.IMPLAUSIBLE:
-        # Never linked: a forged number would become the cursor, or send the backfill after blocks
-        # that do not exist. Dead-lettered; MALFORMED_RUN of them in a row refuse the node: the
-        # connection is dropped and /readyz says why until the node sends a head weir can follow.
-        stats.implausible_heads += 1
-        reader.implausible_run += 1
-        payload = json.dumps({"number": hex(header.number), "hash": header.hash, "parentHash": header.parent_hash}).encode()
-        reason = (f"implausible head: block {header.number} ({header.hash}) after weir's tip {tip.number} ({tip.hash}): "
-                  f"its number does not follow its parent's, or is far above the node's own head")
-        reader.pending_dead.append(DeadLetter(source=SOURCE, partition=reader.partition, payload=payload, reason=reason,
-                                              received=trio.current_time()))
-        log.warning("chain %s: dead letter: %s", reader.partition, reason,
-                    extra={"event": "dead_letter", "source": SOURCE, "partition": reader.partition})
+        refused = reader.implausible_head(header, tip)
         await reader.flush_dead(send)
-        if reader.implausible_run >= MALFORMED_RUN:
-            reader.implausible_run = 0
-            stats.refused = f"{MALFORMED_RUN} implausible heads in a row from {reader.shown_url}"
-            log.error("chain %s: node refused: %s", reader.partition, stats.refused,
-                      extra={"event": "node_refused", "source": SOURCE, "partition": reader.partition,
-                             "reason": stats.refused})
-            raise ProtocolError(f"node refused: {stats.refused}; dropping the connection")
+        if refused is not None:  # /readyz says why until the node sends a head weir can follow
+            raise ProtocolError(f"node refused: {refused}; dropping the connection")
         return
     if verdict.kind == heads.ASK:
         at_height = await _block_at(reader, rpc, header.number)
-        at_tip = at_height if tip.number == header.number else (await _block_at(reader, rpc, tip.number) if verdict.ask_tip else None)
+        at_tip = None
+        if verdict.ask_tip:
+            at_tip = at_height if tip.number == header.number else await _block_at(reader, rpc, tip.number)
         verdict = heads.second_look(tip, header, at_height=at_height, at_tip=at_tip)
-    if verdict.kind in (heads.REPEAT, heads.BEHIND, heads.STALE):
-        # REPEAT: the node re-announced a block weir holds (or an ancestor of it); BEHIND: the node
-        # is behind weir's tip; STALE: a head that waited in the buffer while weir learnt the newer
-        # chain another way. Following any of them would retract and re-emit blocks for nothing.
-        counter = {heads.REPEAT: "repeated_heads", heads.BEHIND: "behind_heads"}.get(verdict.kind, "stale_heads")
-        setattr(stats, counter, getattr(stats, counter) + 1)
+    # REPEAT: the node re-announced a block weir holds (or an ancestor of it); BEHIND: the node is
+    # behind weir's tip; STALE: a head that waited in the buffer while weir learnt the newer chain
+    # another way. Following any of them would retract and re-emit blocks for nothing.
+    if verdict.kind == heads.REPEAT:
+        stats.repeated_heads += 1
         return
-    reader.implausible_run = 0  # a head weir follows: the node is believed again
-    stats.refused = None
+    if verdict.kind == heads.BEHIND:
+        stats.behind_heads += 1
+        return
+    if verdict.kind == heads.STALE:
+        stats.stale_heads += 1
+        return
+    reader.followed_head()
     target = verdict.header
     assert target is not None
     logs, dead = await reader.logs_by_hash(rpc, target.hash)

@@ -7,6 +7,7 @@ start, backfill, live heads) is :mod:`weir.actors.ethereum`.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -186,18 +187,43 @@ class ChainReader:
         except ProtocolError as exc:
             reason = f"malformed header: {exc}"
             self.dead_header(raw_bytes(obj), reason)
+            self._malformed()
             raise MalformedHeader(reason) from None
         self.malformed_run = 0
         return header
 
     def dead_header(self, payload: bytes, reason: str) -> None:
-        """Dead-letter a header weir will not link (no position: it was never applied); a run of
-        MALFORMED_RUN bad items drops the connection."""
+        """Dead-letter a header weir will not link (no position: it was never applied); it goes out
+        with the next chunk, or alone (:meth:`flush_dead`)."""
         log.warning("chain %s: dead letter: %s", self.partition, reason,
                     extra={"event": "dead_letter", "source": SOURCE, "partition": self.partition})
         self.pending_dead.append(DeadLetter(source=SOURCE, partition=self.partition, payload=payload,
                                             reason=reason, received=trio.current_time()))
-        self._malformed()
+
+    def implausible_head(self, header: Header, tip: Header) -> str | None:
+        """Dead-letter a head :mod:`weir.codecs.ethereum_heads` judged implausible (never linked: a
+        forged number would become the cursor). Returns why the node is to be refused once
+        MALFORMED_RUN of them came in a row (``stats.refused`` says so until a head is followed),
+        else None."""
+        self.stats.implausible_heads += 1
+        self.implausible_run += 1
+        payload = json.dumps({"number": hex(header.number), "hash": header.hash, "parentHash": header.parent_hash}).encode()
+        self.dead_header(payload, f"implausible head: block {header.number} ({header.hash}) after weir's tip "
+                                  f"{tip.number} ({tip.hash}): its number does not follow its parent's, or is far "
+                                  f"above the node's own head")
+        if self.implausible_run < MALFORMED_RUN:
+            return None
+        self.implausible_run = 0
+        self.stats.refused = f"{MALFORMED_RUN} implausible heads in a row from {self.shown_url}"
+        log.error("chain %s: node refused: %s", self.partition, self.stats.refused,
+                  extra={"event": "node_refused", "source": SOURCE, "partition": self.partition,
+                         "reason": self.stats.refused})
+        return self.stats.refused
+
+    def followed_head(self) -> None:
+        """A head weir follows: the node is believed again."""
+        self.implausible_run = 0
+        self.stats.refused = None
 
     async def fetch_header(self, rpc: RpcConnection, method: str, params: list[Any], where: str,
                            *, first: Any = None) -> Header | None:
