@@ -200,11 +200,11 @@ class ChainFollower:
             return None
         first = branch[0].header
         at = self._index.get(first.parent_hash)
-        if at is not None and self._chain[at].header.number != first.number - 1:
-            parent = self._chain[at].header
-            raise ValueError(f"block {first.number} ({first.hash}) names block {parent.number} ({parent.hash}) "
-                             f"as its parent: a number that does not follow its parent's")
         if at is not None:
+            parent = self._chain[at].header
+            if parent.number != first.number - 1:
+                raise ValueError(f"block {first.number} ({first.hash}) names block {parent.number} ({parent.hash}) "
+                                 f"as its parent: a number that does not follow its parent's")
             for node in self._chain[at + 1 :]:
                 if node.emitted and node.logs is None:
                     return NeedLogs(node.header.hash)
@@ -344,7 +344,10 @@ class Linking:
         return self.branch[-1].header if self.branch else None
 
     def finish(self) -> list[Step]:
-        """Apply the branch (:meth:`need` returned None); the steps to emit, in order."""
-        if self.need() is not None:
-            raise ValueError("the branch does not link to the window yet (call need() until it returns None)")
+        """Apply the branch (:meth:`need` returned None); the steps to emit, in order.
+
+        Raises:
+            ValueError: the branch does not link to the window yet (from :meth:`ChainFollower.apply`).
+        """
+        self.branch = self.follower.trim_known(self.branch)
         return self.follower.apply(self.branch) if self.branch else []
