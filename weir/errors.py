@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 
-__all__ = ["EXIT_FATAL", "CertificateRefused", "Fatal", "certificate_error", "fatal_in"]
+__all__ = ["EXIT_FATAL", "CertificateRefused", "Fatal", "certificate_refused", "fatal_in"]
 
 #: weir's exit code after a fatal error (1 is any other failure, 2 a usage error).
 EXIT_FATAL = 3
@@ -35,11 +35,15 @@ def fatal_in(exc: BaseException | None) -> Fatal | None:
     return found if isinstance(found, Fatal) else None
 
 
-def certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure ``exc`` is, wraps or was caused by, if any (libraries
-    wrap it: redis-py in a ConnectionError, trio in BrokenResourceError)."""
+def certificate_refused(exc: BaseException | None, peer: str = "") -> CertificateRefused | None:
+    """The :class:`CertificateRefused` to raise (from ``exc``) when ``exc`` is, wraps or was caused
+    by a certificate verification failure (libraries wrap it: redis-py in a ConnectionError, trio
+    in BrokenResourceError); None otherwise. ``peer``: what was connected to (a redacted URL)."""
     found = _find(exc, ssl.SSLCertVerificationError)
-    return found if isinstance(found, ssl.SSLCertVerificationError) else None
+    if not isinstance(found, ssl.SSLCertVerificationError):
+        return None
+    where = f" of {peer}" if peer else ""
+    return CertificateRefused(f"the TLS certificate{where} was refused (CERTIFICATE_VERIFY_FAILED: {found.verify_message})")
 
 
 def _find(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:

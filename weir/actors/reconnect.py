@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from weir.errors import CertificateRefused, certificate_error
+from weir.errors import certificate_refused
 from weir.supervision import Backoff, CircuitBreaker
 
 
@@ -56,11 +56,9 @@ async def reconnect_forever(
             progressed = progress() > before
             if breaker is not None and not progressed:
                 breaker.record_failure()
-            refused = certificate_error(exc)
+            refused = certificate_refused(exc, peer)
             if refused is not None:
-                where = f" of {peer}" if peer else ""
-                raise CertificateRefused(f"the TLS certificate{where} was refused "
-                                         f"(CERTIFICATE_VERIFY_FAILED: {refused.verify_message})") from exc
+                raise refused from exc
             if not is_transient(exc):
                 raise
             if progressed:

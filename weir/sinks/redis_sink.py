@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from weir.bridge import call_asyncio
-from weir.errors import CertificateRefused, Fatal, certificate_error
+from weir.errors import Fatal, certificate_refused
 from weir.events import Chunk
 from weir.sinks.keys import (
     DEFAULT_PREFIX,
@@ -471,10 +471,9 @@ class RedisSink:
             except rex.BusyLoadingError as exc:
                 raise SinkUnavailable(f"redis at {self._shown_url} is loading its data: {exc}") from exc
             except rex.ConnectionError as exc:
-                refused = certificate_error(exc)
+                refused = certificate_refused(exc, f"redis at {self._shown_url}")
                 if refused is not None:
-                    raise CertificateRefused(f"the TLS certificate of redis at {self._shown_url} was refused "
-                                             f"(CERTIFICATE_VERIFY_FAILED: {refused.verify_message})") from exc
+                    raise refused from exc
                 if attempt == 1:
                     continue
                 raise SinkUnavailable(f"redis at {self._shown_url} unavailable: {exc}") from exc

@@ -396,14 +396,14 @@ class Supervisor:
         count = self._window.record(now)
         # A child supervisor that gave up on a fatal error is not restarted: it already retried
         # within its own intensity, and the error needs an operator (weir.errors).
-        gave_up_on_fatal = isinstance(error, SupervisorEscalation) and fatal_in(error) is not None
-        if self._window.exceeded(count) or gave_up_on_fatal:
+        fatal = fatal_in(error) if isinstance(error, SupervisorEscalation) else None
+        if self._window.exceeded(count) or fatal is not None:
             self._escalations += 1
             self._emit("escalated", child, error=error, restarts_in_period=count)
-            detail = (
+            detail = f"fatal: {fatal}" if fatal is not None else (
                 f"{count} restarts within {self._window.period}s exceed max_restarts="
                 f"{self._window.max_restarts}"
-            ) if not gave_up_on_fatal else f"fatal: {fatal_in(error)}"
+            )
             self._escalation = (SupervisorEscalation(self._name, child.spec.name, detail), error)
             return
         if self._last_restart_at is not None and now - self._last_restart_at >= self._stable_after:
