@@ -345,17 +345,13 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
     """Catch up to block ``target`` with ranges (after a reconnect, a restart or a large gap)."""
     follower = reader.follower
     assert follower is not None
-    settings = reader.settings
     stats = reader.stats
     retries = 0
     start, fetched, splits = None, 0, stats.range_splits
     while (tip := follower.tip) is not None and tip.number < target:
         first = tip.number + 1
-        span = settings.backfill_blocks if reader.range_cap is None else min(settings.backfill_blocks, reader.range_cap)
-        last = min(target, first + span - 1)
+        last = min(target, first + reader.range_span() - 1)
         blocks = await reader.blocks_by_range(rpc, first, last)
-        if blocks is not None and reader.range_cap is not None:  # a range read whole: ask for more again
-            reader.range_cap = None if span * 2 >= settings.backfill_blocks else span * 2
         if blocks is None:
             await reader.flush_dead(send)
             retries += 1
@@ -363,6 +359,7 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
                 raise BlockUnavailable(f"chain {reader.partition}: blocks {first}..{last} keep changing while fetched")
             target = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
             continue
+        reader.range_read_whole()
         start = first if start is None else start
         fetched += len(blocks)
         stats.backfilled_blocks += len(blocks)

@@ -431,6 +431,17 @@ class ChainReader:
         logs, bad = self._parse_logs(items, f"eth_getLogs({first}..{last})")
         return logs, [(_block_hash_of(item), letter) for item, letter in bad]
 
+    def range_span(self) -> int:
+        """Blocks per backfill range: ``backfill_blocks``, or fewer while :attr:`range_cap` holds
+        after a reply over ``max_reply_bytes``."""
+        return self.settings.backfill_blocks if self.range_cap is None else min(self.settings.backfill_blocks, self.range_cap)
+
+    def range_read_whole(self) -> None:
+        """A range came back whole: ask for twice as much next time, up to ``backfill_blocks``."""
+        if self.range_cap is not None:
+            span = self.range_span()
+            self.range_cap = None if span * 2 >= self.settings.backfill_blocks else span * 2
+
     async def blocks_by_range(self, rpc: RpcConnection, first: int, last: int) -> list[Block] | None:
         """Headers and logs of [first, last]; None when they disagree (a reorg while fetching)."""
         headers: list[Header] = []
