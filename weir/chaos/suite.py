@@ -458,8 +458,6 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                                         f"(expected exit code {scenario.exits})")
                     elif weir.returncode != scenario.exits:
                         problems.append(f"weir exited with {weir.returncode}, expected {scenario.exits}")
-                    problems += await network.finish(offered)
-                    nursery.cancel_scope.cancel()
                 elif not await drain(scenario.drain_timeout):
                     problems.append(
                         f"not drained {scenario.drain_timeout:g} s after the last fault cleared (a hang?): "
@@ -472,8 +470,8 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                     code = await weir.terminate(timeout=15)
                     if code != 0:
                         problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
-                    problems += await network.finish(offered)
-                    nursery.cancel_scope.cancel()
+                problems += await network.finish(offered)
+                nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 weir.resume()
