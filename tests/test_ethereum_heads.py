@@ -237,6 +237,16 @@ def driver_after_wait(world: World, persisted: list[Step], confirmations: int) -
     return driver
 
 
+def following(world: World, blocks: int, n_logs: int) -> tuple[Driver, list[Step]]:
+    """A driver that followed ``blocks`` new blocks of ``n_logs`` logs each, and every step it emitted."""
+    follower, steps = fresh(world, 0)
+    driver = Driver(world, follower)
+    for _ in range(blocks):
+        world.extend(n_logs)
+        driver.head(Backend(world), world.head)
+    return driver, steps + driver.steps
+
+
 def restarted_after(world: World, steps: list[Step]) -> ChainFollower:
     _, hash_ = parse_token(steps[-1].token)
     return ChainFollower.resume(seq=steps[-1].seq, tip=world.by_hash[hash_])
@@ -246,12 +256,8 @@ def test_the_issue_9_restart_two_blocks_re_announced_after_subscribe_retract_not
     """The defect of issue 9: after a restart the node re-announced the two blocks at and below
     the cursor; weir retracted both and emitted their logs again."""
     world = World()
-    follower, steps = fresh(world, 0)
-    driver = Driver(world, follower)
-    for _ in range(2):
-        world.extend(3)
-        driver.head(Backend(world), world.head)
-    driver = Driver(world, restarted_after(world, steps + driver.steps))
+    _, steps = following(world, 2, 3)
+    driver = Driver(world, restarted_after(world, steps))
     node = Backend(world)
     for header in world.canonical[-2:]:
         driver.session(node, header)
@@ -260,13 +266,9 @@ def test_the_issue_9_restart_two_blocks_re_announced_after_subscribe_retract_not
 
 def test_after_a_restart_an_old_head_from_a_node_that_replaced_the_tip_follows_its_block_at_the_tip():
     world = World()
-    follower, steps = fresh(world, 0)
-    driver = Driver(world, follower)
-    for _ in range(4):
-        world.extend(1)
-        driver.head(Backend(world), world.head)
+    _, steps = following(world, 4, 1)
     orphan = world.head
-    driver = Driver(world, restarted_after(world, steps + driver.steps))  # the window: the tip alone
+    driver = Driver(world, restarted_after(world, steps))  # the window: the tip alone
     world.reorg(1, 1, 1)  # a sibling of the tip replaces it while weir is down
     driver.head(Backend(world), world.canonical[-3])  # an older head, announced again
     assert [(s.kind, s.header) for s in driver.steps] == [(RETRACT, orphan), (APPLY, world.head)]
@@ -276,12 +278,8 @@ def test_after_a_restart_an_old_head_from_a_node_that_replaced_the_tip_follows_i
 
 def test_a_lagging_backend_announcing_old_heads_is_behind_not_a_reorg():
     world = World()
-    follower, _ = fresh(world, 0)
-    driver = Driver(world, follower)
-    lagging = Backend(world)
-    for _ in range(5):
-        world.extend(1)
-        driver.head(Backend(world), world.head)
+    lagging = Backend(world)  # it saw genesis only
+    driver, _ = following(world, 5, 1)
     tip, seq = driver.follower.tip, driver.follower.seq
     genesis = lagging.chain[-1]
     assert heads.first_look(tip, driver.follower.knows(genesis.hash), genesis, gap_fetch=GAP_FETCH).kind == heads.REPEAT
