@@ -12,7 +12,11 @@ from weir.chaos.farcaster import FARCASTER
 from weir.chaos.schedule import Schedule, TimedFault
 from weir.chaos.source import ChaosSource, Load
 
-__all__ = ["Scenario", "fault"]
+__all__ = ["REDIS_OUTAGE_LOGS", "Scenario", "fault"]
+
+#: What a Redis outage must make weir say, whatever the source (docs/observability.md): the persist
+#: actor notices the failed write, and says so again when a write succeeds.
+REDIS_OUTAGE_LOGS = ("sink_unavailable", "sink_available")
 
 
 def fault(target: str, kind: str, start: float, duration: float = 0.0, **params: object) -> TimedFault:

@@ -14,8 +14,7 @@ The engine is :mod:`weir.chaos.suite`; the results are in docs/resilience.md.
 from __future__ import annotations
 
 from weir.chaos.atproto import FIREHOSE, JETSTREAM, AtprotoSource
-from weir.chaos.scenario import Scenario, fault
-from weir.chaos.scenarios.farcaster import REDIS_OUTAGE_LOGS
+from weir.chaos.scenario import REDIS_OUTAGE_LOGS, Scenario, fault
 from weir.chaos.schedule import Schedule
 
 __all__ = ["scenarios"]

@@ -9,15 +9,12 @@ block of 8 logs every 20 ms) after a history of 500 logs, unless a scenario says
 from __future__ import annotations
 
 from weir.chaos.ethereum import EthereumSource
-from weir.chaos.scenario import Scenario, fault
+from weir.chaos.scenario import REDIS_OUTAGE_LOGS, Scenario, fault
 from weir.chaos.schedule import Schedule
 
 __all__ = ["scenarios"]
 
 RATE = 400.0  # logs/s: a block every 20 ms
-
-#: What a Redis outage makes the persist actor say (as in the Farcaster scenarios).
-REDIS_OUTAGE_LOGS = ("sink_unavailable", "sink_available")
 
 PLAIN = EthereumSource()
 REORGING = EthereumSource(reorg_every=6, max_reorg_depth=3)  # a reorg of 1..3 blocks every ~6 blocks

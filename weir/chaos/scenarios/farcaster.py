@@ -10,15 +10,10 @@ duplicated or out of order; no cursor regression; recovery targets met). The eng
 
 from __future__ import annotations
 
-from weir.chaos.scenario import Scenario, fault
+from weir.chaos.scenario import REDIS_OUTAGE_LOGS, Scenario, fault
 from weir.chaos.schedule import Schedule
 
 __all__ = ["scenarios"]
-
-
-#: What a Redis outage must make weir say (docs/observability.md): the persist actor notices the
-#: failed write, and says so again when a write succeeds.
-REDIS_OUTAGE_LOGS = ("sink_unavailable", "sink_available")
 
 
 def _redis_timeout(seconds: float) -> Scenario:
