@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weir.protos.snapchain as models
