@@ -88,15 +88,14 @@ class GrpcTarget:
 
 
 def _open_channel(target: GrpcTarget):  # runs in asyncio
-    from grpclib.client import Channel
-
+    from weir.actors.grpc_channel import CoalescingChannel
     from weir.codecs.grpc_raw import RawBytesCodec
 
     context = None
     if target.tls:
         context = ssl.create_default_context()
         context.set_alpn_protocols(["h2"])
-    return Channel(target.host, target.port, ssl=context, codec=RawBytesCodec())
+    return CoalescingChannel(target.host, target.port, ssl=context, codec=RawBytesCodec())
 
 
 async def _get_info_aio(target: GrpcTarget, timeout: float):
