@@ -61,8 +61,12 @@ def test_weir_help_and_the_service_import_on_the_base_install(base_install, tmp_
     helped = run([base_install / "weir", "--help"], tmp_path)
     assert helped.returncode == 0, helped.stderr
     assert "run" in helped.stdout and "demo" in helped.stdout
-    imported = run([base_install / "python", "-c", "import weir.app, weir.networks.farcaster, weir.demo, weir.tail"], tmp_path)
-    assert imported.returncode == 0, imported.stderr
+    code = ("import weir.app, weir.demo, weir.tail, weir.actors.farcaster\n"
+            "from weir.config import Config\n"
+            "from weir.networks import enabled_networks\n"
+            "print([network.name for network in enabled_networks(Config())])")  # what `weir run` runs by default
+    imported = run([base_install / "python", "-c", code], tmp_path)
+    assert (imported.returncode, imported.stdout) == (0, "['farcaster']\n"), imported.stderr
 
 
 def test_the_demo_runs_on_the_base_install(base_install, tmp_path):
