@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -170,6 +171,19 @@ def fixture_file(path: Path | str) -> Path:
         pytest.fail(f"fixture file {found} is missing (tests/fixtures/README.md lists every file and its origin)",
                     pytrace=False)
     return found
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_package_source(destination: Path) -> Path:
+    """What ``pip install`` of the checkout builds from (pyproject.toml, README.md, weir/), copied to
+    ``destination``: the build's files land there, not in the checkout. Returns ``destination``."""
+    destination.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, destination / name)
+    shutil.copytree(ROOT / "weir", destination / "weir", ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
 
 
 def weir_args(command: str, *args: str) -> list[str]:

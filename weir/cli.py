@@ -215,13 +215,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":  # only the service drains on a signal; the rest stop as usual
         entry.release()
     if args.command == "chaos":
-        from weir.chaos.suite import main as chaos_main
-
+        try:
+            from weir.chaos.suite import main as chaos_main
+        except ModuleNotFoundError as exc:  # the suite runs every network's simulator
+            if (exc.name or "").partition(".")[0] == "weir":
+                raise
+            print(f"weir: chaos: the chaos suite needs every network's packages (no module named {exc.name!r}): "
+                  "pip install 'weir[all]'", file=sys.stderr)
+            return EXIT_USAGE
         return chaos_main(args)
     try:
         config = _config_from(args)
+        # The networks to run (the demo's: its simulator's) are imported now: one whose extra is not
+        # installed is a config error naming the pip command, before any Redis or simulator starts.
         if args.command == "run":
+            from weir.networks import enabled_networks
+
             require_a_network(config)
+            enabled_networks(config)
+        if args.command == "demo":
+            from weir.networks import network_class
+
+            network_class(args.network)
     except ConfigError as exc:
         print(f"weir: config error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

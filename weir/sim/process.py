@@ -20,10 +20,10 @@ import attrs
 import trio
 
 from weir.files import write_atomically
-from weir.sim.atproto_data import AtprotoSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the AT Protocol and Ethereum simulators' packages are extras (the demo's default needs neither)
+    from weir.sim.atproto_data import AtprotoSimConfig
     from weir.sim.ethereum import EthereumSimConfig
 
 
