@@ -82,9 +82,9 @@ async def open_redis_url(config: Config) -> AsyncIterator[str]:
     data_dir = Path(config.redis.data_dir).resolve()
     async with open_embedded_redis(RedisServerConfig(data_dir=data_dir, appendfsync=config.redis.appendfsync)) as server:
         (data_dir / REDIS_URL_FILE).write_text(server.url + "\n")
-        log.info("embedded Redis (%s %s) at %s (data in %s, AOF %s); connect with: %s -p %d",
-                 server.binary, ".".join(map(str, server.version or ())), server.url, data_dir,
-                 config.redis.appendfsync, client_command(server.binary), server.port)
+        log.info("embedded Redis at %s (%s %s from %s; data in %s, AOF %s); connect with: %s -p %d",
+                 server.url, server.binary.path.name, ".".join(map(str, server.version or ())), server.binary.origin,
+                 data_dir, config.redis.appendfsync, client_command(server.binary), server.port)
         try:
             yield server.url
         finally:

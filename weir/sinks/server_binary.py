@@ -42,7 +42,7 @@ class ServerBinary:
     origin: str
 
     def __str__(self) -> str:
-        return f"{self.path.name} ({self.origin})"
+        return f"{self.path.name} from {self.origin}"
 
 
 def _package_dir(name: str) -> Path | None:
