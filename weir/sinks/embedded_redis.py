@@ -80,7 +80,7 @@ def find_server_binary() -> ServerBinary:
     """
     found = server_binaries()
     if not found:
-        raise EmbeddedRedisError(f"embedded Redis: no valkey-server or redis-server found; {INSTALL_HINT}")
+        raise EmbeddedRedisError(f"no valkey-server or redis-server found: {INSTALL_HINT}")
     return found[0]
 
 
@@ -169,7 +169,7 @@ class RedisServer:
                 within :data:`READY_TIMEOUT` seconds.
         """
         if self.running:
-            raise EmbeddedRedisError(f"redis-server is already running (pid {self.pid})")
+            raise EmbeddedRedisError(f"{self.binary.path.name} is already running (pid {self.pid})")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.data_dir, os.W_OK | os.X_OK):
@@ -292,14 +292,14 @@ class RedisServer:
                         if "Address already in use" in text:
                             raise _PortInUse
                         raise EmbeddedRedisError(
-                            f"redis-server exited with {self._process.returncode} at start: "
+                            f"{self.binary.path.name} exited with {self._process.returncode} at start: "
                             f"{_last_line(text)}"
                         )
                     await trio.sleep(_POLL_INTERVAL)
         except trio.TooSlowError:
             await self.kill()
             raise EmbeddedRedisError(
-                f"redis-server on port {self.port} not ready within {READY_TIMEOUT} s; log: {self.log_path}"
+                f"{self.binary.path.name} on port {self.port} not ready within {READY_TIMEOUT} s; log: {self.log_path}"
             ) from None
         except BaseException:
             if self.running:

