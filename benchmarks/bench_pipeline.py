@@ -450,9 +450,9 @@ def _worker_argv(spec: dict) -> list[str]:
 
 
 def _machine() -> dict:
-    from weir.sinks.embedded_redis import redis_server_binary
+    from weir.sinks.embedded_redis import find_server_binary
 
-    version = subprocess.run([str(redis_server_binary()), "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([str(find_server_binary().path), "--version"], capture_output=True, text=True).stdout.strip()
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -24,8 +24,16 @@ from weir.logs import JsonFormatter
 from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
 from weir.sim.in_process import open_snapchain_sim_in_process
 from weir.sinks.keys import partition_keys
+from weir.sinks.server_binary import ServerBinary, server_binaries
 
 POLL = 0.02
+
+#: Every server binary installed, in weir's search order (tests marked every_server run on each).
+SERVER_BINARIES = server_binaries()
+
+
+def server_binary_id(binary: ServerBinary) -> str:
+    return binary.origin if binary.origin != "PATH" else f"PATH-{binary.path.name}"
 
 
 def keys(shard: int | str):

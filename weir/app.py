@@ -29,11 +29,8 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import Network, NetworkContext, NetworkFactory, enabled_networks
 from weir.observability.http import Observability, open_observability
-from weir.sinks.embedded_redis import (
-    RedisServerConfig,
-    open_embedded_redis,
-    redis_server_binary,
-)
+from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
+from weir.sinks.server_binary import client_command
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
@@ -85,9 +82,9 @@ async def open_redis_url(config: Config) -> AsyncIterator[str]:
     data_dir = Path(config.redis.data_dir).resolve()
     async with open_embedded_redis(RedisServerConfig(data_dir=data_dir, appendfsync=config.redis.appendfsync)) as server:
         (data_dir / REDIS_URL_FILE).write_text(server.url + "\n")
-        # redis-cli ships beside the embedded redis-server; it is rarely on PATH
-        log.info("embedded Redis at %s (data in %s, AOF %s); connect with: %s -p %d",
-                 server.url, data_dir, config.redis.appendfsync, redis_server_binary().with_name("redis-cli"), server.port)
+        log.info("embedded Redis at %s (%s %s from %s; data in %s, AOF %s); connect with: %s -p %d",
+                 server.url, server.binary.path.name, ".".join(map(str, server.version or ())), server.binary.origin,
+                 data_dir, config.redis.appendfsync, client_command(server.binary), server.port)
         try:
             yield server.url
         finally:
