@@ -42,6 +42,7 @@ from helpers import metrics_url_from, wait_for, weir_args, weir_process
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
+DEMO = DEPLOY / "compose.demo.yaml"  # added to compose.yaml: the simulator instead of mainnet
 KUBERNETES = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "weir.service"
 WEIR_ENDPOINTS = {"/metrics", "/healthz", "/readyz"}  # weir/observability/http.py
@@ -53,6 +54,10 @@ def load_yaml(path: Path) -> Any:
 
 def compose() -> dict[str, Any]:
     return load_yaml(COMPOSE)
+
+
+def compose_demo() -> dict[str, Any]:
+    return load_yaml(DEMO)
 
 
 def compose_schema() -> dict[str, Any]:
@@ -189,7 +194,8 @@ def test_the_image_is_built_from_files_the_build_context_holds_and_runs_the_cont
 # -- compose ---------------------------------------------------------------------------------
 
 
-def test_the_compose_file_is_valid_by_the_compose_specification_schema():
+def test_the_compose_files_are_valid_by_the_compose_specification_schema():
+    assert schema_errors(compose_demo()) == []
     document = compose()
     assert schema_errors(document) == []
     # The schema has teeth: a misspelt key or a wrong type is refused.
@@ -227,6 +233,24 @@ def test_the_compose_file_runs_weir_redis_prometheus_and_grafana_from_files_that
     dashboards = mounted(grafana, provider["options"]["path"])
     dashboard = json.loads((dashboards / "weir.json").read_text())
     assert {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]} == {datasource["uid"]}
+
+
+def test_the_demo_compose_file_points_weir_at_the_simulator_it_starts(tmp_path):
+    from weir.sim.__main__ import build_parser as sim_parser
+
+    demo = compose_demo()["services"]
+    sim = demo["snapchain-sim"]
+    assert sim["image"] == compose()["services"]["weir"]["image"], "the simulator runs from weir's image"
+    assert sim["entrypoint"] == ["python", "-m", "weir.sim"]
+    sim_args = sim_parser().parse_args(sim["command"])
+    assert sim_args.network == "snapchain" and sim_args.host == "0.0.0.0"
+    assert str(sim_args.port) in sim["expose"]
+    # weir's environment is compose.yaml's with the demo file's on top, as compose merges them
+    environ = service_environment(compose()["services"]["weir"]) | service_environment(demo["weir"])
+    config = load_config(weir_cli(container_command()).config, environ=environ)
+    url = urlsplit(config.farcaster.url)
+    assert (url.scheme, url.hostname, url.port) == ("http", "snapchain-sim", sim_args.port)
+    assert "snapchain-sim" in demo["weir"]["depends_on"]
 
 
 def test_prometheus_scrapes_the_port_and_path_weir_serves_in_the_container():
