@@ -171,8 +171,8 @@ def test_hadolint_finds_nothing_in_the_dockerfile():
 def test_the_image_is_built_from_files_the_build_context_holds_and_runs_the_container_config():
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    (run_stage, final_stage) = [command.value for command in dockerfile_instructions("FROM")]
-    assert run_stage[0] == final_stage[0] == "python:3.11-slim"
+    (build_stage, runtime_stage) = [command.value for command in dockerfile_instructions("FROM")]
+    assert build_stage[0] == runtime_stage[0] == "python:3.11-slim"
     assert any(flag.startswith("--mount=type=bind,from=build") for command in dockerfile_instructions("RUN")
                for flag in command.flags), "the runtime stage installs the build stage's wheels"
     for command in dockerfile_instructions("COPY"):
@@ -235,7 +235,7 @@ def test_the_compose_file_runs_weir_redis_prometheus_and_grafana_from_files_that
     assert {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]} == {datasource["uid"]}
 
 
-def test_the_demo_compose_file_points_weir_at_the_simulator_it_starts(tmp_path):
+def test_the_demo_compose_file_points_weir_at_the_simulator_it_starts():
     from weir.sim.__main__ import build_parser as sim_parser
 
     demo = compose_demo()["services"]
