@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import dockerfile
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import pytest
 import trio
 import yaml
@@ -224,6 +225,8 @@ def test_the_compose_file_runs_weir_redis_prometheus_and_grafana_from_files_that
     prometheus = services["prometheus"]
     config_flag = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
     assert mounted(prometheus, config_flag.partition("=")[2]) == DEPLOY / "prometheus.yml"
+    (rules,) = load_yaml(DEPLOY / "prometheus.yml")["rule_files"]
+    assert mounted(prometheus, rules) == DEPLOY / "alerts.yml"
     grafana = services["grafana"]
     provisioning = mounted(grafana, "/etc/grafana/provisioning")
     datasource = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"][0]
@@ -418,10 +421,36 @@ def persisted_by_partition(exposition: str) -> dict[str, float]:
             for sample in family.samples if sample.name == "weir_events_persisted_total"}
 
 
+def declared_names(exposition: str) -> set[str]:
+    """The sample names weir's /metrics declares, also of families with no sample yet (counters
+    of another network's partitions, say)."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    return {family.name + suffix for family in text_string_to_metric_families(exposition)
+            for suffix in suffixes.get(family.type, [""])} | metric_names(exposition)
+
+
+def selected_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (a syntax error fails the test)."""
+    names: set[str] = set()
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            names.add(node.name)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
+
+
 def dashboard_metric_names() -> set[str]:
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "weir.json").read_text())
-    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    return {name for expr in exprs for name in re.findall(r"\bweir_[a-z0-9_]+", expr)}
+    return {name for panel in dashboard["panels"] for target in panel["targets"] for name in selected_metrics(target["expr"])}
+
+
+def alert_metric_names() -> set[str]:
+    rules = [rule for group in load_yaml(DEPLOY / "alerts.yml")["groups"] for rule in group["rules"]]
+    assert all(rule["alert"] and rule["annotations"]["summary"] for rule in rules)
+    return {name for rule in rules for name in selected_metrics(rule["expr"])}
 
 
 async def healthcheck(port: int) -> int:
@@ -437,7 +466,8 @@ async def healthcheck(port: int) -> int:
 async def test_weir_run_with_the_container_config_serves_the_healthcheck_probes_and_dashboard_metrics(redis_server, tmp_path):
     """`weir run --config deploy/weir.toml` as the container runs it (Redis and the node from the
     environment), against the Snapchain simulator: the Dockerfile's health check passes, the
-    Kubernetes probe paths answer, and every metric the dashboard plots is in its /metrics."""
+    Kubernetes probe paths answer, every metric the dashboard plots is in its /metrics, and every
+    metric an alert watches is one it declares."""
     sim_config = SnapchainSimConfig(shards=2, seed=5, rate=500, history=300)
     log_path = tmp_path / "weir.log"
     async with open_snapchain_sim(sim_config) as sim:
@@ -473,6 +503,9 @@ async def test_weir_run_with_the_container_config_serves_the_healthcheck_probes_
             plotted = dashboard_metric_names()
             assert len(plotted) >= 10
             assert plotted - served == set(), "the dashboard plots metrics weir does not serve"
+            alerted = alert_metric_names()
+            assert len(alerted) >= 5
+            assert alerted - declared_names(body.decode()) == set(), "an alert watches a metric weir does not have"
     # With weir gone, the health check fails: it is not a command that always succeeds.
     assert await healthcheck(port) != 0
 
