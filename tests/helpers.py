@@ -199,12 +199,14 @@ def weir_args(command: str, *args: str) -> list[str]:
 
 
 @asynccontextmanager
-async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None) -> AsyncIterator[trio.Process]:
+async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None,
+                       environ: Mapping[str, str] | None = None) -> AsyncIterator[trio.Process]:
     """Start ``weir``; on exit kill it if it is still running (only this process, by its handle).
 
-    WEIR_* variables of the test's environment are not passed on: the command line is the whole config.
+    WEIR_* variables of the test's environment are not passed on: the command line and ``environ``
+    (added to the environment) are the whole config.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")} | dict(environ or {})
     with open(log_path, "ab") as log:
         process = await trio.lowlevel.open_process(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env, PYTHONUNBUFFERED="1"), cwd=cwd
