@@ -14,7 +14,7 @@ the split of a pipeline run's CPU time is taken from these direct timings instea
   a 1 % fid key filter (filtered events never become Event objects);
 - the key filter alone;
 - ``RedisSink._pack_evalsha`` (RESP packing of a batch; Redis itself not involved);
-- betterproto2 decode and encode of a HubEvent (what the naive baseline pays).
+- betterproto2 decode and encode of a HubEvent (what a consumer of the typed stub pays).
 """
 
 from __future__ import annotations

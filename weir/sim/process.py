@@ -67,6 +67,7 @@ def snapchain_args(config: SnapchainSimConfig, host: str = "127.0.0.1", port: in
         "--shards", str(config.shards), "--seed", str(config.seed), "--rate", repr(config.rate),
         "--history", str(config.history),
         "--fids-per-shard", str(config.fids_per_shard), "--max-block-events", str(config.max_block_events),
+        "--framing", config.framing,
     ]
     for flag, value in (("--total", config.total), ("--retention", config.retention), ("--corrupt-every", config.corrupt_every)):
         if value is not None:
