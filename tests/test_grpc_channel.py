@@ -11,7 +11,6 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
-import weir.sim.snapchain
 from weir.actors.grpc_bulk import message_lists
 from weir.actors.grpc_channel import CoalescingChannel, CoalescingH2Protocol
 from weir.codecs.grpc_raw import RawBytesCodec
@@ -20,23 +19,12 @@ from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.snapchain import serve_snapchain
 
 
-def one_message_per_frame(stream):  # the simulator's sender, one DATA frame per message
-    send_data = stream._stream.send_data
-
-    async def send_each(batch: list[bytes]) -> None:
-        for framed in batch:
-            await send_data(framed)
-
-    return send_each
-
-
 def test_grpclib_still_has_the_protocol_hook():
     assert callable(getattr(Channel, "_protocol_factory", None)), "grpclib changed: merging DATA frames is off"
 
 
-def test_messages_sent_one_per_frame_arrive_whole_in_merged_frames(monkeypatch):
-    monkeypatch.setattr(weir.sim.snapchain, "_raw_sender", one_message_per_frame)
-    config = SnapchainSimConfig(shards=1, seed=5, rate=0, history=3000, total=3000)
+def test_messages_sent_one_per_frame_arrive_whole_in_merged_frames():
+    config = SnapchainSimConfig(shards=1, seed=5, rate=0, history=3000, total=3000, framing="one")
 
     async def scenario() -> None:
         sim, port = await serve_snapchain(config)
