@@ -23,7 +23,7 @@ from weir.actors.grpc_bulk import message_lists
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
-from weir.codecs.farcaster_gaps import Gap, GapDetector
+from weir.codecs.farcaster_gaps import Gap, GapDetector, split_event_id
 from weir.codecs.farcaster_positions import ACCEPT, HOLD, REFUSE, REPLAY, PositionJudge, PositionVerdict
 from weir.codecs.farcaster_validity import hub_event_invalidity
 from weir.codecs.grpc_frames import KEEP_BYTES, MAX_MESSAGE, SkippedMessage
@@ -43,6 +43,7 @@ from weir.codecs.farcaster_keys import (
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
 from weir.events import Chunk, DeadLetter, Event
+from weir.observability.progress import ProgressSample
 from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -206,6 +207,12 @@ class ShardStats:
     refused: str | None = None  # why the node was last refused; None once it sent a plausible id
     last_id: int | None = None
     last_error: str | None = None
+    head: int | None = None  # the shard's height known (GetInfo's max_height, or the highest block accepted)
+
+    def progress_sample(self, at: float, wall: float) -> ProgressSample:
+        """Blocks: the block of the last id against the height (event times are not the head's)."""
+        position = None if self.last_id is None else split_event_id(self.last_id)[0]
+        return ProgressSample(at=at, position=position, head=self.head)
 
 
 class NodeRefused(Exception):
@@ -348,6 +355,7 @@ class ShardReader:
             return None
         self.last_id = last_id
         self.stats.last_id = last_id
+        self.stats.head = self.judge.height
         return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
 
     def _skipped(self, item: bytes | SkippedMessage, last_id: int | None, dead: list[DeadLetter], received: float) -> int | None:
@@ -487,6 +495,7 @@ async def run_shard_connection(
         async def session() -> None:
             # The node's own height bounds the ids it may send (weir.codecs.farcaster_positions).
             reader.judge.announce_height(await announced_height(target, shard, timeout=settings.connect_timeout))
+            stats.head = reader.judge.height
             reader.judge.bad_in_row = 0
             reader.refusal = None
             from_id = _resume_from(reader.last_id, settings.start)
