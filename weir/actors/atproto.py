@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
@@ -130,6 +130,8 @@ class AtprotoStats:
     last_id: int | None = None
     last_error: str | None = None
     position_time: float | None = None  # the network time of last_id (firehose ``time``, Jetstream time_us), unix s
+
+    progress_unit: ClassVar[str] = "position"  # what the progress positions count
 
     def progress_sample(self, at: float, wall: float) -> ProgressSample:
         """A relay does not say its newest seq: the lag is the position's time against the wall clock."""

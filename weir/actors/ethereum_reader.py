@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
@@ -108,6 +108,8 @@ class ChainStats:
     implausible_heads: int = 0  # heads dead-lettered: a number that does not follow its parent's, or far above the node's head
     refused: str | None = None  # why the node was last refused (implausible heads in a row); None once a head is followed
     last_error: str | None = None
+
+    progress_unit: ClassVar[str] = "block"  # what the progress positions count
 
     def progress_sample(self, at: float, wall: float) -> ProgressSample:
         """Blocks: the emitted tip against the newest head, with both blocks' timestamps."""

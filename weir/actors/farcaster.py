@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -208,6 +208,8 @@ class ShardStats:
     last_id: int | None = None
     last_error: str | None = None
     head: int | None = None  # the shard's height known (GetInfo's max_height, or the highest block accepted)
+
+    progress_unit: ClassVar[str] = "block"  # what the progress positions count
 
     def progress_sample(self, at: float, wall: float) -> ProgressSample:
         """Blocks: the block of the last id against the height (event times are not the head's)."""

@@ -160,3 +160,36 @@ def _eta(lag: float, rate: float | None, head_rate: float | None) -> float | Non
         return None
     gain = rate - (head_rate or 0.0)
     return lag / gain if gain > 0 else None
+
+
+def describe(progress: Progress, unit: str = "position") -> str:
+    """One short human line, e.g. ``block 1,200 of 1,500: 300 behind (5m00s), +40.0/s, ETA 7s``."""
+    if progress.position is None:
+        return "nothing read yet"
+    where = f"{unit} {progress.position:,}" + (f" of {progress.head:,}" if progress.head is not None else "")
+    if progress.lag == 0 or (progress.lag is None and progress.lag_seconds == 0):
+        return f"{where}: at the head"
+    behind = [f"{progress.lag:,} behind"] if progress.lag is not None else []
+    if progress.lag_seconds is not None:
+        behind.append(f"({duration(progress.lag_seconds)})" if behind else f"{duration(progress.lag_seconds)} behind")
+    line = f"{where}: {' '.join(behind)}" if behind else where
+    if progress.rate is not None and progress.head is not None:
+        line += f", +{progress.rate:,.1f}/s"
+    if progress.eta_seconds is not None:
+        line += f", ETA {duration(progress.eta_seconds)}"
+    return line
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``5m07s``, ``3h05m``, ``2d04h``: two units at most."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"

@@ -1,0 +1,70 @@
+"""Progress end to end: weir starts behind the simulated Snapchain's head and catches up.
+
+The simulator (a real gRPC server) holds a history; weir reaches it through the fault proxy with
+its bandwidth capped, so it is behind for a few samples whatever the machine's speed (~3 s to
+catch up). The `progress` log events and /metrics must show the lag, the ETA while catching up,
+and the lag falling to 0 at the head.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pytest
+from helpers import capture_json_logs, e2e_config, in_process_sim, offered, running_service, wait_for
+from test_observability import scrape, service_url
+
+from weir.chaos.proxy import Bandwidth, Direction, open_proxy
+from weir.sim.farcaster_data import SnapchainSimConfig
+
+TIMEOUT = 30.0
+
+
+@pytest.mark.integration
+async def test_the_lag_shown_falls_to_zero_as_weir_catches_up(redis_server) -> None:
+    sim_config = SnapchainSimConfig(shards=1, seed=12, rate=0, history=600, total=600)
+    last_id = offered(sim_config, 1)[-1][0]
+    head = last_id >> 14  # the block GetInfo announces: the last of the history
+    labels = frozenset({("source", "farcaster"), ("partition", "1")})
+    with capture_json_logs() as logs:
+        async with in_process_sim(sim_config) as (_, url), open_proxy("127.0.0.1", urlsplit(url).port, seed=5) as link:
+            link.add(Bandwidth(kb_per_s=60), direction=Direction.DOWNSTREAM)  # ~300 bytes an event: ~200 events/s
+            config = e2e_config(redis_server.url, link.http_url, shards="1", progress__log_interval="0.1",
+                                progress__window="1")
+            async with running_service(config) as (service, _):
+                view = service.partitions[0]
+
+                def catching_up() -> bool:
+                    progress = view.progress
+                    return progress is not None and progress.lag is not None and progress.lag > 0 and progress.catching_up
+
+                await wait_for(catching_up, timeout=TIMEOUT, what="weir to be behind and gaining")
+                behind = await scrape(service_url(service))
+                await wait_for(lambda: view.sink.cursor == last_id, timeout=TIMEOUT, what="every event to be durable")
+                await wait_for(lambda: view.progress is not None and view.progress.lag == 0, timeout=TIMEOUT,
+                               what="a sample at the head")
+                caught_up = await scrape(service_url(service))
+                await wait_for(lambda: any(line["lag"] == 0 for line in logs.of("progress")), timeout=TIMEOUT,
+                               what="a progress log event at the head")
+
+    # While behind: the head is the history's last block, weir below it, an ETA, a lag in seconds.
+    assert behind[("weir_source_head", labels)] == head
+    assert 0 < behind[("weir_source_lag", labels)] <= head
+    assert behind[("weir_source_progress_position", labels)] == head - behind[("weir_source_lag", labels)]
+    assert behind[("weir_source_eta_seconds", labels)] > 0
+    assert behind[("weir_source_catchup_rate", labels)] > 0
+    # At the head: no lag, no ETA (not catching up).
+    assert caught_up[("weir_source_head", labels)] == head
+    assert caught_up[("weir_source_progress_position", labels)] == head
+    assert caught_up[("weir_source_lag", labels)] == 0
+    assert caught_up[("weir_source_lag_seconds", labels)] == 0
+    assert ("weir_source_eta_seconds", labels) not in caught_up
+    # The log: one event per interval; the head stays, so the lag never grows, and it ends at 0.
+    lines = [line for line in logs.of("progress") if line["position"] is not None]
+    assert lines and all(line["source"] == "farcaster" and line["partition"] == "1" and line["unit"] == "block"
+                         and line["head"] == head for line in lines)
+    lags = [line["lag"] for line in lines]
+    assert lags == sorted(lags, reverse=True), lags
+    assert lags[0] > 0 and lags[-1] == 0
+    assert any(line["catching_up"] and line["eta_seconds"] > 0 for line in lines)
+    assert all(line["eta_seconds"] is None and not line["catching_up"] for line in lines if line["lag"] == 0)
