@@ -68,3 +68,27 @@ async def test_the_lag_shown_falls_to_zero_as_weir_catches_up(redis_server) -> N
     assert lags[0] > 0 and lags[-1] == 0
     assert any(line["catching_up"] and line["eta_seconds"] > 0 for line in lines)
     assert all(line["eta_seconds"] is None and not line["catching_up"] for line in lines if line["lag"] == 0)
+
+
+@pytest.mark.integration
+async def test_a_farcaster_head_that_moves_is_asked_again_while_weir_is_behind(redis_server) -> None:
+    """The height GetInfo gave at connect goes stale during a long catch-up: weir asks again every
+    ``farcaster.head_refresh`` seconds, so the head (and the lag in seconds, from its growth) moves
+    while weir is still below it."""
+    sim_config = SnapchainSimConfig(shards=1, seed=13, rate=200, history=600)
+    async with in_process_sim(sim_config) as (_, url), open_proxy("127.0.0.1", urlsplit(url).port, seed=6) as link:
+        link.add(Bandwidth(kb_per_s=20), direction=Direction.DOWNSTREAM)  # slower than the node produces
+        config = e2e_config(redis_server.url, link.http_url, shards="1", progress__log_interval="0.1",
+                            progress__window="1", farcaster__head_refresh="0.2")
+        async with running_service(config) as (service, _):
+            view = service.partitions[0]
+            await wait_for(lambda: view.source.head is not None, timeout=TIMEOUT, what="the height at connect")
+            at_connect = view.source.head
+
+            def head_moved_ahead() -> bool:
+                stats, progress = view.source, view.progress
+                return (stats.head > at_connect and stats.last_id is not None and stats.head > stats.last_id >> 14
+                        and progress is not None and progress.lag_seconds is not None and progress.lag_seconds > 0)
+
+            await wait_for(head_moved_ahead, timeout=TIMEOUT, what="a newer height than weir's position, and a lag in seconds")
+            assert view.source.connects == 1  # asked on the same stream, not learnt by reconnecting

@@ -83,6 +83,8 @@ class FarcasterSettings:
     message_types: tuple[str, ...] = ()
     idle_timeout: float = 30.0
     connect_timeout: float = 10.0
+    # Seconds between two GetInfo calls while streaming, for the shard's height (the progress head).
+    head_refresh: float = 10.0
     read_batch: int = 512
     # What weir trusts of a node (docs/security.md): the hash and signature of every message that
     # passes the filter; the largest HubEvent taken (a larger one is dead-lettered with its first
@@ -511,7 +513,7 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     for name in fc.message_types:
         if name.upper() not in MESSAGE_TYPE_BY_NAME:
             fail("farcaster.message_types", f"unknown message type {name!r}; known: {', '.join(MESSAGE_TYPE_BY_NAME)}")
-    for key in ("idle_timeout", "connect_timeout"):
+    for key in ("idle_timeout", "connect_timeout", "head_refresh"):
         positive(f"farcaster.{key}", getattr(fc, key))
     at_least("farcaster.read_batch", fc.read_batch, 1)
     # A HubEvent's type and id sit in its first bytes: a kept head shorter than 32 could lose them.

@@ -209,6 +209,11 @@ class ShardStats:
     last_error: str | None = None
     head: int | None = None  # the shard's height known (GetInfo's max_height, or the highest block accepted)
 
+    def saw_height(self, height: int | None) -> None:
+        """The shard's height as told (GetInfo) or seen (an accepted block): the head only moves up."""
+        if height and (self.head is None or height > self.head):
+            self.head = height
+
     progress_unit: ClassVar[str] = "block"  # what the progress positions count
 
     def progress_sample(self, at: float, wall: float) -> ProgressSample:
@@ -357,7 +362,7 @@ class ShardReader:
             return None
         self.last_id = last_id
         self.stats.last_id = last_id
-        self.stats.head = self.judge.height
+        self.stats.saw_height(self.judge.height)
         return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
 
     def _skipped(self, item: bytes | SkippedMessage, last_id: int | None, dead: list[DeadLetter], received: float) -> int | None:
@@ -497,7 +502,7 @@ async def run_shard_connection(
         async def session() -> None:
             # The node's own height bounds the ids it may send (weir.codecs.farcaster_positions).
             reader.judge.announce_height(await announced_height(target, shard, timeout=settings.connect_timeout))
-            stats.head = reader.judge.height
+            stats.saw_height(reader.judge.height)
             reader.judge.bad_in_row = 0
             reader.refusal = None
             from_id = _resume_from(reader.last_id, settings.start)
@@ -559,8 +564,22 @@ async def _stream_once(
             # leaves this task, not a Cancelled raised while closing.
             raw_send.close()
 
+    refreshing = trio.CancelScope()
+
+    async def refresh_height() -> None:
+        # While weir catches up the node's height moves on: asked again now and then, for progress
+        # only (the judge keeps what it learns at connect and when an id is far ahead).
+        with refreshing:
+            while True:
+                await trio.sleep(settings.head_refresh)
+                try:
+                    stats.saw_height(await announced_height(target, reader.shard, timeout=settings.connect_timeout))
+                except Exception as exc:  # a GetInfo that fails says nothing about the stream
+                    log.debug("shard %d: GetInfo for the height failed: %s", reader.shard, _describe(exc))
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
+        nursery.start_soon(refresh_height)
         stats.connects += 1
         log.info("shard %d: subscribing to %s from %s", reader.shard, target, "live" if log_from is None else f"event {log_from}",
                  extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": str(target),
@@ -610,6 +629,7 @@ async def _stream_once(
                         raise
                 if reader.refusal is not None:
                     _refuse(reader, target)
+        refreshing.cancel()  # the stream ended: the nursery joins the pump alone
     raise StreamEnded("the node ended the stream")
 
 
