@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import capture_json_logs, e2e_config, in_process_sim, offered, running_service, wait_for
+from test_ethereum_e2e import chain, eth_config, simulated
 from test_observability import scrape, service_url
 
 from weir.chaos.proxy import Bandwidth, Direction, open_proxy
+from weir.sim.ethereum import EthereumSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
 TIMEOUT = 30.0
@@ -92,3 +94,31 @@ async def test_a_farcaster_head_that_moves_is_asked_again_while_weir_is_behind(r
 
             await wait_for(head_moved_ahead, timeout=TIMEOUT, what="a newer height than weir's position, and a lag in seconds")
             assert view.source.connects == 1  # asked on the same stream, not learnt by reconnecting
+
+
+@pytest.mark.integration
+async def test_an_ethereum_backfill_shows_its_lag_in_blocks_and_block_time(redis_server) -> None:
+    """Behind by a history of 300 blocks (12 s apart, as the simulator stamps them), backfilled 20
+    at a time: the lag in seconds is the head's timestamp (or, for a head known by its number
+    only, 12 s a block: the chain's block_time) minus the emitted block's; both fall to 0."""
+    sim_config = EthereumSimConfig(chain_id=5, seed=4, block_time=0.02, logs_per_block=4, history=300, blocks=5)
+    async with simulated(sim_config) as (sim,), open_proxy("127.0.0.1", sim.port, seed=7) as link:
+        link.add(Bandwidth(kb_per_s=150), direction=Direction.DOWNSTREAM)
+        config = eth_config(redis_server.url, [chain(sim, url=link.url("ws"), backfill_blocks=20, block_time=12)], **{"progress.log_interval": "0.1",
+                                                                                   "progress.window": "1"})
+        async with running_service(config) as (service, _):
+            view = service.partitions[0]
+
+            def behind() -> bool:
+                progress = view.progress
+                return progress is not None and progress.lag is not None and progress.lag > 0 and progress.catching_up
+
+            await wait_for(behind, timeout=TIMEOUT, what="weir to be behind and gaining")
+            progress = view.progress
+            assert progress is not None and progress.lag is not None
+            assert progress.lag_seconds == 12 * progress.lag  # block timestamps, not a rate estimate
+            await wait_for(lambda: sim.finished.is_set() and view.progress is not None and view.progress.lag == 0,
+                           timeout=TIMEOUT, what="weir at the final head")
+            final = view.progress
+    assert final is not None and final.head == sim.chain.head_number == final.position
+    assert final.lag_seconds == 0 and final.eta_seconds is None

@@ -111,9 +111,18 @@ class ChainStats:
 
     progress_unit: ClassVar[str] = "block"  # what the progress positions count
 
+    block_time: float | None = None  # the chain's expected seconds per block (its settings)
+
     def progress_sample(self, at: float, wall: float) -> ProgressSample:
-        """Blocks: the emitted tip against the newest head, with both blocks' timestamps."""
-        return ProgressSample(at=at, position=self.tip, head=self.head, position_time=self.tip_time, head_time=self.head_time)
+        """Blocks: the emitted tip against the newest head, with both blocks' timestamps.
+
+        A head known only by its number (eth_blockNumber, at a backfill's start: its header comes
+        later) is given the tip's time plus ``block_time`` per block between them.
+        """
+        head_time = self.head_time
+        if head_time is None and None not in (self.head, self.tip, self.tip_time, self.block_time):
+            head_time = self.tip_time + (self.head - self.tip) * self.block_time  # type: ignore[operator]
+        return ProgressSample(at=at, position=self.tip, head=self.head, position_time=self.tip_time, head_time=head_time)
 
     def saw_head(self, number: int, timestamp: float | None = None) -> None:
         """A head the node announced (newHeads) or answered (eth_blockNumber: no time)."""
