@@ -20,6 +20,12 @@ from weir.sim.ethereum import EthereumSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
 TIMEOUT = 30.0
+FAST = {"progress.log_interval": "0.1", "progress.window": "1"}  # a sample and a log line every 0.1 s
+
+
+def behind_and_gaining(view) -> bool:
+    progress = view.progress
+    return progress is not None and progress.lag is not None and progress.lag > 0 and progress.catching_up
 
 
 @pytest.mark.integration
@@ -31,16 +37,10 @@ async def test_the_lag_shown_falls_to_zero_as_weir_catches_up(redis_server) -> N
     with capture_json_logs() as logs:
         async with in_process_sim(sim_config) as (_, url), open_proxy("127.0.0.1", urlsplit(url).port, seed=5) as link:
             link.add(Bandwidth(kb_per_s=60), direction=Direction.DOWNSTREAM)  # ~300 bytes an event: ~200 events/s
-            config = e2e_config(redis_server.url, link.http_url, shards="1", progress__log_interval="0.1",
-                                progress__window="1")
+            config = e2e_config(redis_server.url, link.http_url, shards="1", **FAST)
             async with running_service(config) as (service, _):
                 view = service.partitions[0]
-
-                def catching_up() -> bool:
-                    progress = view.progress
-                    return progress is not None and progress.lag is not None and progress.lag > 0 and progress.catching_up
-
-                await wait_for(catching_up, timeout=TIMEOUT, what="weir to be behind and gaining")
+                await wait_for(lambda: behind_and_gaining(view), timeout=TIMEOUT, what="weir to be behind and gaining")
                 behind = await scrape(service_url(service))
                 await wait_for(lambda: view.sink.cursor == last_id, timeout=TIMEOUT, what="every event to be durable")
                 await wait_for(lambda: view.progress is not None and view.progress.lag == 0, timeout=TIMEOUT,
@@ -80,8 +80,7 @@ async def test_a_farcaster_head_that_moves_is_asked_again_while_weir_is_behind(r
     sim_config = SnapchainSimConfig(shards=1, seed=13, rate=200, history=600)
     async with in_process_sim(sim_config) as (_, url), open_proxy("127.0.0.1", urlsplit(url).port, seed=6) as link:
         link.add(Bandwidth(kb_per_s=20), direction=Direction.DOWNSTREAM)  # slower than the node produces
-        config = e2e_config(redis_server.url, link.http_url, shards="1", progress__log_interval="0.1",
-                            progress__window="1", farcaster__head_refresh="0.2")
+        config = e2e_config(redis_server.url, link.http_url, shards="1", farcaster__head_refresh="0.2", **FAST)
         async with running_service(config) as (service, _):
             view = service.partitions[0]
             await wait_for(lambda: view.source.head is not None, timeout=TIMEOUT, what="the height at connect")
@@ -104,16 +103,10 @@ async def test_an_ethereum_backfill_shows_its_lag_in_blocks_and_block_time(redis
     sim_config = EthereumSimConfig(chain_id=5, seed=4, block_time=0.02, logs_per_block=4, history=300, blocks=5)
     async with simulated(sim_config) as (sim,), open_proxy("127.0.0.1", sim.port, seed=7) as link:
         link.add(Bandwidth(kb_per_s=150), direction=Direction.DOWNSTREAM)
-        config = eth_config(redis_server.url, [chain(sim, url=link.url("ws"), backfill_blocks=20, block_time=12)], **{"progress.log_interval": "0.1",
-                                                                                   "progress.window": "1"})
+        config = eth_config(redis_server.url, [chain(sim, url=link.url("ws"), backfill_blocks=20, block_time=12)], **FAST)
         async with running_service(config) as (service, _):
             view = service.partitions[0]
-
-            def behind() -> bool:
-                progress = view.progress
-                return progress is not None and progress.lag is not None and progress.lag > 0 and progress.catching_up
-
-            await wait_for(behind, timeout=TIMEOUT, what="weir to be behind and gaining")
+            await wait_for(lambda: behind_and_gaining(view), timeout=TIMEOUT, what="weir to be behind and gaining")
             progress = view.progress
             assert progress is not None and progress.lag is not None
             assert progress.lag_seconds == 12 * progress.lag  # block timestamps, not a rate estimate
