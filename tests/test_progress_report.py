@@ -17,7 +17,7 @@ from weir.actors.ethereum_reader import ChainStats
 from weir.actors.farcaster import ShardReader, ShardStats
 from weir.codecs.farcaster_gaps import GapDetector
 from weir.live_line import ERASE_LINE, LiveLine, apart_from_logs
-from weir.observability.progress import Progress, ProgressSample, ProgressTracker, describe, duration
+from weir.observability.progress import Progress, ProgressTracker, describe, duration
 from weir.observability.progress_report import log_progress, progress_line, sample_partitions
 from weir.sim.atproto_data import AtprotoSimConfig, generate_history
 from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
