@@ -1,21 +1,25 @@
-"""Progress end to end: weir starts behind the simulated Snapchain's head and catches up.
+"""Progress end to end: weir starts behind a simulated network's head and catches up.
 
-The simulator (a real gRPC server) holds a history; weir reaches it through the fault proxy with
-its bandwidth capped, so it is behind for a few samples whatever the machine's speed (~3 s to
-catch up). The `progress` log events and /metrics must show the lag, the ETA while catching up,
-and the lag falling to 0 at the head.
+Each simulator (real gRPC / WebSocket servers) holds a history; weir reaches it through the fault
+proxy with its bandwidth capped, so it is behind for several samples whatever the machine's speed.
+The progress (view.progress, /metrics, the `progress` log events) must show the lag, an ETA while
+catching up, and the lag falling to 0 at the head: Farcaster (blocks; the height asked again while
+streaming), Ethereum (blocks and block timestamps), the AT Protocol firehose (no head: time only).
 """
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import pytest
 from helpers import capture_json_logs, e2e_config, in_process_sim, offered, running_service, wait_for
+from test_atproto_e2e import at_config, atproto_sim, last_position, reached
 from test_ethereum_e2e import chain, eth_config, simulated
 from test_observability import scrape, service_url
 
 from weir.chaos.proxy import Bandwidth, Direction, open_proxy
+from weir.sim.atproto_data import AtprotoSimConfig
 from weir.sim.ethereum import EthereumSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
@@ -115,3 +119,35 @@ async def test_an_ethereum_backfill_shows_its_lag_in_blocks_and_block_time(redis
             final = view.progress
     assert final is not None and final.head == sim.chain.head_number == final.position
     assert final.lag_seconds == 0 and final.eta_seconds is None
+
+
+@pytest.mark.integration
+async def test_a_relay_without_a_head_shows_its_lag_in_time_and_an_eta(redis_server) -> None:
+    """The AT Protocol firehose: no head seq, so progress is on the time axis. The history's events
+    are 100 ms apart and end now; weir starts a minute behind and reads them faster than they were
+    made, so the lag in seconds falls, with an ETA, to about nothing at the end."""
+    step_us, total = 100_000, 600
+    start_us = round(time.time() * 1e6) - step_us * total
+    sim_config = AtprotoSimConfig(seed=8, total=total, time_base_us=start_us, time_step_us=step_us)
+    async with atproto_sim(sim_config) as (sim, url), open_proxy("127.0.0.1", urlsplit(url).port, seed=9) as link:
+        link.add(Bandwidth(kb_per_s=150), direction=Direction.DOWNSTREAM)
+        async with running_service(at_config(redis_server.url, link.url("ws"), **FAST)) as (service, _):
+            view = service.partitions[0]
+
+            def behind_in_time_and_gaining() -> bool:
+                progress = view.progress
+                return progress is not None and progress.lag_seconds is not None and progress.lag_seconds > 5 \
+                    and progress.catching_up
+
+            await wait_for(behind_in_time_and_gaining, timeout=TIMEOUT, what="weir to be behind in time and gaining")
+            behind = view.progress
+            await wait_for(lambda: reached(service, last_position(sim, "firehose")), timeout=TIMEOUT, what="the last event")
+            await wait_for(lambda: view.progress is not None and view.progress.position == last_position(sim, "firehose"),
+                           timeout=TIMEOUT, what="a sample at the last event")
+            final = view.progress
+            since_last = time.time() - sim.events[-1].time_us / 1e6  # the relay has been quiet since
+    assert behind is not None and final is not None
+    assert behind.head is None and behind.lag is None and behind.eta_seconds is not None and behind.eta_seconds > 0
+    # At the end: only the time since the last event was made (its ISO time has ms precision).
+    assert final.lag_seconds is not None and 0 <= final.lag_seconds <= since_last + 0.001
+    assert final.lag_seconds < behind.lag_seconds  # type: ignore[operator]
