@@ -137,3 +137,14 @@ def test_a_rewind_is_no_progress_and_a_repeated_time_replaces_the_sample() -> No
     assert tracker.progress().position == 200 and tracker.progress().rate == 0.0  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         ProgressTracker(window=0)
+
+
+@given(st.floats(0, 1.999), st.floats(1.5, 100))
+def test_on_the_time_axis_a_lag_within_the_tolerance_is_at_the_head(lag: float, speed: float) -> None:
+    """A live relay: its events arrive a little after they are made, never exactly at the head."""
+    tracker = ProgressTracker(window=1.0, at_head_seconds=2.0)
+    tracker.observe(ProgressSample(at=0.0, position=1, position_time=1000.0 - lag - speed, head_time=1000.0))
+    tracker.observe(ProgressSample(at=1.0, position=2, position_time=1001.0 - lag, head_time=1001.0))  # gaining fast
+    progress = tracker.progress()
+    assert progress is not None and progress.lag_seconds == pytest.approx(lag)
+    assert progress.eta_seconds is None and not progress.catching_up

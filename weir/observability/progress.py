@@ -13,7 +13,9 @@ network gives them). :class:`ProgressTracker` turns a partition's samples into :
 - the ETA: lag ÷ (rate − the head's growth rate) while behind and gaining, else None.
 
 Without a head (AT Protocol: a relay does not say its newest seq) the same is done on the time
-axis: lag = head time − position time, gained at position time's rate − head time's rate.
+axis: lag = head time − position time, gained at position time's rate − head time's rate. There a
+live stream is never exactly at the head (delivery takes time, clocks differ), so a lag under
+``at_head_seconds`` counts as at the head: no ETA, rather than one that flickers on noise.
 
 No I/O and no clock: the caller passes each sample's time.
 """
@@ -26,6 +28,8 @@ import attrs
 
 #: Seconds over which rates are averaged (the EWMA's time constant).
 DEFAULT_WINDOW = 30.0
+#: On the time axis, a lag below this many seconds is at the head (no ETA).
+AT_HEAD_SECONDS = 2.0
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -93,6 +97,7 @@ class ProgressTracker:
     """One partition's samples in, :class:`Progress` out (:meth:`observe`, :meth:`progress`)."""
 
     window: float = DEFAULT_WINDOW
+    at_head_seconds: float = AT_HEAD_SECONDS
     _last: ProgressSample | None = None
     _rate: float | None = None
     _head_rate: float | None = None
@@ -131,7 +136,7 @@ class ProgressTracker:
         lag_seconds = self._lag_seconds(sample, lag)
         if lag is not None:
             eta = _eta(lag, self._rate, self._head_rate)
-        elif lag_seconds is not None:
+        elif lag_seconds is not None and lag_seconds >= self.at_head_seconds:
             eta = _eta(lag_seconds, self._time_rate, self._head_time_rate)
         else:
             eta = None
