@@ -69,6 +69,14 @@ def test_an_ethereum_head_keeps_its_time_and_one_known_by_number_is_estimated() 
     stats.saw_head(105, 1260.0)  # an older head moves nothing
     sample = stats.progress_sample(0.0, 0.0)
     assert (sample.head, sample.head_time, sample.position, sample.position_time) == (110, 1330.0, 100, 1200.0)
+    # With 6 confirmations weir emits up to the head less 6: that is the head it can reach.
+    stats.confirmations = 6
+    sample = stats.progress_sample(0.0, 0.0)
+    assert (sample.head, sample.head_time) == (104, 1330.0 - 6 * 12.0)
+    stats.tip, stats.tip_time = 104, 1250.0
+    tracker = ProgressTracker()
+    tracker.observe(stats.progress_sample(0.0, 0.0))
+    assert tracker.progress().lag == 0 and tracker.progress().at_head  # type: ignore[union-attr]
 
 
 @attrs.define
@@ -93,9 +101,9 @@ def test_the_reporter_samples_each_partition_and_logs_its_progress() -> None:
         log_progress(behind, progress)
     (line,) = logs.of("progress")
     assert {key: line[key] for key in ("source", "partition", "unit", "position", "head", "lag", "lag_seconds", "rate",
-                                       "eta_seconds", "catching_up")} == {
+                                       "eta_seconds", "catching_up", "at_head")} == {
         "source": "ethereum", "partition": "1", "unit": "block", "position": 500, "head": 1000, "lag": 500,
-        "lag_seconds": 6000.0, "rate": 50.0, "eta_seconds": 10.0, "catching_up": True}
+        "lag_seconds": 6000.0, "rate": 50.0, "eta_seconds": 10.0, "catching_up": True, "at_head": False}
     assert line["msg"] == "ethereum/1: block 500 of 1,000: 500 behind (1h40m), +50.0/s, ETA 10s"
     assert progress_line([behind, silent]) == "ethereum/1 block 500 of 1,000: 500 behind (1h40m), +50.0/s, ETA 10s"
 
@@ -105,6 +113,8 @@ def test_descriptions_at_the_head_and_without_one() -> None:
     assert describe(at_head, "block") == "block 7 of 7: at the head"
     relay = Progress(position=42, head=None, lag=None, lag_seconds=90.0, rate=None, head_rate=None, eta_seconds=30.0)
     assert describe(relay) == "position 42: 1m30s behind, ETA 30s"
+    live = attrs.evolve(relay, lag_seconds=0.4, eta_seconds=None, at_head=True)
+    assert describe(live) == "position 42: at the head (0.4s)"
     assert describe(Progress(position=None, head=None, lag=None, lag_seconds=None, rate=None, head_rate=None,
                              eta_seconds=None)) == "nothing read yet"
     assert [duration(s) for s in (0.25, 42, 307, 11_100, 187_200)] == ["0.2s", "42s", "5m07s", "3h05m", "2d04h"]

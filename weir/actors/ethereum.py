@@ -100,7 +100,7 @@ async def run_chain_connection(
     """
     rng = rng or random.Random()
     reader = ChainReader(settings=settings, decoder=decoder, stats=stats, unavailable_blocks=unavailable_blocks)
-    stats.block_time = settings.block_time  # estimates the time of a head known only by its number
+    stats.block_time, stats.confirmations = settings.block_time, settings.confirmations  # for the progress head
     task_status.started()
 
     def steps_done() -> int:

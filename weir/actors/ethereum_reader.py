@@ -112,17 +112,23 @@ class ChainStats:
     progress_unit: ClassVar[str] = "block"  # what the progress positions count
 
     block_time: float | None = None  # the chain's expected seconds per block (its settings)
+    confirmations: int = 0  # blocks on top before a block's logs are emitted (its settings)
 
     def progress_sample(self, at: float, wall: float) -> ProgressSample:
-        """Blocks: the emitted tip against the newest head, with both blocks' timestamps.
+        """Blocks: the emitted tip against the newest block it may reach, with both blocks' times.
 
-        A head known only by its number (eth_blockNumber, at a backfill's start: its header comes
-        later) is given the tip's time plus ``block_time`` per block between them.
+        That block is the newest head less ``confirmations`` (weir is not behind for waiting on
+        them), timed ``block_time`` a block before the head. A head known only by its number
+        (eth_blockNumber, at a backfill's start: its header comes later) is timed from the tip:
+        its time plus ``block_time`` per block between them.
         """
-        head_time = self.head_time
-        if head_time is None and None not in (self.head, self.tip, self.tip_time, self.block_time):
-            head_time = self.tip_time + (self.head - self.tip) * self.block_time  # type: ignore[operator]
-        return ProgressSample(at=at, position=self.tip, head=self.head, position_time=self.tip_time, head_time=head_time)
+        head, head_time, block_time = self.head, self.head_time, self.block_time
+        if head is not None and self.confirmations:
+            head -= self.confirmations
+            head_time = None if head_time is None or block_time is None else head_time - self.confirmations * block_time
+        if head_time is None and head is not None and None not in (self.tip, self.tip_time, block_time):
+            head_time = self.tip_time + (head - self.tip) * block_time  # type: ignore[operator]
+        return ProgressSample(at=at, position=self.tip, head=head, position_time=self.tip_time, head_time=head_time)
 
     def saw_head(self, number: int, timestamp: float | None = None) -> None:
         """A head the node announced (newHeads) or answered (eth_blockNumber: no time)."""

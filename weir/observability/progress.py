@@ -13,9 +13,12 @@ network gives them). :class:`ProgressTracker` turns a partition's samples into :
 - the ETA: lag ÷ (rate − the head's growth rate) while behind and gaining, else None.
 
 Without a head (AT Protocol: a relay does not say its newest seq) the same is done on the time
-axis: lag = head time − position time, gained at position time's rate − head time's rate. There a
-live stream is never exactly at the head (delivery takes time, clocks differ), so a lag under
-``at_head_seconds`` counts as at the head: no ETA, rather than one that flickers on noise.
+axis: lag = head time − position time, gained at position time's rate − head time's rate.
+
+A stream that follows its head live is a little behind now and then (a block announced before
+weir has it, delivery time, clocks that differ), and its rate then only matches the head's, with
+noise: an ETA there would flicker between none and anything. So a lag in seconds under
+``at_head_seconds`` counts as at the head: no ETA.
 
 No I/O and no clock: the caller passes each sample's time.
 """
@@ -28,8 +31,8 @@ import attrs
 
 #: Seconds over which rates are averaged (the EWMA's time constant).
 DEFAULT_WINDOW = 30.0
-#: On the time axis, a lag below this many seconds is at the head (no ETA).
-AT_HEAD_SECONDS = 2.0
+#: A lag below this many seconds is at the head (no ETA).
+AT_HEAD_SECONDS = 5.0
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -63,6 +66,7 @@ class Progress:
         rate: the position's smoothed growth, units per second.
         head_rate: the head's smoothed growth, units per second.
         eta_seconds: seconds until the lag is 0 at the current rates; None when not catching up.
+        at_head: the lag is 0, or under the tracker's ``at_head_seconds`` (following live).
     """
 
     position: int | None
@@ -72,6 +76,7 @@ class Progress:
     rate: float | None
     head_rate: float | None
     eta_seconds: float | None
+    at_head: bool = False
 
     @property
     def catching_up(self) -> bool:
@@ -134,14 +139,17 @@ class ProgressTracker:
         head = _head_of(sample)
         lag = None if head is None or sample.position is None else head - sample.position
         lag_seconds = self._lag_seconds(sample, lag)
-        if lag is not None:
+        at_head = lag == 0 or (lag_seconds is not None and lag_seconds < self.at_head_seconds)
+        if at_head:
+            eta = None  # following live (see the module docstring)
+        elif lag is not None:
             eta = _eta(lag, self._rate, self._head_rate)
-        elif lag_seconds is not None and lag_seconds >= self.at_head_seconds:
+        elif lag_seconds is not None:
             eta = _eta(lag_seconds, self._time_rate, self._head_time_rate)
         else:
             eta = None
         return Progress(position=sample.position, head=head, lag=lag, lag_seconds=lag_seconds,
-                        rate=self._rate, head_rate=self._head_rate, eta_seconds=eta)
+                        rate=self._rate, head_rate=self._head_rate, eta_seconds=eta, at_head=at_head)
 
     def _lag_seconds(self, sample: ProgressSample, lag: int | None) -> float | None:
         if sample.head_time is not None and sample.position_time is not None:
@@ -172,8 +180,8 @@ def describe(progress: Progress, unit: str = "position") -> str:
     if progress.position is None:
         return "nothing read yet"
     where = f"{unit} {progress.position:,}" + (f" of {progress.head:,}" if progress.head is not None else "")
-    if progress.lag == 0 or (progress.lag is None and progress.lag_seconds == 0):
-        return f"{where}: at the head"
+    if progress.lag == 0 or (progress.lag is None and progress.at_head):
+        return f"{where}: at the head" + (f" ({duration(progress.lag_seconds)})" if progress.lag_seconds else "")
     behind = [f"{progress.lag:,} behind"] if progress.lag is not None else []
     if progress.lag_seconds is not None:
         behind.append(f"({duration(progress.lag_seconds)})" if behind else f"{duration(progress.lag_seconds)} behind")

@@ -54,7 +54,7 @@ def log_progress(view: Any, progress: Progress) -> None:
                     "position": progress.position, "head": progress.head, "lag": progress.lag,
                     "lag_seconds": _rounded(progress.lag_seconds), "rate": _rounded(progress.rate),
                     "head_rate": _rounded(progress.head_rate), "eta_seconds": _rounded(progress.eta_seconds),
-                    "catching_up": progress.catching_up})
+                    "catching_up": progress.catching_up, "at_head": progress.at_head})
 
 
 def _rounded(value: float | None) -> float | None:
