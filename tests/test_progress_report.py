@@ -17,8 +17,8 @@ from weir.actors.ethereum_reader import ChainStats
 from weir.actors.farcaster import ShardReader, ShardStats
 from weir.codecs.farcaster_gaps import GapDetector
 from weir.live_line import ERASE_LINE, LiveLine, apart_from_logs
-from weir.observability.progress import Progress, ProgressTracker, describe, duration
-from weir.observability.progress_report import log_progress, progress_line, sample_partitions
+from weir.observability.progress import Progress, ProgressSample, ProgressTracker, describe, duration
+from weir.observability.progress_report import ProgressSampler, log_progress, progress_line
 from weir.sim.atproto_data import AtprotoSimConfig, generate_history
 from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
 
@@ -89,11 +89,11 @@ class View:
 def test_the_reporter_samples_each_partition_and_logs_its_progress() -> None:
     behind = View("ethereum/1", ChainStats(head=1000, head_time=12_000.0, tip=400, tip_time=4_800.0))
     silent = View("other/1", object())  # a source without progress_sample is left alone
-    trackers: dict[str, ProgressTracker] = {}
-    sample_partitions([behind, silent], trackers, window=10.0, at=0.0, wall=0.0)
+    sampler = ProgressSampler(window=10.0)
+    sampler.sample([behind, silent], at=0.0, wall=0.0)
     behind.source.tip, behind.source.tip_time = 500, 6_000.0  # type: ignore[attr-defined]
-    sample_partitions([behind, silent], trackers, window=10.0, at=2.0, wall=0.0)
-    assert silent.progress is None and set(trackers) == {"ethereum/1"}
+    sampler.sample([behind, silent], at=2.0, wall=0.0)
+    assert silent.progress is None and set(sampler.trackers) == {"ethereum/1"}
     progress = behind.progress
     assert progress is not None
     assert (progress.lag, progress.lag_seconds, progress.rate, progress.eta_seconds) == (500, 6000.0, 50.0, 10.0)
@@ -151,3 +151,19 @@ def test_off_a_terminal_the_live_line_prints_lines() -> None:
     line.show("two")
     line.end()
     assert stream.getvalue() == "one\ntwo\n"
+
+
+class Broken:
+    def progress_sample(self, at: float, wall: float) -> ProgressSample:
+        raise ZeroDivisionError("a bug in a user's network")
+
+
+def test_a_source_whose_sample_fails_is_logged_once_and_the_others_go_on() -> None:
+    broken, fine = View("mynet/a", Broken()), View("ethereum/1", ChainStats(head=10, tip=10))
+    sampler = ProgressSampler(window=10.0)
+    with capture_json_logs() as logs:
+        for at in (0.0, 1.0, 2.0):
+            sampler.sample([broken, fine], at=at, wall=0.0)
+    (line,) = logs.of("progress_failed")
+    assert line["source"] == "mynet" and line["partition"] == "a" and "ZeroDivisionError" in line["error"]
+    assert broken.progress is None and fine.progress is not None and fine.progress.at_head

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from weir.config import ProgressSettings
@@ -33,18 +34,36 @@ def unit_of(view: Any) -> str:
     return getattr(view.source, "progress_unit", "position")
 
 
-def sample_partitions(views: Sequence[Any], trackers: dict[str, ProgressTracker], *, window: float, at: float,
-                      wall: float) -> None:
-    """Sample every view's source once and leave its progress on ``view.progress``."""
-    for view in views:
-        sample_of = getattr(view.source, "progress_sample", None)
-        if sample_of is None:  # a source that does not say where the head is
-            continue
-        tracker = trackers.get(view.name)
-        if tracker is None:
-            tracker = trackers[view.name] = ProgressTracker(window=window)
-        tracker.observe(sample_of(at, wall))
-        view.progress = tracker.progress()
+@attrs.define(eq=False)
+class ProgressSampler:
+    """Every partition's tracker; :meth:`sample` leaves each partition's progress on ``view.progress``."""
+
+    window: float
+    trackers: dict[str, ProgressTracker] = attrs.Factory(dict)
+    failed: set[str] = attrs.Factory(set)  # partitions whose source's sample raised: left alone
+
+    def sample(self, views: Sequence[Any], *, at: float, wall: float) -> None:
+        """Sample every view's source once.
+
+        Observability never stops ingestion: a source whose sample fails (a network embedded by a
+        user, docs/embedding.md) is logged once and left without progress; the others go on.
+        """
+        for view in views:
+            sample_of = getattr(view.source, "progress_sample", None)
+            if sample_of is None or view.name in self.failed:  # a source that does not say where the head is
+                continue
+            tracker = self.trackers.get(view.name)
+            if tracker is None:
+                tracker = self.trackers[view.name] = ProgressTracker(window=self.window)
+            try:
+                tracker.observe(sample_of(at, wall))
+            except Exception as exc:
+                self.failed.add(view.name)
+                source, partition = partition_labels(view)
+                log.error("%s: no progress: its source's progress_sample failed: %r", view.name, exc,
+                          extra={"event": "progress_failed", "source": source, "partition": partition, "error": repr(exc)})
+                continue
+            view.progress = tracker.progress()
 
 
 def log_progress(view: Any, progress: Progress) -> None:
@@ -65,13 +84,13 @@ async def serve_progress(views: Sequence[Any], settings: ProgressSettings, *,
                          wall: Callable[[], float] = time.time,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Sample, and log every ``settings.log_interval`` seconds, until cancelled."""
-    trackers: dict[str, ProgressTracker] = {}
+    sampler = ProgressSampler(window=settings.window)
     interval = min(SAMPLE_INTERVAL, settings.log_interval)
     next_log = trio.current_time() + settings.log_interval
     task_status.started()
     while True:
         now = trio.current_time()
-        sample_partitions(views, trackers, window=settings.window, at=now, wall=wall())
+        sampler.sample(views, at=now, wall=wall())
         if now >= next_log:
             next_log = now + settings.log_interval
             for view in views:
