@@ -29,6 +29,8 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import Network, NetworkContext, NetworkFactory, enabled_networks
 from weir.observability.http import Observability, open_observability
+from weir.observability.progress import Progress
+from weir.observability.progress_report import serve_progress
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
 from weir.sinks.server_binary import client_command
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
@@ -48,6 +50,7 @@ class PartitionView:
     name: str
     source: Any  # the network's source statistics (e.g. ShardStats)
     sink: PipelineStats
+    progress: Progress | None = None  # toward the network's head, as last sampled (weir.observability.progress_report)
 
 
 @attrs.define(eq=False)
@@ -204,7 +207,16 @@ async def serve(
         if observability is not None:
             observability.attach(service)
         async with trio.open_nursery() as nursery:
-            await nursery.start(_run_root, root, stopping)
+            # Progress is sampled while the tree runs, and no longer: its end ends the nursery.
+            nursery.start_soon(serve_progress, views, config.progress)
+
+            async def run_root(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await _run_root(root, stopping, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            await nursery.start(run_root)
             task_status.started(service)
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
     configure_logging(level, config.log_format)
     if args.command == "run":
-        return run_until_signalled(config)
+        return run_until_signalled(config, on_started=_live_progress(config))
     if args.command == "demo":
         from weir.demo import run_demo
 
@@ -255,6 +255,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run_trio(config, run_tail, config, args)
     raise AssertionError(args.command)
+
+
+def _live_progress(config: Config) -> Callable[..., Awaitable[None]] | None:
+    """``weir run``'s live progress line, when stderr is a terminal (and ``progress.terminal``)."""
+    if not (config.progress.terminal and sys.stderr.isatty()):
+        return None
+    from weir.live_line import LiveLine
+    from weir.observability.progress_report import show_live_progress
+
+    async def show(service: Any, stopping: trio.Event) -> None:
+        await show_live_progress(service.partitions, LiveLine(sys.stderr, tty=True))
+
+    return show
 
 
 def run_until_signalled(config: Config, **serve_options: Any) -> int:
