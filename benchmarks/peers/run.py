@@ -350,9 +350,9 @@ def render(results: dict) -> str:
 
 
 def _machine(node: str | None) -> dict:
-    from weir.sinks.embedded_redis import redis_server_binary
+    from weir.sinks.embedded_redis import find_server_binary
 
-    redis_version = subprocess.run([str(redis_server_binary()), "--version"], capture_output=True, text=True).stdout
+    redis_version = subprocess.run([str(find_server_binary().path), "--version"], capture_output=True, text=True).stdout
     return {"cores": os.cpu_count(), "python": platform.python_version(), "node": node,
             "redis_server": redis_version.split(" sha")[0].strip(), "platform": platform.platform()}
 
