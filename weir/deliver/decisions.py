@@ -96,7 +96,7 @@ class RollPolicy:
     max_age: float
 
     def due(self, *, rows: int, opened_at: float, now: float) -> bool:
-        return rows >= self.max_rows or now - opened_at >= self.max_age
+        return rows >= self.max_rows or now >= self.due_at(opened_at)  # the same sum as due_at: no rounding gap
 
     def due_at(self, opened_at: float) -> float:
         return opened_at + self.max_age

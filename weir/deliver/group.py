@@ -77,8 +77,8 @@ class ConsumerGroup:
         Returns the cursor for the next call ("0-0": the scan went round), the entries claimed,
         and the ids of claimed entries no longer in the stream (deleted or trimmed).
         """
-        reply = await call_redis(self._url, self._client.execute_command, "XAUTOCLAIM", self.stream, self.group,
-                                 self.consumer, int(min_idle * 1000), cursor, "COUNT", count)
+        reply = await call_redis(self._url, self._client.xautoclaim, self.stream, self.group, self.consumer,
+                                 int(min_idle * 1000), cursor, count)
         next_cursor = _text(reply[0])
         entries: list[Entry] = []
         gone: list[str] = []
@@ -95,11 +95,10 @@ class ConsumerGroup:
     async def pending_of(self, first: str, last: str, count: int, *, mine: bool = False) -> dict[str, tuple[str, int, int]]:
         """Pending entries between ``first`` and ``last`` (only this consumer's with ``mine``):
         id -> (consumer, idle ms, deliveries)."""
-        only = (self.consumer,) if mine else ()
-        reply = await call_redis(self._url, self._client.execute_command, "XPENDING", self.stream, self.group,
-                                 first, last, count, *only)
-        return {_text(entry_id): (_text(consumer), int(idle), int(deliveries))
-                for entry_id, consumer, idle, deliveries in reply}
+        reply = await call_redis(self._url, self._client.xpending_range, self.stream, self.group, first, last, count,
+                                 self.consumer if mine else None)
+        return {_text(item["message_id"]): (_text(item["consumer"]), int(item["time_since_delivered"]),
+                                            int(item["times_delivered"])) for item in reply}
 
     async def deliveries(self, entry_ids: list[str]) -> list[Claimed]:
         """Each entry's delivery count (those no longer pending are left out)."""

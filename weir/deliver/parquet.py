@@ -145,7 +145,7 @@ class ParquetTarget:
             hour = hour_of(seconds_of(entry.fields))
             file = self._open.get(hour)
             if file is None:
-                file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour)
+                file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
             file.buffer.append(row)
             file.entry_ids.append(entry.entry_id)
             if len(file.buffer) >= self.row_group_rows:
@@ -154,13 +154,13 @@ class ParquetTarget:
             await trio.to_thread.run_sync(self._write_row_group, file)
         return refused
 
-    def _new_file(self, hour: str) -> _OpenFile:
+    def _new_file(self, hour: str, opened_at: float) -> _OpenFile:
         hour_dir = self.partition_dir / f"hour={hour}"
         hour_dir.mkdir(parents=True, exist_ok=True)
         temp = hour_dir / f".part-{self.consumer}-{os.getpid()}-{next(self._serial)}{_TEMP_SUFFIX}"
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else can hold it
-        return _OpenFile(hour=hour, temp=temp, lock_fd=fd, buffer=RowBuffer(self.schema), opened_at=self._clock())
+        return _OpenFile(hour=hour, temp=temp, lock_fd=fd, buffer=RowBuffer(self.schema), opened_at=opened_at)
 
     def _write_row_group(self, file: _OpenFile) -> None:
         if not len(file.buffer):

@@ -1,0 +1,179 @@
+"""weir deliver against a real Redis, on streams written by weir's own sink: Parquet exactly once.
+
+Every test counts, by stream id, the rows of every committed file (read with pyarrow and DuckDB)
+against the entries of the stream: each exactly once, none missing.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+import signal
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import trio
+
+from tests.helpers import wait_for, weir_args, weir_process
+from weir.config import load_config
+from weir.deliver.service import serve_deliver
+from weir.events import Chunk, Event
+from weir.sinks.keys import delivery_dead_key, partition_keys
+from weir.sinks.redis_sink import open_redis_sink
+
+pytestmark = pytest.mark.integration
+
+HOUR = 3600.0
+BASE_TS = 1_764_000_000.0  # an hour boundary falls inside every test's data
+
+
+async def write_events(url: str, partition: str, first: int, count: int) -> None:
+    """``count`` Farcaster-shaped events through weir's sink, their timestamps spread over two hours."""
+    async with open_redis_sink(url, source="farcaster") as sink:
+        for start in range(first, first + count, 500):
+            events = [
+                Event(source="farcaster", partition=partition, position=p, kind="MERGE_MESSAGE", key=b"h%d" % p,
+                      payload=b"\x0a\x00payload-%d\xff" % p, timestamp=BASE_TS + HOUR * 1.5 * (p - first) / count,
+                      fields={"block": p // 10, "fid": p % 97, "type": "MESSAGE_TYPE_CAST_ADD"})
+                for p in range(start, min(start + 500, first + count))
+            ]
+            await sink.write(partition, [Chunk(partition=partition, events=events, through=events[-1].position)])
+
+
+def deliver_config(url: str, directory: Path, *, partitions: str = "1", **deliver: str):
+    pipeline = {"source": "farcaster", "partitions": partitions.split(","), "group": "files", "directory": str(directory),
+                "compression": "zstd", "row_group_rows": 100, "file_rows": 400, "file_age": 0.3}
+    values = {"redis.url": url, "redis.socket_timeout": "2", "deliver.pipelines": json.dumps([pipeline]),
+              "deliver.claim_idle": "1.5", "deliver.claim_interval": "0.2", "deliver.block_ms": "100",
+              "deliver.max_deliveries": "3", "supervision.backoff_initial": "0.01", "supervision.backoff_max": "0.2",
+              "log_level": "WARNING"}
+    values.update({f"deliver.{key}": value for key, value in deliver.items()})
+    return load_config(environ={}, overrides=values)
+
+
+def committed_ids(directory: Path) -> list[str]:
+    """The stream ids in every committed file (pyarrow, Hive partitioning), one per row."""
+    if not any(directory.rglob("*.parquet")):
+        return []
+    dataset = ds.dataset(directory, format="parquet", partitioning="hive")
+    return dataset.to_table(columns=["stream_id"]).column("stream_id").to_pylist()
+
+
+async def stream_ids(client, partition: str = "1") -> list[str]:
+    return [entry_id.decode() for entry_id, _ in await client("XRANGE", partition_keys("farcaster", partition).events, "-", "+")]
+
+
+async def group_done(client, partition: str = "1") -> bool:
+    """Everything in the stream was delivered to the group and acknowledged."""
+    key = partition_keys("farcaster", partition).events
+    groups = await client("XINFO", "GROUPS", key)
+    info = {g[b"name"]: g for g in groups} if groups and isinstance(groups[0], dict) else {
+        dict(zip(g[::2], g[1::2]))[b"name"]: dict(zip(g[::2], g[1::2])) for g in groups}
+    group = info.get(b"files")
+    last = await client("XREVRANGE", key, "+", "-", "COUNT", 1)
+    return group is not None and int(group[b"pending"]) == 0 and bool(last) and group[b"last-delivered-id"] == last[0][0]
+
+
+def assert_exactly_once(directory: Path, expected: list[str]) -> None:
+    got = committed_ids(directory)
+    duplicates = [i for i, n in collections.Counter(got).items() if n > 1]
+    assert not duplicates, f"{len(duplicates)} entries in two files, e.g. {duplicates[:5]}"
+    assert sorted(got) == sorted(expected), f"{len(got)} rows, {len(expected)} entries; missing {sorted(set(expected) - set(got))[:5]}"
+
+
+async def test_every_entry_lands_exactly_once_readable_by_pyarrow_and_duckdb(redis_server, redis_client, tmp_path):
+    await write_events(redis_server.url, "1", 1000, 2000)
+    out = tmp_path / "parquet"
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        service.stop()
+    expected = await stream_ids(redis_client)
+    assert len(expected) == 2000
+    assert_exactly_once(out, expected)
+    hours = {p.parent.name for p in out.rglob("*.parquet")}
+    assert len(hours) == 2, hours  # one directory per UTC hour of the events' timestamps
+    # Footer metadata carries the range the name carries.
+    for path in out.rglob("*.parquet"):
+        meta = pq.read_metadata(path).metadata
+        first, last = meta[b"weir.first_id"].decode(), meta[b"weir.last_id"].decode()
+        assert path.name.startswith(f"part-{first}_{last}-")
+        assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
+    rows = duckdb.sql(f"""
+        SELECT count(*), count(DISTINCT stream_id), min(position), max(position), sum(fid), any_value(partition)
+        FROM read_parquet('{out}/**/*.parquet', hive_partitioning = true)""").fetchall()[0]
+    assert rows[:4] == (2000, 2000, 1000, 2999)
+    assert rows[4] == sum(p % 97 for p in range(1000, 3000))
+    assert str(rows[5]) == "1"
+    data = duckdb.sql(f"SELECT data FROM read_parquet('{out}/**/*.parquet') WHERE position = 1234").fetchall()[0][0]
+    assert bytes(data) == b"\x0a\x00payload-1234\xff"
+    assert await redis_client("XLEN", delivery_dead_key("farcaster", "1", "files")) == 0
+
+
+async def test_two_instances_sharing_a_group_split_the_work_without_duplicates(redis_server, redis_client, tmp_path):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 500)
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        second = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="b")))
+        await write_events(redis_server.url, "1", 501, 3500)  # while both read
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        first.stop()
+        second.stop()
+    assert_exactly_once(out, await stream_ids(redis_client))
+    consumers = collections.Counter(path.name.rsplit("-", 1)[1] for path in out.rglob("*.parquet"))
+    assert consumers["a.parquet"] > 0 and consumers["b.parquet"] > 0, consumers
+    delivered = [s.delivered for s in (*first.stats.values(), *second.stats.values())]
+    assert sum(delivered) == 4000 and min(delivered) > 0
+
+
+async def test_an_entry_that_cannot_be_written_is_dead_lettered_after_max_deliveries(redis_server, redis_client, tmp_path):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 300)
+    key = partition_keys("farcaster", "1").events
+    # A fid that is not a uint64: the row cannot be built, the target refuses it every time.
+    await redis_client("XADD", key, "301-0", "kind", "MERGE_MESSAGE", "data", b"\x00", "key", "", "ts", "1764000000", "fid", "x1")
+    await write_events(redis_server.url, "1", 302, 100)
+    dead_key = delivery_dead_key("farcaster", "1", "files")
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged or dead-lettered")
+        service.stop()
+    letters = await redis_client("XRANGE", dead_key, "-", "+")
+    assert len(letters) == 1
+    fields = letters[0][1]
+    assert fields[b"entry_id"] == b"301-0" and fields[b"fid"] == b"x1" and fields[b"deliveries"] == b"4"
+    assert b"fid" in fields[b"reason"] and b"not accepted after 3 deliveries" in fields[b"reason"]
+    expected = [i for i in await stream_ids(redis_client) if i != "301-0"]
+    assert_exactly_once(out, expected)
+    assert service.stats["farcaster-parquet/1"].refused == 3
+
+
+@pytest.mark.parametrize("same_consumer", [True, False], ids=["restart-same-consumer", "restart-new-consumer"])
+async def test_kill_9_mid_file_then_restart_delivers_exactly_once(redis_server, redis_client, tmp_path, same_consumer):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 20_000)
+    pipeline = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(out),
+                            "row_group_rows": 200, "file_rows": 1000, "file_age": 0.5}])
+    settings = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
+                "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json"]
+    log_path = tmp_path / "deliver.log"
+    async with weir_process(weir_args("deliver", *settings, "--consumer", "first"), log_path) as process:
+        # Killed once some files are committed and more is on its way (a temporary file open).
+        await wait_for(lambda: len(list(out.rglob("*.parquet"))) >= 3, timeout=60, what="three committed files")
+        os.kill(process.pid, signal.SIGKILL)
+        await process.wait()
+    assert len(committed_ids(out)) < 20_000, "the kill came after everything was delivered: not a mid-run kill"
+    consumer = "first" if same_consumer else "second"
+    async with weir_process(weir_args("deliver", *settings, "--consumer", consumer), log_path) as process:
+        await wait_for(functools.partial(group_done, redis_client), timeout=90, what="every entry acknowledged")
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0, log_path.read_text()[-3000:]
+    assert_exactly_once(out, await stream_ids(redis_client))
+    assert not list(out.rglob("*.tmp")), "an abandoned temporary file was left behind"
