@@ -165,7 +165,9 @@ async def test_kill_9_mid_file_then_restart_delivers_exactly_once(redis_server, 
     log_path = tmp_path / "deliver.log"
     async with weir_process(weir_args("deliver", *settings, "--consumer", "first"), log_path) as process:
         # Killed once some files are committed and more is on its way (a temporary file open).
-        await wait_for(lambda: len(list(out.rglob("*.parquet"))) >= 3, timeout=60, what="three committed files")
+        await wait_for(lambda: (len(list(out.rglob("*.parquet"))) >= 3 and any(out.rglob("*.tmp")))
+                       or process.returncode is not None, timeout=60, what="three committed files and one open")
+        assert process.returncode is None, log_path.read_text()[-3000:]
         os.kill(process.pid, signal.SIGKILL)
         await process.wait()
     assert len(committed_ids(out)) < 20_000, "the kill came after everything was delivered: not a mid-run kill"
@@ -177,3 +179,31 @@ async def test_kill_9_mid_file_then_restart_delivers_exactly_once(redis_server, 
             assert await process.wait() == 0, log_path.read_text()[-3000:]
     assert_exactly_once(out, await stream_ids(redis_client))
     assert not list(out.rglob("*.tmp")), "an abandoned temporary file was left behind"
+    events = [json.loads(line).get("event") for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert "deliver_temp_removed" in events  # the file open at the kill was found and deleted
+    if not same_consumer:
+        assert "deliver_claimed" in events  # the dead consumer's pending entries were taken over
+
+
+async def test_entries_read_again_that_are_in_a_committed_file_are_acknowledged_not_rewritten(
+        redis_server, redis_client, tmp_path):
+    """A consumer that died after committing a file but before its XACK: the entries are pending to
+    it; whoever claims them finds them in the committed files and only acknowledges them."""
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 1500)
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        service.stop()
+    key = partition_keys("farcaster", "1").events
+    # Rewind the group and let a consumer that then "dies" take every entry: all pending, all committed.
+    await redis_client("XGROUP", "SETID", key, "files", "0")
+    await redis_client("XREADGROUP", "GROUP", "files", "ghost", "COUNT", 10_000, "STREAMS", key, ">")
+    assert (await redis_client("XPENDING", key, "files"))["pending"] == 1500
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="b")))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="the ghost's entries acknowledged")
+        service.stop()
+    assert service.stats["farcaster-parquet/1"].skipped == 1500
+    assert service.stats["farcaster-parquet/1"].delivered == 0
+    assert_exactly_once(out, await stream_ids(redis_client))

@@ -211,21 +211,25 @@ def _config_from(args: argparse.Namespace) -> Config:
 def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
     """``trio.run(fn, *args)``; the embedded Redis failing to start is one line, not a traceback."""
     failure: BaseException | None = None
+    problem: BaseException | None = None
     try:
         return trio.run(fn, *args)
     except* ConfigError as group:  # found once running (weir deliver: no partition stream yet)
-        problem = group.exceptions[0]
-        while isinstance(problem, BaseExceptionGroup):
-            problem = problem.exceptions[0]
+        problem = _first_leaf(group)
+    except* EmbeddedRedisError as group:
+        failure = _first_leaf(group)
+    if problem is not None:
         print(f"weir: config error: {redact_text(str(problem))}", file=sys.stderr)
         return EXIT_USAGE
-    except* EmbeddedRedisError as group:
-        failure = group
-        while isinstance(failure, BaseExceptionGroup):
-            failure = failure.exceptions[0]
     print(f"weir: cannot start the embedded Redis (redis.data_dir {config.redis.data_dir!r}): {redact_text(str(failure))}",
           file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
