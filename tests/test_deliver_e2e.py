@@ -207,3 +207,26 @@ async def test_entries_read_again_that_are_in_a_committed_file_are_acknowledged_
     assert service.stats["farcaster-parquet/1"].skipped == 1500
     assert service.stats["farcaster-parquet/1"].delivered == 0
     assert_exactly_once(out, await stream_ids(redis_client))
+
+
+async def test_weir_run_with_delivery_lands_every_simulated_event_in_parquet(redis_server, redis_client, tmp_path):
+    """Ingestion from the Snapchain simulator and delivery in one `weir run` (deliver.with_run)."""
+    from tests.helpers import e2e_config, in_process_sim, offered, running_service
+    from weir.sim.farcaster_data import SnapchainSimConfig
+
+    out = tmp_path / "parquet"
+    sim_config = SnapchainSimConfig(shards=2, seed=21, rate=20_000, history=500, total=1500)
+    expected = {shard: offered(sim_config, shard) for shard in (1, 2)}
+    pipeline = [{"source": "farcaster", "group": "files", "directory": str(out), "file_rows": 300, "file_age": 0.3}]
+    async with in_process_sim(sim_config) as (_, url):
+        config = e2e_config(redis_server.url, url, deliver__with_run="true", deliver__pipelines=json.dumps(pipeline),
+                            deliver__claim_idle="1.5", deliver__block_ms="100")
+        async with running_service(config):
+            for shard in (1, 2):
+                await wait_for(functools.partial(group_done, redis_client, str(shard)), timeout=60,
+                               what=f"shard {shard} delivered")
+    for shard in (1, 2):
+        rows = duckdb.sql(f"SELECT stream_id, data, fid FROM read_parquet('{out}/source=farcaster/partition={shard}/**/*.parquet')"
+                          ).fetchall()
+        assert sorted((r[0], bytes(r[1])) for r in rows) == sorted((f"{i}-0", p) for i, p in expected[shard])
+        assert len(rows) == len(expected[shard]) and any(r[2] for r in rows)  # fids decoded where weir scanned them

@@ -46,6 +46,9 @@ class DeliverSettings:
     max_deliveries: int = 5  # an entry delivered this many times without being accepted is dead-lettered
     read_count: int = 1000  # entries per XREADGROUP / XAUTOCLAIM
     block_ms: int = 1000  # how long one XREADGROUP waits for new entries
+    # `weir run` also runs these pipelines, as one more child of its root supervisor (pipelines
+    # without partitions then deliver the partitions weir ingests).
+    with_run: bool = False
     pipelines: tuple[DeliverPipelineSettings, ...] = ()
 
     def consumer_name(self) -> str:
