@@ -546,12 +546,12 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
         where = f"[{i}]"
         if not pipe.source:
             fail("deliver.pipelines", f"{where}: source: required (the network whose streams are delivered, e.g. farcaster)")
-        for what, value in [("source", pipe.source), *(("partitions", p) for p in pipe.partitions),
+        for what, value in [("source", pipe.source), *(("partition", p) for p in pipe.partitions),
                             *((("group", pipe.group),) if pipe.group else ())]:
             try:
                 validate_name(what, value)
-            except ValueError as exc:
-                fail("deliver.pipelines", f"{where}: {what}: {exc}")
+            except ValueError as exc:  # the message names the setting and the value
+                fail("deliver.pipelines", f"{where}: {exc}")
         name = pipe.name or f"{pipe.source}-{pipe.target}"
         if name in names:
             fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")
