@@ -13,7 +13,7 @@ from weir.deliver.decisions import (
     Claimed,
     FailureMemory,
     RollPolicy,
-    file_covers,
+    SortedIds,
     hour_of,
     parse_entry_id,
     safe_to_commit,
@@ -42,17 +42,27 @@ def test_triage_dead_letters_exactly_the_entries_delivered_more_than_max(items, 
     assert list(decision.deliver) == [i for i, n in items if n <= max_deliveries]  # order kept
 
 
+@given(st.lists(st.tuples(entry_ids, st.integers(1, 20)), unique_by=lambda item: item[0]), st.integers(1, 10),
+       st.data())
+def test_entries_the_target_holds_are_neither_offered_again_nor_dead_lettered(items, max_deliveries, data):
+    held = set(data.draw(st.sets(st.sampled_from([i for i, _ in items]))) if items else set())
+    decision = triage([Claimed(entry_id=i, deliveries=n) for i, n in items], max_deliveries=max_deliveries,
+                      reasons=FailureMemory(), held=held)
+    decided = set(decision.deliver) | {i for i, _ in decision.dead}
+    assert decided == {i for i, _ in items} - held
+
+
 @given(u64, u64, u64, u64)
 def test_entry_ids_order_as_redis_orders_them(a, b, c, d):
     assert (parse_entry_id(f"{a}-{b}") < parse_entry_id(f"{c}-{d}")) == ((a, b) < (c, d))
 
 
-@given(st.lists(entry_ids, min_size=1), entry_ids)
-def test_a_file_covers_exactly_the_ids_between_its_first_and_last(ids, probe):
-    ordered = sorted(ids, key=parse_entry_id)
-    inside = parse_entry_id(ordered[0]) <= parse_entry_id(probe) <= parse_entry_id(ordered[-1])
-    assert file_covers(ordered[0], ordered[-1], probe) == inside
-    assert all(file_covers(ordered[0], ordered[-1], i) for i in ids)
+@given(st.lists(entry_ids), entry_ids, entry_ids)
+def test_the_ids_a_file_range_covers_are_exactly_those_between_its_ends(ids, a, b):
+    first, last = sorted([parse_entry_id(a), parse_entry_id(b)])
+    got = SortedIds(ids).between(first, last)
+    assert sorted(got) == sorted(i for i in ids if first <= parse_entry_id(i) <= last)
+    assert got == sorted(got, key=parse_entry_id)
 
 
 @given(st.integers(1, 10**6), st.floats(0.001, 3600), st.integers(0, 10**6), st.floats(0, 1e6), st.floats(0, 1e4))

@@ -13,15 +13,25 @@ import os
 import signal
 from pathlib import Path
 
+import random
+
 import duckdb
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+import redis.asyncio as aioredis
 import trio
 
-from tests.helpers import wait_for, weir_args, weir_process
+from tests.helpers import e2e_config, in_process_sim, offered, running_service, wait_for, weir_args, weir_process
+from weir.bridge import call_asyncio
 from weir.config import load_config
+from weir.deliver.actor import DeliveryStats, PartitionDelivery
+from weir.deliver.decisions import RollPolicy
+from weir.deliver.group import ConsumerGroup
+from weir.deliver.parquet import ParquetTarget
 from weir.deliver.service import serve_deliver
+from weir.sim.farcaster_data import SnapchainSimConfig
+from weir.supervision import Backoff
 from weir.events import Chunk, Event
 from weir.sinks.keys import delivery_dead_key, partition_keys
 from weir.sinks.redis_sink import open_redis_sink
@@ -211,9 +221,6 @@ async def test_entries_read_again_that_are_in_a_committed_file_are_acknowledged_
 
 async def test_weir_run_with_delivery_lands_every_simulated_event_in_parquet(redis_server, redis_client, tmp_path):
     """Ingestion from the Snapchain simulator and delivery in one `weir run` (deliver.with_run)."""
-    from tests.helpers import e2e_config, in_process_sim, offered, running_service
-    from weir.sim.farcaster_data import SnapchainSimConfig
-
     out = tmp_path / "parquet"
     sim_config = SnapchainSimConfig(shards=2, seed=21, rate=20_000, history=500, total=1500)
     expected = {shard: offered(sim_config, shard) for shard in (1, 2)}
@@ -230,3 +237,45 @@ async def test_weir_run_with_delivery_lands_every_simulated_event_in_parquet(red
                           ).fetchall()
         assert sorted((r[0], bytes(r[1])) for r in rows) == sorted((f"{i}-0", p) for i, p in expected[shard])
         assert len(rows) == len(expected[shard]) and any(r[2] for r in rows)  # fids decoded where weir scanned them
+
+
+async def test_entries_held_in_an_open_file_while_a_commit_is_slow_are_not_written_twice(
+        redis_server, redis_client, tmp_path):
+    """A commit slower than claim_idle (a disk stalling on fsync) lets the entries of the other open
+    files idle long enough for this consumer's own claim pass to take them back: they must not be
+    offered a second time."""
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 2000)  # two hours: two files open at once
+    settings = load_config(environ={}, overrides={"deliver.claim_idle": "1", "deliver.claim_interval": "0.1",
+                                           "deliver.block_ms": "50"}).deliver
+
+    class SlowFirstCommit(ParquetTarget):
+        slow = True
+
+        async def commit(self, prepared):
+            if self.slow:
+                self.slow = False
+                await trio.sleep(settings.claim_idle * 1.5)
+            await super().commit(prepared)
+
+    client = aioredis.Redis.from_url(redis_server.url)
+    key = partition_keys("farcaster", "1").events
+    group = ConsumerGroup(client, "redis", stream=key, group="files", consumer="a",
+                          dead_stream=delivery_dead_key("farcaster", "1", "files"))
+    stats = DeliveryStats()
+    actor = PartitionDelivery(
+        name="files/1", group=group, settings=settings, start="0", stats=stats, backoff=Backoff(initial=0.01, maximum=0.1),
+        rng=random.Random(1),
+        make_target=lambda: SlowFirstCommit(directory=out, source="farcaster", partition="1", consumer="a",
+                                            compression="snappy", row_group_rows=100,
+                                            roll=RollPolicy(max_rows=100_000, max_age=0.3)))
+    stopping = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run, stopping)
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+            stopping.set()
+    finally:
+        await call_asyncio(client.aclose)
+    assert stats.claimed > 0  # the slow commit did let entries idle past claim_idle
+    assert_exactly_once(out, await stream_ids(redis_client))

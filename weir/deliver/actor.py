@@ -65,9 +65,11 @@ class PartitionDelivery:
     backoff: Backoff
     rng: random.Random
     failures: FailureMemory = attrs.field(factory=FailureMemory)
+    held: set[str] = attrs.field(factory=set)  # offered to the target, not yet committed or dropped
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
+        self.held.clear()  # a new target holds nothing (a crashed one's files were dropped)
         try:
             await self._patiently(self.group.ensure_group, self.start)
             await target.open()
@@ -129,7 +131,7 @@ class PartitionDelivery:
     async def _redeliver(self, target: Target, entries: Sequence[Entry]) -> None:
         """Entries delivered before: dead-letter those tried too often, skip those already durable."""
         counts = await self._patiently(self.group.deliveries, [entry.entry_id for entry in entries])
-        decision = triage(counts, max_deliveries=self.settings.max_deliveries, reasons=self.failures)
+        decision = triage(counts, max_deliveries=self.settings.max_deliveries, reasons=self.failures, held=self.held)
         by_id = {entry.entry_id: entry for entry in entries}
         deliveries = {item.entry_id: item.deliveries for item in counts}
         for entry_id, reason in decision.dead:
@@ -138,19 +140,23 @@ class PartitionDelivery:
             self.failures.forget([entry_id])
             log.warning("%s: entry %s dead-lettered: %s", self.name, entry_id, reason,
                         extra={"event": "deliver_dead_letter", "pipeline": self.name, "entry_id": entry_id, "reason": reason})
-        again = [by_id[entry_id] for entry_id in decision.deliver]
-        if not again:
+        await self._offer(target, [by_id[entry_id] for entry_id in decision.deliver])
+
+    async def _offer(self, target: Target, entries: Sequence[Entry]) -> None:
+        """Hand entries to the target, except those it already holds durably: acknowledged at once.
+
+        New entries are looked up too, not only those read again: if Redis lost the group's state
+        (a restart before its AOF had the last reads), entries committed earlier come back as new.
+        """
+        if not entries:
             return
-        durable = await target.already_delivered(again)
+        durable = await target.already_delivered(entries)
         if durable:
             await self._patiently(self.group.ack, sorted(durable, key=parse_entry_id))
             self.stats.skipped += len(durable)
-        await self._offer(target, [entry for entry in again if entry.entry_id not in durable])
-
-    async def _offer(self, target: Target, entries: Sequence[Entry]) -> None:
-        if not entries:
-            return
+            entries = [entry for entry in entries if entry.entry_id not in durable]
         refused = await target.offer(entries)
+        self.held.update(entry.entry_id for entry in entries if entry.entry_id not in refused)
         for entry_id, reason in refused.items():
             self.failures.remember(entry_id, reason)
             log.warning("%s: target refused entry %s: %s", self.name, entry_id, reason,
@@ -159,6 +165,7 @@ class PartitionDelivery:
 
     async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
         for prepared in await target.prepare(now, everything=everything):
+            self.held.difference_update(prepared.entry_ids)  # committed or dropped below: no longer held
             if await self._still_ours(prepared):
                 await target.commit(prepared)
                 await self._patiently(self.group.ack, list(prepared.entry_ids))
@@ -173,8 +180,7 @@ class PartitionDelivery:
 
     async def _still_ours(self, prepared: Prepared) -> bool:
         ordered = sorted(prepared.entry_ids, key=parse_entry_id)
-        pending = await self._patiently(self.group.pending_of, ordered[0], ordered[-1],
-                                        len(ordered) + len(self.failures) + 1000, mine=True)
+        pending = await self._patiently(self.group.pending_of, ordered[0], ordered[-1], mine=True)
         idle = [pending[entry_id][1] if entry_id in pending else None for entry_id in ordered]
         return safe_to_commit(idle, claim_idle=self.settings.claim_idle)
 

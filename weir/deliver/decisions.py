@@ -6,10 +6,11 @@ Every function here is pure (or a small value object) and property-tested
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 
 import attrs
 
@@ -44,8 +45,13 @@ class Triage:
     dead: tuple[tuple[str, str], ...]  # (entry id, reason)
 
 
-def triage(claimed: Sequence[Claimed], *, max_deliveries: int, reasons: FailureMemory) -> Triage:
+def triage(claimed: Sequence[Claimed], *, max_deliveries: int, reasons: FailureMemory,
+           held: Set[str] = frozenset()) -> Triage:
     """Split entries read again into those to try once more and those to give up on.
+
+    Entries the target ``held`` (offered, not yet committed or dropped) are in neither list: this
+    consumer claimed them back from itself because a slow commit let them idle, and offering them
+    again would write them twice (their counts rose with that claim, which is no failure either).
 
     An entry's count includes the delivery now being made (Redis raised it when it handed the entry
     over), so one whose count is above ``max_deliveries`` has already been tried that many times
@@ -55,6 +61,8 @@ def triage(claimed: Sequence[Claimed], *, max_deliveries: int, reasons: FailureM
     deliver: list[str] = []
     dead: list[tuple[str, str]] = []
     for item in claimed:
+        if item.entry_id in held:
+            continue
         if item.deliveries > max_deliveries:
             last = reasons.get(item.entry_id)
             tried = f"not accepted after {item.deliveries - 1} deliveries (deliver.max_deliveries = {max_deliveries})"
@@ -117,6 +125,14 @@ def safe_to_commit(idle_ms: Sequence[int | None], *, claim_idle: float) -> bool:
     return all(idle is not None and idle < limit for idle in idle_ms)
 
 
-def file_covers(first: str, last: str, entry_id: str) -> bool:
-    """Whether ``entry_id`` lies in the id range ``[first, last]`` a committed file's name carries."""
-    return parse_entry_id(first) <= parse_entry_id(entry_id) <= parse_entry_id(last)
+class SortedIds:
+    """Entry ids sorted as Redis orders them, to find those a committed file's id range covers."""
+
+    def __init__(self, entry_ids: Iterable[str]) -> None:
+        keyed = sorted((parse_entry_id(entry_id), entry_id) for entry_id in entry_ids)
+        self._keys = [key for key, _ in keyed]
+        self._ids = [entry_id for _, entry_id in keyed]
+
+    def between(self, first: tuple[int, int], last: tuple[int, int]) -> list[str]:
+        """The ids from ``first`` to ``last`` inclusive (parsed ids), by bisection."""
+        return self._ids[bisect.bisect_left(self._keys, first):bisect.bisect_right(self._keys, last)]

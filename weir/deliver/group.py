@@ -11,11 +11,12 @@ import attrs
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from weir.deliver.decisions import Claimed
+from weir.deliver.decisions import Claimed, parse_entry_id
 from weir.sinks.redis_sink import call_redis
 
 Fields = dict[bytes, bytes]
 _ACK_PAGE = 10_000  # ids per XACK: a file's worth in one command would be a multi-MB request
+_PENDING_PAGE = 10_000  # entries per XPENDING reply
 
 
 @attrs.frozen(kw_only=True)
@@ -92,19 +93,27 @@ class ConsumerGroup:
             gone += [_text(entry_id) for entry_id in reply[2]]
         return next_cursor, entries, gone
 
-    async def pending_of(self, first: str, last: str, count: int, *, mine: bool = False) -> dict[str, tuple[str, int, int]]:
-        """Pending entries between ``first`` and ``last`` (only this consumer's with ``mine``):
+    async def pending_of(self, first: str, last: str, *, mine: bool = False) -> dict[str, tuple[str, int, int]]:
+        """Pending entries from ``first`` to ``last`` (only this consumer's with ``mine``), paged:
         id -> (consumer, idle ms, deliveries)."""
-        reply = await call_redis(self._url, self._client.xpending_range, self.stream, self.group, first, last, count,
-                                 self.consumer if mine else None)
-        return {_text(item["message_id"]): (_text(item["consumer"]), int(item["time_since_delivered"]),
-                                            int(item["times_delivered"])) for item in reply}
+        out: dict[str, tuple[str, int, int]] = {}
+        start = first
+        while True:
+            page = await call_redis(self._url, self._client.xpending_range, self.stream, self.group, start, last,
+                                    _PENDING_PAGE, self.consumer if mine else None)
+            for item in page:
+                out[_text(item["message_id"])] = (_text(item["consumer"]), int(item["time_since_delivered"]),
+                                                  int(item["times_delivered"]))
+            if len(page) < _PENDING_PAGE:
+                return out
+            start = "(" + _text(page[-1]["message_id"])  # exclusive ranges: Redis 6.2 on
 
     async def deliveries(self, entry_ids: list[str]) -> list[Claimed]:
         """Each entry's delivery count (those no longer pending are left out)."""
         if not entry_ids:
             return []
-        pending = await self.pending_of(entry_ids[0], entry_ids[-1], len(entry_ids) + 10_000)
+        ordered = sorted(entry_ids, key=parse_entry_id)
+        pending = await self.pending_of(ordered[0], ordered[-1])
         return [Claimed(entry_id=entry_id, deliveries=pending[entry_id][2]) for entry_id in entry_ids
                 if entry_id in pending]
 

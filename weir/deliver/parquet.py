@@ -27,7 +27,7 @@ import attrs
 import pyarrow.parquet as pq
 import trio
 
-from weir.deliver.decisions import RollPolicy, file_covers, hour_of, parse_entry_id
+from weir.deliver.decisions import RollPolicy, SortedIds, hour_of, parse_entry_id
 from weir.deliver.group import Entry
 from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, seconds_of
 from weir.deliver.target import Prepared
@@ -75,6 +75,7 @@ class ParquetTarget:
         self._open: dict[str, _OpenFile] = {}
         self._serial = itertools.count()
         self._committed_ids: OrderedDict[Path, frozenset[str]] = OrderedDict()
+        self._spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -107,20 +108,35 @@ class ParquetTarget:
         return await trio.to_thread.run_sync(self._find_committed, by_hour)
 
     def _find_committed(self, by_hour: dict[str, list[str]]) -> set[str]:
+        """Runs on every batch: one directory listing per hour, a bisection per committed file, and
+        a file's stream ids are read only when one of the entries falls inside its range."""
         found: set[str] = set()
         for hour, entry_ids in by_hour.items():
             hour_dir = self.partition_dir / f"hour={hour}"
-            if not hour_dir.is_dir():
+            try:
+                names = os.listdir(hour_dir)
+            except FileNotFoundError:
                 continue
-            for path in hour_dir.iterdir():
-                match = COMMITTED_NAME.match(path.name)
-                if match is None:
-                    continue
-                candidates = [i for i in entry_ids if i not in found and file_covers(match[1], match[2], i)]
-                if candidates:
-                    ids = self._ids_in(path)
-                    found.update(i for i in candidates if i in ids)
+            candidates = SortedIds(entry_ids)
+            for name in names:
+                span = self._span_of(name)
+                inside = candidates.between(*span) if span is not None else None
+                if inside:
+                    ids = self._ids_in(hour_dir / name)
+                    found.update(entry_id for entry_id in inside if entry_id in ids)
         return found
+
+    def _span_of(self, name: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The id range a committed file's name carries (None: not a committed file)."""
+        span = self._spans.get(name)
+        if span is None:
+            match = COMMITTED_NAME.match(name)
+            if match is None:
+                return None
+            span = self._spans[name] = (parse_entry_id(match[1]), parse_entry_id(match[2]))
+            if len(self._spans) > 100_000:  # bounded: names of files long past are dropped
+                self._spans.clear()
+        return span
 
     def _ids_in(self, path: Path) -> frozenset[str]:
         ids = self._committed_ids.get(path)

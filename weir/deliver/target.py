@@ -50,8 +50,10 @@ class Target(Protocol):
         """Recover after a crash (e.g. remove abandoned temporary files); called once per start."""
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
-        """Of entries read again (claimed, or pending since before a restart), the ids the target
-        already holds durably: the core acknowledges them without offering them again."""
+        """Of entries about to be offered, the ids the target already holds durably (a consumer
+        died between commit and acknowledgement, or Redis lost the group's last reads): the core
+        acknowledges them without offering them. Called for every batch, so it must be cheap for
+        entries newer than anything committed."""
 
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         """Take entries in; returns the ones refused, id -> reason (left unacknowledged, so they
