@@ -279,3 +279,19 @@ async def test_entries_held_in_an_open_file_while_a_commit_is_slow_are_not_writt
         await call_asyncio(client.aclose)
     assert stats.claimed > 0  # the slow commit did let entries idle past claim_idle
     assert_exactly_once(out, await stream_ids(redis_client))
+
+
+async def test_pending_entries_deleted_from_the_stream_are_acknowledged_on_restart(redis_server, redis_client, tmp_path):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 200)
+    key = partition_keys("farcaster", "1").events
+    await redis_client("XGROUP", "CREATE", key, "files", "0")
+    await redis_client("XREADGROUP", "GROUP", "files", "a", "COUNT", 1000, "STREAMS", key, ">")  # then "a" stopped
+    await redis_client("XDEL", key, "50-0", "51-0")  # trimmed by an operator meanwhile
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        service.stop()
+    assert_exactly_once(out, await stream_ids(redis_client))
+    assert len(committed_ids(out)) == 198
+    assert await redis_client("XLEN", delivery_dead_key("farcaster", "1", "files")) == 0

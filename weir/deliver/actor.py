@@ -107,11 +107,13 @@ class PartitionDelivery:
         """Entries this consumer name had pending before the (re)start: delivered again."""
         after = "0"
         while True:
-            entries = await self._patiently(self.group.read_own_pending, after, self.settings.read_count)
-            if not entries:
+            entries, gone = await self._patiently(self.group.read_own_pending, after, self.settings.read_count)
+            if gone:  # deleted from the stream while pending: nothing left to deliver
+                await self._patiently(self.group.ack, gone)
+            if not entries and not gone:
                 return
             await self._redeliver(target, entries)
-            after = entries[-1].entry_id
+            after = max([entry.entry_id for entry in entries] + gone, key=parse_entry_id)
 
     async def _claim_pass(self, target: Target) -> None:
         cursor = "0-0"
@@ -130,6 +132,8 @@ class PartitionDelivery:
 
     async def _redeliver(self, target: Target, entries: Sequence[Entry]) -> None:
         """Entries delivered before: dead-letter those tried too often, skip those already durable."""
+        if not entries:
+            return
         counts = await self._patiently(self.group.deliveries, [entry.entry_id for entry in entries])
         decision = triage(counts, max_deliveries=self.settings.max_deliveries, reasons=self.failures, held=self.held)
         by_id = {entry.entry_id: entry for entry in entries}

@@ -61,10 +61,11 @@ class ConsumerGroup:
         """Entries never delivered to the group (``>``), waiting up to ``block_ms`` for some."""
         reply = await call_redis(self._url, self._client.xreadgroup, self.group, self.consumer,
                                  {self.stream: ">"}, count, block_ms)
-        return _entries(reply)
+        return _entries(reply)[0]
 
-    async def read_own_pending(self, after: str, count: int) -> list[Entry]:
-        """Entries pending to this consumer (delivered to it, not acknowledged), after ``after``.
+    async def read_own_pending(self, after: str, count: int) -> tuple[list[Entry], list[str]]:
+        """Entries pending to this consumer (delivered to it, not acknowledged), after ``after``,
+        and the ids of those no longer in the stream (deleted or trimmed since).
 
         Reading them counts as a delivery (Redis raises their delivery count).
         """
@@ -83,12 +84,13 @@ class ConsumerGroup:
         next_cursor = _text(reply[0])
         entries: list[Entry] = []
         gone: list[str] = []
-        for item in reply[1]:
-            if item is None or item[1] is None:  # Redis 6.2: a deleted entry comes back as nil fields
-                if item is not None:
-                    gone.append(_text(item[0]))
+        for entry_id, fields in reply[1]:
+            if entry_id is None:  # Redis 6.2: a deleted entry is a nil, without its id (it stays pending)
                 continue
-            entries.append(Entry(entry_id=_text(item[0]), fields=_field_dict(item[1])))
+            if not fields:  # a deleted entry (weir's entries always have fields)
+                gone.append(_text(entry_id))
+                continue
+            entries.append(Entry(entry_id=_text(entry_id), fields=_field_dict(fields)))
         if len(reply) > 2:  # Redis 7: deleted ids listed apart (and dropped from the pending list)
             gone += [_text(entry_id) for entry_id in reply[2]]
         return next_cursor, entries, gone
@@ -142,14 +144,18 @@ class ConsumerGroup:
         return [Entry(entry_id=_text(entry_id), fields=fields) for entry_id, fields in reply]
 
 
-def _entries(reply: Any) -> list[Entry]:
+def _entries(reply: Any) -> tuple[list[Entry], list[str]]:
+    """An XREADGROUP reply: the entries, and the ids of pending entries deleted from the stream
+    (they come back without fields)."""
     out: list[Entry] = []
+    gone: list[str] = []
     for _stream, items in reply or ():
         for entry_id, fields in items:
-            if fields is None:  # a pending entry that was deleted from the stream
+            if not fields:
+                gone.append(_text(entry_id))
                 continue
             out.append(Entry(entry_id=_text(entry_id), fields=_field_dict(fields)))
-    return out
+    return out, gone
 
 
 def _field_dict(fields: Any) -> Fields:
