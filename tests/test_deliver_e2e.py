@@ -49,7 +49,7 @@ async def write_events(url: str, partition: str, first: int, count: int) -> None
             events = [
                 Event(source="farcaster", partition=partition, position=p, kind="MERGE_MESSAGE", key=b"h%d" % p,
                       payload=b"\x0a\x00payload-%d\xff" % p, timestamp=BASE_TS + HOUR * 1.5 * (p - first) / count,
-                      fields={"block": p // 10, "fid": p % 97, "type": "MESSAGE_TYPE_CAST_ADD"})
+                      fields={"block": p // 10, "fid": p % 97, "type": "CAST_ADD"})
                 for p in range(start, min(start + 500, first + count))
             ]
             await sink.write(partition, [Chunk(partition=partition, events=events, through=events[-1].position)])
@@ -237,6 +237,14 @@ async def test_weir_run_with_delivery_lands_every_simulated_event_in_parquet(red
                           ).fetchall()
         assert sorted((r[0], bytes(r[1])) for r in rows) == sorted((f"{i}-0", p) for i, p in expected[shard])
         assert len(rows) == len(expected[shard]) and any(r[2] for r in rows)  # fids decoded where weir scanned them
+    # The documented query (docs/delivery.md) runs on these files and counts what pyarrow counts.
+    casts = duckdb.sql(f"""
+        SELECT hour, fid, count(*) AS casts
+        FROM read_parquet('{out}/source=farcaster/**/*.parquet', hive_partitioning = true)
+        WHERE type = 'CAST_ADD' AND partition = 1
+        GROUP BY ALL ORDER BY casts DESC""").fetchall()
+    types = ds.dataset(out / "source=farcaster" / "partition=1", format="parquet").to_table(columns=["type"])
+    assert 0 < sum(row[2] for row in casts) == types.column("type").to_pylist().count("CAST_ADD")
 
 
 async def test_entries_held_in_an_open_file_while_a_commit_is_slow_are_not_written_twice(
@@ -295,3 +303,34 @@ async def test_pending_entries_deleted_from_the_stream_are_acknowledged_on_resta
     assert_exactly_once(out, await stream_ids(redis_client))
     assert len(committed_ids(out)) == 198
     assert await redis_client("XLEN", delivery_dead_key("farcaster", "1", "files")) == 0
+
+
+async def test_ethereum_retractions_are_rows_a_query_applies(redis_server, redis_client, tmp_path):
+    """Logs and the retraction of one of them (a reorg), through weir's sink; the documented DuckDB
+    query (docs/delivery.md) keeps the logs that are still canonical."""
+    out = tmp_path / "parquet"
+
+    def log(position: int, kind: str, index: int) -> Event:
+        return Event(source="ethereum", partition="1", position=position, kind=kind, key=b"1:0xb%d:%d" % (index, index),
+                     payload=json.dumps({"logIndex": hex(index)}).encode(), timestamp=BASE_TS + position,
+                     fields={"chain": 1, "block": 100 + index, "block_hash": f"0xb{index}", "log_index": index,
+                             "tx": f"0x{index:064x}", "address": "0x" + "ab" * 20, "topic0": "0x" + "dd" * 32})
+
+    events = [log(1, "log", 0), log(2, "log", 1), log(3, "log", 2), log(4, "retract", 1)]
+    async with open_redis_sink(redis_server.url, source="ethereum") as sink:
+        await sink.write("1", [Chunk(partition="1", events=events, through=4)])
+    pipeline = {"source": "ethereum", "group": "files", "directory": str(out), "file_age": 0.3}
+    config = load_config(environ={}, overrides={"redis.url": redis_server.url, "deliver.pipelines": json.dumps([pipeline]),
+                                                "deliver.claim_idle": "1.5", "deliver.block_ms": "100"})
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, config))
+        await wait_for(lambda: any(out.rglob("*.parquet")), timeout=30, what="a committed file")
+        service.stop()
+    rows = duckdb.sql(f"""
+        SELECT log_index, block, chain, kind FROM (
+          SELECT *, row_number() OVER (PARTITION BY key ORDER BY position DESC, sub DESC) AS latest
+          FROM read_parquet('{out}/source=ethereum/**/*.parquet', hive_partitioning = true)
+        ) WHERE latest = 1 AND kind = 'log' ORDER BY log_index""").fetchall()
+    assert rows == [(0, 100, 1, "log"), (2, 102, 1, "log")]
+    kinds = pq.read_table(next(out.rglob("*.parquet")), columns=["kind"]).column("kind").to_pylist()
+    assert kinds == ["log", "log", "log", "retract"]
