@@ -69,6 +69,12 @@ def test_two_pipelines_with_one_name_are_refused():
         load_config(environ={}, overrides=overrides)
 
 
+def test_two_pipelines_writing_one_source_into_one_directory_are_refused():
+    overrides = {"deliver.pipelines": json.dumps([dict(GOOD, name="a"), dict(GOOD, name="b", group="other")])}
+    with pytest.raises(ConfigError, match=r"\[1\]: directory: 'out' already receives farcaster from another pipeline"):
+        load_config(environ={}, overrides=overrides)
+
+
 def test_weir_deliver_without_a_pipeline_is_a_usage_error(capsys):
     assert main(["deliver", "--redis-url", "redis://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err

@@ -167,20 +167,32 @@ async def test_an_entry_that_cannot_be_written_is_dead_lettered_after_max_delive
 @pytest.mark.parametrize("same_consumer", [True, False], ids=["restart-same-consumer", "restart-new-consumer"])
 async def test_kill_9_mid_file_then_restart_delivers_exactly_once(redis_server, redis_client, tmp_path, same_consumer):
     out = tmp_path / "parquet"
-    await write_events(redis_server.url, "1", 1, 20_000)
+    await write_events(redis_server.url, "1", 1, 5000)
     pipeline = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(out),
                             "row_group_rows": 200, "file_rows": 1000, "file_age": 0.5}])
     settings = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
                 "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json"]
     log_path = tmp_path / "deliver.log"
-    async with weir_process(weir_args("deliver", *settings, "--consumer", "first"), log_path) as process:
-        # Killed once some files are committed and more is on its way (a temporary file open).
-        await wait_for(lambda: (len(list(out.rglob("*.parquet"))) >= 3 and any(out.rglob("*.tmp")))
-                       or process.returncode is not None, timeout=60, what="three committed files and one open")
-        assert process.returncode is None, log_path.read_text()[-3000:]
-        os.kill(process.pid, signal.SIGKILL)
-        await process.wait()
-    assert len(committed_ids(out)) < 20_000, "the kill came after everything was delivered: not a mid-run kill"
+    written = 5000
+
+    async def keep_writing() -> None:  # entries keep arriving, so a file is always open
+        nonlocal written
+        while True:
+            await write_events(redis_server.url, "1", written + 1, 200)
+            written += 200
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as writers:
+        writers.start_soon(keep_writing)
+        async with weir_process(weir_args("deliver", *settings, "--consumer", "first"), log_path) as process:
+            # Killed once some files are committed while another is open.
+            await wait_for(lambda: (len(list(out.rglob("*.parquet"))) >= 3 and any(out.rglob("*.tmp")))
+                           or process.returncode is not None, timeout=60, what="three committed files and one open")
+            assert process.returncode is None, log_path.read_text()[-3000:]
+            os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+        writers.cancel_scope.cancel()
+    assert any(out.rglob("*.tmp"))  # the open file, abandoned
     consumer = "first" if same_consumer else "second"
     async with weir_process(weir_args("deliver", *settings, "--consumer", consumer), log_path) as process:
         await wait_for(functools.partial(group_done, redis_client), timeout=90, what="every entry acknowledged")

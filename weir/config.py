@@ -542,6 +542,7 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
         except ValueError as exc:
             fail("deliver.consumer", str(exc))
     names: set[str] = set()
+    places: set[tuple[str, str]] = set()
     for i, pipe in enumerate(deliver.pipelines):
         where = f"[{i}]"
         if not pipe.source:
@@ -556,6 +557,12 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
         if name in names:
             fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")
         names.add(name)
+        place = (pipe.source, str(Path(pipe.directory).resolve()))
+        if pipe.target == "parquet" and place in places:
+            # Each pipeline takes the committed files under its directory for its own deliveries.
+            fail("deliver.pipelines", f"{where}: directory: {pipe.directory!r} already receives {pipe.source} "
+                                      f"from another pipeline; give each its own directory")
+        places.add(place)
         if pipe.start not in {"0", "$"}:
             fail("deliver.pipelines", f"{where}: start: expected '0' (the whole stream) or '$' (from now), got {pipe.start!r}")
         if pipe.target not in TARGET_KINDS:

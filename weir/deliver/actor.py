@@ -66,6 +66,7 @@ class PartitionDelivery:
     rng: random.Random
     failures: FailureMemory = attrs.field(factory=FailureMemory)
     held: set[str] = attrs.field(factory=set)  # offered to the target, not yet committed or dropped
+    undecided: list[Prepared] = attrs.field(factory=list)  # prepared, neither committed nor aborted yet
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
@@ -83,6 +84,9 @@ class PartitionDelivery:
                 await self._commit(target, trio.current_time(), everything=True)
         finally:
             with trio.CancelScope(shield=True):
+                for prepared in self.undecided:  # cancelled between prepare and commit: drop them
+                    await target.abort(prepared)
+                self.undecided.clear()
                 await target.aclose()
 
     async def _loop(self, target: Target) -> None:
@@ -168,9 +172,13 @@ class PartitionDelivery:
         self.stats.refused += len(refused)
 
     async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
-        for prepared in await target.prepare(now, everything=everything):
+        self.undecided = await target.prepare(now, everything=everything)
+        while self.undecided:
+            prepared = self.undecided[0]
             self.held.difference_update(prepared.entry_ids)  # committed or dropped below: no longer held
-            if await self._still_ours(prepared):
+            safe = await self._still_ours(prepared)
+            self.undecided.pop(0)  # from here on it is committed or aborted (neither can be cancelled half-way)
+            if safe:
                 await target.commit(prepared)
                 await self._patiently(self.group.ack, list(prepared.entry_ids))
                 self.stats.commits += 1

@@ -66,7 +66,8 @@ class Target(Protocol):
         """Write out what is due at ``now`` (everything buffered, with ``everything``)."""
 
     async def commit(self, prepared: Prepared) -> None:
-        """Make ``prepared`` durable and visible; once this returns the entries may be acknowledged."""
+        """Make ``prepared`` durable and visible; once this returns the entries may be acknowledged.
+        Must not be cancellable half-way (the Parquet target runs it in a thread trio waits for)."""
 
     async def abort(self, prepared: Prepared) -> None:
         """Drop ``prepared`` (its entries stay pending and will be delivered again)."""
