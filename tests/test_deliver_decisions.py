@@ -134,3 +134,23 @@ def test_a_typed_field_that_is_not_its_type_refuses_the_row(name, value):
         assert name.decode() in str(exc)
     else:
         raise AssertionError("the row was accepted")
+
+
+def test_atproto_and_ethereum_routing_fields_become_their_columns():
+    atproto = SourceSchema.of("atproto").row("9-2", {
+        b"kind": b"commit", b"data": b"\xa1", b"key": b"bafyrei", b"ts": b"1764000000.5", b"did": b"did:plc:abc",
+        b"collection": b"app.bsky.feed.post", b"rkey": b"3k", b"action": b"create", b"rev": b"r1", b"cid": b"bafyrei",
+        b"seq": b"9", b"time": b"2025-11-24T16:00:00.5Z"})
+    assert (atproto["did"], atproto["collection"], atproto["rkey"], atproto["action"]) == (
+        "did:plc:abc", "app.bsky.feed.post", "3k", "create")
+    assert (atproto["position"], atproto["sub"]) == (9, 2)
+    assert sorted(atproto["extra"]) == [("seq", "9"), ("time", "2025-11-24T16:00:00.5Z")]
+    ethereum = SourceSchema.of("ethereum").row("4-0", {
+        b"kind": b"retract", b"data": b"{}", b"key": b"1:0xb:3", b"ts": b"1764000000", b"chain": b"1", b"block": b"77",
+        b"log_index": b"3", b"tx": b"0xt", b"event": b"Transfer", b"decoded": b'{"event":"Transfer"}'})
+    assert (ethereum["kind"], ethereum["chain"], ethereum["block"], ethereum["log_index"], ethereum["tx"]) == (
+        "retract", 1, 77, 3, "0xt")
+    assert ethereum["address"] is None and ethereum["extra"] is None
+    other = SourceSchema.of("mynetwork").row("1-0", {b"kind": b"x", b"ts": b"0", b"colour": b"red"})
+    assert other["ts"] is None and other["extra"] == [("colour", "red")]
+    assert "colour" not in SourceSchema.of("mynetwork").schema.names
