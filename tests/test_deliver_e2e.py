@@ -15,6 +15,7 @@ from pathlib import Path
 
 import random
 
+import attrs
 import duckdb
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -22,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 import trio
 
-from tests.helpers import e2e_config, in_process_sim, offered, running_service, wait_for, weir_args, weir_process
+from tests.helpers import capture_json_logs, e2e_config, in_process_sim, offered, running_service, wait_for, weir_args, weir_process
 from weir.bridge import call_asyncio
 from weir.config import load_config
 from weir.deliver.actor import DeliveryStats, PartitionDelivery
@@ -346,3 +347,52 @@ async def test_ethereum_retractions_are_rows_a_query_applies(redis_server, redis
     assert rows == [(0, 100, 1, "log"), (2, 102, 1, "log")]
     kinds = pq.read_table(next(out.rglob("*.parquet")), columns=["kind"]).column("kind").to_pylist()
     assert kinds == ["log", "log", "log", "retract"]
+
+
+@pytest.mark.parametrize("fault", ["redis-restart", "redis-hang"])
+async def test_delivery_rides_out_a_redis_outage_exactly_once(durable_redis_server, durable_redis_client, tmp_path, fault):
+    """Redis killed and started again (appendfsync always: it loses nothing it acknowledged), or
+    hung (SIGSTOP) for longer than claim_idle, while entries arrive and files are being written."""
+    server, client = durable_redis_server, durable_redis_client
+    out = tmp_path / "parquet"
+    await write_events(server.url, "1", 1, 1000)
+    written = 1000
+    enough = trio.Event()
+
+    async def keep_writing() -> None:  # until told: every batch written (retried through the outage) is counted
+        nonlocal written
+        while not enough.is_set():
+            while True:
+                try:
+                    await write_events(server.url, "1", written + 1, 100)
+                    break
+                except Exception:  # the outage: the same events again (the sink's write is idempotent)
+                    await trio.sleep(0.05)
+            written += 100
+            await trio.sleep(0.01)
+
+    config = deliver_config(server.url, out, consumer="a")
+    config = attrs.evolve(config, redis=attrs.evolve(config.redis, socket_timeout=0.5))
+    with capture_json_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(functools.partial(serve_deliver, config))
+            async with trio.open_nursery() as writer:
+                writer.start_soon(keep_writing)
+                await wait_for(lambda: len(list(out.rglob("*.parquet"))) >= 2, timeout=30, what="two committed files")
+                if fault == "redis-restart":
+                    await server.kill()
+                    await trio.sleep(1.0)  # down for a while: reads, acknowledgements and the writer all fail
+                    await server.start()
+                else:
+                    server.pause()
+                    await trio.sleep(2.5)  # past claim_idle (1.5 s): what was held may look abandoned
+                    server.resume()
+                files = len(list(out.rglob("*.parquet")))
+                await wait_for(lambda: len(list(out.rglob("*.parquet"))) >= files + 3, timeout=30,
+                               what="files committed after the outage")
+                enough.set()
+            await wait_for(functools.partial(group_done, client), timeout=60, what="every entry acknowledged")
+            service.stop()
+    assert logs.of("deliver_redis_unavailable"), "the outage was not noticed"
+    assert_exactly_once(out, await stream_ids(client))
+    assert len(committed_ids(out)) == written
