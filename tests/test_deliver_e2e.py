@@ -396,3 +396,46 @@ async def test_delivery_rides_out_a_redis_outage_exactly_once(durable_redis_serv
     assert logs.of("deliver_redis_unavailable"), "the outage was not noticed"
     assert_exactly_once(out, await stream_ids(client))
     assert len(committed_ids(out)) == written
+
+
+async def test_kill_9_of_one_of_two_instances_the_other_takes_over_exactly_once(redis_server, redis_client, tmp_path):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 3000)
+    pipeline = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(out),
+                            "row_group_rows": 200, "file_rows": 1000, "file_age": 0.5}])
+    settings = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
+                "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json"]
+    written = 3000
+    enough = trio.Event()
+
+    async def keep_writing() -> None:
+        nonlocal written
+        while not enough.is_set():
+            await write_events(redis_server.url, "1", written + 1, 200)
+            written += 200
+            await trio.sleep(0.02)
+
+    def open_files_of(consumer: str) -> list[Path]:
+        return list(out.rglob(f".part-{consumer}-*.tmp"))
+
+    async with trio.open_nursery() as writers:
+        writers.start_soon(keep_writing)
+        async with weir_process(weir_args("deliver", *settings, "--consumer", "survivor"), tmp_path / "survivor.log") as survivor:
+            async with weir_process(weir_args("deliver", *settings, "--consumer", "victim"), tmp_path / "victim.log") as victim:
+                await wait_for(lambda: len(list(out.rglob("part-*-victim.parquet"))) >= 2 and bool(open_files_of("victim")),
+                               timeout=60, what="the victim committing files, with one open")
+                os.kill(victim.pid, signal.SIGKILL)
+                await victim.wait()
+            assert open_files_of("victim")
+            await trio.sleep(0.5)  # entries keep arriving for the survivor alone
+            enough.set()
+            await wait_for(functools.partial(group_done, redis_client), timeout=90, what="every entry acknowledged")
+            survivor.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await survivor.wait() == 0
+    assert_exactly_once(out, await stream_ids(redis_client))
+    assert len(committed_ids(out)) == written
+    events = [json.loads(line).get("event") for line in (tmp_path / "survivor.log").read_text().splitlines()
+              if line.startswith("{")]
+    assert "deliver_claimed" in events and "deliver_temp_removed" in events
+    assert not open_files_of("victim")  # removed once its entries were claimed

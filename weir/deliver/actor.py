@@ -73,7 +73,7 @@ class PartitionDelivery:
         self.held.clear()  # a new target holds nothing (a crashed one's files were dropped)
         try:
             await self._patiently(self.group.ensure_group, self.start)
-            await target.open()
+            await target.recover()
             task_status.started()
             async with until_stopped(stopping):
                 await self._take_over_own_pending(target)
@@ -121,18 +121,22 @@ class PartitionDelivery:
 
     async def _claim_pass(self, target: Target) -> None:
         cursor = "0-0"
+        claimed = False
         for _ in range(_CLAIM_PAGES):
             cursor, entries, gone = await self._patiently(
                 self.group.autoclaim, self.settings.claim_idle, cursor, self.settings.read_count)
             if gone:  # deleted from the stream while pending: nothing left to deliver
                 await self._patiently(self.group.ack, gone)
             if entries:
+                claimed = True
                 self.stats.claimed += len(entries)
                 log.info("%s: claimed %d entries idle for over %gs", self.name, len(entries), self.settings.claim_idle,
                          extra={"event": "deliver_claimed", "pipeline": self.name, "entries": len(entries)})
                 await self._redeliver(target, entries)
             if cursor == "0-0":
-                return
+                break
+        if claimed:  # their consumer may have died with a file open
+            await target.recover()
 
     async def _redeliver(self, target: Target, entries: Sequence[Entry]) -> None:
         """Entries delivered before: dead-letter those tried too often, skip those already durable."""

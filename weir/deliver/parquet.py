@@ -79,7 +79,7 @@ class ParquetTarget:
 
     # -- recovery ------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def recover(self) -> None:
         await trio.to_thread.run_sync(self._remove_abandoned)
 
     def _remove_abandoned(self) -> None:

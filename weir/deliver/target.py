@@ -46,8 +46,9 @@ class Prepared:
 
 
 class Target(Protocol):
-    async def open(self) -> None:
-        """Recover after a crash (e.g. remove abandoned temporary files); called once per start."""
+    async def recover(self) -> None:
+        """Clean up after writers that died (e.g. remove their abandoned temporary files); called
+        at every start and after entries were claimed from another consumer (which died)."""
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
         """Of entries about to be offered, the ids the target already holds durably (a consumer
