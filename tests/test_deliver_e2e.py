@@ -439,3 +439,24 @@ async def test_kill_9_of_one_of_two_instances_the_other_takes_over_exactly_once(
               if line.startswith("{")]
     assert "deliver_claimed" in events and "deliver_temp_removed" in events
     assert not open_files_of("victim")  # removed once its entries were claimed
+
+
+@pytest.mark.parametrize("codec", ["zstd", "snappy", "gzip", "none"])
+async def test_compression_and_row_groups_are_as_configured(redis_server, redis_client, tmp_path, codec):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 1000)
+    pipeline = {"source": "farcaster", "group": "files", "directory": str(out), "compression": codec,
+                "row_group_rows": 128, "file_rows": 100_000, "file_age": 0.5}
+    config = load_config(environ={}, overrides={"redis.url": redis_server.url, "deliver.pipelines": json.dumps([pipeline]),
+                                                "deliver.claim_idle": "1.5", "deliver.block_ms": "100"})
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, config))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        service.stop()
+    assert_exactly_once(out, await stream_ids(redis_client))
+    for path in out.rglob("*.parquet"):
+        meta = pq.read_metadata(path)
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        assert all(group.num_rows <= 128 for group in groups) and sum(g.num_rows for g in groups) == meta.num_rows
+        assert {group.column(0).compression for group in groups} == {"UNCOMPRESSED" if codec == "none" else codec.upper()}
+    assert max(pq.read_metadata(p).num_row_groups for p in out.rglob("*.parquet")) > 1

@@ -78,10 +78,9 @@ class PartitionDelivery:
             async with until_stopped(stopping):
                 await self._take_over_own_pending(target)
                 await self._loop(target)
-            # An ordered stop: what is buffered is committed and acknowledged (the drain).
-            with trio.CancelScope(shield=True) as drain:
-                drain.deadline = trio.current_time() + 20.0
-                await self._commit(target, trio.current_time(), everything=True)
+            # An ordered stop: what is buffered is committed and acknowledged (the drain; a cancel
+            # meanwhile, the supervisor's after shutdown_grace or a second signal, leaves it pending).
+            await self._commit(target, trio.current_time(), everything=True)
         finally:
             with trio.CancelScope(shield=True):
                 for prepared in self.undecided:  # cancelled between prepare and commit: drop them
@@ -176,7 +175,7 @@ class PartitionDelivery:
         self.stats.refused += len(refused)
 
     async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
-        self.undecided = await target.prepare(now, everything=everything)
+        self.undecided += await target.prepare(now, everything=everything)  # with any a cancel left undecided
         while self.undecided:
             prepared = self.undecided[0]
             self.held.difference_update(prepared.entry_ids)  # committed or dropped below: no longer held

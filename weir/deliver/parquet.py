@@ -178,13 +178,14 @@ class ParquetTarget:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else can hold it
         return _OpenFile(hour=hour, temp=temp, lock_fd=fd, buffer=RowBuffer(self.schema), opened_at=opened_at)
 
-    def _write_row_group(self, file: _OpenFile) -> None:
-        if not len(file.buffer):
-            return
-        table = file.buffer.take_table()
-        if file.writer is None:
-            file.writer = pq.ParquetWriter(file.temp, self.schema.schema, compression=self.compression)
-        file.writer.write_table(table, row_group_size=len(table))
+    def _write_row_group(self, file: _OpenFile, *, last: bool = False) -> None:
+        """Write the buffered rows as row groups of ``row_group_rows``; the rest stays buffered
+        for the next, unless this is the ``last`` (the file's final, possibly smaller, group)."""
+        while len(file.buffer) >= self.row_group_rows or (last and len(file.buffer)):
+            table = file.buffer.take_table(self.row_group_rows)
+            if file.writer is None:
+                file.writer = pq.ParquetWriter(file.temp, self.schema.schema, compression=self.compression)
+            file.writer.write_table(table, row_group_size=len(table))
 
     def next_due(self) -> float | None:
         if not self._open:
@@ -202,7 +203,7 @@ class ParquetTarget:
         return prepared
 
     def _close_file(self, file: _OpenFile) -> None:
-        self._write_row_group(file)
+        self._write_row_group(file, last=True)
         assert file.writer is not None  # a file is opened for its first row
         ordered = sorted(file.entry_ids, key=parse_entry_id)
         file.writer.add_key_value_metadata({

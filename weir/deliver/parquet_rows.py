@@ -135,10 +135,11 @@ class RowBuffer:
         for name, values in self._columns.items():
             values.append(row[name])
 
-    def take_table(self) -> pa.Table:
-        """The rows as a table (in the order appended), emptying the buffer."""
-        table = pa.table({name: pa.array(values, type=self.schema.schema.field(name).type)
+    def take_table(self, rows: int | None = None) -> pa.Table:
+        """The first ``rows`` rows (all by default) as a table, in the order appended, removed from
+        the buffer."""
+        table = pa.table({name: pa.array(values[:rows], type=self.schema.schema.field(name).type)
                           for name, values in self._columns.items()}, schema=self.schema.schema)
         for values in self._columns.values():
-            values.clear()
+            del values[:rows]
         return table
