@@ -67,6 +67,14 @@ def deliver_config(url: str, directory: Path, *, partitions: str = "1", **delive
     return load_config(environ={}, overrides=values)
 
 
+def deliver_flags(url: str, directory: Path) -> list[str]:
+    """`weir deliver`'s command line for the subprocess tests: small files, a short claim_idle."""
+    pipeline = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(directory),
+                            "row_group_rows": 200, "file_rows": 1000, "file_age": 0.5}])
+    return ["--redis-url", url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
+            "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json"]
+
+
 def committed_ids(directory: Path) -> list[str]:
     """The stream ids in every committed file (pyarrow, Hive partitioning), one per row."""
     if not any(directory.rglob("*.parquet")):
@@ -169,10 +177,7 @@ async def test_an_entry_that_cannot_be_written_is_dead_lettered_after_max_delive
 async def test_kill_9_mid_file_then_restart_delivers_exactly_once(redis_server, redis_client, tmp_path, same_consumer):
     out = tmp_path / "parquet"
     await write_events(redis_server.url, "1", 1, 5000)
-    pipeline = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(out),
-                            "row_group_rows": 200, "file_rows": 1000, "file_age": 0.5}])
-    settings = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
-                "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json"]
+    settings = deliver_flags(redis_server.url, out)
     log_path = tmp_path / "deliver.log"
     written = 5000
 
@@ -401,10 +406,7 @@ async def test_delivery_rides_out_a_redis_outage_exactly_once(durable_redis_serv
 async def test_kill_9_of_one_of_two_instances_the_other_takes_over_exactly_once(redis_server, redis_client, tmp_path):
     out = tmp_path / "parquet"
     await write_events(redis_server.url, "1", 1, 3000)
-    pipeline = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(out),
-                            "row_group_rows": 200, "file_rows": 1000, "file_age": 0.5}])
-    settings = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
-                "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json"]
+    settings = deliver_flags(redis_server.url, out)
     written = 3000
     enough = trio.Event()
 
