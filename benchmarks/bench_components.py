@@ -14,7 +14,7 @@ the split of a pipeline run's CPU time is taken from these direct timings instea
   a 1 % fid key filter (filtered events never become Event objects);
 - the key filter alone;
 - ``RedisSink._pack_evalsha`` (RESP packing of a batch; Redis itself not involved);
-- betterproto2 decode and encode of a HubEvent (what the naive baseline pays).
+- betterproto2 decode and encode of a HubEvent (what a consumer of the typed stub pays).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import attrs
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +59,7 @@ async def transport_trio(url: str, shard: int, expected: int, read_batch: int) -
                 await call_asyncio(_subscribe_aio, GrpcTarget.from_url(url), request, trio_sender(send), FarcasterSettings(read_batch=read_batch))
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump)
             got = 0
@@ -65,8 +68,9 @@ async def transport_trio(url: str, shard: int, expected: int, read_batch: int) -
                 sizes.append(len(batch))
                 got += len(batch)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
             result = {"events": got, "seconds": elapsed, "us_per_event": elapsed / got * 1e6, "crossings": len(sizes),
-                      "mean_list": got / len(sizes)}
+                      "mean_list": got / len(sizes), "cpu_us_per_event": cpu / got * 1e6}
             # Measured; leave at once (this runs in its own process): unwinding a cancelled live
             # grpclib stream under trio-asyncio is not what is being measured here.
             print(json.dumps(result), flush=True)
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport-asyncio", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--transport-trio", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--read-batch", type=int, default=512, help=argparse.SUPPRESS)
+    parser.add_argument("--plain-channel", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-transport", action="store_true", help="only the in-process figures (no simulator)")
     args = parser.parse_args(argv)
     if args.transport_asyncio:
@@ -118,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.transport_trio:
         import trio
+
+        if args.plain_channel:  # grpclib's own Channel: h2 parses every DATA frame as it came
+            from grpclib.client import Channel
+
+            from weir.actors import farcaster
+            from weir.codecs.grpc_raw import RawBytesCodec
+
+            farcaster._open_channel = lambda target: Channel(target.host, target.port, codec=RawBytesCodec())
 
         from weir.bridge import open_asyncio_loop
 
@@ -131,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from weir.actors.farcaster import ShardReader, ShardStats
     from weir.codecs.farcaster_gaps import GapDetector
+    from weir.codecs import farcaster_keys
     from weir.codecs.farcaster_keys import scan_hub_event, scan_hub_event_strict
     from weir.codecs.farcaster_validity import hub_event_invalidity
     from weir.networks.farcaster import key_filter
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, float | dict] = {}
 
     figures["scan_hub_event_us"] = per_event(lambda: [scan_hub_event(p) for p in payloads], n)
+    farcaster_keys.upb_available = False  # the Python scanner alone, as before the C decoder
+    figures["scan_hub_event_python_us"] = per_event(lambda: [scan_hub_event(p) for p in payloads], n)
+    farcaster_keys.upb_available = True
     figures["scan_hub_event_strict_us"] = per_event(lambda: [scan_hub_event_strict(p) for p in payloads], n)
 
     def read_all(verify: bool = True) -> list[Chunk]:
@@ -183,19 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     decoded = [HubEvent.parse(p) for p in sample]
     figures["betterproto2_encode_us"] = per_event(lambda: [bytes(e) for e in decoded], len(sample), 1)
 
-    async def transport() -> None:
+    async def measure(name: str, flags: list[str]) -> None:
         # Each transport run in a fresh process: a clean loop, and plain asyncio without the
         # event loop policy that importing trio-asyncio installs.
+        completed = await trio.run_process([sys.executable, __file__, *flags, "--events", str(n)], capture_stdout=True)
+        figures[name] = json.loads(completed.stdout)
+
+    async def transport() -> None:
         async with open_snapchain_sim(sim_config, ready_timeout=300) as sim:
-            for name, flags in (
-                ("transport_trio_asyncio_read_batch_512", ["--transport-trio", sim.url, "--read-batch", "512"]),
-                ("transport_trio_asyncio_read_batch_2048", ["--transport-trio", sim.url, "--read-batch", "2048"]),
-                ("transport_plain_asyncio", ["--transport-asyncio", sim.url]),
-            ):
-                completed = await trio.run_process(
-                    [sys.executable, __file__, *flags, "--events", str(n)], capture_stdout=True
-                )
-                figures[name] = json.loads(completed.stdout)
+            await measure("transport_trio_asyncio_read_batch_512", ["--transport-trio", sim.url, "--read-batch", "512"])
+            await measure("transport_trio_asyncio_read_batch_2048", ["--transport-trio", sim.url, "--read-batch", "2048"])
+            await measure("transport_plain_asyncio", ["--transport-asyncio", sim.url])
+        # A node that sends one message per DATA frame: h2 sees merged runs (weir) or every frame.
+        async with open_snapchain_sim(attrs.evolve(sim_config, framing="one"), ready_timeout=300) as sim:
+            await measure("transport_one_per_frame_merged", ["--transport-trio", sim.url])
+            await measure("transport_one_per_frame_unmerged", ["--transport-trio", sim.url, "--plain-channel"])
 
     if not args.no_transport:
         trio.run(transport)
@@ -206,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in figures.items():
         if isinstance(value, dict):
             print(f"{name:45s} {value['us_per_event']:7.2f} µs/event  ({value['events'] / value['seconds']:,.0f} events/s"
-                  + (f", mean list {value['mean_list']:.0f}" if "mean_list" in value else "") + ")")
+                  + (f", mean list {value['mean_list']:.0f}" if "mean_list" in value else "")
+                  + (f", CPU {value['cpu_us_per_event']:.2f} µs/event" if "cpu_us_per_event" in value else "") + ")")
         elif name.endswith("_us"):
             print(f"{name:45s} {value:7.2f} µs/event")
         else:

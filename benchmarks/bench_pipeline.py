@@ -21,9 +21,8 @@ filtered    Same offered events, ``farcaster.fids`` = 1 % of the fids that occur
 latency     A live simulator at ``--rate`` events/s in total (history 0, ``--latency-seconds`` worth),
             started by the weir worker right before it subscribes. p50/p99/max of receipt -> durable
             from PipelineStats.latencies (receipt = when the list of events entered trio).
-naive       benchmarks/naive_baseline.py (typed stub, full decode, one XADD + one SET per event,
-            awaited one at a time) against the same simulator as ``unfiltered``, fewer events.
 
+weir against other ingesters (Shuttle, a grpcio + redis-py pipeline) is benchmarks/peers/run.py.
 The benchmark needs only weir's own dependencies; ``--profile pyinstrument`` needs pyinstrument.
 """
 
@@ -43,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "pipeline.json"
-SCENARIOS = ("unfiltered", "filtered", "latency", "naive")
+SCENARIOS = ("unfiltered", "filtered", "latency")
 
 TARGETS = {
     "unfiltered_events_per_s": 20_000,
@@ -140,9 +139,9 @@ class _Instruments:
         original_read = farcaster.ShardReader.read
         original_write = RedisSink.write
 
-        def read(self, payloads, received):  # type: ignore[no-untyped-def]
+        def read(self, payloads, received, **options):  # type: ignore[no-untyped-def]
             instruments.read_sizes.append(len(payloads))
-            return original_read(self, payloads, received)
+            return original_read(self, payloads, received, **options)
 
         async def write(self, partition, chunks, **options):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
@@ -356,10 +355,20 @@ def _compute_expected(sim_config, shards: int, count: int) -> dict:
     return {"offered": offered, "fids": fids}
 
 
+def _typed_fid(event) -> int:  # type: ignore[no-untyped-def]
+    """The fid read from the typed (betterproto2) model of a HubEvent; 0 when the event has none."""
+    body = event.merge_message_body or event.prune_message_body or event.revoke_message_body or event.merge_failure
+    if body is not None and body.message is not None and body.message.data is not None:
+        return body.message.data.fid
+    if event.merge_username_proof_body is not None and event.merge_username_proof_body.username_proof is not None:
+        return event.merge_username_proof_body.username_proof.fid
+    if event.merge_on_chain_event_body is not None and event.merge_on_chain_event_body.on_chain_event is not None:
+        return event.merge_on_chain_event_body.on_chain_event.fid
+    return 0
+
+
 def _cross_check_fids(expected: dict, chosen: set[int], every: int = 50) -> dict:
     """Scanner fid == typed-decode fid, on every event of the chosen fids and every ``every``-th."""
-    from naive_baseline import _fid
-
     from weir.protos.snapchain import HubEvent
 
     checked = mismatched = 0
@@ -367,7 +376,7 @@ def _cross_check_fids(expected: dict, chosen: set[int], every: int = 50) -> dict
         for i, ((_, payload), fid) in enumerate(zip(events, expected["fids"][shard])):
             if fid in chosen or i % every == 0:
                 checked += 1
-                if _fid(HubEvent.parse(payload)) != fid:
+                if _typed_fid(HubEvent.parse(payload)) != fid:
                     mismatched += 1
     return {"checked": checked, "mismatched": mismatched}
 
@@ -414,26 +423,6 @@ def _verify_weir(redis_url: str, wanted: dict[int, list[tuple[int, bytes]]], las
     return {"ok": not problems, "persisted": persisted, "expected": sum(map(len, wanted.values())), "problems": problems}
 
 
-def _verify_naive(redis_url: str, offered: dict[int, list[tuple[int, bytes]]], per_shard: int) -> dict:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    problems = []
-    persisted = 0
-    try:
-        for shard, events in offered.items():
-            n = client.xlen(f"naive:{shard}:events")
-            persisted += n
-            if n != per_shard:
-                problems.append(f"shard {shard}: {n} persisted, {per_shard} expected")
-            cursor = client.get(f"naive:{shard}:cursor")
-            if cursor is None or int(cursor) != events[per_shard - 1][0]:
-                problems.append(f"shard {shard}: cursor {cursor!r}, expected {events[per_shard - 1][0]}")
-    finally:
-        client.close()
-    return {"ok": not problems, "persisted": persisted, "expected": per_shard * len(offered), "problems": problems}
-
-
 async def _run_subprocess(argv: list[str], timeout: float) -> dict:
     import trio
 
@@ -450,9 +439,9 @@ def _worker_argv(spec: dict) -> list[str]:
 
 
 def _machine() -> dict:
-    from weir.sinks.embedded_redis import redis_server_binary
+    from weir.sinks.embedded_redis import find_server_binary
 
-    version = subprocess.run([str(redis_server_binary()), "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([str(find_server_binary().path), "--version"], capture_output=True, text=True).stdout.strip()
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -492,7 +481,6 @@ async def driver(args: argparse.Namespace) -> dict:
             "events": per_shard * shards,
             "latency_rate": args.rate,
             "latency_seconds": args.latency_seconds,
-            "baseline_events": args.baseline_events,
             "weir_overrides": overrides,
             "gc": args.gc,
             "profile": args.profile,
@@ -526,7 +514,7 @@ async def driver(args: argparse.Namespace) -> dict:
         async with open_embedded_redis(RedisServerConfig(data_dir=scratch / f"redis-{name}", appendfsync="everysec")) as server:
             return await run(server)
 
-    needs_replay = any(s in scenarios for s in ("unfiltered", "filtered", "naive"))
+    needs_replay = any(s in scenarios for s in ("unfiltered", "filtered"))
     if needs_replay:
         log(f"starting the simulator ({shards} shards x {per_shard:,} events, pregenerated) "
             f"and recomputing the offered events for verification")
@@ -590,27 +578,6 @@ async def driver(args: argparse.Namespace) -> dict:
                 log(f"filtered: {r['received']:,} read in {r['elapsed_s']:.2f} s = {r['received_per_s']:,.0f} events/s offered, "
                     f"{r['appended']:,} persisted; verify {'OK' if r['verify']['ok'] else r['verify']['problems']}")
 
-            if "naive" in scenarios and args.profile == "none":
-                n = min(args.baseline_events // shards, per_shard)
-                log(f"naive: asyncio + typed stub + XADD/SET per event, {n * shards:,} events")
-
-                async def naive(server):
-                    argv = [sys.executable, str(HERE / "naive_baseline.py"), "--url", sim.url, "--redis", server.url,
-                            "--shards", str(shards), "--events-per-shard", str(n)]
-                    cpu0 = {"sim": _proc_cpu(sim.pid), "redis": _proc_cpu(server.pid)}
-                    result = await _run_subprocess(argv, args.timeout + 60)
-                    cpu1 = {"sim": _proc_cpu(sim.pid), "redis": _proc_cpu(server.pid)}
-                    result["peer_cpu_cores"] = {
-                        name: None if cpu0[name] is None or cpu1[name] is None else (cpu1[name] - cpu0[name]) / result["elapsed_s"]
-                        for name in cpu0
-                    }
-                    result["cpu_cores"] = result["cpu_s"] / result["elapsed_s"]
-                    result["verify"] = await trio.to_thread.run_sync(_verify_naive, server.url, offered, n)
-                    return result
-
-                results["scenarios"]["naive"] = r = await with_redis("naive", naive)
-                log(f"naive: {r['persisted']:,} persisted in {r['elapsed_s']:.2f} s = {r['events_per_s']:,.0f} events/s; "
-                    f"verify {'OK' if r['verify']['ok'] else r['verify']['problems']}")
         finally:
             with trio.CancelScope(shield=True):
                 await sim_cm.__aexit__(None, None, None)
@@ -681,12 +648,6 @@ def render_table(results: dict) -> str:
         if name in s:
             mb = _mb(s[name]["vm_hwm_kb"])
             rows.append((f"Peak RSS of weir's process, {name}", f"{mb:.0f} MB", f"<= {TARGETS['peak_rss_mb']:.0f} MB", met(mb <= TARGETS["peak_rss_mb"])))
-    if "naive" in s:
-        r = s["naive"]
-        rows.append((f"Naive baseline ({r['persisted']:,} events), events/s", f"{r['events_per_s']:,.0f}", "", met(r["verify"]["ok"]) if not r["verify"]["ok"] else ""))
-        rows.append(("  peak RSS of the baseline's process", f"{_mb(r['vm_hwm_kb']):.0f} MB", "", ""))
-        if "unfiltered" in s:
-            rows.append(("  weir unfiltered / naive", f"{s['unfiltered']['events_per_s'] / r['events_per_s']:.1f}x", "", ""))
     widths = [max(len(row[i]) for row in rows + [("figure", "measured", "target", "met?")]) for i in range(4)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(("figure", "measured", "target", "met?"), widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -697,10 +658,6 @@ def render_table(results: dict) -> str:
 def render_details(results: dict) -> str:
     lines = []
     for name, r in results["scenarios"].items():
-        if name == "naive":
-            lines.append(f"naive: {r['elapsed_s']:.2f} s, its process {r['cpu_cores']:.2f} cores, "
-                         f"simulator {r['peer_cpu_cores'].get('sim') or 0:.2f}, redis {r['peer_cpu_cores'].get('redis') or 0:.2f}")
-            continue
         peers = ", ".join(f"{k} {v:.2f}" for k, v in r["peer_cpu_cores"].items() if v is not None)
         if r.get("machine_busy_cores") is not None:
             others = r["machine_busy_cores"] - r["cpu_cores"] - sum(v for v in r["peer_cpu_cores"].values() if v is not None)
@@ -725,7 +682,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=5000.0, help="latency scenario: offered events/s in total")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
-    parser.add_argument("--baseline-events", type=int, default=40_000, help="events in all for the naive baseline")
     parser.add_argument("--filter-fraction", type=float, default=0.01)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="weir config override, e.g. farcaster.read_batch=2048")

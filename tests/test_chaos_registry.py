@@ -17,6 +17,8 @@ from weir.chaos.scenario import Scenario, fault
 from weir.chaos.scenarios import builtin
 from weir.chaos.schedule import Schedule
 
+from helpers import copy_package_source
+
 ROOT = Path(__file__).resolve().parents[1]
 
 USER_FILE = '''
@@ -85,11 +87,7 @@ def test_the_readme_counts_the_scenarios_weir_chaos_lists():
 def test_weir_chaos_runs_from_a_non_editable_install_outside_the_checkout(tmp_path):
     """``pip install .`` (no dependencies: the new venv reads this venv's site-packages through a
     .pth, so nothing is downloaded), then ``weir chaos`` from a directory with no checkout."""
-    source = tmp_path / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "weir", source / "weir", ignore=shutil.ignore_patterns("__pycache__"))
+    source = copy_package_source(tmp_path / "src")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"

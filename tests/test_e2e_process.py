@@ -210,7 +210,7 @@ async def test_kill_9_mid_stream_then_restart_delivers_exactly_once(redis_server
 
 
 def redis_server_pids(data_dir: Path) -> list[int]:
-    """redis-server processes working in ``data_dir`` (it changes into its --dir; read from /proc)."""
+    """redis-server or valkey-server processes working in ``data_dir`` (it changes into its --dir; read from /proc)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -220,7 +220,7 @@ def redis_server_pids(data_dir: Path) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue  # exited meanwhile, or not ours to read
-        if name == "redis-server" and cwd == str(data_dir):
+        if name in ("redis-server", "valkey-server") and cwd == str(data_dir):
             pids.append(int(proc.name))
     return pids
 

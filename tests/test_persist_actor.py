@@ -16,7 +16,7 @@ from weir.sinks.keys import partition_keys
 from weir.sinks.redis_sink import Cursor, SinkBehind, WriteResult, open_redis_sink
 from weir.supervision import Backoff, BreakerState, CircuitBreaker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.every_server]
 
 SOURCE = "farcaster"
 PART = "2"

@@ -120,3 +120,11 @@ async def test_sigint_on_the_demo_prints_its_summary_on_a_line_of_its_own(tmp_pa
     lines = stderr.rstrip("\n").split("\n")
     assert re.fullmatch(r"weir demo: stopped early: [\d,]+ events persisted in .*restarts 0", lines[-2]), stderr
     assert lines[-1].startswith("weir demo: the data is kept in weir-data"), stderr
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    """`.ci/run` runs exactly the README's second set-up command (the one that installs and tests)."""
+    root = Path(__file__).resolve().parent.parent
+    blocks = re.findall(r"```sh\n(.*?)\n```", (root / "README.md").read_text(), re.S)
+    test_command = next(block for block in blocks if "pytest" in block)
+    assert test_command in (root / ".ci" / "run").read_text()

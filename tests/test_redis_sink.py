@@ -24,7 +24,7 @@ from weir.sinks.redis_sink import (
     open_redis_sink,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.every_server]
 
 SOURCE = "farcaster"
 PART = "1"

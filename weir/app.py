@@ -29,11 +29,10 @@ from weir.bridge import open_asyncio_loop
 from weir.config import Config
 from weir.networks import Network, NetworkContext, NetworkFactory, enabled_networks
 from weir.observability.http import Observability, open_observability
-from weir.sinks.embedded_redis import (
-    RedisServerConfig,
-    open_embedded_redis,
-    redis_server_binary,
-)
+from weir.observability.progress import Progress
+from weir.observability.progress_report import serve_progress
+from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
+from weir.sinks.server_binary import client_command
 from weir.sinks.redis_sink import Cursor, RedisSink, SinkUnavailable
 from weir.supervision import Backoff, ChildSpec, CircuitBreaker, Strategy, Supervisor
 
@@ -51,6 +50,7 @@ class PartitionView:
     name: str
     source: Any  # the network's source statistics (e.g. ShardStats)
     sink: PipelineStats
+    progress: Progress | None = None  # toward the network's head, as last sampled (weir.observability.progress_report)
 
 
 @attrs.define(eq=False)
@@ -85,9 +85,9 @@ async def open_redis_url(config: Config) -> AsyncIterator[str]:
     data_dir = Path(config.redis.data_dir).resolve()
     async with open_embedded_redis(RedisServerConfig(data_dir=data_dir, appendfsync=config.redis.appendfsync)) as server:
         (data_dir / REDIS_URL_FILE).write_text(server.url + "\n")
-        # redis-cli ships beside the embedded redis-server; it is rarely on PATH
-        log.info("embedded Redis at %s (data in %s, AOF %s); connect with: %s -p %d",
-                 server.url, data_dir, config.redis.appendfsync, redis_server_binary().with_name("redis-cli"), server.port)
+        log.info("embedded Redis at %s (%s %s from %s; data in %s, AOF %s); connect with: %s -p %d",
+                 server.url, server.binary.path.name, ".".join(map(str, server.version or ())), server.binary.origin,
+                 data_dir, config.redis.appendfsync, client_command(server.binary), server.port)
         try:
             yield server.url
         finally:
@@ -210,7 +210,16 @@ async def serve(
         if observability is not None:
             observability.attach(service)
         async with trio.open_nursery() as nursery:
-            await nursery.start(_run_root, root, stopping)
+            # Progress is sampled while the tree runs, and no longer: its end ends the nursery.
+            nursery.start_soon(serve_progress, views, config.progress)
+
+            async def run_root(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await _run_root(root, stopping, task_status=task_status)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            await nursery.start(run_root)
             task_status.started(service)
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,16 +237,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command not in ("run", "deliver"):  # only the services drain on a signal; the rest stop as usual
         entry.release()
     if args.command == "chaos":
-        from weir.chaos.suite import main as chaos_main
-
+        try:
+            from weir.chaos.suite import main as chaos_main
+        except ModuleNotFoundError as exc:  # the suite runs every network's simulator
+            if (exc.name or "").partition(".")[0] == "weir":
+                raise
+            print(f"weir: chaos: the chaos suite needs every network's packages (no module named {exc.name!r}): "
+                  "pip install 'weir[all]'", file=sys.stderr)
+            return EXIT_USAGE
         return chaos_main(args)
     try:
         config = _config_from(args)
+        # The networks to run (the demo's: its simulator's) are imported now: one whose extra is not
+        # installed is a config error naming the pip command, before any Redis or simulator starts.
         if args.command == "run":
+            from weir.networks import enabled_networks
+
             require_a_network(config)
-        if args.command == "deliver" and not config.deliver.pipelines:
-            raise ConfigError("deliver.pipelines: no delivery pipeline is configured: add a [[deliver.pipelines]] "
-                              "table (docs/delivery.md)")
+            enabled_networks(config)
+            if config.deliver.with_run and config.deliver.pipelines:
+                _require_deliver_packages(config)
+        if args.command == "demo":
+            from weir.networks import network_class
+
+            network_class(args.network)
+        if args.command == "deliver":
+            _require_deliver_packages(config)
     except ConfigError as exc:
         print(f"weir: config error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -255,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
     configure_logging(level, config.log_format)
     if args.command == "run":
-        return run_until_signalled(config)
+        return run_until_signalled(config, on_started=_live_progress(config))
     if args.command == "deliver":
         from weir.deliver.service import serve_deliver
 
@@ -269,6 +285,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run_trio(config, run_tail, config, args)
     raise AssertionError(args.command)
+
+
+def _require_deliver_packages(config: Config) -> None:
+    """A delivery pipeline to run, and its target's packages (an optional extra) installed."""
+    if not config.deliver.pipelines:
+        raise ConfigError("deliver.pipelines: no delivery pipeline is configured: add a [[deliver.pipelines]] "
+                          "table (docs/delivery.md)")
+    if any(pipe.target == "parquet" for pipe in config.deliver.pipelines):
+        try:
+            import pyarrow  # noqa: F401
+        except ModuleNotFoundError:
+            raise ConfigError("deliver.pipelines: the parquet target needs pyarrow: pip install 'weir[parquet]'") from None
+
+
+def _live_progress(config: Config) -> Callable[..., Awaitable[None]] | None:
+    """``weir run``'s live progress line, when stderr is a terminal (and ``progress.terminal``)."""
+    if not (config.progress.terminal and sys.stderr.isatty()):
+        return None
+    from weir.live_line import LiveLine
+    from weir.observability.progress_report import show_live_progress
+
+    async def show(service: Any, stopping: trio.Event) -> None:
+        await show_live_progress(service.partitions, LiveLine(sys.stderr, tty=True))
+
+    return show
 
 
 def run_until_signalled(config: Config, **serve_options: Any) -> int:

@@ -84,6 +84,8 @@ class FarcasterSettings:
     message_types: tuple[str, ...] = ()
     idle_timeout: float = 30.0
     connect_timeout: float = 10.0
+    # Seconds between two GetInfo calls while streaming, for the shard's height (the progress head).
+    head_refresh: float = 10.0
     read_batch: int = 512
     # What weir trusts of a node (docs/security.md): the hash and signature of every message that
     # passes the filter; the largest HubEvent taken (a larger one is dead-lettered with its first
@@ -158,6 +160,18 @@ class MetricsSettings:
 
 
 @attrs.frozen(kw_only=True)
+class ProgressSettings:
+    """How far behind the network's head each partition is (docs/observability.md, "Progress")."""
+
+    # Seconds between two ``progress`` log events while weir runs.
+    log_interval: float = 10.0
+    # Seconds over which the catch-up rate (and the head's growth) is averaged for the ETA.
+    window: float = 30.0
+    # ``weir run`` shows a live progress line on stderr when it is a terminal (false: never).
+    terminal: bool = True
+
+
+@attrs.frozen(kw_only=True)
 class EthereumChainSettings:
     """One Ethereum-family chain (docs/ethereum.md): a TOML ``[[ethereum.chains]]`` table."""
 
@@ -207,6 +221,7 @@ class Config:
     ethereum: EthereumSettings = EthereumSettings()
     atproto: AtprotoSettings = AtprotoSettings()
     metrics: MetricsSettings = MetricsSettings()
+    progress: ProgressSettings = ProgressSettings()
     deliver: DeliverSettings = DeliverSettings()  # `weir deliver` (docs/delivery.md)
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | text | json
@@ -220,6 +235,7 @@ _SECTIONS: dict[str, type] = {
     "ethereum": EthereumSettings,
     "atproto": AtprotoSettings,
     "metrics": MetricsSettings,
+    "progress": ProgressSettings,
     "deliver": DeliverSettings,
 }
 _TOP_LEVEL = {"log_level", "log_format"}
@@ -502,7 +518,7 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     for name in fc.message_types:
         if name.upper() not in MESSAGE_TYPE_BY_NAME:
             fail("farcaster.message_types", f"unknown message type {name!r}; known: {', '.join(MESSAGE_TYPE_BY_NAME)}")
-    for key in ("idle_timeout", "connect_timeout"):
+    for key in ("idle_timeout", "connect_timeout", "head_refresh"):
         positive(f"farcaster.{key}", getattr(fc, key))
     at_least("farcaster.read_batch", fc.read_batch, 1)
     # A HubEvent's type and id sit in its first bytes: a kept head shorter than 32 could lose them.
@@ -520,6 +536,8 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     for key in ("stale_after", "idle_timeout", "request_timeout"):
         positive(f"metrics.{key}", getattr(config.metrics, key))
     at_least("metrics.max_connections", config.metrics.max_connections, 1)
+    for key in ("log_interval", "window"):
+        positive(f"progress.{key}", getattr(config.progress, key))
     _validate_ethereum(config.ethereum, fail)
     _validate_deliver(config.deliver, fail)
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

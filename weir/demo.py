@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from weir.config import Config, ConfigError, load_config
+from weir.live_line import LiveLine, apart_from_logs
 from weir.redact import redact_text, redact_url
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.process import open_snapchain_sim
@@ -89,13 +90,13 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
                 if service.observability is not None:
                     print(f"weir demo: metrics at {service.observability.url}/metrics", file=sys.stderr)
                 start = trio.current_time()
-                tty = sys.stderr.isatty()
+                line = LiveLine(sys.stderr)
                 try:
-                    await _show_progress(service, partition_done, tty)
+                    with apart_from_logs(line):
+                        await _show_progress(service, partition_done, line)
                     summary["complete"] = True
                 finally:  # also when a signal stopped the demo early: the counts once drained
-                    if tty:
-                        print(file=sys.stderr)  # the shell's prompt starts on a line of its own
+                    line.end()  # the shell's prompt starts on a line of its own
                     summary.update(_summary(service, trio.current_time() - start))
                 stopping.set()
 
@@ -113,7 +114,7 @@ async def run_demo(config: Config, args: argparse.Namespace) -> int:
     return code
 
 
-async def _show_progress(service, partition_done: Callable[[Any], bool], tty: bool) -> None:
+async def _show_progress(service, partition_done: Callable[[Any], bool], line: LiveLine) -> None:
     """Print a progress line every PROGRESS_INTERVAL until every partition is done."""
     last_time, last_done = trio.current_time(), 0
     next_print = last_time + PROGRESS_INTERVAL
@@ -130,10 +131,10 @@ async def _show_progress(service, partition_done: Callable[[Any], bool], tty: bo
         rate = (durable - last_done) / (now - last_time)
         last_time, last_done = now, durable
         latencies = [x for p in service.partitions for x in p.sink.latencies[-2000:]]
-        line = (f"{received:>9,} received  {persisted:>9,} persisted  {rate:>8,.0f} ev/s  "
+        text = (f"{received:>9,} received  {persisted:>9,} persisted  {rate:>8,.0f} ev/s  "
                 f"lag {max(0, received - durable - _filtered(service)):>6,}  "
                 f"p50 {_percentile(latencies, 0.5) * 1000:5.1f} ms  restarts {service.restarts()}")
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        line.show(text)
         if complete:
             return
 

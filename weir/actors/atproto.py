@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import attrs
@@ -68,6 +68,7 @@ from weir.codecs.atproto_positions import ACCEPT, REFUSE, REPLAY, PositionVerdic
 from weir.config import JETSTREAM_ZSTD_DICTIONARY_URL, AtprotoSettings
 from weir.events import Chunk, DeadLetter, Event
 from weir.files import write_atomically
+from weir.observability.progress import ProgressSample
 from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -128,6 +129,14 @@ class AtprotoStats:
     refused: str | None = None  # why the relay was last refused; None once it sent a plausible position
     last_id: int | None = None
     last_error: str | None = None
+    position_time: float | None = None  # the network time of last_id (firehose ``time``, Jetstream time_us), unix s
+
+    progress_unit: ClassVar[str] = "position"  # what the progress positions count
+
+    def progress_sample(self, at: float, wall: float) -> ProgressSample:
+        """A relay does not say its newest seq: the lag is the position's time against the wall clock."""
+        timed = self.position_time is not None
+        return ProgressSample(at=at, position=self.last_id, position_time=self.position_time, head_time=wall if timed else None)
 
 
 def _timestamp(text: str) -> float:
@@ -240,6 +249,7 @@ class FirehoseReader(_ReaderBase):
         events: list[Event] = []
         dead, self._unplaced = self._unplaced, []
         last = self.last_id
+        last_time = ""  # the accepted frame's time, read once per chunk (for the progress lag)
         keep = self.keep
         for frame in frames:
             if isinstance(frame, OversizedMessage):
@@ -298,6 +308,7 @@ class FirehoseReader(_ReaderBase):
                 continue
             self._accepted()
             last = seq
+            last_time = decoded.time or last_time
             self.progress += 1
             if not decoded.wanted:
                 self.stats.filtered += max(1, decoded.total_ops)
@@ -336,6 +347,8 @@ class FirehoseReader(_ReaderBase):
                     continue
             events.append(Event(source=SOURCE, partition=self.partition, position=seq, kind=kind, payload=payload,
                                 timestamp=timestamp, received=received, fields=fields))
+        if last_time:
+            self.stats.position_time = _timestamp(last_time) or self.stats.position_time
         return self._finish(events, dead, last, len(frames))
 
     def _bad(self, payload: bytes, reason: str, seq: int | None, last: int | None, dead: list[DeadLetter], received: float) -> int | None:
@@ -475,6 +488,8 @@ class JetstreamReader(_ReaderBase):
             events.append(Event(source=SOURCE, partition=self.partition, position=admission.position, **parts))
         if late:
             self._report_late(late)
+        if order.high is not None:
+            self.stats.position_time = order.high / 1e6
         return self._finish(events, dead, order.high, len(messages))
 
     def _bad_message(self, time_us: int | None, payload: bytes, reason: str, dead: list[DeadLetter], received: float,

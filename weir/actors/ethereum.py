@@ -100,6 +100,7 @@ async def run_chain_connection(
     """
     rng = rng or random.Random()
     reader = ChainReader(settings=settings, decoder=decoder, stats=stats, unavailable_blocks=unavailable_blocks)
+    stats.block_time, stats.confirmations = settings.block_time, settings.confirmations  # for the progress head
     task_status.started()
 
     def steps_done() -> int:
@@ -201,7 +202,7 @@ async def _session(reader: ChainReader, send: trio.MemorySendChannel[Chunk], sta
                 if latest is None:
                     raise BlockUnavailable(f"chain {reader.partition}: the node has no latest block") from None
                 header = latest
-            stats.head = max(stats.head or 0, header.number)
+            stats.saw_head(header.number, float(header.timestamp))
             await _follow_head(reader, rpc, header, send)
 
 
@@ -346,6 +347,7 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
     follower = reader.follower
     assert follower is not None
     stats = reader.stats
+    stats.saw_head(target)
     retries = 0
     start, fetched, splits = None, 0, stats.range_splits
     while (tip := follower.tip) is not None and tip.number < target:
@@ -358,6 +360,7 @@ async def _backfill(reader: ChainReader, rpc: RpcConnection, target: int, send: 
             if retries > 20:
                 raise BlockUnavailable(f"chain {reader.partition}: blocks {first}..{last} keep changing while fetched")
             target = from_quantity(await rpc.call("eth_blockNumber"), "eth_blockNumber")
+            stats.saw_head(target)
             continue
         reader.range_read_whole()
         start = first if start is None else start

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
@@ -21,6 +21,7 @@ from weir.codecs.jsonrpc import JsonRpcError, ProtocolError, to_quantity
 from weir.config import EthereumChainSettings
 from weir.errors import Fatal
 from weir.events import Chunk, DeadLetter, Event
+from weir.observability.progress import ProgressSample
 from weir.redact import redact_url
 from weir.sinks.redis_sink import Cursor
 
@@ -91,6 +92,9 @@ class ChainStats:
     filled_gaps: int = 0
     last_id: int | None = None  # the last sequence number emitted
     head: int | None = None  # the newest block number seen
+    head_time: float | None = None  # its timestamp (unix seconds), when it came as a header
+    tip: int | None = None  # the block weir's position is at (the last emitted; below a retracted one)
+    tip_time: float | None = None  # its timestamp
     emitted_blocks: int = 0
     retracted_blocks: int = 0
     reorgs: int = 0
@@ -104,6 +108,34 @@ class ChainStats:
     implausible_heads: int = 0  # heads dead-lettered: a number that does not follow its parent's, or far above the node's head
     refused: str | None = None  # why the node was last refused (implausible heads in a row); None once a head is followed
     last_error: str | None = None
+
+    progress_unit: ClassVar[str] = "block"  # what the progress positions count
+
+    block_time: float | None = None  # the chain's expected seconds per block (its settings)
+    confirmations: int = 0  # blocks on top before a block's logs are emitted (its settings)
+
+    def progress_sample(self, at: float, wall: float) -> ProgressSample:
+        """Blocks: the emitted tip against the newest block it may reach, with both blocks' times.
+
+        That block is the newest head less ``confirmations`` (weir is not behind for waiting on
+        them), timed ``block_time`` a block before the head. A head known only by its number
+        (eth_blockNumber, at a backfill's start: its header comes later) is timed from the tip:
+        its time plus ``block_time`` per block between them.
+        """
+        head, head_time, block_time = self.head, self.head_time, self.block_time
+        if head is not None and self.confirmations:
+            head -= self.confirmations
+            head_time = None if head_time is None or block_time is None else head_time - self.confirmations * block_time
+        if head_time is None and head is not None and None not in (self.tip, self.tip_time, block_time):
+            head_time = self.tip_time + (head - self.tip) * block_time  # type: ignore[operator]
+        return ProgressSample(at=at, position=self.tip, head=head, position_time=self.tip_time, head_time=head_time)
+
+    def saw_head(self, number: int, timestamp: float | None = None) -> None:
+        """A head the node announced (newHeads) or answered (eth_blockNumber: no time)."""
+        if self.head is None or number > self.head:
+            self.head, self.head_time = number, timestamp
+        elif number == self.head and self.head_time is None:
+            self.head_time = timestamp
 
 
 def one_line(text: str, limit: int = PROVIDER_TEXT) -> str:
@@ -555,6 +587,10 @@ class ChainReader:
                 events, dead = [], []
         if steps:
             self.stats.last_id = steps[-1].seq
+            header = steps[-1].header
+            retracted = steps[-1].kind == RETRACT
+            self.stats.tip = header.number - 1 if retracted else header.number
+            self.stats.tip_time = None if retracted else float(header.timestamp)
         self.pending_dead = dead  # no steps: header dead letters wait (or are flushed)
         return out
 

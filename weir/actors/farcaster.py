@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 from urllib.parse import urlsplit
 
 import attrs
@@ -23,7 +23,7 @@ from weir.actors.grpc_bulk import message_lists
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
 from weir.bridge import call_asyncio, pump_batches, trio_sender
-from weir.codecs.farcaster_gaps import Gap, GapDetector
+from weir.codecs.farcaster_gaps import Gap, GapDetector, split_event_id
 from weir.codecs.farcaster_positions import ACCEPT, HOLD, REFUSE, REPLAY, PositionJudge, PositionVerdict
 from weir.codecs.farcaster_validity import hub_event_invalidity
 from weir.codecs.grpc_frames import KEEP_BYTES, MAX_MESSAGE, SkippedMessage
@@ -43,6 +43,7 @@ from weir.codecs.farcaster_keys import (
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
 from weir.events import Chunk, DeadLetter, Event
+from weir.observability.progress import ProgressSample
 from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
 
@@ -88,15 +89,14 @@ class GrpcTarget:
 
 
 def _open_channel(target: GrpcTarget):  # runs in asyncio
-    from grpclib.client import Channel
-
+    from weir.actors.grpc_channel import CoalescingChannel
     from weir.codecs.grpc_raw import RawBytesCodec
 
     context = None
     if target.tls:
         context = ssl.create_default_context()
         context.set_alpn_protocols(["h2"])
-    return Channel(target.host, target.port, ssl=context, codec=RawBytesCodec())
+    return CoalescingChannel(target.host, target.port, ssl=context, codec=RawBytesCodec())
 
 
 async def _get_info_aio(target: GrpcTarget, timeout: float):
@@ -206,6 +206,19 @@ class ShardStats:
     refused: str | None = None  # why the node was last refused; None once it sent a plausible id
     last_id: int | None = None
     last_error: str | None = None
+    head: int | None = None  # the shard's height known (GetInfo's max_height, or the highest block accepted)
+
+    def saw_height(self, height: int | None) -> None:
+        """The shard's height as told (GetInfo) or seen (an accepted block): the head only moves up."""
+        if height and (self.head is None or height > self.head):
+            self.head = height
+
+    progress_unit: ClassVar[str] = "block"  # what the progress positions count
+
+    def progress_sample(self, at: float, wall: float) -> ProgressSample:
+        """Blocks: the block of the last id against the height (event times are not the head's)."""
+        position = None if self.last_id is None else split_event_id(self.last_id)[0]
+        return ProgressSample(at=at, position=position, head=self.head)
 
 
 class NodeRefused(Exception):
@@ -348,6 +361,7 @@ class ShardReader:
             return None
         self.last_id = last_id
         self.stats.last_id = last_id
+        self.stats.saw_height(self.judge.height)
         return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
 
     def _skipped(self, item: bytes | SkippedMessage, last_id: int | None, dead: list[DeadLetter], received: float) -> int | None:
@@ -487,6 +501,7 @@ async def run_shard_connection(
         async def session() -> None:
             # The node's own height bounds the ids it may send (weir.codecs.farcaster_positions).
             reader.judge.announce_height(await announced_height(target, shard, timeout=settings.connect_timeout))
+            stats.saw_height(reader.judge.height)
             reader.judge.bad_in_row = 0
             reader.refusal = None
             from_id = _resume_from(reader.last_id, settings.start)
@@ -548,8 +563,22 @@ async def _stream_once(
             # leaves this task, not a Cancelled raised while closing.
             raw_send.close()
 
+    refreshing = trio.CancelScope()
+
+    async def refresh_height() -> None:
+        # While weir catches up the node's height moves on: asked again now and then, for progress
+        # only (the judge keeps what it learns at connect and when an id is far ahead).
+        with refreshing:
+            while True:
+                await trio.sleep(settings.head_refresh)
+                try:
+                    stats.saw_height(await announced_height(target, reader.shard, timeout=settings.connect_timeout))
+                except Exception as exc:  # a GetInfo that fails says nothing about the stream
+                    log.debug("shard %d: GetInfo for the height failed: %s", reader.shard, _describe(exc))
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
+        nursery.start_soon(refresh_height)
         stats.connects += 1
         log.info("shard %d: subscribing to %s from %s", reader.shard, target, "live" if log_from is None else f"event {log_from}",
                  extra={"event": "connect", "source": SOURCE, "partition": reader.partition, "url": str(target),
@@ -599,6 +628,7 @@ async def _stream_once(
                         raise
                 if reader.refusal is not None:
                     _refuse(reader, target)
+        refreshing.cancel()  # the stream ended: the nursery joins the pump alone
     raise StreamEnded("the node ended the stream")
 
 

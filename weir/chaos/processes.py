@@ -179,7 +179,7 @@ class WeirProcess:
             return ""
 
 
-# Redis 6 keeps its AOF in one file, Redis 7 in a directory of parts with a manifest.
+# Redis 6 keeps its AOF in one file, Redis 7+ and Valkey in a directory of parts with a manifest.
 _AOF_NAMES = ("appendonly.aof", "appendonlydir")
 
 

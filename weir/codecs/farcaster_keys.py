@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import attrs
 
+from weir.codecs.farcaster_upb import available as _upb_available
+from weir.codecs.farcaster_upb import upb_keys
 from weir.codecs.protowire import LEN, VARINT, WireError, read_varint, skip_field
+
+upb_available = _upb_available()
 
 FARCASTER_EPOCH_UNIX = 1609459200
 """2021-01-01T00:00:00Z: Farcaster timestamps count seconds from here."""
@@ -91,14 +95,19 @@ class _Unusual(Exception):
 def scan_hub_event(buf: bytes) -> HubEventKeys:
     """Scan a HubEvent's bytes for its routing keys.
 
-    A fast path handles the common shape (one-byte tags, a message body); anything else, including
-    every malformed input, goes through the strict scanner, which gives the same keys or the
-    error that says what is wrong.
+    The protobuf package's C decoder reads a canonical event of the common shape (exactly as the
+    scanners would: weir/codecs/farcaster_upb.py); else a Python fast path handles the common
+    shape (one-byte tags, a message body); anything else, including every malformed input, goes
+    through the strict scanner, which gives the same keys or the error that says what is wrong.
 
     Raises:
         WireError: the bytes are not a well-formed HubEvent (truncated, bad varint, bad wire type,
             or no id).
     """
+    if upb_available:
+        found = upb_keys(buf)
+        if found is not None:
+            return HubEventKeys(*found, None)
     try:
         return _scan_common(buf)
     except (_Unusual, IndexError, WireError):

@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from weir.config import ConfigError
 from weir.networks.base import Network, NetworkContext
 from weir.sinks.keys import validate_name
 
@@ -29,6 +30,18 @@ NETWORKS: dict[str, str] = {
     "ethereum": "weir.networks.ethereum:EthereumNetwork",
     "atproto": "weir.networks.atproto:AtprotoNetwork",
 }
+
+#: name -> the extra of weir (``pip install 'weir[EXTRA]'``) holding the packages it needs beyond the
+#: base install, which carries only the default network's (Farcaster's).
+EXTRAS: dict[str, str] = {
+    "ethereum": "ethereum",
+    "atproto": "atproto",
+}
+
+
+class MissingExtra(ConfigError):
+    """An enabled network's packages are not installed; the message names the extra to install."""
+
 
 # name -> class, for networks registered by a program embedding weir (they have no config section:
 # their class's ``enabled(config)`` decides).
@@ -63,22 +76,41 @@ def unregister_network(name: str) -> None:
 
 
 def network_class(name: str) -> type[Network]:
+    """The class of the network called ``name`` (a built-in one is imported now).
+
+    Raises:
+        MissingExtra: a built-in network whose extra is not installed.
+    """
     if name in _REGISTERED:
         return _REGISTERED[name]
     module, _, attribute = NETWORKS[name].partition(":")
-    cls: type[Network] = getattr(importlib.import_module(module), attribute)
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if name not in EXTRAS or missing.partition(".")[0] == "weir":  # weir itself broken: not an extra's
+            raise
+        raise MissingExtra(f"{name}.enabled: the {name} network's packages are not installed (no module named "
+                           f"{missing!r}): pip install 'weir[{EXTRAS[name]}]'") from None
+    cls: type[Network] = getattr(imported, attribute)
     return cls
 
 
 def enabled_networks(config: Config) -> list[type[Network]]:
     """The classes of the networks ``config`` enables: built-in ones in registry order, then the
-    registered ones in the order they were registered."""
+    registered ones in the order they were registered.
+
+    Raises:
+        MissingExtra: an enabled built-in network's extra is not installed.
+    """
     built_in = [network_class(name) for name in NETWORKS if getattr(config, name).enabled]
     return built_in + [cls for cls in _REGISTERED.values() if cls.enabled(config)]
 
 
 __all__ = [
+    "EXTRAS",
     "NETWORKS",
+    "MissingExtra",
     "Network",
     "NetworkContext",
     "NetworkFactory",

@@ -181,10 +181,36 @@ class ServiceCollector(Collector):
             for family, buckets in ((batch_size, sink.batch_sizes), (latency, sink.latency)):
                 family.add_metric(labels, buckets.cumulative(), sum_value=buckets.sum)
 
+        yield from self._progress()
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
                     rollbacks, duplicates, reordered, implausible, refusals, oversized, invalid, stale_revs, reorgs, deep_reorgs, ignored_heads, connected, position, cursor,
                     lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
+
+    def _progress(self) -> Iterator[Metric]:
+        """Toward the network's head, as weir.observability.progress_report last sampled it."""
+        head = GaugeMetricFamily("weir_source_head", "The network's head, in the unit of weir_source_progress_position "
+                                 "(Farcaster: the shard's block height known; Ethereum: the newest block).", labels=_PARTITION)
+        position = GaugeMetricFamily("weir_source_progress_position", "weir's position in the head's unit (a block; "
+                                     "AT Protocol: the seq or time_us).", labels=_PARTITION)
+        lag = GaugeMetricFamily("weir_source_lag", "Head minus weir's position, in the head's unit (0 at the head).", labels=_PARTITION)
+        lag_seconds = GaugeMetricFamily("weir_source_lag_seconds", "How far behind the head weir is, in network time.",
+                                        labels=_PARTITION)
+        rate = GaugeMetricFamily("weir_source_catchup_rate", "weir's position's smoothed growth, head units per second.",
+                                 labels=_PARTITION)
+        eta = GaugeMetricFamily("weir_source_eta_seconds", "Seconds until weir reaches the head at the current rates "
+                                "(absent when not catching up).", labels=_PARTITION)
+        for view in self.service.partitions:
+            progress = getattr(view, "progress", None)
+            if progress is None:
+                continue
+            labels = list(partition_labels(view))
+            for family, value in ((head, progress.head), (position, progress.position), (lag, progress.lag),
+                                  (lag_seconds, progress.lag_seconds), (eta, progress.eta_seconds),
+                                  (rate, progress.rate if progress.head is not None else None)):
+                if value is not None:
+                    family.add_metric(labels, value)
+        yield from (head, position, lag, lag_seconds, rate, eta)
 
     def _supervisors(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily("weir_supervisor_restarts", "Restart decisions taken by a supervisor.", labels=["supervisor"])

@@ -19,7 +19,7 @@ import sys
 from grpclib.const import Status
 
 from weir.files import write_atomically
-from weir.sim.farcaster_data import SnapchainSimConfig, offered_digest
+from weir.sim.farcaster_data import FRAMINGS, SnapchainSimConfig, offered_digest
 from weir.sim.snapchain import SnapchainSim, serve_snapchain
 
 
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--fids-per-shard", type=int, default=200)
     snap.add_argument("--max-block-events", type=int, default=40)
     snap.add_argument("--pregenerate", action="store_true", help="generate all --total events before serving")
+    snap.add_argument("--framing", choices=FRAMINGS, default="packed",
+                      help="Subscribe messages per HTTP/2 DATA frame: packed (many, as a node catching a subscriber up) or one")
     snap.add_argument("--record", default="", help="file written at exit: the ids (and a digest) of every event offered")
     snap.add_argument("--control", default="", help="file read on SIGUSR2: a gRPC status name to fail calls with, or empty")
     snap.add_argument("--log-level", default="WARNING")
@@ -66,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> SnapchainSimConfig:
         fids_per_shard=args.fids_per_shard,
         max_block_events=args.max_block_events,
         pregenerate=args.pregenerate,
+        framing=args.framing,
     )
 
 

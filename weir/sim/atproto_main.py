@@ -15,11 +15,13 @@ import argparse
 import json
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from weir.files import write_atomically
-from weir.sim.atproto import AtprotoSim
-from weir.sim.atproto_data import AtprotoSimConfig
+
+if TYPE_CHECKING:  # imported when run: `python -m weir.sim`'s parser lists this network without its extra
+    from weir.sim.atproto import AtprotoSim
+    from weir.sim.atproto_data import AtprotoSimConfig
 
 log = logging.getLogger("weir.sim")
 
@@ -58,6 +60,8 @@ def add_parser(networks: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> AtprotoSimConfig:
+    from weir.sim.atproto_data import AtprotoSimConfig
+
     return AtprotoSimConfig(
         seed=args.seed, total=args.total, rate=args.rate, dids=args.dids, corrupt_every=args.corrupt_every,
         drop_after=args.drop_after, reject_first=args.reject_first, inclusive_replay=not args.exclusive_replay,
@@ -83,6 +87,8 @@ def apply_control(sim: AtprotoSim, path: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import trio
+
+    from weir.sim.atproto import AtprotoSim
 
     config = config_from_args(args)
 

@@ -17,9 +17,12 @@ import json
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from weir.files import write_atomically
-from weir.sim.ethereum import EthereumSim, EthereumSimConfig, serve_ethereum_sim
+
+if TYPE_CHECKING:  # imported when run: `python -m weir.sim`'s parser lists this network without its extra
+    from weir.sim.ethereum import EthereumSim, EthereumSimConfig
 
 
 def _optional_int(text: str) -> int | None:
@@ -54,6 +57,8 @@ def add_parser(networks: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EthereumSimConfig:
+    from weir.sim.ethereum import EthereumSimConfig
+
     return EthereumSimConfig(
         chain_id=args.chain_id, seed=args.seed, block_time=args.block_time, logs_per_block=args.logs_per_block,
         history=args.history, blocks=args.blocks, reorg_every=args.reorg_every, min_reorg_depth=args.min_reorg_depth,
@@ -86,6 +91,8 @@ def apply_control(sim: EthereumSim, path: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import trio
+
+    from weir.sim.ethereum import serve_ethereum_sim
 
     try:
         config = config_from_args(args)

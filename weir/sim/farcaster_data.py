@@ -52,6 +52,7 @@ DEFAULT_GENESIS_TIME = 1735689600 - FARCASTER_EPOCH_UNIX
 """Farcaster time of the first simulated block (2025-01-01T00:00:00Z): fixed, for determinism."""
 
 MAX_EVENTS_PER_BLOCK = (1 << SEQ_BITS) - 1  # seq 1..16383 after BLOCK_CONFIRMED at 0
+FRAMINGS = ("packed", "one")  # Subscribe messages per HTTP/2 DATA frame: many | one (SnapchainSimConfig.framing)
 
 # MessageType
 CAST_ADD = 1
@@ -152,6 +153,9 @@ class SnapchainSimConfig:
             (for benchmarks: the offered rate is then not bounded by signing).
         injections: content faults served over the socket (weir.sim.farcaster_faults): a bogus
             id, an oversized event, a forged or altered message, given Message bytes.
+        framing: how Subscribe messages go into HTTP/2 DATA frames: ``packed`` (every ready
+            message in one write, many per frame, as a tonic node does while a subscriber catches
+            up) or ``one`` (one message per DATA frame, as a live tail at a low rate receives).
     """
 
     shards: int = attrs.field(default=2, validator=_positive)
@@ -167,6 +171,7 @@ class SnapchainSimConfig:
     genesis_time: int = DEFAULT_GENESIS_TIME
     pregenerate: bool = False
     injections: tuple[Injection, ...] = ()
+    framing: str = attrs.field(default="packed", validator=attrs.validators.in_(FRAMINGS))
 
     def __attrs_post_init__(self) -> None:
         if self.total is not None and self.history > self.total:

@@ -20,10 +20,10 @@ import attrs
 import trio
 
 from weir.files import write_atomically
-from weir.sim.atproto_data import AtprotoSimConfig
 from weir.sim.farcaster_data import SnapchainSimConfig
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the AT Protocol and Ethereum simulators' packages are extras (the demo's default needs neither)
+    from weir.sim.atproto_data import AtprotoSimConfig
     from weir.sim.ethereum import EthereumSimConfig
 
 
@@ -67,6 +67,7 @@ def snapchain_args(config: SnapchainSimConfig, host: str = "127.0.0.1", port: in
         "--shards", str(config.shards), "--seed", str(config.seed), "--rate", repr(config.rate),
         "--history", str(config.history),
         "--fids-per-shard", str(config.fids_per_shard), "--max-block-events", str(config.max_block_events),
+        "--framing", config.framing,
     ]
     for flag, value in (("--total", config.total), ("--retention", config.retention), ("--corrupt-every", config.corrupt_every)):
         if value is not None:

@@ -16,7 +16,7 @@ farcasterxyz/snapchain ``src/network/server.rs``):
 Unlike the node, the switch from replay to live is gapless (the node has a known window there).
 
 Events are kept pre-encoded and pre-framed (gRPC's 5-byte prefix): a subscriber's batch goes out
-as one HTTP/2 write of many messages. Control hooks for the chaos suite: ``drop_streams()`` and
+as one HTTP/2 write of many messages, or with ``framing="one"`` one DATA frame per message. Control hooks for the chaos suite: ``drop_streams()`` and
 ``set_error()``.
 """
 
@@ -356,7 +356,7 @@ class SnapchainSim:
         positions: list[int],
         event_types: frozenset[int],
     ) -> None:
-        send = _raw_sender(stream)
+        send = _raw_sender(stream, self.config.framing)
         wanted = None if event_types >= _ALL_TYPES else event_types
         while True:
             sent_any = False
@@ -456,21 +456,30 @@ def _decode_page_token(token: bytes | None, shards: int, start_id: int) -> list[
     return starts
 
 
-def _raw_sender(stream: grpclib.server.Stream):  # type: ignore[no-untyped-def,type-arg]
-    """An async function sending a list of pre-framed messages.
+def _raw_sender(stream: grpclib.server.Stream, framing: str):  # type: ignore[no-untyped-def,type-arg]
+    """An async function sending a list of pre-framed messages, ``framing`` as SnapchainSimConfig says.
 
     grpclib writes one DATA frame per ``send_message``; gRPC allows many messages per frame, so
-    the batch goes to the HTTP/2 stream in one write (flow control still applies). Falls back to
-    ``send_message`` per event if grpclib's internals are not what this expects.
+    ``packed`` hands the batch to the HTTP/2 stream in one write (split only at the peer's maximum
+    frame size and flow control), and ``one`` writes each message by itself: one DATA frame each.
+    Falls back to ``send_message`` per event if grpclib's internals are not what this expects.
     """
     h2_stream = getattr(stream, "_stream", None)
     send_data = getattr(h2_stream, "send_data", None)
-    if send_data is not None:
+    if send_data is not None and framing == "packed":
 
         async def send_batch(batch: list[bytes]) -> None:
             await send_data(b"".join(batch))
 
         return send_batch
+
+    if send_data is not None:
+
+        async def send_one_by_one(batch: list[bytes]) -> None:
+            for framed in batch:
+                await send_data(framed)
+
+        return send_one_by_one
 
     async def send_each(batch: list[bytes]) -> None:
         for framed in batch:

