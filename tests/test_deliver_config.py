@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -87,3 +88,11 @@ def test_weir_deliver_help_names_its_options(capsys):
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "--consumer NAME" in out and "WEIR_DELIVER_PIPELINES" in out
+
+
+def test_weir_deliver_without_pyarrow_names_the_extra(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if weir[parquet] were not installed
+    pipelines = json.dumps([GOOD])
+    assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", f"deliver.pipelines={pipelines}"]) == 2
+    assert capsys.readouterr().err == ("weir: config error: deliver.pipelines: the parquet target needs pyarrow: "
+                                       "pip install 'weir[parquet]'\n")
