@@ -462,3 +462,27 @@ async def test_compression_and_row_groups_are_as_configured(redis_server, redis_
         assert all(group.num_rows <= 128 for group in groups) and sum(g.num_rows for g in groups) == meta.num_rows
         assert {group.column(0).compression for group in groups} == {"UNCOMPRESSED" if codec == "none" else codec.upper()}
     assert max(pq.read_metadata(p).num_row_groups for p in out.rglob("*.parquet")) > 1
+
+
+async def test_without_redis_url_it_reads_the_embedded_redis_of_a_running_weir(redis_server, redis_client, tmp_path):
+    data_dir = tmp_path / "weir-data"
+    data_dir.mkdir()
+    (data_dir / "redis.url").write_text(redis_server.url + "\n")  # what `weir run` writes beside its embedded Redis
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 300)
+    config = deliver_config(redis_server.url, out, consumer="a")
+    config = attrs.evolve(config, redis=attrs.evolve(config.redis, url="", data_dir=str(data_dir)))
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, config))
+        await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        service.stop()
+    assert_exactly_once(out, await stream_ids(redis_client))
+
+
+def test_without_redis_url_and_no_running_weir_it_says_so_in_one_line(tmp_path, capsys):
+    from weir.cli import main
+
+    pipelines = json.dumps([{"source": "farcaster", "directory": str(tmp_path / "out")}])
+    assert main(["deliver", "--data-dir", str(tmp_path / "nothing"), "--set", f"deliver.pipelines={pipelines}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("weir: config error: redis.url: not set, and no running weir's embedded Redis") and err.count("\n") == 1
