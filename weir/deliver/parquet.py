@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import trio
 
@@ -36,7 +38,9 @@ log = logging.getLogger("weir.deliver.parquet")
 
 COMMITTED_NAME = re.compile(r"part-(\d+-\d+)_(\d+-\d+)-.+\.parquet\Z")
 _TEMP_SUFFIX = ".parquet.tmp"
-_CACHED_FILES = 64  # stream ids of this many committed files are kept for lookups
+# Stream ids of recently read committed files are kept for lookups, up to this many in all (as Arrow
+# string arrays: ~20 bytes an id, where a Python set of str would take ~100).
+_CACHED_IDS = 4_000_000
 
 
 @attrs.define(eq=False)
@@ -74,7 +78,8 @@ class ParquetTarget:
         self._clock = clock
         self._open: dict[str, _OpenFile] = {}
         self._serial = itertools.count()
-        self._committed_ids: OrderedDict[Path, frozenset[str]] = OrderedDict()
+        self._committed_ids: OrderedDict[Path, pa.Array] = OrderedDict()
+        self._cached_ids = 0
         self._spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
 
     # -- recovery ------------------------------------------------------------------------
@@ -122,8 +127,8 @@ class ParquetTarget:
                 span = self._span_of(name)
                 inside = candidates.between(*span) if span is not None else None
                 if inside:
-                    ids = self._ids_in(hour_dir / name)
-                    found.update(entry_id for entry_id in inside if entry_id in ids)
+                    present = pc.is_in(pa.array(inside, pa.string()), value_set=self._ids_in(hour_dir / name))
+                    found.update(entry_id for entry_id, hit in zip(inside, present.to_pylist()) if hit)
         return found
 
     def _span_of(self, name: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -138,14 +143,21 @@ class ParquetTarget:
                 self._spans.clear()
         return span
 
-    def _ids_in(self, path: Path) -> frozenset[str]:
+    def _ids_in(self, path: Path) -> pa.Array:
         ids = self._committed_ids.get(path)
         if ids is None:
-            column = pq.read_table(path, columns=["stream_id"]).column("stream_id")
-            ids = self._committed_ids[path] = frozenset(column.to_pylist())
-            while len(self._committed_ids) > _CACHED_FILES:
-                self._committed_ids.popitem(last=False)
+            ids = pq.read_table(path, columns=["stream_id"]).column("stream_id").combine_chunks()
+            self._remember_ids(path, ids)
+        else:
+            self._committed_ids.move_to_end(path)
         return ids
+
+    def _remember_ids(self, path: Path, ids: pa.Array) -> None:
+        self._committed_ids[path] = ids
+        self._cached_ids += len(ids)
+        while self._cached_ids > _CACHED_IDS and len(self._committed_ids) > 1:
+            _, dropped = self._committed_ids.popitem(last=False)
+            self._cached_ids -= len(dropped)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -224,7 +236,7 @@ class ParquetTarget:
         for directory in (final.parent, final.parent.parent):  # the new name, and a new hour directory
             _fsync_dir(directory)
         os.close(file.lock_fd)
-        self._committed_ids[final] = frozenset(ordered)
+        self._remember_ids(final, pa.array(ordered, pa.string()))
         log.debug("committed %s (%d rows)", final, len(ordered),
                   extra={"event": "deliver_file_committed", "path": str(final), "rows": len(ordered)})
 
