@@ -194,6 +194,9 @@ async def serve(
                         shutdown_grace=30.0,
                     )
                 )
+        if config.deliver.with_run and config.deliver.pipelines:
+            # The last child: stopped first, so its drain commits what ingestion persisted.
+            children.append(ChildSpec(name="deliver", target=_delivery(config, redis_url, views), shutdown_grace=30.0))
         # /metrics, /healthz, /readyz (weir/observability): the root's first child, so it is stopped last.
         observability = await sinks.enter_async_context(open_observability(config.metrics))
         if observability is not None:
@@ -269,6 +272,24 @@ def _pipeline(network: Network, partition: str, view: PartitionView, sink: Redis
         rng=context.rng,
         mark=mark,
     )
+
+
+def _delivery(config: Config, redis_url: str, views: list[PartitionView]) -> Callable[..., Awaitable[None]]:
+    """``weir deliver``'s tree as a child of the root, on this service's Redis and partitions."""
+    from weir.deliver.service import serve_deliver
+
+    pipelines = tuple(
+        pipe if pipe.partitions else attrs.evolve(pipe, partitions=tuple(
+            view.name.split("/", 1)[1] for view in views if view.name.split("/", 1)[0] == pipe.source))
+        for pipe in config.deliver.pipelines
+    )
+    delivery = attrs.evolve(config, redis=attrs.evolve(config.redis, url=redis_url),
+                            deliver=attrs.evolve(config.deliver, pipelines=pipelines))
+
+    async def run(stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_deliver(delivery, stopping=stopping, task_status=task_status)
+
+    return run
 
 
 async def _close_shielded(sink: RedisSink) -> None:

@@ -148,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument("--raw", action="store_true", help="print entry fields only, without decoding the payload")
 
+    deliver = commands.add_parser(
+        "deliver", help="deliver the persisted streams downstream (Parquet files), each entry effectively once",
+        description="Read the partition streams weir writes through Redis consumer groups and deliver them to the "
+                    "targets of the [[deliver.pipelines]] tables (docs/delivery.md). Several instances with the same "
+                    "group share the work. Without redis.url it reads the embedded Redis of a `weir run` with the "
+                    "same redis.data_dir.",
+        epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_options(deliver)
+    deliver.add_argument("--consumer", metavar="NAME", help="this instance's consumer name (deliver.consumer; "
+                                                            "default <hostname>-<pid>)")
+
     # The engine is weir/chaos/suite.py, imported only when this command runs (it is heavy).
     chaos = commands.add_parser("chaos", help="run the chaos suite: fault scenarios, table, verdict")
     chaos.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="named scenarios to run, or 'all' (default: all, unless --random or --schedule is given; see --list)")
@@ -175,6 +186,7 @@ _NAMED_FLAGS = {
     "log_format": "log_format",
     "farcaster_url": "farcaster.url",
     "shards": "farcaster.shards",
+    "consumer": "deliver.consumer",
 }
 
 
@@ -199,20 +211,30 @@ def _config_from(args: argparse.Namespace) -> Config:
 def _run_trio(config: Config, fn: Callable[..., Any], *args: Any) -> int:
     """``trio.run(fn, *args)``; the embedded Redis failing to start is one line, not a traceback."""
     failure: BaseException | None = None
+    problem: BaseException | None = None
     try:
         return trio.run(fn, *args)
+    except* ConfigError as group:  # found once running (weir deliver: no partition stream yet)
+        problem = _first_leaf(group)
     except* EmbeddedRedisError as group:
-        failure = group
-        while isinstance(failure, BaseExceptionGroup):
-            failure = failure.exceptions[0]
+        failure = _first_leaf(group)
+    if problem is not None:
+        print(f"weir: config error: {redact_text(str(problem))}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"weir: cannot start the embedded Redis (redis.data_dir {config.redis.data_dir!r}): {redact_text(str(failure))}",
           file=sys.stderr)
     return EXIT_FAILURE
 
 
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":  # only the service drains on a signal; the rest stop as usual
+    if args.command not in ("run", "deliver"):  # only the services drain on a signal; the rest stop as usual
         entry.release()
     if args.command == "chaos":
         try:
@@ -233,10 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             require_a_network(config)
             enabled_networks(config)
+            if config.deliver.with_run and config.deliver.pipelines:
+                _require_deliver_packages(config)
         if args.command == "demo":
             from weir.networks import network_class
 
             network_class(args.network)
+        if args.command == "deliver":
+            _require_deliver_packages(config)
     except ConfigError as exc:
         print(f"weir: config error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
@@ -246,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level, config.log_format)
     if args.command == "run":
         return run_until_signalled(config, on_started=_live_progress(config))
+    if args.command == "deliver":
+        from weir.deliver.service import serve_deliver
+
+        return _run_trio(config, functools.partial(serve_until_signalled, config, serve=serve_deliver))
     if args.command == "demo":
         from weir.demo import run_demo
 
@@ -255,6 +285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run_trio(config, run_tail, config, args)
     raise AssertionError(args.command)
+
+
+def _require_deliver_packages(config: Config) -> None:
+    """A delivery pipeline to run, and its target's packages (an optional extra) installed."""
+    if not config.deliver.pipelines:
+        raise ConfigError("deliver.pipelines: no delivery pipeline is configured: add a [[deliver.pipelines]] "
+                          "table (docs/delivery.md)")
+    if any(pipe.target == "parquet" for pipe in config.deliver.pipelines):
+        try:
+            import pyarrow  # noqa: F401
+        except ModuleNotFoundError:
+            raise ConfigError("deliver.pipelines: the parquet target needs pyarrow: pip install 'weir[parquet]'") from None
 
 
 def _live_progress(config: Config) -> Callable[..., Awaitable[None]] | None:
@@ -283,17 +325,22 @@ def run_until_signalled(config: Config, **serve_options: Any) -> int:
     return _run_trio(config, functools.partial(serve_until_signalled, config, **serve_options))
 
 
-async def serve_until_signalled(config: Config, *, on_started=None, **serve_options: Any) -> int:
-    """Run the service; first SIGINT/SIGTERM drains and exits 0, a second one exits at once."""
+async def serve_until_signalled(config: Config, *, on_started=None, serve=None, **serve_options: Any) -> int:
+    """Run the service; first SIGINT/SIGTERM drains and exits 0, a second one exits at once.
+
+    ``serve``: the service to run (default :func:`weir.app.serve`; ``weir deliver`` passes its own).
+    """
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            return await _serve_with_signals(config, signals, on_started, serve_options)
+            return await _serve_with_signals(config, signals, on_started, serve_options, serve)
     finally:
         entry.release()  # trio put back the start-up handler: signals from now on act as usual
 
 
-async def _serve_with_signals(config: Config, signals: Any, on_started: Any, serve_options: dict[str, Any]) -> int:
-    from weir.app import serve
+async def _serve_with_signals(config: Config, signals: Any, on_started: Any, serve_options: dict[str, Any],
+                              serve: Any = None) -> int:
+    if serve is None:
+        from weir.app import serve
     from weir.errors import EXIT_FATAL, fatal_in
     from weir.supervision import SupervisorEscalation
 

@@ -19,7 +19,8 @@ from urllib.parse import SplitResult, urlsplit
 import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
-from weir.sinks.keys import validate_prefix
+from weir.deliver.settings import PARQUET_COMPRESSIONS, TARGET_KINDS, DeliverPipelineSettings, DeliverSettings
+from weir.sinks.keys import validate_name, validate_prefix
 from weir.redact import redact_url
 from weir.supervision.breaker import CircuitBreaker
 
@@ -221,6 +222,7 @@ class Config:
     atproto: AtprotoSettings = AtprotoSettings()
     metrics: MetricsSettings = MetricsSettings()
     progress: ProgressSettings = ProgressSettings()
+    deliver: DeliverSettings = DeliverSettings()  # `weir deliver` (docs/delivery.md)
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | text | json
 
@@ -234,6 +236,7 @@ _SECTIONS: dict[str, type] = {
     "atproto": AtprotoSettings,
     "metrics": MetricsSettings,
     "progress": ProgressSettings,
+    "deliver": DeliverSettings,
 }
 _TOP_LEVEL = {"log_level", "log_format"}
 
@@ -367,6 +370,8 @@ def _coerce(name: str, value: Any, kind: Any, origin: str) -> Any:
     kind = str(kind)
     if kind.startswith("tuple[EthereumChainSettings"):  # outside the try: its errors are already ConfigErrors
         return _coerce_tables(name, value, EthereumChainSettings, origin)
+    if kind.startswith("tuple[DeliverPipelineSettings"):
+        return _coerce_tables(name, value, DeliverPipelineSettings, origin)
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -534,10 +539,64 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     for key in ("log_interval", "window"):
         positive(f"progress.{key}", getattr(config.progress, key))
     _validate_ethereum(config.ethereum, fail)
+    _validate_deliver(config.deliver, fail)
     if config.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         fail("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
     if config.log_format not in {"auto", "text", "json"}:
         fail("log_format", f"expected auto, text or json, got {config.log_format!r}")
+
+
+def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
+    """The [deliver] section: each pipeline's problem on one line, naming the pipeline by its index."""
+    for key in ("claim_idle", "claim_interval"):
+        if getattr(deliver, key) <= 0:
+            fail(f"deliver.{key}", f"must be positive, got {getattr(deliver, key)}")
+    for key in ("max_deliveries", "read_count", "block_ms"):
+        if getattr(deliver, key) < 1:
+            fail(f"deliver.{key}", f"must be at least 1, got {getattr(deliver, key)}")
+    if deliver.consumer:
+        try:
+            validate_name("consumer", deliver.consumer)
+        except ValueError as exc:
+            fail("deliver.consumer", str(exc))
+    names: set[str] = set()
+    places: set[tuple[str, str]] = set()
+    for i, pipe in enumerate(deliver.pipelines):
+        where = f"[{i}]"
+        if not pipe.source:
+            fail("deliver.pipelines", f"{where}: source: required (the network whose streams are delivered, e.g. farcaster)")
+        for what, value in [("source", pipe.source), *(("partition", p) for p in pipe.partitions),
+                            *((("group", pipe.group),) if pipe.group else ())]:
+            try:
+                validate_name(what, value)
+            except ValueError as exc:  # the message names the setting and the value
+                fail("deliver.pipelines", f"{where}: {exc}")
+        name = pipe.name or f"{pipe.source}-{pipe.target}"
+        if name in names:
+            fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")
+        names.add(name)
+        place = (pipe.source, str(Path(pipe.directory).resolve()))
+        if pipe.target == "parquet" and place in places:
+            # Each pipeline takes the committed files under its directory for its own deliveries.
+            fail("deliver.pipelines", f"{where}: directory: {pipe.directory!r} already receives {pipe.source} "
+                                      f"from another pipeline; give each its own directory")
+        places.add(place)
+        if pipe.start not in {"0", "$"}:
+            fail("deliver.pipelines", f"{where}: start: expected '0' (the whole stream) or '$' (from now), got {pipe.start!r}")
+        if pipe.target not in TARGET_KINDS:
+            fail("deliver.pipelines", f"{where}: target: unknown target {pipe.target!r}; known: {', '.join(TARGET_KINDS)}")
+        if pipe.compression not in PARQUET_COMPRESSIONS:
+            fail("deliver.pipelines", f"{where}: compression: expected one of {', '.join(PARQUET_COMPRESSIONS)}, got {pipe.compression!r}")
+        for key in ("row_group_rows", "file_rows"):
+            if getattr(pipe, key) < 1:
+                fail("deliver.pipelines", f"{where}: {key}: must be at least 1, got {getattr(pipe, key)}")
+        if pipe.file_age <= 0:
+            fail("deliver.pipelines", f"{where}: file_age: must be positive, got {pipe.file_age}")
+        if pipe.file_age * 3 > deliver.claim_idle:
+            # An entry waiting in an open file must never look abandoned to another instance.
+            fail("deliver.pipelines", f"{where}: file_age: must be at most deliver.claim_idle / 3 "
+                                      f"({deliver.claim_idle / 3:g}), got {pipe.file_age}")
+        _validate_data_dir(pipe.directory, lambda message: fail("deliver.pipelines", f"{where}: directory: {message}"))
 
 
 def _validate_data_dir(data_dir: str, fail: Any) -> None:

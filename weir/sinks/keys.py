@@ -82,3 +82,15 @@ def _check(what: str, value: str, forbidden: frozenset[str]) -> None:
             f"{' '.join(repr(c) for c in bad)} ({reserved} and whitespace are reserved by the key "
             f"layout)"
         )
+
+
+def delivery_dead_key(source: str, partition: str, group: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    """The delivery dead-letter stream of consumer group ``group`` on a partition (docs/delivery.md):
+    entries no target accepted. Same hash tag as the events stream, so moving an entry there and
+    acknowledging it is one atomic MULTI even in a cluster.
+
+    Raises:
+        ValueError: see :func:`hash_tag` (``group`` follows the rules of a partition name).
+    """
+    _check("group", group, _FORBIDDEN_IN_PART)
+    return f"{hash_tag(source, partition, prefix=prefix)}:undelivered:{group}"

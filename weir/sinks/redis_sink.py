@@ -456,38 +456,44 @@ class RedisSink:
         return self._client
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` in asyncio (one crossing), mapping transient redis errors to SinkUnavailable.
+        return await call_redis(self._shown_url, fn, *args)
 
-        A connection that fails outright is tried once more at once: after a server restart the
-        pooled connection is stale, and every operation here is idempotent.
-        """
-        for attempt in (1, 2):
-            try:
-                return await call_asyncio(fn, *args)
-            except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
-                # configuration, not availability: fatal (weir.errors), never a retry loop
-                raise RedisRefused(f"redis at {self._shown_url} refused weir ({type(exc).__name__}: {exc}); "
-                                   f"check the user, password and ACL of redis.url") from exc
-            except rex.BusyLoadingError as exc:
-                raise SinkUnavailable(f"redis at {self._shown_url} is loading its data: {exc}") from exc
-            except rex.ConnectionError as exc:
-                refused = certificate_refused(exc, f"redis at {self._shown_url}")
-                if refused is not None:
-                    raise refused from exc
-                if attempt == 1:
-                    continue
-                raise SinkUnavailable(f"redis at {self._shown_url} unavailable: {exc}") from exc
-            except (rex.TimeoutError, TimeoutError) as exc:
-                unavailable = SinkUnavailable(f"redis at {self._shown_url} did not answer in time: {exc!r}")
-                unavailable.timed_out = True
-                raise unavailable from exc
-            except OSError as exc:
-                raise SinkUnavailable(f"redis at {self._shown_url} unavailable: {exc!r}") from exc
-            except rex.ResponseError as exc:
-                if is_transient_response(exc):
-                    raise SinkUnavailable(f"redis at {self._shown_url} cannot write now: {exc}") from exc
-                raise
-        raise AssertionError("unreachable")
+
+async def call_redis(shown_url: str, fn: Any, *args: Any) -> Any:
+    """Run ``fn`` in asyncio (one crossing), mapping transient redis errors to SinkUnavailable.
+
+    ``shown_url`` names the server in messages (without its password). Used by every weir client of Redis.
+
+    A connection that fails outright is tried once more at once: after a server restart the
+    pooled connection is stale, and every operation here is idempotent.
+    """
+    for attempt in (1, 2):
+        try:
+            return await call_asyncio(fn, *args)
+        except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
+            # configuration, not availability: fatal (weir.errors), never a retry loop
+            raise RedisRefused(f"redis at {shown_url} refused weir ({type(exc).__name__}: {exc}); "
+                               f"check the user, password and ACL of redis.url") from exc
+        except rex.BusyLoadingError as exc:
+            raise SinkUnavailable(f"redis at {shown_url} is loading its data: {exc}") from exc
+        except rex.ConnectionError as exc:
+            refused = certificate_refused(exc, f"redis at {shown_url}")
+            if refused is not None:
+                raise refused from exc
+            if attempt == 1:
+                continue
+            raise SinkUnavailable(f"redis at {shown_url} unavailable: {exc}") from exc
+        except (rex.TimeoutError, TimeoutError) as exc:
+            unavailable = SinkUnavailable(f"redis at {shown_url} did not answer in time: {exc!r}")
+            unavailable.timed_out = True
+            raise unavailable from exc
+        except OSError as exc:
+            raise SinkUnavailable(f"redis at {shown_url} unavailable: {exc!r}") from exc
+        except rex.ResponseError as exc:
+            if is_transient_response(exc):
+                raise SinkUnavailable(f"redis at {shown_url} cannot write now: {exc}") from exc
+            raise
+    raise AssertionError("unreachable")
 
 
 def is_transient_response(exc: rex.ResponseError) -> bool:

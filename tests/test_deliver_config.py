@@ -1,0 +1,98 @@
+"""The [deliver] configuration: every mistake is one line naming the setting and its origin."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from weir.cli import main
+from weir.config import ConfigError, load_config
+
+GOOD = {"source": "farcaster", "directory": "out"}
+
+
+def load(tmp_path, toml: str):
+    path = tmp_path / "weir.toml"
+    path.write_text(toml)
+    return load_config(path, environ={})
+
+
+def test_pipelines_are_read_from_toml_tables(tmp_path):
+    config = load(tmp_path, """
+[deliver]
+claim_idle = 30
+max_deliveries = 7
+
+[[deliver.pipelines]]
+source = "farcaster"
+partitions = ["1", "2"]
+compression = "snappy"
+row_group_rows = 5000
+file_age = 5
+
+[[deliver.pipelines]]
+name = "chain-files"
+source = "ethereum"
+""")
+    first, second = config.deliver.pipelines
+    assert (first.source, first.partitions, first.compression, first.row_group_rows, first.file_age) == (
+        "farcaster", ("1", "2"), "snappy", 5000, 5.0)
+    assert second.name == "chain-files" and second.compression == "zstd" and second.target == "parquet"
+    assert config.deliver.claim_idle == 30.0 and config.deliver.max_deliveries == 7
+
+
+@pytest.mark.parametrize(("pipeline", "settings", "message"), [
+    ({"compression": "lz4"}, {}, "deliver.pipelines: [0]: compression: expected one of zstd, snappy, gzip, none, got 'lz4'"),
+    ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet"),
+    ({"source": ""}, {}, "deliver.pipelines: [0]: source: required"),
+    ({"partitions": ["a:b"]}, {}, "deliver.pipelines: [0]: partition 'a:b' cannot be used in a Redis key"),
+    ({"row_group_rows": 0}, {}, "deliver.pipelines: [0]: row_group_rows: must be at least 1, got 0"),
+    ({"start": "1-0"}, {}, "deliver.pipelines: [0]: start: expected '0' (the whole stream) or '$' (from now)"),
+    ({"file_age": 30}, {"claim_idle": "60"}, "deliver.pipelines: [0]: file_age: must be at most deliver.claim_idle / 3 (20)"),
+    ({}, {"max_deliveries": "0"}, "deliver.max_deliveries: must be at least 1, got 0"),
+    ({}, {"claim_idle": "-1"}, "deliver.claim_idle: must be positive"),
+    ({"colour": "red"}, {}, "deliver.pipelines[0].colour: unknown setting"),
+])
+def test_a_bad_setting_is_one_line_naming_it(pipeline, settings, message):
+    overrides = {"deliver.pipelines": json.dumps([dict(GOOD, **pipeline)])}
+    overrides.update({f"deliver.{key}": value for key, value in settings.items()})
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, overrides=overrides)
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_two_pipelines_with_one_name_are_refused():
+    overrides = {"deliver.pipelines": json.dumps([GOOD, GOOD])}
+    with pytest.raises(ConfigError, match=r"\[1\]: name 'farcaster-parquet' is used by two pipelines"):
+        load_config(environ={}, overrides=overrides)
+
+
+def test_two_pipelines_writing_one_source_into_one_directory_are_refused():
+    overrides = {"deliver.pipelines": json.dumps([dict(GOOD, name="a"), dict(GOOD, name="b", group="other")])}
+    with pytest.raises(ConfigError, match=r"\[1\]: directory: 'out' already receives farcaster from another pipeline"):
+        load_config(environ={}, overrides=overrides)
+
+
+def test_weir_deliver_without_a_pipeline_is_a_usage_error(capsys):
+    assert main(["deliver", "--redis-url", "redis://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("weir: config error: deliver.pipelines: no delivery pipeline is configured") and err.count("\n") == 1
+
+
+def test_weir_deliver_help_names_its_options(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["deliver", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "--consumer NAME" in out and "WEIR_DELIVER_PIPELINES" in out
+
+
+def test_weir_deliver_without_pyarrow_names_the_extra(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if weir[parquet] were not installed
+    pipelines = json.dumps([GOOD])
+    assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", f"deliver.pipelines={pipelines}"]) == 2
+    assert capsys.readouterr().err == ("weir: config error: deliver.pipelines: the parquet target needs pyarrow: "
+                                       "pip install 'weir[parquet]'\n")

@@ -1,0 +1,214 @@
+"""One partition's delivery: read through the consumer group, hand to the target, acknowledge.
+
+A thin shell: what to dead-letter, when a file is due and whether a commit is safe are decided in
+weir/deliver/decisions.py; the target decides how entries become durable (weir/deliver/target.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from weir.actors.stopping import until_stopped
+from weir.deliver.decisions import FailureMemory, parse_entry_id, safe_to_commit, triage
+from weir.deliver.group import ConsumerGroup, Entry
+from weir.deliver.settings import DeliverSettings
+from weir.deliver.target import Prepared, Target
+from weir.sinks.redis_sink import SinkUnavailable
+from weir.supervision import Backoff
+
+T = TypeVar("T")
+
+log = logging.getLogger("weir.deliver")
+
+_CLAIM_PAGES = 10  # XAUTOCLAIM pages per pass at most: new entries are not starved by a long backlog
+
+
+@attrs.define(eq=False)
+class DeliveryStats:
+    """Counters of one partition's delivery (cumulative over restarts of its actor).
+
+    Attributes:
+        delivered: entries acknowledged after the target made them durable.
+        skipped: entries read again that the target already held (acknowledged, not written again).
+        refused: refusals by the target (each delivery of an entry it refused counts).
+        dead_lettered: entries moved to the delivery dead-letter stream.
+        claimed: entries taken over from idle consumers (XAUTOCLAIM).
+        commits: units the target committed (Parquet: files).
+        aborts: units dropped because their entries were no longer safely this consumer's.
+    """
+
+    delivered: int = 0
+    skipped: int = 0
+    refused: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    commits: int = 0
+    aborts: int = 0
+
+
+@attrs.define(eq=False)
+class PartitionDelivery:
+    """The actor: ``run(stopping, task_status=...)`` is a supervised child."""
+
+    name: str
+    group: ConsumerGroup
+    make_target: Callable[[], Target]
+    settings: DeliverSettings
+    start: str
+    stats: DeliveryStats
+    backoff: Backoff
+    rng: random.Random
+    failures: FailureMemory = attrs.field(factory=FailureMemory)
+    held: set[str] = attrs.field(factory=set)  # offered to the target, not yet committed or dropped
+    undecided: list[Prepared] = attrs.field(factory=list)  # prepared, neither committed nor aborted yet
+
+    async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        target = self.make_target()
+        self.held.clear()  # a new target holds nothing (a crashed one's files were dropped)
+        try:
+            await self._patiently(self.group.ensure_group, self.start)
+            await target.recover()
+            task_status.started()
+            async with until_stopped(stopping):
+                await self._take_over_own_pending(target)
+                await self._loop(target)
+            # An ordered stop: what is buffered is committed and acknowledged (the drain; a cancel
+            # meanwhile, the supervisor's after shutdown_grace or a second signal, leaves it pending).
+            await self._commit(target, trio.current_time(), everything=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                for prepared in self.undecided:  # cancelled between prepare and commit: drop them
+                    await target.abort(prepared)
+                self.undecided.clear()
+                await target.aclose()
+
+    async def _loop(self, target: Target) -> None:
+        s = self.settings
+        next_claim = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now >= next_claim:
+                await self._claim_pass(target)
+                next_claim = now + s.claim_interval
+            due = target.next_due()
+            if due is not None and now >= due:
+                await self._commit(target, now)
+                due = target.next_due()
+            wake = min(next_claim, due if due is not None else next_claim)
+            block_ms = max(1, min(s.block_ms, int((wake - trio.current_time()) * 1000)))
+            entries = await self._patiently(self.group.read_new, s.read_count, block_ms)
+            if entries:
+                await self._offer(target, entries)
+
+    async def _take_over_own_pending(self, target: Target) -> None:
+        """Entries this consumer name had pending before the (re)start: delivered again."""
+        after = "0"
+        while True:
+            entries, gone = await self._patiently(self.group.read_own_pending, after, self.settings.read_count)
+            if gone:  # deleted from the stream while pending: nothing left to deliver
+                await self._patiently(self.group.ack, gone)
+            if not entries and not gone:
+                return
+            await self._redeliver(target, entries)
+            after = max([entry.entry_id for entry in entries] + gone, key=parse_entry_id)
+
+    async def _claim_pass(self, target: Target) -> None:
+        cursor = "0-0"
+        claimed = False
+        for _ in range(_CLAIM_PAGES):
+            cursor, entries, gone = await self._patiently(
+                self.group.autoclaim, self.settings.claim_idle, cursor, self.settings.read_count)
+            if gone:  # deleted from the stream while pending: nothing left to deliver
+                await self._patiently(self.group.ack, gone)
+            if entries:
+                claimed = True
+                self.stats.claimed += len(entries)
+                log.info("%s: claimed %d entries idle for over %gs", self.name, len(entries), self.settings.claim_idle,
+                         extra={"event": "deliver_claimed", "pipeline": self.name, "entries": len(entries)})
+                await self._redeliver(target, entries)
+            if cursor == "0-0":
+                break
+        if claimed:  # their consumer may have died with a file open
+            await target.recover()
+
+    async def _redeliver(self, target: Target, entries: Sequence[Entry]) -> None:
+        """Entries delivered before: dead-letter those tried too often, skip those already durable."""
+        if not entries:
+            return
+        counts = await self._patiently(self.group.deliveries, [entry.entry_id for entry in entries])
+        decision = triage(counts, max_deliveries=self.settings.max_deliveries, reasons=self.failures, held=self.held)
+        by_id = {entry.entry_id: entry for entry in entries}
+        deliveries = {item.entry_id: item.deliveries for item in counts}
+        for entry_id, reason in decision.dead:
+            await self._patiently(self.group.dead_letter, by_id[entry_id], reason, deliveries[entry_id])
+            self.stats.dead_lettered += 1
+            self.failures.forget([entry_id])
+            log.warning("%s: entry %s dead-lettered: %s", self.name, entry_id, reason,
+                        extra={"event": "deliver_dead_letter", "pipeline": self.name, "entry_id": entry_id, "reason": reason})
+        await self._offer(target, [by_id[entry_id] for entry_id in decision.deliver])
+
+    async def _offer(self, target: Target, entries: Sequence[Entry]) -> None:
+        """Hand entries to the target, except those it already holds durably: acknowledged at once.
+
+        New entries are looked up too, not only those read again: if Redis lost the group's state
+        (a restart before its AOF had the last reads), entries committed earlier come back as new.
+        """
+        if not entries:
+            return
+        durable = await target.already_delivered(entries)
+        if durable:
+            await self._patiently(self.group.ack, sorted(durable, key=parse_entry_id))
+            self.stats.skipped += len(durable)
+            entries = [entry for entry in entries if entry.entry_id not in durable]
+        refused = await target.offer(entries)
+        self.held.update(entry.entry_id for entry in entries if entry.entry_id not in refused)
+        for entry_id, reason in refused.items():
+            self.failures.remember(entry_id, reason)
+            log.warning("%s: target refused entry %s: %s", self.name, entry_id, reason,
+                        extra={"event": "deliver_refused", "pipeline": self.name, "entry_id": entry_id, "reason": reason})
+        self.stats.refused += len(refused)
+
+    async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
+        self.undecided += await target.prepare(now, everything=everything)  # with any a cancel left undecided
+        while self.undecided:
+            prepared = self.undecided[0]
+            self.held.difference_update(prepared.entry_ids)  # committed or dropped below: no longer held
+            safe = await self._still_ours(prepared)
+            self.undecided.pop(0)  # from here on it is committed or aborted (neither can be cancelled half-way)
+            if safe:
+                await target.commit(prepared)
+                await self._patiently(self.group.ack, list(prepared.entry_ids))
+                self.stats.commits += 1
+                self.stats.delivered += len(prepared.entry_ids)
+            else:
+                await target.abort(prepared)
+                self.stats.aborts += 1
+                log.warning("%s: dropped a prepared unit of %d entries: some are no longer safely this consumer's "
+                            "(they are delivered again)", self.name, len(prepared.entry_ids),
+                            extra={"event": "deliver_aborted", "pipeline": self.name, "entries": len(prepared.entry_ids)})
+
+    async def _still_ours(self, prepared: Prepared) -> bool:
+        ordered = sorted(prepared.entry_ids, key=parse_entry_id)
+        pending = await self._patiently(self.group.pending_of, ordered[0], ordered[-1], mine=True)
+        idle = [pending[entry_id][1] if entry_id in pending else None for entry_id in ordered]
+        return safe_to_commit(idle, claim_idle=self.settings.claim_idle)
+
+    async def _patiently(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``call`` retried with backoff while Redis is unavailable (every call here is safe to
+        repeat: a read whose reply was lost leaves its entries pending, to be claimed later)."""
+        attempt = 0
+        while True:
+            try:
+                return await call(*args, **kwargs)
+            except SinkUnavailable as exc:
+                if attempt == 0:
+                    log.warning("%s: redis unavailable (%s); retrying", self.name, exc,
+                                extra={"event": "deliver_redis_unavailable", "pipeline": self.name})
+                await trio.sleep(self.backoff.delay(attempt, self.rng))
+                attempt += 1

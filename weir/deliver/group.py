@@ -1,0 +1,168 @@
+"""One partition stream read through a Redis consumer group, from trio (each call crosses once).
+
+Errors as the sink's (weir.sinks.redis_sink.call_redis): SinkUnavailable for what time cures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from weir.deliver.decisions import Claimed, parse_entry_id
+from weir.sinks.redis_sink import call_redis
+
+Fields = dict[bytes, bytes]
+_ACK_PAGE = 10_000  # ids per XACK: a file's worth in one command would be a multi-MB request
+_PENDING_PAGE = 10_000  # entries per XPENDING reply
+
+
+@attrs.frozen(kw_only=True)
+class Entry:
+    """One stream entry as delivered: its id and its fields (docs/redis-layout.md)."""
+
+    entry_id: str
+    fields: Fields
+
+
+class ConsumerGroup:
+    """XREADGROUP / XAUTOCLAIM / XACK of one stream for one consumer of one group.
+
+    Args:
+        client: a redis.asyncio client (decode_responses=False), used inside the asyncio loop.
+        shown_url: the server, for messages (redacted).
+        stream: the partition's events stream key.
+        dead_stream: the delivery dead-letter stream (same hash tag: written with the XACK atomically).
+    """
+
+    def __init__(self, client: aioredis.Redis, shown_url: str, *, stream: str, dead_stream: str, group: str,
+                 consumer: str) -> None:
+        self._client = client
+        self._url = shown_url
+        self.stream = stream
+        self.dead_stream = dead_stream
+        self.group = group
+        self.consumer = consumer
+
+    async def ensure_group(self, start: str) -> None:
+        """Create the group at ``start`` ("0" or "$") unless it exists (the stream too, empty)."""
+        await call_redis(self._url, self._ensure_aio, start)
+
+    async def _ensure_aio(self, start: str) -> None:
+        try:
+            await self._client.xgroup_create(self.stream, self.group, id=start, mkstream=True)
+        except rex.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, count: int, block_ms: int) -> list[Entry]:
+        """Entries never delivered to the group (``>``), waiting up to ``block_ms`` for some."""
+        reply = await call_redis(self._url, self._client.xreadgroup, self.group, self.consumer,
+                                 {self.stream: ">"}, count, block_ms)
+        return _entries(reply)[0]
+
+    async def read_own_pending(self, after: str, count: int) -> tuple[list[Entry], list[str]]:
+        """Entries pending to this consumer (delivered to it, not acknowledged), after ``after``,
+        and the ids of those no longer in the stream (deleted or trimmed since).
+
+        Reading them counts as a delivery (Redis raises their delivery count).
+        """
+        reply = await call_redis(self._url, self._client.xreadgroup, self.group, self.consumer,
+                                 {self.stream: after}, count)
+        return _entries(reply)
+
+    async def autoclaim(self, min_idle: float, cursor: str, count: int) -> tuple[str, list[Entry], list[str]]:
+        """XAUTOCLAIM: entries pending for at least ``min_idle`` s to any consumer become ours.
+
+        Returns the cursor for the next call ("0-0": the scan went round), the entries claimed,
+        and the ids of claimed entries no longer in the stream (deleted or trimmed).
+        """
+        reply = await call_redis(self._url, self._client.xautoclaim, self.stream, self.group, self.consumer,
+                                 int(min_idle * 1000), cursor, count)
+        next_cursor = _text(reply[0])
+        entries: list[Entry] = []
+        gone: list[str] = []
+        for entry_id, fields in reply[1]:
+            if entry_id is None:  # Redis 6.2: a deleted entry is a nil, without its id (it stays pending)
+                continue
+            if not fields:  # a deleted entry (weir's entries always have fields)
+                gone.append(_text(entry_id))
+                continue
+            entries.append(Entry(entry_id=_text(entry_id), fields=_field_dict(fields)))
+        if len(reply) > 2:  # Redis 7: deleted ids listed apart (and dropped from the pending list)
+            gone += [_text(entry_id) for entry_id in reply[2]]
+        return next_cursor, entries, gone
+
+    async def pending_of(self, first: str, last: str, *, mine: bool = False) -> dict[str, tuple[str, int, int]]:
+        """Pending entries from ``first`` to ``last`` (only this consumer's with ``mine``), paged:
+        id -> (consumer, idle ms, deliveries)."""
+        out: dict[str, tuple[str, int, int]] = {}
+        start = first
+        while True:
+            page = await call_redis(self._url, self._client.xpending_range, self.stream, self.group, start, last,
+                                    _PENDING_PAGE, self.consumer if mine else None)
+            for item in page:
+                out[_text(item["message_id"])] = (_text(item["consumer"]), int(item["time_since_delivered"]),
+                                                  int(item["times_delivered"]))
+            if len(page) < _PENDING_PAGE:
+                return out
+            start = "(" + _text(page[-1]["message_id"])  # exclusive ranges: Redis 6.2 on
+
+    async def deliveries(self, entry_ids: list[str]) -> list[Claimed]:
+        """Each entry's delivery count (those no longer pending are left out)."""
+        if not entry_ids:
+            return []
+        ordered = sorted(entry_ids, key=parse_entry_id)
+        pending = await self.pending_of(ordered[0], ordered[-1])
+        return [Claimed(entry_id=entry_id, deliveries=pending[entry_id][2]) for entry_id in entry_ids
+                if entry_id in pending]
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        for start in range(0, len(entry_ids), _ACK_PAGE):
+            await call_redis(self._url, self._client.xack, self.stream, self.group, *entry_ids[start:start + _ACK_PAGE])
+
+    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
+        """Append ``entry`` with ``reason`` to the delivery dead-letter stream and acknowledge it, in
+        one MULTI (both keys share the partition's hash tag), so it is dead-lettered once."""
+        await call_redis(self._url, self._dead_letter_aio, entry, reason, deliveries)
+
+    async def _dead_letter_aio(self, entry: Entry, reason: str, deliveries: int) -> None:
+        letter: dict[Any, Any] = {"entry_id": entry.entry_id, "reason": reason, "deliveries": deliveries,
+                                  "group": self.group, "consumer": self.consumer}
+        for name, value in entry.fields.items():
+            letter.setdefault(name, value)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_stream, letter)
+            pipe.xack(self.stream, self.group, entry.entry_id)
+            await pipe.execute()
+
+    async def read_range(self, first: str, last: str, count: int) -> list[Entry]:
+        """The stream's entries from ``first`` to ``last`` (XRANGE), for dead-lettering by id."""
+        reply = await call_redis(self._url, self._client.xrange, self.stream, first, last, count)
+        return [Entry(entry_id=_text(entry_id), fields=fields) for entry_id, fields in reply]
+
+
+def _entries(reply: Any) -> tuple[list[Entry], list[str]]:
+    """An XREADGROUP reply: the entries, and the ids of pending entries deleted from the stream
+    (they come back without fields)."""
+    out: list[Entry] = []
+    gone: list[str] = []
+    for _stream, items in reply or ():
+        for entry_id, fields in items:
+            if not fields:
+                gone.append(_text(entry_id))
+                continue
+            out.append(Entry(entry_id=_text(entry_id), fields=_field_dict(fields)))
+    return out, gone
+
+
+def _field_dict(fields: Any) -> Fields:
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2]))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,158 @@
+"""``weir deliver``: one supervised delivery actor per (pipeline, partition stream).
+
+    deliver (one_for_one)
+     ├── farcaster-parquet/1   (weir.deliver.actor.PartitionDelivery)
+     ├── farcaster-parquet/2
+     └── <pipeline>/<partition> …
+
+Wiring only; the behaviour is in actor.py, decisions.py and the targets.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import redis.asyncio as aioredis
+import trio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from weir.app import REDIS_URL_FILE
+from weir.bridge import call_asyncio, open_asyncio_loop
+from weir.config import Config, ConfigError
+from weir.deliver.actor import DeliveryStats, PartitionDelivery
+from weir.deliver.decisions import RollPolicy
+from weir.deliver.group import ConsumerGroup
+from weir.deliver.settings import DeliverPipelineSettings
+from weir.deliver.target import Target
+from weir.redact import redact_url
+from weir.sinks.keys import delivery_dead_key, hash_tag, partition_keys
+from weir.sinks.redis_sink import call_redis
+from weir.supervision import Backoff, ChildSpec, Strategy, Supervisor
+
+log = logging.getLogger("weir.deliver")
+
+
+@attrs.define(eq=False)
+class DeliverService:
+    """The running delivery service, handed to the caller once every actor has started."""
+
+    root: Supervisor
+    consumer: str
+    stats: dict[str, DeliveryStats]  # by child name, "<pipeline>/<partition>"
+
+    def stop(self) -> None:
+        self.root.stop()
+
+
+def build_target(pipe: DeliverPipelineSettings, *, source: str, partition: str, consumer: str) -> Target:
+    """The target a pipeline's settings describe, for one partition."""
+    if pipe.target == "parquet":
+        from weir.deliver.parquet import ParquetTarget  # pyarrow: only when a Parquet pipeline runs
+
+        return ParquetTarget(directory=Path(pipe.directory), source=source, partition=partition, consumer=consumer,
+                             compression=pipe.compression, row_group_rows=pipe.row_group_rows,
+                             roll=RollPolicy(max_rows=pipe.file_rows, max_age=pipe.file_age))
+    raise ValueError(f"unknown target {pipe.target!r}")  # load_config refuses it first
+
+
+async def serve_deliver(config: Config, *, stopping: trio.Event | None = None,
+                        task_status: trio.TaskStatus[DeliverService] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every configured delivery pipeline until ``stopping`` is set (drain: commit and
+    acknowledge what is buffered) or the root supervisor gives up.
+
+    Raises:
+        ConfigError: no pipeline configured, no Redis to read, or a source with no partition stream.
+        SupervisorEscalation: (in an exception group) the root supervisor gave up.
+    """
+    if stopping is None:
+        stopping = trio.Event()
+    deliver = config.deliver
+    if not deliver.pipelines:
+        raise ConfigError("deliver.pipelines: no delivery pipeline is configured: add a [[deliver.pipelines]] table")
+    sup = config.supervision
+    backoff = Backoff(initial=sup.backoff_initial, maximum=sup.backoff_max)
+    rng = random.Random()
+    consumer = deliver.consumer_name()
+    async with open_asyncio_loop(), _redis_client(config) as (client, shown_url):
+        children: list[ChildSpec] = []
+        stats: dict[str, DeliveryStats] = {}
+        for pipe in deliver.pipelines:
+            name = pipe.name or f"{pipe.source}-{pipe.target}"
+            group_name = pipe.group or name
+            partitions = pipe.partitions or await _discover(client, shown_url, config.redis.prefix, pipe.source)
+            for partition in partitions:
+                keys = partition_keys(pipe.source, partition, prefix=config.redis.prefix)
+                group = ConsumerGroup(client, shown_url, stream=keys.events, group=group_name, consumer=consumer,
+                                      dead_stream=delivery_dead_key(pipe.source, partition, group_name,
+                                                                    prefix=config.redis.prefix))
+                child = f"{name}/{partition}"
+                stats[child] = DeliveryStats()
+                actor = PartitionDelivery(
+                    name=child, group=group, settings=deliver, start=pipe.start, stats=stats[child],
+                    backoff=backoff, rng=rng,
+                    make_target=lambda pipe=pipe, partition=partition: build_target(
+                        pipe, source=pipe.source, partition=partition, consumer=consumer),
+                )
+                children.append(ChildSpec(name=child, target=actor.run, shutdown_grace=30.0))
+        root = Supervisor("deliver", children, strategy=Strategy.ONE_FOR_ONE, max_restarts=sup.max_restarts,
+                          period=sup.period, backoff=backoff, rng=rng)
+        log.info("delivering %d partition stream(s) as consumer %s", len(children), consumer,
+                 extra={"event": "deliver_started", "consumer": consumer, "partitions": len(children)})
+        service = DeliverService(root=root, consumer=consumer, stats=stats)
+
+        class _Status:
+            def started(self, value: object = None) -> None:
+                task_status.started(service)
+
+        await root.run(stopping, task_status=_Status())  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def _redis_client(config: Config) -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    url = config.redis.url or _running_weirs_url(config)
+    # A blocking XREADGROUP waits block_ms before it answers: the socket must wait longer.
+    timeout = config.redis.socket_timeout + config.deliver.block_ms / 1000
+
+    async def open_aio() -> aioredis.Redis:
+        return aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=config.redis.socket_timeout,
+                                       retry=Retry(NoBackoff(), 0), retry_on_error=[], health_check_interval=0,
+                                       decode_responses=False)
+
+    client = await call_asyncio(open_aio)
+    try:
+        yield client, redact_url(url)
+    finally:
+        with trio.CancelScope(shield=True):
+            await call_asyncio(client.aclose)
+
+
+def _running_weirs_url(config: Config) -> str:
+    """Without redis.url: the embedded Redis of a `weir run` using the same redis.data_dir."""
+    url_file = Path(config.redis.data_dir) / REDIS_URL_FILE
+    try:
+        return url_file.read_text().strip()
+    except OSError:
+        raise ConfigError(f"redis.url: not set, and no running weir's embedded Redis in redis.data_dir "
+                          f"({str(url_file)!r} not found): set redis.url or start `weir run` first") from None
+
+
+async def _discover(client: aioredis.Redis, shown_url: str, prefix: str, source: str) -> list[str]:
+    """The partitions of ``source`` that have an events stream now (SCAN)."""
+    head = hash_tag(source, "x", prefix=prefix)[:-2]  # "{prefix:source:"
+    pattern = head.replace("{", "\\{") + "*}:events"
+
+    async def scan() -> list[bytes]:
+        return [key async for key in client.scan_iter(match=pattern, count=1000, _type="stream")]
+
+    keys = await call_redis(shown_url, scan)
+    partitions = sorted({key.decode()[len(head):-len("}:events")] for key in keys})
+    if not partitions:
+        raise ConfigError(f"deliver.pipelines: no {source} partition stream under prefix {prefix!r} in {shown_url} "
+                          f"yet: set partitions = [...] or start after weir has written some")
+    return partitions

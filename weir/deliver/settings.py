@@ -1,0 +1,60 @@
+"""The ``[deliver]`` section and its ``[[deliver.pipelines]]`` (docs/delivery.md, Configuration).
+
+Values only: weir.config reads and validates them, weir.deliver.service runs them.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: Target kinds weir knows; a new target adds its name here and its options class below.
+TARGET_KINDS = ("parquet",)
+PARQUET_COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
+
+
+@attrs.frozen(kw_only=True)
+class DeliverPipelineSettings:
+    """One delivery pipeline: a TOML ``[[deliver.pipelines]]`` table.
+
+    One delivery actor runs per partition stream of ``source``; every instance of ``weir deliver``
+    configured with the same ``group`` shares the work of it.
+    """
+
+    name: str = ""  # names the pipeline in logs and supervision; default "<source>-<target>"
+    source: str = ""  # the network whose streams are read (farcaster, atproto, ethereum, …)
+    partitions: tuple[str, ...] = ()  # empty: every partition stream of the source found at start
+    group: str = ""  # the Redis consumer group; default: the pipeline's name
+    start: str = "0"  # where a new group begins: "0" (the whole stream) or "$" (entries from now)
+    target: str = "parquet"
+    # Parquet target (target = "parquet")
+    directory: str = "./weir-parquet"
+    compression: str = "zstd"
+    row_group_rows: int = 10_000  # rows per row group
+    file_rows: int = 1_000_000  # a file is committed once it holds this many rows …
+    file_age: float = 10.0  # … or was opened this many seconds ago (also bounds delivery latency)
+
+
+@attrs.frozen(kw_only=True)
+class DeliverSettings:
+    """Settings shared by every delivery pipeline of this process."""
+
+    consumer: str = ""  # this instance's consumer name; default "<hostname>-<pid>"
+    # Entries pending (delivered, not acknowledged) for longer than this are claimed from their
+    # consumer, which is taken for dead (XAUTOCLAIM); must be at least 3 x file_age.
+    claim_idle: float = 60.0
+    claim_interval: float = 5.0  # seconds between XAUTOCLAIM passes
+    max_deliveries: int = 5  # an entry delivered this many times without being accepted is dead-lettered
+    read_count: int = 1000  # entries per XREADGROUP / XAUTOCLAIM
+    block_ms: int = 1000  # how long one XREADGROUP waits for new entries
+    # `weir run` also runs these pipelines, as one more child of its root supervisor (pipelines
+    # without partitions then deliver the partitions weir ingests).
+    with_run: bool = False
+    pipelines: tuple[DeliverPipelineSettings, ...] = ()
+
+    def consumer_name(self) -> str:
+        if self.consumer:
+            return self.consumer
+        import os
+        import socket
+
+        return f"{socket.gethostname()}-{os.getpid()}"
