@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the partition streams weir writes through Redis consumer groups and deliver them to the "
                     "targets of the [[deliver.pipelines]] tables (docs/delivery.md). Several instances with the same "
                     "group share the work. Without redis.url it reads the embedded Redis of a `weir run` with the "
-                    "same redis.data_dir.",
+                    "same redis.data_dir. Its /metrics, /healthz and /readyz follow [metrics] (give it a metrics.port "
+                    "other than a `weir run`'s on the same host).",
         epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(deliver)
     deliver.add_argument("--consumer", metavar="NAME", help="this instance's consumer name (deliver.consumer; "
