@@ -13,11 +13,14 @@ import re
 import sys
 from pathlib import Path
 
+import duckdb
+import pyarrow.dataset as ds
 import pytest
 import redis.asyncio as aioredis
 import trio
 
 from weir.bridge import call_asyncio
+from weir.cli import main
 from weir.sim.atproto_data import AtprotoSimConfig, expected_records, generate_history
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
@@ -106,3 +109,56 @@ async def test_demo_farcaster_is_the_default_and_persists_every_simulated_event(
         entries, cursor = found[f"farcaster:{shard}"]
         assert_exact(entries, expected[shard], shard=shard)
         assert cursor == str(expected[shard][-1][0]).encode()
+
+
+DELIVERED = re.compile(r'^weir demo: (?P<rows>[\d,]+) rows delivered to (?P<files>[\d,]+) Parquet files in (?P<dir>\S+); '
+                       r'query them with DuckDB: duckdb -c "(?P<query>[^"]+)"$', re.MULTILINE)
+
+
+def delivered_ids(directory: Path) -> dict[str, list[str]]:
+    """Partition -> the stream ids of every row of the committed files (pyarrow, Hive partitioning)."""
+    table = ds.dataset(directory, format="parquet", partitioning="hive").to_table(columns=["stream_id", "partition"])
+    out: dict[str, list[str]] = {}
+    for stream_id, partition in zip(table.column("stream_id").to_pylist(), table.column("partition").to_pylist()):
+        out.setdefault(str(partition), []).append(stream_id)
+    return out
+
+
+def assert_delivered_once(stderr: str, directory: Path, persisted: dict[str, tuple[list, bytes | None]]) -> None:
+    """The delivery line's counts are the files' and their rows, and the rows are the persisted
+    entries, each once; the DuckDB command it prints counts them too."""
+    found = DELIVERED.findall(stderr)
+    assert len(found) == 1, stderr
+    rows, files, shown_dir, query = found[0]
+    assert Path(shown_dir) == directory
+    expected = {stream.split(":")[1]: sorted(entry_id.decode() for entry_id, _ in entries)
+                for stream, (entries, _) in persisted.items()}
+    got = delivered_ids(directory)
+    assert {partition: sorted(ids) for partition, ids in got.items()} == expected  # each once: sorted lists, not sets
+    assert int(rows.replace(",", "")) == sum(len(ids) for ids in expected.values())
+    assert int(files.replace(",", "")) == len(list(directory.rglob("*.parquet")))
+    assert duckdb.sql(query).fetchall()[0][0] == int(rows.replace(",", ""))
+
+
+async def test_demo_delivers_every_persisted_event_to_parquet_in_its_data_dir(tmp_path, asyncio_loop):
+    data_dir = tmp_path / "redis"
+    stderr = await run_demo(data_dir, "--deliver", "parquet", "--events", str(EVENTS), "--rate", "0")
+    assert summary(stderr)["persisted"] == 2 * EVENTS
+    persisted = await persisted_entries(data_dir, "farcaster:1", "farcaster:2")
+    assert_delivered_once(stderr, data_dir / "parquet", persisted)  # by default inside the data directory
+
+
+async def test_demo_delivers_atproto_records_to_the_chosen_directory(tmp_path, asyncio_loop):
+    data_dir, out = tmp_path / "redis", tmp_path / "files"
+    stderr = await run_demo(data_dir, "--network", "atproto", "--deliver", "parquet", "--deliver-dir", str(out),
+                            "--events", str(EVENTS), "--rate", "0")
+    persisted = await persisted_entries(data_dir, "atproto:firehose-127.0.0.1")
+    assert_delivered_once(stderr, out, persisted)
+    assert not (data_dir / "parquet").exists()
+
+
+def test_demo_deliver_without_pyarrow_names_the_extra(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if weir[parquet] were not installed
+    assert main(["demo", "--deliver", "parquet"]) == 2  # before any simulator or Redis starts
+    assert capsys.readouterr().err == ("weir: config error: deliver.pipelines: the parquet target needs pyarrow: "
+                                       "pip install 'weir[parquet]'\n")

@@ -63,6 +63,7 @@ class Service:
     breaker: CircuitBreaker
     networks: list[Network]
     observability: Observability | None = None  # the /metrics endpoint (None: disabled or not bound)
+    deliveries: Any = None  # weir.deliver.monitor.DeliveryViews with deliver.with_run, else None
 
     def stop(self) -> None:
         self.root.stop()
@@ -194,9 +195,14 @@ async def serve(
                         shutdown_grace=30.0,
                     )
                 )
+        deliveries = None
         if config.deliver.with_run and config.deliver.pipelines:
+            from weir.deliver.monitor import DeliveryViews
+
+            deliveries = DeliveryViews()  # on this service's /metrics
             # The last child: stopped first, so its drain commits what ingestion persisted.
-            children.append(ChildSpec(name="deliver", target=_delivery(config, redis_url, views), shutdown_grace=30.0))
+            children.append(ChildSpec(name="deliver", target=_delivery(config, redis_url, views, deliveries),
+                                      shutdown_grace=30.0))
         # /metrics, /healthz, /readyz (weir/observability): the root's first child, so it is stopped last.
         observability = await sinks.enter_async_context(open_observability(config.metrics))
         if observability is not None:
@@ -206,7 +212,7 @@ async def serve(
             backoff=backoff, rng=rng,
         )
         service = Service(redis_url=redis_url, root=root, partitions=views, breaker=breaker, networks=running,
-                          observability=observability)
+                          observability=observability, deliveries=deliveries)
         if observability is not None:
             observability.attach(service)
         async with trio.open_nursery() as nursery:
@@ -274,7 +280,7 @@ def _pipeline(network: Network, partition: str, view: PartitionView, sink: Redis
     )
 
 
-def _delivery(config: Config, redis_url: str, views: list[PartitionView]) -> Callable[..., Awaitable[None]]:
+def _delivery(config: Config, redis_url: str, views: list[PartitionView], deliveries: Any) -> Callable[..., Awaitable[None]]:
     """``weir deliver``'s tree as a child of the root, on this service's Redis and partitions."""
     from weir.deliver.service import serve_deliver
 
@@ -287,7 +293,7 @@ def _delivery(config: Config, redis_url: str, views: list[PartitionView]) -> Cal
                             deliver=attrs.evolve(config.deliver, pipelines=pipelines))
 
     async def run(stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_deliver(delivery, stopping=stopping, task_status=task_status)
+        await serve_deliver(delivery, stopping=stopping, views=deliveries, task_status=task_status)
 
     return run
 

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shards", type=_positive, default=2, metavar="N", help="simulated user shards (default 2)")
     demo.add_argument("--rate", type=_rate, default=5_000.0, metavar="R", help="events/s per shard, 0 = as fast as possible (default 5000)")
     demo.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    demo.add_argument("--deliver", choices=("parquet",), default=None,
+                      help="also deliver the events inside the service (deliver.with_run): parquet files (needs weir[parquet])")
+    demo.add_argument("--deliver-dir", metavar="DIR", default=None,
+                      help="where --deliver parquet writes (default: parquet/ inside the demo's data directory)")
 
     tail = commands.add_parser("tail", help="print persisted events from Redis as JSON lines")
     _add_config_options(tail)
@@ -153,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the partition streams weir writes through Redis consumer groups and deliver them to the "
                     "targets of the [[deliver.pipelines]] tables (docs/delivery.md). Several instances with the same "
                     "group share the work. Without redis.url it reads the embedded Redis of a `weir run` with the "
-                    "same redis.data_dir.",
+                    "same redis.data_dir. Its /metrics, /healthz and /readyz follow [metrics] (give it a metrics.port "
+                    "other than a `weir run`'s on the same host).",
         epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(deliver)
     deliver.add_argument("--consumer", metavar="NAME", help="this instance's consumer name (deliver.consumer; "
@@ -261,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from weir.networks import network_class
 
             network_class(args.network)
+            if args.deliver is not None:
+                _require_target_packages([args.deliver])
         if args.command == "deliver":
             _require_deliver_packages(config)
     except ConfigError as exc:
@@ -292,7 +299,12 @@ def _require_deliver_packages(config: Config) -> None:
     if not config.deliver.pipelines:
         raise ConfigError("deliver.pipelines: no delivery pipeline is configured: add a [[deliver.pipelines]] "
                           "table (docs/delivery.md)")
-    if any(pipe.target == "parquet" for pipe in config.deliver.pipelines):
+    _require_target_packages([pipe.target for pipe in config.deliver.pipelines])
+
+
+def _require_target_packages(targets: Sequence[str]) -> None:
+    """The packages (an optional extra) of every target kind in ``targets`` installed."""
+    if "parquet" in targets:
         try:
             import pyarrow  # noqa: F401
         except ModuleNotFoundError:

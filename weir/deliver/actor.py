@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ class DeliveryStats:
         claimed: entries taken over from idle consumers (XAUTOCLAIM).
         commits: units the target committed (Parquet: files).
         aborts: units dropped because their entries were no longer safely this consumer's.
+        last_commit: wall-clock time (Unix seconds) of the last commit, None before the first.
     """
 
     delivered: int = 0
@@ -50,6 +52,7 @@ class DeliveryStats:
     claimed: int = 0
     commits: int = 0
     aborts: int = 0
+    last_commit: float | None = None
 
 
 @attrs.define(eq=False)
@@ -186,6 +189,7 @@ class PartitionDelivery:
                 await self._patiently(self.group.ack, list(prepared.entry_ids))
                 self.stats.commits += 1
                 self.stats.delivered += len(prepared.entry_ids)
+                self.stats.last_commit = time.time()
             else:
                 await target.abort(prepared)
                 self.stats.aborts += 1

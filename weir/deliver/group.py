@@ -20,6 +20,20 @@ _PENDING_PAGE = 10_000  # entries per XPENDING reply
 
 
 @attrs.frozen(kw_only=True)
+class GroupInfo:
+    """The group's state as XINFO GROUPS reports it.
+
+    Attributes:
+        pending: entries delivered to a consumer and not acknowledged (the pending list's length).
+        lag: entries in the stream after the group's last-delivered id; None where Redis cannot
+            tell (before Redis 7, or after entries between were deleted).
+    """
+
+    pending: int
+    lag: int | None
+
+
+@attrs.frozen(kw_only=True)
 class Entry:
     """One stream entry as delivered: its id and its fields (docs/redis-layout.md)."""
 
@@ -137,6 +151,24 @@ class ConsumerGroup:
             pipe.xadd(self.dead_stream, letter)
             pipe.xack(self.stream, self.group, entry.entry_id)
             await pipe.execute()
+
+    async def info(self) -> GroupInfo | None:
+        """XINFO GROUPS of the stream: this group's pending count and lag (None: no such group)."""
+        groups = await call_redis(self._url, self._groups_aio)
+        for group in groups:
+            fields = {_text(name): value for name, value in group.items()}
+            if _text(fields["name"]) == self.group:
+                lag = fields.get("lag")
+                return GroupInfo(pending=int(fields["pending"]), lag=None if lag is None else int(lag))
+        return None
+
+    async def _groups_aio(self) -> list[dict[Any, Any]]:
+        try:
+            return await self._client.xinfo_groups(self.stream)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc).lower():  # the stream does not exist (yet): no group either
+                return []
+            raise
 
     async def read_range(self, first: str, last: str, count: int) -> list[Entry]:
         """The stream's entries from ``first`` to ``last`` (XRANGE), for dead-lettering by id."""

@@ -28,8 +28,10 @@ from weir.config import Config, ConfigError
 from weir.deliver.actor import DeliveryStats, PartitionDelivery
 from weir.deliver.decisions import RollPolicy
 from weir.deliver.group import ConsumerGroup
+from weir.deliver.monitor import DeliveryViews, sample_groups
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.target import Target
+from weir.observability.http import Observability, open_observability
 from weir.redact import redact_url
 from weir.sinks.keys import delivery_dead_key, hash_tag, partition_keys
 from weir.sinks.redis_sink import call_redis
@@ -45,9 +47,15 @@ class DeliverService:
     root: Supervisor
     consumer: str
     stats: dict[str, DeliveryStats]  # by child name, "<pipeline>/<partition>"
+    deliveries: DeliveryViews = attrs.field(factory=DeliveryViews)  # what /metrics shows
+    observability: Observability | None = None  # standalone `weir deliver`'s own /metrics endpoint
+    partitions: tuple[()] = ()  # no ingestion here (the endpoint's collector reads both kinds of service)
 
     def stop(self) -> None:
         self.root.stop()
+
+    def supervisors(self) -> list[Supervisor]:
+        return [self.root]
 
 
 def build_target(pipe: DeliverPipelineSettings, *, source: str, partition: str, consumer: str) -> Target:
@@ -61,10 +69,14 @@ def build_target(pipe: DeliverPipelineSettings, *, source: str, partition: str, 
     raise ValueError(f"unknown target {pipe.target!r}")  # load_config refuses it first
 
 
-async def serve_deliver(config: Config, *, stopping: trio.Event | None = None,
+async def serve_deliver(config: Config, *, stopping: trio.Event | None = None, views: DeliveryViews | None = None,
                         task_status: trio.TaskStatus[DeliverService] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every configured delivery pipeline until ``stopping`` is set (drain: commit and
     acknowledge what is buffered) or the root supervisor gives up.
+
+    ``views``: where to keep the statistics, given by a service that shows them on its own
+    endpoint (``weir run`` with deliver.with_run); without it this service opens the ``[metrics]``
+    endpoint itself (standalone ``weir deliver``).
 
     Raises:
         ConfigError: no pipeline configured, no Redis to read, or a source with no partition stream.
@@ -79,7 +91,10 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None,
     backoff = Backoff(initial=sup.backoff_initial, maximum=sup.backoff_max)
     rng = random.Random()
     consumer = deliver.consumer_name()
-    async with open_asyncio_loop(), _redis_client(config) as (client, shown_url):
+    own_endpoint = views is None
+    views = DeliveryViews() if views is None else views
+    async with (open_asyncio_loop(), _redis_client(config) as (client, shown_url),
+                open_observability(config.metrics) if own_endpoint else _no_endpoint() as observability):
         children: list[ChildSpec] = []
         stats: dict[str, DeliveryStats] = {}
         for pipe in deliver.pipelines:
@@ -92,7 +107,8 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None,
                                       dead_stream=delivery_dead_key(pipe.source, partition, group_name,
                                                                     prefix=config.redis.prefix))
                 child = f"{name}/{partition}"
-                stats[child] = DeliveryStats()
+                stats[child] = views.view(child, pipeline=name, source=pipe.source, partition=partition,
+                                          group=group).stats
                 actor = PartitionDelivery(
                     name=child, group=group, settings=deliver, start=pipe.start, stats=stats[child],
                     backoff=backoff, rng=rng,
@@ -100,17 +116,30 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None,
                         pipe, source=pipe.source, partition=partition, consumer=consumer),
                 )
                 children.append(ChildSpec(name=child, target=actor.run, shutdown_grace=30.0))
+        if observability is not None:  # the first child, so it is stopped last
+            children.insert(0, observability.child_spec())
         root = Supervisor("deliver", children, strategy=Strategy.ONE_FOR_ONE, max_restarts=sup.max_restarts,
                           period=sup.period, backoff=backoff, rng=rng)
         log.info("delivering %d partition stream(s) as consumer %s", len(children), consumer,
                  extra={"event": "deliver_started", "consumer": consumer, "partitions": len(children)})
-        service = DeliverService(root=root, consumer=consumer, stats=stats)
+        service = DeliverService(root=root, consumer=consumer, stats=stats, deliveries=views,
+                                 observability=observability)
+        if observability is not None:
+            observability.attach(service)
 
         class _Status:
             def started(self, value: object = None) -> None:
                 task_status.started(service)
 
-        await root.run(stopping, task_status=_Status())  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample_groups, views)  # for /metrics, while the tree runs and no longer
+            await root.run(stopping, task_status=_Status())  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _no_endpoint() -> AsyncIterator[None]:
+    yield None
 
 
 @asynccontextmanager

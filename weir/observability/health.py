@@ -6,6 +6,9 @@ A partition is ready when
   - nothing is pending, or a durable write happened within ``stale_after`` seconds,
   - every circuit breaker it depends on (Redis, its network's node) is closed.
 
+A delivery (``weir deliver``, or deliver.with_run), listed as ``deliver:<pipeline>/<partition>``, is
+ready while its consumer group can be sampled (Redis answers, the group exists).
+
 Everything is read from the live statistics objects; nothing here is on the hot path.
 """
 
@@ -120,6 +123,9 @@ def readiness(service: Any, *, now: float, stale_after: float) -> Readiness:
                 problems.append(f"circuit breaker {breaker.name!r} is {breaker.state.value}")
         # The problems quote errors, which may quote a node's URL: redacted like every output.
         partitions[view.name] = [redact_text(problem) for problem in problems]
+    for child, delivery in getattr(getattr(service, "deliveries", None), "by_child", {}).items():
+        problems = [] if delivery.sample_error is None else [f"consumer group: {delivery.sample_error}"]
+        partitions[f"deliver:{child}"] = [redact_text(problem) for problem in problems]
     ready = bool(partitions) and not any(partitions.values())
     return Readiness(
         ready=ready,

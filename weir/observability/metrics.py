@@ -39,6 +39,7 @@ from weir.supervision import BreakerState
 BREAKER_STATE_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 _PARTITION = ["source", "partition"]
+_DELIVERY = ["pipeline", "source", "partition"]
 
 
 def new_registry(service: Any, *, stale_after: float) -> CollectorRegistry:
@@ -73,6 +74,7 @@ class ServiceCollector(Collector):
         yield from self._partitions(now)
         yield from self._supervisors()
         yield from self._breakers()
+        yield from self._deliveries(now)
         yield from self._endpoint()
 
     def _info(self) -> Iterator[Metric]:
@@ -249,6 +251,45 @@ class ServiceCollector(Collector):
             opened.add_metric(label, stats.opened_count)
             failures.add_metric(label, stats.consecutive_failures)
         yield from (state, status, opened, failures)
+
+    def _deliveries(self, now: float) -> Iterator[Metric]:
+        """Delivery (weir.deliver.monitor): ``weir deliver``'s, or ``weir run``'s with deliver.with_run."""
+        views = getattr(self.service, "deliveries", None)
+        if views is None:
+            return
+
+        def counter(name: str, doc: str) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=_DELIVERY)
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=_DELIVERY)
+
+        counters = {
+            "delivered": counter("weir_deliver_entries_delivered", "Entries acknowledged after the target made them durable."),
+            "skipped": counter("weir_deliver_entries_skipped",
+                               "Entries read again that the target already held durably (acknowledged, not written again)."),
+            "refused": counter("weir_deliver_entries_refused", "Refusals by the target (every delivery of a refused entry counts)."),
+            "dead_lettered": counter("weir_deliver_entries_dead_lettered", "Entries moved to the delivery dead-letter stream."),
+            "claimed": counter("weir_deliver_entries_claimed", "Entries taken over from idle consumers (XAUTOCLAIM)."),
+            "commits": counter("weir_deliver_commits", "Units the target committed (Parquet: files)."),
+            "aborts": counter("weir_deliver_aborts",
+                              "Prepared units dropped because their entries were no longer safely this consumer's."),
+        }
+        pending = gauge("weir_deliver_pending", "Entries delivered to a consumer of the group and not acknowledged "
+                        "(XPENDING count, sampled).")
+        lag = gauge("weir_deliver_lag_entries", "Entries in the stream after the group's last-delivered id (XINFO GROUPS "
+                    "lag, sampled; absent where Redis cannot tell).")
+        sample_age = gauge("weir_deliver_sample_age_seconds", "Seconds since pending and lag were last sampled.")
+        last_commit = gauge("weir_deliver_last_commit_timestamp_seconds", "Unix time of the last commit.")
+        for view in views:
+            labels = [view.pipeline, view.source, view.partition]
+            for attribute, family in counters.items():
+                family.add_metric(labels, getattr(view.stats, attribute))
+            for family, value in ((pending, view.pending), (lag, view.lag), (last_commit, view.stats.last_commit),
+                                  (sample_age, None if view.sampled_at is None else now - view.sampled_at)):
+                if value is not None:
+                    family.add_metric(labels, value)
+        yield from (*counters.values(), pending, lag, sample_age, last_commit)
 
     def _endpoint(self) -> Iterator[Metric]:
         endpoint = getattr(self.service, "observability", None)
