@@ -130,3 +130,24 @@ def test_a_frame_split_anywhere_waits_whole(cut: int) -> None:
     assert len(first) == (0 if cut < whole else whole if cut < 2 * whole else 9 + 10)  # both whole: merged
     assert first + rest in (frame * 2, b"\x00\x00\x0a\x00\x00\x00\x00\x00\x01hellohello")
     assert coalescer.pending == 0
+
+
+def test_a_frame_that_cannot_be_merged_goes_to_h2_as_it_comes() -> None:
+    """A peer announcing a 16 MiB frame: h2 sees its header at once (and refuses it, as it would
+    have); nothing is held here, whatever the frame's length."""
+    header = (2**24 - 1).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01"  # DATA, stream 1, over the limit
+    coalescer = DataCoalescer()
+    assert coalescer.feed(header + b"x" * 100) == header + b"x" * 100
+    assert coalescer.pending == 0
+    assert coalescer.feed(b"y" * 1000) == b"y" * 1000  # the frame's rest, passed on as it comes
+    assert coalescer.pending == 0
+
+
+def test_after_a_passed_frame_merging_resumes_at_the_next_boundary() -> None:
+    headers = b"\x00\x00\x03\x01\x04\x00\x00\x00\x01abc"  # HEADERS (END_HEADERS), 3 bytes
+    data = b"\x00\x00\x02\x00\x00\x00\x00\x00\x01hi"
+    coalescer = DataCoalescer()
+    out = coalescer.feed(headers[:5]) + coalescer.feed(headers[5:10])  # the HEADERS frame passes in pieces
+    out += coalescer.feed(headers[10:] + data + data)
+    assert out == headers + b"\x00\x00\x04\x00\x00\x00\x00\x00\x01hihi"
+    assert (coalescer.frames_in, coalescer.frames_out, coalescer.pending) == (3, 2, 0)
