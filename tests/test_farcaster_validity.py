@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 
-from weir.codecs.farcaster_validity import InvalidMessage, verify_message
-from weir.codecs.protowire import WireError, bytes_field, varint_field
+from weir.codecs.farcaster_keys import scan_hub_event
+from weir.codecs.farcaster_validity import InvalidMessage, hub_event_invalidity, message_hash, verify_message
+from weir.codecs.protowire import WireError, bytes_field, encode_varint, varint_field
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -124,3 +125,44 @@ def test_wrong_schemes_are_rejected() -> None:
         verify_message(raw.replace(varint_field(3, 1), varint_field(3, 2), 1))
     with pytest.raises(InvalidMessage, match="signature_scheme"):
         verify_message(raw.replace(varint_field(5, 1), varint_field(5, 2), 1))
+
+
+# -- keys against the signed message (review finding: a valid message credited to another fid) --
+
+def _t(field: int, wire: int) -> bytes:
+    return encode_varint((field << 3) | wire)
+
+
+def _ld(field: int, value: bytes) -> bytes:
+    return _t(field, 2) + encode_varint(len(value)) + value
+
+
+def _forgeries() -> dict[str, bytes]:
+    from nacl.signing import SigningKey
+
+    key = SigningKey(b"\x05" * 32)
+    real = _t(1, 0) + b"\x01" + _t(2, 0) + encode_varint(1111) + _t(3, 0) + b"\x64" + _t(4, 0) + b"\x01"
+    digest = message_hash(real)
+    signed_tail = (_ld(2, digest) + _t(3, 0) + b"\x01" + _ld(4, key.sign(digest).signature) + _t(5, 0) + b"\x01"
+                   + _ld(6, bytes(key.verify_key)))
+    fake = _t(1, 0) + b"\x01" + _t(2, 0) + encode_varint(666)
+    head = _t(1, 0) + b"\x01" + _t(2, 0) + b"\x09"  # MERGE_MESSAGE, id 9
+    return {
+        "honest": head + _ld(3, _ld(1, _ld(1, real) + signed_tail + _ld(7, real))),
+        "data says another fid than the signed data_bytes": head + _ld(3, _ld(1, _ld(1, fake) + signed_tail + _ld(7, real))),
+        "a MERGE_MESSAGE whose body is a merge failure": head + _ld(13, _ld(1, _ld(1, fake) + _ld(2, b"\x09" * 20))),
+        "a valid body, then an unverified one": head + _ld(3, _ld(1, _ld(1, real) + signed_tail))
+        + _ld(13, _ld(1, _ld(1, fake) + _ld(2, b"\x09" * 20))),
+        "the message twice": head + _ld(3, _ld(1, _ld(1, real) + signed_tail) + _ld(1, _ld(1, real) + signed_tail)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_forgeries()))
+def test_the_keys_an_event_is_routed_by_are_the_signed_messages(name: str) -> None:
+    event = _forgeries()[name]
+    verdict = hub_event_invalidity(event, scan_hub_event(event))
+    if name == "honest":
+        assert verdict is None
+        assert scan_hub_event(event).fid == 1111
+    else:
+        assert verdict is not None, name

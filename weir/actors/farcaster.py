@@ -329,7 +329,7 @@ class ShardReader:
                 filtered += 1
                 continue
             if verify:  # only what passed the filter: the filtered-out path pays nothing
-                invalid = hub_event_invalidity(payload)
+                invalid = hub_event_invalidity(payload, keys)
                 if invalid is not None:
                     self.stats.invalid_messages += 1
                     dead.append(self._dead(payload, invalid, event_id, received))

@@ -1,13 +1,21 @@
 """A HubEvent's routing keys through the ``protobuf`` package's C decoder (upb), when it is exact.
 
 upb parses a HubEvent and hands out the keys in ~1.6 µs, against ~3.5-6 µs for weir's pure-Python
-scanner (docs/performance.md). It is used only where its reading is provably the scanner's: the
-event must serialize back to exactly its own length. That rules out everything the two could read
-differently: a field sent twice (upb merges messages and keeps the last scalar, the scanner takes
-the last body whole), non-canonical varints, a value wider than its field (upb truncates a uint32,
-the scanner keeps 64 bits), two bodies of the oneof. What upb refuses (truncations, bad wire types
-inside a body, text that is not UTF-8) and the rare shapes below go to the scanner, which gives
-the keys or the error that explains the dead letter.
+scanner (docs/performance.md). It is used only where its reading is the scanner's: the event must
+serialize back to exactly its own bytes (a length check is not enough: a negative enum sent in 5
+bytes grows on re-encoding and can hide a field sent twice, which shrinks). That rules out what
+the two could read differently: a field sent twice (upb merges messages and keeps the last scalar,
+the scanner takes the last body whole), non-canonical varints, a value wider than its field (upb
+truncates a uint32, the scanner keeps 64 bits), two bodies of the oneof, fields out of order.
+Node encoders (prost sorts fields by tag, a oneof at its lowest tag) write what upb writes: every
+Snapchain golden vector in tests/fixtures re-encodes to its own bytes. What upb refuses
+(truncations, bad wire types inside a body, text that is not UTF-8) and the rare shapes below go
+to the scanner, which gives the keys or the error that explains the dead letter.
+
+One known difference: an unknown field of the long-deprecated group wire types (3, 4) is skipped
+by upb, as by prost and every protobuf library, and refused by weir's scanner. Such an event is
+routed instead of dead-lettered; verification (``farcaster.verify``) still refuses a signed
+message that carries one, and checks the keys against the signed message.
 
 Rare shapes left to the scanner: a Message with ``data_bytes`` and no ``data`` (keys come from the
 serialized bytes), username proofs, BLOCK_CONFIRMED (per-type counts), negative enum values (upb
@@ -54,7 +62,7 @@ def upb_keys(buf: bytes) -> KeyTuple | None:
         event = HubEvent.FromString(buf)
     except DecodeError:
         return None
-    if event.ByteSize() != len(buf) or not event.id:
+    if not event.id or event.SerializeToString() != buf:
         return None
     event_type = event.type
     body = event.WhichOneof("body")

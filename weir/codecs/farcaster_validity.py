@@ -14,7 +14,7 @@ message is walked with the protowire reader; only ``fid`` and ``type`` are read 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import blake3
@@ -171,33 +171,78 @@ _SIGNED_IN_BODY = {
 }
 
 
+# The body field each HubEventType carries (a body of another field is a lie about the type).
+_BODY_OF_TYPE = {1: 3, 2: 4, 3: 5, 6: 8, 9: 11, 10: 13, 11: 16}
+_BODY_FIELDS = frozenset(_BODY_OF_TYPE.values())
+# The Message a body's routing keys come from: MergeMessage/Prune/Revoke field 1, username proof 3.
+_PRIMARY_IN_BODY = {3: 1, 4: 1, 5: 1, 8: 3}
+
+
+class _Shape(NamedTuple):
+    event_type: int
+    bodies: list[int]
+    messages: list[bytes]  # every signed Message of the body, in wire order
+    primary: list[bytes]  # the Message(s) the keys are read from (more than one is refused)
+
+
+def _shape(event: bytes) -> _Shape:
+    event_type = 0
+    bodies: list[int] = []
+    messages: list[bytes] = []
+    primary: list[bytes] = []
+    for field, wire_type, start, end in iter_fields(event):
+        if field == 1 and wire_type == VARINT:
+            event_type = read_varint(event, start, end)[0]
+        if field not in _BODY_FIELDS or wire_type != LEN:
+            continue
+        bodies.append(field)
+        wanted = _SIGNED_IN_BODY.get(field, ())
+        for inner, inner_type, inner_start, inner_end in iter_fields(event, start, end):
+            if inner in wanted and inner_type == LEN:
+                messages.append(event[inner_start:inner_end])
+                if inner == _PRIMARY_IN_BODY.get(field):
+                    primary.append(event[inner_start:inner_end])
+    return _Shape(event_type, bodies, messages, primary)
+
+
 def hub_event_messages(event: bytes) -> list[bytes]:
     """The signed Messages a HubEvent carries (none for on-chain events, BLOCK_CONFIRMED, failures).
 
     Raises:
         WireError: the event or one of its bodies is not well-formed protobuf.
     """
-    messages: list[bytes] = []
-    for field, wire_type, start, end in iter_fields(event):
-        wanted = _SIGNED_IN_BODY.get(field)
-        if wanted is None or wire_type != LEN:
-            continue
-        for inner, inner_type, inner_start, inner_end in iter_fields(event, start, end):
-            if inner in wanted and inner_type == LEN:
-                messages.append(event[inner_start:inner_end])
-    return messages
+    return _shape(event).messages
 
 
-def hub_event_invalidity(event: bytes) -> str | None:
-    """Why the messages of a HubEvent are not valid (one line), or None when every one verifies."""
+def hub_event_invalidity(event: bytes, keys: Any = None) -> str | None:
+    """Why a HubEvent is not valid (one line), or None when it is.
+
+    Valid: one body at most, the body its type names, the keys' message sent once, and every
+    signed message verifies. With ``keys`` (a HubEventKeys, as the reader routes the event), the
+    fid, type and hash it was routed by must be those of the verified message: a node must not
+    credit a signed message to another fid (``data`` saying one fid, the signed ``data_bytes``
+    another), nor key an event by an unverified body.
+    """
     try:
-        messages = hub_event_messages(event)
+        shape = _shape(event)
     except WireError as exc:
         return f"not a well-formed HubEvent: {exc}"
-    for i, message in enumerate(messages):
+    if len(shape.bodies) > 1:
+        return f"the event carries {len(shape.bodies)} bodies (fields {', '.join(map(str, shape.bodies))}), one at most"
+    if shape.bodies and _BODY_OF_TYPE.get(shape.event_type) != shape.bodies[0]:
+        return f"event type {shape.event_type} carries the body of field {shape.bodies[0]}"
+    if len(shape.primary) > 1:
+        return f"the event's message is sent {len(shape.primary)} times"
+    verified: list[VerifiedMessage] = []
+    for i, message in enumerate(shape.messages):
         try:
-            verify_message(message)
+            verified.append(verify_message(message))
         except InvalidMessage as exc:
-            which = "its message" if len(messages) == 1 else f"message {i + 1} of {len(messages)}"
+            which = "its message" if len(shape.messages) == 1 else f"message {i + 1} of {len(shape.messages)}"
             return f"invalid Farcaster message ({which}): {exc.reason}"
+    if keys is not None and shape.primary:
+        signed = verified[shape.messages.index(shape.primary[0])]
+        if (keys.fid, keys.msg_type, keys.msg_hash) != (signed.fid, signed.msg_type, signed.hash):
+            return (f"routed by fid {keys.fid}, type {keys.msg_type}, hash {keys.msg_hash.hex()}, but the signed "
+                    f"message is fid {signed.fid}, type {signed.msg_type}, hash {signed.hash.hex()}")
     return None
