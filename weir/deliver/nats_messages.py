@@ -18,7 +18,7 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 HEADER_PREFIX = "Weir-"
 _TOKEN = re.compile(r"[^\s.*>]+\Z")  # a subject token: no white space, dot or wildcard
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
-_CLEAN_TEXT = re.compile(r"[^\x00-\x1f\x7f]*\Z")  # no control characters (CR/LF would end a header)
+_CLEAN_TEXT = re.compile(r"[\x20-\x7e]*\Z")  # printable ASCII: no CR/LF (they end a header), no encoding question
 
 
 class MessageError(ValueError):
@@ -94,7 +94,8 @@ def msg_id(source: str, partition: str, entry_id: str) -> str:
 def message_of(template: str, *, source: str, partition: str, entry_id: str,
                fields: Mapping[bytes, bytes]) -> Message:
     """The message of one entry: its ``data`` as the body, every other field as a ``Weir-<name>``
-    header (``key``, raw bytes, in hex; any other value that is not clean text as ``Weir-<name>-Hex``).
+    header (``key``, raw bytes, in hex; any other value that is not printable ASCII without leading
+    or trailing spaces as ``Weir-<name>-Hex``).
 
     Raises:
         MessageError: no ``kind``, a kind that cannot be a subject token, or a field name that
