@@ -66,6 +66,29 @@ async def stream_messages(nats_url: str, stream: str = "WEIR") -> list[tuple[str
     return await call_asyncio(read)
 
 
+async def pulled_by_a_durable_consumer(nats_url: str, subjects: str) -> list[str]:
+    """The Msg-Ids a durable pull consumer receives, as docs/delivery.md consumes the stream."""
+
+    async def pull() -> list[str]:
+        client = await nats.connect(nats_url)
+        try:
+            js = client.jetstream()
+            sub = await js.pull_subscribe(subjects, durable="my-app", stream="WEIR")
+            ids: list[str] = []
+            while True:
+                try:
+                    batch = await sub.fetch(500, timeout=1)
+                except nats.errors.TimeoutError:
+                    return sorted(ids)
+                for msg in batch:
+                    ids.append(msg.headers["Nats-Msg-Id"])
+                    await msg.ack()
+        finally:
+            await client.close()
+
+    return await call_asyncio(pull)
+
+
 async def stream_count(nats_url: str, stream: str = "WEIR") -> int:
     async def count() -> int:
         client = await nats.connect(nats_url)
@@ -107,6 +130,7 @@ async def test_every_entry_is_published_once_with_its_fields_as_headers_and_a_re
         assert headers["Weir-kind"] == "MERGE_MESSAGE" and headers["Weir-key"] == b"h1234".hex()
         assert headers["Weir-fid"] == str(1234 % 97) and headers["Weir-block"] == "123" and headers["Weir-type"] == "CAST_ADD"
         assert float(headers["Weir-ts"]) > 1_764_000_000
+        assert await pulled_by_a_durable_consumer(server.url, "weir.farcaster.>") == sorted(by_id)
         # The whole group read again (as after a crash between publishes and XACKs): nothing new in the stream.
         await redis_client("XGROUP", "SETID", partition_keys("farcaster", "1").events, "files", "0")
         async with trio.open_nursery() as nursery:
