@@ -90,12 +90,13 @@ def test_weir_deliver_help_names_its_options(capsys):
     assert "--consumer NAME" in out and "WEIR_DELIVER_PIPELINES" in out
 
 
-def test_weir_deliver_without_pyarrow_names_the_extra(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if weir[parquet] were not installed
-    pipelines = json.dumps([GOOD])
+@pytest.mark.parametrize(("target", "module", "package"), [("parquet", "pyarrow", "pyarrow"), ("nats", "nats", "nats-py")])
+def test_weir_deliver_without_its_targets_package_names_the_extra(capsys, monkeypatch, target, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # as if weir[<target>] were not installed
+    pipelines = json.dumps([{"source": "farcaster", "target": target, "directory": "out"}])
     assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", f"deliver.pipelines={pipelines}"]) == 2
-    assert capsys.readouterr().err == ("weir: config error: deliver.pipelines: the parquet target needs pyarrow: "
-                                       "pip install 'weir[parquet]'\n")
+    assert capsys.readouterr().err == (f"weir: config error: deliver.pipelines: the {target} target needs {package}: "
+                                       f"pip install 'weir[{target}]'\n")
 
 
 NATS = {"source": "farcaster", "target": "nats", "url": "nats://127.0.0.1:4222"}
@@ -134,11 +135,3 @@ def test_a_bad_nats_setting_is_one_line_naming_it(pipeline, message):
         load_config(environ={}, overrides={"deliver.pipelines": json.dumps([dict(NATS, **pipeline)])})
     assert str(caught.value).startswith(message), str(caught.value)
     assert "\n" not in str(caught.value) and "pw" not in str(caught.value)
-
-
-def test_weir_deliver_without_nats_py_names_the_extra(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "nats", None)  # as if weir[nats] were not installed
-    pipelines = json.dumps([NATS])
-    assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", f"deliver.pipelines={pipelines}"]) == 2
-    assert capsys.readouterr().err == ("weir: config error: deliver.pipelines: the nats target needs nats-py: "
-                                       "pip install 'weir[nats]'\n")

@@ -30,6 +30,7 @@ from weir.sinks.keys import partition_keys
 pytestmark = pytest.mark.integration
 
 write_events = parquet_e2e.write_events
+KeepWriting = parquet_e2e.KeepWriting
 group_done = parquet_e2e.group_done
 stream_ids = parquet_e2e.stream_ids
 
@@ -143,40 +144,33 @@ async def test_every_entry_is_published_once_with_its_fields_as_headers_and_a_re
 
 async def test_kill_9_mid_publish_then_restart_is_exactly_once_in_the_stream(redis_server, redis_client, tmp_path):
     await write_events(redis_server.url, "1", 1, 20_000)
-    written = 20_000
     async with running_nats(tmp_path) as server:
         pipeline = json.dumps([nats_pipeline(server.url, in_flight=500)])
         flags = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=1.5",
                  "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--log-format", "json",
                  "--consumer", "first"]
         log_path = tmp_path / "deliver.log"
-
-        async def keep_writing() -> None:
-            nonlocal written
-            while True:
-                await write_events(redis_server.url, "1", written + 1, 200)
-                written += 200
-                await trio.sleep(0.02)
+        writer = KeepWriting(redis_server.url, 20_000)
 
         async with trio.open_nursery() as writers:
-            writers.start_soon(keep_writing)
+            writers.start_soon(writer.run)
             async with weir_process(weir_args("deliver", *flags), log_path) as process:
                 # Killed while publishing: some thousands in the stream, the backlog far from done.
                 await wait_for(lambda: _published_some(server.url, process), timeout=60, what="publishing under way")
                 assert process.returncode is None, log_path.read_text()[-3000:]
                 os.kill(process.pid, signal.SIGKILL)
                 await process.wait()
-            writers.cancel_scope.cancel()
+            writer.enough.set()  # the last batch finishes: written counts every entry
         pending = (await redis_client("XPENDING", partition_keys("farcaster", "1").events, "files"))["pending"]
         in_stream = await stream_count(server.url)
-        assert pending > 0 and in_stream < written  # killed with entries read and not acknowledged
+        assert pending > 0 and in_stream < writer.written  # killed with entries read and not acknowledged
         async with weir_process(weir_args("deliver", *flags), log_path) as process:
             await wait_for(functools.partial(group_done, redis_client), timeout=120, what="every entry acknowledged")
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
                 assert await process.wait() == 0, log_path.read_text()[-3000:]
         await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))
-        assert await stream_count(server.url) == written
+        assert await stream_count(server.url) == writer.written
 
 
 async def _published_some(nats_url: str, process: trio.Process) -> bool:
@@ -188,38 +182,30 @@ async def test_a_nats_server_restart_while_delivering_loses_nothing_and_duplicat
     """nats-server stopped and started again on its store while entries arrive; the URL carries a
     password, which no log line may show."""
     await write_events(redis_server.url, "1", 1, 3000)
-    written = 3000
-    enough = trio.Event()
     async with running_nats(tmp_path, user="weir", password="s3cret-Pa55") as server:
         config = nats_config(redis_server.url, server.url)
-
-        async def keep_writing() -> None:
-            nonlocal written
-            while not enough.is_set():
-                await write_events(redis_server.url, "1", written + 1, 100)
-                written += 100
-                await trio.sleep(0.01)
+        writer = KeepWriting(redis_server.url, 3000, batch=100, pause=0.01)
 
         with capture_json_logs() as logs:
             async with trio.open_nursery() as nursery:
                 service = await nursery.start(functools.partial(serve_deliver, config))
-                async with trio.open_nursery() as writer:
-                    writer.start_soon(keep_writing)
+                async with trio.open_nursery() as writing:
+                    writing.start_soon(writer.run)
                     await wait_for(lambda: stream_count(server.url), timeout=30, what="messages in the stream")
                     await server.stop()
-                    down_at = written
-                    await wait_for(lambda: written >= down_at + 1000, timeout=30, what="entries written while NATS is down")
+                    down_at = writer.written
+                    await wait_for(lambda: writer.written >= down_at + 1000, timeout=30, what="entries written while NATS is down")
                     await server.start()
                     count = await stream_count(server.url)
                     await wait_for(lambda: _more_than(server.url, count + 1000), timeout=60,
                                    what="publishing after the restart")
-                    enough.set()
+                    writer.enough.set()
                 await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
                 service.stop()
         assert logs.of("deliver_nats_disconnected"), "the restart was not noticed"
         assert "s3cret-Pa55" not in logs.text()
         await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))
-        assert await stream_count(server.url) == written
+        assert await stream_count(server.url) == writer.written
 
 
 async def _more_than(nats_url: str, count: int) -> bool:
