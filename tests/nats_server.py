@@ -85,9 +85,14 @@ class NatsServer:
 
 
 @asynccontextmanager
-async def running_nats(tmp_path: Path, **options: str) -> AsyncIterator[NatsServer]:
-    server = NatsServer(store=tmp_path / "jetstream", log_path=tmp_path / "nats-server.log", **options)
-    await server.start()
+async def running_nats(tmp_path: Path, *, server: NatsServer | None = None, started: bool = True,
+                       **options: str) -> AsyncIterator[NatsServer]:
+    """A server (``server``, or a new one with ``options``), started unless ``started`` is false
+    (the test starts it), killed after the block."""
+    if server is None:
+        server = NatsServer(store=tmp_path / "jetstream", log_path=tmp_path / "nats-server.log", **options)
+    if started:
+        await server.start()
     try:
         yield server
     finally:

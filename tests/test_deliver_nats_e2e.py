@@ -21,7 +21,7 @@ import trio
 
 import tests.test_deliver_e2e as parquet_e2e
 from tests.helpers import capture_json_logs, wait_for, weir_args, weir_process
-from tests.nats_server import running_nats
+from tests.nats_server import NatsServer, running_nats
 from weir.bridge import call_asyncio
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
@@ -242,3 +242,21 @@ def test_the_server_binary_comes_from_the_wheel():
 
     version = subprocess.run([str(nats_server_binary()), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("nats-server: v2."), version.stdout
+
+
+async def test_nats_down_at_start_is_waited_for(redis_server, redis_client, tmp_path):
+    """weir deliver started before nats-server: it says so once, and delivers once NATS is up."""
+    await write_events(redis_server.url, "1", 1, 500)
+    server = NatsServer(store=tmp_path / "jetstream", log_path=tmp_path / "nats-server.log")
+    config = nats_config(redis_server.url, server.url)
+    async with running_nats(tmp_path, server=server, started=False):
+        with capture_json_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(serve_deliver, config))
+                await wait_for(lambda: len(logs.of("deliver_nats_unavailable")) >= 2, timeout=30,
+                               what="the start and the actor noticing NATS is down")
+                await server.start()
+                await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
+                nursery.cancel_scope.cancel()
+        await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))
+    assert len(logs.of("deliver_nats_error")) <= 3, "the same error logged at every reconnect attempt"

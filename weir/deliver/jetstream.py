@@ -39,15 +39,28 @@ class NatsUnavailable(Exception):
     """NATS could not be reached, or did not acknowledge in time (time cures it)."""
 
 
+# How long one attempt to connect may take: nats-py told to reconnect for ever would also retry its
+# first connection for ever; weir retries it itself, with backoff, logging once.
+CONNECT_WITHIN = 5.0
+
+
 async def connect(url: str, name: str) -> Any:
-    """A nats-py client that reconnects for ever, whose callbacks log with the URL redacted (asyncio side)."""
+    """A nats-py client that, once connected, reconnects for ever, and whose callbacks log with the
+    URL redacted, each distinct error once in a row (asyncio side).
+
+    Raises:
+        NatsUnavailable: not connected within CONNECT_WITHIN seconds.
+    """
     shown = redact_url(url)
+    client: Any = None
+    last_error = ""
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats %s: %s", shown, redact_text(str(exc)) or type(exc).__name__,
-                    extra={"event": "deliver_nats_error", "url": shown})
-
-    client: Any = None
+        nonlocal last_error
+        text = redact_text(str(exc)) or type(exc).__name__
+        if text != last_error:  # a server down fails every reconnect attempt the same way
+            log.warning("nats %s: %s", shown, text, extra={"event": "deliver_nats_error", "url": shown})
+        last_error = text
 
     async def on_disconnected() -> None:
         if client is not None and client.is_closed:  # our own close, not a lost connection
@@ -55,13 +68,20 @@ async def connect(url: str, name: str) -> Any:
         log.warning("nats %s: disconnected", shown, extra={"event": "deliver_nats_disconnected", "url": shown})
 
     async def on_reconnected() -> None:
+        nonlocal last_error
+        last_error = ""
         log.info("nats %s: reconnected", shown, extra={"event": "deliver_nats_reconnected", "url": shown})
 
     try:
-        client = await nats.connect(url, name=name, allow_reconnect=True, max_reconnect_attempts=-1,
-                                    reconnect_time_wait=0.2, connect_timeout=2, error_cb=on_error,
-                                    disconnected_cb=on_disconnected, reconnected_cb=on_reconnected)
+        client = await asyncio.wait_for(
+            nats.connect(url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                         connect_timeout=2, error_cb=on_error, disconnected_cb=on_disconnected,
+                         reconnected_cb=on_reconnected),
+            timeout=CONNECT_WITHIN)
         return client
+    except asyncio.TimeoutError:
+        raise NatsUnavailable(f"cannot connect to NATS at {shown} within {CONNECT_WITHIN:g}s"
+                              f"{': ' + last_error if last_error else ''}") from None
     except Exception as exc:  # nats-py's own errors, OSError: its text may hold the URL
         raise NatsUnavailable(f"cannot connect to NATS at {shown}: {redact_text(str(exc)) or type(exc).__name__}") from None
 
