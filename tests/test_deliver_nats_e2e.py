@@ -260,3 +260,23 @@ async def test_nats_down_at_start_is_waited_for(redis_server, redis_client, tmp_
                 nursery.cancel_scope.cancel()
         await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))
     assert len(logs.of("deliver_nats_error")) <= 3, "the same error logged at every reconnect attempt"
+
+
+async def test_a_server_without_jetstream_is_waited_for_until_it_has_it(redis_server, redis_client, tmp_path):
+    """A nats-server started without -js: the stream cannot be made; once restarted with JetStream
+    (same port), everything is delivered."""
+    await write_events(redis_server.url, "1", 1, 300)
+    async with running_nats(tmp_path, jetstream=False) as server:
+        config = nats_config(redis_server.url, server.url)
+        with capture_json_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(serve_deliver, config))
+                await wait_for(lambda: len(logs.of("deliver_nats_unavailable")) >= 2, timeout=30,
+                               what="the start and the actor finding no JetStream")
+                await server.stop()
+                server.jetstream = True
+                await server.start()
+                await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
+                nursery.cancel_scope.cancel()
+        assert "cannot create or check stream 'WEIR'" in logs.of("deliver_nats_unavailable")[0]["msg"]
+        await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))

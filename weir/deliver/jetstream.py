@@ -92,7 +92,16 @@ async def ensure_stream(client: Any, pipe: DeliverPipelineSettings) -> None:
 
     Raises:
         ConfigError: the stream exists with other subjects or another duplicate window.
+        NatsUnavailable: JetStream did not answer (not enabled on the server, no quorum, timeout).
     """
+    try:
+        await _ensure_stream(client, pipe)
+    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        raise NatsUnavailable(f"JetStream at {redact_url(pipe.url)} cannot create or check stream {pipe.stream!r}: "
+                              f"{redact_text(str(exc)) or type(exc).__name__}") from None
+
+
+async def _ensure_stream(client: Any, pipe: DeliverPipelineSettings) -> None:
     js = client.jetstream()
     subjects = list(pipe.nats_stream_subjects())
     try:
@@ -141,18 +150,18 @@ class NatsTarget:
         while self._client is None:
             try:
                 client = await call_asyncio(connect, self.pipe.url, f"weir-{self.consumer}")
+                try:
+                    await call_asyncio(ensure_stream, client, self.pipe)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await call_asyncio(client.close)
+                    raise
             except NatsUnavailable as exc:
                 if attempt == 0:
                     log.warning("%s; retrying", exc, extra={"event": "deliver_nats_unavailable", "url": self.shown_url})
                 await trio.sleep(self._backoff.delay(attempt, self._rng))
                 attempt += 1
                 continue
-            try:
-                await call_asyncio(ensure_stream, client, self.pipe)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await call_asyncio(client.close)
-                raise
             self._client = client
             self._js = client.jetstream(publish_async_max_pending=self.pipe.in_flight)
 

@@ -172,12 +172,11 @@ async def _check_nats_stream(pipe: DeliverPipelineSettings) -> None:
 
     try:
         client = await call_asyncio(connect, pipe.url, "weir-deliver-check")
+        try:
+            await call_asyncio(ensure_stream, client, pipe)
+        finally:
+            with trio.CancelScope(shield=True):
+                await call_asyncio(client.close)
     except NatsUnavailable as exc:
         log.warning("%s: the stream is checked once it is reachable", exc,
                     extra={"event": "deliver_nats_unavailable", "url": redact_url(pipe.url)})
-        return
-    try:
-        await call_asyncio(ensure_stream, client, pipe)
-    finally:
-        with trio.CancelScope(shield=True):
-            await call_asyncio(client.close)
