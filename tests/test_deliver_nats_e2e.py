@@ -156,7 +156,8 @@ async def test_kill_9_mid_publish_then_restart_is_exactly_once_in_the_stream(red
             writers.start_soon(writer.run)
             async with weir_process(weir_args("deliver", *flags), log_path) as process:
                 # Killed while publishing: some thousands in the stream, the backlog far from done.
-                await wait_for(lambda: _published_some(server.url, process), timeout=60, what="publishing under way")
+                await wait_for(lambda: _publishing(server.url, redis_client, process), timeout=60,
+                               what="publishing under way, with entries read and not acknowledged")
                 assert process.returncode is None, log_path.read_text()[-3000:]
                 os.kill(process.pid, signal.SIGKILL)
                 await process.wait()
@@ -173,8 +174,14 @@ async def test_kill_9_mid_publish_then_restart_is_exactly_once_in_the_stream(red
         assert await stream_count(server.url) == writer.written
 
 
-async def _published_some(nats_url: str, process: trio.Process) -> bool:
-    return process.returncode is not None or await stream_count(nats_url) >= 3000
+async def _publishing(nats_url: str, redis_client, process: trio.Process) -> bool:
+    """Some thousands in the stream and a batch read but not acknowledged (being published), or
+    the process gone (the caller says why)."""
+    if process.returncode is not None:
+        return True
+    if await stream_count(nats_url) < 3000:
+        return False
+    return (await redis_client("XPENDING", partition_keys("farcaster", "1").events, "files"))["pending"] > 0
 
 
 async def test_a_nats_server_restart_while_delivering_loses_nothing_and_duplicates_nothing(
