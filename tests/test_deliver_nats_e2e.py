@@ -251,29 +251,14 @@ def test_the_server_binary_comes_from_the_wheel():
     assert version.stdout.startswith("nats-server: v2."), version.stdout
 
 
-async def test_nats_down_at_start_is_waited_for(redis_server, redis_client, tmp_path):
-    """weir deliver started before nats-server: it says so once, and delivers once NATS is up."""
-    await write_events(redis_server.url, "1", 1, 500)
-    server = NatsServer(store=tmp_path / "jetstream", log_path=tmp_path / "nats-server.log")
-    config = nats_config(redis_server.url, server.url)
-    async with running_nats(tmp_path, server=server, started=False):
-        with capture_json_logs() as logs:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(functools.partial(serve_deliver, config))
-                await wait_for(lambda: len(logs.of("deliver_nats_unavailable")) >= 2, timeout=30,
-                               what="the start and the actor noticing NATS is down")
-                await server.start()
-                await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
-                nursery.cancel_scope.cancel()
-        await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))
-    assert len(logs.of("deliver_nats_error")) <= 3, "the same error logged at every reconnect attempt"
 
-
-async def test_a_server_without_jetstream_is_waited_for_until_it_has_it(redis_server, redis_client, tmp_path):
-    """A nats-server started without -js: the stream cannot be made; once restarted with JetStream
-    (same port), everything is delivered."""
+@pytest.mark.parametrize("at_start", ["down", "without-jetstream"])
+async def test_nats_down_or_without_jetstream_at_start_is_waited_for(redis_server, redis_client, tmp_path, at_start):
+    """weir deliver started before nats-server, or with one started without -js (the stream cannot
+    be made): it says so once, and delivers everything once JetStream is there (same port)."""
     await write_events(redis_server.url, "1", 1, 300)
-    async with running_nats(tmp_path, jetstream=False) as server:
+    server = NatsServer(store=tmp_path / "jetstream", log_path=tmp_path / "nats-server.log", jetstream=False)
+    async with running_nats(tmp_path, server=server, started=at_start == "without-jetstream"):
         config = nats_config(redis_server.url, server.url)
         with capture_json_logs() as logs:
             async with trio.open_nursery() as nursery:
@@ -285,5 +270,7 @@ async def test_a_server_without_jetstream_is_waited_for_until_it_has_it(redis_se
                 await server.start()
                 await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
                 nursery.cancel_scope.cancel()
-        assert "cannot create or check stream 'WEIR'" in logs.of("deliver_nats_unavailable")[0]["msg"]
+        unavailable = logs.of("deliver_nats_unavailable")[0]["msg"]
+        assert ("cannot create or check stream 'WEIR'" if at_start == "without-jetstream" else "cannot connect") in unavailable
+        assert len(logs.of("deliver_nats_error")) <= 3, "the same error logged at every reconnect attempt"
         await assert_exactly_once_in_stream(server.url, await stream_ids(redis_client))
