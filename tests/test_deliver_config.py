@@ -45,7 +45,7 @@ source = "ethereum"
 
 @pytest.mark.parametrize(("pipeline", "settings", "message"), [
     ({"compression": "lz4"}, {}, "deliver.pipelines: [0]: compression: expected one of zstd, snappy, gzip, none, got 'lz4'"),
-    ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet"),
+    ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet, nats"),
     ({"source": ""}, {}, "deliver.pipelines: [0]: source: required"),
     ({"partitions": ["a:b"]}, {}, "deliver.pipelines: [0]: partition 'a:b' cannot be used in a Redis key"),
     ({"row_group_rows": 0}, {}, "deliver.pipelines: [0]: row_group_rows: must be at least 1, got 0"),
@@ -90,9 +90,48 @@ def test_weir_deliver_help_names_its_options(capsys):
     assert "--consumer NAME" in out and "WEIR_DELIVER_PIPELINES" in out
 
 
-def test_weir_deliver_without_pyarrow_names_the_extra(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if weir[parquet] were not installed
-    pipelines = json.dumps([GOOD])
+@pytest.mark.parametrize(("target", "module", "package"), [("parquet", "pyarrow", "pyarrow"), ("nats", "nats", "nats-py")])
+def test_weir_deliver_without_its_targets_package_names_the_extra(capsys, monkeypatch, target, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # as if weir[<target>] were not installed
+    pipelines = json.dumps([{"source": "farcaster", "target": target, "directory": "out"}])
     assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", f"deliver.pipelines={pipelines}"]) == 2
-    assert capsys.readouterr().err == ("weir: config error: deliver.pipelines: the parquet target needs pyarrow: "
-                                       "pip install 'weir[parquet]'\n")
+    assert capsys.readouterr().err == (f"weir: config error: deliver.pipelines: the {target} target needs {package}: "
+                                       f"pip install 'weir[{target}]'\n")
+
+
+NATS = {"source": "farcaster", "target": "nats", "url": "nats://127.0.0.1:4222"}
+
+
+def test_a_nats_pipeline_is_read_with_its_defaults(tmp_path):
+    config = load(tmp_path, """
+[[deliver.pipelines]]
+source = "atproto"
+target = "nats"
+url = "nats://weir:secret@bus:4222"
+file_age = 60   # a Parquet option: not checked against claim_idle for a NATS pipeline
+""")
+    pipe = config.deliver.pipelines[0]
+    assert (pipe.subject, pipe.stream, pipe.duplicate_window, pipe.in_flight) == (
+        "weir.{source}.{partition}.{kind}", "WEIR", 300.0, 1000)
+    assert pipe.nats_stream_subjects() == ("weir.>",)
+
+
+@pytest.mark.parametrize(("pipeline", "message"), [
+    ({"subject": "weir.{network}"}, "deliver.pipelines: [0]: subject: 'weir.{network}': unknown field {network}; "
+                                    "known: {source}, {partition}, {kind}"),
+    ({"subject": "weir.{kind:x}"}, "deliver.pipelines: [0]: subject: 'weir.{kind:x}': {kind} takes no format spec"),
+    ({"subject": "weir..{kind}"}, "deliver.pipelines: [0]: subject: 'weir..{kind}': every dot-separated token"),
+    ({"subject": "{source}.{kind}"}, "deliver.pipelines: [0]: stream_subjects: required when subject starts with a field"),
+    ({"stream_subjects": ["other.>"]}, "deliver.pipelines: [0]: stream_subjects: ['other.>'] do not cover the subject"),
+    ({"stream": "a.b"}, "deliver.pipelines: [0]: stream: expected a name of letters, digits, '-' and '_', got 'a.b'"),
+    ({"url": "http://user:pw@bus:4222"}, "deliver.pipelines: [0]: url: expected nats://host:port or tls://host:port, "
+                                          "got 'http://***@bus:4222'"),
+    ({"duplicate_window": 0}, "deliver.pipelines: [0]: duplicate_window: must be positive, got 0"),
+    ({"in_flight": 0}, "deliver.pipelines: [0]: in_flight: must be at least 1, got 0"),
+    ({"ack_timeout": -1}, "deliver.pipelines: [0]: ack_timeout: must be positive, got -1"),
+])
+def test_a_bad_nats_setting_is_one_line_naming_it(pipeline, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={}, overrides={"deliver.pipelines": json.dumps([dict(NATS, **pipeline)])})
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert "\n" not in str(caught.value) and "pw" not in str(caught.value)

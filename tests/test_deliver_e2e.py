@@ -56,6 +56,24 @@ async def write_events(url: str, partition: str, first: int, count: int) -> None
             await sink.write(partition, [Chunk(partition=partition, events=events, through=events[-1].position)])
 
 
+@attrs.define(eq=False)
+class KeepWriting:
+    """Entries keep arriving on partition 1 (``run`` in a nursery) until ``enough`` is set or the
+    task is cancelled; ``written`` counts every batch the sink wrote."""
+
+    url: str
+    written: int
+    batch: int = 200
+    pause: float = 0.02
+    enough: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self) -> None:
+        while not self.enough.is_set():
+            await write_events(self.url, "1", self.written + 1, self.batch)
+            self.written += self.batch
+            await trio.sleep(self.pause)
+
+
 def deliver_config(url: str, directory: Path, *, partitions: str = "1", **deliver: str):
     pipeline = {"source": "farcaster", "partitions": partitions.split(","), "group": "files", "directory": str(directory),
                 "compression": "zstd", "row_group_rows": 100, "file_rows": 400, "file_age": 0.3}
@@ -185,17 +203,9 @@ async def test_kill_9_mid_file_then_restart_delivers_exactly_once(redis_server, 
     await write_events(redis_server.url, "1", 1, 5000)
     settings = deliver_flags(redis_server.url, out)
     log_path = tmp_path / "deliver.log"
-    written = 5000
-
-    async def keep_writing() -> None:  # entries keep arriving, so a file is always open
-        nonlocal written
-        while True:
-            await write_events(redis_server.url, "1", written + 1, 200)
-            written += 200
-            await trio.sleep(0.02)
 
     async with trio.open_nursery() as writers:
-        writers.start_soon(keep_writing)
+        writers.start_soon(KeepWriting(redis_server.url, 5000).run)  # entries keep arriving, so a file is always open
         async with weir_process(weir_args("deliver", *settings, "--consumer", "first"), log_path) as process:
             # Killed once some files are committed while another is open.
             await wait_for(lambda: (len(list(out.rglob("*.parquet"))) >= 3 and any(out.rglob("*.tmp")))
@@ -413,21 +423,13 @@ async def test_kill_9_of_one_of_two_instances_the_other_takes_over_exactly_once(
     out = tmp_path / "parquet"
     await write_events(redis_server.url, "1", 1, 3000)
     settings = deliver_flags(redis_server.url, out)
-    written = 3000
-    enough = trio.Event()
-
-    async def keep_writing() -> None:
-        nonlocal written
-        while not enough.is_set():
-            await write_events(redis_server.url, "1", written + 1, 200)
-            written += 200
-            await trio.sleep(0.02)
+    writer = KeepWriting(redis_server.url, 3000)
 
     def open_files_of(consumer: str) -> list[Path]:
         return list(out.rglob(f".part-{consumer}-*.tmp"))
 
     async with trio.open_nursery() as writers:
-        writers.start_soon(keep_writing)
+        writers.start_soon(writer.run)
         async with weir_process(weir_args("deliver", *settings, "--consumer", "survivor"), tmp_path / "survivor.log") as survivor:
             async with weir_process(weir_args("deliver", *settings, "--consumer", "victim"), tmp_path / "victim.log") as victim:
                 await wait_for(lambda: len(list(out.rglob("part-*-victim.parquet"))) >= 2 and bool(open_files_of("victim")),
@@ -436,13 +438,13 @@ async def test_kill_9_of_one_of_two_instances_the_other_takes_over_exactly_once(
                 await victim.wait()
             assert open_files_of("victim")
             await trio.sleep(0.5)  # entries keep arriving for the survivor alone
-            enough.set()
+            writer.enough.set()
             await wait_for(functools.partial(group_done, redis_client), timeout=90, what="every entry acknowledged")
             survivor.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
                 assert await survivor.wait() == 0
     assert_exactly_once(out, await stream_ids(redis_client))
-    assert len(committed_ids(out)) == written
+    assert len(committed_ids(out)) == writer.written
     events = [json.loads(line).get("event") for line in (tmp_path / "survivor.log").read_text().splitlines()
               if line.startswith("{")]
     assert "deliver_claimed" in events and "deliver_temp_removed" in events

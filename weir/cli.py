@@ -309,6 +309,11 @@ def _require_target_packages(targets: Sequence[str]) -> None:
             import pyarrow  # noqa: F401
         except ModuleNotFoundError:
             raise ConfigError("deliver.pipelines: the parquet target needs pyarrow: pip install 'weir[parquet]'") from None
+    if any(pipe.target == "nats" for pipe in config.deliver.pipelines):
+        try:
+            import nats  # noqa: F401
+        except ModuleNotFoundError:
+            raise ConfigError("deliver.pipelines: the nats target needs nats-py: pip install 'weir[nats]'") from None
 
 
 def _live_progress(config: Config) -> Callable[..., Awaitable[None]] | None:

@@ -585,18 +585,49 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
             fail("deliver.pipelines", f"{where}: start: expected '0' (the whole stream) or '$' (from now), got {pipe.start!r}")
         if pipe.target not in TARGET_KINDS:
             fail("deliver.pipelines", f"{where}: target: unknown target {pipe.target!r}; known: {', '.join(TARGET_KINDS)}")
-        if pipe.compression not in PARQUET_COMPRESSIONS:
-            fail("deliver.pipelines", f"{where}: compression: expected one of {', '.join(PARQUET_COMPRESSIONS)}, got {pipe.compression!r}")
-        for key in ("row_group_rows", "file_rows"):
-            if getattr(pipe, key) < 1:
-                fail("deliver.pipelines", f"{where}: {key}: must be at least 1, got {getattr(pipe, key)}")
-        if pipe.file_age <= 0:
-            fail("deliver.pipelines", f"{where}: file_age: must be positive, got {pipe.file_age}")
-        if pipe.file_age * 3 > deliver.claim_idle:
-            # An entry waiting in an open file must never look abandoned to another instance.
-            fail("deliver.pipelines", f"{where}: file_age: must be at most deliver.claim_idle / 3 "
-                                      f"({deliver.claim_idle / 3:g}), got {pipe.file_age}")
-        _validate_data_dir(pipe.directory, lambda message: fail("deliver.pipelines", f"{where}: directory: {message}"))
+        if pipe.target == "parquet":
+            _validate_parquet_pipeline(pipe, deliver, lambda message: fail("deliver.pipelines", f"{where}: {message}"))
+        if pipe.target == "nats":
+            _validate_nats_pipeline(pipe, lambda message: fail("deliver.pipelines", f"{where}: {message}"))
+
+
+def _validate_parquet_pipeline(pipe: DeliverPipelineSettings, deliver: DeliverSettings, fail: Any) -> None:
+    """A ``target = "parquet"`` pipeline: codec, sizes, file age, directory (one line each)."""
+    if pipe.compression not in PARQUET_COMPRESSIONS:
+        fail(f"compression: expected one of {', '.join(PARQUET_COMPRESSIONS)}, got {pipe.compression!r}")
+    for key in ("row_group_rows", "file_rows"):
+        if getattr(pipe, key) < 1:
+            fail(f"{key}: must be at least 1, got {getattr(pipe, key)}")
+    if pipe.file_age <= 0:
+        fail(f"file_age: must be positive, got {pipe.file_age}")
+    if pipe.file_age * 3 > deliver.claim_idle:
+        # An entry waiting in an open file must never look abandoned to another instance.
+        fail(f"file_age: must be at most deliver.claim_idle / 3 ({deliver.claim_idle / 3:g}), got {pipe.file_age}")
+    _validate_data_dir(pipe.directory, lambda message: fail(f"directory: {message}"))
+
+
+def _validate_nats_pipeline(pipe: DeliverPipelineSettings, fail: Any) -> None:
+    """A ``target = "nats"`` pipeline: its URL, subject template and stream (one line each)."""
+    from weir.deliver.nats_messages import covered, template_problem
+
+    if not pipe.url.startswith(("nats://", "tls://")):
+        fail(f"url: expected nats://host:port or tls://host:port, got {redact_url(pipe.url)!r}")
+    problem = template_problem(pipe.subject)
+    if problem is not None:
+        fail(f"subject: {problem}")
+    if not pipe.stream or not all(c.isalnum() or c in "-_" for c in pipe.stream):
+        fail(f"stream: expected a name of letters, digits, '-' and '_', got {pipe.stream!r}")
+    subjects = pipe.nats_stream_subjects()
+    if not subjects:
+        fail(f"stream_subjects: required when subject starts with a field ({pipe.subject!r})")
+    if not covered(pipe.subject, subjects):
+        fail(f"stream_subjects: {list(subjects)} do not cover the subject {pipe.subject!r}")
+    if pipe.duplicate_window <= 0:
+        fail(f"duplicate_window: must be positive, got {pipe.duplicate_window}")
+    if pipe.in_flight < 1:
+        fail(f"in_flight: must be at least 1, got {pipe.in_flight}")
+    if pipe.ack_timeout <= 0:
+        fail(f"ack_timeout: must be positive, got {pipe.ack_timeout}")
 
 
 def _validate_data_dir(data_dir: str, fail: Any) -> None:

@@ -58,8 +58,13 @@ class DeliverService:
         return [self.root]
 
 
-def build_target(pipe: DeliverPipelineSettings, *, source: str, partition: str, consumer: str) -> Target:
+def build_target(pipe: DeliverPipelineSettings, *, source: str, partition: str, consumer: str, backoff: Backoff,
+                 rng: random.Random) -> Target:
     """The target a pipeline's settings describe, for one partition."""
+    if pipe.target == "nats":
+        from weir.deliver.jetstream import NatsTarget  # nats-py: only when a NATS pipeline runs
+
+        return NatsTarget(pipe, source=source, partition=partition, consumer=consumer, backoff=backoff, rng=rng)
     if pipe.target == "parquet":
         from weir.deliver.parquet import ParquetTarget  # pyarrow: only when a Parquet pipeline runs
 
@@ -98,6 +103,8 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None, v
         children: list[ChildSpec] = []
         stats: dict[str, DeliveryStats] = {}
         for pipe in deliver.pipelines:
+            if pipe.target == "nats":
+                await _check_nats_stream(pipe)
             name = pipe.name or f"{pipe.source}-{pipe.target}"
             group_name = pipe.group or name
             partitions = pipe.partitions or await _discover(client, shown_url, config.redis.prefix, pipe.source)
@@ -113,7 +120,7 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None, v
                     name=child, group=group, settings=deliver, start=pipe.start, stats=stats[child],
                     backoff=backoff, rng=rng,
                     make_target=lambda pipe=pipe, partition=partition: build_target(
-                        pipe, source=pipe.source, partition=partition, consumer=consumer),
+                        pipe, source=pipe.source, partition=partition, consumer=consumer, backoff=backoff, rng=rng),
                 )
                 children.append(ChildSpec(name=child, target=actor.run, shutdown_grace=30.0))
         if observability is not None:  # the first child, so it is stopped last
@@ -185,3 +192,20 @@ async def _discover(client: aioredis.Redis, shown_url: str, prefix: str, source:
         raise ConfigError(f"deliver.pipelines: no {source} partition stream under prefix {prefix!r} in {shown_url} "
                           f"yet: set partitions = [...] or start after weir has written some")
     return partitions
+
+
+async def _check_nats_stream(pipe: DeliverPipelineSettings) -> None:
+    """Create or check a NATS pipeline's stream before anything is delivered: a stream configured
+    otherwise stops the service with one line (ConfigError). NATS down: its actors wait for it."""
+    from weir.deliver.jetstream import NatsUnavailable, connect, ensure_stream
+
+    try:
+        client = await call_asyncio(connect, pipe.url, "weir-deliver-check")
+        try:
+            await call_asyncio(ensure_stream, client, pipe)
+        finally:
+            with trio.CancelScope(shield=True):
+                await call_asyncio(client.close)
+    except NatsUnavailable as exc:
+        log.warning("%s: the stream is checked once it is reachable", exc,
+                    extra={"event": "deliver_nats_unavailable", "url": redact_url(pipe.url)})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import attrs
 
 #: Target kinds weir knows; a new target adds its name here and its options class below.
-TARGET_KINDS = ("parquet",)
+TARGET_KINDS = ("parquet", "nats")
 PARQUET_COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 
 
@@ -32,6 +32,20 @@ class DeliverPipelineSettings:
     row_group_rows: int = 10_000  # rows per row group
     file_rows: int = 1_000_000  # a file is committed once it holds this many rows …
     file_age: float = 10.0  # … or was opened this many seconds ago (also bounds delivery latency)
+    # NATS JetStream target (target = "nats"); the URL may carry credentials: it is never shown unredacted
+    url: str = "nats://127.0.0.1:4222"
+    subject: str = "weir.{source}.{partition}.{kind}"  # fields: {source}, {partition}, {kind}
+    stream: str = "WEIR"  # created at start if missing; checked (subjects, duplicate_window) if present
+    stream_subjects: tuple[str, ...] = ()  # default: the subject's literal leading tokens + ">" ("weir.>")
+    duplicate_window: float = 300.0  # seconds JetStream remembers a Nats-Msg-Id (replays inside it are dropped)
+    in_flight: int = 1000  # publishes sent before their acknowledgements are awaited
+    ack_timeout: float = 5.0  # seconds to wait for a window's acknowledgements before sending again
+
+    def nats_stream_subjects(self) -> tuple[str, ...]:
+        """The stream's subjects: as configured, or derived from the subject template."""
+        from weir.deliver.nats_messages import default_stream_subjects
+
+        return self.stream_subjects or default_stream_subjects(self.subject) or ()
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,252 @@
+"""The NATS JetStream target: each entry published once, deduplicated by JetStream on its Msg-Id.
+
+An entry is published with ``Nats-Msg-Id`` = its identity (weir/deliver/nats_messages.py), so a
+replay inside the stream's duplicate window, after a crash between publish and XACK, is dropped
+by JetStream and acknowledged as a duplicate. ``prepare`` packs the buffered entries; ``commit``
+publishes them ``in_flight`` at a time (nats-py's asynchronous publish: one window sent, then its
+acknowledgements awaited) and returns only once every one arrived; those that failed or timed out
+are sent again, with backoff, while NATS is unreachable. nats-py runs in asyncio (weir/bridge.py):
+each window crosses once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+from nats.js.api import StorageType, StreamConfig
+
+from weir.bridge import call_asyncio
+from weir.config import ConfigError
+from weir.deliver.group import Entry
+from weir.deliver.nats_messages import Message, MessageError, message_of, stream_mismatch
+from weir.deliver.settings import DeliverPipelineSettings
+from weir.deliver.target import Prepared
+from weir.redact import redact_text, redact_url
+from weir.supervision import Backoff
+
+log = logging.getLogger("weir.deliver.nats")
+
+
+class NatsUnavailable(Exception):
+    """NATS could not be reached, or did not acknowledge in time (time cures it)."""
+
+
+# How long one attempt to connect may take: nats-py told to reconnect for ever would also retry its
+# first connection for ever; weir retries it itself, with backoff, logging once.
+CONNECT_WITHIN = 5.0
+
+
+async def connect(url: str, name: str) -> Any:
+    """A nats-py client that, once connected, reconnects for ever, and whose callbacks log with the
+    URL redacted, each distinct error once in a row (asyncio side).
+
+    Raises:
+        NatsUnavailable: not connected within CONNECT_WITHIN seconds.
+    """
+    shown = redact_url(url)
+    client: Any = None
+    last_error = ""
+
+    async def on_error(exc: Exception) -> None:
+        nonlocal last_error
+        text = redact_text(str(exc)) or type(exc).__name__
+        if text != last_error:  # a server down fails every reconnect attempt the same way
+            log.warning("nats %s: %s", shown, text, extra={"event": "deliver_nats_error", "url": shown})
+        last_error = text
+
+    async def on_disconnected() -> None:
+        if client is not None and client.is_closed:  # our own close, not a lost connection
+            return
+        log.warning("nats %s: disconnected", shown, extra={"event": "deliver_nats_disconnected", "url": shown})
+
+    async def on_reconnected() -> None:
+        nonlocal last_error
+        last_error = ""
+        log.info("nats %s: reconnected", shown, extra={"event": "deliver_nats_reconnected", "url": shown})
+
+    try:
+        client = await asyncio.wait_for(
+            nats.connect(url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                         connect_timeout=2, error_cb=on_error, disconnected_cb=on_disconnected,
+                         reconnected_cb=on_reconnected),
+            timeout=CONNECT_WITHIN)
+        return client
+    except asyncio.TimeoutError:
+        raise NatsUnavailable(f"cannot connect to NATS at {shown} within {CONNECT_WITHIN:g}s"
+                              f"{': ' + last_error if last_error else ''}") from None
+    except Exception as exc:  # nats-py's own errors, OSError: its text may hold the URL
+        raise NatsUnavailable(f"cannot connect to NATS at {shown}: {redact_text(str(exc)) or type(exc).__name__}") from None
+
+
+async def ensure_stream(client: Any, pipe: DeliverPipelineSettings) -> None:
+    """Create the pipeline's stream, or check that the existing one has its subjects and duplicate
+    window (asyncio side).
+
+    Raises:
+        ConfigError: the stream exists with other subjects or another duplicate window.
+        NatsUnavailable: JetStream did not answer (not enabled on the server, no quorum, timeout).
+    """
+    try:
+        await _ensure_stream(client, pipe)
+    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        raise NatsUnavailable(f"JetStream at {redact_url(pipe.url)} cannot create or check stream {pipe.stream!r}: "
+                              f"{redact_text(str(exc)) or type(exc).__name__}") from None
+
+
+async def _ensure_stream(client: Any, pipe: DeliverPipelineSettings) -> None:
+    js = client.jetstream()
+    subjects = list(pipe.nats_stream_subjects())
+    try:
+        info = await js.stream_info(pipe.stream)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(StreamConfig(name=pipe.stream, subjects=subjects, duplicate_window=pipe.duplicate_window,
+                                             storage=StorageType.FILE))
+            log.info("created JetStream stream %s (subjects %s, duplicate window %gs)", pipe.stream, subjects,
+                     pipe.duplicate_window, extra={"event": "deliver_nats_stream_created", "stream": pipe.stream})
+            return
+        except nats.js.errors.BadRequestError:  # created meanwhile by another instance: checked below
+            info = await js.stream_info(pipe.stream)
+    problem = stream_mismatch(name=pipe.stream, want_subjects=subjects, want_window=pipe.duplicate_window,
+                              have_subjects=info.config.subjects or [], have_window=info.config.duplicate_window or 0)
+    if problem is not None:
+        raise ConfigError(f"deliver.pipelines: {problem}")
+
+
+class NatsTarget:
+    """One partition's publisher; implements weir.deliver.target.Target.
+
+    Args:
+        pipe: the pipeline's settings (url, subject, stream, in_flight, ack_timeout, …).
+        backoff / rng: the pauses between attempts while NATS is unreachable.
+    """
+
+    def __init__(self, pipe: DeliverPipelineSettings, *, source: str, partition: str, consumer: str,
+                 backoff: Backoff, rng: random.Random, clock=trio.current_time) -> None:
+        self.pipe = pipe
+        self.source = source
+        self.partition = partition
+        self.consumer = consumer
+        self.shown_url = redact_url(pipe.url)
+        self._backoff = backoff
+        self._rng = rng
+        self._clock = clock
+        self._client: Any = None
+        self._js: Any = None  # one JetStream context: one subscription for every acknowledgement
+        self._buffer: list[tuple[str, Message]] = []
+        self._since: float | None = None
+
+    async def recover(self) -> None:
+        """Connect (patiently) and create or check the stream, once."""
+        attempt = 0
+        while self._client is None:
+            try:
+                client = await call_asyncio(connect, self.pipe.url, f"weir-{self.consumer}")
+                try:
+                    await call_asyncio(ensure_stream, client, self.pipe)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await call_asyncio(client.close)
+                    raise
+            except NatsUnavailable as exc:
+                if attempt == 0:
+                    log.warning("%s; retrying", exc, extra={"event": "deliver_nats_unavailable", "url": self.shown_url})
+                await trio.sleep(self._backoff.delay(attempt, self._rng))
+                attempt += 1
+                continue
+            self._client = client
+            self._js = client.jetstream(publish_async_max_pending=self.pipe.in_flight)
+
+    async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
+        return set()  # JetStream drops what it already has (same Msg-Id inside the duplicate window)
+
+    async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
+        refused: dict[str, str] = {}
+        for entry in entries:
+            try:
+                message = message_of(self.pipe.subject, source=self.source, partition=self.partition,
+                                     entry_id=entry.entry_id, fields=entry.fields)
+            except MessageError as exc:
+                refused[entry.entry_id] = str(exc)
+                continue
+            self._buffer.append((entry.entry_id, message))
+        if self._buffer and self._since is None:
+            self._since = self._clock()
+        return refused
+
+    def next_due(self) -> float | None:
+        return self._since  # at once: each read's batch is published as one unit
+
+    async def prepare(self, now: float, *, everything: bool = False) -> list[Prepared]:
+        if not self._buffer:
+            return []
+        batch, self._buffer, self._since = self._buffer, [], None
+        return [Prepared(entry_ids=tuple(entry_id for entry_id, _ in batch), handle=[m for _, m in batch])]
+
+    async def commit(self, prepared: Prepared) -> None:
+        """Publish every message of ``prepared``; returns once JetStream acknowledged each (stored,
+        or dropped as a duplicate of one it stored). Messages whose acknowledgement failed or did
+        not come are sent again (deduplicated by their Msg-Id) until every one is acknowledged."""
+        assert self._client is not None  # recover ran first
+        waiting: list[Message] = list(prepared.handle)  # type: ignore[call-overload]
+        attempt = 0
+        while waiting:
+            failed: list[Message] = []
+            reason = ""
+            for start in range(0, len(waiting), self.pipe.in_flight):
+                lost, why = await call_asyncio(self._publish_window, waiting[start:start + self.pipe.in_flight])
+                failed += lost
+                reason = reason or why
+            if not failed:
+                return
+            if attempt == 0:
+                log.warning("%s: %d of %d publishes to %s not acknowledged (%s): sending them again",
+                            self.pipe.stream, len(failed), len(waiting), self.shown_url, reason,
+                            extra={"event": "deliver_nats_unacknowledged", "url": self.shown_url,
+                                   "messages": len(failed)})
+            waiting = failed
+            await trio.sleep(self._backoff.delay(attempt, self._rng))
+            attempt += 1
+
+    async def _publish_window(self, window: list[Message]) -> tuple[list[Message], str]:
+        """Send a window, then await its acknowledgements (asyncio side): the messages not
+        acknowledged, and why (redacted)."""
+        futures: list[asyncio.Future[Any]] = []
+        reason = ""
+        try:
+            for message in window:
+                futures.append(await self._js.publish_async(message.subject, message.payload, headers=dict(message.headers)))
+        except Exception as exc:  # disconnected with a full buffer, closed: the rest is sent again
+            reason = redact_text(str(exc)) or type(exc).__name__
+        if futures:
+            await asyncio.wait(futures, timeout=self.pipe.ack_timeout)
+        failed = list(window[len(futures):])
+        for message, future in zip(window, futures):
+            if not future.done():
+                future.cancel()
+                failed.append(message)
+                reason = reason or f"no acknowledgement within {self.pipe.ack_timeout:g}s"
+            elif future.cancelled() or future.exception() is not None:
+                failed.append(message)
+                reason = reason or redact_text(str(future.exception())) or "cancelled"
+        return failed, reason
+
+    async def abort(self, prepared: Prepared) -> None:
+        pass  # nothing was published yet (commit publishes); the entries are delivered again
+
+    async def aclose(self) -> None:
+        self._buffer, self._since = [], None
+        client, self._client, self._js = self._client, None, None
+        if client is not None:
+            try:
+                await call_asyncio(client.close)
+            except Exception:  # closing a broken connection: nothing to keep
+                pass
