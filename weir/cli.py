@@ -309,7 +309,7 @@ def _require_target_packages(targets: Sequence[str]) -> None:
             import pyarrow  # noqa: F401
         except ModuleNotFoundError:
             raise ConfigError("deliver.pipelines: the parquet target needs pyarrow: pip install 'weir[parquet]'") from None
-    if any(pipe.target == "nats" for pipe in config.deliver.pipelines):
+    if "nats" in targets:
         try:
             import nats  # noqa: F401
         except ModuleNotFoundError:
