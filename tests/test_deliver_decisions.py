@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weir.deliver.decisions import (
+    UNEXPLAINED_FACTOR,
     Claimed,
     FailureMemory,
     RollPolicy,
@@ -26,8 +27,13 @@ u64 = st.integers(0, (1 << 64) - 1)
 entry_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", u64, u64)
 
 
-@given(st.lists(st.tuples(entry_ids, st.integers(1, 20)), unique_by=lambda item: item[0]), st.integers(1, 10))
-def test_triage_dead_letters_exactly_the_entries_delivered_more_than_max(items, max_deliveries):
+def limit_for(entry_id, reasons, max_deliveries):
+    """Refused here: max_deliveries; read again without a refusal seen (a stall, a crash): more."""
+    return max_deliveries if reasons.get(entry_id) is not None else max_deliveries * UNEXPLAINED_FACTOR
+
+
+@given(st.lists(st.tuples(entry_ids, st.integers(1, 60)), unique_by=lambda item: item[0]), st.integers(1, 10))
+def test_triage_dead_letters_exactly_the_entries_delivered_more_than_their_limit(items, max_deliveries):
     reasons = FailureMemory()
     for entry_id, _ in items[::2]:
         reasons.remember(entry_id, "ts is not a number")
@@ -36,11 +42,24 @@ def test_triage_dead_letters_exactly_the_entries_delivered_more_than_max(items, 
     assert set(decision.deliver) | set(dead) == {i for i, _ in items}
     assert not set(decision.deliver) & set(dead)
     for entry_id, deliveries in items:
-        assert (entry_id in dead) == (deliveries > max_deliveries)
+        assert (entry_id in dead) == (deliveries > limit_for(entry_id, reasons, max_deliveries))
         if entry_id in dead:
             assert f"after {deliveries - 1} deliveries" in dead[entry_id]
             assert ("ts is not a number" in dead[entry_id]) == (reasons.get(entry_id) is not None)
-    assert list(decision.deliver) == [i for i, n in items if n <= max_deliveries]  # order kept
+    # order kept
+    assert list(decision.deliver) == [i for i, n in items if n <= limit_for(i, reasons, max_deliveries)]
+
+
+def test_a_stalled_deliverers_own_entries_are_not_dead_lettered_at_max_deliveries():
+    """Counts raised by claims after a stall, no refusal seen: tried again up to the wider limit."""
+    claimed = [Claimed(entry_id="1-0", deliveries=6), Claimed(entry_id="2-0", deliveries=6)]
+    reasons = FailureMemory()
+    reasons.remember("2-0", "ts is not a number")
+    decision = triage(claimed, max_deliveries=5, reasons=reasons)
+    assert decision.deliver == ("1-0",)
+    assert [entry_id for entry_id, _ in decision.dead] == ["2-0"]
+    crashed = triage([Claimed(entry_id="1-0", deliveries=5 * UNEXPLAINED_FACTOR + 1)], max_deliveries=5, reasons=FailureMemory())
+    assert [entry_id for entry_id, _ in crashed.dead] == ["1-0"]  # never retried for ever
 
 
 @given(st.lists(st.tuples(entry_ids, st.integers(1, 20)), unique_by=lambda item: item[0]), st.integers(1, 10),

@@ -45,6 +45,10 @@ class Triage:
     dead: tuple[tuple[str, str], ...]  # (entry id, reason)
 
 
+UNEXPLAINED_FACTOR = 4
+"""Without a refusal seen, an entry is given up after this many times ``max_deliveries``."""
+
+
 def triage(claimed: Sequence[Claimed], *, max_deliveries: int, reasons: FailureMemory,
            held: Set[str] = frozenset()) -> Triage:
     """Split entries read again into those to try once more and those to give up on.
@@ -55,16 +59,21 @@ def triage(claimed: Sequence[Claimed], *, max_deliveries: int, reasons: FailureM
 
     An entry's count includes the delivery now being made (Redis raised it when it handed the entry
     over), so one whose count is above ``max_deliveries`` has already been tried that many times
-    without being accepted: it goes to the delivery dead-letter stream with the last error seen
-    for it by this instance (or, when another instance saw it, just the count).
+    without being accepted. It goes to the delivery dead-letter stream with the last error seen
+    for it by this instance, once it is over ``max_deliveries`` and this instance saw its target
+    refuse it. Redis's count also rises when an instance that stalled has its own entries claimed
+    back, which says nothing against the entry: without a refusal seen here, it is given up only
+    past ``UNEXPLAINED_FACTOR`` times ``max_deliveries`` (an entry that crashes every deliverer
+    that takes it leaves no refusal behind, and must not be retried for ever either).
     """
     deliver: list[str] = []
     dead: list[tuple[str, str]] = []
     for item in claimed:
         if item.entry_id in held:
             continue
-        if item.deliveries > max_deliveries:
-            last = reasons.get(item.entry_id)
+        last = reasons.get(item.entry_id)
+        limit = max_deliveries if last else max_deliveries * UNEXPLAINED_FACTOR
+        if item.deliveries > limit:
             tried = f"not accepted after {item.deliveries - 1} deliveries (deliver.max_deliveries = {max_deliveries})"
             dead.append((item.entry_id, f"{tried}: {last}" if last else tried))
         else:
