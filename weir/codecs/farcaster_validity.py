@@ -205,15 +205,6 @@ def _shape(event: bytes) -> _Shape:
     return _Shape(event_type, bodies, messages, primary)
 
 
-def hub_event_messages(event: bytes) -> list[bytes]:
-    """The signed Messages a HubEvent carries (none for on-chain events, BLOCK_CONFIRMED, failures).
-
-    Raises:
-        WireError: the event or one of its bodies is not well-formed protobuf.
-    """
-    return _shape(event).messages
-
-
 def hub_event_invalidity(event: bytes, keys: Any = None) -> str | None:
     """Why a HubEvent is not valid (one line), or None when it is.
 
