@@ -126,6 +126,16 @@ async def subscribed(config: SnapchainSimConfig, port_of=lambda port: port):
         await sim.wait_closed()
 
 
+async def node_ends_the_stream(sim, reader, stream) -> None:
+    """The node ends the stream (as when it drops us): the lists end, the status follows."""
+    assert sim.drop_streams() == 1
+    with pytest.raises(StopAsyncIteration):
+        await reader.__anext__()
+    with pytest.raises(GRPCError) as caught:
+        await stream.recv_trailing_metadata()
+    assert caught.value.status == Status.UNAVAILABLE
+
+
 def run(scenario):
     async def bounded():
         return await asyncio.wait_for(scenario(), 30)
@@ -152,13 +162,7 @@ def test_bulk_reading_gives_grpclibs_messages_in_lists_bounded_by_max_messages()
             assert max(len(batch) for batch in lists) < 100 + 100
             assert len(lists) >= 3000 // 200
 
-            # The node ends the stream (as when it drops us): the lists end, the status follows.
-            assert sim.drop_streams() == 1
-            with pytest.raises(StopAsyncIteration):
-                await reader.__anext__()
-            with pytest.raises(GRPCError) as caught:
-                await stream.recv_trailing_metadata()
-            assert caught.value.status == Status.UNAVAILABLE
+            await node_ends_the_stream(sim, reader, stream)
 
     run(scenario)
 

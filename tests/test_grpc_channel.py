@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from grpclib.client import Channel
-from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
+from grpclib.const import Cardinality
 
 from weir.actors.grpc_bulk import message_lists
 from weir.actors.grpc_channel import CoalescingChannel, CoalescingH2Protocol
@@ -17,6 +15,8 @@ from weir.codecs.grpc_raw import RawBytesCodec
 from weir.protos.snapchain import HubEventType, SubscribeRequest
 from weir.sim.farcaster_data import SnapchainSimConfig
 from weir.sim.snapchain import serve_snapchain
+
+from test_grpc_bulk import node_ends_the_stream
 
 
 def test_grpclib_still_has_the_protocol_hook():
@@ -43,13 +43,7 @@ def test_messages_sent_one_per_frame_arrive_whole_in_merged_frames():
                 coalescer = protocol.coalescer
                 assert coalescer.frames_in > 3000  # the node did send a frame per message
                 assert coalescer.frames_out < coalescer.frames_in / 10
-                # The node ends the stream: its trailers come through the merging path too.
-                assert sim.drop_streams() == 1
-                with pytest.raises(StopAsyncIteration):
-                    await reader.__anext__()
-                with pytest.raises(GRPCError) as caught:
-                    await stream.recv_trailing_metadata()
-                assert caught.value.status == Status.UNAVAILABLE
+                await node_ends_the_stream(sim, reader, stream)  # its trailers come through the merging path too
         finally:
             channel.close()
             sim.close()
