@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from weir.chaos.delivery import Delivery
 from weir.chaos.farcaster import FARCASTER
 from weir.chaos.schedule import Schedule, TimedFault
 from weir.chaos.source import ChaosSource, Load
@@ -53,6 +54,8 @@ class Scenario:
         exits: weir must stop by itself with this exit code once the faults are applied (a fatal
             error, e.g. a reorg deeper than it can retract: 3), within ``drain_timeout``, instead of
             draining; supervisors escalating on the way are then expected. None: weir runs on.
+        delivery: also run ``weir deliver`` into a target, with its own faults and verdict
+            (:mod:`weir.chaos.delivery`). None: ingestion only.
     """
 
     name: str
@@ -70,9 +73,11 @@ class Scenario:
     max_restarts: int | None = None
     drain_timeout: float = 30.0
     exits: int | None = None
+    delivery: Delivery | None = None
 
     def __attrs_post_init__(self) -> None:
-        provided = {"redis", "redis_link", "weir", *self.source.network_targets}
+        provided = {"redis", "redis_link", "weir", *self.source.network_targets,
+                    *(self.delivery.schedule_targets if self.delivery else ())}
         missing = sorted({f.target for f in self.schedule.faults} - provided)
         if missing:
             raise ValueError(f"scenario {self.name}: the {self.source.name} source has no target {', '.join(missing)} "

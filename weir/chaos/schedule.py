@@ -20,6 +20,10 @@ Targets and kinds:
 ``node``        ``reorg`` (``params.depth`` blocks, instant), ``drop`` (every connection, instant),
                 ``mute`` (head subscriptions go silent, instant), ``lag`` (``params.blocks``
                 behind, for ``duration``), ``refuse`` (new connections, for ``duration``)
+``deliver``     ``weir deliver`` (scenarios with delivery): ``kill`` (waits until it holds entries,
+                kill -9, started again after ``duration``), ``pause``, ``term`` (as for weir)
+``nats``        the NATS target's nats-server: ``kill`` (kill -9, started again on the same port
+                and store after ``duration``), ``pause``
 ==============  ==========================================================================
 
 ``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`), ``relay_link``
@@ -81,6 +85,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "relay": ("drop", "error_frame", "outdated_cursor"),
     "node_link": tuple(FAULT_KINDS),  # the Ethereum source's (weir.chaos.ethereum)
     "node": ("reorg", "drop", "mute", "lag", "refuse"),
+    "deliver": ("kill", "pause", "term"),  # weir deliver, in a scenario with delivery (weir.chaos.delivery)
+    "nats": ("kill", "pause"),  # the nats-server of a NATS delivery target (kill: -9, started again after duration)
 }
 #: Kinds that happen at once: the generator gives them no duration.
 INSTANT_KINDS: set[str] = {"drop_streams", "drop", "error_frame", "outdated_cursor", "reorg", "mute"}

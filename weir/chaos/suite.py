@@ -41,7 +41,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ from weir.chaos.checker import (
     rss_growth,
     supervision_from_log,
 )
+from weir.chaos.delivery import RunningDelivery, open_delivery
+from weir.chaos.delivery_check import DeliveryReport
 from weir.chaos.farcaster import FARCASTER
 from weir.chaos.processes import WeirProcess, weir_run_command
 from weir.chaos.proxy import open_proxy
@@ -172,6 +175,7 @@ class ScenarioResult:
     elapsed_s: float = 0.0
     measures: Mapping[str, Any] = attrs.Factory(dict)
     log_path: str = ""
+    delivery: DeliveryReport | None = None  # a scenario with delivery: what its target received
 
     @property
     def ok(self) -> bool:
@@ -223,6 +227,8 @@ class ScenarioResult:
                          f"RSS {describe_rss(w.rss_before_kb, w.rss_peak_kb, w.rss_growth_kb)}"
                          f"{'' if w.memory_bounded else ' UNBOUNDED'}; "
                          f"restarts {format_restarts(restarts, w.restarts_by_level)}")
+        if self.delivery is not None:
+            lines.append(self.delivery.summary())
         for key, value in self.measures.items():
             lines.append(f"{key}: {value}")
         lines += [f"PROBLEM: {p}" for p in self.problems]
@@ -253,6 +259,7 @@ class ScenarioResult:
             "windows": [w.to_dict() for w in self.windows],
             "faults_detail": [attrs.asdict(f) for f in r.faults],
             "measures": dict(self.measures), "problems": list(self.problems),
+            "delivery": None if self.delivery is None else attrs.asdict(self.delivery),
         }  # fmt: skip
 
 
@@ -411,16 +418,19 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
     measures: dict[str, Any] = {}
     records: list[FaultRecord] = []
     seed = scenario.schedule.seed
+    delivery_report: DeliveryReport | None = None
     redis_config = RedisServerConfig(data_dir=workdir / "redis", appendfsync="always")
     async with open_embedded_redis(redis_config) as redis, source.open(load, workdir, seed) as network, \
-            open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link:  # fmt: skip
+            open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link, \
+            _open_delivery(scenario, workdir, redis_link.redis_url, redis.url) as delivery:  # fmt: skip
         metrics_port = _free_port()
         settings = (*BASE_SETTINGS, *source.settings, f"metrics.port={metrics_port}", *scenario.settings)
         args = weir_run_command(redis_link.redis_url, network.weir_args, settings) + ["--log-format", "json", "--log-level", "INFO"]
         weir = WeirProcess(args=args, log_path=workdir / "weir.log")
         sampler = RunSampler(redis.url, partitions, pid=lambda: weir.pid, interval=0.01, source=source.name)
         metrics = MetricsSampler(metrics_port)
-        targets = Targets(redis_link=redis_link, redis=redis, weir=weir, network=network.targets)
+        targets = Targets(redis_link=redis_link, redis=redis, weir=weir,
+                          network={**network.targets, **(delivery.targets if delivery else {})})
 
         def drained() -> bool:
             return bool(sampler.samples) and sampler.samples[-1].cursors == last
@@ -442,10 +452,14 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                     nursery.start_soon(functools.partial(run_schedule, scenario.schedule, targets, records=records))
                     await wait_until(lambda: len(records) > 0, timeout=start_timeout)
                     await weir.start()
+                    if delivery is not None:
+                        await delivery.start()
                 else:
                     await weir.start()
                     if not await wait_until(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
                         problems.append(f"weir persisted nothing within {start_timeout:g} s of starting")
+                    if delivery is not None:
+                        await delivery.start()
                     await run_schedule(scenario.schedule, targets, records=records)
                 # the schedule's end: for before_start, wait until every fault has cleared
                 await wait_until(lambda: len(records) == len(scenario.schedule.faults)
@@ -470,6 +484,9 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                     code = await weir.terminate(timeout=15)
                     if code != 0:
                         problems.append(f"weir did not exit 0 on the final SIGTERM (exit code {code})")
+                if delivery is not None:
+                    delivery_report, delivery_problems = await delivery.finish(measures)
+                    problems += delivery_problems
                 problems += await network.finish(offered)
                 nursery.cancel_scope.cancel()
         finally:
@@ -495,11 +512,26 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         _judge_stall(scenario, records, sampler, metrics, measures, problems)
     problems += judge_supervision(scenario, report)
     problems += [f"expected weir to log {e!r} during the run; it did not" for e in unmet_expectations(log_text, scenario.expect)]
+    if delivery is not None:
+        problems += [f"expected weir deliver to log {e!r} during the run; it did not"
+                     for e in unmet_expectations(delivery.log_text(), delivery.spec.expect)]
     return ScenarioResult(
         scenario=scenario.name, label=scenario.label, report=report, windows=tuple(windows),
         problems=tuple(problems), elapsed_s=time.monotonic() - began, measures=measures,
-        log_path=str(weir.log_path),
+        log_path=str(weir.log_path), delivery=delivery_report,
     )  # fmt: skip
+
+
+@asynccontextmanager
+async def _open_delivery(scenario: Scenario, workdir: Path, proxied_redis_url: str,
+                         redis_url: str) -> AsyncIterator[RunningDelivery | None]:
+    """The scenario's ``weir deliver`` and target (None: a scenario without delivery)."""
+    if scenario.delivery is None:
+        yield None
+        return
+    async with open_delivery(scenario.delivery, workdir, proxied_redis_url=proxied_redis_url, redis_url=redis_url,
+                             source=scenario.source.name, partitions=scenario.source.partitions) as delivery:
+        yield delivery
 
 
 def judge_supervision(scenario: Scenario, report: RunReport) -> list[str]:
