@@ -3,11 +3,14 @@
 Each scenario runs for real — redis-server, the Snapchain simulator and ``weir run`` as separate
 processes, fault proxies on both links — and fails on any lost, unexpected, duplicated or
 out-of-order event, a cursor regression, a missed recovery target, an unclean exit or (under a
-stalled Redis) unbounded memory. ``weir chaos`` runs the same scenarios and prints the table;
+stalled Redis) unbounded memory. The delivery scenarios also run ``weir deliver`` (and a
+nats-server) and fail on any entry missing from the target, received twice, or left pending. ``weir chaos`` runs the same scenarios and prints the table;
 docs/resilience.md has the figures.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +22,17 @@ RANDOM_SEED = 20251123
 
 
 def _explain(result) -> str:  # type: ignore[no-untyped-def]
-    tail = ""
-    try:
-        with open(result.log_path, errors="replace") as f:
-            tail = "".join(f.readlines()[-15:])
-    except OSError:
-        pass
-    return f"{result.summary()}\n--- end of weir's log ---\n{tail}"
+    text = result.summary()
+    logs = [("weir", Path(result.log_path))]
+    if result.delivery is not None:
+        logs.append(("weir deliver", Path(result.log_path).with_name("deliver.log")))
+    for name, path in logs:
+        try:
+            with open(path, errors="replace") as f:
+                text += f"\n--- end of {name}'s log ---\n" + "".join(f.readlines()[-15:])
+        except OSError:
+            pass
+    return text
 
 
 @pytest.mark.integration
@@ -46,6 +53,14 @@ async def test_scenario(name, tmp_path):
     weir_restarts = sum(1 for f in scenario.schedule.faults if f.target == "weir" and f.kind in ("kill", "term"))
     assert report.restarts_by_supervisor.get("process", 0) == weir_restarts, _explain(result)
     assert report.restarts == sum(report.restarts_by_supervisor.values())
+    # delivery: every entry of the streams in the target, each once (after JetStream's deduplication)
+    if scenario.delivery is not None:
+        delivery = result.delivery
+        assert delivery is not None and delivery.ok, _explain(result)
+        assert delivery.total("received") == delivery.total("entries") == report.persisted, _explain(result)
+        kills = [f for f in scenario.schedule.faults if f.target == "deliver" and f.kind == "kill"]
+        assert len(result.measures["deliver_kills_held"]) == len(kills), _explain(result)
+        assert all(held > 0 for held in result.measures["deliver_kills_held"]), _explain(result)
     # memory per fault window: measured wherever weir ran through the window's start
     for window in result.windows:
         if not scenario.before_start and not any(f.startswith("weir:") for f in window.faults):

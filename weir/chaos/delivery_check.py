@@ -103,11 +103,13 @@ def check_delivery(
     """
     if guarantee not in (EXACTLY_ONCE, AT_LEAST_ONCE):
         raise ValueError(f"unknown guarantee {guarantee!r}")
+    received = list(received)
     by_partition: dict[str, list[Received]] = collections.defaultdict(list)
     for item in received:
         by_partition[item.partition].append(item)
+    unstable = _unstable_keys(received)
     reports = [
-        _check_partition(partition, guarantee, ids, by_partition.pop(partition, []),
+        _check_partition(partition, guarantee, ids, by_partition.pop(partition, []), unstable.get(partition, set()),
                          (pending or {}).get(partition, 0), (dead or {}).get(partition, 0))
         for partition, ids in streams.items()
     ]
@@ -117,20 +119,29 @@ def check_delivery(
     return DeliveryReport(target=target, guarantee=guarantee, partitions=tuple(reports))
 
 
+def _unstable_keys(received: Sequence[Received]) -> dict[str, set[str]]:
+    """By partition, the entries received under two keys, or under a key another entry has too
+    (of any partition: a receiver deduplicates on the key alone)."""
+    keys_of: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    entries_of: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
+    for item in received:
+        keys_of[item.partition, item.entry_id].add(item.key)
+        entries_of[item.key].add((item.partition, item.entry_id))
+    unstable: dict[str, set[str]] = collections.defaultdict(set)
+    for (partition, entry_id), keys in keys_of.items():
+        if len(keys) > 1 or any(len(entries_of[k]) > 1 for k in keys):
+            unstable[partition].add(entry_id)
+    return unstable
+
+
 def _check_partition(partition: str, guarantee: str, ids: Sequence[str], items: Sequence[Received],
-                     pending: int, dead: int) -> PartitionDelivery:
+                     unstable_ids: set[str], pending: int, dead: int) -> PartitionDelivery:
     expected = set(ids)
     counts = collections.Counter(i.entry_id for i in items)
     missing = [i for i in ids if i not in counts]
     extra = [i for i in counts if i not in expected]
     duplicated = [i for i, n in counts.items() if n > 1 and i in expected] if guarantee == EXACTLY_ONCE else []
-    keys_of: dict[str, set[str]] = collections.defaultdict(set)
-    entries_of: dict[str, set[str]] = collections.defaultdict(set)
-    for item in items:
-        keys_of[item.entry_id].add(item.key)
-        entries_of[item.key].add(item.entry_id)
-    unstable = sorted({i for i, keys in keys_of.items() if len(keys) > 1}
-                      | {e for entries in entries_of.values() if len(entries) > 1 for e in entries})
+    unstable = sorted(unstable_ids)
     examples = [*(f"missing {partition}/{i}" for i in missing[:2]), *(f"duplicated {partition}/{i}" for i in duplicated[:2]),
                 *(f"extra {partition}/{i}" for i in extra[:2]), *(f"unstable key {partition}/{i}" for i in unstable[:2])]
     return PartitionDelivery(

@@ -1,0 +1,132 @@
+"""The delivery checker (weir.chaos.delivery_check) against synthetic inputs, the rule a deliverer
+kill is judged by, and the Parquet read-back on real files; the scenarios themselves run in
+tests/test_chaos_suite.py."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from weir.chaos.delivery import Delivery, KillRecord
+from weir.chaos.delivery_check import AT_LEAST_ONCE, EXACTLY_ONCE, Received, check_delivery
+from weir.chaos.delivery_targets import NATS, PARQUET, committed_rows
+from weir.chaos.scenario import Scenario, fault
+from weir.chaos.schedule import Schedule
+
+PARTITIONS = ("1", "2", "3")
+streams_st = st.dictionaries(
+    st.sampled_from(PARTITIONS),
+    st.lists(st.integers(1, 10**6), unique=True, max_size=40).map(lambda ps: [f"{p}-0" for p in sorted(ps)]),
+    min_size=1,
+)
+
+
+def key(partition: str, entry_id: str) -> str:
+    return f"farcaster/{partition}/{entry_id}"  # as a Nats-Msg-Id
+
+
+def exact(streams: dict[str, list[str]]) -> list[Received]:
+    return [Received(partition=p, entry_id=i, key=key(p, i)) for p, ids in streams.items() for i in ids]
+
+
+@given(streams_st, st.sampled_from([EXACTLY_ONCE, AT_LEAST_ONCE]), st.randoms(use_true_random=False))
+def test_every_entry_received_once_in_any_order_passes(streams, guarantee, rng):
+    received = exact(streams)
+    rng.shuffle(received)
+    report = check_delivery("t", guarantee, streams, received)
+    assert report.ok, report.summary()
+    assert report.total("entries") == report.total("received") == sum(map(len, streams.values()))
+
+
+@given(streams_st, st.randoms(use_true_random=False), st.lists(st.integers(2 * 10**6, 3 * 10**6), unique=True, max_size=3))
+def test_missing_duplicated_and_extra_entries_are_each_counted(streams, rng, invented):
+    everything = exact(streams)
+    dropped = {r for r in everything if rng.random() < 0.2}
+    repeated = [r for r in everything if r not in dropped and rng.random() < 0.2]
+    partition = next(iter(streams))
+    extra = [Received(partition=partition, entry_id=f"{p}-0", key=key(partition, f"{p}-0")) for p in invented]
+    received = [r for r in everything if r not in dropped] + repeated + repeated[:1] + extra
+    rng.shuffle(received)
+
+    once = check_delivery("t", EXACTLY_ONCE, streams, received)
+    assert once.total("missing") == len(dropped)
+    assert once.total("duplicated") == len(repeated)  # distinct entries received more than once
+    assert once.total("extra") == len(extra)
+    assert once.total("unstable_keys") == 0
+    assert once.ok == (not dropped and not repeated and not extra)
+
+    at_least = check_delivery("t", AT_LEAST_ONCE, streams, received)
+    assert at_least.total("duplicated") == 0  # repeats are what at least once allows
+    assert at_least.total("missing") == len(dropped) and at_least.total("extra") == len(extra)
+    assert at_least.ok == (not dropped and not extra)
+
+
+@given(streams_st.filter(lambda s: sum(map(len, s.values())) >= 2), st.randoms(use_true_random=False))
+def test_a_repeat_under_another_key_or_two_entries_under_one_key_are_unstable(streams, rng):
+    everything = exact(streams)
+    first, second = rng.sample(everything, 2)
+    rekeyed = [*everything, Received(partition=first.partition, entry_id=first.entry_id, key=first.key + "-retry")]
+    report = check_delivery("webhook", AT_LEAST_ONCE, streams, rekeyed)
+    assert report.total("unstable_keys") == 1 and not report.ok
+    shared = [r if r != second else Received(partition=r.partition, entry_id=r.entry_id, key=first.key) for r in everything]
+    report = check_delivery("webhook", AT_LEAST_ONCE, streams, shared)
+    assert report.total("unstable_keys") == 2 and not report.ok
+
+
+@given(streams_st, st.sampled_from(PARTITIONS), st.integers(1, 5), st.booleans())
+def test_entries_left_pending_or_dead_lettered_fail_the_run(streams, partition, count, pending):
+    counts = {partition: count}
+    report = check_delivery("t", EXACTLY_ONCE, streams, exact(streams),
+                            pending=counts if pending else None, dead=None if pending else counts)
+    fed = partition in streams
+    assert report.total("pending" if pending else "dead") == (count if fed else 0)
+    assert report.ok == (not fed)
+
+
+def test_items_of_a_partition_the_run_never_fed_are_extra():
+    streams = {"1": ["1-0"]}
+    report = check_delivery("t", EXACTLY_ONCE, streams, [*exact(streams), Received(partition="9", entry_id="1-0", key="k")])
+    assert report.total("extra") == 1 and "extra 9/1-0" in report.summary()
+    with pytest.raises(ValueError, match="unknown guarantee"):
+        check_delivery("t", "twice", streams, [])
+
+
+def test_a_kill_counts_as_mid_work_only_holding_entries_with_the_targets_evidence():
+    assert KillRecord(pid=1, held=3, open_work=None).mid_work
+    assert not KillRecord(pid=1, held=0, open_work=None).mid_work
+    assert not KillRecord(pid=1, held=3, open_work=0).mid_work  # Parquet: no file open
+    assert KillRecord(pid=1, held=3, open_work=1).mid_work
+    assert not KillRecord(pid=1, held=3, open_work=None, stored=0).mid_work  # NATS: nothing published yet
+    assert KillRecord(pid=1, held=3, open_work=None, stored=2).mid_work
+
+
+def test_delivery_targets_are_schedule_targets_only_in_a_scenario_with_that_delivery():
+    kill = fault("deliver", "kill", 1.0, 0.3)
+    restart = fault("nats", "kill", 1.0, 0.5)
+    Scenario(name="a", label="a", schedule=Schedule(faults=[kill, restart]), delivery=Delivery(target=NATS))
+    with pytest.raises(ValueError, match="no target nats"):
+        Scenario(name="b", label="b", schedule=Schedule(faults=[kill, restart]), delivery=Delivery(target=PARQUET))
+    with pytest.raises(ValueError, match="no target deliver"):
+        Scenario(name="c", label="c", schedule=Schedule(faults=[kill]))
+
+
+def test_the_parquet_read_back_finds_a_row_written_twice(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(partition: str, name: str, ids: list[str]) -> None:
+        directory = tmp_path / "source=farcaster" / f"partition={partition}" / "hour=2026-01-01T00"
+        directory.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"stream_id": ids, "position": [int(i.split("-")[0]) for i in ids]}), directory / name)
+
+    write("1", "part-1-0_3-0-a.parquet", ["1-0", "2-0", "3-0"])
+    write("1", "part-3-0_4-0-b.parquet", ["3-0", "4-0"])  # 3-0 again: two instances wrote it
+    write("2", "part-1-0_1-0-a.parquet", ["1-0"])
+    (tmp_path / "source=farcaster" / "partition=2" / "hour=2026-01-01T00" / ".part-a-1-0.parquet.tmp").write_bytes(b"x")
+    rows = committed_rows(tmp_path, "farcaster")
+    assert sorted((r.partition, r.entry_id) for r in rows) == [("1", "1-0"), ("1", "2-0"), ("1", "3-0"), ("1", "3-0"),
+                                                               ("1", "4-0"), ("2", "1-0")]
+    report = check_delivery("parquet", EXACTLY_ONCE, {"1": ["1-0", "2-0", "3-0", "4-0"], "2": ["1-0", "2-0"]}, rows)
+    assert (report.total("duplicated"), report.total("missing")) == (1, 1) and not report.ok
+    assert committed_rows(tmp_path, "atproto") == []
