@@ -43,6 +43,9 @@ log = logging.getLogger("weir.chaos.delivery")
 GROUP = "chaos"
 #: How long a ``deliver`` kill waits for the deliverer to hold entries before killing it anyway.
 HOLD_TIMEOUT_S = 3.0
+#: After a look that was not mid-work, the deliverer runs this long before the next (a look
+#: freezes it for a few tens of ms: the NATS target reads its stream's last messages).
+INSPECT_GAP_S = 0.05
 
 #: ``weir deliver``'s settings in every delivery scenario: claims within seconds (a restarted
 #: instance has a new consumer name and takes the dead one's entries over by XAUTOCLAIM), Redis
@@ -137,6 +140,7 @@ class DeliverProcess:
                     if record.mid_work:
                         break
                     self.process.resume()
+                    await trio.sleep(INSPECT_GAP_S)  # let it work on, or a look every few ms would starve it
                 await trio.sleep(0.005)
         with trio.CancelScope(shield=True):
             await self.process.kill()
