@@ -8,6 +8,10 @@
 - :mod:`weir.chaos.checker` — ``RunSampler`` during the run, ``check_run`` after it → ``RunReport``.
 - :mod:`weir.chaos.source` — what a network must provide to be driven (``ChaosSource``);
   :mod:`weir.chaos.farcaster` is the Snapchain one.
+- :mod:`weir.chaos.delivery` — ``weir deliver`` beside ``weir run`` in a scenario (its kills land
+  mid-work); :mod:`weir.chaos.delivery_targets` (Parquet, NATS JetStream on a
+  :mod:`weir.chaos.nats_server`) and :mod:`weir.chaos.delivery_check`, what a target received
+  against the streams.
 - :mod:`weir.chaos.scenario`, :mod:`weir.chaos.scenarios` (built-in), :mod:`weir.chaos.registry`
   (built-in + a user's file) and :mod:`weir.chaos.suite` (the engine, ``weir chaos``).
 """
