@@ -6,10 +6,12 @@ A scenario with a :class:`Delivery` runs, besides the ingesting ``weir run``, on
 ``redis_link`` proxy — a Redis fault hits both — into the scenario's target
 (:mod:`weir.chaos.delivery_targets`), whose own process may be a schedule target too (``nats``).
 
-A ``deliver`` kill lands mid-work: it waits (at most ``HOLD_TIMEOUT_S``) until the deliverer holds
-entries read and not acknowledged, kills it, and records what the dead consumer held (its pending
-entries, frozen by the kill, and its open files): a kill that held nothing proves nothing and
-fails the run.
+A ``deliver`` kill lands mid-work: whenever the deliverer holds entries read and not acknowledged
+it is frozen (SIGSTOP) and looked at — what its consumer holds, its open files, which of those
+entries the target already stored — and killed while frozen if that is mid-work (for Parquet, a
+file of its own open; for NATS, entries JetStream stored and Redis has not had acknowledged),
+else let run on and looked at again, for at most ``HOLD_TIMEOUT_S``. What each kill held is
+recorded (:class:`KillRecord`): a kill that held nothing proves nothing and fails the run.
 
 When ingestion has drained, :meth:`RunningDelivery.finish` waits until every partition's group has
 read the whole stream with nothing pending, SIGTERMs ``weir deliver`` (it must exit 0), reads back
@@ -42,7 +44,7 @@ log = logging.getLogger("weir.chaos.delivery")
 
 GROUP = "chaos"
 #: How long a ``deliver`` kill waits for the deliverer to hold entries before killing it anyway.
-HOLD_TIMEOUT_S = 3.0
+HOLD_TIMEOUT_S = 5.0
 #: After a look that was not mid-work, the deliverer runs this long before the next (a look
 #: freezes it for a few tens of ms: the NATS target reads its stream's last messages).
 INSPECT_GAP_S = 0.05
@@ -97,7 +99,8 @@ class KillRecord:
     def mid_work(self) -> bool:
         """Killed holding entries, with work open in the target and entries the target stored
         (where the target can show those)."""
-        return self.held > 0 and (self.open_work is None or self.open_work > 0) and (self.stored is None or self.stored > 0)
+        return (self.held > 0 and (self.open_work is None or self.open_work > 0)
+                and (self.stored is None or self.stored > 0))
 
 
 def consumer_of(pid: int) -> str:
@@ -192,6 +195,26 @@ class RunningDelivery:
 
     async def start(self) -> None:
         await self.deliverer.start()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until ``weir deliver`` has its group on every partition stream (it reached Redis and
+        its actors run), so the schedule's faults find it working; False after ``timeout`` s."""
+        with trio.move_on_after(timeout):
+            while not await self._groups_exist():
+                await trio.sleep(0.05)
+            return True
+        return False
+
+    async def _groups_exist(self) -> bool:
+        async with RespClient.from_url(self.redis_url) as client:
+            for partition in self.partitions:
+                try:
+                    groups = await client.command("XINFO", "GROUPS", partition_keys(self.source, partition).events)
+                except RespError:  # no stream yet
+                    return False
+                if not any(_pairs(g).get(b"name") == GROUP.encode() for g in groups):
+                    return False
+        return True
 
     async def group_state(self) -> list[tuple[int, bool]]:
         """Per partition: entries pending in the group, and whether the group has read the whole stream."""

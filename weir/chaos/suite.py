@@ -456,10 +456,12 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                         await delivery.start()
                 else:
                     await weir.start()
+                    if delivery is not None:  # starting beside weir: both are up when the schedule begins
+                        await delivery.start()
                     if not await wait_until(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
                         problems.append(f"weir persisted nothing within {start_timeout:g} s of starting")
-                    if delivery is not None:
-                        await delivery.start()
+                    if delivery is not None and not await delivery.wait_ready(start_timeout):
+                        problems.append(f"weir deliver made no consumer group within {start_timeout:g} s of starting")
                     await run_schedule(scenario.schedule, targets, records=records)
                 # the schedule's end: for before_start, wait until every fault has cleared
                 await wait_until(lambda: len(records) == len(scenario.schedule.faults)
