@@ -5,6 +5,7 @@ tests/test_chaos_suite.py."""
 from __future__ import annotations
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,3 +131,52 @@ def test_the_parquet_read_back_finds_a_row_written_twice(tmp_path):
     report = check_delivery("parquet", EXACTLY_ONCE, {"1": ["1-0", "2-0", "3-0", "4-0"], "2": ["1-0", "2-0"]}, rows)
     assert (report.total("duplicated"), report.total("missing")) == (1, 1) and not report.ok
     assert committed_rows(tmp_path, "atproto") == []
+
+
+class FakeDeliverer:
+    """The process side of a deliverer, for the kill rule: frozen, running or dead."""
+
+    pid = 4242
+
+    def __init__(self) -> None:
+        self.state = "running"
+        self.freezes = 0
+
+    def pause(self) -> None:
+        self.state, self.freezes = "frozen", self.freezes + 1
+
+    def resume(self) -> None:
+        self.state = "running"
+
+    async def kill(self) -> None:
+        self.state = "dead"
+
+
+@pytest.mark.parametrize("stored_from_look", [3, None], ids=["mid-publish-on-the-third-look", "never-mid-publish"])
+async def test_a_deliverer_kill_freezes_it_until_a_look_finds_it_mid_work(autojump_clock, stored_from_look):
+    from weir.chaos.delivery import HOLD_TIMEOUT_S, DeliverProcess
+
+    fake = FakeDeliverer()
+    looks: list[str] = []
+
+    async def held(consumer: str) -> int:
+        return 5
+
+    async def held_ids(consumer: str) -> list[tuple[str, str]]:
+        looks.append(fake.state)  # what it holds is read while it cannot change it
+        return [("1", f"{n}-0") for n in range(5)]
+
+    async def recent(count: int) -> list[Received]:
+        stored = stored_from_look is not None and len(looks) >= stored_from_look
+        return [Received(partition="1", entry_id="2-0", key="k")] if stored else []
+
+    process = DeliverProcess(process=fake, held=held, held_ids=held_ids, recent=recent)  # type: ignore[arg-type]
+    began = trio.current_time()
+    await process.kill()
+    (record,) = process.kills
+    assert fake.state == "dead" and record.pid == 4242 and record.held == 5
+    if stored_from_look is not None:
+        assert looks == ["frozen"] * 3 and fake.freezes == 3 and record.stored == 1 and record.mid_work
+    else:  # killed after the timeout, and the record says it held nothing stored: the run fails
+        assert trio.current_time() - began >= HOLD_TIMEOUT_S and looks[-1] == "dead"
+        assert all(state == "frozen" for state in looks[:-1]) and record.stored == 0 and not record.mid_work
