@@ -314,6 +314,11 @@ def _require_target_packages(targets: Sequence[str]) -> None:
             import nats  # noqa: F401
         except ModuleNotFoundError:
             raise ConfigError("deliver.pipelines: the nats target needs nats-py: pip install 'weir[nats]'") from None
+    if "webhook" in targets:
+        try:
+            import httpx  # noqa: F401
+        except ModuleNotFoundError:
+            raise ConfigError("deliver.pipelines: the webhook target needs httpx: pip install 'weir[webhook]'") from None
 
 
 def _live_progress(config: Config) -> Callable[..., Awaitable[None]] | None:

@@ -589,6 +589,11 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
             _validate_parquet_pipeline(pipe, deliver, lambda message: fail("deliver.pipelines", f"{where}: {message}"))
         if pipe.target == "nats":
             _validate_nats_pipeline(pipe, lambda message: fail("deliver.pipelines", f"{where}: {message}"))
+        if pipe.target == "webhook":
+            from weir.deliver.webhook_settings import webhook_problems
+
+            for problem in webhook_problems(pipe, claim_idle=deliver.claim_idle):
+                fail("deliver.pipelines", f"{where}: {problem}")
 
 
 def _validate_parquet_pipeline(pipe: DeliverPipelineSettings, deliver: DeliverSettings, fail: Any) -> None:

@@ -40,6 +40,8 @@ class DeliveryStats:
         refused: refusals by the target (each delivery of an entry it refused counts).
         dead_lettered: entries moved to the delivery dead-letter stream.
         claimed: entries taken over from idle consumers (XAUTOCLAIM).
+        given_back: entries the target could not take for now (a webhook endpoint down), left
+            pending to be delivered again (each time counts).
         commits: units the target committed (Parquet: files).
         aborts: units dropped because their entries were no longer safely this consumer's.
         last_commit: wall-clock time (Unix seconds) of the last commit, None before the first.
@@ -50,6 +52,7 @@ class DeliveryStats:
     refused: int = 0
     dead_lettered: int = 0
     claimed: int = 0
+    given_back: int = 0
     commits: int = 0
     aborts: int = 0
     last_commit: float | None = None
@@ -170,7 +173,10 @@ class PartitionDelivery:
             self.stats.skipped += len(durable)
             entries = [entry for entry in entries if entry.entry_id not in durable]
         refused = await target.offer(entries)
-        self.held.update(entry.entry_id for entry in entries if entry.entry_id not in refused)
+        given_back = set(target.given_back())
+        self.held.update(entry.entry_id for entry in entries
+                         if entry.entry_id not in refused and entry.entry_id not in given_back)
+        self.stats.given_back += len(given_back)
         for entry_id, reason in refused.items():
             self.failures.remember(entry_id, reason)
             log.warning("%s: target refused entry %s: %s", self.name, entry_id, reason,

@@ -182,6 +182,9 @@ class NatsTarget:
             self._since = self._clock()
         return refused
 
+    def given_back(self) -> list[str]:
+        return []  # every entry offered is buffered or refused
+
     def next_due(self) -> float | None:
         return self._since  # at once: each read's batch is published as one unit
 

@@ -31,7 +31,8 @@ import trio
 
 from weir.deliver.decisions import RollPolicy, SortedIds, hour_of, parse_entry_id
 from weir.deliver.group import Entry
-from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, seconds_of
+from weir.deliver.entry_fields import seconds_of
+from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema
 from weir.deliver.target import Prepared
 
 log = logging.getLogger("weir.deliver.parquet")
@@ -198,6 +199,9 @@ class ParquetTarget:
             if file.writer is None:
                 file.writer = pq.ParquetWriter(file.temp, self.schema.schema, compression=self.compression)
             file.writer.write_table(table, row_group_size=len(table))
+
+    def given_back(self) -> list[str]:
+        return []  # every entry offered is buffered or refused
 
     def next_due(self) -> float | None:
         if not self._open:

@@ -6,18 +6,14 @@ any other field of an entry goes into ``extra`` (a map of strings). Pure: no fil
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import attrs
 import pyarrow as pa
 
-from weir.deliver.decisions import parse_entry_id
+from weir.deliver.entry_fields import ROUTING, UINT64, EntryError, decode_entry
 
-
-class RowError(ValueError):
-    """The entry cannot become a row (a field missing or not of its column's type)."""
-
+RowError = EntryError  # the entry cannot become a row (the name parquet.py and its tests know)
 
 COMMON = [
     pa.field("stream_id", pa.string(), nullable=False),
@@ -30,19 +26,11 @@ COMMON = [
 ]
 _EXTRA = pa.field("extra", pa.map_(pa.string(), pa.string()))
 
-# The routing fields weir writes per source (docs/redis-layout.md, atproto.md, ethereum.md) as columns.
+# The routing fields weir writes per source (weir/deliver/entry_fields.py) as typed columns.
 SOURCE_COLUMNS: dict[str, list[pa.Field]] = {
-    "farcaster": [pa.field("block", pa.uint64()), pa.field("fid", pa.uint64()), pa.field("type", pa.string())],
-    "atproto": [pa.field(name, pa.string()) for name in ("did", "collection", "rkey", "action", "rev", "cid")],
-    "ethereum": [
-        pa.field("chain", pa.uint64()), pa.field("block", pa.uint64()), pa.field("block_hash", pa.string()),
-        pa.field("log_index", pa.uint64()), pa.field("tx", pa.string()), pa.field("address", pa.string()),
-        pa.field("topic0", pa.string()), pa.field("event", pa.string()), pa.field("standard", pa.string()),
-        pa.field("decoded", pa.string()),
-    ],
+    source: [pa.field(name, pa.uint64() if kind == UINT64 else pa.string()) for name, kind in fields]
+    for source, fields in ROUTING.items()
 }
-_BUILT_IN = {"kind", "data", "key", "ts"}
-_UINT64_MAX = (1 << 64) - 1
 
 
 @attrs.frozen
@@ -59,66 +47,13 @@ class SourceSchema:
         return cls(source, pa.schema([*COMMON, *routing, _EXTRA]), routing)
 
     def row(self, entry_id: str, fields: Mapping[bytes, bytes]) -> dict[str, object]:
-        """The row of one entry.
+        """The row of one entry (weir.deliver.entry_fields.decode_entry: a column per value).
 
         Raises:
             RowError: ``kind`` missing, ``ts`` not a finite number, or a typed column's value not
                 of its type (say a ``fid`` that is not a decimal uint64).
         """
-        try:
-            position, sub = parse_entry_id(entry_id)
-        except ValueError as exc:
-            raise RowError(str(exc)) from None
-        kind = fields.get(b"kind")
-        if kind is None:
-            raise RowError(f"entry {entry_id} has no kind field")
-        row: dict[str, object] = {
-            "stream_id": entry_id, "position": position, "sub": sub, "kind": _text(kind),
-            "key": fields.get(b"key"), "ts": _timestamp(entry_id, fields.get(b"ts")), "data": fields.get(b"data"),
-        }
-        typed = set()
-        for column in self.routing:
-            raw = fields.get(column.name.encode())
-            typed.add(column.name)
-            row[column.name] = None if raw is None else _typed(entry_id, column, raw)
-        extra = [(_text(name), _text(value)) for name, value in fields.items()
-                 if _text(name) not in _BUILT_IN and _text(name) not in typed]
-        row["extra"] = extra or None
-        return row
-
-
-def _timestamp(entry_id: str, raw: bytes | None) -> int | None:
-    """``ts`` (unix seconds, decimal) as microseconds; 0 or absent (the source gives none): null."""
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise RowError(f"entry {entry_id}: ts {raw[:40]!r} is not a number") from None
-    if not math.isfinite(seconds) or not 0 <= seconds < 1e11:
-        raise RowError(f"entry {entry_id}: ts {raw[:40]!r} is not a unix time")
-    return round(seconds * 1_000_000) if seconds else None
-
-
-def seconds_of(fields: Mapping[bytes, bytes]) -> float:
-    """The entry's ``ts`` in seconds for choosing its hour (0.0 when absent or unreadable)."""
-    try:
-        seconds = float(fields.get(b"ts", b"0"))
-    except ValueError:
-        return 0.0
-    return seconds if math.isfinite(seconds) and 0 <= seconds < 1e11 else 0.0
-
-
-def _typed(entry_id: str, column: pa.Field, raw: bytes) -> object:
-    if pa.types.is_uint64(column.type):
-        if not (raw.isdigit() and int(raw) <= _UINT64_MAX):
-            raise RowError(f"entry {entry_id}: {column.name} {raw[:40]!r} is not a uint64")
-        return int(raw)
-    return _text(raw)
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", errors="replace")
+        return decode_entry(self.source, entry_id, fields)
 
 
 class RowBuffer:

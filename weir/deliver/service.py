@@ -59,8 +59,15 @@ class DeliverService:
 
 
 def build_target(pipe: DeliverPipelineSettings, *, source: str, partition: str, consumer: str, backoff: Backoff,
-                 rng: random.Random) -> Target:
-    """The target a pipeline's settings describe, for one partition."""
+                 rng: random.Random, endpoint: object = None, claim_idle: float = 60.0) -> Target:
+    """The target a pipeline's settings describe, for one partition (``endpoint``: a webhook
+    pipeline's shared weir.deliver.webhook.Endpoint)."""
+    if pipe.target == "webhook":
+        from weir.deliver.webhook import Endpoint, WebhookTarget  # httpx: only when a webhook pipeline runs
+
+        assert isinstance(endpoint, Endpoint)
+        # An offer's deliveries are acknowledged long before another instance could claim them.
+        return WebhookTarget(endpoint, source=source, partition=partition, offer_within=claim_idle / 3, rng=rng)
     if pipe.target == "nats":
         from weir.deliver.jetstream import NatsTarget  # nats-py: only when a NATS pipeline runs
 
@@ -106,6 +113,7 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None, v
             if pipe.target == "nats":
                 await _check_nats_stream(pipe)
             name = pipe.name or f"{pipe.source}-{pipe.target}"
+            endpoint = _webhook_endpoint(pipe, name) if pipe.target == "webhook" else None
             group_name = pipe.group or name
             partitions = pipe.partitions or await _discover(client, shown_url, config.redis.prefix, pipe.source)
             for partition in partitions:
@@ -119,8 +127,9 @@ async def serve_deliver(config: Config, *, stopping: trio.Event | None = None, v
                 actor = PartitionDelivery(
                     name=child, group=group, settings=deliver, start=pipe.start, stats=stats[child],
                     backoff=backoff, rng=rng,
-                    make_target=lambda pipe=pipe, partition=partition: build_target(
-                        pipe, source=pipe.source, partition=partition, consumer=consumer, backoff=backoff, rng=rng),
+                    make_target=lambda pipe=pipe, partition=partition, endpoint=endpoint: build_target(
+                        pipe, source=pipe.source, partition=partition, consumer=consumer, backoff=backoff, rng=rng,
+                        endpoint=endpoint, claim_idle=deliver.claim_idle),
                 )
                 children.append(ChildSpec(name=child, target=actor.run, shutdown_grace=30.0))
         if observability is not None:  # the first child, so it is stopped last
@@ -209,3 +218,11 @@ async def _check_nats_stream(pipe: DeliverPipelineSettings) -> None:
     except NatsUnavailable as exc:
         log.warning("%s: the stream is checked once it is reachable", exc,
                     extra={"event": "deliver_nats_unavailable", "url": redact_url(pipe.url)})
+
+
+def _webhook_endpoint(pipe: DeliverPipelineSettings, name: str) -> object:
+    """A webhook pipeline's endpoint, shared by its partitions: one circuit breaker and one
+    concurrency limit per endpoint (ConfigError: its secret's environment variable is not set)."""
+    from weir.deliver.webhook import Endpoint
+
+    return Endpoint(pipe, name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import attrs
 
 #: Target kinds weir knows; a new target adds its name here and its options class below.
-TARGET_KINDS = ("parquet", "nats")
+TARGET_KINDS = ("parquet", "nats", "webhook")
 PARQUET_COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 
 
@@ -40,6 +40,23 @@ class DeliverPipelineSettings:
     duplicate_window: float = 300.0  # seconds JetStream remembers a Nats-Msg-Id (replays inside it are dropped)
     in_flight: int = 1000  # publishes sent before their acknowledgements are awaited
     ack_timeout: float = 5.0  # seconds to wait for a window's acknowledgements before sending again
+    # Webhook target (target = "webhook"): url is the endpoint's http:// or https:// URL (docs/delivery.md, Webhooks)
+    secret: str = attrs.field(default="", repr=False)  # the HMAC-SHA256 key; never shown anywhere
+    secret_env: str = ""  # or the environment variable holding it (read when the service starts)
+    timeout: float = 10.0  # seconds one request may take, from connecting to the response's status
+    concurrency: int = 8  # requests in flight to the endpoint at most (all partitions together)
+    attempts: int = 3  # tries of an entry per offer (5xx, 408, 429, timeout, connection lost) before it is left pending
+    retry_initial: float = 0.5  # backoff between tries: full jitter, its cap doubling from this …
+    retry_max: float = 5.0  # … up to this (seconds)
+    breaker_failures: int = 5  # consecutive failed tries that open the endpoint's circuit breaker
+    breaker_reset: float = 5.0  # seconds it stays open before one trial request (doubling after a failed trial …
+    breaker_max_reset: float = 30.0  # … up to this)
+    # Which entries go to the endpoint (every non-empty filter must match; within one, any value)
+    kinds: tuple[str, ...] = ()  # the entry's kind (MERGE_MESSAGE, commit, log, retract, …)
+    fids: tuple[int, ...] = ()  # Farcaster: the fid field
+    collections: tuple[str, ...] = ()  # AT Protocol: an NSID (app.bsky.feed.post) or a prefix (app.bsky.*)
+    contracts: tuple[str, ...] = ()  # Ethereum: the log's address (any case)
+    events: tuple[str, ...] = ()  # Ethereum: the decoded event's name (Transfer, …)
 
     def nats_stream_subjects(self) -> tuple[str, ...]:
         """The stream's subjects: as configured, or derived from the subject template."""

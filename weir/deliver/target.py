@@ -8,7 +8,8 @@ Life of an entry inside a target::
 
     offer(entries) ──► buffered ──prepare()──► Prepared (written, not yet visible/durable)
                          │                       ├─ commit(p): durable → the core XACKs p.entry_ids
-                         └─ refused (reason)     └─ abort(p): dropped → redelivered later
+                         ├─ refused (reason)     └─ abort(p): dropped → redelivered later
+                         └─ given back (given_back(): not taken now) → redelivered later
 
 The core calls ``commit`` only after checking that every entry of ``p`` is still pending to this
 consumer and far from being claimed by another instance (decisions.safe_to_commit); otherwise it
@@ -59,6 +60,11 @@ class Target(Protocol):
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         """Take entries in; returns the ones refused, id -> reason (left unacknowledged, so they
         are delivered again after deliver.claim_idle and dead-lettered after max_deliveries)."""
+
+    def given_back(self) -> list[str]:
+        """Ids offered since the last call that the target neither took nor refused (a webhook
+        endpoint that did not answer in time): the core stops holding them, and they stay pending,
+        to be delivered again after deliver.claim_idle without counting as refusals."""
 
     def next_due(self) -> float | None:
         """``trio.current_time()`` at which ``prepare`` has work, or None while nothing is buffered."""

@@ -1,0 +1,195 @@
+"""The sans-IO decisions of the webhook target: the signature against the verification recipe of
+docs/delivery.md (run from the docs themselves), the body, the filters, what a status means and
+the backoff between tries."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.helpers import ROOT
+from weir.deliver.settings import DeliverPipelineSettings
+from weir.deliver.webhook_filter import EndpointFilter, filter_problems
+from weir.deliver.webhook_messages import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, signed_headers
+from weir.deliver.webhook_outcome import EXCERPT_BYTES, Verdict, outcome_of_status, retry_backoff
+from weir.deliver.webhook_settings import webhook_problems
+
+
+def documented_recipe():
+    """The ``verify`` function of docs/delivery.md's verification recipe, executed as a receiver would paste it."""
+    text = (ROOT / "docs" / "delivery.md").read_text()
+    block = re.search(r"<!-- verification recipe[^>]*-->\n```python\n(.*?)```", text, re.S)
+    assert block, "docs/delivery.md has no verification recipe block"
+    namespace: dict = {}
+    exec(compile(block[1], "docs/delivery.md (verification recipe)", "exec"), namespace)
+    return namespace["verify"]
+
+
+verify = documented_recipe()
+secrets = st.binary(min_size=1, max_size=64)
+bodies = st.binary(max_size=300)
+timestamps = st.integers(1_000_000_000, 4_000_000_000)
+
+
+@given(secrets, bodies, timestamps)
+def test_every_signature_verifies_with_the_documented_recipe(secret, body, timestamp):
+    headers = signed_headers(secret=secret, key="farcaster/1/1-0", timestamp=timestamp, body=body)
+    assert headers[TIMESTAMP_HEADER] == str(timestamp) and headers[KEY_HEADER] == "farcaster/1/1-0"
+    assert verify(secret, body, headers[SIGNATURE_HEADER], now=timestamp)
+    assert verify(secret, body, headers[SIGNATURE_HEADER], now=timestamp + 299)
+
+
+@given(secrets, bodies.filter(bool), timestamps, st.data())
+def test_any_changed_byte_another_secret_or_timestamp_fails(secret, body, timestamp, data):
+    header = signed_headers(secret=secret, key="k", timestamp=timestamp, body=body)[SIGNATURE_HEADER]
+    at = data.draw(st.integers(0, len(body) - 1))
+    changed = body[:at] + bytes([body[at] ^ data.draw(st.integers(1, 255))]) + body[at + 1:]
+    assert not verify(secret, changed, header, now=timestamp)
+    assert not verify(secret, body + b" ", header, now=timestamp)
+    other = data.draw(secrets.filter(lambda s: s != secret))
+    assert not verify(other, body, header, now=timestamp)
+    shifted = data.draw(st.integers(-200, 200).filter(bool)) + timestamp
+    assert not verify(secret, body, header.replace(f"t={timestamp}", f"t={shifted}"), now=timestamp)
+    assert not verify(secret, body, header, now=timestamp + 301)  # too old: a replay
+
+
+@given(st.text(max_size=40))
+def test_a_malformed_signature_header_is_refused_not_raised(header):
+    assert verify(b"s", b"{}", header, now=1_000_000_000) is False
+
+
+farcaster_fields = st.fixed_dictionaries({
+    b"kind": st.sampled_from([b"MERGE_MESSAGE", b"PRUNE_MESSAGE"]), b"data": st.binary(max_size=40),
+    b"key": st.binary(max_size=20), b"ts": st.sampled_from([b"0", b"1764000000.25", b"1764000123"]),
+}, optional={b"fid": st.integers(0, 10**6).map(lambda n: b"%d" % n), b"block": st.integers(0, 10**9).map(lambda n: b"%d" % n),
+             b"type": st.sampled_from([b"CAST_ADD", b"LINK_ADD"]), b"shard": st.sampled_from([b"1", b"2"])})
+
+
+@given(farcaster_fields, st.integers(0, 2**40), st.integers(0, 9))
+def test_the_body_carries_the_entry_decoded_and_is_the_same_bytes_every_time(fields, position, sub):
+    entry_id = f"{position}-{sub}"
+    body = body_of(source="farcaster", partition="1", entry_id=entry_id, fields=fields)
+    assert body == body_of(source="farcaster", partition="1", entry_id=entry_id, fields=dict(reversed(fields.items())))
+    parsed = json.loads(body)
+    assert parsed["id"] == f"farcaster/1/{entry_id}" and parsed["stream_id"] == entry_id
+    assert (parsed["position"], parsed["sub"]) == (position, sub)
+    assert parsed["type"] == "farcaster." + fields[b"kind"].decode() and parsed["kind"] == fields[b"kind"].decode()
+    assert base64.b64decode(parsed["data"]) == fields[b"data"] and bytes.fromhex(parsed["key"]) == fields[b"key"]
+    assert parsed["ts"] == (float(fields[b"ts"]) or None)
+    for name in (b"fid", b"block"):
+        assert parsed["fields"].get(name.decode()) == (int(fields[name]) if name in fields else None)
+    assert parsed["fields"].get("shard") == (fields[b"shard"].decode() if b"shard" in fields else None)
+
+
+def test_an_ethereum_retraction_is_its_own_event_with_the_decoded_json():
+    fields = {b"kind": b"retract", b"data": b'{"logIndex":"0x3"}', b"key": b"1:0xb:3", b"ts": b"1764000000", b"chain": b"1",
+              b"block": b"77", b"log_index": b"3", b"address": b"0x" + b"ab" * 20, b"event": b"Transfer",
+              b"decoded": b'{"event":"Transfer","args":{"value":"5"}}'}
+    parsed = json.loads(body_of(source="ethereum", partition="1", entry_id="9-1", fields=fields))
+    assert parsed["type"] == "ethereum.retract" and parsed["kind"] == "retract"
+    assert bytes.fromhex(parsed["key"]) == b"1:0xb:3"
+    assert parsed["fields"]["decoded"] == {"event": "Transfer", "args": {"value": "5"}}
+    assert (parsed["fields"]["chain"], parsed["fields"]["block"], parsed["fields"]["log_index"]) == (1, 77, 3)
+
+
+# --- filters -------------------------------------------------------------------------------------
+
+KINDS = ["log", "retract", "commit", "MERGE_MESSAGE"]
+ADDRESSES = ["0x" + c * 40 for c in "abc"]
+COLLECTIONS = ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "chat.bsky.convo"]
+entry_fields = st.fixed_dictionaries({}, optional={
+    b"kind": st.sampled_from(KINDS).map(str.encode), b"fid": st.sampled_from([b"1", b"2", b"3", b"x"]),
+    b"collection": st.sampled_from(COLLECTIONS).map(str.encode),
+    b"address": st.sampled_from(ADDRESSES + [a.upper().replace("0X", "0x") for a in ADDRESSES]).map(str.encode),
+    b"event": st.sampled_from([b"Transfer", b"Approval"])})
+filters = st.fixed_dictionaries({
+    "kinds": st.lists(st.sampled_from(KINDS), max_size=2), "fids": st.lists(st.integers(1, 3), max_size=2),
+    "collections": st.lists(st.sampled_from(COLLECTIONS + ["app.bsky.*", "app.bsky.feed.*"]), max_size=2),
+    "contracts": st.lists(st.sampled_from(ADDRESSES), max_size=2),
+    "events": st.lists(st.sampled_from(["Transfer", "Approval"]), max_size=2)})
+
+
+def endpoint_filter(**chosen) -> EndpointFilter:
+    return EndpointFilter.of(DeliverPipelineSettings(**{key: tuple(values) for key, values in chosen.items()}))
+
+
+@given(entry_fields)
+def test_no_filter_selects_everything(fields):
+    assert endpoint_filter().selects(fields)
+
+
+@given(filters, entry_fields)
+def test_an_entry_is_selected_exactly_when_every_filter_set_selects_it(chosen, fields):
+    alone = [endpoint_filter(**{key: values}).selects(fields) for key, values in chosen.items()]
+    assert endpoint_filter(**chosen).selects(fields) == all(alone)
+
+
+@given(filters, entry_fields, st.data())
+def test_one_filter_selects_the_entries_whose_field_is_one_of_its_values(chosen, fields, data):
+    key = data.draw(st.sampled_from(sorted(chosen)))
+    values = chosen[key]
+    field = {"kinds": b"kind", "fids": b"fid", "collections": b"collection", "contracts": b"address", "events": b"event"}[key]
+    got = endpoint_filter(**{key: values}).selects(fields)
+    raw = fields.get(field)
+    if not values:
+        assert got
+    elif raw is None:
+        assert not got  # a filter on a field the entry does not have
+    elif key == "collections":
+        text = raw.decode()
+        assert got == any(text == v or (v.endswith(".*") and text.startswith(v[:-1])) for v in values)
+    elif key == "contracts":
+        assert got == (raw.decode().lower() in values)
+    elif key == "fids":
+        assert got == (raw.isdigit() and int(raw) in values)
+    else:
+        assert got == (raw.decode() in values)
+
+
+def test_filters_that_do_not_fit_the_source_are_config_errors():
+    assert filter_problems(DeliverPipelineSettings(source="farcaster", fids=(3,))) == []
+    assert filter_problems(DeliverPipelineSettings(source="atproto", fids=(3,))) == [
+        "fids: only farcaster entries have it (this pipeline's source is 'atproto')"]
+    assert "contracts: expected an address" in filter_problems(DeliverPipelineSettings(source="ethereum", contracts=("0x1",)))[0]
+    assert "collections: expected an NSID" in filter_problems(DeliverPipelineSettings(source="atproto", collections=("app.*x",)))[0]
+
+
+def test_the_secret_is_in_no_problem_and_no_repr():
+    pipe = DeliverPipelineSettings(source="farcaster", target="webhook", url="ftp://h/x", secret="SECRET-value", timeout=0)
+    problems = webhook_problems(pipe, claim_idle=60)
+    assert problems and not any("SECRET" in problem for problem in problems)
+    assert "SECRET" not in repr(pipe)
+
+
+# --- answers and backoff --------------------------------------------------------------------------
+
+@given(st.integers(100, 599), st.binary(max_size=600))
+def test_what_a_status_means(status, body):
+    outcome = outcome_of_status(status, body)
+    if 200 <= status < 300:
+        assert outcome.verdict is Verdict.DELIVERED and outcome.reason == ""
+    elif status in (408, 429) or status >= 500:
+        assert outcome.verdict is Verdict.RETRY
+    else:
+        assert outcome.verdict is Verdict.REFUSED
+    if outcome.reason:
+        assert outcome.reason.startswith(f"HTTP {status}") and outcome.reason.isprintable()
+        assert len(outcome.reason) <= len(f"HTTP {status}: ") + EXCERPT_BYTES
+
+
+def test_a_refusal_says_the_status_and_the_start_of_the_body():
+    assert outcome_of_status(422, b'{"error": "no such fid"}\n' + b"x" * 1000).reason.startswith(
+        'HTTP 422: {"error": "no such fid"} xxx')
+
+
+@given(st.floats(0, 5), st.floats(0.01, 60), st.integers(0, 200), st.randoms(use_true_random=False))
+def test_the_pause_before_a_retry_is_full_jitter_under_a_doubling_cap(initial, maximum, attempt, rng):
+    initial = min(initial, maximum)
+    backoff = retry_backoff(DeliverPipelineSettings(retry_initial=initial, retry_max=maximum))
+    cap = min(maximum, initial * 2.0 ** min(attempt, 1000))
+    assert 0 <= backoff.delay(attempt, rng) <= cap <= maximum
+    assert backoff.cap(attempt) <= backoff.cap(attempt + 1)
