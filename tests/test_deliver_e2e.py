@@ -111,15 +111,15 @@ async def stream_ids(client, partition: str = "1") -> list[str]:
     return [entry_id.decode() for entry_id, _ in await client("XRANGE", partition_keys("farcaster", partition).events, "-", "+")]
 
 
-async def group_done(client, partition: str = "1") -> bool:
+async def group_done(client, partition: str = "1", *, source: str = "farcaster", group: str = "files") -> bool:
     """Everything in the stream was delivered to the group and acknowledged."""
-    key = partition_keys("farcaster", partition).events
+    key = partition_keys(source, partition).events
     groups = await client("XINFO", "GROUPS", key)
     info = {g[b"name"]: g for g in groups} if groups and isinstance(groups[0], dict) else {
         dict(zip(g[::2], g[1::2]))[b"name"]: dict(zip(g[::2], g[1::2])) for g in groups}
-    group = info.get(b"files")
+    state = info.get(group.encode())
     last = await client("XREVRANGE", key, "+", "-", "COUNT", 1)
-    return group is not None and int(group[b"pending"]) == 0 and bool(last) and group[b"last-delivered-id"] == last[0][0]
+    return state is not None and int(state[b"pending"]) == 0 and bool(last) and state[b"last-delivered-id"] == last[0][0]
 
 
 def assert_exactly_once(directory: Path, expected: list[str]) -> None:

@@ -1,0 +1,192 @@
+"""weir deliver to a real HTTP receiver (h11 on 127.0.0.1, tests/webhook_receiver.py) from a real
+Redis written by weir's sink: at least once, every request signed as docs/delivery.md's recipe
+verifies, the same idempotency key on every repeat; retries, timeouts, connections closed early,
+refusals dead-lettered, the circuit breaker, Ethereum retractions, filters, and kill -9.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import os
+import signal
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+import tests.test_deliver_e2e as parquet_e2e
+from tests.helpers import wait_for, weir_args, weir_process
+from tests.test_deliver_webhook_messages import documented_recipe
+from tests.webhook_receiver import CLOSE, HANG, Received, running_receiver
+from weir.config import load_config
+from weir.deliver.service import serve_deliver
+from weir.events import Chunk, Event
+from weir.sinks.keys import delivery_dead_key, partition_keys
+from weir.sinks.redis_sink import open_redis_sink
+
+pytestmark = pytest.mark.integration
+
+write_events = parquet_e2e.write_events
+group_done = parquet_e2e.group_done
+stream_ids = parquet_e2e.stream_ids
+verify = documented_recipe()
+SECRET = "SECRET-hook-key"
+
+
+def hook(url: str, **options: object) -> dict[str, object]:
+    return {"source": "farcaster", "partitions": ["1"], "group": "files", "target": "webhook", "url": url,
+            "secret": SECRET, "timeout": 1.0, "retry_initial": 0.02, "retry_max": 0.1, **options}
+
+
+def hook_config(redis_url: str, *pipelines: dict[str, object], claim_idle: float = 6.0, **deliver: str):
+    values = {"redis.url": redis_url, "redis.socket_timeout": "2", "deliver.pipelines": json.dumps(list(pipelines)),
+              "deliver.claim_idle": str(claim_idle), "deliver.claim_interval": "0.2", "deliver.block_ms": "100",
+              "deliver.consumer": "a", "deliver.max_deliveries": "3", "supervision.backoff_initial": "0.01",
+              "supervision.backoff_max": "0.2", "log_level": "WARNING"}
+    values.update({f"deliver.{key}": value for key, value in deliver.items()})
+    return load_config(environ={}, overrides=values)
+
+
+@asynccontextmanager
+async def delivering(config):
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(serve_deliver, config))
+        yield service
+        service.stop()
+
+
+def by_entry(requests: list[Received]) -> dict[str, list[Received]]:
+    """Every request, checked (signature, key = the body's id), by the stream id it carried."""
+    out: dict[str, list[Received]] = collections.defaultdict(list)
+    for request in requests:
+        assert verify(SECRET.encode(), request.body, request.signature), request
+        assert request.signature.startswith(f"t={request.timestamp},v1=")
+        body = json.loads(request.body)
+        assert request.key == body["id"] == f"{body['source']}/{body['partition']}/{body['stream_id']}"
+        out[body["stream_id"]].append(request)
+    return out
+
+
+async def test_every_entry_is_delivered_once_signed_with_its_fields(redis_server, redis_client):
+    await write_events(redis_server.url, "1", 1, 300)
+    async with running_receiver() as receiver:
+        async with delivering(hook_config(redis_server.url, hook(receiver.url))):
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        received = by_entry(receiver.requests)
+    assert sorted(received) == sorted(await stream_ids(redis_client))
+    assert all(len(requests) == 1 for requests in received.values())  # no fault: no repeat
+    body = json.loads(received["42-0"][0].body)
+    assert body["type"] == "farcaster.MERGE_MESSAGE" and body["fields"] == {"block": 4, "fid": 42, "type": "CAST_ADD"}
+    assert bytes.fromhex(body["key"]) == b"h42" and body["ts"] > 1_764_000_000
+
+
+@pytest.mark.parametrize("first_answer", [500, 429, HANG, CLOSE], ids=["500", "429", "timeout", "closed-early"])
+async def test_an_endpoint_failing_once_gets_the_entry_again_with_the_same_key(redis_server, redis_client, first_answer):
+    await write_events(redis_server.url, "1", 1, 20)
+    async with running_receiver(lambda request, earlier: first_answer if earlier == 0 else 200) as receiver:
+        pipeline = hook(receiver.url, timeout=0.4, breaker_failures=1000)
+        async with delivering(hook_config(redis_server.url, pipeline)):
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        received = by_entry(receiver.requests)
+    assert sorted(received) == sorted(await stream_ids(redis_client))
+    for requests in received.values():
+        assert len(requests) >= 2  # the failed try, then the delivered one
+        assert len({(r.key, r.body) for r in requests}) == 1  # same key, same body; signed again each time
+
+
+async def test_a_refused_entry_is_dead_lettered_after_max_deliveries_with_the_status_and_body(redis_server, redis_client):
+    await write_events(redis_server.url, "1", 1, 30)
+
+    def respond(request: Received, earlier: int):  # the body echoes the secret: it must not reach the dead letter
+        return (422, f"fid 7 is not welcome ({SECRET})".encode()) if request.stream_id == "7-0" else 200
+
+    async with running_receiver(respond) as receiver:
+        config = hook_config(redis_server.url, hook(receiver.url, timeout=0.4), claim_idle=1.5, max_deliveries="2")
+        async with delivering(config) as service:
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged or dead-lettered")
+        received = by_entry(receiver.requests)
+    assert len(received["7-0"]) == 2 and sorted(received) == sorted(await stream_ids(redis_client))
+    letters = await redis_client("XRANGE", delivery_dead_key("farcaster", "1", "files"), "-", "+")
+    assert [fields[b"entry_id"] for _, fields in letters] == [b"7-0"]
+    reason = letters[0][1][b"reason"].decode()
+    assert "not accepted after 2 deliveries" in reason and "HTTP 422: fid 7 is not welcome (***)" in reason
+    assert SECRET not in reason
+    assert service.stats["farcaster-webhook/1"].refused == 2
+
+
+async def test_the_circuit_breaker_opens_sends_nothing_while_open_then_closes(redis_server, redis_client):
+    await write_events(redis_server.url, "1", 1, 10)
+    failing = 3  # the first requests fail: two open the breaker, the first trial fails, the second succeeds
+    async with running_receiver(lambda request, earlier: 503 if len(receiver.requests) <= failing else 200) as receiver:
+        pipeline = hook(receiver.url, concurrency=1, attempts=10, breaker_failures=2, breaker_reset=1.0,
+                        breaker_max_reset=1.0, retry_initial=0.01, retry_max=0.02)
+        async with delivering(hook_config(redis_server.url, pipeline, claim_idle=9.0)):  # an offer may take 3 s
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        requests = list(receiver.requests)
+    assert sorted(by_entry(requests)) == sorted(await stream_ids(redis_client))
+    at = [request.at for request in requests]
+    gaps = [round(b - a, 3) for a, b in zip(at, at[1:])]
+    # Open after the second failure: each trial a reset_timeout after the last failure, nothing between.
+    assert gaps[1] >= 0.9 and gaps[2] >= 0.9, gaps
+    # The second trial succeeded: closed, the other entries of the offer follow at once.
+    assert len(requests) >= 10 and all(gap < 0.5 for gap in gaps[3:]), gaps
+
+
+async def test_ethereum_retractions_are_signed_events_and_each_endpoint_gets_what_its_filters_select(
+        redis_server, redis_client):
+    a, b = "0x" + "ab" * 20, "0x" + "cd" * 20
+
+    def log(position: int, kind: str, index: int, address: str) -> Event:
+        return Event(source="ethereum", partition="1", position=position, kind=kind, key=b"1:0xb%d:%d" % (index, index),
+                     payload=json.dumps({"logIndex": hex(index)}).encode(), timestamp=1_764_000_000 + position,
+                     fields={"chain": 1, "block": 100 + index, "block_hash": f"0xb{index}", "log_index": index,
+                             "address": address, "event": "Transfer"})
+
+    events = [log(1, "log", 0, a), log(2, "log", 1, a), log(3, "log", 2, b), log(4, "retract", 1, a), log(5, "retract", 2, b)]
+    async with open_redis_sink(redis_server.url, source="ethereum") as sink:
+        await sink.write("1", [Chunk(partition="1", events=events, through=5)])
+    async with running_receiver() as contract_hook, running_receiver() as retract_hook:
+        pipelines = [hook(contract_hook.url, name="a-logs", group="a-logs", source="ethereum", contracts=[a.upper().replace("0X", "0x")]),
+                     hook(retract_hook.url, name="retractions", group="retractions", source="ethereum", kinds=["retract"])]
+        async with delivering(hook_config(redis_server.url, *pipelines)):
+            for group in ("a-logs", "retractions"):
+                await wait_for(functools.partial(group_done, redis_client, source="ethereum", group=group), timeout=30,
+                               what=f"every entry acknowledged by {group}")
+        for_a, retractions = by_entry(contract_hook.requests), by_entry(retract_hook.requests)
+    assert sorted(for_a) == ["1-0", "2-0", "4-0"] and sorted(retractions) == ["4-0", "5-0"]
+    retract = json.loads(for_a["4-0"][0].body)
+    assert retract["type"] == "ethereum.retract" and retract["kind"] == "retract"
+    assert bytes.fromhex(retract["key"]) == b"1:0xb1:1" == bytes.fromhex(json.loads(for_a["2-0"][0].body)["key"])
+    assert retract["fields"]["address"] == a and retract["fields"]["log_index"] == 1
+
+
+async def test_kill_9_mid_delivery_then_restart_delivers_every_entry_with_the_same_key_on_repeats(
+        redis_server, redis_client, tmp_path):
+    await write_events(redis_server.url, "1", 1, 3000)
+    async with running_receiver() as receiver:
+        pipeline = json.dumps([hook(receiver.url, secret="", secret_env="HOOK_SECRET", concurrency=4)])
+        flags = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=6",
+                 "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--set", "deliver.read_count=200",
+                 "--set", "metrics.port=0", "--log-format", "json", "--consumer", "first"]
+        log_path = tmp_path / "deliver.log"
+        environ = {"HOOK_SECRET": SECRET}
+        async with weir_process(weir_args("deliver", *flags), log_path, environ=environ) as process:
+            await wait_for(lambda: process.returncode is not None or len(receiver.requests) >= 500, timeout=60,
+                           what="delivery under way")
+            assert process.returncode is None, log_path.read_text()[-3000:]
+            os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+        pending = (await redis_client("XPENDING", partition_keys("farcaster", "1").events, "files"))["pending"]
+        assert pending > 0 and len(by_entry(receiver.requests)) < 3000  # killed with entries read, not acknowledged
+        async with weir_process(weir_args("deliver", *flags), log_path, environ=environ) as process:
+            await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0, log_path.read_text()[-3000:]
+        received = by_entry(receiver.requests)
+    assert sorted(received) == sorted(await stream_ids(redis_client))  # every entry at least once
+    for requests in received.values():
+        assert len({(r.key, r.body) for r in requests}) == 1  # a repeat carries the same key and body
+    assert SECRET not in log_path.read_text()
