@@ -11,6 +11,7 @@ from weir.cli import main
 from weir.config import ConfigError, load_config
 
 GOOD = {"source": "farcaster", "directory": "out"}
+HOOK = {"source": "farcaster", "target": "webhook", "url": "https://example.com/hook", "secret": "SECRET-key"}
 
 
 def load(tmp_path, toml: str):
@@ -45,7 +46,7 @@ source = "ethereum"
 
 @pytest.mark.parametrize(("pipeline", "settings", "message"), [
     ({"compression": "lz4"}, {}, "deliver.pipelines: [0]: compression: expected one of zstd, snappy, gzip, none, got 'lz4'"),
-    ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet, nats"),
+    ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet, nats, webhook"),
     ({"source": ""}, {}, "deliver.pipelines: [0]: source: required"),
     ({"partitions": ["a:b"]}, {}, "deliver.pipelines: [0]: partition 'a:b' cannot be used in a Redis key"),
     ({"row_group_rows": 0}, {}, "deliver.pipelines: [0]: row_group_rows: must be at least 1, got 0"),
@@ -54,6 +55,17 @@ source = "ethereum"
     ({}, {"max_deliveries": "0"}, "deliver.max_deliveries: must be at least 1, got 0"),
     ({}, {"claim_idle": "-1"}, "deliver.claim_idle: must be positive"),
     ({"colour": "red"}, {}, "deliver.pipelines[0].colour: unknown setting"),
+    (dict(HOOK, url="ftp://user:SECRET@h/x"), {}, "deliver.pipelines: [0]: url: expected the endpoint's http:// or "
+                                                   "https:// URL, got 'ftp://***@h/x'"),
+    (dict(HOOK, secret=""), {}, "deliver.pipelines: [0]: secret: required (the key requests are signed with), or secret_env"),
+    (dict(HOOK, secret_env="X"), {}, "deliver.pipelines: [0]: secret, secret_env: set one of them, not both"),
+    (dict(HOOK, secret="", secret_env="1X"), {}, "deliver.pipelines: [0]: secret_env: expected an environment variable's name"),
+    (dict(HOOK, timeout=30), {"claim_idle": "60"}, "deliver.pipelines: [0]: timeout: must be at most deliver.claim_idle / 3 (20), got 30"),
+    (dict(HOOK, concurrency=0), {}, "deliver.pipelines: [0]: concurrency: must be at least 1, got 0"),
+    (dict(HOOK, retry_initial=9), {}, "deliver.pipelines: [0]: retry_initial: must be between 0 and retry_max (5), got 9"),
+    (dict(HOOK, breaker_max_reset=1), {}, "deliver.pipelines: [0]: breaker_max_reset: must be at least breaker_reset (5), got 1"),
+    (dict(HOOK, events=["Transfer"]), {}, "deliver.pipelines: [0]: events: only ethereum entries have it (this pipeline's source is 'farcaster')"),
+    (dict(HOOK, fids=["x"]), {}, "deliver.pipelines[0].fids: expected a list of integers, got ['x']"),
 ])
 def test_a_bad_setting_is_one_line_naming_it(pipeline, settings, message):
     overrides = {"deliver.pipelines": json.dumps([dict(GOOD, **pipeline)])}
@@ -61,7 +73,7 @@ def test_a_bad_setting_is_one_line_naming_it(pipeline, settings, message):
     with pytest.raises(ConfigError) as caught:
         load_config(environ={}, overrides=overrides)
     assert str(caught.value).startswith(message), str(caught.value)
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and "SECRET" not in str(caught.value)  # a webhook's secret: never shown
 
 
 def test_two_pipelines_with_one_name_are_refused():
@@ -90,10 +102,14 @@ def test_weir_deliver_help_names_its_options(capsys):
     assert "--consumer NAME" in out and "WEIR_DELIVER_PIPELINES" in out
 
 
-@pytest.mark.parametrize(("target", "module", "package"), [("parquet", "pyarrow", "pyarrow"), ("nats", "nats", "nats-py")])
+@pytest.mark.parametrize(("target", "module", "package"), [("parquet", "pyarrow", "pyarrow"), ("nats", "nats", "nats-py"),
+                                                       ("webhook", "httpx", "httpx")])
 def test_weir_deliver_without_its_targets_package_names_the_extra(capsys, monkeypatch, target, module, package):
     monkeypatch.setitem(sys.modules, module, None)  # as if weir[<target>] were not installed
-    pipelines = json.dumps([{"source": "farcaster", "target": target, "directory": "out"}])
+    pipeline = {"source": "farcaster", "target": target, "directory": "out"}
+    if target == "webhook":  # its required settings, so that only the missing package is wrong
+        pipeline.update(url="http://127.0.0.1:1/hook", secret="s")
+    pipelines = json.dumps([pipeline])
     assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", f"deliver.pipelines={pipelines}"]) == 2
     assert capsys.readouterr().err == (f"weir: config error: deliver.pipelines: the {target} target needs {package}: "
                                        f"pip install 'weir[{target}]'\n")
@@ -135,3 +151,31 @@ def test_a_bad_nats_setting_is_one_line_naming_it(pipeline, message):
         load_config(environ={}, overrides={"deliver.pipelines": json.dumps([dict(NATS, **pipeline)])})
     assert str(caught.value).startswith(message), str(caught.value)
     assert "\n" not in str(caught.value) and "pw" not in str(caught.value)
+
+
+def test_a_webhook_pipeline_is_read_with_its_filters_and_defaults(tmp_path):
+    config = load(tmp_path, """
+[[deliver.pipelines]]
+name = "transfers"
+source = "ethereum"
+target = "webhook"
+url = "https://example.com/hook"
+secret_env = "HOOK_SECRET"
+contracts = ["0x00000000000000000000000000000000000000aB"]
+events = ["Transfer"]
+""")
+    pipe = config.deliver.pipelines[0]
+    assert (pipe.secret_env, pipe.contracts, pipe.events, pipe.kinds) == (
+        "HOOK_SECRET", ("0x00000000000000000000000000000000000000aB",), ("Transfer",), ())
+    assert (pipe.timeout, pipe.concurrency, pipe.attempts, pipe.breaker_failures) == (10.0, 8, 3, 5)
+
+
+def test_an_unset_secret_variable_stops_weir_deliver_with_one_line_naming_it(capsys, monkeypatch):
+    monkeypatch.delenv("WEIR_TEST_UNSET_HOOK_SECRET", raising=False)
+    pipelines = json.dumps([dict(HOOK, secret="", secret_env="WEIR_TEST_UNSET_HOOK_SECRET", partitions=["1"])])
+    # Checked when the pipelines are built, before Redis is read: none needs to be there.
+    assert main(["deliver", "--redis-url", "redis://127.0.0.1:1", "--set", "metrics.port=0",
+                 "--set", f"deliver.pipelines={pipelines}"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "weir: config error: deliver.pipelines: farcaster-webhook: secret_env: the environment variable "
+        "'WEIR_TEST_UNSET_HOOK_SECRET' is not set (or empty)")

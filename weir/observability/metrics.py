@@ -271,6 +271,8 @@ class ServiceCollector(Collector):
             "refused": counter("weir_deliver_entries_refused", "Refusals by the target (every delivery of a refused entry counts)."),
             "dead_lettered": counter("weir_deliver_entries_dead_lettered", "Entries moved to the delivery dead-letter stream."),
             "claimed": counter("weir_deliver_entries_claimed", "Entries taken over from idle consumers (XAUTOCLAIM)."),
+            "given_back": counter("weir_deliver_entries_given_back",
+                                  "Entries the target could not take for now (a webhook endpoint down), left pending."),
             "commits": counter("weir_deliver_commits", "Units the target committed (Parquet: files)."),
             "aborts": counter("weir_deliver_aborts",
                               "Prepared units dropped because their entries were no longer safely this consumer's."),
