@@ -161,7 +161,8 @@ async def test_ethereum_retractions_are_signed_events_and_each_endpoint_gets_wha
     async with open_redis_sink(redis_server.url, source="ethereum") as sink:
         await sink.write("1", [Chunk(partition="1", events=events, through=5)])
     async with running_receiver() as contract_hook, running_receiver() as retract_hook:
-        pipelines = [hook(contract_hook.url, name="a-logs", group="a-logs", source="ethereum", contracts=[a.upper().replace("0X", "0x")]),
+        mixed_case = "0x" + a[2:].upper()
+        pipelines = [hook(contract_hook.url, name="a-logs", group="a-logs", source="ethereum", contracts=[mixed_case]),
                      hook(retract_hook.url, name="retractions", group="retractions", source="ethereum", kinds=["retract"])]
         async with delivering(hook_config(redis_server.url, *pipelines)):
             for group in ("a-logs", "retractions"):

@@ -34,7 +34,8 @@ def webhook_problems(pipe: DeliverPipelineSettings, *, claim_idle: float) -> lis
     if pipe.retry_initial < 0 or pipe.retry_initial > pipe.retry_max:
         problems.append(f"retry_initial: must be between 0 and retry_max ({pipe.retry_max:g}), got {pipe.retry_initial}")
     if pipe.breaker_max_reset < pipe.breaker_reset:
-        problems.append(f"breaker_max_reset: must be at least breaker_reset ({pipe.breaker_reset:g}), got {pipe.breaker_max_reset}")
+        problems.append(f"breaker_max_reset: must be at least breaker_reset ({pipe.breaker_reset:g}), "
+                        f"got {pipe.breaker_max_reset}")
     for key in ("concurrency", "attempts", "breaker_failures"):
         if getattr(pipe, key) < 1:
             problems.append(f"{key}: must be at least 1, got {getattr(pipe, key)}")
