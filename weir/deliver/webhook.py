@@ -42,7 +42,7 @@ from weir.supervision import CircuitBreaker
 
 log = logging.getLogger("weir.deliver.webhook")
 
-_READ_AT_MOST = 1024  # bytes of a response body read (for a refusal's reason); the rest is not wanted
+_READ_AT_MOST = 1024  # bytes of a response body read (a refusal's reason); the rest is not wanted
 
 
 def resolve_secret(pipe: DeliverPipelineSettings, where: str) -> bytes:
@@ -186,12 +186,11 @@ class WebhookTarget:
         with trio.move_on_after(self.pipe.timeout):  # the whole request (httpx's timeouts are per read)
             try:
                 async with self._client.stream("POST", self.pipe.url, content=body, headers=headers) as response:
-                    start = b""
-                    if not 200 <= response.status_code < 300:
-                        async for chunk in response.aiter_bytes():
-                            start += chunk
-                            if len(start) >= _READ_AT_MOST:
-                                break
+                    start = b""  # a short body read to its end leaves the connection reusable
+                    async for chunk in response.aiter_bytes():
+                        start += chunk
+                        if len(start) >= _READ_AT_MOST:
+                            break
                     return outcome_of_status(response.status_code, self._hidden(start))
             except httpx.TimeoutException:
                 pass
