@@ -86,6 +86,14 @@ def test_two_pipelines_with_one_name_are_refused():
         load_config(environ={}, overrides=overrides)
 
 
+def test_two_pipelines_reading_one_source_in_one_group_are_refused():
+    hooks = [dict(HOOK, name="a", group="hooks"), dict(HOOK, name="b", group="hooks", url="https://example.org/hook")]
+    with pytest.raises(ConfigError, match=r"\[1\]: group 'hooks' already reads farcaster for another pipeline"):
+        load_config(environ={}, overrides={"deliver.pipelines": json.dumps(hooks)})
+    hooks[1]["source"] = "ethereum"  # another source: another stream, so the same group name is fine
+    load_config(environ={}, overrides={"deliver.pipelines": json.dumps(hooks)})
+
+
 def test_two_pipelines_writing_one_source_into_one_directory_are_refused():
     overrides = {"deliver.pipelines": json.dumps([dict(GOOD, name="a"), dict(GOOD, name="b", group="other")])}
     with pytest.raises(ConfigError, match=r"\[1\]: directory: 'out' already receives farcaster from another pipeline"):

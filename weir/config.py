@@ -560,6 +560,7 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
         except ValueError as exc:
             fail("deliver.consumer", str(exc))
     names: set[str] = set()
+    groups: set[tuple[str, str]] = set()
     places: set[tuple[str, str]] = set()
     for i, pipe in enumerate(deliver.pipelines):
         where = f"[{i}]"
@@ -575,6 +576,12 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
         if name in names:
             fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")
         names.add(name)
+        group = (pipe.source, pipe.group or name)
+        if group in groups:
+            # Two targets in one consumer group would split the entries between them.
+            fail("deliver.pipelines", f"{where}: group {group[1]!r} already reads {pipe.source} for another pipeline; "
+                                      f"give each its own group")
+        groups.add(group)
         place = (pipe.source, str(Path(pipe.directory).resolve()))
         if pipe.target == "parquet" and place in places:
             # Each pipeline takes the committed files under its directory for its own deliveries.
