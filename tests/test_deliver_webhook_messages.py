@@ -15,7 +15,7 @@ from tests.helpers import ROOT
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.webhook_filter import EndpointFilter, filter_problems
 from weir.deliver.webhook_messages import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, signed_headers
-from weir.deliver.webhook_outcome import EXCERPT_BYTES, Verdict, outcome_of_status, retry_backoff
+from weir.deliver.webhook_outcome import EXCERPT_BYTES, Outcome, Verdict, outcome_of_status, retry_backoff, settle
 from weir.deliver.webhook_settings import webhook_problems
 
 
@@ -193,3 +193,30 @@ def test_the_pause_before_a_retry_is_full_jitter_under_a_doubling_cap(initial, m
     cap = min(maximum, initial * 2.0 ** min(attempt, 1000))
     assert 0 <= backoff.delay(attempt, rng) <= cap <= maximum
     assert backoff.cap(attempt) <= backoff.cap(attempt + 1)
+
+
+outcomes = st.sampled_from([Outcome(Verdict.DELIVERED), Outcome(Verdict.RETRY, "HTTP 503"), Outcome(Verdict.REFUSED, "HTTP 404")])
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.one_of(st.none(), outcomes)), max_size=30))
+def test_an_offer_settles_every_entry_in_exactly_one_place(plan):
+    """Each entry: selected by the filters?, had a body?, its last outcome (None: no answer in time)."""
+    ids = [f"{n}-0" for n in range(len(plan))]
+    sent = {i for i, (selected, body, _) in zip(ids, plan) if selected and body}
+    unsendable = {i: "ts is not a number" for i, (selected, body, _) in zip(ids, plan) if selected and not body}
+    answers = {i: outcome for i, (_, _, outcome) in zip(ids, plan) if i in sent and outcome is not None}
+    settled = settle(ids, sent=sent, unsendable=unsendable, outcomes=answers)
+    places = [*settled.done, *settled.refused, *settled.given_back]
+    assert sorted(places) == sorted(ids)  # each once
+    assert list(settled.done) == [i for i in ids if i in settled.done]  # offer order
+    for entry_id, (selected, body, outcome) in zip(ids, plan):
+        if not selected:
+            assert entry_id in settled.done  # not for this endpoint: acknowledged, nothing sent
+        elif not body:
+            assert settled.refused[entry_id] == "ts is not a number"
+        elif outcome is None or outcome.verdict is Verdict.RETRY:
+            assert entry_id in settled.given_back
+        elif outcome.verdict is Verdict.REFUSED:
+            assert settled.refused[entry_id] == "HTTP 404"
+        else:
+            assert entry_id in settled.done

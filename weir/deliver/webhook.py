@@ -36,7 +36,7 @@ from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.target import Prepared
 from weir.deliver.webhook_filter import EndpointFilter
 from weir.deliver.webhook_messages import body_of, idempotency_key, signed_headers
-from weir.deliver.webhook_outcome import DELIVERED, Outcome, Verdict, excerpt_of, outcome_of_status, retry_backoff
+from weir.deliver.webhook_outcome import Outcome, Verdict, excerpt_of, outcome_of_status, retry_backoff, settle
 from weir.redact import REDACTED, redact_text, redact_url
 from weir.supervision import CircuitBreaker
 
@@ -131,18 +131,9 @@ class WebhookTarget:
             async with trio.open_nursery() as nursery:
                 for entry_id, body in bodies.items():
                     nursery.start_soon(self._deliver, entry_id, body, outcomes)
-        given_back: list[str] = []
-        for entry in entries:
-            entry_id = entry.entry_id
-            if entry_id in refused:
-                continue
-            outcome = outcomes.get(entry_id, DELIVERED if entry_id not in bodies else None)
-            if outcome is None or outcome.verdict is Verdict.RETRY:
-                given_back.append(entry_id)
-            elif outcome.verdict is Verdict.REFUSED:
-                refused[entry_id] = outcome.reason
-            else:
-                self._done.append(entry_id)
+        settled = settle([entry.entry_id for entry in entries], sent=bodies.keys(), unsendable=refused, outcomes=outcomes)
+        self._done += settled.done
+        given_back = settled.given_back
         if given_back:
             last = next((outcomes[i].reason for i in given_back if i in outcomes), "")
             log.warning("%s: %d entries not delivered to %s this time (%s): they are delivered again after "
@@ -153,7 +144,7 @@ class WebhookTarget:
         self._given_back += given_back
         if self._done and self._since is None:
             self._since = trio.current_time()
-        return refused
+        return settled.refused
 
     def given_back(self) -> list[str]:
         given_back, self._given_back = self._given_back, []

@@ -1,4 +1,5 @@
-"""What an endpoint's answer means for an entry, and how long to wait before trying again.
+"""What an endpoint's answer means for an entry, how long to wait before trying again, and where
+each entry of an offer goes (settle).
 
 Pure (docs/delivery.md, Webhooks):
 
@@ -14,6 +15,7 @@ Pure (docs/delivery.md, Webhooks):
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence, Set
 
 import attrs
 
@@ -62,3 +64,40 @@ def retry_backoff(pipe: DeliverPipelineSettings) -> Backoff:
     """The pauses between an entry's tries: full jitter, the cap doubling from ``retry_initial``
     up to ``retry_max`` (weir.supervision.Backoff)."""
     return Backoff(initial=pipe.retry_initial, maximum=pipe.retry_max, multiplier=2.0)
+
+
+@attrs.frozen(kw_only=True)
+class Settled:
+    """Where each entry of an offer goes: acknowledged, refused (with its reason) or given back."""
+
+    done: tuple[str, ...]
+    refused: dict[str, str]
+    given_back: tuple[str, ...]
+
+
+def settle(entry_ids: Sequence[str], *, sent: Set[str], unsendable: Mapping[str, str],
+           outcomes: Mapping[str, Outcome]) -> Settled:
+    """An offer's entries by what became of them (each in exactly one place, in offer order).
+
+    ``sent``: the entries the filters selected and that had a body; ``unsendable``: those without
+    one (their reason); ``outcomes``: the last outcome of each entry that got an answer. An entry
+    not sent (not selected) is done with nothing sent; one sent that was delivered is done; refused
+    is refused; one whose last try failed, or that got no answer in the offer's time, is given back.
+    """
+    done: list[str] = []
+    refused = dict(unsendable)
+    given_back: list[str] = []
+    for entry_id in entry_ids:
+        if entry_id in unsendable:
+            continue
+        if entry_id not in sent:
+            done.append(entry_id)
+            continue
+        outcome = outcomes.get(entry_id)
+        if outcome is None or outcome.verdict is Verdict.RETRY:
+            given_back.append(entry_id)
+        elif outcome.verdict is Verdict.REFUSED:
+            refused[entry_id] = outcome.reason
+        else:
+            done.append(entry_id)
+    return Settled(done=tuple(done), refused=refused, given_back=tuple(given_back))
