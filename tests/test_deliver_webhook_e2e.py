@@ -17,8 +17,9 @@ import pytest
 import trio
 
 import tests.test_deliver_e2e as parquet_e2e
-from tests.helpers import wait_for, weir_args, weir_process
+from tests.helpers import metrics_url_from, wait_for, weir_args, weir_process
 from tests.test_deliver_webhook_messages import documented_recipe
+from tests.test_observability import http
 from tests.webhook_receiver import CLOSE, HANG, Received, running_receiver
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
@@ -194,13 +195,17 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_entry_with_the_sa
             await process.wait()
         pending = (await redis_client("XPENDING", partition_keys("farcaster", "1").events, "files"))["pending"]
         assert pending > 0 and len(by_entry(receiver.requests)) < 2000  # killed with entries read, not acknowledged
-        async with weir_process(weir_args("deliver", *flags), log_path, environ=environ) as process:
+        restart_log = tmp_path / "restart.log"
+        async with weir_process(weir_args("deliver", *flags), restart_log, environ=environ) as process:
             await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
+            metrics_url = await metrics_url_from(restart_log)
+            shown = b"".join([(await http(metrics_url, "/metrics"))[2], (await http(metrics_url, "/readyz"))[2]])
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
-                assert await process.wait() == 0, log_path.read_text()[-3000:]
+                assert await process.wait() == 0, restart_log.read_text()[-3000:]
         received = by_entry(receiver.requests)
     assert sorted(received) == sorted(await stream_ids(redis_client))  # every entry at least once
     for requests in received.values():
         assert len({(r.key, r.body) for r in requests}) == 1  # a repeat carries the same key and body
-    assert SECRET not in log_path.read_text()
+    assert b"weir_deliver_entries_given_back_total" in shown and b"deliver:farcaster-webhook/1" in shown
+    assert SECRET not in log_path.read_text() + restart_log.read_text() and SECRET.encode() not in shown
