@@ -84,13 +84,26 @@ KINDS = ["bogus_id", "bogus_id_malformed", "oversized", "forged_signature", "alt
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_one_bad_item_among_400_is_dead_lettered_and_nothing_valid_is_lost(redis_server, redis_client, kind):
+    await one_bad_item(redis_server, redis_client, kind)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_verification_in_worker_processes_or_in_the_reader_dead_letters_the_same(redis_server, redis_client, workers):
+    stats = await one_bad_item(redis_server, redis_client, "forged_signature", farcaster__verify_workers=str(workers))
+    assert stats.invalid_messages == 1
+    # 400 events replayed at once come in batches far above the inline threshold: all go to workers.
+    assert (stats.verified_in_workers > 0) == (workers > 0)
+
+
+async def one_bad_item(redis_server, redis_client, kind: str, **overrides: str):
+    """Serve ~400 events with one bad item of ``kind``; check everything; the shard's stats."""
     injection, reason, keeps_position = fault(kind)
     sim_config = base_config((injection,))
     valid = valid_after_faults(generated(), SHARD, [injection])
     bad_id = generated()[injection.at][0]
     with capture_json_logs() as logs:
         async with in_process_sim(sim_config) as (_, url):
-            async with running_service(e2e_config(redis_server.url, url, shards="1")) as (service, _):
+            async with running_service(e2e_config(redis_server.url, url, shards="1", **overrides)) as (service, _):
                 view = service.partitions[0]
                 await wait_for(lambda: view.sink.cursor == valid[-1][0] and view.sink.dead_appended == 1,
                                timeout=TIMEOUT, what="every valid event and the dead letter")
@@ -104,6 +117,7 @@ async def test_one_bad_item_among_400_is_dead_lettered_and_nothing_valid_is_lost
         assert len(letter[b"data"]) == 1024  # farcaster.dead_letter_bytes
     assert await cursor_position(redis_client, SHARD) == valid[-1][0]
     assert [line["reason"] for line in logs.of("dead_letter")] == [letter[b"reason"].decode()]
+    return view.source
 
 
 async def test_valid_fixture_messages_served_by_the_node_are_persisted(redis_server, redis_client):

@@ -70,6 +70,19 @@ class SupervisionSettings:
                               max_reset_timeout=self.breaker_reset_max)
 
 
+def default_verify_workers() -> int:
+    """farcaster.verify_workers (per shard): 2 where there is a second core, else 0 (in the reader).
+
+    At most as many verifications as cores run at once, whatever the number of shards
+    (trio-parallel's default limiter), so more workers per shard would add processes, not speed.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return 0 if cores < 2 else 2
+
+
 @attrs.frozen(kw_only=True)
 class FarcasterSettings:
     enabled: bool = True
@@ -92,6 +105,8 @@ class FarcasterSettings:
     # dead_letter_bytes); how far past the node's announced height (GetInfo, then the blocks
     # received) an event id may point; implausible ids in a row before the node is disconnected.
     verify: bool = True
+    # Processes per shard that verify in parallel (weir/actors/verify_workers.py); 0: in the reader.
+    verify_workers: int = attrs.Factory(default_verify_workers)
     max_message_bytes: int = 4 * 1024 * 1024
     dead_letter_bytes: int = 1024
     max_block_jump: int = 1000
@@ -521,6 +536,7 @@ def _validate(config: Config, raw: dict[str, dict[str, tuple[Any, str]]]) -> Non
     for key in ("idle_timeout", "connect_timeout", "head_refresh"):
         positive(f"farcaster.{key}", getattr(fc, key))
     at_least("farcaster.read_batch", fc.read_batch, 1)
+    at_least("farcaster.verify_workers", fc.verify_workers, 0)
     # A HubEvent's type and id sit in its first bytes: a kept head shorter than 32 could lose them.
     at_least("farcaster.dead_letter_bytes", fc.dead_letter_bytes, 32)
     at_least("farcaster.max_message_bytes", fc.max_message_bytes, fc.dead_letter_bytes)

@@ -20,9 +20,9 @@ naive    ``naive.py``: grpcio + the protobuf package (protoc-generated messages)
          pipelined per 100 events.
 
 Clock: from starting the system's process until its Redis stream holds every expected event (polled
-every 10 ms). CPU seconds of the client (``/proc/<pid>/stat`` utime + stime, children included),
-of the hub and of redis-server over the same window, divided by the events persisted; peak RSS is
-the client's ``VmHWM``. Then every persisted event is checked against what the hub offered
+every 10 ms). CPU seconds of the client (``/proc/<pid>/stat`` utime + stime, children included, live
+ones too: weir's verification workers), of the hub and of redis-server over the same window,
+divided by the events persisted; peak RSS is the client's ``VmHWM`` (plus its live children's). Then every persisted event is checked against what the hub offered
 (``checks.py``, one checker per system's Redis layout). Prints a table with ratios and writes JSON.
 Exit status 1 if any check failed.
 """
@@ -73,6 +73,47 @@ def proc_peak_rss_kib(pid: int) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def live_descendants(pid: int) -> list[int]:
+    """Processes a client started and still runs (weir's verification workers): their CPU is the
+    client's too, but /proc/<pid>/stat counts a child only once it has been waited for."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except FileNotFoundError:
+            continue
+        for child in children:
+            found += [child, *live_descendants(child)]
+    return found
+
+
+def _over_tree(pid: int, measure):
+    """``measure`` of a process plus that of each live descendant (one that ended meanwhile is
+    skipped: its CPU time went to its parent's waited-for count)."""
+    total = measure(pid)
+    for child in live_descendants(pid):
+        try:
+            total += measure(child)
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process, its waited-for children and its live descendants."""
+    return _over_tree(pid, proc_cpu_s)
+
+
+def tree_peak_rss_kib(pid: int) -> int:
+    """Peak RSS of a process plus that of each live descendant (an upper bound of their sum)."""
+    return _over_tree(pid, proc_peak_rss_kib)
 
 
 # -- preparation -----------------------------------------------------------------------------------
@@ -191,8 +232,8 @@ async def run_one(system: str, framing: str, args: argparse.Namespace, expected:
                             raise RuntimeError(f"{system} exited ({process.returncode}) after {persisted:,} events; see {log_path}")
                         await trio.sleep(POLL)
                 t1 = trio.current_time()
-                client_cpu = proc_cpu_s(process.pid)
-                client_rss = proc_peak_rss_kib(process.pid)
+                client_cpu = tree_cpu_s(process.pid)
+                client_rss = tree_peak_rss_kib(process.pid)
                 peers1 = {"hub": proc_cpu_s(hub.pid), "redis": proc_cpu_s(server.pid)}
                 peak = {"hub": proc_peak_rss_kib(hub.pid), "redis": proc_peak_rss_kib(server.pid)}
             finally:

@@ -13,6 +13,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import ClassVar, NoReturn
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ import trio
 from weir.actors.grpc_bulk import message_lists
 from weir.actors.reconnect import reconnect_forever
 from weir.actors.stopping import until_stopped
+from weir.actors.verify_workers import ProcessVerifier, open_process_verifier
 from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector, split_event_id
 from weir.codecs.farcaster_positions import ACCEPT, HOLD, REFUSE, REPLAY, PositionJudge, PositionVerdict
@@ -202,6 +204,7 @@ class ShardStats:
     implausible_positions: int = 0  # ids dead-lettered without moving the cursor
     oversized: int = 0  # HubEvents over farcaster.max_message_bytes, dead-lettered
     invalid_messages: int = 0  # messages whose hash or signature did not verify, dead-lettered
+    verified_in_workers: int = 0  # messages verified in worker processes (farcaster.verify_workers)
     refusals: int = 0  # times the node was disconnected for sending implausible ids
     refused: str | None = None  # why the node was last refused; None once it sent a plausible id
     last_id: int | None = None
@@ -259,6 +262,32 @@ class ShardReader:
     # Dead letters read before any id is known: they wait for the first chunk that has a position,
     # because a chunk must carry a cursor and inventing one (0) would mean "replay everything".
     _unplaced: list[DeadLetter] = attrs.Factory(list)
+    # With defer_verify, read() puts events in their chunk unverified and lists them here with their
+    # keys; settle() then takes the verdicts (computed elsewhere, e.g. in worker processes) and
+    # turns the invalid ones into dead letters. A chunk must not be handed on before settle().
+    defer_verify: bool = False
+    unverified: list[tuple[Event, HubEventKeys]] = attrs.Factory(list)
+
+    def settle(self, chunk: Chunk | None, verdicts: list[str | None]) -> Chunk | None:
+        """``chunk`` with the events ``unverified`` listed taken out where ``verdicts`` (one per
+        listed event, in order: ``hub_event_invalidity``) give a reason, each dead-lettered with it
+        at its position, as read() does when it verifies inline."""
+        pending, self.unverified = self.unverified, []
+        if len(verdicts) != len(pending):
+            raise ValueError(f"{len(verdicts)} verdicts for {len(pending)} unverified events")
+        invalid = {id(event): reason for (event, _), reason in zip(pending, verdicts) if reason is not None}
+        if not invalid or chunk is None:
+            return chunk
+        events: list[Event] = []
+        dead = list(chunk.dead)
+        for event in chunk.events:
+            reason = invalid.get(id(event))
+            if reason is None:
+                events.append(event)
+            else:
+                self.stats.invalid_messages += 1
+                dead.append(self._dead(event.payload, reason, event.position, event.received))
+        return attrs.evolve(chunk, events=events, dead=dead)
 
     def read(self, payloads: list[bytes | SkippedMessage], received: float, *, may_hold: bool = False) -> Chunk | None:
         """The chunk of ``payloads`` (None while no id is known yet).
@@ -274,6 +303,7 @@ class ShardReader:
         keep = self.keep
         judge = self.judge.judge
         verify = self.verify
+        defer = self.defer_verify
         limit = self.max_message_bytes
         filtered = 0
         accepted = 0
@@ -328,7 +358,7 @@ class ShardReader:
             if keep is not None and not keep(keys):
                 filtered += 1
                 continue
-            if verify:  # only what passed the filter: the filtered-out path pays nothing
+            if verify and not defer:  # only what passed the filter: the filtered-out path pays nothing
                 invalid = hub_event_invalidity(payload, keys)
                 if invalid is not None:
                     self.stats.invalid_messages += 1
@@ -339,19 +369,20 @@ class ShardReader:
                 fields["fid"] = keys.fid
             if keys.msg_type:
                 fields["type"] = MESSAGE_TYPES.get(keys.msg_type, str(keys.msg_type))
-            events.append(
-                Event(
-                    source=SOURCE,
-                    partition=self.partition,
-                    position=event_id,
-                    kind=HUB_EVENT_TYPES.get(keys.event_type, str(keys.event_type)),
-                    key=keys.msg_hash,
-                    payload=payload,
-                    timestamp=float(keys.timestamp + FARCASTER_EPOCH_UNIX) if keys.timestamp else 0.0,
-                    received=received,
-                    fields=fields,
-                )
+            event = Event(
+                source=SOURCE,
+                partition=self.partition,
+                position=event_id,
+                kind=HUB_EVENT_TYPES.get(keys.event_type, str(keys.event_type)),
+                key=keys.msg_hash,
+                payload=payload,
+                timestamp=float(keys.timestamp + FARCASTER_EPOCH_UNIX) if keys.timestamp else 0.0,
+                received=received,
+                fields=fields,
             )
+            events.append(event)
+            if verify and defer:
+                self.unverified.append((event, keys))
         self.stats.received += consumed
         self.stats.filtered += filtered
         if accepted:
@@ -496,7 +527,9 @@ async def run_shard_connection(
             verify=settings.verify,
             max_message_bytes=settings.max_message_bytes,
             dead_letter_bytes=settings.dead_letter_bytes,
+            defer_verify=settings.verify and settings.verify_workers > 0,
         )
+        verifier: ProcessVerifier | None = None
 
         async def session() -> None:
             # The node's own height bounds the ids it may send (weir.codecs.farcaster_positions).
@@ -507,7 +540,8 @@ async def run_shard_connection(
             from_id = _resume_from(reader.last_id, settings.start)
             reader.detector.subscribed_from(from_id)
             request = subscribe_request(shard, from_id, event_types)
-            await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id)
+            await _stream_once(target, request, reader, send, settings, stats, breaker, log_from=from_id,
+                               verifier=verifier)
 
         async def on_lost(exc: BaseException, delay: float, opened: bool) -> None:
             stats.last_error = _describe(exc)
@@ -518,11 +552,15 @@ async def run_shard_connection(
                                "opened": opened, "error": stats.last_error, "reconnect_in": round(delay, 3),
                                "resume_from": resume_from, "reconnects": stats.reconnects})
 
-        await reconnect_forever(
-            # Implausible ids are no progress: a node that sends only those is backed off from.
-            session, progress=lambda: stats.received - stats.implausible_positions, is_transient=is_transient, on_lost=on_lost,
-            stats=stats, backoff=backoff, rng=rng, breaker=breaker, peer=f"shard {shard}'s node {target}",
-        )
+        async with AsyncExitStack() as stack:
+            if reader.defer_verify:
+                verifier = await stack.enter_async_context(open_process_verifier(settings.verify_workers))
+            await reconnect_forever(
+                # Implausible ids are no progress: a node that sends only those is backed off from.
+                session, progress=lambda: stats.received - stats.implausible_positions, is_transient=is_transient,
+                on_lost=on_lost, stats=stats, backoff=backoff, rng=rng, breaker=breaker,
+                peer=f"shard {shard}'s node {target}",
+            )
     stats.connected = False
 
 
@@ -552,6 +590,7 @@ async def _stream_once(
     breaker: CircuitBreaker | None,
     *,
     log_from: int | None,
+    verifier: ProcessVerifier | None = None,
 ) -> None:
     raw_send, raw_receive = trio.open_memory_channel[list[bytes]](1)
 
@@ -609,6 +648,7 @@ async def _stream_once(
                         height = await announced_height(target, reader.shard, timeout=settings.connect_timeout)
                     except BaseException:
                         reader.last_id = handed_on  # nothing of this read was handed on
+                        reader.unverified.clear()
                         raise
                     reader.judge.announce_height(height)
                     more = reader.read(rest, trio.current_time())
@@ -616,6 +656,17 @@ async def _stream_once(
                         chunk = more
                     elif more is not None:
                         chunk = attrs.evolve(more, events=chunk.events + more.events, dead=chunk.dead + more.dead)
+                if reader.unverified:
+                    assert verifier is not None  # only a reader with defer_verify lists events
+                    try:
+                        verdicts = await verifier.verdicts(
+                            [(event.payload, keys.fid, keys.msg_type, keys.msg_hash) for event, keys in reader.unverified])
+                    except BaseException:
+                        reader.last_id = handed_on  # nothing of this read was handed on
+                        reader.unverified.clear()
+                        raise
+                    chunk = reader.settle(chunk, verdicts)
+                    stats.verified_in_workers = verifier.offloaded
                 if chunk is not None:
                     try:
                         await send.send(chunk)

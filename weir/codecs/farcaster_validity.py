@@ -237,3 +237,19 @@ def hub_event_invalidity(event: bytes, keys: Any = None) -> str | None:
             return (f"routed by fid {keys.fid}, type {keys.msg_type}, hash {keys.msg_hash.hex()}, but the signed "
                     f"message is fid {signed.fid}, type {signed.msg_type}, hash {signed.hash.hex()}")
     return None
+
+
+
+class RoutedBy(NamedTuple):
+    """The keys an event is routed by, as ``hub_event_invalidity`` compares them with its message."""
+
+    fid: int
+    msg_type: int
+    msg_hash: bytes
+
+
+def hub_event_invalidities(items: list[tuple[bytes, int, int, bytes]]) -> list[str | None]:
+    """``hub_event_invalidity`` of each (event, fid, message type, message hash), in order: the
+    unit of work a verifier process is handed (plain tuples pickle ~5x faster than key objects;
+    a module-level function pickles by name)."""
+    return [hub_event_invalidity(event, RoutedBy(fid, msg_type, msg_hash)) for event, fid, msg_type, msg_hash in items]

@@ -110,6 +110,8 @@ class ServiceCollector(Collector):
         refusals = counter("weir_source_refusals", "Times the source dropped its node for sending implausible positions in a row.")
         oversized = counter("weir_source_oversized", "Items over the source's size limit, dead-lettered with their first bytes.")
         invalid = counter("weir_source_invalid_messages", "Messages whose hash or signature did not verify, dead-lettered.")
+        in_workers = counter("weir_source_verified_in_workers",
+                             "Messages verified in worker processes (farcaster.verify_workers) rather than in the reader.")
         stale_revs = counter("weir_source_stale_revs", "AT Protocol commits dropped because their rev was not above the repository's last.")
         # Ethereum chains only (sources whose statistics count reorgs).
         reorgs = counter("weir_reorgs", "Chain reorganisations: blocks the source had seen were replaced by another branch.")
@@ -154,7 +156,8 @@ class ServiceCollector(Collector):
             if hasattr(source, "reordered"):
                 reordered.add_metric(labels, source.reordered)
             for family, attribute in ((implausible, "implausible_positions"), (refusals, "refusals"),
-                                      (oversized, "oversized"), (invalid, "invalid_messages")):
+                                      (oversized, "oversized"), (invalid, "invalid_messages"),
+                                      (in_workers, "verified_in_workers")):
                 if hasattr(source, attribute):
                     family.add_metric(labels, getattr(source, attribute))
             if hasattr(source, "stale_revs"):
@@ -185,7 +188,8 @@ class ServiceCollector(Collector):
 
         yield from self._progress()
         yield from (received, filtered, persisted, skipped, dead, gaps, missed, connects, reconnects, purged,
-                    rollbacks, duplicates, reordered, implausible, refusals, oversized, invalid, stale_revs, reorgs, deep_reorgs, ignored_heads, connected, position, cursor,
+                    rollbacks, duplicates, reordered, implausible, refusals, oversized, invalid, in_workers, stale_revs,
+                    reorgs, deep_reorgs, ignored_heads, connected, position, cursor,
                     lag_events, lag_seconds, write_age, ready, depth, capacity,
                     batch_size, latency)
 
