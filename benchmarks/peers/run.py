@@ -233,6 +233,7 @@ async def run_one(system: str, framing: str, args: argparse.Namespace, expected:
                         await trio.sleep(POLL)
                 t1 = trio.current_time()
                 client_cpu = tree_cpu_s(process.pid)
+                client_main_cpu = proc_cpu_s(process.pid)  # without live children (weir's verification workers)
                 client_rss = tree_peak_rss_kib(process.pid)
                 peers1 = {"hub": proc_cpu_s(hub.pid), "redis": proc_cpu_s(server.pid)}
                 peak = {"hub": proc_peak_rss_kib(hub.pid), "redis": proc_peak_rss_kib(server.pid)}
@@ -262,6 +263,7 @@ async def run_one(system: str, framing: str, args: argparse.Namespace, expected:
         "cpu_s": {"client": client_cpu, "hub": peers1["hub"] - peers0["hub"], "redis": peers1["redis"] - peers0["redis"]},
         "cpu_us_per_event": {
             "client": client_cpu / n * 1e6,
+            "client_main_process": client_main_cpu / n * 1e6,
             "hub": (peers1["hub"] - peers0["hub"]) / n * 1e6,
             "redis": (peers1["redis"] - peers0["redis"]) / n * 1e6,
         },
