@@ -1,5 +1,6 @@
-"""docs/architecture.svg is what tools/architecture_diagram.py draws from weir's code, and its
-arrows run clear of the boxes they do not join."""
+"""docs/architecture.svg and docs/delivery.svg are what tools/architecture_diagram.py and
+tools/delivery_diagram.py draw from weir's code, and their arrows run clear of the boxes they do
+not join."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import xml.etree.ElementTree as ElementTree
 from itertools import combinations, pairwise
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "architecture_diagram.py"
 SVG = ROOT / "docs" / "architecture.svg"
@@ -17,7 +20,10 @@ SVG = ROOT / "docs" / "architecture.svg"
 sys.path.insert(0, str(SCRIPT.parent))  # the script's own import of svg_boxes, as when it is run
 
 import architecture_diagram  # noqa: E402
+import delivery_diagram  # noqa: E402
 import svg_boxes  # noqa: E402
+
+DIAGRAMS = [architecture_diagram, delivery_diagram]
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
@@ -45,8 +51,8 @@ def test_the_svg_is_well_formed_and_names_every_actor_and_channel():
     assert "](architecture.svg)" in (ROOT / "docs" / "architecture.md").read_text(), "docs/architecture.md shows it"
 
 
-def laid_out() -> tuple[svg_boxes.Diagram, svg_boxes.Layout]:
-    diagram = architecture_diagram.diagram()
+def laid_out(module=architecture_diagram) -> tuple[svg_boxes.Diagram, svg_boxes.Layout]:
+    diagram = module.diagram()
     diagram.svg()
     return diagram, svg_boxes.Layout(diagram.root)
 
@@ -62,8 +68,9 @@ def crosses_box(segment, box) -> bool:
     return max(x1, x2) > left and min(x1, x2) < right and max(y1, y2) > top and min(y1, y2) < bottom
 
 
-def test_every_arrow_runs_clear_of_the_boxes_it_does_not_join():
-    diagram, layout = laid_out()
+@pytest.mark.parametrize("module", DIAGRAMS, ids=lambda m: m.__name__)
+def test_every_arrow_runs_clear_of_the_boxes_it_does_not_join(module):
+    diagram, layout = laid_out(module)
     leaves = [box for box in diagram.root.boxes() if isinstance(box, svg_boxes.Box)]
     for arrow in diagram.arrows:
         points = svg_boxes._path(layout, arrow)
@@ -75,8 +82,9 @@ def test_every_arrow_runs_clear_of_the_boxes_it_does_not_join():
                 f"the arrow {arrow.source} -> {arrow.target} runs through {box.id}"
 
 
-def test_no_two_arrows_cross():
-    diagram, layout = laid_out()
+@pytest.mark.parametrize("module", DIAGRAMS, ids=lambda m: m.__name__)
+def test_no_two_arrows_cross(module):
+    diagram, layout = laid_out(module)
     paths = {f"{a.source}->{a.target}/{a.end_shift}": segments(svg_boxes._path(layout, a)) for a in diagram.arrows}
 
     def cross(s, t) -> bool:  # a horizontal and a vertical segment meeting strictly inside both
@@ -88,3 +96,15 @@ def test_no_two_arrows_cross():
 
     for (name_a, a), (name_b, b) in combinations(paths.items(), 2):
         assert not any(cross(s, t) for s in a for t in b), f"{name_a} crosses {name_b}"
+
+
+def test_the_committed_delivery_svg_is_what_its_script_generates_and_docs_show_it(tmp_path):
+    script = SCRIPT.parent / "delivery_diagram.py"
+    generated = tmp_path / "delivery.svg"
+    run = subprocess.run([sys.executable, str(script), "--output", str(generated)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert generated.read_bytes() == (ROOT / "docs" / "delivery.svg").read_bytes(), "run: python tools/delivery_diagram.py"
+    texts = [element.text for element in ElementTree.parse(generated).iter("{http://www.w3.org/2000/svg}text")]
+    for title in ("Parquet files", "NATS JetStream", "webhook endpoint", "Redis"):
+        assert title in texts
+    assert "](delivery.svg)" in (ROOT / "docs" / "delivery.md").read_text(), "docs/delivery.md shows it"
