@@ -1,4 +1,4 @@
-"""weir deliver to a real HTTP receiver (h11 on 127.0.0.1, tests/webhook_receiver.py) from a real
+"""weir deliver to a real HTTP receiver (h11 on 127.0.0.1, weir/chaos/webhook_receiver.py) from a real
 Redis written by weir's sink: at least once, every request signed as docs/delivery.md's recipe
 verifies, the same idempotency key on every repeat; retries, timeouts, connections closed early,
 refusals dead-lettered, the circuit breaker, Ethereum retractions, filters, and kill -9.
@@ -20,7 +20,7 @@ import tests.test_deliver_e2e as parquet_e2e
 from tests.helpers import metrics_url_from, wait_for, weir_args, weir_process
 from tests.test_deliver_webhook_messages import documented_recipe
 from tests.test_observability import http
-from tests.webhook_receiver import CLOSE, HANG, Received, running_receiver
+from weir.chaos.webhook_receiver import CLOSE, HANG, Request, running_receiver
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
 from weir.events import Chunk, Event
@@ -58,9 +58,9 @@ async def delivering(config):
         service.stop()
 
 
-def by_entry(requests: list[Received]) -> dict[str, list[Received]]:
+def by_entry(requests: list[Request]) -> dict[str, list[Request]]:
     """Every request, checked (signature, key = the body's id), by the stream id it carried."""
-    out: dict[str, list[Received]] = collections.defaultdict(list)
+    out: dict[str, list[Request]] = collections.defaultdict(list)
     for request in requests:
         assert verify(SECRET.encode(), request.body, request.signature), request
         assert request.signature.startswith(f"t={request.timestamp},v1=")
@@ -113,7 +113,7 @@ async def test_entries_still_failing_after_their_tries_are_left_pending_and_deli
 async def test_a_refused_entry_is_dead_lettered_after_max_deliveries_with_the_status_and_body(redis_server, redis_client):
     await write_events(redis_server.url, "1", 1, 30)
 
-    def respond(request: Received, earlier: int):  # the body echoes the secret: it must not reach the dead letter
+    def respond(request: Request, earlier: int):  # the body echoes the secret: it must not reach the dead letter
         return (422, f"fid 7 is not welcome ({SECRET})".encode()) if request.stream_id == "7-0" else 200
 
     async with running_receiver(respond) as receiver:
