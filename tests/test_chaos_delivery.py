@@ -197,7 +197,8 @@ async def test_the_webhook_endpoint_accepts_signed_requests_answers_each_fault_a
     endpoint = ChaosEndpoint(secret=b"s3cret")
 
     def request(stream_id: str, secret: bytes = b"s3cret") -> Request:
-        body = json.dumps({"partition": "2", "stream_id": stream_id}).encode()
+        body = json.dumps({"id": f"farcaster/2/{stream_id}", "source": "farcaster", "partition": "2",
+                           "stream_id": stream_id}).encode()
         headers = signed_headers(secret=secret, key=f"farcaster/2/{stream_id}", timestamp=int(time.time()), body=body)
         return Request(key=f"farcaster/2/{stream_id}", timestamp=headers[TIMESTAMP_HEADER],
                        signature=headers[SIGNATURE_HEADER], body=body, at=0.0)
@@ -218,3 +219,6 @@ async def test_the_webhook_endpoint_accepts_signed_requests_answers_each_fault_a
     assert endpoint.respond(forged, 0) == (401, b"bad signature") and len(endpoint.accepted) == 2
     assert endpoint.respond(attrs.evolve(request("4-0"), timestamp="1"), 0)[0] == 401  # header and signature disagree
     assert endpoint.check({})[-1] == "2 webhook requests with a bad signature (e.g. farcaster/2/3-0, farcaster/2/4-0)"
+    rekeyed = request("5-0")
+    assert endpoint.respond(attrs.evolve(rekeyed, key="farcaster/2/5-0#2"), 0) == 200  # accepted, and judged
+    assert endpoint.check({})[-1] == "1 webhook requests whose idempotency key is not their body's id (e.g. farcaster/2/5-0#2)"

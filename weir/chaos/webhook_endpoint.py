@@ -6,7 +6,8 @@ While no fault is applied, a request is answered 200 if its ``Weir-Signature`` v
 pipeline's secret (:func:`~weir.deliver.webhook_messages.verify_signature`, the timestamp matching
 ``Weir-Timestamp``), and recorded as :class:`~weir.chaos.delivery_check.Received` — the partition and
 stream id its body carries, its ``Weir-Idempotency-Key`` — for the delivery checker; a bad signature
-is answered 401 and recorded as forged (the run fails on any). While a fault is applied, every
+is answered 401 and recorded as forged, and a key that is not the body's ``id``
+(``<source>/<partition>/<stream id>``) as mismatched (the run fails on any of either). While a fault is applied, every
 request is answered by it instead, and counted:
 
 - ``error_500``: status 500;
@@ -43,6 +44,7 @@ class ChaosEndpoint:
         fault: the kind applied now (None: answering normally).
         accepted: one item per request answered 200, in order.
         forged: the idempotency keys of the requests whose signature did not verify.
+        mismatched: the idempotency keys that are not the body's ``id`` (``<source>/<partition>/<stream id>``).
         faulted: requests answered by each fault kind.
     """
 
@@ -50,6 +52,7 @@ class ChaosEndpoint:
     fault: str | None = None
     accepted: list[Received] = attrs.Factory(list)
     forged: list[str] = attrs.Factory(list)
+    mismatched: list[str] = attrs.Factory(list)
     faulted: collections.Counter[str] = attrs.Factory(collections.Counter)
     applied: list[str] = attrs.Factory(list)  # the kinds applied so far, in order
 
@@ -62,6 +65,8 @@ class ChaosEndpoint:
             self.forged.append(request.key)
             return 401, b"bad signature"
         body = json.loads(request.body)
+        if not request.key == body.get("id") == f"{body.get('source')}/{body['partition']}/{body['stream_id']}":
+            self.mismatched.append(request.key)
         self.accepted.append(Received(partition=str(body["partition"]), entry_id=str(body["stream_id"]), key=request.key))
         return 200
 
@@ -83,4 +88,7 @@ class ChaosEndpoint:
                     for kind in dict.fromkeys(self.applied) if not self.faulted[kind]]
         if self.forged:
             problems.append(f"{len(self.forged)} webhook requests with a bad signature (e.g. {', '.join(self.forged[:3])})")
+        if self.mismatched:
+            problems.append(f"{len(self.mismatched)} webhook requests whose idempotency key is not their body's id "
+                            f"(e.g. {', '.join(self.mismatched[:3])})")
         return problems
