@@ -4,6 +4,9 @@ tests/test_chaos_suite.py."""
 
 from __future__ import annotations
 
+import time
+
+import attrs
 import pytest
 import trio
 from hypothesis import given
@@ -180,3 +183,42 @@ async def test_a_deliverer_kill_freezes_it_until_a_look_finds_it_mid_work(autoju
     else:  # killed after the timeout, and the record says it held nothing stored: the run fails
         assert trio.current_time() - began >= HOLD_TIMEOUT_S and looks[-1] == "dead"
         assert all(state == "frozen" for state in looks[:-1]) and record.stored == 0 and not record.mid_work
+
+
+async def test_the_webhook_endpoint_accepts_signed_requests_answers_each_fault_and_fails_a_forged_one():
+    import json
+
+    from weir.chaos.schedule import KINDS, TimedFault
+    from weir.chaos.webhook_endpoint import ANSWERS, ChaosEndpoint
+    from weir.chaos.webhook_receiver import Request
+    from weir.deliver.webhook_messages import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
+
+    assert set(ANSWERS) == set(KINDS["endpoint"])
+    endpoint = ChaosEndpoint(secret=b"s3cret")
+
+    def request(stream_id: str, secret: bytes = b"s3cret") -> Request:
+        body = json.dumps({"id": f"farcaster/2/{stream_id}", "source": "farcaster", "partition": "2",
+                           "stream_id": stream_id}).encode()
+        headers = signed_headers(secret=secret, key=f"farcaster/2/{stream_id}", timestamp=int(time.time()), body=body)
+        return Request(key=f"farcaster/2/{stream_id}", timestamp=headers[TIMESTAMP_HEADER],
+                       signature=headers[SIGNATURE_HEADER], body=body, at=0.0)
+
+    assert endpoint.respond(request("1-0"), 0) == 200
+    clear, outcome = await endpoint.apply_fault(TimedFault(target="endpoint", kind="hang", start=0, duration=1))
+    assert outcome is None and endpoint.respond(request("2-0"), 0) == ANSWERS["hang"]
+    await clear()
+    clear, _ = await endpoint.apply_fault(TimedFault(target="endpoint", kind="close_early", start=0, duration=1))
+    await clear()  # cleared before any request met it
+    assert endpoint.respond(request("2-0"), 1) == 200
+    assert endpoint.accepted == [Received(partition="2", entry_id="1-0", key="farcaster/2/1-0"),
+                                 Received(partition="2", entry_id="2-0", key="farcaster/2/2-0")]
+    measures: dict = {}
+    assert endpoint.check(measures) == ["fault close_early on the endpoint answered no request: it proves nothing"]
+    assert measures["endpoint_faulted"] == {"hang": 1}
+    forged = request("3-0", secret=b"other")
+    assert endpoint.respond(forged, 0) == (401, b"bad signature") and len(endpoint.accepted) == 2
+    assert endpoint.respond(attrs.evolve(request("4-0"), timestamp="1"), 0)[0] == 401  # header and signature disagree
+    assert endpoint.check({})[-1] == "2 webhook requests with a bad signature (e.g. farcaster/2/3-0, farcaster/2/4-0)"
+    rekeyed = request("5-0")
+    assert endpoint.respond(attrs.evolve(rekeyed, key="farcaster/2/5-0#2"), 0) == 200  # accepted, and judged
+    assert endpoint.check({})[-1] == "1 webhook requests whose idempotency key is not their body's id (e.g. farcaster/2/5-0#2)"

@@ -4,7 +4,9 @@ Each scenario runs for real — redis-server, the Snapchain simulator and ``weir
 processes, fault proxies on both links — and fails on any lost, unexpected, duplicated or
 out-of-order event, a cursor regression, a missed recovery target, an unclean exit or (under a
 stalled Redis) unbounded memory. The delivery scenarios also run ``weir deliver`` (and a
-nats-server) and fail on any entry missing from the target, received twice, or left pending. ``weir chaos`` runs the same scenarios and prints the table;
+nats-server, or a webhook receiver) and fail on any entry missing from the target, received twice
+(webhooks: under another idempotency key), left pending, or a webhook request badly signed.
+``weir chaos`` runs the same scenarios and prints the table;
 docs/resilience.md has the figures.
 """
 

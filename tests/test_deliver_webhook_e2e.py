@@ -1,4 +1,4 @@
-"""weir deliver to a real HTTP receiver (h11 on 127.0.0.1, tests/webhook_receiver.py) from a real
+"""weir deliver to a real HTTP receiver (h11 on 127.0.0.1, weir/chaos/webhook_receiver.py) from a real
 Redis written by weir's sink: at least once, every request signed as docs/delivery.md's recipe
 verifies, the same idempotency key on every repeat; retries, timeouts, connections closed early,
 refusals dead-lettered, the circuit breaker, Ethereum retractions, filters, and kill -9.
@@ -20,7 +20,7 @@ import tests.test_deliver_e2e as parquet_e2e
 from tests.helpers import metrics_url_from, wait_for, weir_args, weir_process
 from tests.test_deliver_webhook_messages import documented_recipe
 from tests.test_observability import http
-from tests.webhook_receiver import CLOSE, HANG, Received, running_receiver
+from weir.chaos.webhook_receiver import CLOSE, HANG, Request, running_receiver
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
 from weir.events import Chunk, Event
@@ -58,9 +58,9 @@ async def delivering(config):
         service.stop()
 
 
-def by_entry(requests: list[Received]) -> dict[str, list[Received]]:
+def by_entry(requests: list[Request]) -> dict[str, list[Request]]:
     """Every request, checked (signature, key = the body's id), by the stream id it carried."""
-    out: dict[str, list[Received]] = collections.defaultdict(list)
+    out: dict[str, list[Request]] = collections.defaultdict(list)
     for request in requests:
         assert verify(SECRET.encode(), request.body, request.signature), request
         assert request.signature.startswith(f"t={request.timestamp},v1=")
@@ -110,10 +110,30 @@ async def test_entries_still_failing_after_their_tries_are_left_pending_and_deli
     assert stats.given_back >= 40 and (stats.refused, stats.dead_lettered) == (0, 0)  # two offers each at least, no refusal
 
 
+async def test_a_claim_pass_of_many_slow_pages_acknowledges_each_page_before_the_next(redis_server, redis_client):
+    # 100 entries pending to a dead consumer, claimed 20 a page; every first try hangs past the
+    # timeout, so each page's offer takes ~0.45 s and the pass ~2.3 s, past the safe margin
+    # (2/3 of claim_idle): a page left for the loop's commit would be dropped and claimed again.
+    await write_events(redis_server.url, "1", 1, 100)
+    key = partition_keys("farcaster", "1").events
+    await redis_client("XGROUP", "CREATE", key, "files", "0")
+    await redis_client("XREADGROUP", "GROUP", "files", "dead", "COUNT", "100", "STREAMS", key, ">")
+    async with running_receiver(lambda request, earlier: HANG if earlier == 0 else 200) as receiver:
+        pipeline = hook(receiver.url, timeout=0.4, concurrency=20, retry_initial=0.01, retry_max=0.02,
+                        breaker_failures=1000)
+        config = hook_config(redis_server.url, pipeline, claim_idle=1.5, read_count="20")
+        async with delivering(config) as service:
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+        received = by_entry(receiver.requests)
+    assert sorted(received) == sorted(await stream_ids(redis_client))
+    stats = service.stats["farcaster-webhook/1"]
+    assert stats.claimed == 100 and stats.aborts == 0 and stats.given_back == 0, stats
+
+
 async def test_a_refused_entry_is_dead_lettered_after_max_deliveries_with_the_status_and_body(redis_server, redis_client):
     await write_events(redis_server.url, "1", 1, 30)
 
-    def respond(request: Received, earlier: int):  # the body echoes the secret: it must not reach the dead letter
+    def respond(request: Request, earlier: int):  # the body echoes the secret: it must not reach the dead letter
         return (422, f"fid 7 is not welcome ({SECRET})".encode()) if request.stream_id == "7-0" else 200
 
     async with running_receiver(respond) as receiver:

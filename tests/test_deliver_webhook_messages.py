@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.helpers import ROOT
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.webhook_filter import EndpointFilter, filter_problems
-from weir.deliver.webhook_messages import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, signed_headers
+from weir.deliver.webhook_messages import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, signed_headers, verify_signature
 from weir.deliver.webhook_outcome import EXCERPT_BYTES, Outcome, Verdict, outcome_of_status, retry_backoff, settle
 from weir.deliver.webhook_settings import webhook_problems
 
@@ -60,6 +60,15 @@ def test_any_changed_byte_another_secret_or_timestamp_fails(secret, body, timest
 @given(st.text(max_size=40))
 def test_a_malformed_signature_header_is_refused_not_raised(header):
     assert verify(b"s", b"{}", header, now=1_000_000_000) is False
+
+
+@given(secrets, bodies, timestamps, st.integers(-400, 400), st.sampled_from(["", "t=", "v1=", "x"]), st.data())
+def test_weirs_own_verification_agrees_with_the_documented_recipe(secret, body, timestamp, skew, mangle, data):
+    header = signed_headers(secret=secret, key="k", timestamp=timestamp, body=body)[SIGNATURE_HEADER]
+    if mangle:  # a malformed or forged header
+        header = header.replace(mangle, data.draw(st.sampled_from(["", "t=1,", "v1=0"])), 1)
+    now = timestamp + skew
+    assert verify_signature(secret, body, header, now=now) == verify(secret, body, header, now=now)
 
 
 farcaster_fields = st.fixed_dictionaries({

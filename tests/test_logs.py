@@ -21,7 +21,7 @@ import pytest
 
 from weir.logs import JsonFormatter, configure_logging
 
-NOISY = ("hpack", "h2", "grpclib", "asyncio", "trio_asyncio")
+NOISY = ("hpack", "h2", "grpclib", "asyncio", "trio_asyncio", "httpx", "httpcore")
 # "%(asctime)s %(levelname)-7s %(name)s: %(message)s" with asctime as %H:%M:%S
 TEXT_LINE = re.compile(r"^\d\d:\d\d:\d\d (?P<level>[A-Z]+) +(?P<logger>\S+): (?P<msg>.*)$")
 

@@ -67,6 +67,6 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream=None) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Third-party chatter (h2 frames, asyncio) stays out unless debugging weir itself.
-    for noisy in ("hpack", "h2", "grpclib", "asyncio", "trio_asyncio"):
+    # Third-party chatter (h2 frames, asyncio, httpx's line per webhook request) stays out unless debugging weir itself.
+    for noisy in ("hpack", "h2", "grpclib", "asyncio", "trio_asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -266,6 +266,8 @@ class RunningDelivery:
             measures["deliver_kills_open_work"] = [k.open_work for k in kills]
         if self.target.recent is not None:
             measures["deliver_kills_stored_unacknowledged"] = [k.stored for k in kills]
+        if self.target.check is not None:
+            problems += self.target.check(measures)
         problems += [f"weir deliver (pid {k.pid}) was killed holding nothing (held {k.held}, open work "
                      f"{k.open_work}): the kill did not land mid-work" for k in kills if not k.mid_work]
         if not report.ok:

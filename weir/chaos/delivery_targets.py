@@ -7,10 +7,10 @@ endpoint. The running target answers "what did you receive?" as
 :class:`~weir.chaos.delivery_check.Received` items, each the partition and entry id it carries
 and the key a receiver deduplicates on; the checker does the rest.
 
-A new target kind (e.g. webhooks) is an attrs frozen class with the members of
-:class:`DeliveryTargetKind`; its schedule targets (a receiving endpoint that answers 500, hangs,
-closes early) are named in ``schedule_targets`` and in :data:`weir.chaos.schedule.KINDS`, and
-are control targets with an ``apply_fault`` method.
+A target kind is an attrs frozen class with the members of :class:`DeliveryTargetKind`; its
+schedule targets (the webhook receiver that answers 500, hangs, closes early) are named in
+``schedule_targets`` and in :data:`weir.chaos.schedule.KINDS`, and are control targets with an
+``apply_fault`` method.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from weir.chaos.delivery_check import EXACTLY_ONCE, Received
+from weir.chaos.delivery_check import AT_LEAST_ONCE, EXACTLY_ONCE, Received
 from weir.chaos.nats_server import NatsServerProcess
+from weir.chaos.webhook_endpoint import ChaosEndpoint
+from weir.chaos.webhook_receiver import running_receiver
 
-__all__ = ["NATS", "PARQUET", "DeliveryTargetKind", "NatsTarget", "ParquetTarget", "RunningTarget"]
+__all__ = ["NATS", "PARQUET", "WEBHOOK", "DeliveryTargetKind", "NatsTarget", "ParquetTarget", "RunningTarget",
+           "WebhookTarget"]
 
 
 @attrs.frozen(kw_only=True)
@@ -44,6 +47,9 @@ class RunningTarget:
         recent: the last ``n`` items the target stored (NATS: the stream's last messages), read
             after a kill to see which of the dead consumer's unacknowledged entries it already
             holds — the ones a restart sends again and the target must drop; None: not measured.
+        check: the target's own verdict once the run is over, beyond what it received (the webhook
+            receiver: no request with a bad signature, every endpoint fault met a request): adds
+            its figures to the measures given and returns its problems; None: nothing more.
     """
 
     pipeline: Mapping[str, Any]
@@ -51,6 +57,7 @@ class RunningTarget:
     received: Callable[[str], Awaitable[list[Received]]]
     open_work: Callable[[str], int] | None = None
     recent: Callable[[int], Awaitable[list[Received]]] | None = None
+    check: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 class DeliveryTargetKind(Protocol):
@@ -177,5 +184,42 @@ def read_stream(url: str, stream: str, last: int | None = None) -> list[Received
     return asyncio.run(read())
 
 
+@attrs.frozen(kw_only=True)
+class WebhookTarget:
+    """An HTTP receiver this run serves (schedule target ``endpoint``, :mod:`weir.chaos.webhook_endpoint`):
+    every entry answered 200 at least once, every repeat under the same ``Weir-Idempotency-Key``.
+
+    Short ``timeout`` and retries, so endpoint faults of half a second give entries back without
+    slowing the run; the circuit breaker (tested on its own in tests/test_deliver_webhook_e2e.py)
+    never opens: each fault meets every request sent while it lasts.
+    """
+
+    name: str = "webhook"
+    guarantee: str = AT_LEAST_ONCE
+    schedule_targets: tuple[str, ...] = ("endpoint",)
+    secret: str = "chaos-webhook-secret"
+    concurrency: int = 16
+    timeout: float = 0.5
+    breaker_failures: int = 1_000_000
+
+    @asynccontextmanager
+    async def open(self, workdir: Path) -> AsyncIterator[RunningTarget]:
+        endpoint = ChaosEndpoint(secret=self.secret.encode())
+        async with running_receiver(endpoint.respond) as receiver:
+            async def received(source: str) -> list[Received]:
+                return list(endpoint.accepted)
+
+            async def recent(count: int) -> list[Received]:
+                return endpoint.accepted[-count:] if count else []
+
+            yield RunningTarget(
+                pipeline={"target": "webhook", "url": receiver.url, "secret": self.secret,
+                          "concurrency": self.concurrency, "timeout": self.timeout, "retry_initial": 0.05,
+                          "retry_max": 0.2, "breaker_failures": self.breaker_failures},
+                targets={"endpoint": endpoint}, received=received, recent=recent, check=endpoint.check,
+            )  # fmt: skip
+
+
 PARQUET = ParquetTarget()
 NATS = NatsTarget()
+WEBHOOK = WebhookTarget()

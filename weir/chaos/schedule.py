@@ -24,6 +24,8 @@ Targets and kinds:
                 kill -9, started again after ``duration``), ``pause``, ``term`` (as for weir)
 ``nats``        the NATS target's nats-server: ``kill`` (kill -9, started again on the same port
                 and store after ``duration``), ``pause``
+``endpoint``    the webhook target's receiver, for ``duration``: ``error_500`` (answers 500),
+                ``hang`` (never answers), ``close_early`` (closes the connection unanswered)
 ==============  ==========================================================================
 
 ``hub_link`` and ``hub`` are the Farcaster source's (:mod:`weir.chaos.farcaster`), ``relay_link``
@@ -87,6 +89,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "node": ("reorg", "drop", "mute", "lag", "refuse"),
     "deliver": ("kill", "pause", "term"),  # weir deliver, in a scenario with delivery (weir.chaos.delivery)
     "nats": ("kill", "pause"),  # the nats-server of a NATS delivery target (kill: -9, started again after duration)
+    "endpoint": ("error_500", "hang", "close_early"),  # a webhook target's receiver (weir.chaos.webhook_endpoint)
 }
 #: Kinds that happen at once: the generator gives them no duration.
 INSTANT_KINDS: set[str] = {"drop_streams", "drop", "error_frame", "outdated_cursor", "reorg", "mute"}

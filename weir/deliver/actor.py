@@ -182,6 +182,12 @@ class PartitionDelivery:
             log.warning("%s: target refused entry %s: %s", self.name, entry_id, reason,
                         extra={"event": "deliver_refused", "pipeline": self.name, "entry_id": entry_id, "reason": reason})
         self.stats.refused += len(refused)
+        # What is due is acknowledged now, not after the next offer: a claim pass offers page after
+        # page (a webhook's offer may take claim_idle / 3 each), and entries left waiting for the
+        # loop's own commit would idle past the safe margin and be dropped, again and again.
+        due = target.next_due()
+        if due is not None and trio.current_time() >= due:
+            await self._commit(target, trio.current_time())
 
     async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
         self.undecided += await target.prepare(now, everything=everything)  # with any a cancel left undecided

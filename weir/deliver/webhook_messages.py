@@ -68,6 +68,20 @@ def signature(secret: bytes, timestamp: int, body: bytes) -> str:
     return hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
 
 
+def verify_signature(secret: bytes, body: bytes, header: str, *, now: float, tolerance: float = 300.0) -> bool:
+    """Whether ``header`` (a Weir-Signature value) signs ``body`` under ``secret`` at a timestamp
+    within ``tolerance`` seconds of ``now``: what a receiver checks (docs/delivery.md's recipe, in
+    the chaos suite's receiver)."""
+    try:
+        parts = dict(part.strip().split("=", 1) for part in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(signature(secret, timestamp, body), parts.get(SIGNATURE_VERSION, ""))
+
+
 def signed_headers(*, secret: bytes, key: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The headers of one attempt: content type, idempotency key, timestamp and signature."""
     return {

@@ -11,7 +11,7 @@ seconds of load at 500 events/s per shard) so CI runs them all; docs/resilience.
 from __future__ import annotations
 
 from weir.chaos.delivery import Delivery
-from weir.chaos.delivery_targets import NATS, PARQUET
+from weir.chaos.delivery_targets import NATS, PARQUET, WEBHOOK
 from weir.chaos.scenario import REDIS_OUTAGE_LOGS, Scenario, fault
 from weir.chaos.schedule import Schedule
 
@@ -21,6 +21,10 @@ __all__ = ["scenarios"]
 #: second lands before the first one's entries were claimed (claim_idle 3 s), so two dead
 #: consumers' entries are taken over by the third instance.
 _KILLS = (fault("deliver", "kill", 1.0, 0.3), fault("deliver", "kill", 2.0, 0.3))
+#: A lighter load for webhooks (one POST per entry: a few hundred a second on the 2-core CI machine),
+#: read 200 at a time so that an offer fits in its time (claim_idle / 3) rather than giving entries back.
+_WEBHOOK_RATE, _WEBHOOK_HISTORY = 100.0, 200
+_WEBHOOK_SETTINGS = ("deliver.read_count=200",)
 
 
 def scenarios() -> list[Scenario]:
@@ -69,5 +73,30 @@ def scenarios() -> list[Scenario]:
             rate=500.0,
             expect=REDIS_OUTAGE_LOGS,
             delivery=Delivery(target=PARQUET, expect=("deliver_redis_unavailable",)),
+        ),
+        Scenario(
+            name="deliver-webhook-kill",
+            label="weir deliver kill -9 ×2 mid-request (webhook), restarted 0.3 s later",
+            description="weir deliver POSTs every entry to an HTTP receiver the run serves and is killed (SIGKILL) "
+                        "twice holding entries the receiver already answered 200 and Redis has not had acknowledged; "
+                        "they are claimed and POSTed again under the same Weir-Idempotency-Key, each request's "
+                        "signature verified.",
+            schedule=Schedule(seed=45, faults=list(_KILLS)),
+            rate=_WEBHOOK_RATE, history=_WEBHOOK_HISTORY, tail=1.0,
+            delivery=Delivery(target=WEBHOOK, settings=_WEBHOOK_SETTINGS, expect=("deliver_claimed",)),
+            max_restarts=0,
+        ),
+        Scenario(
+            name="deliver-webhook-faults",
+            label="webhook endpoint answers 500, hangs, closes early (0.5 s each, 0.3 s apart)",
+            description="The receiving endpoint answers every request 500, then reads requests and never answers "
+                        "(past the 0.5 s timeout), then closes connections before answering; weir deliver retries, "
+                        "leaves what still failed pending and delivers it again after claim_idle under the same "
+                        "idempotency key.",
+            schedule=Schedule(seed=46, faults=[fault("endpoint", "error_500", 1.0, 0.5), fault("endpoint", "hang", 1.8, 0.5),
+                                               fault("endpoint", "close_early", 2.6, 0.5)]),
+            rate=_WEBHOOK_RATE, history=_WEBHOOK_HISTORY, tail=1.0,
+            delivery=Delivery(target=WEBHOOK, settings=_WEBHOOK_SETTINGS, expect=("deliver_webhook_given_back",)),
+            max_restarts=0,
         ),
     ]

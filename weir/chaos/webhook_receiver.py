@@ -1,4 +1,5 @@
-"""A real HTTP/1.1 webhook receiver for the tests: h11 over trio sockets on 127.0.0.1.
+"""A real HTTP/1.1 webhook receiver: h11 over trio sockets on 127.0.0.1, for the webhook chaos
+target (:mod:`weir.chaos.webhook_endpoint`) and the tests.
 
 It records every request it read completely (the idempotency key, the signature header, the body,
 when) and answers what ``respond`` says: a status (with a body), ``HANG`` (read the request and
@@ -7,6 +8,7 @@ never answer) or ``CLOSE`` (close the connection without a response).
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +23,7 @@ CLOSE = "close"
 
 
 @attrs.frozen
-class Received:
+class Request:
     key: str
     timestamp: str
     signature: str
@@ -41,9 +43,10 @@ class Receiver:
     """``respond(request, earlier)`` decides each answer; ``earlier`` counts the requests with the
     same idempotency key before this one."""
 
-    respond: Callable[[Received, int], Answer] = lambda request, earlier: 200
-    requests: list[Received] = attrs.field(factory=list)
+    respond: Callable[[Request, int], Answer] = lambda request, earlier: 200
+    requests: list[Request] = attrs.field(factory=list)
     url: str = ""
+    _seen: collections.Counter[str] = attrs.field(factory=collections.Counter)  # requests per idempotency key
     changed: trio.Event = attrs.field(factory=trio.Event)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
@@ -53,7 +56,8 @@ class Receiver:
                 request = await self._read_request(stream, connection)
                 if request is None:
                     return
-                earlier = sum(1 for r in self.requests if r.key == request.key)
+                earlier = self._seen[request.key]
+                self._seen[request.key] += 1
                 self.requests.append(request)
                 self.changed.set()
                 self.changed = trio.Event()
@@ -74,7 +78,7 @@ class Receiver:
         finally:
             await stream.aclose()
 
-    async def _read_request(self, stream: trio.SocketStream, connection: h11.Connection) -> Received | None:
+    async def _read_request(self, stream: trio.SocketStream, connection: h11.Connection) -> Request | None:
         headers: dict[bytes, bytes] = {}
         body = b""
         while True:
@@ -89,7 +93,7 @@ class Receiver:
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
-                return Received(key=headers.get(b"weir-idempotency-key", b"").decode(),
+                return Request(key=headers.get(b"weir-idempotency-key", b"").decode(),
                                 timestamp=headers.get(b"weir-timestamp", b"").decode(),
                                 signature=headers.get(b"weir-signature", b"").decode(), body=body, at=trio.current_time())
             elif isinstance(event, h11.ConnectionClosed):
@@ -97,7 +101,7 @@ class Receiver:
 
 
 @asynccontextmanager
-async def running_receiver(respond: Callable[[Received, int], Answer] | None = None) -> AsyncIterator[Receiver]:
+async def running_receiver(respond: Callable[[Request, int], Answer] | None = None) -> AsyncIterator[Receiver]:
     """A receiver listening on 127.0.0.1 (``receiver.url``) until the block ends."""
     receiver = Receiver() if respond is None else Receiver(respond=respond)
     async with trio.open_nursery() as nursery:
