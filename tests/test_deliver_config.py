@@ -57,6 +57,12 @@ source = "ethereum"
     ({"colour": "red"}, {}, "deliver.pipelines[0].colour: unknown setting"),
     (dict(HOOK, url="ftp://user:SECRET@h/x"), {}, "deliver.pipelines: [0]: url: expected the endpoint's http:// or "
                                                    "https:// URL, got 'ftp://***@h/x'"),
+    (dict(HOOK, url="https://user:SECRET@h/x"), {}, "deliver.pipelines: [0]: url: credentials in the URL are not "
+                                                     "taken (requests are authenticated by their HMAC signature), "
+                                                     "got 'https://***@h/x'"),
+    (dict(HOOK, url="http://127.0.0.1:abc/"), {}, "deliver.pipelines: [0]: url: expected the endpoint's http:// or "
+                                                  "https:// URL, got 'http://127.0.0.1:abc/'"),
+    (dict(HOOK, url="http://[::1/x"), {}, "deliver.pipelines: [0]: url: expected the endpoint's http:// or https:// URL"),
     (dict(HOOK, secret=""), {}, "deliver.pipelines: [0]: secret: required (the key requests are signed with), or secret_env"),
     (dict(HOOK, secret_env="X"), {}, "deliver.pipelines: [0]: secret, secret_env: set one of them, not both"),
     (dict(HOOK, secret="", secret_env="1X"), {},

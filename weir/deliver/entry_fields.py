@@ -1,7 +1,7 @@
 """A stream entry's fields decoded: ids, kind, time, and each source's routing fields typed.
 
 Shared by the targets that turn an entry into something structured (Parquet rows in
-weir/deliver/parquet_rows.py, webhook bodies in weir/deliver/webhook_body.py). Pure and free of
+weir/deliver/parquet_rows.py, webhook bodies in weir/deliver/webhook_messages.py). Pure and free of
 any target's library, so a webhook does not need pyarrow.
 """
 

@@ -38,7 +38,7 @@ from weir.deliver.webhook_filter import EndpointFilter
 from weir.deliver.webhook_messages import body_of, idempotency_key, signed_headers
 from weir.deliver.webhook_outcome import Outcome, Verdict, excerpt_of, outcome_of_status, retry_backoff, settle
 from weir.redact import REDACTED, redact_text, redact_url
-from weir.supervision import CircuitBreaker
+from weir.supervision import BreakerState, CircuitBreaker
 
 log = logging.getLogger("weir.deliver.webhook")
 
@@ -109,8 +109,10 @@ class WebhookTarget:
     async def recover(self) -> None:
         if self._client is None:
             limits = httpx.Limits(max_connections=self.pipe.concurrency, max_keepalive_connections=self.pipe.concurrency)
+            # identity: a compressed answer could expand without bound before any size check
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.pipe.timeout), limits=limits,
-                                             follow_redirects=False, headers={"User-Agent": "weir"})
+                                             follow_redirects=False,
+                                             headers={"User-Agent": "weir", "Accept-Encoding": "identity"})
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
         return set()  # the receiver deduplicates by Weir-Idempotency-Key
@@ -159,35 +161,44 @@ class WebhookTarget:
                 await trio.sleep(self._backoff.delay(attempt - 1, self._rng))
             async with self.endpoint.limiter:
                 await breaker.wait_allowed()  # an open breaker: no request until its trial is due
+                # Only the request let through half-open is the trial: it alone may give the slot
+                # back or have its failure judged as the trial's.
+                trial = breaker.state is BreakerState.HALF_OPEN
                 try:
                     outcome = await self._post(key, body)
                 except BaseException:  # cancelled (the offer's time is up): no outcome to record
-                    breaker.release_trial()
+                    if trial:
+                        breaker.release_trial()
                     raise
             outcomes[entry_id] = outcome
-            if outcome.verdict is Verdict.RETRY:
-                breaker.record_failure()
-            else:
+            if outcome.verdict is not Verdict.RETRY:
                 breaker.record_success()  # a refusal is an answer: the endpoint is up
                 return
+            if trial or breaker.state is BreakerState.CLOSED:  # a late failure does not judge another's trial
+                breaker.record_failure()
 
     async def _post(self, key: str, body: bytes) -> Outcome:
         assert self._client is not None  # recover ran first
         headers = signed_headers(secret=self.endpoint.secret, key=key, timestamp=int(self._wall()), body=body)
+        status: int | None = None  # once the answer's head is in, it is the outcome
+        start = bytearray()  # the body's first bytes as sent (never decompressed: no expansion)
         with trio.move_on_after(self.pipe.timeout):  # the whole request (httpx's timeouts are per read)
             try:
                 async with self._client.stream("POST", self.pipe.url, content=body, headers=headers) as response:
-                    start = b""  # a short body read to its end leaves the connection reusable
-                    async for chunk in response.aiter_bytes():
-                        start += chunk
-                        if len(start) >= _READ_AT_MOST:
-                            break
-                    return outcome_of_status(response.status_code, self._hidden(start))
-            except httpx.TimeoutException:
-                pass
-            except httpx.TransportError as exc:  # refused, reset, closed before the response
-                text = excerpt_of(self._hidden(redact_text(str(exc)).encode())) or type(exc).__name__
-                return Outcome(Verdict.RETRY, f"{type(exc).__name__}: {text}")
+                    status = response.status_code
+                    # Read to its end (the connection stays reusable; stopping early would leave
+                    # httpcore's generators half-run), keeping only the first bytes: memory stays
+                    # flat and the deadline bounds an endless body. One that stalls or breaks after
+                    # the head changes nothing.
+                    async for chunk in response.aiter_raw():
+                        if len(start) < _READ_AT_MOST:
+                            start += chunk[: _READ_AT_MOST - len(start)]
+            except httpx.HTTPError as exc:  # refused, reset, closed early, timed out, a bad answer
+                if status is None and not isinstance(exc, httpx.TimeoutException):
+                    text = excerpt_of(self._hidden(redact_text(str(exc)).encode())) or type(exc).__name__
+                    return Outcome(Verdict.RETRY, f"{type(exc).__name__}: {text}")
+        if status is not None:
+            return outcome_of_status(status, self._hidden(bytes(start[:_READ_AT_MOST])))
         return Outcome(Verdict.RETRY, f"no response within {self.pipe.timeout:g}s")
 
     def _hidden(self, text: bytes) -> bytes:

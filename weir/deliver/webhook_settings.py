@@ -17,10 +17,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 def webhook_problems(pipe: DeliverPipelineSettings, *, claim_idle: float) -> list[str]:
     """What is wrong with a webhook pipeline, one line each ("<setting>: <why>"); empty when nothing."""
-    problems = []
-    parts = urlsplit(pipe.url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        problems.append(f"url: expected the endpoint's http:// or https:// URL, got {redact_url(pipe.url)!r}")
+    problems = [f"url: {why}" for why in _url_problems(pipe.url)]
     if pipe.secret and pipe.secret_env:
         problems.append("secret, secret_env: set one of them, not both")
     elif not pipe.secret and not pipe.secret_env:
@@ -43,3 +40,20 @@ def webhook_problems(pipe: DeliverPipelineSettings, *, claim_idle: float) -> lis
         # A batch's deliveries are acknowledged within claim_idle / 3: one request must fit in it.
         problems.append(f"timeout: must be at most deliver.claim_idle / 3 ({claim_idle / 3:g}), got {pipe.timeout}")
     return problems + filter_problems(pipe)
+
+
+def _url_problems(url: str) -> list[str]:
+    expected = f"expected the endpoint's http:// or https:// URL, got {redact_url(url)!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # a port that is not a number raises here, not at the first POST
+    except ValueError:
+        return [expected]
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return [expected]
+    if parts.username is not None or parts.password is not None:
+        # httpx would send them as a Basic Authorization header, which an endpoint echoing its
+        # request could put in a refusal's reason: requests are authenticated by their signature.
+        return [f"credentials in the URL are not taken (requests are authenticated by their HMAC signature), "
+                f"got {redact_url(url)!r}"]
+    return []
