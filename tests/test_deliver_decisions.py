@@ -135,7 +135,7 @@ def test_farcaster_rows_round_trip_through_a_parquet_file(rows, split):
         if fid is not None:
             fields[b"fid"] = b"%d" % fid
         fields.update({name.encode(): value.encode() for name, value in extra.items()})
-        buffer.append(schema.row(f"{position}-{sub}", fields))
+        buffer.append(schema.values(f"{position}-{sub}", fields))
         expected.append((f"{position}-{sub}", position, sub, payload, fid, sorted(extra.items())))
     first = buffer.take_table(split)  # a row group's worth, then the rest (as the target writes them)
     assert len(first) == min(split, len(rows)) and len(buffer) == len(rows) - len(first)

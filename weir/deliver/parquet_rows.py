@@ -6,13 +6,14 @@ any other field of an entry goes into ``extra`` (a map of strings). Pure: no fil
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
 import attrs
 import pyarrow as pa
 
-from weir.deliver.decisions import parse_entry_id
+from weir.deliver.decisions import hour_of, parse_entry_id
 
 
 class RowError(ValueError):
@@ -52,6 +53,15 @@ class SourceSchema:
     source: str
     schema: pa.Schema
     routing: tuple[pa.Field, ...]
+    # Field names (bytes) with a column of their own; every other field goes into ``extra``.
+    _columned: frozenset[bytes] = attrs.field(init=False)
+    _routing_keys: tuple[tuple[bytes, pa.Field, bool], ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        names = {name.encode() for name in _BUILT_IN} | {column.name.encode() for column in self.routing}
+        object.__setattr__(self, "_columned", frozenset(names))
+        object.__setattr__(self, "_routing_keys", tuple(
+            (column.name.encode(), column, pa.types.is_uint64(column.type)) for column in self.routing))
 
     @classmethod
     def of(cls, source: str) -> SourceSchema:
@@ -59,7 +69,12 @@ class SourceSchema:
         return cls(source, pa.schema([*COMMON, *routing, _EXTRA]), routing)
 
     def row(self, entry_id: str, fields: Mapping[bytes, bytes]) -> dict[str, object]:
-        """The row of one entry.
+        """The row of one entry, by column name (see :meth:`values`)."""
+        return dict(zip(self.schema.names, self.values(entry_id, fields)))
+
+    def values(self, entry_id: str, fields: Mapping[bytes, bytes]) -> tuple[object, ...]:
+        """The row of one entry, its values in the schema's column order (the hot path: one
+        tuple per entry, turned into columns a row group at a time by RowBuffer).
 
         Raises:
             RowError: ``kind`` missing, ``ts`` not a finite number, or a typed column's value not
@@ -72,19 +87,22 @@ class SourceSchema:
         kind = fields.get(b"kind")
         if kind is None:
             raise RowError(f"entry {entry_id} has no kind field")
-        row: dict[str, object] = {
-            "stream_id": entry_id, "position": position, "sub": sub, "kind": _text(kind),
-            "key": fields.get(b"key"), "ts": _timestamp(entry_id, fields.get(b"ts")), "data": fields.get(b"data"),
-        }
-        typed = set()
-        for column in self.routing:
-            raw = fields.get(column.name.encode())
-            typed.add(column.name)
-            row[column.name] = None if raw is None else _typed(entry_id, column, raw)
-        extra = [(_text(name), _text(value)) for name, value in fields.items()
-                 if _text(name) not in _BUILT_IN and _text(name) not in typed]
-        row["extra"] = extra or None
-        return row
+        get = fields.get
+        values: list[object] = [entry_id, position, sub, _text(kind), get(b"key"), _timestamp(entry_id, get(b"ts")),
+                                get(b"data")]
+        for name, column, uint64 in self._routing_keys:
+            raw = get(name)
+            if raw is None:
+                values.append(None)
+            elif uint64:
+                if not (raw.isdigit() and int(raw) <= _UINT64_MAX):
+                    raise RowError(f"entry {entry_id}: {column.name} {raw[:40]!r} is not a uint64")
+                values.append(int(raw))
+            else:
+                values.append(_text(raw))
+        columned = self._columned
+        values.append([(_text(name), _text(value)) for name, value in fields.items() if name not in columned] or None)
+        return tuple(values)
 
 
 def _timestamp(entry_id: str, raw: bytes | None) -> int | None:
@@ -109,12 +127,15 @@ def seconds_of(fields: Mapping[bytes, bytes]) -> float:
     return seconds if math.isfinite(seconds) and 0 <= seconds < 1e11 else 0.0
 
 
-def _typed(entry_id: str, column: pa.Field, raw: bytes) -> object:
-    if pa.types.is_uint64(column.type):
-        if not (raw.isdigit() and int(raw) <= _UINT64_MAX):
-            raise RowError(f"entry {entry_id}: {column.name} {raw[:40]!r} is not a uint64")
-        return int(raw)
-    return _text(raw)
+def hour_of_fields(fields: Mapping[bytes, bytes]) -> str:
+    """The hour (``hour_of``) of the entry's ``ts`` (``seconds_of``), its name cached: the same
+    few hours come back for every row."""
+    return _hour_name(int(seconds_of(fields)) // 3600)
+
+
+@functools.lru_cache(maxsize=256)
+def _hour_name(hour: int) -> str:
+    return hour_of(hour * 3600)
 
 
 def _text(value: bytes) -> str:
@@ -122,24 +143,26 @@ def _text(value: bytes) -> str:
 
 
 class RowBuffer:
-    """Rows of one file held column by column until they are written as a row group."""
+    """Rows of one file, as value tuples, until they are written as a row group (turned into
+    columns then: one C-level transpose, rather than a list append per column per row)."""
 
     def __init__(self, schema: SourceSchema) -> None:
         self.schema = schema
-        self._columns: dict[str, list[object]] = {field.name: [] for field in schema.schema}
+        self._rows: list[tuple[object, ...]] = []
 
     def __len__(self) -> int:
-        return len(self._columns["stream_id"])
+        return len(self._rows)
 
-    def append(self, row: Mapping[str, object]) -> None:
-        for name, values in self._columns.items():
-            values.append(row[name])
+    def append(self, values: tuple[object, ...]) -> None:
+        """One row, as :meth:`SourceSchema.values` gives it."""
+        self._rows.append(values)
 
     def take_table(self, rows: int | None = None) -> pa.Table:
         """The first ``rows`` rows (all by default) as a table, in the order appended, removed from
         the buffer."""
-        table = pa.table({name: pa.array(values[:rows], type=self.schema.schema.field(name).type)
-                          for name, values in self._columns.items()}, schema=self.schema.schema)
-        for values in self._columns.values():
-            del values[:rows]
-        return table
+        taken = self._rows[:rows]
+        del self._rows[:rows]
+        schema = self.schema.schema
+        columns = list(zip(*taken)) or [()] * len(schema)
+        return pa.Table.from_arrays([pa.array(values, type=field.type) for values, field in zip(columns, schema)],
+                                    schema=schema)
