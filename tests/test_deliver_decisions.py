@@ -21,7 +21,7 @@ from weir.deliver.decisions import (
     safe_to_commit,
     triage,
 )
-from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema
+from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, hours_of, seconds_of
 
 u64 = st.integers(0, (1 << 64) - 1)
 entry_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", u64, u64)
@@ -108,6 +108,14 @@ def test_hour_of_is_the_utc_hour(seconds):
     hour = hour_of(seconds)
     assert len(hour) == 13 and hour[10] == "T"
     assert hour_of(math.floor(seconds / 3600) * 3600) == hour
+
+
+@given(st.lists(st.one_of(st.none(), st.floats().map(lambda f: repr(f).encode()),
+                          st.binary(max_size=6)), max_size=30))
+def test_the_hours_of_a_batch_are_each_entrys_own(timestamps):
+    """hours_of reads each distinct ts once; each entry still gets hour_of(seconds_of(its fields))."""
+    batch = [{} if ts is None else {b"ts": ts} for ts in timestamps]
+    assert hours_of(batch) == [hour_of(seconds_of(fields)) for fields in batch]
 
 
 @given(st.lists(st.text(min_size=1, max_size=5), max_size=50), st.integers(1, 10))

@@ -32,7 +32,7 @@ import trio
 
 from weir.deliver.decisions import RollPolicy, SortedIds, parse_entry_id
 from weir.deliver.group import Entry
-from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, hour_of_fields
+from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, hours_of
 from weir.deliver.target import Prepared
 
 log = logging.getLogger("weir.deliver.parquet")
@@ -117,8 +117,8 @@ class ParquetTarget:
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
         by_hour: dict[str, list[str]] = {}
-        for entry in entries:
-            by_hour.setdefault(hour_of_fields(entry.fields), []).append(entry.entry_id)
+        for entry, hour in zip(entries, hours_of(entry.fields for entry in entries)):
+            by_hour.setdefault(hour, []).append(entry.entry_id)
         return await trio.to_thread.run_sync(self._find_committed, by_hour)
 
     def _find_committed(self, by_hour: dict[str, list[str]]) -> set[str]:
@@ -173,13 +173,12 @@ class ParquetTarget:
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         refused: dict[str, str] = {}
         full: list[_OpenFile] = []
-        for entry in entries:
+        for entry, hour in zip(entries, hours_of(entry.fields for entry in entries)):
             try:
                 row = self.schema.values(entry.entry_id, entry.fields)
             except RowError as exc:
                 refused[entry.entry_id] = str(exc)
                 continue
-            hour = hour_of_fields(entry.fields)
             file = self._open.get(hour)
             if file is None:
                 file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())

@@ -6,9 +6,8 @@ any other field of an entry goes into ``extra`` (a map of strings). Pure: no fil
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 import pyarrow as pa
@@ -127,15 +126,18 @@ def seconds_of(fields: Mapping[bytes, bytes]) -> float:
     return seconds if math.isfinite(seconds) and 0 <= seconds < 1e11 else 0.0
 
 
-def hour_of_fields(fields: Mapping[bytes, bytes]) -> str:
-    """The hour (``hour_of``) of the entry's ``ts`` (``seconds_of``), its name cached: the same
-    few hours come back for every row."""
-    return _hour_name(int(seconds_of(fields)) // 3600)
-
-
-@functools.lru_cache(maxsize=256)
-def _hour_name(hour: int) -> str:
-    return hour_of(hour * 3600)
+def hours_of(field_maps: Iterable[Mapping[bytes, bytes]]) -> list[str]:
+    """The hour (``hour_of``) of each entry's ``ts`` (``seconds_of``). Entries of one block share
+    their ``ts``: each distinct value is read once."""
+    known: dict[bytes | None, str] = {}
+    out = []
+    for fields in field_maps:
+        raw = fields.get(b"ts")
+        hour = known.get(raw)
+        if hour is None:
+            hour = known[raw] = hour_of(int(seconds_of(fields)) // 3600 * 3600)
+        out.append(hour)
+    return out
 
 
 def _text(value: bytes) -> str:
