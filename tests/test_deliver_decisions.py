@@ -118,6 +118,21 @@ def test_the_hours_of_a_batch_are_each_entrys_own(timestamps):
     assert hours_of(batch) == [hour_of(seconds_of(fields)) for fields in batch]
 
 
+@given(st.one_of(st.text(max_size=12), st.from_regex(r"[0-9\u0660-\u0669]{1,5}-[0-9\u00b2]{1,3}", fullmatch=True)))
+def test_a_row_reads_its_entry_id_as_parse_entry_id_does(entry_id):
+    fields = {b"kind": b"MERGE_MESSAGE", b"ts": b"1"}
+    try:
+        expected = parse_entry_id(entry_id)
+    except ValueError:
+        expected = None
+    try:
+        row = SourceSchema.of("farcaster").row(entry_id, fields)
+    except RowError:
+        assert expected is None
+    else:
+        assert (row["position"], row["sub"]) == expected
+
+
 @given(st.lists(st.text(min_size=1, max_size=5), max_size=50), st.integers(1, 10))
 def test_failure_memory_is_bounded_and_keeps_the_latest(ids, capacity):
     memory = FailureMemory(capacity)
