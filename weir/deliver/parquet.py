@@ -267,8 +267,8 @@ class ParquetTarget:
 async def _finished(file: _OpenFile) -> None:
     """Wait for the file's background row group write; its error (a full disk) is raised here."""
     if file.writing is not None:
-        writing, file.writing = file.writing, None
-        await trio.to_thread.run_sync(writing.result)
+        await trio.to_thread.run_sync(file.writing.result)
+        file.writing = None  # only now: a cancel before this leaves it for _discard to wait for
 
 
 def _discard(file: _OpenFile) -> None:
