@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-from concurrent.futures import Future, ThreadPoolExecutor
 import logging
 import os
 import re
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -221,8 +221,8 @@ class ParquetTarget:
                if everything or self.roll.due(rows=len(file.entry_ids), opened_at=file.opened_at, now=now)]
         prepared = []
         for file in due:
+            await _finished(file)  # before it leaves _open: if its write failed, aclose still drops it
             del self._open[file.hour]
-            await _finished(file)
             await trio.to_thread.run_sync(self._close_file, file)
             prepared.append(Prepared(entry_ids=tuple(file.entry_ids), handle=file))
         return prepared
