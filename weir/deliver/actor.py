@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from weir.actors.nurseries import open_unwrapping_nursery
 from weir.actors.stopping import until_stopped
 from weir.deliver.decisions import FailureMemory, parse_entry_id, safe_to_commit, triage
 from weir.deliver.group import ConsumerGroup, Entry
@@ -73,10 +74,12 @@ class PartitionDelivery:
     failures: FailureMemory = attrs.field(factory=FailureMemory)
     held: set[str] = attrs.field(factory=set)  # offered to the target, not yet committed or dropped
     undecided: list[Prepared] = attrs.field(factory=list)  # prepared, neither committed nor aborted yet
+    ahead: list[Entry] = attrs.field(factory=list)  # read ahead, not yet offered (see _read_ahead)
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
         self.held.clear()  # a new target holds nothing (a crashed one's files were dropped)
+        self.ahead.clear()  # entries a crashed run read ahead are pending to this consumer: read again
         try:
             await self._patiently(self.group.ensure_group, self.start)
             await target.recover()
@@ -84,8 +87,11 @@ class PartitionDelivery:
             async with until_stopped(stopping):
                 await self._take_over_own_pending(target)
                 await self._loop(target)
-            # An ordered stop: what is buffered is committed and acknowledged (the drain; a cancel
-            # meanwhile, the supervisor's after shutdown_grace or a second signal, leaves it pending).
+            # An ordered stop: what is buffered, and the batch read ahead, is committed and
+            # acknowledged (the drain; a cancel meanwhile, the supervisor's after shutdown_grace or a
+            # second signal, leaves it pending).
+            entries, self.ahead = self.ahead, []
+            await self._offer(target, entries)
             await self._commit(target, trio.current_time(), everything=True)
         finally:
             with trio.CancelScope(shield=True):
@@ -95,22 +101,41 @@ class PartitionDelivery:
                 await target.aclose()
 
     async def _loop(self, target: Target) -> None:
+        """Offer new entries as they come, commit what is due, claim from idle consumers.
+
+        New entries are read by a task of their own, one batch ahead: the next XREADGROUP is on
+        its way while this batch becomes rows (measured: docs/performance.md, "Delivery").
+        """
         s = self.settings
-        next_claim = trio.current_time()
-        while True:
-            now = trio.current_time()
-            if now >= next_claim:
-                await self._claim_pass(target)
-                next_claim = now + s.claim_interval
-            due = target.next_due()
-            if due is not None and now >= due:
-                await self._commit(target, now)
+        send, receive = trio.open_memory_channel[list[Entry]](0)
+        async with open_unwrapping_nursery() as nursery:
+            nursery.start_soon(self._read_ahead, send)
+            next_claim = trio.current_time()
+            while True:
+                now = trio.current_time()
+                if now >= next_claim:
+                    await self._claim_pass(target)
+                    next_claim = now + s.claim_interval
                 due = target.next_due()
-            wake = min(next_claim, due if due is not None else next_claim)
-            block_ms = max(1, min(s.block_ms, int((wake - trio.current_time()) * 1000)))
-            entries = await self._patiently(self.group.read_new, s.read_count, block_ms)
+                if due is not None and now >= due:
+                    await self._commit(target, now)
+                    due = target.next_due()
+                entries: list[Entry] = []
+                with trio.move_on_at(min(next_claim, due if due is not None else next_claim)):
+                    entries = await receive.receive()
+                    self.ahead = []  # received: offered next (a stop from here on cancels _offer itself)
+                if entries:
+                    await self._offer(target, entries)
+
+    async def _read_ahead(self, send: trio.MemorySendChannel[list[Entry]]) -> None:
+        """XREADGROUP ``>`` in a loop, each batch handed over once the loop wants it; while it
+        waits it is ``self.ahead``, which an ordered stop still offers (the drain)."""
+        s = self.settings
+        while True:
+            entries = await self._patiently(self.group.read_new, s.read_count, s.block_ms)
             if entries:
-                await self._offer(target, entries)
+                self.ahead = entries
+                await send.send(entries)
 
     async def _take_over_own_pending(self, target: Target) -> None:
         """Entries this consumer name had pending before the (re)start: delivered again."""
@@ -165,6 +190,9 @@ class PartitionDelivery:
         New entries are looked up too, not only those read again: if Redis lost the group's state
         (a restart before its AOF had the last reads), entries committed earlier come back as new.
         """
+        # A batch read ahead may meanwhile have come back through a claim pass (its entries
+        # looked idle during a Redis stall) and be held already: offered once, not twice.
+        entries = [entry for entry in entries if entry.entry_id not in self.held]
         if not entries:
             return
         durable = await target.already_delivered(entries)

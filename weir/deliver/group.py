@@ -5,7 +5,7 @@ Errors as the sink's (weir.sinks.redis_sink.call_redis): SinkUnavailable for wha
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import redis.asyncio as aioredis
@@ -33,9 +33,10 @@ class GroupInfo:
     lag: int | None
 
 
-@attrs.frozen(kw_only=True)
-class Entry:
-    """One stream entry as delivered: its id and its fields (docs/redis-layout.md)."""
+class Entry(NamedTuple):
+    """One stream entry as delivered: its id and its fields (docs/redis-layout.md).
+
+    A named tuple, not an attrs class: one is made per entry read (half the cost)."""
 
     entry_id: str
     fields: Fields
@@ -186,7 +187,7 @@ def _entries(reply: Any) -> tuple[list[Entry], list[str]]:
             if not fields:
                 gone.append(_text(entry_id))
                 continue
-            out.append(Entry(entry_id=_text(entry_id), fields=_field_dict(fields)))
+            out.append(Entry(_text(entry_id), fields if isinstance(fields, dict) else _field_dict(fields)))
     return out, gone
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,16 +30,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import trio
 
-from weir.deliver.decisions import RollPolicy, SortedIds, hour_of, parse_entry_id
+from weir.deliver.decisions import RollPolicy, SortedIds, parse_entry_id
 from weir.deliver.group import Entry
-from weir.deliver.entry_fields import seconds_of
-from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema
+from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, hours_of
 from weir.deliver.target import Prepared
 
 log = logging.getLogger("weir.deliver.parquet")
 
 COMMITTED_NAME = re.compile(r"part-(\d+-\d+)_(\d+-\d+)-.+\.parquet\Z")
 _TEMP_SUFFIX = ".parquet.tmp"
+# Columns whose values are (nearly) all distinct: a dictionary page is only work lost for them
+# (pyarrow tries one, then falls back to plain); every other column is dictionary-encoded.
+_PLAIN_COLUMNS = frozenset({"stream_id", "position", "sub", "key", "ts", "data"})
 # Stream ids of recently read committed files are kept for lookups, up to this many in all (as Arrow
 # string arrays: ~20 bytes an id, where a Python set of str would take ~100).
 _CACHED_IDS = 4_000_000
@@ -53,6 +56,7 @@ class _OpenFile:
     opened_at: float
     entry_ids: list[str] = attrs.field(factory=list)
     writer: pq.ParquetWriter | None = None
+    writing: Future[None] | None = None  # the row group being written in the background, if any
 
 
 class ParquetTarget:
@@ -82,6 +86,10 @@ class ParquetTarget:
         self._committed_ids: OrderedDict[Path, pa.Array] = OrderedDict()
         self._cached_ids = 0
         self._spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+        # Row groups are encoded, compressed and written here while the next entries are read
+        # (pyarrow releases the GIL): one at a time, so at most one row group waits in memory.
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weir-parquet")
+        self._dictionary = [name for name in self.schema.schema.names if name not in _PLAIN_COLUMNS]
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -109,8 +117,8 @@ class ParquetTarget:
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
         by_hour: dict[str, list[str]] = {}
-        for entry in entries:
-            by_hour.setdefault(hour_of(seconds_of(entry.fields)), []).append(entry.entry_id)
+        for entry, hour in zip(entries, hours_of(entry.fields for entry in entries)):
+            by_hour.setdefault(hour, []).append(entry.entry_id)
         return await trio.to_thread.run_sync(self._find_committed, by_hour)
 
     def _find_committed(self, by_hour: dict[str, list[str]]) -> set[str]:
@@ -165,13 +173,12 @@ class ParquetTarget:
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         refused: dict[str, str] = {}
         full: list[_OpenFile] = []
-        for entry in entries:
+        for entry, hour in zip(entries, hours_of(entry.fields for entry in entries)):
             try:
-                row = self.schema.row(entry.entry_id, entry.fields)
+                row = self.schema.values(entry.entry_id, entry.fields)
             except RowError as exc:
                 refused[entry.entry_id] = str(exc)
                 continue
-            hour = hour_of(seconds_of(entry.fields))
             file = self._open.get(hour)
             if file is None:
                 file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
@@ -180,7 +187,7 @@ class ParquetTarget:
             if len(file.buffer) >= self.row_group_rows:
                 full.append(file)
         for file in dict.fromkeys(full):
-            await trio.to_thread.run_sync(self._write_row_group, file)
+            await self._write_row_groups(file)
         return refused
 
     def _new_file(self, hour: str, opened_at: float) -> _OpenFile:
@@ -191,14 +198,18 @@ class ParquetTarget:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else can hold it
         return _OpenFile(hour=hour, temp=temp, lock_fd=fd, buffer=RowBuffer(self.schema), opened_at=opened_at)
 
-    def _write_row_group(self, file: _OpenFile, *, last: bool = False) -> None:
-        """Write the buffered rows as row groups of ``row_group_rows``; the rest stays buffered
-        for the next, unless this is the ``last`` (the file's final, possibly smaller, group)."""
-        while len(file.buffer) >= self.row_group_rows or (last and len(file.buffer)):
-            table = file.buffer.take_table(self.row_group_rows)
-            if file.writer is None:
-                file.writer = pq.ParquetWriter(file.temp, self.schema.schema, compression=self.compression)
-            file.writer.write_table(table, row_group_size=len(table))
+    async def _write_row_groups(self, file: _OpenFile) -> None:
+        """Hand the buffered full row groups to the writer thread, after the previous one is done."""
+        while len(file.buffer) >= self.row_group_rows:
+            await _finished(file)
+            table = file.buffer.take_table(self.row_group_rows)  # here: it reads the buffer trio appends to
+            file.writing = self._writer_thread.submit(self._write_table, file, table)
+
+    def _write_table(self, file: _OpenFile, table: pa.Table) -> None:
+        if file.writer is None:
+            file.writer = pq.ParquetWriter(file.temp, self.schema.schema, compression=self.compression,
+                                           use_dictionary=self._dictionary)
+        file.writer.write_table(table, row_group_size=len(table))
 
     def given_back(self) -> list[str]:
         return []  # every entry offered is buffered or refused
@@ -213,13 +224,15 @@ class ParquetTarget:
                if everything or self.roll.due(rows=len(file.entry_ids), opened_at=file.opened_at, now=now)]
         prepared = []
         for file in due:
+            await _finished(file)  # before it leaves _open: if its write failed, aclose still drops it
             del self._open[file.hour]
             await trio.to_thread.run_sync(self._close_file, file)
             prepared.append(Prepared(entry_ids=tuple(file.entry_ids), handle=file))
         return prepared
 
     def _close_file(self, file: _OpenFile) -> None:
-        self._write_row_group(file, last=True)
+        if len(file.buffer):  # the file's last, possibly smaller, row group
+            self._write_table(file, file.buffer.take_table())
         assert file.writer is not None  # a file is opened for its first row
         ordered = sorted(file.entry_ids, key=parse_entry_id)
         file.writer.add_key_value_metadata({
@@ -245,15 +258,28 @@ class ParquetTarget:
                   extra={"event": "deliver_file_committed", "path": str(final), "rows": len(ordered)})
 
     async def abort(self, prepared: Prepared) -> None:
-        _discard(prepared.handle)
+        await trio.to_thread.run_sync(_discard, prepared.handle)
 
     async def aclose(self) -> None:
         files, self._open = list(self._open.values()), {}
         for file in files:
-            _discard(file)
+            await trio.to_thread.run_sync(_discard, file)
+        self._writer_thread.shutdown(wait=False)  # nothing is queued: each file's write was waited for
+
+
+async def _finished(file: _OpenFile) -> None:
+    """Wait for the file's background row group write; its error (a full disk) is raised here."""
+    if file.writing is not None:
+        await trio.to_thread.run_sync(file.writing.result)
+        file.writing = None  # only now: a cancel before this leaves it for _discard to wait for
 
 
 def _discard(file: _OpenFile) -> None:
+    if file.writing is not None:  # the writer is not closed under a write still running
+        try:
+            file.writing.result()
+        except Exception:  # the file is deleted anyway
+            pass
     if file.writer is not None:
         try:
             file.writer.close()

@@ -6,12 +6,13 @@ any other field of an entry goes into ``extra`` (a map of strings). Pure: no fil
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 import pyarrow as pa
 
-from weir.deliver.entry_fields import ROUTING, UINT64, EntryError, decode_entry
+from weir.deliver.decisions import hour_of
+from weir.deliver.entry_fields import ROUTING, UINT64, EntryError, columns_of, entry_values, seconds_of
 
 RowError = EntryError  # the entry cannot become a row (the name parquet.py and its tests know)
 
@@ -44,37 +45,60 @@ class SourceSchema:
     @classmethod
     def of(cls, source: str) -> SourceSchema:
         routing = tuple(SOURCE_COLUMNS.get(source, ()))
-        return cls(source, pa.schema([*COMMON, *routing, _EXTRA]), routing)
+        schema = cls(source, pa.schema([*COMMON, *routing, _EXTRA]), routing)
+        assert tuple(schema.schema.names) == columns_of(source)  # entry_values fills it in this order
+        return schema
 
     def row(self, entry_id: str, fields: Mapping[bytes, bytes]) -> dict[str, object]:
-        """The row of one entry (weir.deliver.entry_fields.decode_entry: a column per value).
+        """The row of one entry, by column name (see :meth:`values`)."""
+        return dict(zip(self.schema.names, self.values(entry_id, fields)))
+
+    def values(self, entry_id: str, fields: Mapping[bytes, bytes]) -> tuple[object, ...]:
+        """The row of one entry, its values in the schema's column order (the hot path: one
+        tuple per entry, turned into columns a row group at a time by RowBuffer).
 
         Raises:
             RowError: ``kind`` missing, ``ts`` not a finite number, or a typed column's value not
                 of its type (say a ``fid`` that is not a decimal uint64).
         """
-        return decode_entry(self.source, entry_id, fields)
+        return entry_values(self.source, entry_id, fields)
+
+
+def hours_of(field_maps: Iterable[Mapping[bytes, bytes]]) -> list[str]:
+    """The hour (``hour_of``) of each entry's ``ts`` (``seconds_of``). Entries of one block share
+    their ``ts``: each distinct value is read once."""
+    known: dict[bytes | None, str] = {}
+    out = []
+    for fields in field_maps:
+        raw = fields.get(b"ts")
+        hour = known.get(raw)
+        if hour is None:
+            hour = known[raw] = hour_of(int(seconds_of(fields)) // 3600 * 3600)
+        out.append(hour)
+    return out
 
 
 class RowBuffer:
-    """Rows of one file held column by column until they are written as a row group."""
+    """Rows of one file, as value tuples, until they are written as a row group (turned into
+    columns then: one C-level transpose, rather than a list append per column per row)."""
 
     def __init__(self, schema: SourceSchema) -> None:
         self.schema = schema
-        self._columns: dict[str, list[object]] = {field.name: [] for field in schema.schema}
+        self._rows: list[tuple[object, ...]] = []
 
     def __len__(self) -> int:
-        return len(self._columns["stream_id"])
+        return len(self._rows)
 
-    def append(self, row: Mapping[str, object]) -> None:
-        for name, values in self._columns.items():
-            values.append(row[name])
+    def append(self, values: tuple[object, ...]) -> None:
+        """One row, as :meth:`SourceSchema.values` gives it."""
+        self._rows.append(values)
 
     def take_table(self, rows: int | None = None) -> pa.Table:
         """The first ``rows`` rows (all by default) as a table, in the order appended, removed from
         the buffer."""
-        table = pa.table({name: pa.array(values[:rows], type=self.schema.schema.field(name).type)
-                          for name, values in self._columns.items()}, schema=self.schema.schema)
-        for values in self._columns.values():
-            del values[:rows]
-        return table
+        taken = self._rows[:rows]
+        del self._rows[:rows]
+        schema = self.schema.schema
+        columns = list(zip(*taken)) or [()] * len(schema)
+        return pa.Table.from_arrays([pa.array(values, type=field.type) for values, field in zip(columns, schema)],
+                                    schema=schema)
