@@ -399,3 +399,18 @@ def test_verification_is_off_the_filtered_out_path():
     r.keep = lambda keys: keys.event_type != MERGE_MESSAGE
     chunk = r.read(items, received=0.0)
     assert chunk is not None and chunk.dead == [] and r.stats.invalid_messages == 0
+
+
+def test_grpclibs_missing_transport_after_a_reset_is_a_network_fault_even_from_close():
+    """grpclib 0.4.9 deletes a reset connection's transport: using or closing the channel raises
+    AttributeError, which must reach the reconnect loop as a network fault (seen in the chaos
+    suite: raised from channel.close(), it crashed the source instead)."""
+    from weir.actors.farcaster import _grpclib_reset_is_a_network_fault, is_transient
+
+    with pytest.raises(ConnectionResetError) as caught:
+        with _grpclib_reset_is_a_network_fault():
+            raise AttributeError("'Connection' object has no attribute '_transport'")
+    assert is_transient(caught.value)
+    with pytest.raises(AttributeError):  # any other AttributeError is a bug: it stays one
+        with _grpclib_reset_is_a_network_fault():
+            raise AttributeError("'NoneType' object has no attribute 'shard'")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from typing import ClassVar, NoReturn
 from urllib.parse import urlsplit
 
@@ -101,14 +101,29 @@ def _open_channel(target: GrpcTarget):  # runs in asyncio
     return CoalescingChannel(target.host, target.port, ssl=context, codec=RawBytesCodec())
 
 
+@contextmanager
+def _grpclib_reset_is_a_network_fault() -> Iterator[None]:
+    """grpclib 0.4.9: a connection reset while a call is being opened deletes the connection's
+    transport before it is used, and using or closing the channel then raises AttributeError
+    ("'Connection' object has no attribute '_transport'"). That is a network fault, to reconnect
+    from, not a bug to crash on."""
+    try:
+        yield
+    except AttributeError as exc:
+        if "_transport" not in str(exc):
+            raise
+        raise ConnectionResetError(f"connection lost while opening the call ({exc})") from exc
+
+
 async def _get_info_aio(target: GrpcTarget, timeout: float):
     from weir.protos.snapchain import GetInfoRequest, HubServiceStub
 
-    channel = _open_channel(target)
-    try:
-        return await HubServiceStub(channel).get_info(GetInfoRequest(), timeout=timeout)
-    finally:
-        channel.close()
+    with _grpclib_reset_is_a_network_fault():  # around close() too: it meets the same missing transport
+        channel = _open_channel(target)
+        try:
+            return await HubServiceStub(channel).get_info(GetInfoRequest(), timeout=timeout)
+        finally:
+            channel.close()
 
 
 async def announced_height(target: GrpcTarget, shard: int, *, timeout: float) -> int | None:
@@ -128,18 +143,12 @@ async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[
 
 async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, settings: FarcasterSettings) -> None:
     """Open Subscribe and pump raw HubEvent bytes to trio in lists (asyncio side)."""
-    channel = _open_channel(target)
-    try:
-        await _subscribe_on(channel, request_bytes, deliver, settings)
-    except AttributeError as exc:
-        # grpclib 0.4.9: a connection reset while the stream is being opened deletes the
-        # connection's transport before it is used ("'Connection' object has no attribute
-        # '_transport'"). That is a network fault, to reconnect from, not a bug to crash on.
-        if "_transport" not in str(exc):
-            raise
-        raise ConnectionResetError(f"connection lost while opening the stream ({exc})") from exc
-    finally:
-        channel.close()
+    with _grpclib_reset_is_a_network_fault():  # around close() too: it meets the same missing transport
+        channel = _open_channel(target)
+        try:
+            await _subscribe_on(channel, request_bytes, deliver, settings)
+        finally:
+            channel.close()
 
 
 async def _subscribe_on(channel, request_bytes: bytes, deliver, settings: FarcasterSettings) -> None:
