@@ -10,11 +10,9 @@ script's output.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from svg_boxes import Arrow, Box, Diagram, Group, Style
+from svg_boxes import Arrow, Box, Diagram, Group, Style, diagram_main
 
 from weir.actors.pipeline import BATCH_TO_PERSIST, FILTER_TO_BATCH, SOURCE_TO_FILTER
 from weir.supervision import Strategy
@@ -115,18 +113,7 @@ def diagram() -> Diagram:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the SVG file is not this output")
-    parser.add_argument("--output", type=Path, default=SVG, help=f"the SVG file (default {SVG})")
-    args = parser.parse_args(argv)
-    svg = diagram().svg()
-    if args.check:
-        if not args.output.is_file() or args.output.read_text(encoding="utf-8") != svg:
-            print(f"{args.output} is stale: run python tools/architecture_diagram.py", file=sys.stderr)
-            return 1
-        return 0
-    args.output.write_text(svg, encoding="utf-8")
-    return 0
+    return diagram_main(diagram, SVG, "tools/architecture_diagram.py", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

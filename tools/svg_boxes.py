@@ -8,8 +8,11 @@ monospace font, so its width is known without measuring glyphs.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 CHAR_WIDTH = 7.2  # 12 px monospace: 0.6 em per character
@@ -249,3 +252,21 @@ class Diagram:
                 'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#1f4e79"/></marker></defs>')
         background = f'<rect width="{_number(width)}" height="{_number(height)}" fill="#ffffff"/>'
         return "\n".join([head, defs, background, *body, "</svg>"]) + "\n"
+
+
+def diagram_main(draw: Callable[[], Diagram], default: Path, script: str, description: str,
+                 argv: list[str] | None = None) -> int:
+    """A diagram script's command line: write ``draw()``'s SVG to ``--output`` (``default``), or
+    with ``--check`` exit 1 when the file is not that output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the SVG file is not this output")
+    parser.add_argument("--output", type=Path, default=default, help=f"the SVG file (default {default})")
+    args = parser.parse_args(argv)
+    svg = draw().svg()
+    if args.check:
+        if not args.output.is_file() or args.output.read_text(encoding="utf-8") != svg:
+            print(f"{args.output} is stale: run python {script}", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(svg, encoding="utf-8")
+    return 0
