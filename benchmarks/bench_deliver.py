@@ -4,6 +4,7 @@
     python benchmarks/bench_deliver.py                                  # Parquet grid + NATS, ~3 min
     python benchmarks/bench_deliver.py --events 100000 --codecs zstd --row-groups 10000 --targets parquet
     python benchmarks/bench_deliver.py --stages                         # + wall time per stage of the loop
+    python benchmarks/bench_deliver.py --targets webhook --concurrency 8,32   # a local receiver (own process)
 
 Fill (once): the Snapchain simulator (its own process, ``--events`` pregenerated events on one
 shard) replayed by ``weir run`` (``serve``, in this process, farcaster.verify = false) into a fresh
@@ -98,6 +99,37 @@ async def nats_cell(scratch: Path, cell: str, in_flight: int) -> AsyncIterator[d
     async with running_nats(place) as server:
         yield {"target": "nats", "url": server.url, "in_flight": in_flight}
     shutil.rmtree(place, ignore_errors=True)
+
+
+@asynccontextmanager
+async def webhook_cell(concurrency: int) -> AsyncIterator[dict]:
+    """A local receiver in a process of its own (its CPU is not the deliverer's): answers 200 to
+    every request after checking nothing (signing is weir's cost, verifying the receiver's)."""
+    import subprocess
+
+    process = await trio.lowlevel.open_process([sys.executable, str(Path(__file__).resolve()), "--serve-webhook"],
+                                               stdout=subprocess.PIPE)
+    try:
+        line = b""
+        with trio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await process.stdout.receive_some(1)
+        yield {"target": "webhook", "url": line.decode().strip(), "secret": "bench-secret", "concurrency": concurrency,
+               "timeout": 5.0}
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def serve_webhook() -> None:
+    """The receiver's process: weir/chaos/webhook_receiver.py answering 200; prints its URL."""
+    from weir.chaos.webhook_receiver import running_receiver
+
+    async with running_receiver(lambda request, earlier: 200) as receiver:
+        print(receiver.url, flush=True)
+        while True:  # keep memory flat over long runs: the requests are not needed here
+            await trio.sleep(1)
+            receiver.requests.clear()
 
 
 class StageClock:
@@ -231,11 +263,9 @@ def _cells(target: str, args, scratch: Path):
                 yield cell, {"codec": codec, "row_group": row_group}, parquet_cell(scratch, cell, codec, row_group, args.file_rows)
     elif target == "nats":
         yield "nats", {"in_flight": args.in_flight}, nats_cell(scratch, "nats", args.in_flight)
-    elif target == "webhook":
-        # The hook for the webhook target (built separately): a context like nats_cell that starts
-        # a local HTTP receiver and yields {"target": "webhook", "url": <its URL>, ...}; deliver()
-        # then reports deliveries/s as rows/s, and MB/s of the entries' payload as for NATS.
-        raise SystemExit("bench_deliver.py: the webhook target's cell is not written yet (see _cells)")
+    elif target == "webhook":  # deliveries/s as rows/s; MB/s of the entries' payload, as for NATS
+        for concurrency in args.concurrency:
+            yield f"webhook-{concurrency}", {"concurrency": concurrency}, webhook_cell(concurrency)
     else:
         raise SystemExit(f"bench_deliver.py: unknown target {target!r} (parquet, nats, webhook)")
 
@@ -258,7 +288,12 @@ async def _payload_bytes(redis_url: str) -> int:
 
 
 def _row(r: dict) -> str:
-    what = f"{r['codec']} | {r['row_group']:,}" if r["target"] == "parquet" else f"in_flight {r['in_flight']} |"
+    if r["target"] == "parquet":
+        what = f"{r['codec']} | {r['row_group']:,}"
+    elif r["target"] == "nats":
+        what = f"in_flight {r['in_flight']} |"
+    else:
+        what = f"concurrency {r['concurrency']} |"
     stages = ""
     if "stage_ms_per_1000_rows" in r:
         stages = " | " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["stage_ms_per_1000_rows"].items(), key=lambda kv: -kv[1]))
@@ -268,6 +303,9 @@ def _row(r: dict) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--serve-webhook"]:  # the webhook cell's receiver, started by webhook_cell
+        trio.run(serve_webhook)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="simulated events to ingest (one shard)")
     parser.add_argument("--seed", type=int, default=7)
@@ -277,6 +315,8 @@ def main() -> None:
     parser.add_argument("--file-rows", type=int, default=100_000)
     parser.add_argument("--read-count", type=int, default=1000, help="deliver.read_count")
     parser.add_argument("--in-flight", type=int, default=1000, help="NATS in_flight")
+    parser.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32],
+                        help="webhook concurrency (requests in flight), one cell each")
     parser.add_argument("--stages", action="store_true", help="time each stage of the delivery loop")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a cell may take")
     parser.add_argument("--profile", metavar="DIR", help="cProfile of the trio thread per cell, as text in DIR "
