@@ -12,19 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from svg_boxes import Arrow, Box, Diagram, Group, Style, diagram_main
+from svg_boxes import (ACTOR, EXTERNAL, PLAIN, PROCESS, REDIS, SUPERVISOR, Arrow, Box, Diagram, Group, Style, 
+                       diagram_main)
 
 from weir.actors.pipeline import BATCH_TO_PERSIST, FILTER_TO_BATCH, SOURCE_TO_FILTER
 from weir.supervision import Strategy
 
 SVG = Path(__file__).resolve().parent.parent / "docs" / "architecture.svg"
 
-EXTERNAL = Style(fill="#eef2f7", stroke="#5b6b7f")
-PROCESS = Style(fill="#fffbea", stroke="#b08900")
-SUPERVISOR = Style(fill="#eaf4ff", stroke="#2f6fb0", dashed=True, title_color="#1d4f82")
-ACTOR = Style(fill="#ffffff", stroke="#333333")
-REDIS = Style(fill="#fdecea", stroke="#b03a2e")
-PLAIN = Style(fill="none", stroke="none")
 
 
 def pipeline() -> Group:

@@ -30,6 +30,16 @@ class Style:
     title_color: str = "#111111"
 
 
+# weir's palette: both diagrams (docs/architecture.svg, docs/delivery.svg) draw with these, so a
+# process, a supervisor or Redis looks the same in each.
+EXTERNAL = Style(fill="#eef2f7", stroke="#5b6b7f")
+PROCESS = Style(fill="#fffbea", stroke="#b08900")
+SUPERVISOR = Style(fill="#eaf4ff", stroke="#2f6fb0", dashed=True, title_color="#1d4f82")
+ACTOR = Style(fill="#ffffff", stroke="#333333")
+REDIS = Style(fill="#fdecea", stroke="#b03a2e")
+PLAIN = Style(fill="none", stroke="none")
+
+
 @dataclass
 class Box:
     """A leaf: a bold title and lines of text."""
