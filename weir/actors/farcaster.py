@@ -277,6 +277,12 @@ class ShardReader:
     defer_verify: bool = False
     unverified: list[tuple[Event, HubEventKeys]] = attrs.Factory(list)
 
+    def rewind(self, last_id: int | None) -> None:
+        """Forget what was read after ``last_id`` (it was not handed on): the next session resumes
+        there, and nothing read since waits for verification."""
+        self.last_id = last_id
+        self.unverified.clear()
+
     def settle(self, chunk: Chunk | None, verdicts: list[str | None]) -> Chunk | None:
         """``chunk`` with the events ``unverified`` listed taken out where ``verdicts`` (one per
         listed event, in order: ``hub_event_invalidity``) give a reason, each dead-lettered with it
@@ -656,8 +662,7 @@ async def _stream_once(
                     try:
                         height = await announced_height(target, reader.shard, timeout=settings.connect_timeout)
                     except BaseException:
-                        reader.last_id = handed_on  # nothing of this read was handed on
-                        reader.unverified.clear()
+                        reader.rewind(handed_on)  # nothing of this read was handed on
                         raise
                     reader.judge.announce_height(height)
                     more = reader.read(rest, trio.current_time())
@@ -671,8 +676,7 @@ async def _stream_once(
                         verdicts = await verifier.verdicts(
                             [(event.payload, keys.fid, keys.msg_type, keys.msg_hash) for event, keys in reader.unverified])
                     except BaseException:
-                        reader.last_id = handed_on  # nothing of this read was handed on
-                        reader.unverified.clear()
+                        reader.rewind(handed_on)  # nothing of this read was handed on
                         raise
                     chunk = reader.settle(chunk, verdicts)
                     stats.verified_in_workers = verifier.offloaded
@@ -684,7 +688,7 @@ async def _stream_once(
                         # was full): the next session must read these events again, so the resume
                         # point goes back to what was handed on. Without this a reconnect resumed
                         # after events that never reached the pipeline: they were lost.
-                        reader.last_id = handed_on
+                        reader.rewind(handed_on)
                         raise
                 if reader.refusal is not None:
                     _refuse(reader, target)
