@@ -12,7 +12,7 @@ import attrs
 import pyarrow as pa
 
 from weir.deliver.decisions import hour_of
-from weir.deliver.entry_fields import ROUTING, UINT64, EntryError, columns_of, entry_values, seconds_of
+from weir.deliver.entry_fields import ROUTING, UINT64, EntryError, columns_of, decode_entry, entry_values, seconds_of
 
 RowError = EntryError  # the entry cannot become a row (the name parquet.py and its tests know)
 
@@ -50,8 +50,8 @@ class SourceSchema:
         return schema
 
     def row(self, entry_id: str, fields: Mapping[bytes, bytes]) -> dict[str, object]:
-        """The row of one entry, by column name (see :meth:`values`)."""
-        return dict(zip(self.schema.names, self.values(entry_id, fields)))
+        """The row of one entry, by column name (entry_fields.decode_entry: a column per value)."""
+        return decode_entry(self.source, entry_id, fields)
 
     def values(self, entry_id: str, fields: Mapping[bytes, bytes]) -> tuple[object, ...]:
         """The row of one entry, its values in the schema's column order (the hot path: one
