@@ -2,10 +2,11 @@
 
 An entry is published with ``Nats-Msg-Id`` = its identity (weir/deliver/nats_messages.py), so a
 replay inside the stream's duplicate window, after a crash between publish and XACK, is dropped
-by JetStream and acknowledged as a duplicate. ``prepare`` packs the buffered entries; ``commit``
-publishes them ``in_flight`` at a time (weir/deliver/nats_publisher.py: one window sent, then its
-acknowledgements awaited) and returns only once every one arrived; those that failed or timed out
-are sent again, with backoff, while NATS is unreachable. nats-py (in asyncio, weir/bridge.py)
+by JetStream and acknowledged as a duplicate. They are published ``in_flight`` at a time
+(weir/deliver/nats_publisher.py: one window sent, then its acknowledgements awaited): ``prepare``
+packs the buffered entries and sends the first window, ``commit`` awaits it, sends the others, and
+returns only once every message was acknowledged; those that failed or timed out are sent again,
+with backoff, while NATS is unreachable. nats-py (in asyncio, weir/bridge.py)
 only creates or checks the stream, once per ``recover``.
 """
 
@@ -175,23 +176,32 @@ class NatsTarget:
         return self._since  # at once: each read's batch is published as one unit
 
     async def prepare(self, now: float, *, everything: bool = False) -> list[Prepared]:
+        """Pack the buffered entries and send their first window already: JetStream stores it
+        while the core checks the entries are still this consumer's (weir/deliver/target.py: a
+        publish cannot be taken back, and a dropped unit is deduplicated when sent again)."""
         if not self._buffer:
             return []
+        assert self._publisher is not None  # recover ran first
         batch, self._buffer, self._since = self._buffer, [], None
-        return [Prepared(entry_ids=tuple(entry_id for entry_id, _ in batch), handle=[m for _, m in batch])]
+        messages = [m for _, m in batch]
+        first = await self._publisher.send(messages[:self.pipe.in_flight])
+        return [Prepared(entry_ids=tuple(entry_id for entry_id, _ in batch), handle=(messages, first))]
 
     async def commit(self, prepared: Prepared) -> None:
         """Publish every message of ``prepared``; returns once JetStream acknowledged each (stored,
         or dropped as a duplicate of one it stored). Messages whose acknowledgement failed or did
         not come are sent again (deduplicated by their Msg-Id) until every one is acknowledged."""
         assert self._publisher is not None  # recover ran first
-        waiting: list[Message] = list(prepared.handle)  # type: ignore[call-overload]
+        waiting, sent = prepared.handle  # type: ignore[misc]
         attempt = 0
         while waiting:
             failed: list[Message] = []
             reason = ""
             for start in range(0, len(waiting), self.pipe.in_flight):
-                lost, why = await self._publisher.publish(waiting[start:start + self.pipe.in_flight])
+                if sent is None:
+                    sent = await self._publisher.send(waiting[start:start + self.pipe.in_flight])
+                lost, why = await self._publisher.settle(sent)
+                sent = None
                 failed += lost
                 reason = reason or why
             if not failed:
@@ -206,7 +216,7 @@ class NatsTarget:
             attempt += 1
 
     async def abort(self, prepared: Prepared) -> None:
-        pass  # nothing was published yet (commit publishes); the entries are delivered again
+        pass  # its first window is out (its replies are ignored); the entries are delivered again, deduplicated
 
     async def aclose(self) -> None:
         self._buffer, self._since = [], None

@@ -54,6 +54,18 @@ class _ConnectionLost(Exception):
 
 
 @attrs.define(eq=False)
+class Window:
+    """Messages written to a connection, with their acknowledgements as they come."""
+
+    messages: list[Message]
+    answers: list[bool | None]  # one per message; None: waiting; True: acknowledged; False: refused
+    connection: _Connection | None = None  # None: not written (no connection, or it broke)
+    first: int = 0  # the reply token of messages[0]
+    refused: list[Message] = attrs.field(factory=list)  # never written: larger than the server takes
+    reason: str = ""
+
+
+@attrs.define(eq=False)
 class _Connection:
     stream: trio.abc.Stream
     reply_prefix: str
@@ -82,53 +94,71 @@ class NatsPublisher:
         self._lost = False  # a live connection broke: say so when one is made again
         self._last_error = ""
 
-    async def publish(self, window: Sequence[Message]) -> tuple[list[Message], str]:
-        """Send ``window`` and await its acknowledgements: the messages not acknowledged (stored
-        or duplicate), and why (redacted; "" when all were)."""
+    async def send(self, messages: Sequence[Message]) -> Window:
+        """Write ``messages`` (connecting first if need be) without waiting for anything: a
+        connection that cannot be made or breaks leaves the window failed, for ``settle`` to say."""
+        window = Window(messages=list(messages), answers=[None] * len(messages))
         try:
             connection = await self._connected()
         except NatsUnavailable as exc:
-            return list(window), str(exc)
-        sendable = [m for m in window if len(m.payload) <= connection.max_payload]
-        reason = "" if len(sendable) == len(window) else f"a message larger than the server's max_payload ({connection.max_payload} bytes)"
-        first = connection.next_token
-        connection.next_token += len(sendable)
-        answers: list[bool | None] = [None] * len(sendable)  # None: waiting; True: acknowledged; False: refused
+            window.reason = str(exc)
+            return window
+        window.refused = [m for m in window.messages if len(m.payload) > connection.max_payload]
+        if window.refused:
+            window.messages = [m for m in window.messages if len(m.payload) <= connection.max_payload]
+            window.reason = f"a message larger than the server's max_payload ({connection.max_payload} bytes)"
+            window.answers = [None] * len(window.messages)
+        window.first = connection.next_token
+        connection.next_token += len(window.messages)
         try:
-            reason = await self._exchange(connection, sendable, first, answers) or reason
+            await _send(connection, publish_window(window.messages, connection.reply_prefix, window.first))
         except _ConnectionLost as exc:
-            reason = redact_text(str(exc))
-            self._drop(reason)
+            window.reason = redact_text(str(exc))
+            self._drop(window.reason)
+            return window
         except BaseException:  # cancelled half-way: the stream's state is unknown
             self._drop("")
             raise
-        connection.last_used = self._clock()
-        failed = [m for m in window if len(m.payload) > connection.max_payload]
-        failed += [m for m, answer in zip(sendable, answers) if answer is not True]
-        if failed and not reason:
-            reason = f"no acknowledgement within {self._ack_timeout:g}s"
-        return failed, reason
+        window.connection = connection
+        return window
 
-    async def _exchange(self, connection: _Connection, window: Sequence[Message], first: int,
-                        answers: list[bool | None]) -> str:
+    async def settle(self, window: Window) -> tuple[list[Message], str]:
+        """Await the acknowledgements of a window ``send`` wrote (at most ``ack_timeout``): the
+        messages not acknowledged (stored or duplicate), and why (redacted; "" when all were)."""
+        connection = window.connection
+        if connection is not None and connection is self._connection:  # else its replies cannot come
+            try:
+                await self._await_acks(connection, window)
+            except _ConnectionLost as exc:
+                window.reason = window.reason or redact_text(str(exc))
+                self._drop(redact_text(str(exc)))
+            except BaseException:
+                self._drop("")
+                raise
+            connection.last_used = self._clock()
+        failed = window.refused + [m for m, answer in zip(window.messages, window.answers) if answer is not True]
+        if failed and not window.reason:
+            window.reason = f"no acknowledgement within {self._ack_timeout:g}s"
+        return failed, window.reason
+
+    async def _await_acks(self, connection: _Connection, window: Window) -> None:
         prefix = connection.reply_prefix.encode()
-        reason = ""
-        waiting = len(window)
-        await _send(connection, publish_window(window, connection.reply_prefix, first))
+        answers, first = window.answers, window.first
+        waiting = answers.count(None)
         with trio.move_on_after(self._ack_timeout):
             while waiting:
                 for op in await _receive(connection):
-                    if op[0] == "MSG":
-                        token = reply_token(op[1], prefix)
-                        if token is None or not 0 <= token - first < len(window) or answers[token - first] is not None:
-                            continue  # a late reply of an earlier window
-                        problem = ack_problem(op[2], op[3])
-                        answers[token - first] = problem is None
-                        reason = reason or (problem or "")
-                        waiting -= 1
-                    else:
+                    if op[0] != "MSG":
                         await _answer(connection, op)
-        return redact_text(reason)
+                        continue
+                    token = reply_token(op[1], prefix)
+                    if token is None or not 0 <= token - first < len(answers) or answers[token - first] is not None:
+                        continue  # a late reply to an earlier window
+                    problem = ack_problem(op[2], op[3])
+                    answers[token - first] = problem is None
+                    if problem is not None and not window.reason:
+                        window.reason = redact_text(problem)
+                    waiting -= 1
 
     async def _connected(self) -> _Connection:
         connection = self._connection
