@@ -82,14 +82,17 @@ class NatsPublisher:
         url: nats://[user:password@|token@]host[:port] or tls://…; never shown unredacted.
         name: the connection's name, as the server lists it.
         ack_timeout: seconds a window's acknowledgements are awaited.
+        ssl_context: whom to trust with TLS (default: the system's CAs).
     """
 
-    def __init__(self, url: str, *, name: str, ack_timeout: float, clock=trio.current_time) -> None:
+    def __init__(self, url: str, *, name: str, ack_timeout: float, clock=trio.current_time,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._address = ServerAddress.of(url)
         self._shown = redact_url(url)
         self._name = name
         self._ack_timeout = ack_timeout
         self._clock = clock
+        self._ssl_context = ssl_context  # None: the system's CAs
         self._connection: _Connection | None = None
         self._lost = False  # a live connection broke: say so when one is made again
         self._last_error = ""
@@ -191,8 +194,8 @@ class NatsPublisher:
                 info = await _server_info(connection)
                 tls = address.tls or bool(info.get("tls_required"))
                 if tls:  # the server's INFO is in clear, then the client starts TLS
-                    stream = connection.stream = trio.SSLStream(stream, ssl.create_default_context(),
-                                                                server_hostname=address.host)
+                    context = self._ssl_context or ssl.create_default_context()
+                    stream = connection.stream = trio.SSLStream(stream, context, server_hostname=address.host)
                     await stream.do_handshake()
                 connection.max_payload = int(info.get("max_payload", connection.max_payload))
                 await _send(connection, connect_command(address, name=self._name, tls=tls)
@@ -200,10 +203,13 @@ class NatsPublisher:
                 while not any(op[0] == "PONG" for op in await _receive(connection, answer=True)):
                     pass
                 return connection
-        except (OSError, trio.TooSlowError, _ConnectionLost, ssl.SSLError) as exc:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, _ConnectionLost) as exc:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
-            text = "no answer within {:g}s".format(CONNECT_WITHIN) if isinstance(exc, trio.TooSlowError) else str(exc)
+            if isinstance(exc, trio.TooSlowError):
+                text = f"no answer within {CONNECT_WITHIN:g}s"
+            else:  # a failed TLS handshake: BrokenResourceError from the SSLError
+                text = str(exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc)
             raise NatsUnavailable(f"cannot connect to NATS at {self._shown}: {redact_text(text) or type(exc).__name__}") from None
         except BaseException:
             if stream is not None:
