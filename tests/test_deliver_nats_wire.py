@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from weir.deliver.nats_messages import Message
 from weir.deliver.nats_wire import (
+    MAX_LINE,
+    MAX_MESSAGE,
     ProtocolError,
     ServerAddress,
     ack_problem,
@@ -63,8 +65,9 @@ def test_operations_come_out_whole_however_the_bytes_are_cut(ops, cuts):
     assert not buffer
 
 
-@pytest.mark.parametrize("line", [b"HELLO\r\n", b"MSG a 1 x\r\n", b"MSG a\r\n", b"HMSG a 1 9 3\r\n", b"INFO {\r\n"])
-def test_a_line_that_is_no_operation_is_a_protocol_error(line):
+@pytest.mark.parametrize("line", [b"HELLO\r\n", b"MSG a 1 x\r\n", b"MSG a\r\n", b"HMSG a 1 9 3\r\n", b"INFO {\r\n",
+                                  b"MSG a 1 %d\r\n" % (MAX_MESSAGE + 1), b"PING" + b" " * MAX_LINE])
+def test_a_line_that_is_no_operation_or_beyond_the_bounds_is_a_protocol_error(line):
     with pytest.raises(ProtocolError):
         read_ops(line)
 

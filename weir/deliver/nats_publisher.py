@@ -114,7 +114,10 @@ class NatsPublisher:
         window.first = connection.next_token
         connection.next_token += len(window.messages)
         try:
-            await _send(connection, publish_window(window.messages, connection.reply_prefix, window.first))
+            with trio.move_on_after(self._ack_timeout) as writing:  # a server that stopped reading
+                await _send(connection, publish_window(window.messages, connection.reply_prefix, window.first))
+            if writing.cancelled_caught:
+                raise _ConnectionLost(f"the server took no bytes for {self._ack_timeout:g}s")
         except _ConnectionLost as exc:
             window.reason = redact_text(str(exc))
             self._drop(window.reason)
@@ -274,7 +277,11 @@ async def _answer(connection: _Connection, op: tuple) -> None:
     """What a server operation other than a reply asks: PONG to a PING; -ERR ends the connection
     (the server closes it after most errors; weir does after every one)."""
     if op[0] == "PING":
-        await _send(connection, b"PONG\r\n")
+        # Not cut by the caller's timeout (half a PONG would garble the next command); bounded itself.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CONNECT_WITHIN) as writing:
+            await _send(connection, b"PONG\r\n")
+        if writing.cancelled_caught:
+            raise _ConnectionLost(f"the server took no bytes for {CONNECT_WITHIN:g}s")
     elif op[0] == "-ERR":
         raise _ConnectionLost(f"the server said: {op[1]}")
 

@@ -21,6 +21,10 @@ DEFAULT_PORT = 4222
 CRLF = b"\r\n"
 _HEADER_START = "NATS/1.0\r\n"
 _ACK_START = b'{"stream":'  # a PubAck: {"stream":"WEIR","seq":7[,"domain":..][,"duplicate":true]}
+# Bounds on what a server may make us hold: a control line (an INFO lists the cluster's URLs), and a
+# message (the largest max_payload nats-server allows is 64 MiB).
+MAX_LINE = 1024 * 1024
+MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class ProtocolError(Exception):
@@ -100,6 +104,8 @@ def read_ops(buffer: bytes | bytearray, start: int = 0) -> tuple[list[Op], int]:
     while True:
         end = buffer.find(CRLF, pos)
         if end < 0:
+            if len(buffer) - pos > MAX_LINE:
+                raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
             return ops, pos
         line = bytes(buffer[pos:end])
         if line.startswith((b"MSG ", b"HMSG ")):
@@ -109,7 +115,7 @@ def read_ops(buffer: bytes | bytearray, start: int = 0) -> tuple[list[Op], int]:
                 header_size, total = (int(fields[-2]) if with_headers else 0), int(fields[-1])
             except ValueError:
                 raise ProtocolError(f"bad message line {line[:80]!r}") from None
-            if len(fields) - with_headers not in (4, 5) or not 0 <= header_size <= total:
+            if len(fields) - with_headers not in (4, 5) or not 0 <= header_size <= total <= MAX_MESSAGE:
                 raise ProtocolError(f"bad message line {line[:80]!r}")
             body_start = end + 2
             if len(buffer) < body_start + total + 2:
