@@ -6,8 +6,8 @@ by JetStream and acknowledged as a duplicate. They are published ``in_flight`` a
 (weir/deliver/nats_publisher.py: one window sent, then its acknowledgements awaited): ``prepare``
 packs the buffered entries and sends the first window, ``commit`` awaits it, sends the others, and
 returns only once every message was acknowledged; those that failed or timed out are sent again,
-with backoff, while NATS is unreachable. nats-py (in asyncio, weir/bridge.py)
-only creates or checks the stream, once per ``recover``.
+with backoff, while NATS is unreachable. nats-py (in asyncio, weir/bridge.py) only creates or
+checks the stream, once per target.
 """
 
 from __future__ import annotations
