@@ -1,8 +1,9 @@
 """A publish-only NATS connection on trio sockets: windows of JetStream publishes and their acknowledgements.
 
-Why not nats-py's publish: it costs ~19 µs of CPU per message (a subject check, a header dict
+Why not nats-py's publish: it costs ~23 µs of CPU per message (a subject check, a header dict
 re-encoded, a Msg object and an asyncio callback per acknowledgement, through weir/bridge.py),
-nats-py's ``publish_async`` ~92; this costs ~5 (docs/performance.md, Delivery). nats-py still
+nats-py's ``publish_async`` ~106; this costs ~6 (benchmarks/bench_nats_publish.py,
+docs/performance.md, "Delivery"). nats-py still
 creates and checks the stream (weir/deliver/jetstream.py): that is done once.
 
 A window is written with one ``send_all``; each message asks for its reply on
