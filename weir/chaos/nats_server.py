@@ -54,6 +54,7 @@ class NatsServerProcess:
     user: str = ""
     password: str = ""
     jetstream: bool = True
+    tls: tuple[Path, Path] | None = None  # (certificate, key): clients must speak TLS
     ready_timeout: float = 30.0
     process: trio.Process | None = None
 
@@ -72,6 +73,8 @@ class NatsServerProcess:
                 "-m", str(self.monitor_port), *(["-js"] if self.jetstream else [])]
         if self.user:
             args += ["--user", self.user, "--pass", self.password]
+        if self.tls is not None:
+            args += ["--tls", "--tlscert", str(self.tls[0]), "--tlskey", str(self.tls[1])]
         with open(self.log_path, "ab") as output:
             self.process = await trio.lowlevel.open_process(args, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
         with trio.fail_after(self.ready_timeout):

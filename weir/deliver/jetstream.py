@@ -2,11 +2,12 @@
 
 An entry is published with ``Nats-Msg-Id`` = its identity (weir/deliver/nats_messages.py), so a
 replay inside the stream's duplicate window, after a crash between publish and XACK, is dropped
-by JetStream and acknowledged as a duplicate. ``prepare`` packs the buffered entries; ``commit``
-publishes them ``in_flight`` at a time (nats-py's asynchronous publish: one window sent, then its
-acknowledgements awaited) and returns only once every one arrived; those that failed or timed out
-are sent again, with backoff, while NATS is unreachable. nats-py runs in asyncio (weir/bridge.py):
-each window crosses once.
+by JetStream and acknowledged as a duplicate. They are published ``in_flight`` at a time
+(weir/deliver/nats_publisher.py: one window sent, then its acknowledgements awaited): ``prepare``
+packs the buffered entries and sends the first window, ``commit`` awaits it, sends the others, and
+returns only once every message was acknowledged; those that failed or timed out are sent again,
+with backoff, while NATS is unreachable. nats-py (in asyncio, weir/bridge.py) only creates or
+checks the stream, once per target.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from weir.bridge import call_asyncio
 from weir.config import ConfigError
 from weir.deliver.group import Entry
 from weir.deliver.nats_messages import Message, MessageError, message_of, stream_mismatch
+from weir.deliver.nats_publisher import CONNECT_WITHIN, NatsPublisher, NatsUnavailable
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.target import Prepared
 from weir.redact import redact_text, redact_url
@@ -35,24 +37,14 @@ from weir.supervision import Backoff
 log = logging.getLogger("weir.deliver.nats")
 
 
-class NatsUnavailable(Exception):
-    """NATS could not be reached, or did not acknowledge in time (time cures it)."""
-
-
-# How long one attempt to connect may take: nats-py told to reconnect for ever would also retry its
-# first connection for ever; weir retries it itself, with backoff, logging once.
-CONNECT_WITHIN = 5.0
-
-
 async def connect(url: str, name: str) -> Any:
-    """A nats-py client that, once connected, reconnects for ever, and whose callbacks log with the
+    """A nats-py client for the stream's creation or check, whose error callback logs with the
     URL redacted, each distinct error once in a row (asyncio side).
 
     Raises:
         NatsUnavailable: not connected within CONNECT_WITHIN seconds.
     """
     shown = redact_url(url)
-    client: Any = None
     last_error = ""
 
     async def on_error(exc: Exception) -> None:
@@ -62,28 +54,31 @@ async def connect(url: str, name: str) -> Any:
             log.warning("nats %s: %s", shown, text, extra={"event": "deliver_nats_error", "url": shown})
         last_error = text
 
-    async def on_disconnected() -> None:
-        if client is not None and client.is_closed:  # our own close, not a lost connection
-            return
-        log.warning("nats %s: disconnected", shown, extra={"event": "deliver_nats_disconnected", "url": shown})
-
-    async def on_reconnected() -> None:
-        nonlocal last_error
-        last_error = ""
-        log.info("nats %s: reconnected", shown, extra={"event": "deliver_nats_reconnected", "url": shown})
-
     try:
-        client = await asyncio.wait_for(
+        # nats-py retries its first connection while allowed to reconnect: the timeout bounds the attempt.
+        return await asyncio.wait_for(
             nats.connect(url, name=name, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                         connect_timeout=2, error_cb=on_error, disconnected_cb=on_disconnected,
-                         reconnected_cb=on_reconnected),
+                         connect_timeout=2, error_cb=on_error),
             timeout=CONNECT_WITHIN)
-        return client
     except asyncio.TimeoutError:
         raise NatsUnavailable(f"cannot connect to NATS at {shown} within {CONNECT_WITHIN:g}s"
                               f"{': ' + last_error if last_error else ''}") from None
     except Exception as exc:  # nats-py's own errors, OSError: its text may hold the URL
         raise NatsUnavailable(f"cannot connect to NATS at {shown}: {redact_text(str(exc)) or type(exc).__name__}") from None
+
+
+async def check_stream(pipe: DeliverPipelineSettings, name: str) -> None:
+    """Connect nats-py, create or check the pipeline's stream (ensure_stream), close (trio side).
+
+    Raises:
+        ConfigError, NatsUnavailable: as ensure_stream.
+    """
+    client = await call_asyncio(connect, pipe.url, name)
+    try:
+        await call_asyncio(ensure_stream, client, pipe)
+    finally:
+        with trio.CancelScope(shield=True):
+            await call_asyncio(client.close)
 
 
 async def ensure_stream(client: Any, pipe: DeliverPipelineSettings) -> None:
@@ -139,31 +134,23 @@ class NatsTarget:
         self._backoff = backoff
         self._rng = rng
         self._clock = clock
-        self._client: Any = None
-        self._js: Any = None  # one JetStream context: one subscription for every acknowledgement
+        self._publisher: NatsPublisher | None = None
         self._buffer: list[tuple[str, Message]] = []
         self._since: float | None = None
 
     async def recover(self) -> None:
-        """Connect (patiently) and create or check the stream, once."""
+        """Create or check the stream (patiently: nats-py, closed afterwards), once."""
         attempt = 0
-        while self._client is None:
+        while self._publisher is None:
             try:
-                client = await call_asyncio(connect, self.pipe.url, f"weir-{self.consumer}")
-                try:
-                    await call_asyncio(ensure_stream, client, self.pipe)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await call_asyncio(client.close)
-                    raise
+                await check_stream(self.pipe, f"weir-{self.consumer}")
             except NatsUnavailable as exc:
                 if attempt == 0:
                     log.warning("%s; retrying", exc, extra={"event": "deliver_nats_unavailable", "url": self.shown_url})
                 await trio.sleep(self._backoff.delay(attempt, self._rng))
                 attempt += 1
                 continue
-            self._client = client
-            self._js = client.jetstream(publish_async_max_pending=self.pipe.in_flight)
+            self._publisher = NatsPublisher(self.pipe.url, name=f"weir-{self.consumer}", ack_timeout=self.pipe.ack_timeout)
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
         return set()  # JetStream drops what it already has (same Msg-Id inside the duplicate window)
@@ -189,23 +176,32 @@ class NatsTarget:
         return self._since  # at once: each read's batch is published as one unit
 
     async def prepare(self, now: float, *, everything: bool = False) -> list[Prepared]:
+        """Pack the buffered entries and send their first window already: JetStream stores it
+        while the core checks the entries are still this consumer's (weir/deliver/target.py: a
+        publish cannot be taken back, and a dropped unit is deduplicated when sent again)."""
         if not self._buffer:
             return []
+        assert self._publisher is not None  # recover ran first
         batch, self._buffer, self._since = self._buffer, [], None
-        return [Prepared(entry_ids=tuple(entry_id for entry_id, _ in batch), handle=[m for _, m in batch])]
+        messages = [m for _, m in batch]
+        first = await self._publisher.send(messages[:self.pipe.in_flight])
+        return [Prepared(entry_ids=tuple(entry_id for entry_id, _ in batch), handle=(messages, first))]
 
     async def commit(self, prepared: Prepared) -> None:
         """Publish every message of ``prepared``; returns once JetStream acknowledged each (stored,
         or dropped as a duplicate of one it stored). Messages whose acknowledgement failed or did
         not come are sent again (deduplicated by their Msg-Id) until every one is acknowledged."""
-        assert self._client is not None  # recover ran first
-        waiting: list[Message] = list(prepared.handle)  # type: ignore[call-overload]
+        assert self._publisher is not None  # recover ran first
+        waiting, sent = prepared.handle  # type: ignore[misc]
         attempt = 0
         while waiting:
             failed: list[Message] = []
             reason = ""
             for start in range(0, len(waiting), self.pipe.in_flight):
-                lost, why = await call_asyncio(self._publish_window, waiting[start:start + self.pipe.in_flight])
+                if sent is None:
+                    sent = await self._publisher.send(waiting[start:start + self.pipe.in_flight])
+                lost, why = await self._publisher.settle(sent)
+                sent = None
                 failed += lost
                 reason = reason or why
             if not failed:
@@ -219,37 +215,11 @@ class NatsTarget:
             await trio.sleep(self._backoff.delay(attempt, self._rng))
             attempt += 1
 
-    async def _publish_window(self, window: list[Message]) -> tuple[list[Message], str]:
-        """Send a window, then await its acknowledgements (asyncio side): the messages not
-        acknowledged, and why (redacted)."""
-        futures: list[asyncio.Future[Any]] = []
-        reason = ""
-        try:
-            for message in window:
-                futures.append(await self._js.publish_async(message.subject, message.payload, headers=dict(message.headers)))
-        except Exception as exc:  # disconnected with a full buffer, closed: the rest is sent again
-            reason = redact_text(str(exc)) or type(exc).__name__
-        if futures:
-            await asyncio.wait(futures, timeout=self.pipe.ack_timeout)
-        failed = list(window[len(futures):])
-        for message, future in zip(window, futures):
-            if not future.done():
-                future.cancel()
-                failed.append(message)
-                reason = reason or f"no acknowledgement within {self.pipe.ack_timeout:g}s"
-            elif future.cancelled() or future.exception() is not None:
-                failed.append(message)
-                reason = reason or redact_text(str(future.exception())) or "cancelled"
-        return failed, reason
-
     async def abort(self, prepared: Prepared) -> None:
-        pass  # nothing was published yet (commit publishes); the entries are delivered again
+        pass  # its first window is out (its replies are ignored); the entries are delivered again, deduplicated
 
     async def aclose(self) -> None:
         self._buffer, self._since = [], None
-        client, self._client, self._js = self._client, None, None
-        if client is not None:
-            try:
-                await call_asyncio(client.close)
-            except Exception:  # closing a broken connection: nothing to keep
-                pass
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.aclose()

@@ -6,6 +6,7 @@ and how an existing stream differs from it. The I/O is in weir/deliver/jetstream
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,9 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 HEADER_PREFIX = "Weir-"
 _TOKEN = re.compile(r"[^\s.*>]+\Z")  # a subject token: no white space, dot or wildcard
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
-_CLEAN_TEXT = re.compile(r"[\x20-\x7e]*\Z")  # printable ASCII: no CR/LF (they end a header), no encoding question
+# A value sent as text: printable ASCII (no CR/LF, which end a header; no encoding question), no
+# leading or trailing space (a header value's own are not kept), or empty.
+_CLEAN_VALUE = re.compile(rb"(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?\Z")
 
 
 class MessageError(ValueError):
@@ -104,31 +107,42 @@ def message_of(template: str, *, source: str, partition: str, entry_id: str,
     raw_kind = fields.get(b"kind")
     if raw_kind is None:
         raise MessageError(f"entry {entry_id} has no kind field")
-    kind = raw_kind.decode("utf-8", errors="replace")
-    if not _TOKEN.match(kind):
+    subject = _subject(template, source, partition, raw_kind)
+    if subject is None:
+        kind = raw_kind.decode("utf-8", errors="replace")
         raise MessageError(f"entry {entry_id}: kind {kind[:40]!r} cannot be a subject token")
     headers = {MSG_ID_HEADER: msg_id(source, partition, entry_id)}
     for raw_name, value in fields.items():
-        name = raw_name.decode("utf-8", errors="replace")
-        if name == "data":
+        if raw_name == b"data":
             continue
-        if not _HEADER_NAME.match(name):
+        names = _header_names(raw_name)
+        if names is None:
+            name = raw_name.decode("utf-8", errors="replace")
             raise MessageError(f"entry {entry_id}: field name {name[:40]!r} cannot be a header name")
-        headers.update(_header(name, value))
-    return Message(subject=render_subject(template, source=source, partition=partition, kind=kind),
-                   payload=fields.get(b"data", b""), headers=headers)
+        if raw_name == b"key":
+            headers[names[0]] = value.hex()
+        elif _CLEAN_VALUE.match(value):
+            headers[names[0]] = value.decode("ascii")
+        else:
+            headers[names[1]] = value.hex()
+    return Message(subject=subject, payload=fields.get(b"data", b""), headers=headers)
 
 
-def _header(name: str, value: bytes) -> dict[str, str]:
-    if name == "key":
-        return {HEADER_PREFIX + name: value.hex()}
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and _CLEAN_TEXT.match(text) and text == text.strip():
-        return {HEADER_PREFIX + name: text}
-    return {f"{HEADER_PREFIX}{name}-Hex": value.hex()}
+@functools.lru_cache(maxsize=1024)  # a partition's entries share a handful of kinds
+def _subject(template: str, source: str, partition: str, raw_kind: bytes) -> str | None:
+    """The subject of an entry of this kind, or None when the kind cannot be a subject token."""
+    kind = raw_kind.decode("utf-8", errors="replace")
+    return render_subject(template, source=source, partition=partition, kind=kind) if _TOKEN.match(kind) else None
+
+
+@functools.lru_cache(maxsize=1024)  # a stream's entries share a handful of field names
+def _header_names(raw_name: bytes) -> tuple[str, str] | None:
+    """A field's header names, as text and in hex (``Weir-<name>``, ``Weir-<name>-Hex``), or
+    None when the name cannot be a header name."""
+    name = raw_name.decode("utf-8", errors="replace")
+    if not _HEADER_NAME.match(name):
+        return None
+    return HEADER_PREFIX + name, f"{HEADER_PREFIX}{name}-Hex"
 
 
 def stream_mismatch(*, name: str, want_subjects: Sequence[str], want_window: float, have_subjects: Sequence[str],

@@ -206,15 +206,10 @@ async def _discover(client: aioredis.Redis, shown_url: str, prefix: str, source:
 async def _check_nats_stream(pipe: DeliverPipelineSettings) -> None:
     """Create or check a NATS pipeline's stream before anything is delivered: a stream configured
     otherwise stops the service with one line (ConfigError). NATS down: its actors wait for it."""
-    from weir.deliver.jetstream import NatsUnavailable, connect, ensure_stream
+    from weir.deliver.jetstream import NatsUnavailable, check_stream
 
     try:
-        client = await call_asyncio(connect, pipe.url, "weir-deliver-check")
-        try:
-            await call_asyncio(ensure_stream, client, pipe)
-        finally:
-            with trio.CancelScope(shield=True):
-                await call_asyncio(client.close)
+        await check_stream(pipe, "weir-deliver-check")
     except NatsUnavailable as exc:
         log.warning("%s: the stream is checked once it is reachable", exc,
                     extra={"event": "deliver_nats_unavailable", "url": redact_url(pipe.url)})
