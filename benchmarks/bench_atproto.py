@@ -13,7 +13,9 @@ account / sync) and the 12 frames recorded from Bluesky's relay (tests/fixtures/
   record models (weir does not build those either). With the filter the SDK also skips the CAR of a
   commit with no wanted op. The SDK does not verify CIDs.
 
-Then the stages where records change form, in µs per record (``--stages-only`` for these alone):
+Then the stages of weir's reader on the recorded frames, in µs of CPU per frame (the libipld decode,
+``find_block``, ``decode_frame`` as a whole, and the reader's own work with ``decode_frame``
+answered from a table). Then the stages where records change form, in µs per record (``--stages-only`` for these alone):
 DAG-CBOR -> JSON (``record_format = "json"``) and JSON -> DAG-CBOR (Jetstream records re-encoded and
 checked against their CID), by weir's pure-Python codec and by ``weir/codecs/atproto_json.py``
 (cbrrr), on the records of the simulated and recorded frames; and the readers that use them, in µs
@@ -32,8 +34,11 @@ from pathlib import Path
 
 import json
 
+import libipld
+
 from weir.actors.atproto import AtprotoStats, FirehoseReader, JetstreamReader
 from weir.codecs import atproto_cbor as cbor
+from weir.codecs.atproto_cbor import find_block
 from weir.codecs.atproto_firehose import RecordFilter, decode_frame
 from weir.codecs.atproto_json import compact_json, json_dag_cbor, record_json
 from weir.sim.atproto_data import AtprotoSimConfig, generate_history
@@ -77,6 +82,39 @@ def sdk_decode(frames: list[bytes], collection: str | None) -> int:
                 car.blocks.get(op.cid)
             events += 1
     return events
+
+
+def frame_stages(recorded: list[bytes], repeat: int) -> None:
+    """µs of CPU per recorded frame in each stage of ``weir_decode``, the stages taken in turn."""
+    import weir.actors.atproto as actor
+
+    bodies = [libipld.decode_dag_cbor_multi(frame)[1] for frame in recorded]
+    records = [(body["blocks"], op["cid"]) for body in bodies for op in body.get("ops", ()) if op.get("cid")]
+    print("\n| stage, µs per recorded frame | filter | µs |")
+    print("|---|---|---|")
+    for label, keep in (("none", RecordFilter()), (COLLECTION, RecordFilter.build(collections=[COLLECTION], kinds=["commit"]))):
+        decoded = {frame: decode_frame(frame, keep=keep) for frame in recorded}
+
+        def reader_alone() -> None:  # decode_frame answered from a table: the reader's own work
+            actor.decode_frame = lambda frame, **_: decoded[frame]
+            try:
+                FirehoseReader(partition="bench", stats=AtprotoStats(), keep=keep).read(recorded, 0.0)
+            finally:
+                actor.decode_frame = decode_frame
+
+        stages = {
+            "libipld decode of the frame": lambda: [libipld.decode_dag_cbor_multi(frame) for frame in recorded],
+            "decode_frame (the decode, the checks, find_block for kept ops)": lambda: [decode_frame(frame, keep=keep) for frame in recorded],
+            "the reader's own work (judge, revs, events)": reader_alone,
+        }
+        if keep.empty:  # every record looked up: 10 in the 12 recorded frames
+            stages["find_block (CID search + sha-256) of every record"] = lambda: [find_block(blocks, cid) for blocks, cid in records]
+        least = dict.fromkeys(stages, float("inf"))
+        for _ in range(repeat * 20):
+            for name, run in stages.items():
+                least[name] = min(least[name], best(run, 1)[0])
+        for name, seconds in least.items():
+            print(f"| {name} | {label} | {seconds / len(recorded) * 1e6:.2f} |", flush=True)
 
 
 def per_item(fn, items: list, repeat: int) -> float:
@@ -162,6 +200,8 @@ def main() -> None:
             else:
                 row += " – | – | – |"
             print(row, flush=True)
+    if recorded:
+        frame_stages(recorded, args.repeat)
     stages(sets["simulated"][0], [m for e in history for _, m in e.jetstream], recorded, args.repeat)
 
 
