@@ -24,16 +24,20 @@ import os
 import re
 import time
 import tracemalloc
+from unittest import mock
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import zstandard
+from atproto_firehose_before import decode_frame_before, find_block_before
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from weir.actors import atproto as atproto_actor
 from weir.actors.farcaster import recover_type_and_id
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import FrameError, RecordFilter, decode_frame
@@ -515,6 +519,92 @@ def test_firehose_frames_raise_only_frame_error_and_every_record_matches_its_cid
         for payload in payloads:
             refused_or_returned(lambda: json.dumps(cbor.to_json(cbor.decode(payload))), cbor.CborError)
     assert peak_allocation(lambda: refused_or_returned(lambda: decode_frame(frame, keep=keep), FrameError)) < 100 * len(frame) + 262144
+
+
+# --- the tuned firehose decoder against the one before (tests/atproto_firehose_before.py) -----------
+
+ALL_RECORDED_FRAMES = [path.read_bytes() for path in sorted((FIXTURES / "atproto" / "frames").glob("*.bin"))]
+EQUIVALENCE_FILTERS = FILTERS + [
+    RecordFilter.build(collections=["app.bsky.feed.post"], kinds=["commit"]),  # the benchmark's filter
+    RecordFilter.build(collections=["app.bsky.feed.like", "app.bsky.graph.*"], actions=["create", "delete"]),
+    RecordFilter.build(dids=["did:plc:nobody"]),
+]
+
+
+def frame_outcome(decode: Callable[..., Any], frame: bytes, keep: RecordFilter) -> tuple[Any, ...]:
+    """Everything a decode says about ``frame``: the frame's fields and ops, or the error's class, text and seq."""
+    try:
+        got = decode(frame, keep=keep)
+    except FrameError as exc:
+        return (type(exc).__name__, str(exc), exc.seq)
+    ops = [(op.index, op.action, op.collection, op.rkey, op.cid, op.record) for op in got.ops]
+    return (got.kind, got.type, got.seq, got.did, got.time, got.rev, ops, got.total_ops, dict(got.body), got.body_offset, got.wanted)
+
+
+def reader_outcome(frames: list[bytes], keep: RecordFilter, decode: Callable[..., Any]) -> tuple[Any, ...]:
+    """What a FirehoseReader hands on for ``frames`` (two reads) when it decodes with ``decode``."""
+    with mock.patch.object(atproto_actor, "decode_frame", decode):
+        reader = atproto_actor.FirehoseReader(partition="p", stats=atproto_actor.AtprotoStats(), keep=keep)
+        chunks = [reader.read(frames[:3], 1.0), reader.read(frames[3:], 2.0)]
+    dead = [(d.reason, d.position, d.payload) for d in reader._unplaced]
+    return ([(c.events, c.dead, c.through) if c else None for c in chunks], dead, reader.last_id, reader.progress,
+            reader.longest_bad_run, attrs.asdict(reader.stats))
+
+
+def commit_with_ops(*ops: dict[str, Any]) -> bytes:
+    record = cbor.encode({"$type": "app.bsky.feed.post", "text": "hi"})
+    body = {"seq": 9, "repo": "did:plc:x", "time": "2026-08-10T00:00:00Z", "rev": "3k", "ops": list(ops),
+            "blocks": cbor.encode_car([], [(cbor.CID.of_block(record), record)])}
+    return cbor.encode({"op": 1, "t": "#commit"}) + cbor.encode(body)
+
+
+MISSING_BLOCK = {"action": "create", "path": "app.bsky.feed.post/a", "cid": cbor.CID.of_block(b"not in the CAR")}
+
+
+@fuzz(400)
+@given(st.binary(max_size=200) | mutated(FRAMES, inflate_cbor) | mutated_commits() | st.sampled_from(FRAMES),
+       st.sampled_from(EQUIVALENCE_FILTERS))
+@example(commit_with_ops(MISSING_BLOCK, {"action": "create", "path": "app.bsky.feed.post"}), RecordFilter())  # the bad path is reported, not the block
+@example(commit_with_ops(MISSING_BLOCK, MISSING_BLOCK | {"path": "app.bsky.feed.post/b"}), RecordFilter())  # the first op's block
+def test_tuned_frame_decoder_gives_what_the_one_before_gave(frame: bytes, keep: RecordFilter) -> None:
+    assert frame_outcome(decode_frame, frame, keep) == frame_outcome(decode_frame_before, frame, keep)
+
+
+@st.composite
+def cars_of_any_section_length(draw: Any) -> bytes:
+    """A CAR of blocks from a few bytes to past 2 MiB: section lengths of 1, 2 and 3 varint bytes."""
+    sizes = draw(st.lists(st.sampled_from([0, 1, 90, 91, 200, 16_000, 16_400, 2_100_000]) | st.integers(0, 70_000), min_size=1, max_size=4))
+    blocks = [bytes([draw(st.integers(0, 255))]) * size for size in sizes]
+    return cbor.encode_car([cbor.CID.of_block(blocks[0])], [(cbor.CID.of_block(block), block) for block in blocks])
+
+
+TWO_BIG_BLOCKS = cbor.encode_car([], [(cbor.CID.of_block(bytes([n]) * n * 1000), bytes([n]) * n * 1000) for n in (20, 30)])
+
+
+@fuzz(300)
+@given(mutated(CARS, inflate_car) | cars_of_any_section_length() | mutated(CARS + [cbor.encode_car([], [(cbor.CID.of_block(bytes(20_000)), bytes(20_000))])]),
+       st.sampled_from(CARS) | cars_of_any_section_length(), st.integers(0, 7))
+@example(TWO_BIG_BLOCKS, TWO_BIG_BLOCKS, 0)  # a 3-byte section length, within find_block's hashing budget
+def test_tuned_find_block_gives_what_the_one_before_gave(car: bytes, source: bytes, which: int) -> None:
+    cids = list(cbor.index_car(source)) + list(refused_or_returned(lambda: cbor.index_car(car), cbor.CborError) or ())
+    cid = cids[which % len(cids)]
+    assert cbor.find_block(car, cid) == find_block_before(car, cid)
+
+
+@fuzz(150)
+@given(st.lists(mutated(FRAMES, inflate_cbor) | mutated_commits() | st.sampled_from(FRAMES), min_size=1, max_size=6),
+       st.sampled_from(EQUIVALENCE_FILTERS))
+def test_reader_hands_on_the_same_with_the_tuned_decoder(frames: list[bytes], keep: RecordFilter) -> None:
+    """Events, dead letters with their reasons, the seq / cursor and every count, frame for frame."""
+    assert reader_outcome(frames, keep, decode_frame) == reader_outcome(frames, keep, decode_frame_before)
+
+
+@pytest.mark.parametrize("keep", EQUIVALENCE_FILTERS)
+def test_tuned_decoder_on_the_recorded_relay_frames(keep: RecordFilter) -> None:
+    """The 12 recorded frames: likes and reposts name app.bsky.feed.post in their subject, not in an op path."""
+    for frame in ALL_RECORDED_FRAMES:
+        assert frame_outcome(decode_frame, frame, keep) == frame_outcome(decode_frame_before, frame, keep)
+    assert reader_outcome(ALL_RECORDED_FRAMES, keep, decode_frame) == reader_outcome(ALL_RECORDED_FRAMES, keep, decode_frame_before)
 
 
 # --- Jetstream JSON and zstd ------------------------------------------------------------------------

@@ -226,9 +226,11 @@ class _ReaderBase:
         return Chunk(partition=self.partition, events=events, through=last_id, dead=dead)
 
 
+_DEFAULTS = AtprotoSettings()  # built once: a reader per connection need not build the settings again
+
+
 def _default_seq_judge(reader: FirehoseReader) -> SeqJudge:
-    defaults = AtprotoSettings()
-    return SeqJudge(max_bad_in_row=defaults.max_bad_positions, max_jump=defaults.max_seq_jump)
+    return SeqJudge(max_bad_in_row=_DEFAULTS.max_bad_positions, max_jump=_DEFAULTS.max_seq_jump)
 
 
 @attrs.define(eq=False)
@@ -250,7 +252,8 @@ class FirehoseReader(_ReaderBase):
         dead, self._unplaced = self._unplaced, []
         last = self.last_id
         last_time = ""  # the accepted frame's time, read once per chunk (for the progress lag)
-        keep = self.keep
+        keep, max_frame, max_blocks, max_ops = self.keep, self.max_frame, self.max_blocks, self.max_ops
+        judge, stats = self.judge, self.stats
         for frame in frames:
             if isinstance(frame, OversizedMessage):
                 seq = seq_of_head(_bytes_of(frame.head))  # from the whole head the transport kept
@@ -265,7 +268,7 @@ class FirehoseReader(_ReaderBase):
             try:
                 if failure is not None:
                     raise failure
-                decoded = decode_frame(frame, keep=keep, max_frame=self.max_frame, max_blocks=self.max_blocks, max_ops=self.max_ops)
+                decoded = decode_frame(frame, keep=keep, max_frame=max_frame, max_blocks=max_blocks, max_ops=max_ops)
             except OverLimit as exc:
                 head, reason = self._over_limit(frame, exc, self.max_frame)
                 last = self._bad(head, reason, exc.seq, last, dead, received)
@@ -297,11 +300,11 @@ class FirehoseReader(_ReaderBase):
                     log.info("%s: skipped a frame of unknown type %r", self.partition, decoded.type)
                 continue
             if last is not None and seq <= last:
-                self.stats.duplicates_skipped += 1
+                stats.duplicates_skipped += 1
                 continue
-            verdict = self.judge.judge(seq)
+            verdict = judge.judge(seq)
             if verdict.action == REPLAY:
-                self.stats.duplicates_skipped += 1
+                stats.duplicates_skipped += 1
                 continue
             if verdict.action != ACCEPT:
                 self._implausible(frame, f"{decoded.type} seq {seq}: {verdict.reason}", verdict, dead, received)
@@ -311,14 +314,14 @@ class FirehoseReader(_ReaderBase):
             last_time = decoded.time or last_time
             self.progress += 1
             if not decoded.wanted:
-                self.stats.filtered += max(1, decoded.total_ops)
+                stats.filtered += max(1, decoded.total_ops)
                 continue
             if kind in ("commit", "sync"):
                 if not self.revs.advance(decoded.did, decoded.rev, allow_equal=kind == "sync"):
                     self._stale(f"{decoded.type} seq", seq, decoded.did, decoded.rev)
                     continue
             if kind == "commit":
-                self.stats.filtered += decoded.total_ops - len(decoded.ops)
+                stats.filtered += decoded.total_ops - len(decoded.ops)
                 if not decoded.ops:
                     continue
                 timestamp = _timestamp(decoded.time)
@@ -412,8 +415,8 @@ class JetstreamReader(_ReaderBase):
     decoder: JetstreamDecoder = attrs.Factory(JetstreamDecoder)
     order: JetstreamOrder | None = None  # None: a fresh one, from ``last_id`` as a start
     rewind_us: int = 2_000_000
-    judge: TimeJudge = attrs.Factory(lambda: TimeJudge(max_bad_in_row=AtprotoSettings().max_bad_positions,
-                                                       max_skew_us=round(AtprotoSettings().max_future_skew * 1e6)))
+    judge: TimeJudge = attrs.Factory(lambda: TimeJudge(max_bad_in_row=_DEFAULTS.max_bad_positions,
+                                                       max_skew_us=round(_DEFAULTS.max_future_skew * 1e6)))
     clock: Callable[[], float] = time.time  # the wall clock a time_us is judged against
 
     def __attrs_post_init__(self) -> None:

@@ -410,24 +410,21 @@ def find_block(car: bytes, cid: bytes) -> bytes | None:
     budget = size
     at = car.find(cid)
     while at > 0:
-        for back in (1, 2, 3):
-            start = at - back
-            if start < 0:
-                break
-            length = 0
-            for shift, byte in enumerate(car[start:at]):
-                length |= (byte & 0x7F) << (7 * shift)
-                if byte < 0x80 and shift != back - 1:
-                    length = -1
+        length = car[at - 1]
+        if length < 0x80:  # the last byte of a varint section length, if a section starts here
+            start = at - 1
+            while True:  # the varint 1, 2 or 3 bytes long, its earlier bytes continuation bytes (>= 0x80)
+                if width < length and at + length <= size:
+                    budget -= length - width
+                    if budget < 0:
+                        return None
+                    block = car[at + width : at + length]
+                    if verify_block(cid, block) is None:
+                        return block
+                start -= 1
+                if start < 0 or at - start > 3 or car[start] < 0x80:
                     break
-            if length <= width or car[at - 1] >= 0x80 or start + back + length > size:
-                continue
-            budget -= length - width
-            if budget < 0:
-                return None
-            block = car[at + width : at + length]
-            if verify_block(cid, block) is None:
-                return block
+                length = (length << 7) | (car[start] & 0x7F)
         at = car.find(cid, at + 1)
     return None
 

@@ -13,7 +13,9 @@ body got far enough to say it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import attrs
 import libipld
@@ -73,13 +75,10 @@ class RecordFilter:
     def empty(self) -> bool:
         return not (self.collections or self.prefixes or self.dids or self.actions or self.kinds)
 
-    def wants_collection(self, collection: str) -> bool:
-        if not (self.collections or self.prefixes):
-            return True
-        return collection in self.collections or collection.startswith(self.prefixes)
-
     def wants_op(self, action: str, collection: str) -> bool:
-        return (not self.actions or action in self.actions) and self.wants_collection(collection)
+        if self.actions and action not in self.actions:
+            return False
+        return collection in self.collections or collection.startswith(self.prefixes) or not (self.collections or self.prefixes)
 
     def wants_repo(self, kind: str, did: str) -> bool:
         return (not self.kinds or kind in self.kinds) and (not self.dids or did in self.dids)
@@ -88,8 +87,12 @@ class RecordFilter:
 KEEP_ALL = RecordFilter()
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class RecordOp:
+# RecordOp and Frame are named tuples, not frozen attrs classes: one of each is built per op and per
+# frame on the hot path, and a named tuple is built in a third of the time (~0.4 against ~1.5 µs for
+# Frame's 11 fields); both are as immutable.
+
+
+class RecordOp(NamedTuple):
     """One op of a commit that passed the filter. ``index`` is its place in the commit's ops."""
 
     index: int
@@ -100,8 +103,7 @@ class RecordOp:
     record: bytes | None  # the record block (original DAG-CBOR); None for a delete
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class Frame:
+class Frame(NamedTuple):
     """A decoded frame.
 
     Attributes:
@@ -126,7 +128,7 @@ class Frame:
     rev: str = ""
     ops: tuple[RecordOp, ...] = ()
     total_ops: int = 0
-    body: dict[str, Any] = attrs.field(factory=dict)
+    body: Mapping[str, Any] = MappingProxyType({})
     body_offset: int = 0
     wanted: bool = True
 
@@ -189,18 +191,18 @@ def decode_frame(
     rev = body.get("rev", "")
     if kind in ("commit", "sync") and (not isinstance(rev, str) or not rev):
         raise FrameError(f"{type_} seq {seq}: no rev", seq)
-    common = dict(kind=kind, type=type_, seq=seq, did=did, time=time, rev=rev if isinstance(rev, str) else "", body=body)
+    rev = rev if isinstance(rev, str) else ""
     if not keep.wants_repo(kind, did):
-        return Frame(**common, wanted=False)
-    if kind != "commit":
-        try:
-            _, common["body_offset"] = decode_prefix(frame, 0)  # the header is ~20 bytes
-        except CborError as exc:
-            raise FrameError(f"{type_} seq {seq}: header: {exc}", seq) from None
-        if kind == "sync" and not isinstance(body.get("blocks"), bytes):
-            raise FrameError(f"#sync seq {seq}: blocks is not bytes", seq)
-        return Frame(**common)
-    return _decode_commit(frame, body, keep, common, max_blocks, max_ops)
+        return Frame(kind=kind, type=type_, seq=seq, did=did, time=time, rev=rev, body=body, wanted=False)
+    if kind == "commit":
+        return _decode_commit(frame, body, keep, type_, seq, did, time, rev, max_blocks, max_ops)
+    try:
+        _, body_offset = decode_prefix(frame, 0)  # the header is ~20 bytes
+    except CborError as exc:
+        raise FrameError(f"{type_} seq {seq}: header: {exc}", seq) from None
+    if kind == "sync" and not isinstance(body.get("blocks"), bytes):
+        raise FrameError(f"#sync seq {seq}: blocks is not bytes", seq)
+    return Frame(kind=kind, type=type_, seq=seq, did=did, time=time, rev=rev, body=body, body_offset=body_offset)
 
 
 def seq_of_head(head: bytes) -> int | None:
@@ -221,8 +223,8 @@ def seq_of_head(head: bytes) -> int | None:
     return None
 
 
-def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, common: dict[str, Any], max_blocks: int, max_ops: int) -> Frame:
-    seq = common["seq"]
+def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, type_: str, seq: int, did: str, time: str, rev: str,
+                   max_blocks: int, max_ops: int) -> Frame:
     ops = body.get("ops")
     blocks = body.get("blocks")
     if not isinstance(ops, list):
@@ -233,14 +235,14 @@ def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, commo
         raise OverLimit(f"#commit seq {seq}: {len(ops)} ops exceed the limit of {max_ops} (atproto.max_ops)", seq)
     if len(blocks) > max_blocks:
         raise OverLimit(f"#commit seq {seq}: blocks of {len(blocks)} bytes exceed the {max_blocks}-byte limit (atproto.max_blocks_bytes)", seq)
-    kept: list[tuple[int, str, str, str, bytes | None]] = []
-    filtering = keep.filters_ops
+    records: list[RecordOp] = []
+    wants_op = keep.wants_op if keep.filters_ops else None
+    unresolved: list[int] = []  # where in records an op's block was not found by find_block
     for index, op in enumerate(ops):
-        if filtering:  # cheap look at the path first: ops the filter drops are not validated further
+        if wants_op is not None:  # cheap look at the path first: ops the filter drops are not validated further
             try:
                 path = op["path"]
-                collection = path[: path.index("/")]
-                if not keep.wants_op(op["action"], collection):
+                if not wants_op(op["action"], path[: path.index("/")]):
                     continue
             except (TypeError, KeyError, ValueError, AttributeError):
                 pass  # malformed: the checks below say how
@@ -255,32 +257,37 @@ def _decode_commit(frame: bytes, body: dict[str, Any], keep: RecordFilter, commo
         if not slash or not collection or not rkey or "/" in rkey:
             raise FrameError(f"#commit seq {seq}: op {index} path {path[:100]!r} is not collection/rkey", seq)
         if action == "delete":
-            cid = None
+            cid = record = None
         elif not isinstance(cid, bytes):
             raise FrameError(f"#commit seq {seq}: op {index} ({action} {path[:100]}) has no CID", seq)
-        if not filtering or keep.wants_op(action, collection):
-            kept.append((index, action, collection, rkey, cid))
-    records: list[RecordOp] = []
-    spans: dict[bytes, tuple[int, int]] | None = None  # the CAR's index, walked once if find_block fails
-    for index, action, collection, rkey, cid in kept:
-        record = None
+        if wants_op is not None and not wants_op(action, collection):
+            continue
         if cid is not None:
             record = find_block(blocks, cid)
-            if record is None:  # a broken CAR, a missing block, a bad hash, or find_block gave up: walk the CAR
-                if spans is None:
-                    try:
-                        spans = index_car(blocks)
-                    except (CborError, ValueError) as exc:
-                        raise FrameError(f"#commit seq {seq}: blocks: {_short(exc)}", seq) from None
-                span = spans.get(cid)
-                if span is None:
-                    raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): record block not in the CAR", seq)
-                record = blocks[span[0] : span[1]]
-                problem = verify_block(cid, record)
-                if problem is not None:
-                    raise FrameError(f"#commit seq {seq}: op {index} ({collection}/{rkey}): {problem}", seq)
-        records.append(RecordOp(index=index, action=action, collection=collection, rkey=rkey, cid=cid, record=record))
-    return Frame(**common, ops=tuple(records), total_ops=len(ops))
+            if record is None:  # a broken CAR, a missing block, a bad hash, or find_block gave up
+                unresolved.append(len(records))
+        records.append(RecordOp(index, action, collection, rkey, cid, record))
+    if unresolved:  # after every op was validated: a malformed op is the error to report, before any block
+        _resolve_by_walking_the_car(records, unresolved, blocks, seq)
+    return Frame("commit", type_, seq, did, time, rev, tuple(records), len(ops), body)  # positional: kwargs double the cost
+
+
+def _resolve_by_walking_the_car(records: list[RecordOp], unresolved: list[int], blocks: bytes, seq: int) -> None:
+    """Find the blocks find_block did not in the CAR's index (walked once), or say what is wrong."""
+    try:
+        spans = index_car(blocks)
+    except (CborError, ValueError) as exc:
+        raise FrameError(f"#commit seq {seq}: blocks: {_short(exc)}", seq) from None
+    for at in unresolved:
+        op = records[at]
+        span = spans.get(op.cid)
+        if span is None:
+            raise FrameError(f"#commit seq {seq}: op {op.index} ({op.collection}/{op.rkey}): record block not in the CAR", seq)
+        record = blocks[span[0] : span[1]]
+        problem = verify_block(op.cid, record)
+        if problem is not None:
+            raise FrameError(f"#commit seq {seq}: op {op.index} ({op.collection}/{op.rkey}): {problem}", seq)
+        records[at] = op._replace(record=record)
 
 
 def _short(exc: BaseException) -> str:
