@@ -5,16 +5,17 @@ Errors as the sink's (weir.sinks.redis_sink.call_redis): SinkUnavailable for wha
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from weir.deliver.decisions import Claimed, parse_entry_id
+from weir.deliver.stream_replies import Entry, Fields, call_packed, entries_of, pack, pending_rows
 from weir.sinks.redis_sink import call_redis
 
-Fields = dict[bytes, bytes]
+__all__ = ["ConsumerGroup", "Entry", "Fields", "GroupInfo"]
 _ACK_PAGE = 10_000  # ids per XACK: a file's worth in one command would be a multi-MB request
 _PENDING_PAGE = 10_000  # entries per XPENDING reply
 
@@ -31,15 +32,6 @@ class GroupInfo:
 
     pending: int
     lag: int | None
-
-
-class Entry(NamedTuple):
-    """One stream entry as delivered: its id and its fields (docs/redis-layout.md).
-
-    A named tuple, not an attrs class: one is made per entry read (half the cost)."""
-
-    entry_id: str
-    fields: Fields
 
 
 class ConsumerGroup:
@@ -74,9 +66,10 @@ class ConsumerGroup:
 
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
         """Entries never delivered to the group (``>``), waiting up to ``block_ms`` for some."""
-        reply = await call_redis(self._url, self._client.xreadgroup, self.group, self.consumer,
-                                 {self.stream: ">"}, count, block_ms)
-        return _entries(reply)[0]
+        reply = await call_redis(self._url, call_packed, self._client, pack(
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "BLOCK", block_ms,
+            "STREAMS", self.stream, ">"))
+        return entries_of(reply)[0]
 
     async def read_own_pending(self, after: str, count: int) -> tuple[list[Entry], list[str]]:
         """Entries pending to this consumer (delivered to it, not acknowledged), after ``after``,
@@ -84,9 +77,9 @@ class ConsumerGroup:
 
         Reading them counts as a delivery (Redis raises their delivery count).
         """
-        reply = await call_redis(self._url, self._client.xreadgroup, self.group, self.consumer,
-                                 {self.stream: after}, count)
-        return _entries(reply)
+        reply = await call_redis(self._url, call_packed, self._client, pack(
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "STREAMS", self.stream, after))
+        return entries_of(reply)
 
     async def autoclaim(self, min_idle: float, cursor: str, count: int) -> tuple[str, list[Entry], list[str]]:
         """XAUTOCLAIM: entries pending for at least ``min_idle`` s to any consumer become ours.
@@ -116,14 +109,13 @@ class ConsumerGroup:
         out: dict[str, tuple[str, int, int]] = {}
         start = first
         while True:
-            page = await call_redis(self._url, self._client.xpending_range, self.stream, self.group, start, last,
-                                    _PENDING_PAGE, self.consumer if mine else None)
-            for item in page:
-                out[_text(item["message_id"])] = (_text(item["consumer"]), int(item["time_since_delivered"]),
-                                                  int(item["times_delivered"]))
+            mine_only = (self.consumer,) if mine else ()
+            page = await call_redis(self._url, call_packed, self._client, pack(
+                "XPENDING", self.stream, self.group, start, last, _PENDING_PAGE, *mine_only))
+            out.update(pending_rows(page))
             if len(page) < _PENDING_PAGE:
                 return out
-            start = "(" + _text(page[-1]["message_id"])  # exclusive ranges: Redis 6.2 on
+            start = "(" + _text(page[-1][0])  # exclusive ranges: Redis 6.2 on
 
     async def deliveries(self, entry_ids: list[str]) -> list[Claimed]:
         """Each entry's delivery count (those no longer pending are left out)."""
@@ -136,7 +128,8 @@ class ConsumerGroup:
 
     async def ack(self, entry_ids: list[str]) -> None:
         for start in range(0, len(entry_ids), _ACK_PAGE):
-            await call_redis(self._url, self._client.xack, self.stream, self.group, *entry_ids[start:start + _ACK_PAGE])
+            await call_redis(self._url, call_packed, self._client,
+                             pack("XACK", self.stream, self.group, *entry_ids[start:start + _ACK_PAGE]))
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         """Append ``entry`` with ``reason`` to the delivery dead-letter stream and acknowledge it, in
@@ -175,20 +168,6 @@ class ConsumerGroup:
         """The stream's entries from ``first`` to ``last`` (XRANGE), for dead-lettering by id."""
         reply = await call_redis(self._url, self._client.xrange, self.stream, first, last, count)
         return [Entry(entry_id=_text(entry_id), fields=fields) for entry_id, fields in reply]
-
-
-def _entries(reply: Any) -> tuple[list[Entry], list[str]]:
-    """An XREADGROUP reply: the entries, and the ids of pending entries deleted from the stream
-    (they come back without fields)."""
-    out: list[Entry] = []
-    gone: list[str] = []
-    for _stream, items in reply or ():
-        for entry_id, fields in items:
-            if not fields:
-                gone.append(_text(entry_id))
-                continue
-            out.append(Entry(_text(entry_id), fields if isinstance(fields, dict) else _field_dict(fields)))
-    return out, gone
 
 
 def _field_dict(fields: Any) -> Fields:
