@@ -48,6 +48,7 @@ from tests.helpers import e2e_config, offered, running_service, wait_for  # noqa
 from tests.nats_server import running_nats  # noqa: E402
 from weir.config import load_config  # noqa: E402
 from weir.deliver.actor import DeliveryStats  # noqa: E402
+from weir.deliver.collector import tune_for_batches  # noqa: E402
 from weir.deliver.jetstream import NatsTarget  # noqa: E402, F401  (imported once, not inside a measured cell)
 from weir.deliver.parquet import ParquetTarget  # noqa: E402, F401
 from weir.deliver.service import serve_deliver  # noqa: E402
@@ -188,6 +189,8 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
     config = load_config(environ={}, overrides={
         "redis.url": redis_url, "deliver.pipelines": json.dumps([pipe]), "deliver.read_count": str(args.read_count),
         "deliver.consumer": "bench", "metrics.port": "0", "log_level": "WARNING"})
+    if not args.default_gc:
+        tune_for_batches()  # as `weir deliver` does (weir/cli.py)
     clock = stage_clock(pipeline["target"], every_stage=args.stages)
     profiler = cProfile.Profile() if args.profile else None
     server0 = None if server_pid is None else _proc_cpu(server_pid)
@@ -326,6 +329,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32],
                         help="webhook concurrency (requests in flight), one cell each")
     parser.add_argument("--stages", action="store_true", help="time each stage of the delivery loop")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="Python's default garbage collector settings, not weir deliver's (weir/deliver/collector.py)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a cell may take")
     parser.add_argument("--profile", metavar="DIR", help="cProfile of the trio thread per cell, as text in DIR "
                         "(figures taken with it are not comparable)")

@@ -280,8 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return run_until_signalled(config, on_started=_live_progress(config))
     if args.command == "deliver":
+        from weir.deliver.collector import tune_for_batches
         from weir.deliver.service import serve_deliver
 
+        tune_for_batches()  # after the imports: what they built is frozen
         return _run_trio(config, functools.partial(serve_until_signalled, config, serve=serve_deliver))
     if args.command == "demo":
         from weir.demo import run_demo

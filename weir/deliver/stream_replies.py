@@ -59,8 +59,8 @@ def entries_of(reply: Any) -> tuple[list[Entry], list[str]]:
     for items in reply.values() if isinstance(reply, dict) else (pair[1] for pair in reply):
         for entry_id, fields in items:
             if fields:
-                out.append(Entry(entry_id.decode(), fields if isinstance(fields, dict)
-                                 else dict(zip(fields[::2], fields[1::2]))))
+                pairs = iter(fields)  # name, value, name, value, ... (both protocols)
+                out.append(Entry(entry_id.decode(), dict(zip(pairs, pairs))))
             else:
                 gone.append(entry_id.decode())
     return out, gone
