@@ -18,7 +18,10 @@ a grid of ``--row-groups`` x ``--codecs`` (files of ``--file-rows``); NATS: a re
 rows/s, MB/s written (Parquet: the committed files' bytes; NATS: message bodies), CPU µs per row of
 this process (all its threads), of redis-server and (in brackets after it) of nats-server. Table on stdout, JSON in
 ``benchmarks/results/deliver.json``. ``--stages``: wall time in each stage of the delivery loop
-(the target's and the consumer group's calls, timed by wrappers; per 1000 rows).
+(the target's and the consumer group's calls, timed by wrappers; per 1000 rows), and "GC": the
+CPU time in Python's garbage collector, which falls inside the other stages. Each cell sets the
+collector as ``weir deliver`` does (weir/deliver/collector.py); ``--default-gc`` leaves Python's
+defaults, to compare.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
+import gc
 import json
 import os
 import pstats
@@ -164,6 +168,20 @@ class StageClock:
             step()
 
 
+class GcClock:
+    """Time spent in Python's garbage collector (gc.callbacks): inside the stages, not beside them."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+
+
 def stage_clock(target: str, *, every_stage: bool) -> StageClock:
     from weir.deliver.group import ConsumerGroup
 
@@ -192,6 +210,8 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
     if not args.default_gc:
         tune_for_batches()  # as `weir deliver` does (weir/cli.py)
     clock = stage_clock(pipeline["target"], every_stage=args.stages)
+    gc_clock = GcClock()
+    gc.callbacks.append(gc_clock)
     profiler = cProfile.Profile() if args.profile else None
     server0 = None if server_pid is None else _proc_cpu(server_pid)
     redis0, busy0, cpu0, began = _proc_cpu(redis_pid), machine_busy_s(), time.process_time(), time.perf_counter()
@@ -215,6 +235,7 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
         server1 = None if server_pid is None else _proc_cpu(server_pid)
     finally:
         clock.undo()
+        gc.callbacks.remove(gc_clock)
         if profiler is not None:
             profiler.disable()
             _write_profile(profiler, Path(args.profile) / f"{name}.txt")
@@ -229,6 +250,7 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
               "load_average": os.getloadavg()[0]}
     if args.stages:
         result["stage_ms_per_1000_rows"] = {stage: seconds / stats.delivered * 1e6 for stage, seconds in clock.seconds.items()}
+        result["stage_ms_per_1000_rows"]["GC"] = gc_clock.seconds / stats.delivered * 1e6  # CPU, within the stages
     return result
 
 
