@@ -5,7 +5,7 @@ field dicts, the entries, the target's messages), freed together by reference co
 batch is acknowledged: almost no cyclic garbage. With the default thresholds (a young collection
 every 700 allocations) each batch ran ~14 young collections that walked it and promoted it a
 generation up, and every few batches a full collection walked the whole heap (every module, the
-clients' state: ~145 ms each on the loaded 2-core VM), ~13 µs of CPU per entry in all, a third of
+clients' state: ~130–145 ms each on the loaded 2-core VM), ~13 µs of CPU per entry in all, a third of
 the delivery loop's. So the heap as it is once the service started is frozen (never walked
 again), and a young collection runs every 100,000 allocations, by when most batches are gone.
 """
