@@ -1,0 +1,44 @@
+"""weir deliver (Parquet) against entries weir did not write and an environment that misbehaves.
+
+Real Redis, real files: every valid entry is in exactly one committed file, every damaged one in
+the delivery dead-letter stream with weir's own reason, and the partition never stalls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+
+from tests.helpers import wait_for
+from tests.test_deliver_e2e import assert_exactly_once, deliver_config, group_done, stream_ids, write_events
+from weir.deliver.service import serve_deliver
+from weir.sinks.keys import delivery_dead_key, partition_keys
+
+pytestmark = pytest.mark.integration
+
+
+async def run_until_done(redis_server, redis_client, out, **deliver: str) -> dict[bytes, dict[bytes, bytes]]:
+    """Deliver partition 1 until every entry is acknowledged; the dead letters by their entry id."""
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(
+            serve_deliver, deliver_config(redis_server.url, out, consumer="a", **deliver)))
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="every entry acknowledged")
+        service.stop()
+    return {fields[b"entry_id"]: fields for _, fields in
+            await redis_client("XRANGE", delivery_dead_key("farcaster", "1", "files"), "-", "+")}
+
+
+async def test_a_uint64_field_of_thousands_of_digits_is_dead_lettered_not_a_crash_loop(
+        redis_server, redis_client, tmp_path):
+    # Past Python's int() limit for text (4,300 digits): a plain ValueError crashed the actor on
+    # every restart, and its batch neighbours were dead-lettered with it (unexplained deliveries).
+    await write_events(redis_server.url, "1", 1, 100)
+    await redis_client("XADD", partition_keys("farcaster", "1").events, "101-0", "kind", "MERGE_MESSAGE",
+                       "ts", "1764000000", "fid", b"7" * 5000)
+    await write_events(redis_server.url, "1", 102, 100)
+    letters = await run_until_done(redis_server, redis_client, tmp_path / "parquet", max_deliveries="1")
+    assert list(letters) == [b"101-0"]
+    assert b"fid" in letters[b"101-0"][b"reason"] and letters[b"101-0"][b"fid"] == b"7" * 5000
+    assert_exactly_once(tmp_path / "parquet", [i for i in await stream_ids(redis_client) if i != "101-0"])
