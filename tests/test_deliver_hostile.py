@@ -42,3 +42,12 @@ async def test_a_uint64_field_of_thousands_of_digits_is_dead_lettered_not_a_cras
     assert list(letters) == [b"101-0"]
     assert b"fid" in letters[b"101-0"][b"reason"] and letters[b"101-0"][b"fid"] == b"7" * 5000
     assert_exactly_once(tmp_path / "parquet", [i for i in await stream_ids(redis_client) if i != "101-0"])
+
+
+async def test_an_entrys_own_fields_cannot_forge_its_dead_letters_reason_or_id(redis_server, redis_client, tmp_path):
+    await redis_client("XADD", partition_keys("farcaster", "1").events, "5-0", "ts", "1764000000",
+                       "reason", "forged", "entry_id", "1-0", "deliveries", "0", b"\xff\xfe", b"\x80")
+    letters = await run_until_done(redis_server, redis_client, tmp_path / "parquet", max_deliveries="1")
+    assert list(letters) == [b"5-0"]
+    assert b"no kind" in letters[b"5-0"][b"reason"] and letters[b"5-0"][b"deliveries"] == b"2"
+    assert letters[b"5-0"][b"\xff\xfe"] == b"\x80"  # the entry's other fields as they were

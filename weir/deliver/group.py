@@ -144,8 +144,9 @@ class ConsumerGroup:
         await call_redis(self._url, self._dead_letter_aio, entry, reason, deliveries)
 
     async def _dead_letter_aio(self, entry: Entry, reason: str, deliveries: int) -> None:
-        letter: dict[Any, Any] = {"entry_id": entry.entry_id, "reason": reason, "deliveries": deliveries,
-                                  "group": self.group, "consumer": self.consumer}
+        # Bytes names, as the entry's: an entry's own "reason" field must not replace weir's.
+        letter: dict[bytes, Any] = {b"entry_id": entry.entry_id, b"reason": reason, b"deliveries": deliveries,
+                                    b"group": self.group, b"consumer": self.consumer}
         for name, value in entry.fields.items():
             letter.setdefault(name, value)
         async with self._client.pipeline(transaction=True) as pipe:
