@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import functools
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import trio
 
-from tests.helpers import wait_for
-from tests.test_deliver_e2e import assert_exactly_once, deliver_config, group_done, stream_ids, write_events
+from tests.helpers import capture_json_logs, wait_for
+from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, deliver_config, group_done, stream_ids, write_events
+from weir.deliver.decisions import hour_of
 from weir.deliver.service import serve_deliver
 from weir.sinks.keys import delivery_dead_key, partition_keys
 
@@ -51,3 +54,24 @@ async def test_an_entrys_own_fields_cannot_forge_its_dead_letters_reason_or_id(r
     assert list(letters) == [b"5-0"]
     assert b"no kind" in letters[b"5-0"][b"reason"] and letters[b"5-0"][b"deliveries"] == b"2"
     assert letters[b"5-0"][b"\xff\xfe"] == b"\x80"  # the entry's other fields as they were
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 truncated by a copy", "parquet-without-stream-id", "int-stream-ids"])
+async def test_a_damaged_or_foreign_file_named_like_a_committed_one_does_not_stall_the_partition(
+        redis_server, redis_client, tmp_path, content):
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 300)  # its first hour is BASE_TS's
+    foreign = out / "source=farcaster" / "partition=1" / f"hour={hour_of(BASE_TS)}" / "part-1-0_999-0-copy.parquet"
+    foreign.parent.mkdir(parents=True)
+    if isinstance(content, bytes):
+        foreign.write_bytes(content)
+    else:
+        pq.write_table(pa.table({"other": [1]} if content == "parquet-without-stream-id" else {"stream_id": [1, 2]}),
+                       foreign)
+    with capture_json_logs() as records:
+        letters = await run_until_done(redis_server, redis_client, out)
+    assert letters == {}
+    foreign.unlink()  # not weir's: every entry is in weir's own files, once
+    assert_exactly_once(out, await stream_ids(redis_client))
+    warned = records.of("deliver_unreadable_file")
+    assert len(warned) == 1 and warned[0]["path"] == str(foreign), warned  # once, not per batch

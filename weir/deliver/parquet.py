@@ -155,11 +155,28 @@ class ParquetTarget:
     def _ids_in(self, path: Path) -> pa.Array:
         ids = self._committed_ids.get(path)
         if ids is None:
-            ids = pq.read_table(path, columns=["stream_id"]).column("stream_id").combine_chunks()
+            try:
+                ids = pq.read_table(path, columns=["stream_id"]).column("stream_id").combine_chunks()
+            except FileNotFoundError:  # moved away since the listing: it holds nothing here
+                return pa.array([], pa.string())
+            except pa.ArrowException as exc:  # not a Parquet file, or not one with weir's stream_id
+                ids = self._unreadable(path, repr(exc))
+            else:
+                if ids.type != pa.string():
+                    ids = self._unreadable(path, f"its stream_id column is {ids.type}, not string")
             self._remember_ids(path, ids)
         else:
             self._committed_ids.move_to_end(path)
         return ids
+
+    def _unreadable(self, path: Path, why: str) -> pa.Array:
+        """A file named like a committed one that is not weir's (a damaged copy, a foreign file):
+        it proves no entry delivered, so its range is written again rather than the partition
+        stalling on it; said once (its empty id set is cached like any file's ids)."""
+        log.warning("%s is named like a committed file but cannot be read as one (%s): the entries of its range "
+                    "are delivered to files of their own; move it away", path, why,
+                    extra={"event": "deliver_unreadable_file", "path": str(path), "error": why})
+        return pa.array([], pa.string())
 
     def _remember_ids(self, path: Path, ids: pa.Array) -> None:
         self._committed_ids[path] = ids
