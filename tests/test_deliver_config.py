@@ -54,6 +54,12 @@ source = "ethereum"
     ({"file_age": 30}, {"claim_idle": "60"}, "deliver.pipelines: [0]: file_age: must be at most deliver.claim_idle / 3 (20)"),
     ({}, {"max_deliveries": "0"}, "deliver.max_deliveries: must be at least 1, got 0"),
     ({}, {"claim_idle": "-1"}, "deliver.claim_idle: must be positive"),
+    # Past what Redis takes (XAUTOCLAIM's min-idle, XREADGROUP's BLOCK): each actor crashed on its first call.
+    ({}, {"claim_idle": "1e16"}, "deliver.claim_idle: must be at most 31536000 (a year), got 1e+16"),
+    ({"file_age": 0.0003}, {"claim_idle": "0.001"},
+     "deliver.claim_idle: must be at least 1 (a commit, fsync and rename, must fit in a third of it), got 0.001"),
+    ({}, {"block_ms": str(2**63)}, "deliver.block_ms: must be at most 60000 (the socket waits as long), got 9223372036854775808"),
+    ({}, {"read_count": str(10**15)}, "deliver.read_count: must be at most 100000 (a batch is held in memory), got 1000000000000000"),
     ({"colour": "red"}, {}, "deliver.pipelines[0].colour: unknown setting"),
     (dict(HOOK, url="ftp://user:SECRET@h/x"), {}, "deliver.pipelines: [0]: url: expected the endpoint's http:// or "
                                                    "https:// URL, got 'ftp://***@h/x'"),
