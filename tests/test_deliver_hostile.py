@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from tests.helpers import capture_json_logs, wait_for
-from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, deliver_config, group_done, stream_ids, write_events
+from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, committed_ids, deliver_config, group_done, stream_ids, write_events
 from weir.deliver.decisions import hour_of
 from weir.deliver.service import serve_deliver
 from weir.sinks.keys import delivery_dead_key, partition_keys
@@ -75,3 +75,31 @@ async def test_a_damaged_or_foreign_file_named_like_a_committed_one_does_not_sta
     assert_exactly_once(out, await stream_ids(redis_client))
     warned = records.of("deliver_unreadable_file")
     assert len(warned) == 1 and warned[0]["path"] == str(foreign), warned  # once, not per batch
+
+
+@pytest.mark.parametrize("loss", ["group-destroyed", "stream-deleted"])
+async def test_the_group_or_stream_deleted_under_a_running_deliverer_is_recreated_and_nothing_is_duplicated(
+        redis_server, redis_client, tmp_path, loss):
+    out = tmp_path / "parquet"
+    key = partition_keys("farcaster", "1").events
+    await write_events(redis_server.url, "1", 1, 300)
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(
+            serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="the first entries acknowledged")
+        await write_events(redis_server.url, "1", 301, 300)  # some of these in an open file when the group goes
+        if loss == "group-destroyed":
+            await redis_client("XGROUP", "DESTROY", key, "files")
+        else:
+            await redis_client("DEL", key)
+        await write_events(redis_server.url, "1", 601, 300)
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="every entry acknowledged")
+        service.stop()
+    expected = [f"{p}-0" for p in range(1, 901)] if loss == "group-destroyed" else None
+    got = committed_ids(out)
+    assert len(got) == len(set(got)), "an entry in two files"
+    if expected is not None:
+        assert sorted(got, key=lambda i: int(i[:-2])) == expected
+    else:  # what was in the stream when it was deleted and not yet in a file is gone with it
+        assert set(await stream_ids(redis_client)) <= set(got)
+
