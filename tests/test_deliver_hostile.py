@@ -103,3 +103,20 @@ async def test_the_group_or_stream_deleted_under_a_running_deliverer_is_recreate
     else:  # what was in the stream when it was deleted and not yet in a file is gone with it
         assert set(await stream_ids(redis_client)) <= set(got)
 
+
+async def test_two_instances_under_one_consumer_name_never_write_into_each_others_files(
+        redis_server, redis_client, tmp_path):
+    """A fixed --consumer in a template scaled to two replicas (containers: often the same pid)."""
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 2000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await wait_for(lambda: any(out.rglob("*.tmp")), timeout=10, what="a file open")
+        # The second starts while the first holds entries in an open file, pending to "a".
+        await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        await write_events(redis_server.url, "1", 2001, 2000)
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="every entry acknowledged")
+        nursery.cancel_scope.cancel()
+    for path in out.rglob("*.parquet"):
+        pq.read_metadata(path)  # each committed file whole
+    assert_exactly_once(out, await stream_ids(redis_client))

@@ -6,7 +6,7 @@ Layout (Hive-style, so DuckDB and pyarrow datasets read the path parts as column
 
 ``first`` / ``last`` are the lowest and highest stream ids in the file (also in the footer's
 key-value metadata, ``weir.first_id`` / ``weir.last_id``, with ``weir.rows``). Commit protocol: rows
-are written to ``.part-<consumer>-<n>.parquet.tmp`` in the hour's directory (locked with flock while
+are written to ``.part-<consumer>-<pid>-<random>-<n>.parquet.tmp`` in the hour's directory (locked with flock while
 open), the file is closed and fsynced, renamed to its final name, the directory fsynced; only then
 does the core acknowledge the entries. An entry read again after a crash is looked up in the
 committed files of its hour and acknowledged without being written twice.
@@ -83,6 +83,7 @@ class ParquetTarget:
         self._clock = clock
         self._open: dict[str, _OpenFile] = {}
         self._serial = itertools.count()
+        self._token = os.urandom(4).hex()
         self._committed_ids: OrderedDict[Path, pa.Array] = OrderedDict()
         self._cached_ids = 0
         self._spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
@@ -210,8 +211,11 @@ class ParquetTarget:
     def _new_file(self, hour: str, opened_at: float) -> _OpenFile:
         hour_dir = self.partition_dir / f"hour={hour}"
         hour_dir.mkdir(parents=True, exist_ok=True)
-        temp = hour_dir / f".part-{self.consumer}-{os.getpid()}-{next(self._serial)}{_TEMP_SUFFIX}"
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # The token: two instances under one consumer name (a fixed --consumer scaled to two
+        # replicas, both pid 1 in their containers) must not pick the same name; O_EXCL: never
+        # truncate a file another writer has open.
+        temp = hour_dir / f".part-{self.consumer}-{os.getpid()}-{self._token}-{next(self._serial)}{_TEMP_SUFFIX}"
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else can hold it
         return _OpenFile(hour=hour, temp=temp, lock_fd=fd, buffer=RowBuffer(self.schema), opened_at=opened_at)
 
