@@ -6,6 +6,7 @@ the delivery dead-letter stream with weir's own reason, and the partition never 
 
 from __future__ import annotations
 
+import errno
 import functools
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ import trio
 from tests.helpers import capture_json_logs, wait_for
 from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, committed_ids, deliver_config, group_done, stream_ids, write_events
 from weir.deliver.decisions import hour_of
+from weir.deliver.parquet import ParquetTarget
 from weir.deliver.service import serve_deliver
 from weir.sinks.keys import delivery_dead_key, partition_keys
 
@@ -120,3 +122,33 @@ async def test_two_instances_under_one_consumer_name_never_write_into_each_other
     for path in out.rglob("*.parquet"):
         pq.read_metadata(path)  # each committed file whole
     assert_exactly_once(out, await stream_ids(redis_client))
+
+
+async def test_a_full_disk_leaves_entries_pending_until_it_has_room_without_dead_letters_or_a_crash(
+        redis_server, redis_client, tmp_path, monkeypatch):
+    """ENOSPC while writing (mocked: no tmpfs without root): the actor crashed on it, its
+    restarts re-read its pending entries (each re-read a delivery), so within seconds the service
+    gave up, and valid entries went to the dead-letter stream as 'not accepted'."""
+    out = tmp_path / "parquet"
+    await write_events(redis_server.url, "1", 1, 1000)
+    full = trio.Event()
+    write_table = ParquetTarget._write_table
+
+    def write_or_fail(self, file, table):
+        if not full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_table(self, file, table)
+
+    monkeypatch.setattr(ParquetTarget, "_write_table", write_or_fail)
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(functools.partial(
+            serve_deliver, deliver_config(redis_server.url, out, consumer="a", max_deliveries="2")))
+        await wait_for(lambda: service.stats["farcaster-parquet/1"].given_back > 0, timeout=10, what="entries given back")
+        # The disk stays full until entries given back came back through a claim pass (claim_idle 1.5 s).
+        await wait_for(lambda: service.stats["farcaster-parquet/1"].claimed > 0, timeout=10, what="a claim")
+        full.set()
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="every entry acknowledged")
+        service.stop()
+    assert await redis_client("XLEN", delivery_dead_key("farcaster", "1", "files")) == 0
+    assert_exactly_once(out, await stream_ids(redis_client))
+    assert not list(out.rglob("*.tmp"))

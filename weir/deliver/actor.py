@@ -201,10 +201,8 @@ class PartitionDelivery:
             self.stats.skipped += len(durable)
             entries = [entry for entry in entries if entry.entry_id not in durable]
         refused = await target.offer(entries)
-        given_back = set(target.given_back())
-        self.held.update(entry.entry_id for entry in entries
-                         if entry.entry_id not in refused and entry.entry_id not in given_back)
-        self.stats.given_back += len(given_back)
+        self.held.update(entry.entry_id for entry in entries if entry.entry_id not in refused)
+        self._release_given_back(target)
         for entry_id, reason in refused.items():
             self.failures.remember(entry_id, reason)
             log.warning("%s: target refused entry %s: %s", self.name, entry_id, reason,
@@ -217,8 +215,16 @@ class PartitionDelivery:
         if due is not None and trio.current_time() >= due:
             await self._commit(target, trio.current_time())
 
+    def _release_given_back(self, target: Target) -> None:
+        """Entries the target gave back (now, or from an earlier offer: a Parquet file that could
+        not be written) are no longer held: they stay pending and come back through a claim pass."""
+        given_back = target.given_back()
+        self.held.difference_update(given_back)
+        self.stats.given_back += len(given_back)
+
     async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
         self.undecided += await target.prepare(now, everything=everything)  # with any a cancel left undecided
+        self._release_given_back(target)
         while self.undecided:
             prepared = self.undecided[0]
             self.held.difference_update(prepared.entry_ids)  # committed or dropped below: no longer held

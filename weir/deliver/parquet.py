@@ -84,6 +84,7 @@ class ParquetTarget:
         self._open: dict[str, _OpenFile] = {}
         self._serial = itertools.count()
         self._token = os.urandom(4).hex()
+        self._given_back: list[str] = []  # entries no file could take (a full disk), for given_back()
         self._committed_ids: OrderedDict[Path, pa.Array] = OrderedDict()
         self._cached_ids = 0
         self._spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
@@ -199,14 +200,36 @@ class ParquetTarget:
                 continue
             file = self._open.get(hour)
             if file is None:
-                file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
+                try:
+                    file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
+                except OSError as exc:  # a full or read-only disk: the entry waits, pending
+                    self._cannot_write(self.partition_dir / f"hour={hour}", exc, [entry.entry_id])
+                    continue
             file.buffer.append(row)
             file.entry_ids.append(entry.entry_id)
             if len(file.buffer) >= self.row_group_rows:
                 full.append(file)
         for file in dict.fromkeys(full):
-            await self._write_row_groups(file)
+            try:
+                await self._write_row_groups(file)
+            except OSError as exc:
+                await self._drop(file, exc)
         return refused
+
+    async def _drop(self, file: _OpenFile, exc: OSError) -> None:
+        """A file that cannot be written (a full disk): deleted, its entries given back."""
+        del self._open[file.hour]
+        await trio.to_thread.run_sync(_discard, file)
+        self._cannot_write(file.temp, exc, file.entry_ids)
+
+    def _cannot_write(self, path: Path, exc: OSError, entry_ids: list[str]) -> None:
+        """Entries left pending, not crashed on: a restart would read them again, and each read
+        counts as a delivery towards the dead-letter stream; a claim pass brings them back after
+        claim_idle instead (the core: given_back)."""
+        self._given_back += entry_ids
+        log.warning("cannot write %s (%s): %d entries left pending, delivered again after claim_idle", path, exc,
+                    len(entry_ids), extra={"event": "deliver_write_failed", "path": str(path), "error": str(exc),
+                                           "entries": len(entry_ids)})
 
     def _new_file(self, hour: str, opened_at: float) -> _OpenFile:
         hour_dir = self.partition_dir / f"hour={hour}"
@@ -233,7 +256,8 @@ class ParquetTarget:
         file.writer.write_table(table, row_group_size=len(table))
 
     def given_back(self) -> list[str]:
-        return []  # every entry offered is buffered or refused
+        given_back, self._given_back = self._given_back, []
+        return given_back
 
     def next_due(self) -> float | None:
         if not self._open:
@@ -245,9 +269,13 @@ class ParquetTarget:
                if everything or self.roll.due(rows=len(file.entry_ids), opened_at=file.opened_at, now=now)]
         prepared = []
         for file in due:
-            await _finished(file)  # before it leaves _open: if its write failed, aclose still drops it
+            try:
+                await _finished(file)  # before it leaves _open: if its write failed, aclose still drops it
+                await trio.to_thread.run_sync(self._close_file, file)
+            except OSError as exc:
+                await self._drop(file, exc)
+                continue
             del self._open[file.hour]
-            await trio.to_thread.run_sync(self._close_file, file)
             prepared.append(Prepared(entry_ids=tuple(file.entry_ids), handle=file))
         return prepared
 
