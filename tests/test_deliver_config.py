@@ -49,6 +49,8 @@ source = "ethereum"
     ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet, nats, webhook"),
     ({"source": ""}, {}, "deliver.pipelines: [0]: source: required"),
     ({"partitions": ["a:b"]}, {}, "deliver.pipelines: [0]: partition 'a:b' cannot be used in a Redis key"),
+    ({"partitions": ["1/../../x"]}, {},
+     "deliver.pipelines: [0]: partition '1/../../x' cannot be a directory name: it contains '/'"),
     ({"row_group_rows": 0}, {}, "deliver.pipelines: [0]: row_group_rows: must be at least 1, got 0"),
     ({"start": "1-0"}, {}, "deliver.pipelines: [0]: start: expected '0' (the whole stream) or '$' (from now)"),
     ({"file_age": 30}, {"claim_idle": "60"}, "deliver.pipelines: [0]: file_age: must be at most deliver.claim_idle / 3 (20)"),

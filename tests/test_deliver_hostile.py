@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ import trio
 
 from tests.helpers import capture_json_logs, wait_for
 from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, committed_ids, deliver_config, group_done, stream_ids, write_events
+from weir.config import load_config
 from weir.deliver.decisions import hour_of
 from weir.deliver.parquet import ParquetTarget
 from weir.deliver.service import serve_deliver
@@ -152,3 +154,23 @@ async def test_a_full_disk_leaves_entries_pending_until_it_has_room_without_dead
     assert await redis_client("XLEN", delivery_dead_key("farcaster", "1", "files")) == 0
     assert_exactly_once(out, await stream_ids(redis_client))
     assert not list(out.rglob("*.tmp"))
+
+
+async def test_a_discovered_partition_whose_name_would_leave_the_directory_is_skipped(redis_server, redis_client, tmp_path):
+    out = tmp_path / "data" / "parquet"
+    await write_events(redis_server.url, "1", 1, 100)
+    # A key weir never writes, whose partition part is a path out of the Parquet directory.
+    await redis_client("XADD", "{weir:farcaster:x/../../../escaped}:events", "1-0", "kind", "MERGE_MESSAGE", "ts", "1")
+    pipelines = json.dumps([{"source": "farcaster", "group": "files", "directory": str(out), "file_age": 0.3}])
+    config = load_config(environ={}, overrides={"redis.url": redis_server.url, "deliver.pipelines": pipelines,
+                                                "deliver.claim_idle": "1.5", "deliver.block_ms": "100"})
+    with capture_json_logs() as records:
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(serve_deliver, config)
+            await wait_for(functools.partial(group_done, redis_client), timeout=20, what="partition 1 delivered")
+            service.stop()
+    assert list(service.stats) == ["farcaster-parquet/1"]
+    assert not (tmp_path / "escaped").exists() and not list(tmp_path.glob("*/source=farcaster"))
+    assert_exactly_once(out, await stream_ids(redis_client))
+    skipped = records.of("deliver_partition_skipped")
+    assert [r["partition"] for r in skipped] == ["x/../../../escaped"], skipped

@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
+from weir.deliver.decisions import partition_problem
 from weir.deliver.settings import PARQUET_COMPRESSIONS, TARGET_KINDS, DeliverPipelineSettings, DeliverSettings
 from weir.sinks.keys import validate_name, validate_prefix
 from weir.redact import redact_url
@@ -597,6 +598,9 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
                 validate_name(what, value)
             except ValueError as exc:  # the message names the setting and the value
                 fail("deliver.pipelines", f"{where}: {exc}")
+        for partition in pipe.partitions:
+            if "/" in partition:  # partition=<it> is a directory of the Parquet files
+                fail("deliver.pipelines", f"{where}: {partition_problem(partition)}")
         name = pipe.name or f"{pipe.source}-{pipe.target}"
         if name in names:
             fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence, Set
 
 import attrs
 
+from weir.sinks.keys import validate_name
+
 _ENTRY_ID = re.compile(r"(\d+)-(\d+)\Z")
 
 
@@ -132,6 +134,19 @@ def safe_to_commit(idle_ms: Sequence[int | None], *, claim_idle: float) -> bool:
     """
     limit = claim_idle * 1000 * 2 / 3
     return all(idle is not None and idle < limit for idle in idle_ms)
+
+
+def partition_problem(partition: str) -> str | None:
+    """Why ``partition`` cannot be delivered (None: it can): a name that cannot be in a Redis key,
+    or one with a ``/`` (``partition=<it>`` is a directory of the Parquet files: ``x/../..``
+    would leave them)."""
+    try:
+        validate_name("partition", partition)
+    except ValueError as exc:
+        return str(exc)
+    if "/" in partition:
+        return f"partition {partition!r} cannot be a directory name: it contains '/'"
+    return None
 
 
 class SortedIds:
