@@ -20,6 +20,7 @@ from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, committed_ids, 
 from weir.config import load_config
 from weir.deliver.decisions import hour_of
 from weir.deliver.parquet import ParquetTarget
+from weir.deliver.parquet_rows import SourceSchema
 from weir.deliver.service import serve_deliver
 from weir.sinks.keys import delivery_dead_key, partition_keys
 
@@ -175,3 +176,23 @@ async def test_a_discovered_partition_whose_name_would_leave_the_directory_is_sk
     assert_exactly_once(out, await stream_ids(redis_client))
     skipped = records.of("deliver_partition_skipped")
     assert sorted(r["partition"] for r in skipped) == ["b'{weir:farcaster:\\xff}:events'", "x/../../../escaped"], skipped
+
+
+async def test_an_entry_that_crashes_the_deliverer_takes_only_itself_to_the_dead_letter_stream(
+        redis_server, redis_client, tmp_path, monkeypatch):
+    """An entry that raises what no one foresaw (mocked: a bug in the row mapping) crashes the
+    actor on every delivery; its read-batch neighbours, re-read with it at each restart, were
+    dead-lettered with it once their counts passed 4 x max_deliveries."""
+    await write_events(redis_server.url, "1", 1, 300)
+    values = SourceSchema.values
+
+    def values_or_bug(self, entry_id, fields):
+        if entry_id == "150-0":
+            raise RuntimeError("a bug")
+        return values(self, entry_id, fields)
+
+    monkeypatch.setattr(SourceSchema, "values", values_or_bug)
+    letters = await run_until_done(redis_server, redis_client, tmp_path / "parquet", max_deliveries="1")
+    assert list(letters) == [b"150-0"]
+    assert b"crashed the deliverer (RuntimeError)" in letters[b"150-0"][b"reason"]
+    assert_exactly_once(tmp_path / "parquet", [i for i in await stream_ids(redis_client) if i != "150-0"])

@@ -75,6 +75,9 @@ class PartitionDelivery:
     held: set[str] = attrs.field(factory=set)  # offered to the target, not yet committed or dropped
     undecided: list[Prepared] = attrs.field(factory=list)  # prepared, neither committed nor aborted yet
     ahead: list[Entry] = attrs.field(factory=list)  # read ahead, not yet offered (see _read_ahead)
+    # Entries offered together when the target raised: offered one at a time from then on (kept
+    # across restarts of this actor), so the one that raises is found and dead-lettered alone.
+    suspects: set[str] = attrs.field(factory=set)
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
@@ -180,6 +183,7 @@ class PartitionDelivery:
             await self._patiently(self.group.dead_letter, by_id[entry_id], reason, deliveries[entry_id])
             self.stats.dead_lettered += 1
             self.failures.forget([entry_id])
+            self.suspects.discard(entry_id)
             log.warning("%s: entry %s dead-lettered: %s", self.name, entry_id, reason,
                         extra={"event": "deliver_dead_letter", "pipeline": self.name, "entry_id": entry_id, "reason": reason})
         await self._offer(target, [by_id[entry_id] for entry_id in decision.deliver])
@@ -200,8 +204,7 @@ class PartitionDelivery:
             await self._patiently(self.group.ack, sorted(durable, key=parse_entry_id))
             self.stats.skipped += len(durable)
             entries = [entry for entry in entries if entry.entry_id not in durable]
-        refused = await target.offer(entries)
-        self.held.update(entry.entry_id for entry in entries if entry.entry_id not in refused)
+        refused = await self._offer_isolating(target, entries)
         self._release_given_back(target)
         for entry_id, reason in refused.items():
             self.failures.remember(entry_id, reason)
@@ -214,6 +217,35 @@ class PartitionDelivery:
         due = target.next_due()
         if due is not None and trio.current_time() >= due:
             await self._commit(target, trio.current_time())
+
+    async def _offer_isolating(self, target: Target, entries: Sequence[Entry]) -> dict[str, str]:
+        """``target.offer``, suspects one at a time after the others are committed (see
+        ``suspects``); the entries the target took are held."""
+        alone = [entry for entry in entries if entry.entry_id in self.suspects]
+        together = [entry for entry in entries if entry.entry_id not in self.suspects]
+        refused = await self._offer_or_suspect(target, together) if together else {}
+        if alone:
+            await self._commit(target, trio.current_time(), everything=True)  # durable before a suspect's turn
+        for entry in alone:
+            refused |= await self._offer_or_suspect(target, [entry])
+            self.suspects.discard(entry.entry_id)  # it went through alone
+        return refused
+
+    async def _offer_or_suspect(self, target: Target, batch: list[Entry]) -> dict[str, str]:
+        """An exception from the target (a bug some entry triggers) marks the batch as suspects, or
+        is remembered as the refusal of an entry offered alone (dead-lettered then after
+        max_deliveries, with that reason), and is re-raised: the actor restarts on a fresh target.
+        Without this every restart re-read the entry's whole batch, and its neighbours were
+        dead-lettered with it."""
+        try:
+            refused = await target.offer(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self.failures.remember(batch[0].entry_id, f"crashed the deliverer ({type(exc).__name__})")
+            self.suspects.update(entry.entry_id for entry in batch)
+            raise
+        self.held.update(entry.entry_id for entry in batch if entry.entry_id not in refused)
+        return refused
 
     def _release_given_back(self, target: Target) -> None:
         """Entries the target gave back (now, or from an earlier offer: a Parquet file that could
