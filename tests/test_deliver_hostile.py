@@ -18,10 +18,13 @@ import trio
 from tests.helpers import capture_json_logs, wait_for
 from tests.test_deliver_e2e import BASE_TS, assert_exactly_once, committed_ids, deliver_config, group_done, stream_ids, write_events
 from weir.config import load_config
-from weir.deliver.decisions import hour_of
+from weir.deliver.actor import ConsumerInUse
+from weir.deliver.decisions import RollPolicy, hour_of
+from weir.deliver.group import Entry
 from weir.deliver.parquet import ParquetTarget
 from weir.deliver.parquet_rows import SourceSchema
 from weir.deliver.service import serve_deliver
+from weir.errors import fatal_in
 from weir.sinks.keys import delivery_dead_key, partition_keys
 
 pytestmark = pytest.mark.integration
@@ -109,23 +112,25 @@ async def test_the_group_or_stream_deleted_under_a_running_deliverer_is_recreate
         assert set(await stream_ids(redis_client)) <= set(got)
 
 
-async def test_two_instances_under_one_consumer_name_never_write_into_each_others_files(
+async def test_a_second_instance_under_a_live_instances_consumer_name_stops_with_one_line(
         redis_server, redis_client, tmp_path):
-    """A fixed --consumer in a template scaled to two replicas (containers: often the same pid)."""
+    """A fixed --consumer scaled to two replicas: the second took over the first's pending
+    entries, held in its open file, and both committed them (containers often share a pid too:
+    then each truncated the other's temporary file)."""
     out = tmp_path / "parquet"
     await write_events(redis_server.url, "1", 1, 2000)
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
         await wait_for(lambda: any(out.rglob("*.tmp")), timeout=10, what="a file open")
-        # The second starts while the first holds entries in an open file, pending to "a".
-        await nursery.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        with pytest.raises(BaseExceptionGroup) as caught, trio.fail_after(15):
+            async with trio.open_nursery() as second:  # started while the first holds entries pending to "a"
+                await second.start(functools.partial(serve_deliver, deliver_config(redis_server.url, out, consumer="a")))
+        assert isinstance(fatal_in(caught.value), ConsumerInUse), caught.value
+        assert "consumer 'a'" in str(fatal_in(caught.value))
         await write_events(redis_server.url, "1", 2001, 2000)
         await wait_for(functools.partial(group_done, redis_client), timeout=20, what="every entry acknowledged")
         nursery.cancel_scope.cancel()
-    for path in out.rglob("*.parquet"):
-        pq.read_metadata(path)  # each committed file whole
     assert_exactly_once(out, await stream_ids(redis_client))
-
 
 async def test_a_full_disk_leaves_entries_pending_until_it_has_room_without_dead_letters_or_a_crash(
         redis_server, redis_client, tmp_path, monkeypatch):
@@ -196,3 +201,22 @@ async def test_an_entry_that_crashes_the_deliverer_takes_only_itself_to_the_dead
     assert list(letters) == [b"150-0"]
     assert b"crashed the deliverer (RuntimeError)" in letters[b"150-0"][b"reason"]
     assert_exactly_once(tmp_path / "parquet", [i for i in await stream_ids(redis_client) if i != "150-0"])
+
+
+async def test_two_targets_under_one_consumer_name_and_pid_write_separate_whole_files(tmp_path):
+    """Where the live-twin check cannot see the twin (nothing pending when it started): the
+    same temporary name was opened with O_TRUNC under the other's writer, committing a corrupt file."""
+    def target() -> ParquetTarget:
+        return ParquetTarget(directory=tmp_path, source="farcaster", partition="1", consumer="a", compression="zstd",
+                             row_group_rows=10, roll=RollPolicy(max_rows=100, max_age=60))
+
+    first, second = target(), target()
+    entries = [Entry(f"{p}-0", {b"kind": b"MERGE_MESSAGE", b"ts": b"1764000000", b"data": b"x" * 100}) for p in range(1, 41)]
+    for one, part in ((first, entries[:20]), (second, entries[20:])):
+        assert await one.offer(part) == {}
+    for one in (first, second):
+        for prepared in await one.prepare(trio.current_time(), everything=True):
+            await one.commit(prepared)
+        await one.aclose()
+    ids = sorted(pq.read_table(tmp_path, columns=["stream_id"]).column("stream_id").to_pylist(), key=lambda i: int(i[:-2]))
+    assert ids == [entry.entry_id for entry in entries]

@@ -17,10 +17,11 @@ import trio
 
 from weir.actors.nurseries import open_unwrapping_nursery
 from weir.actors.stopping import until_stopped
-from weir.deliver.decisions import FailureMemory, parse_entry_id, safe_to_commit, triage
+from weir.deliver.decisions import FailureMemory, parse_entry_id, safe_to_commit, triage, twin_alive
 from weir.deliver.group import ConsumerGroup, Entry
 from weir.deliver.settings import DeliverSettings
 from weir.deliver.target import Prepared, Target
+from weir.errors import Fatal
 from weir.sinks.redis_sink import SinkUnavailable
 from weir.supervision import Backoff
 
@@ -29,6 +30,11 @@ T = TypeVar("T")
 log = logging.getLogger("weir.deliver")
 
 _CLAIM_PAGES = 10  # XAUTOCLAIM pages per pass at most: new entries are not starved by a long backlog
+
+
+class ConsumerInUse(Fatal):
+    """Another live instance reads the group under this instance's consumer name: taking over its
+    pending entries would write them twice."""
 
 
 @attrs.define(eq=False)
@@ -78,6 +84,8 @@ class PartitionDelivery:
     # Entries offered together when the target raised: offered one at a time from then on (kept
     # across restarts of this actor), so the one that raises is found and dead-lettered alone.
     suspects: set[str] = attrs.field(factory=set)
+    twin_checked: bool = False  # at the first run only: a later restart's predecessor is this process's own
+    twin: ConsumerInUse | None = None  # found: every restart raises it again at once
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
@@ -88,6 +96,7 @@ class PartitionDelivery:
             await target.recover()
             task_status.started()
             async with until_stopped(stopping):
+                await self._refuse_a_twin()
                 await self._take_over_own_pending(target)
                 await self._loop(target)
             # An ordered stop: what is buffered, and the batch read ahead, is committed and
@@ -139,6 +148,29 @@ class PartitionDelivery:
             if entries:
                 self.ahead = entries
                 await send.send(entries)
+
+    async def _refuse_a_twin(self) -> None:
+        """Before taking over this consumer name's pending entries: if another live instance
+        reads under the same name (a fixed --consumer scaled to two replicas), both would write
+        them. Checked once per process; the instance that starts second stops (Fatal)."""
+        if self.twin is not None:
+            raise self.twin
+        if self.twin_checked:
+            return
+        before = await self._patiently(self.group.consumer_seen)
+        if before is not None:  # the name was used before: by a dead predecessor, or a live twin
+            wait = 2 * self.settings.block_ms / 1000 + 1
+            started = trio.current_time()
+            await trio.sleep(wait)
+            after = await self._patiently(self.group.consumer_seen)
+            if after is not None and twin_alive(idle_before_ms=before[1], idle_after_ms=after[1],
+                                                waited_ms=(trio.current_time() - started) * 1000):
+                self.twin = ConsumerInUse(
+                    f"{self.name}: another live instance reads group {self.group.group!r} of {self.group.stream} as "
+                    f"consumer {self.group.consumer!r} (it read while this one waited {wait:g}s): give each "
+                    f"instance its own deliver.consumer (--consumer)")
+                raise self.twin
+        self.twin_checked = True
 
     async def _take_over_own_pending(self, target: Target) -> None:
         """Entries this consumer name had pending before the (re)start: delivered again."""

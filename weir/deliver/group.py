@@ -154,6 +154,24 @@ class ConsumerGroup:
             pipe.xack(self.stream, self.group, entry.entry_id)
             await pipe.execute()
 
+    async def consumer_seen(self) -> tuple[int, int] | None:
+        """This consumer name's pending count and milliseconds since it last read or claimed
+        (XINFO CONSUMERS); None: no such consumer in the group (or no group yet)."""
+        consumers = await call_redis(self._url, self._consumers_aio)
+        for consumer in consumers:
+            fields = {_text(name): value for name, value in consumer.items()}
+            if _text(fields["name"]) == self.consumer:
+                return int(fields["pending"]), int(fields["idle"])
+        return None
+
+    async def _consumers_aio(self) -> list[dict[Any, Any]]:
+        try:
+            return await self._client.xinfo_consumers(self.stream, self.group)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
+                return []
+            raise
+
     async def info(self) -> GroupInfo | None:
         """XINFO GROUPS of the stream: this group's pending count and lag (None: no such group)."""
         groups = await call_redis(self._url, self._groups_aio)
