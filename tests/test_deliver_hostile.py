@@ -220,3 +220,16 @@ async def test_two_targets_under_one_consumer_name_and_pid_write_separate_whole_
         await one.aclose()
     ids = sorted(pq.read_table(tmp_path, columns=["stream_id"]).column("stream_id").to_pylist(), key=lambda i: int(i[:-2]))
     assert ids == [entry.entry_id for entry in entries]
+
+
+async def test_an_hour_directory_that_cannot_be_created_gives_its_entries_back_with_one_warning(tmp_path):
+    (tmp_path / "source=farcaster" / "partition=1").mkdir(parents=True)
+    (tmp_path / "source=farcaster" / "partition=1" / f"hour={hour_of(BASE_TS)}").write_bytes(b"")  # a file in its way
+    target = ParquetTarget(directory=tmp_path, source="farcaster", partition="1", consumer="a", compression="zstd",
+                           row_group_rows=10, roll=RollPolicy(max_rows=100, max_age=60))
+    entries = [Entry(f"{p}-0", {b"kind": b"MERGE_MESSAGE", b"ts": b"%d" % BASE_TS}) for p in range(1, 31)]
+    with capture_json_logs() as records:
+        assert await target.offer(entries) == {}
+    assert target.given_back() == [entry.entry_id for entry in entries] and target.next_due() is None
+    assert [r["entries"] for r in records.of("deliver_write_failed")] == [30]
+    await target.aclose()

@@ -192,6 +192,7 @@ class ParquetTarget:
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         refused: dict[str, str] = {}
         full: list[_OpenFile] = []
+        unwritable: dict[str, tuple[OSError, list[str]]] = {}  # hours whose file could not be created
         for entry, hour in zip(entries, hours_of(entry.fields for entry in entries)):
             try:
                 row = self.schema.values(entry.entry_id, entry.fields)
@@ -199,16 +200,21 @@ class ParquetTarget:
                 refused[entry.entry_id] = str(exc)
                 continue
             file = self._open.get(hour)
+            if file is None and hour in unwritable:
+                unwritable[hour][1].append(entry.entry_id)
+                continue
             if file is None:
                 try:
                     file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
-                except OSError as exc:  # a full or read-only disk: the entry waits, pending
-                    self._cannot_write(self.partition_dir / f"hour={hour}", exc, [entry.entry_id])
+                except OSError as exc:  # a full or read-only disk: the hour's entries wait, pending
+                    unwritable[hour] = (exc, [entry.entry_id])
                     continue
             file.buffer.append(row)
             file.entry_ids.append(entry.entry_id)
             if len(file.buffer) >= self.row_group_rows:
                 full.append(file)
+        for hour, (exc, entry_ids) in unwritable.items():
+            self._cannot_write(self.partition_dir / f"hour={hour}", exc, entry_ids)
         for file in dict.fromkeys(full):
             try:
                 await self._write_row_groups(file)
