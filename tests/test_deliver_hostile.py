@@ -233,3 +233,24 @@ async def test_an_hour_directory_that_cannot_be_created_gives_its_entries_back_w
     assert target.given_back() == [entry.entry_id for entry in entries] and target.next_due() is None
     assert [r["entries"] for r in records.of("deliver_write_failed")] == [30]
     await target.aclose()
+
+
+async def test_a_group_destroyed_under_a_pipeline_that_starts_at_new_entries_loses_nothing(
+        redis_server, redis_client, tmp_path):
+    """start = "$" is where a new pipeline begins; a group that vanished under a running actor was
+    recreated there too, dropping the entries in its open file and all written until then."""
+    out = tmp_path / "parquet"
+    pipelines = json.dumps([{"source": "farcaster", "partitions": ["1"], "group": "files", "directory": str(out),
+                             "file_age": 0.3, "start": "$"}])
+    config = load_config(environ={}, overrides={"redis.url": redis_server.url, "deliver.pipelines": pipelines,
+                                                "deliver.claim_idle": "1.5", "deliver.block_ms": "100"})
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(serve_deliver, config)
+        await write_events(redis_server.url, "1", 1, 300)
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="the first entries acknowledged")
+        await write_events(redis_server.url, "1", 301, 300)
+        await redis_client("XGROUP", "DESTROY", partition_keys("farcaster", "1").events, "files")
+        await write_events(redis_server.url, "1", 601, 300)
+        await wait_for(functools.partial(group_done, redis_client), timeout=20, what="every entry acknowledged")
+        service.stop()
+    assert_exactly_once(out, await stream_ids(redis_client))

@@ -86,13 +86,14 @@ class PartitionDelivery:
     suspects: set[str] = attrs.field(factory=set)
     twin_checked: bool = False  # at the first run only: a later restart's predecessor is this process's own
     twin: ConsumerInUse | None = None  # found: every restart raises it again at once
+    group_seen: bool = False  # the group existed for an earlier run of this actor
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
         self.held.clear()  # a new target holds nothing (a crashed one's files were dropped)
         self.ahead.clear()  # entries a crashed run read ahead are pending to this consumer: read again
         try:
-            await self._patiently(self.group.ensure_group, self.start)
+            await self._ensure_group()
             await target.recover()
             task_status.started()
             async with until_stopped(stopping):
@@ -148,6 +149,18 @@ class PartitionDelivery:
             if entries:
                 self.ahead = entries
                 await send.send(entries)
+
+    async def _ensure_group(self) -> None:
+        """The group, created at ``start`` for a new pipeline; one that vanished under this actor
+        (deleted, Redis restarted without it) is created again at "0": from "$" the entries in its
+        open files and all written since would never be read (the targets' own records, Parquet's
+        committed files, JetStream's Msg-Id, a receiver's key, take the repeats)."""
+        start = "0" if self.group_seen else self.start
+        if await self._patiently(self.group.ensure_group, start) and self.group_seen:
+            log.warning("%s: consumer group %r of %s was gone: created again, reading the stream from its start",
+                        self.name, self.group.group, self.group.stream,
+                        extra={"event": "deliver_group_recreated", "pipeline": self.name})
+        self.group_seen = True
 
     async def _refuse_a_twin(self) -> None:
         """Before taking over this consumer name's pending entries: if another live instance

@@ -61,16 +61,19 @@ class ConsumerGroup:
         self.group = group
         self.consumer = consumer
 
-    async def ensure_group(self, start: str) -> None:
-        """Create the group at ``start`` ("0" or "$") unless it exists (the stream too, empty)."""
-        await call_redis(self._url, self._ensure_aio, start)
+    async def ensure_group(self, start: str) -> bool:
+        """Create the group at ``start`` ("0" or "$") unless it exists (the stream too, empty);
+        whether it was created."""
+        return await call_redis(self._url, self._ensure_aio, start)
 
-    async def _ensure_aio(self, start: str) -> None:
+    async def _ensure_aio(self, start: str) -> bool:
         try:
             await self._client.xgroup_create(self.stream, self.group, id=start, mkstream=True)
         except rex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
 
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
         """Entries never delivered to the group (``>``), waiting up to ``block_ms`` for some."""
