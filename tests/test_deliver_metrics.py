@@ -64,7 +64,7 @@ async def test_weir_run_with_delivery_shows_each_partitions_delivery_on_its_metr
         assert value(metrics, "weir_deliver_entries_delivered_total", **each) == len(await stream_ids(redis_client, shard))
         assert value(metrics, "weir_deliver_commits_total", **each) == files_of(out, shard) >= 1
         for name in ("dead_lettered", "claimed", "skipped", "refused"):
-            assert value(metrics, f"weir_deliver_entries_{name}_total", **each) == 0
+            assert value(metrics, f"weir_deliver_entries_{name}_total", **each) == 0, name
         assert value(metrics, "weir_deliver_aborts_total", **each) == 0
         assert started <= value(metrics, "weir_deliver_last_commit_timestamp_seconds", **each) <= time.time()
         assert 0 <= value(metrics, "weir_deliver_sample_age_seconds", **each) < 5
