@@ -150,6 +150,39 @@ async def test_a_refused_entry_is_dead_lettered_after_max_deliveries_with_the_st
     assert service.stats["farcaster-webhook/1"].refused == 2
 
 
+async def test_batched_requests_are_delivered_retried_whole_and_refused_event_by_event(redis_server, redis_client):
+    # 30 entries, fids 1..30; the filter leaves out fids 3 and 4: requests of 10 selected events.
+    # The request carrying 9-0 fails once (500), the one carrying 19-0 is refused (422) every time.
+    await write_events(redis_server.url, "1", 1, 30)
+    events_of = documented_recipe("events_of")
+
+    def respond(request: Request, earlier: int):
+        carried = {event["stream_id"] for event in events_of(request.body)}
+        return 500 if "9-0" in carried and earlier == 0 else (422, b"no thanks") if "19-0" in carried else 200
+
+    async with running_receiver(respond) as receiver:
+        pipeline = hook(receiver.url, timeout=0.4, events_per_request=10, fids=[n for n in range(1, 31) if n not in (3, 4)],
+                        breaker_failures=1000)
+        config = hook_config(redis_server.url, pipeline, claim_idle=1.5, max_deliveries="2")
+        async with delivering(config):
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged or dead-lettered")
+        requests = list(receiver.requests)
+    carried: dict[str, list[list[str]]] = collections.defaultdict(list)  # idempotency key -> the ids of each request
+    for request in requests:
+        assert verify(SECRET.encode(), request.body, request.signature) and request.batched
+        events = events_of(request.body)
+        assert all(event["id"] == f"farcaster/1/{event['stream_id']}" for event in events)
+        carried[request.key].append([event["stream_id"] for event in events])
+    selected = [f"{n}-0" for n in range(1, 31) if n not in (3, 4)]
+    first = [ids for repeats in carried.values() for ids in repeats[:1]]
+    assert sorted(first) == sorted([selected[:10], selected[10:20], selected[20:]])  # filtered first, 10 a request
+    retried = next(repeats for repeats in carried.values() if "9-0" in repeats[0])
+    assert len(retried) == 2 and retried[0] == retried[1]  # retried whole: the same events under the same key
+    letters = await redis_client("XRANGE", delivery_dead_key("farcaster", "1", "files"), "-", "+")
+    assert [fields[b"entry_id"].decode() for _, fields in letters] == selected[10:20]  # each event of the refused request
+    assert all(b"HTTP 422: no thanks" in fields[b"reason"] for _, fields in letters)
+
+
 async def test_the_circuit_breaker_opens_sends_nothing_while_open_then_closes(redis_server, redis_client):
     await write_events(redis_server.url, "1", 1, 10)
     failing = 3  # the first requests fail: two open the breaker, the first trial fails, the second succeeds

@@ -14,22 +14,25 @@ from hypothesis import strategies as st
 from tests.helpers import ROOT
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.webhook_filter import EndpointFilter, filter_problems
-from weir.deliver.webhook_messages import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, signed_headers, verify_signature
+from weir.deliver.webhook_messages import (KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, idempotency_key,
+                                           request_of, requests_of, signed_headers, verify_signature)
 from weir.deliver.webhook_outcome import EXCERPT_BYTES, Outcome, Verdict, outcome_of_status, retry_backoff, settle
 from weir.deliver.webhook_settings import webhook_problems
 
 
-def documented_recipe():
-    """The ``verify`` function of docs/delivery.md's verification recipe, executed as a receiver would paste it."""
+def documented_recipe(name: str = "verify"):
+    """A function (``verify``, ``events_of``) of docs/delivery.md's verification recipe, executed as a
+    receiver would paste it."""
     text = (ROOT / "docs" / "delivery.md").read_text()
     block = re.search(r"<!-- verification recipe[^>]*-->\n```python\n(.*?)```", text, re.S)
     assert block, "docs/delivery.md has no verification recipe block"
     namespace: dict = {}
     exec(compile(block[1], "docs/delivery.md (verification recipe)", "exec"), namespace)
-    return namespace["verify"]
+    return namespace[name]
 
 
 verify = documented_recipe()
+events_of = documented_recipe("events_of")
 secrets = st.binary(min_size=1, max_size=64)
 bodies = st.binary(max_size=300)
 timestamps = st.integers(1_000_000_000, 4_000_000_000)
@@ -92,6 +95,35 @@ def test_the_body_carries_the_entry_decoded_and_is_the_same_bytes_every_time(fie
     for name in (b"fid", b"block"):
         assert parsed["fields"].get(name.decode()) == (int(fields[name]) if name in fields else None)
     assert parsed["fields"].get("shard") == (fields[b"shard"].decode() if b"shard" in fields else None)
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 12))
+def test_requests_carry_the_selected_entries_in_order_each_once_at_most_n_each(selected, per_request):
+    """``selected``: whether the filters select each entry of the offer (and it has a body)."""
+    ids = [f"{n}-{n % 3}" for n in range(len(selected))]
+    sendable = {entry_id for entry_id, chosen in zip(ids, selected) if chosen}
+    requests = requests_of(ids, sendable=sendable, per_request=per_request)
+    assert [entry_id for request in requests for entry_id in request] == [i for i in ids if i in sendable]
+    assert all(1 <= len(request) <= per_request for request in requests)
+    assert all(len(request) == per_request for request in requests[:-1])  # only the last one may be short
+
+
+@given(st.lists(farcaster_fields, min_size=1, max_size=8), st.booleans())
+def test_a_request_carries_each_events_own_body_and_the_recipe_reads_both_forms(many_fields, batched):
+    ids = [f"{n + 1}-0" for n in range(len(many_fields))]
+    bodies = {i: body_of(source="farcaster", partition="1", entry_id=i, fields=f) for i, f in zip(ids, many_fields)}
+    carried = ids if batched else ids[:1]
+    key, body = request_of("farcaster", "1", carried, bodies, batched=batched)
+    assert events_of(body) == [json.loads(bodies[i]) for i in carried]  # each event as it is alone, with its own id
+    assert verify(b"k", body, signed_headers(secret=b"k", key=key, timestamp=1_764_000_000, body=body)[SIGNATURE_HEADER],
+                  now=1_764_000_000)
+    if not batched:
+        assert key == idempotency_key("farcaster", "1", ids[0]) and body == bodies[ids[0]]  # today's request exactly
+    else:  # the key is the request's: the same for the same events, another for others
+        assert key == request_of("farcaster", "1", list(carried), bodies, batched=True)[0]
+        if len(ids) > 1:
+            assert key != request_of("farcaster", "1", ids[1:], bodies, batched=True)[0]
+            assert key != request_of("farcaster", "1", ids[:-1], bodies, batched=True)[0]
 
 
 def test_an_ethereum_retraction_is_its_own_event_with_the_decoded_json():

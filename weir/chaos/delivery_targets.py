@@ -201,6 +201,7 @@ class WebhookTarget:
     concurrency: int = 16
     timeout: float = 0.5
     breaker_failures: int = 1_000_000
+    events_per_request: int = 1  # > 1: batched requests, each event recorded on its own
 
     @asynccontextmanager
     async def open(self, workdir: Path) -> AsyncIterator[RunningTarget]:
@@ -215,7 +216,8 @@ class WebhookTarget:
             yield RunningTarget(
                 pipeline={"target": "webhook", "url": receiver.url, "secret": self.secret,
                           "concurrency": self.concurrency, "timeout": self.timeout, "retry_initial": 0.05,
-                          "retry_max": 0.2, "breaker_failures": self.breaker_failures},
+                          "retry_max": 0.2, "breaker_failures": self.breaker_failures,
+                          "events_per_request": self.events_per_request},
                 targets={"endpoint": endpoint}, received=received, recent=recent, check=endpoint.check,
             )  # fmt: skip
 
@@ -223,3 +225,4 @@ class WebhookTarget:
 PARQUET = ParquetTarget()
 NATS = NatsTarget()
 WEBHOOK = WebhookTarget()
+WEBHOOK_BATCHED = WebhookTarget(events_per_request=20)

@@ -1,8 +1,10 @@
-"""Stream entries as signed webhook requests: the JSON body, the idempotency key and the
-signature headers (docs/delivery.md, Webhooks, has the receiver's verification recipe).
+"""Stream entries as signed webhook requests: which events go in which request, the JSON body,
+the idempotency key and the signature headers (docs/delivery.md, Webhooks, has the receiver's
+verification recipe).
 
-Pure. The body of an entry is the same bytes on every attempt and every redelivery; the
-signature covers a timestamp taken per attempt, in the style of Stripe's and Standard Webhooks':
+Pure. The body of an entry is the same bytes on every attempt and every redelivery; a batched
+request (``events_per_request`` > 1) carries those same bytes as the items of ``{"events": [...]}``.
+The signature covers a timestamp taken per attempt, in the style of Stripe's and Standard Webhooks':
 
     Weir-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
 """
@@ -13,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
 
 from weir.deliver.entry_fields import ROUTING, decode_entry
 from weir.deliver.nats_messages import msg_id
@@ -61,6 +63,36 @@ def body_of(*, source: str, partition: str, entry_id: str, fields: Mapping[bytes
         "fields": routing,
     }
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def requests_of(entry_ids: Sequence[str], *, sendable: Set[str], per_request: int) -> list[tuple[str, ...]]:
+    """The requests of an offer, each as the ids of the events it carries: the ``sendable`` entries
+    (selected by the endpoint's filters, with a body) in offer order, ``per_request`` at a time (the
+    last request of an offer may carry fewer: nothing waits for later entries to fill it)."""
+    ids = [entry_id for entry_id in entry_ids if entry_id in sendable]
+    return [tuple(ids[start:start + per_request]) for start in range(0, len(ids), per_request)]
+
+
+def request_of(source: str, partition: str, entry_ids: Sequence[str], bodies: Mapping[str, bytes], *,
+               batched: bool) -> tuple[str, bytes]:
+    """The idempotency key and body of the request carrying ``entry_ids``.
+
+    Not ``batched``: one entry, its key and body as ``body_of`` gives them. ``batched``:
+    ``{"events":[<each entry's body_of bytes>]}`` (whatever the count, so a receiver sees one form)
+    under a key derived from the ids it carries, ``<source>/<partition>/<first stream id>/<count>/
+    <16 hex digits of SHA-256 over the ids>``: the same for every try of the same request; a
+    receiver deduplicates by each event's own ``id``.
+    """
+    if not batched:
+        (entry_id,) = entry_ids
+        return idempotency_key(source, partition, entry_id), bodies[entry_id]
+    return batch_key(source, partition, entry_ids), b'{"events":[' + b",".join(bodies[i] for i in entry_ids) + b"]}"
+
+
+def batch_key(source: str, partition: str, entry_ids: Sequence[str]) -> str:
+    """The idempotency key of a batched request carrying ``entry_ids`` (see ``request_of``)."""
+    digest = hashlib.sha256("\n".join(entry_ids).encode()).hexdigest()[:16]
+    return f"{idempotency_key(source, partition, entry_ids[0])}/{len(entry_ids)}/{digest}"
 
 
 def signature(secret: bytes, timestamp: int, body: bytes) -> str:
