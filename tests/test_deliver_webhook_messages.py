@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import ROOT
+from weir.deliver.entry_fields import EntryError
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.webhook_filter import EndpointFilter, filter_problems
 from weir.deliver.webhook_messages import (KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, idempotency_key,
@@ -87,6 +88,7 @@ def test_the_body_carries_the_entry_decoded_and_is_the_same_bytes_every_time(fie
     body = body_of(source="farcaster", partition="1", entry_id=entry_id, fields=fields)
     assert body == body_of(source="farcaster", partition="1", entry_id=entry_id, fields=dict(reversed(fields.items())))
     parsed = json.loads(body)
+    assert body == json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()  # canonical
     assert parsed["id"] == f"farcaster/1/{entry_id}" and parsed["stream_id"] == entry_id
     assert (parsed["position"], parsed["sub"]) == (position, sub)
     assert parsed["type"] == "farcaster." + fields[b"kind"].decode() and parsed["kind"] == fields[b"kind"].decode()
@@ -124,6 +126,21 @@ def test_a_request_carries_each_events_own_body_and_the_recipe_reads_both_forms(
         if len(ids) > 1:
             assert key != request_of("farcaster", "1", ids[1:], bodies, batched=True)[0]
             assert key != request_of("farcaster", "1", ids[:-1], bodies, batched=True)[0]
+
+
+@given(st.sampled_from(["farcaster", "atproto", "ethereum", "other"]), st.text(max_size=6),
+       st.dictionaries(st.sampled_from([b"kind", b"data", b"key", b"fid", b"block", b"did", b"chain", b"decoded", b"x\"\n"]),
+                       st.one_of(st.binary(max_size=20), st.text(max_size=10).map(str.encode),
+                                 st.integers(0, 2**64).map(lambda n: b"%d" % n), st.just(b'{"a":[1,"\xc3\xa9"]}'))),
+       st.one_of(st.none(), st.floats(0, 1e11, exclude_max=True).map(lambda x: repr(x).encode())))
+def test_every_body_is_canonical_json_whatever_its_fields(source, partition, fields, ts):
+    """The body written key by key is what json.dumps(sort_keys=True, compact) gives for it."""
+    fields = {b"kind": b"k", **fields, **({b"ts": ts} if ts is not None else {})}
+    try:
+        body = body_of(source=source, partition=partition, entry_id="5-1", fields=fields)
+    except EntryError:  # a routing field not of its type (a test above checks those)
+        return
+    assert body == json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def test_an_ethereum_retraction_is_its_own_event_with_the_decoded_json():

@@ -104,6 +104,7 @@ class WebhookTarget:
         self._wall = wall
         self._backoff = retry_backoff(self.pipe)
         self._client: httpx.AsyncClient | None = None
+        self._url = httpx.URL(self.pipe.url)  # parsed once, not on every request
         self._done: list[str] = []  # delivered or not selected: acknowledged at the next prepare
         self._since: float | None = None
         self._given_back: list[str] = []
@@ -189,7 +190,7 @@ class WebhookTarget:
         start = bytearray()  # the body's first bytes as sent (never decompressed: no expansion)
         with trio.move_on_after(self.pipe.timeout):  # the whole request (httpx's timeouts are per read)
             try:
-                async with self._client.stream("POST", self.pipe.url, content=body, headers=headers) as response:
+                async with self._client.stream("POST", self._url, content=body, headers=headers) as response:
                     status = response.status_code
                     # Read to its end (the connection stays reusable; stopping early would leave
                     # httpcore's generators half-run), keeping only the first bytes: memory stays

@@ -15,10 +15,14 @@ import base64
 import hashlib
 import hmac
 import json
+from json.encoder import encode_basestring
 from collections.abc import Mapping, Sequence, Set
 
-from weir.deliver.entry_fields import ROUTING, decode_entry
+from weir.deliver.entry_fields import ROUTING, entry_values
 from weir.deliver.nats_messages import msg_id
+
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_string = encode_basestring  # a JSON string, non-ASCII as is (ensure_ascii=False's)
 
 KEY_HEADER = "Weir-Idempotency-Key"
 TIMESTAMP_HEADER = "Weir-Timestamp"
@@ -43,26 +47,26 @@ def body_of(*, source: str, partition: str, entry_id: str, fields: Mapping[bytes
         weir.deliver.entry_fields.EntryError: the entry cannot be decoded (no kind, a bad ts, a
             routing field not of its type).
     """
-    decoded = decode_entry(source, entry_id, fields)
-    routing = {name: decoded[name] for name, _ in ROUTING.get(source, ()) if decoded[name] is not None}
+    # Written out key by key in sorted order rather than json.dumps of a dict: the same bytes at a
+    # third of the cost (per event, the hot path of a batched endpoint; a test checks it canonical).
+    stream_id, position, sub, kind, key, ts, data, *routed, extra = entry_values(source, entry_id, fields)
+    routing = {name: value for (name, _), value in zip(ROUTING.get(source, ()), routed) if value is not None}
     if isinstance(routing.get("decoded"), str):
         try:
             routing["decoded"] = json.loads(routing["decoded"])
         except ValueError:  # not JSON after all: sent as the text it is
             pass
-    routing.update(decoded["extra"] or ())  # type: ignore[arg-type]
-    key, data, ts = decoded["key"], decoded["data"], decoded["ts"]
-    body = {
-        "id": idempotency_key(source, partition, entry_id),
-        "type": f"{source}.{decoded['kind']}",
-        "source": source, "partition": partition, "stream_id": entry_id,
-        "position": decoded["position"], "sub": decoded["sub"], "kind": decoded["kind"],
-        "key": key.hex() if isinstance(key, bytes) else None,
-        "ts": ts / 1_000_000 if isinstance(ts, int) else None,
-        "data": base64.b64encode(data).decode() if isinstance(data, bytes) else None,
-        "fields": routing,
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    routing.update(extra or ())  # type: ignore[arg-type]
+    return "".join((
+        '{"data":', _string(base64.b64encode(data).decode()) if isinstance(data, bytes) else "null",
+        ',"fields":', _encode(routing),
+        ',"id":', _string(idempotency_key(source, partition, entry_id)),
+        ',"key":', _string(key.hex()) if isinstance(key, bytes) else "null",
+        ',"kind":', _string(kind), ',"partition":', _string(partition), ',"position":', str(position),
+        ',"source":', _string(source), ',"stream_id":', _string(stream_id), ',"sub":', str(sub),
+        ',"ts":', repr(ts / 1_000_000) if isinstance(ts, int) else "null",
+        ',"type":', _string(f"{source}.{kind}"), "}",
+    )).encode()
 
 
 def requests_of(entry_ids: Sequence[str], *, sendable: Set[str], per_request: int) -> list[tuple[str, ...]]:
