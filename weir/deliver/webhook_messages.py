@@ -57,16 +57,13 @@ def body_of(*, source: str, partition: str, entry_id: str, fields: Mapping[bytes
         except ValueError:  # not JSON after all: sent as the text it is
             pass
     routing.update(extra or ())  # type: ignore[arg-type]
-    return "".join((
-        '{"data":', _string(base64.b64encode(data).decode()) if isinstance(data, bytes) else "null",
-        ',"fields":', _encode(routing),
-        ',"id":', _string(idempotency_key(source, partition, entry_id)),
-        ',"key":', _string(key.hex()) if isinstance(key, bytes) else "null",
-        ',"kind":', _string(kind), ',"partition":', _string(partition), ',"position":', str(position),
-        ',"source":', _string(source), ',"stream_id":', _string(stream_id), ',"sub":', str(sub),
-        ',"ts":', repr(ts / 1_000_000) if isinstance(ts, int) else "null",
-        ',"type":', _string(f"{source}.{kind}"), "}",
-    )).encode()
+    data_json = f'"{base64.b64encode(data).decode()}"' if isinstance(data, bytes) else "null"  # ASCII: no escaping
+    key_json = f'"{key.hex()}"' if isinstance(key, bytes) else "null"
+    ts_json = repr(ts / 1_000_000) if isinstance(ts, int) else "null"
+    return (f'{{"data":{data_json},"fields":{_encode(routing)},"id":{_string(idempotency_key(source, partition, entry_id))},'
+            f'"key":{key_json},"kind":{_string(kind)},"partition":{_string(partition)},"position":{position},'
+            f'"source":{_string(source)},"stream_id":{_string(stream_id)},"sub":{sub},"ts":{ts_json},'
+            f'"type":{_string(f"{source}.{kind}")}}}').encode()
 
 
 def requests_of(entry_ids: Sequence[str], *, sendable: Set[str], per_request: int) -> list[tuple[str, ...]]:
