@@ -118,7 +118,7 @@ class WebhookTarget:
                                              headers={"User-Agent": "weir", "Accept-Encoding": "identity"})
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
-        return set()  # the receiver deduplicates by Weir-Idempotency-Key
+        return set()  # the receiver deduplicates by each event's id
 
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         refused: dict[str, str] = {}
@@ -133,13 +133,14 @@ class WebhookTarget:
                 refused[entry.entry_id] = str(exc)
         outcomes: dict[str, Outcome] = {}
         per_request = self.pipe.events_per_request
-        requests = requests_of([entry.entry_id for entry in entries], sendable=bodies.keys(), per_request=per_request)
+        offered = [entry.entry_id for entry in entries]
+        requests = requests_of(offered, sendable=bodies.keys(), per_request=per_request)
         with trio.move_on_after(self.offer_within):
             async with trio.open_nursery() as nursery:
                 for entry_ids in requests:
                     key, body = request_of(self.source, self.partition, entry_ids, bodies, batched=per_request > 1)
                     nursery.start_soon(self._deliver, entry_ids, key, body, outcomes)
-        settled = settle([entry.entry_id for entry in entries], sent=bodies.keys(), unsendable=refused, outcomes=outcomes)
+        settled = settle(offered, sent=bodies.keys(), unsendable=refused, outcomes=outcomes)
         self._done += settled.done
         given_back = settled.given_back
         if given_back:
