@@ -112,14 +112,15 @@ async def test_entries_still_failing_after_their_tries_are_left_pending_and_deli
 
 async def test_a_claim_pass_of_many_slow_pages_acknowledges_each_page_before_the_next(redis_server, redis_client):
     # 100 entries pending to a dead consumer, claimed 20 a page; every first try hangs past the
-    # timeout, so each page's offer takes ~0.45 s and the pass ~2.3 s, past the safe margin
+    # timeout, so each page's offer takes ~0.3 s and the pass ~1.5 s, past the safe margin
     # (2/3 of claim_idle): a page left for the loop's commit would be dropped and claimed again.
+    # (The timeout leaves the second try half of an offer's 0.5 s, even on a loaded machine.)
     await write_events(redis_server.url, "1", 1, 100)
     key = partition_keys("farcaster", "1").events
     await redis_client("XGROUP", "CREATE", key, "files", "0")
     await redis_client("XREADGROUP", "GROUP", "files", "dead", "COUNT", "100", "STREAMS", key, ">")
     async with running_receiver(lambda request, earlier: HANG if earlier == 0 else 200) as receiver:
-        pipeline = hook(receiver.url, timeout=0.4, concurrency=20, retry_initial=0.01, retry_max=0.02,
+        pipeline = hook(receiver.url, timeout=0.25, concurrency=20, retry_initial=0.01, retry_max=0.02,
                         breaker_failures=1000)
         config = hook_config(redis_server.url, pipeline, claim_idle=1.5, read_count="20")
         async with delivering(config) as service:
