@@ -201,7 +201,6 @@ class WebhookTarget:
     concurrency: int = 16
     timeout: float = 0.5
     breaker_failures: int = 1_000_000
-    events_per_request: int = 1  # > 1: batched requests, each event recorded on its own
 
     @asynccontextmanager
     async def open(self, workdir: Path) -> AsyncIterator[RunningTarget]:
@@ -216,8 +215,7 @@ class WebhookTarget:
             yield RunningTarget(
                 pipeline={"target": "webhook", "url": receiver.url, "secret": self.secret,
                           "concurrency": self.concurrency, "timeout": self.timeout, "retry_initial": 0.05,
-                          "retry_max": 0.2, "breaker_failures": self.breaker_failures,
-                          "events_per_request": self.events_per_request},
+                          "retry_max": 0.2, "breaker_failures": self.breaker_failures},
                 targets={"endpoint": endpoint}, received=received, recent=recent, check=endpoint.check,
             )  # fmt: skip
 
@@ -225,4 +223,3 @@ class WebhookTarget:
 PARQUET = ParquetTarget()
 NATS = NatsTarget()
 WEBHOOK = WebhookTarget()
-WEBHOOK_BATCHED = WebhookTarget(events_per_request=20)

@@ -11,7 +11,7 @@ seconds of load at 500 events/s per shard) so CI runs them all; docs/resilience.
 from __future__ import annotations
 
 from weir.chaos.delivery import Delivery
-from weir.chaos.delivery_targets import NATS, PARQUET, WEBHOOK, WEBHOOK_BATCHED
+from weir.chaos.delivery_targets import NATS, PARQUET, WEBHOOK
 from weir.chaos.scenario import REDIS_OUTAGE_LOGS, Scenario, fault
 from weir.chaos.schedule import Schedule
 
@@ -76,15 +76,14 @@ def scenarios() -> list[Scenario]:
         ),
         Scenario(
             name="deliver-webhook-kill",
-            label="weir deliver kill -9 ×2 mid-request (webhook, 20 events per request), restarted 0.3 s later",
-            description="weir deliver POSTs every entry, in batched requests of up to 20 events, to an HTTP "
-                        "receiver the run serves and is killed (SIGKILL) twice holding entries the receiver already "
-                        "answered 200 and Redis has not had acknowledged; they are claimed and POSTed again, each "
-                        "event under its same id, each request's signature verified. (Unbatched requests: "
-                        "deliver-webhook-faults here, and the kill -9 test of tests/test_deliver_webhook_e2e.py.)",
+            label="weir deliver kill -9 ×2 mid-request (webhook), restarted 0.3 s later",
+            description="weir deliver POSTs every entry to an HTTP receiver the run serves and is killed (SIGKILL) "
+                        "twice holding entries the receiver already answered 200 and Redis has not had acknowledged; "
+                        "they are claimed and POSTed again under the same Weir-Idempotency-Key, each request's "
+                        "signature verified.",
             schedule=Schedule(seed=45, faults=list(_KILLS)),
             rate=_WEBHOOK_RATE, history=_WEBHOOK_HISTORY, tail=1.0,
-            delivery=Delivery(target=WEBHOOK_BATCHED, settings=_WEBHOOK_SETTINGS, expect=("deliver_claimed",)),
+            delivery=Delivery(target=WEBHOOK, settings=_WEBHOOK_SETTINGS, expect=("deliver_claimed",)),
             max_restarts=0,
         ),
         Scenario(
