@@ -23,6 +23,7 @@ from tests.test_observability import http
 from weir.chaos.webhook_receiver import CLOSE, HANG, Request, running_receiver
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
+from weir.deliver.webhook_messages import batch_key
 from weir.events import Chunk, Event
 from weir.sinks.keys import delivery_dead_key, partition_keys
 from weir.sinks.redis_sink import open_redis_sink
@@ -33,6 +34,7 @@ write_events = parquet_e2e.write_events
 group_done = parquet_e2e.group_done
 stream_ids = parquet_e2e.stream_ids
 verify = documented_recipe()
+events_of = documented_recipe("events_of")
 SECRET = "SECRET-hook-key"
 
 
@@ -155,7 +157,6 @@ async def test_batched_requests_are_delivered_retried_whole_and_refused_event_by
     # 30 entries, fids 1..30; the filter leaves out fids 3 and 4: requests of 10 selected events.
     # The request carrying 9-0 fails once (500), the one carrying 19-0 is refused (422) every time.
     await write_events(redis_server.url, "1", 1, 30)
-    events_of = documented_recipe("events_of")
 
     def respond(request: Request, earlier: int):
         carried = {event["stream_id"] for event in events_of(request.body)}
@@ -231,24 +232,42 @@ async def test_ethereum_retractions_are_signed_events_and_each_endpoint_gets_wha
     assert retract["fields"]["address"] == a and retract["fields"]["log_index"] == 1
 
 
+def by_event(requests: list[Request]) -> dict[str, list[bytes]]:
+    """Every event of every batched request, checked (signature, the request's key, each event's
+    id), by its stream id: each as its own canonical JSON."""
+    out: dict[str, list[bytes]] = collections.defaultdict(list)
+    for request in requests:
+        assert verify(SECRET.encode(), request.body, request.signature) and request.batched, request
+        events = events_of(request.body)
+        assert request.key == batch_key("farcaster", "1", [event["stream_id"] for event in events])
+        for event in events:
+            assert event["id"] == f"farcaster/1/{event['stream_id']}"
+            out[event["stream_id"]].append(json.dumps(event, sort_keys=True).encode())
+    return out
+
+
+@pytest.mark.parametrize("per_request", [1, 20], ids=["one-per-request", "batched"])
 async def test_kill_9_mid_delivery_then_restart_delivers_every_entry_with_the_same_key_on_repeats(
-        redis_server, redis_client, tmp_path):
+        redis_server, redis_client, tmp_path, per_request):
     await write_events(redis_server.url, "1", 1, 2000)
     async with running_receiver() as receiver:
-        pipeline = json.dumps([hook(receiver.url, secret="", secret_env="HOOK_SECRET", concurrency=4)])
+        received_events = (lambda: len(receiver.requests)) if per_request == 1 else (lambda: len(receiver.requests) * per_request)
+        pipeline = json.dumps([hook(receiver.url, secret="", secret_env="HOOK_SECRET", concurrency=4,
+                                    events_per_request=per_request)])
         flags = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=6",
                  "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--set", "deliver.read_count=200",
                  "--set", "metrics.port=0", "--log-format", "json", "--consumer", "first"]
         log_path = tmp_path / "deliver.log"
         environ = {"HOOK_SECRET": SECRET}
         async with weir_process(weir_args("deliver", *flags), log_path, environ=environ) as process:
-            await wait_for(lambda: process.returncode is not None or len(receiver.requests) >= 300, timeout=60,
+            await wait_for(lambda: process.returncode is not None or received_events() >= 300, timeout=60,
                            what="delivery under way")
             assert process.returncode is None, log_path.read_text()[-3000:]
             os.kill(process.pid, signal.SIGKILL)
             await process.wait()
         pending = (await redis_client("XPENDING", partition_keys("farcaster", "1").events, "files"))["pending"]
-        assert pending > 0 and len(by_entry(receiver.requests)) < 2000  # killed with entries read, not acknowledged
+        seen = by_entry if per_request == 1 else by_event
+        assert pending > 0 and len(seen(receiver.requests)) < 2000  # killed with entries read, not acknowledged
         restart_log = tmp_path / "restart.log"
         async with weir_process(weir_args("deliver", *flags), restart_log, environ=environ) as process:
             await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
@@ -257,9 +276,9 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_entry_with_the_sa
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
                 assert await process.wait() == 0, restart_log.read_text()[-3000:]
-        received = by_entry(receiver.requests)
+        received = seen(receiver.requests)
     assert sorted(received) == sorted(await stream_ids(redis_client))  # every entry at least once
-    for requests in received.values():
-        assert len({(r.key, r.body) for r in requests}) == 1  # a repeat carries the same key and body
+    for repeats in received.values():  # a repeat carries the same key and body (batched: the same event)
+        assert len({(r.key, r.body) if isinstance(r, Request) else r for r in repeats}) == 1
     assert b"weir_deliver_entries_given_back_total" in shown and b"deliver:farcaster-webhook/1" in shown
     assert SECRET not in log_path.read_text() + restart_log.read_text() and SECRET.encode() not in shown
