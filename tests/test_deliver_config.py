@@ -78,6 +78,7 @@ source = "ethereum"
     (dict(HOOK, timeout=30), {"claim_idle": "60"},
      "deliver.pipelines: [0]: timeout: must be at most deliver.claim_idle / 3 (20), got 30"),
     (dict(HOOK, concurrency=0), {}, "deliver.pipelines: [0]: concurrency: must be at least 1, got 0"),
+    (dict(HOOK, events_per_request=0), {}, "deliver.pipelines: [0]: events_per_request: must be at least 1, got 0"),
     (dict(HOOK, retry_initial=9), {}, "deliver.pipelines: [0]: retry_initial: must be between 0 and retry_max (5), got 9"),
     (dict(HOOK, breaker_max_reset=1), {},
      "deliver.pipelines: [0]: breaker_max_reset: must be at least breaker_reset (5), got 1"),
@@ -194,6 +195,7 @@ events = ["Transfer"]
     assert (pipe.secret_env, pipe.contracts, pipe.events, pipe.kinds) == (
         "HOOK_SECRET", ("0x00000000000000000000000000000000000000aB",), ("Transfer",), ())
     assert (pipe.timeout, pipe.concurrency, pipe.attempts, pipe.breaker_failures) == (10.0, 8, 3, 5)
+    assert pipe.events_per_request == 1  # one event per request unless asked: today's receivers keep working
 
 
 def test_an_unset_secret_variable_stops_weir_deliver_with_one_line_naming_it(capsys, monkeypatch):
