@@ -208,6 +208,12 @@ def test_one_filter_selects_the_entries_whose_field_is_one_of_its_values(chosen,
         assert got == (raw.decode() in values)
 
 
+def test_a_fid_of_thousands_of_digits_is_not_selected_and_raises_nothing():
+    # Past int()'s limit for text (4,300 digits), a plain ValueError crashed the offer of its batch.
+    assert not endpoint_filter(fids=[7]).selects({b"fid": b"7" * 5000})
+    assert endpoint_filter(fids=[7]).selects({b"fid": b"7"})
+
+
 def test_filters_that_do_not_fit_the_source_are_config_errors():
     assert filter_problems(DeliverPipelineSettings(source="farcaster", fids=(3,))) == []
     assert filter_problems(DeliverPipelineSettings(source="atproto", fids=(3,))) == [
