@@ -5,6 +5,7 @@
     python benchmarks/bench_deliver.py --events 100000 --codecs zstd --row-groups 10000 --targets parquet
     python benchmarks/bench_deliver.py --stages                         # + wall time per stage of the loop
     python benchmarks/bench_deliver.py --targets webhook --concurrency 8,32   # a local receiver (own process)
+    python benchmarks/bench_deliver.py --targets webhook --events-per-request 1,100   # batched requests too
 
 Fill (once): the Snapchain simulator (its own process, ``--events`` pregenerated events on one
 shard) replayed by ``weir run`` (``serve``, in this process, farcaster.verify = false) into a fresh
@@ -21,7 +22,9 @@ this process (all its threads), of redis-server and (in brackets after it) of na
 (the target's and the consumer group's calls, timed by wrappers; per 1000 rows), and "GC": the
 CPU time in Python's garbage collector, which falls inside the other stages. Each cell sets the
 collector as ``weir deliver`` does (weir/deliver/collector.py); ``--default-gc`` leaves Python's
-defaults, to compare.
+defaults, to compare. Webhook cells: one
+per ``--concurrency`` x ``--events-per-request``, rows being events; their requests/s (POSTs counted
+by a wrapper) and events/s as a multiple of the ingestion figure are in the options column.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ async def nats_cell(scratch: Path, cell: str, in_flight: int) -> AsyncIterator[d
 
 
 @asynccontextmanager
-async def webhook_cell(concurrency: int) -> AsyncIterator[dict]:
+async def webhook_cell(concurrency: int, events_per_request: int) -> AsyncIterator[dict]:
     """A local receiver in a process of its own (its CPU is not the deliverer's): answers 200 to
     every request after checking nothing (signing is weir's cost, verifying the receiver's)."""
     import subprocess
@@ -121,7 +124,7 @@ async def webhook_cell(concurrency: int) -> AsyncIterator[dict]:
             while not line.endswith(b"\n"):
                 line += await process.stdout.receive_some(1)
         yield {"target": "webhook", "url": line.decode().strip(), "secret": "bench-secret", "concurrency": concurrency,
-               "timeout": 5.0}
+               "events_per_request": events_per_request, "timeout": 5.0}
     finally:
         process.kill()
         await process.wait()
@@ -145,6 +148,7 @@ class StageClock:
     def __init__(self) -> None:
         self.offered = 0
         self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
         self._undo: list[Callable[[], None]] = []
 
     def wrap(self, cls: type, method: str, stage: str) -> None:
@@ -157,6 +161,7 @@ class StageClock:
                 return await original(*args, **kwargs)
             finally:
                 self.seconds[stage] += time.perf_counter() - began
+                self.calls[stage] += 1
                 if method == "offer":
                     self.offered += len(args[1])
 
@@ -187,10 +192,14 @@ def stage_clock(target: str, *, every_stage: bool) -> StageClock:
 
     if target == "parquet":
         from weir.deliver.parquet import ParquetTarget as Kind
+    elif target == "webhook":
+        from weir.deliver.webhook import WebhookTarget as Kind
     else:
         from weir.deliver.jetstream import NatsTarget as Kind
     clock = StageClock()
     clock.wrap(Kind, "offer", "offer")
+    if target == "webhook":
+        clock.wrap(Kind, "_post", "POST")  # counts the requests (every try)
     if every_stage:
         for method, stage in (("read_new", "XREADGROUP"), ("ack", "XACK"), ("pending_of", "XPENDING")):
             clock.wrap(ConsumerGroup, method, stage)
@@ -248,6 +257,9 @@ async def deliver(redis_url: str, redis_pid: int, name: str, pipeline: dict, ent
               "server_cpu_us_per_row": None if server0 is None or server1 is None else (server1 - server0) / stats.delivered * 1e6,
               "machine_busy_cores": None if busy0 is None or busy1 is None else (busy1 - busy0) / elapsed,
               "load_average": os.getloadavg()[0]}
+    if "POST" in clock.calls:
+        result["requests"] = clock.calls["POST"]
+        result["requests_per_s"] = clock.calls["POST"] / elapsed
     if args.stages:
         result["stage_ms_per_1000_rows"] = {stage: seconds / stats.delivered * 1e6 for stage, seconds in clock.seconds.items()}
         result["stage_ms_per_1000_rows"]["GC"] = gc_clock.seconds / stats.delivered * 1e6  # CPU, within the stages
@@ -278,7 +290,7 @@ async def bench(args: argparse.Namespace) -> dict:
                         result = await deliver(server.url, server.pid, cell, pipeline, filled["entries"], args)
                         written = parquet_bytes(pipeline) if target == "parquet" else payload
                     result.update(options, target=target, mb_written_per_s=written / result["seconds"] / 1e6,
-                                  mb_written=written / 1e6)
+                                  mb_written=written / 1e6, vs_ingest=result["rows_per_s"] / filled["ingest_events_per_s"])
                     results["cells"].append(result)
                     print(_row(result), flush=True)
     finally:
@@ -295,8 +307,10 @@ def _cells(target: str, args, scratch: Path):
     elif target == "nats":
         yield "nats", {"in_flight": args.in_flight}, nats_cell(scratch, "nats", args.in_flight)
     elif target == "webhook":  # deliveries/s as rows/s; MB/s of the entries' payload, as for NATS
-        for concurrency in args.concurrency:
-            yield f"webhook-{concurrency}", {"concurrency": concurrency}, webhook_cell(concurrency)
+        for per_request in args.events_per_request:
+            for concurrency in args.concurrency:
+                yield (f"webhook-{concurrency}-{per_request}", {"concurrency": concurrency, "events_per_request": per_request},
+                       webhook_cell(concurrency, per_request))
     else:
         raise SystemExit(f"bench_deliver.py: unknown target {target!r} (parquet, nats, webhook)")
 
@@ -324,7 +338,8 @@ def _row(r: dict) -> str:
     elif r["target"] == "nats":
         what = f"in_flight {r['in_flight']} |"
     else:
-        what = f"concurrency {r['concurrency']} |"
+        what = (f"concurrency {r['concurrency']}, {r['events_per_request']} events/request | "
+                f"{r.get('requests_per_s', 0):,.0f} req/s, {r['vs_ingest']:.2f}x ingest")
     stages = ""
     if "stage_ms_per_1000_rows" in r:
         stages = " | " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["stage_ms_per_1000_rows"].items(), key=lambda kv: -kv[1]))
@@ -350,6 +365,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=1000, help="NATS in_flight")
     parser.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32],
                         help="webhook concurrency (requests in flight), one cell each")
+    parser.add_argument("--events-per-request", type=lambda v: [int(x) for x in v.split(",")], default=[1],
+                        help="webhook events_per_request, one cell each (with each --concurrency)")
     parser.add_argument("--stages", action="store_true", help="time each stage of the delivery loop")
     parser.add_argument("--default-gc", action="store_true",
                         help="Python's default garbage collector settings, not weir deliver's (weir/deliver/collector.py)")

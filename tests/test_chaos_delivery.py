@@ -222,3 +222,15 @@ async def test_the_webhook_endpoint_accepts_signed_requests_answers_each_fault_a
     rekeyed = request("5-0")
     assert endpoint.respond(attrs.evolve(rekeyed, key="farcaster/2/5-0#2"), 0) == 200  # accepted, and judged
     assert endpoint.check({})[-1] == "1 webhook requests whose idempotency key is not their body's id (e.g. farcaster/2/5-0#2)"
+    # A batched request: each event accepted under its own id; a key that is not the batch's is judged.
+    from weir.deliver.webhook_messages import request_of
+
+    bodies = {i: json.dumps({"id": f"farcaster/2/{i}", "source": "farcaster", "partition": "2", "stream_id": i},
+                            sort_keys=True).encode() for i in ("6-0", "7-0")}
+    key, body = request_of("farcaster", "2", ["6-0", "7-0"], bodies, batched=True)
+    headers = signed_headers(secret=b"s3cret", key=key, timestamp=int(time.time()), body=body)
+    batch = Request(key=key, timestamp=headers[TIMESTAMP_HEADER], signature=headers[SIGNATURE_HEADER], body=body, at=0.0)
+    assert endpoint.respond(batch, 0) == 200 and endpoint.accepted[-2:] == [
+        Received(partition="2", entry_id="6-0", key="farcaster/2/6-0"), Received(partition="2", entry_id="7-0", key="farcaster/2/7-0")]
+    assert endpoint.respond(attrs.evolve(batch, key="farcaster/2/6-0"), 0) == 200
+    assert endpoint.check({})[-1].startswith("2 webhook requests whose idempotency key is not their body's id")

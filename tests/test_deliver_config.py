@@ -49,11 +49,19 @@ source = "ethereum"
     ({"target": "kafka"}, {}, "deliver.pipelines: [0]: target: unknown target 'kafka'; known: parquet, nats, webhook"),
     ({"source": ""}, {}, "deliver.pipelines: [0]: source: required"),
     ({"partitions": ["a:b"]}, {}, "deliver.pipelines: [0]: partition 'a:b' cannot be used in a Redis key"),
+    ({"partitions": ["1/../../x"]}, {},
+     "deliver.pipelines: [0]: partition '1/../../x' cannot be a directory name: it contains '/'"),
     ({"row_group_rows": 0}, {}, "deliver.pipelines: [0]: row_group_rows: must be at least 1, got 0"),
     ({"start": "1-0"}, {}, "deliver.pipelines: [0]: start: expected '0' (the whole stream) or '$' (from now)"),
     ({"file_age": 30}, {"claim_idle": "60"}, "deliver.pipelines: [0]: file_age: must be at most deliver.claim_idle / 3 (20)"),
     ({}, {"max_deliveries": "0"}, "deliver.max_deliveries: must be at least 1, got 0"),
     ({}, {"claim_idle": "-1"}, "deliver.claim_idle: must be positive"),
+    # Past what Redis takes (XAUTOCLAIM's min-idle, XREADGROUP's BLOCK): each actor crashed on its first call.
+    ({}, {"claim_idle": "1e16"}, "deliver.claim_idle: must be at most 31536000 (a year), got 1e+16"),
+    ({"file_age": 0.0003}, {"claim_idle": "0.001"},
+     "deliver.claim_idle: must be at least 1 (a commit, fsync and rename, must fit in a third of it), got 0.001"),
+    ({}, {"block_ms": str(2**63)}, "deliver.block_ms: must be at most 60000 (the socket waits as long), got 9223372036854775808"),
+    ({}, {"read_count": str(10**15)}, "deliver.read_count: must be at most 100000 (a batch is held in memory), got 1000000000000000"),
     ({"colour": "red"}, {}, "deliver.pipelines[0].colour: unknown setting"),
     (dict(HOOK, url="ftp://user:SECRET@h/x"), {}, "deliver.pipelines: [0]: url: expected the endpoint's http:// or "
                                                    "https:// URL, got 'ftp://***@h/x'"),
@@ -70,6 +78,7 @@ source = "ethereum"
     (dict(HOOK, timeout=30), {"claim_idle": "60"},
      "deliver.pipelines: [0]: timeout: must be at most deliver.claim_idle / 3 (20), got 30"),
     (dict(HOOK, concurrency=0), {}, "deliver.pipelines: [0]: concurrency: must be at least 1, got 0"),
+    (dict(HOOK, events_per_request=0), {}, "deliver.pipelines: [0]: events_per_request: must be at least 1, got 0"),
     (dict(HOOK, retry_initial=9), {}, "deliver.pipelines: [0]: retry_initial: must be between 0 and retry_max (5), got 9"),
     (dict(HOOK, breaker_max_reset=1), {},
      "deliver.pipelines: [0]: breaker_max_reset: must be at least breaker_reset (5), got 1"),
@@ -186,6 +195,7 @@ events = ["Transfer"]
     assert (pipe.secret_env, pipe.contracts, pipe.events, pipe.kinds) == (
         "HOOK_SECRET", ("0x00000000000000000000000000000000000000aB",), ("Transfer",), ())
     assert (pipe.timeout, pipe.concurrency, pipe.attempts, pipe.breaker_failures) == (10.0, 8, 3, 5)
+    assert pipe.events_per_request == 1  # one event per request unless asked: today's receivers keep working
 
 
 def test_an_unset_secret_variable_stops_weir_deliver_with_one_line_naming_it(capsys, monkeypatch):

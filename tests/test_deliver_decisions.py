@@ -20,6 +20,7 @@ from weir.deliver.decisions import (
     parse_entry_id,
     safe_to_commit,
     triage,
+    twin_alive,
 )
 from weir.deliver.parquet_rows import RowBuffer, RowError, SourceSchema, hours_of, seconds_of
 
@@ -170,7 +171,9 @@ def test_farcaster_rows_round_trip_through_a_parquet_file(rows, split):
     assert len(buffer) == 0
 
 
-@given(st.sampled_from([b"fid", b"block"]), st.binary(min_size=1, max_size=8).filter(lambda b: not b.isdigit()))
+@given(st.sampled_from([b"fid", b"block"]),
+       st.binary(min_size=1, max_size=8).filter(lambda b: not b.isdigit())
+       | st.integers(min_value=21, max_value=6000).map(lambda digits: b"9" * digits))  # past int()'s 4,300
 def test_a_typed_field_that_is_not_its_type_refuses_the_row(name, value):
     fields = {b"kind": b"MERGE_MESSAGE", b"data": b"", b"ts": b"1", name: value}
     try:
@@ -199,3 +202,12 @@ def test_atproto_and_ethereum_routing_fields_become_their_columns():
     other = SourceSchema.of("mynetwork").row("1-0", {b"kind": b"x", b"ts": b"0", b"colour": b"red"})
     assert other["ts"] is None and other["extra"] == [("colour", "red")]
     assert "colour" not in SourceSchema.of("mynetwork").schema.names
+
+
+@given(st.integers(0, 10**9), st.floats(100, 60_000), st.floats(0.51, 1.0), st.floats(0, 0.49))
+def test_a_twin_is_seen_by_a_read_in_the_waits_second_half_and_a_dead_name_never(idle_before, waited, at, jitter):
+    # A live instance under the name read at `at` of the wait: its idle time went back.
+    assert twin_alive(idle_before_ms=idle_before, idle_after_ms=int(waited * (1 - at)), waited_ms=waited)
+    # Nobody read: the idle time grew by the wait (less what the two samples' timing blurs).
+    assert not twin_alive(idle_before_ms=idle_before, idle_after_ms=int(idle_before + waited * (1 - jitter)) + 1,
+                          waited_ms=waited)

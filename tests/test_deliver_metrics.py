@@ -44,7 +44,7 @@ async def test_weir_run_with_delivery_shows_each_partitions_delivery_on_its_metr
     started = time.time()
     async with in_process_sim(sim_config) as (_, url):
         config = e2e_config(redis_server.url, url, deliver__with_run="true", deliver__pipelines=json.dumps(pipeline),
-                            deliver__claim_idle="1.5", deliver__block_ms="100")
+                            deliver__claim_idle="10", deliver__block_ms="100")  # no claim under load
         async with running_service(config) as (service, _):
             base = service.observability.url
             first = await scrape(base)  # nothing committed yet: a file is due file_age after it opened
@@ -64,7 +64,7 @@ async def test_weir_run_with_delivery_shows_each_partitions_delivery_on_its_metr
         assert value(metrics, "weir_deliver_entries_delivered_total", **each) == len(await stream_ids(redis_client, shard))
         assert value(metrics, "weir_deliver_commits_total", **each) == files_of(out, shard) >= 1
         for name in ("dead_lettered", "claimed", "skipped", "refused"):
-            assert value(metrics, f"weir_deliver_entries_{name}_total", **each) == 0
+            assert value(metrics, f"weir_deliver_entries_{name}_total", **each) == 0, name
         assert value(metrics, "weir_deliver_aborts_total", **each) == 0
         assert started <= value(metrics, "weir_deliver_last_commit_timestamp_seconds", **each) <= time.time()
         assert 0 <= value(metrics, "weir_deliver_sample_age_seconds", **each) < 5

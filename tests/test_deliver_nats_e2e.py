@@ -25,7 +25,7 @@ from tests.nats_server import NatsServer, running_nats
 from weir.bridge import call_asyncio
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
-from weir.sinks.keys import partition_keys
+from weir.sinks.keys import delivery_dead_key, partition_keys
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,12 @@ def nats_pipeline(nats_url: str, **options: object) -> dict[str, object]:
             "in_flight": 200, "ack_timeout": 2, **options}
 
 
-def nats_config(redis_url: str, nats_url: str, **options: object):
+def nats_config(redis_url: str, nats_url: str, settings: dict[str, str] | None = None, **options: object):
     return load_config(environ={}, overrides={
         "redis.url": redis_url, "redis.socket_timeout": "2", "deliver.pipelines": json.dumps([nats_pipeline(nats_url, **options)]),
         "deliver.claim_idle": "1.5", "deliver.claim_interval": "0.2", "deliver.block_ms": "100",
         "deliver.consumer": "a", "supervision.backoff_initial": "0.01", "supervision.backoff_max": "0.2",
-        "log_level": "WARNING"})
+        "log_level": "WARNING", **(settings or {})})
 
 
 async def stream_messages(nats_url: str, stream: str = "WEIR") -> list[tuple[str, bytes, dict[str, str]]]:
@@ -147,6 +147,26 @@ async def test_every_entry_is_published_once_with_its_fields_as_headers_and_a_re
             service.stop()
         assert service.stats["farcaster-nats/1"].delivered == 2000  # published again, every one
         await assert_exactly_once_in_stream(server.url, expected)  # and dropped by JetStream as duplicates
+
+
+async def test_an_entry_larger_than_the_servers_max_payload_is_dead_lettered_and_the_rest_published(
+        redis_server, redis_client, tmp_path):
+    # nats-server refuses a message over its max_payload (1 MiB by default) on every try: retried
+    # in the publish loop, it stalled the partition for ever with everything behind it.
+    await write_events(redis_server.url, "1", 1, 100)
+    await redis_client("XADD", partition_keys("farcaster", "1").events, "101-0", "kind", "MERGE_MESSAGE",
+                       "ts", "1764000000", "data", b"x" * 2_000_000)
+    await write_events(redis_server.url, "1", 102, 100)
+    async with running_nats(tmp_path) as server:
+        config = nats_config(redis_server.url, server.url, settings={"deliver.max_deliveries": "1"})
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(functools.partial(serve_deliver, config))
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged")
+            service.stop()
+        letters = await redis_client("XRANGE", delivery_dead_key("farcaster", "1", "files"), "-", "+")
+        assert [fields[b"entry_id"] for _, fields in letters] == [b"101-0"]
+        assert b"max_payload" in letters[0][1][b"reason"]
+        await assert_exactly_once_in_stream(server.url, [i for i in await stream_ids(redis_client) if i != "101-0"])
 
 
 async def test_kill_9_mid_publish_then_restart_is_exactly_once_in_the_stream(redis_server, redis_client, tmp_path):

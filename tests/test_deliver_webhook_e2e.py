@@ -23,6 +23,7 @@ from tests.test_observability import http
 from weir.chaos.webhook_receiver import CLOSE, HANG, Request, running_receiver
 from weir.config import load_config
 from weir.deliver.service import serve_deliver
+from weir.deliver.webhook_messages import batch_key
 from weir.events import Chunk, Event
 from weir.sinks.keys import delivery_dead_key, partition_keys
 from weir.sinks.redis_sink import open_redis_sink
@@ -33,6 +34,7 @@ write_events = parquet_e2e.write_events
 group_done = parquet_e2e.group_done
 stream_ids = parquet_e2e.stream_ids
 verify = documented_recipe()
+events_of = documented_recipe("events_of")
 SECRET = "SECRET-hook-key"
 
 
@@ -112,14 +114,15 @@ async def test_entries_still_failing_after_their_tries_are_left_pending_and_deli
 
 async def test_a_claim_pass_of_many_slow_pages_acknowledges_each_page_before_the_next(redis_server, redis_client):
     # 100 entries pending to a dead consumer, claimed 20 a page; every first try hangs past the
-    # timeout, so each page's offer takes ~0.45 s and the pass ~2.3 s, past the safe margin
+    # timeout, so each page's offer takes ~0.3 s and the pass ~1.5 s, past the safe margin
     # (2/3 of claim_idle): a page left for the loop's commit would be dropped and claimed again.
+    # (The timeout leaves the second try half of an offer's 0.5 s, even on a loaded machine.)
     await write_events(redis_server.url, "1", 1, 100)
     key = partition_keys("farcaster", "1").events
     await redis_client("XGROUP", "CREATE", key, "files", "0")
     await redis_client("XREADGROUP", "GROUP", "files", "dead", "COUNT", "100", "STREAMS", key, ">")
     async with running_receiver(lambda request, earlier: HANG if earlier == 0 else 200) as receiver:
-        pipeline = hook(receiver.url, timeout=0.4, concurrency=20, retry_initial=0.01, retry_max=0.02,
+        pipeline = hook(receiver.url, timeout=0.25, concurrency=20, retry_initial=0.01, retry_max=0.02,
                         breaker_failures=1000)
         config = hook_config(redis_server.url, pipeline, claim_idle=1.5, read_count="20")
         async with delivering(config) as service:
@@ -148,6 +151,38 @@ async def test_a_refused_entry_is_dead_lettered_after_max_deliveries_with_the_st
     assert "not accepted after 2 deliveries" in reason and "HTTP 422: fid 7 is not welcome (***)" in reason
     assert SECRET not in reason
     assert service.stats["farcaster-webhook/1"].refused == 2
+
+
+async def test_batched_requests_are_delivered_retried_whole_and_refused_event_by_event(redis_server, redis_client):
+    # 30 entries, fids 1..30; the filter leaves out fids 3 and 4: requests of 10 selected events.
+    # The request carrying 9-0 fails once (500), the one carrying 19-0 is refused (422) every time.
+    await write_events(redis_server.url, "1", 1, 30)
+
+    def respond(request: Request, earlier: int):
+        carried = {event["stream_id"] for event in events_of(request.body)}
+        return 500 if "9-0" in carried and earlier == 0 else (422, b"no thanks") if "19-0" in carried else 200
+
+    async with running_receiver(respond) as receiver:
+        pipeline = hook(receiver.url, timeout=0.4, events_per_request=10, fids=[n for n in range(1, 31) if n not in (3, 4)],
+                        breaker_failures=1000)
+        config = hook_config(redis_server.url, pipeline, claim_idle=1.5, max_deliveries="2")
+        async with delivering(config):
+            await wait_for(functools.partial(group_done, redis_client), timeout=30, what="every entry acknowledged or dead-lettered")
+        requests = list(receiver.requests)
+    carried: dict[str, list[list[str]]] = collections.defaultdict(list)  # idempotency key -> the ids of each request
+    for request in requests:
+        assert verify(SECRET.encode(), request.body, request.signature) and request.batched
+        events = events_of(request.body)
+        assert all(event["id"] == f"farcaster/1/{event['stream_id']}" for event in events)
+        carried[request.key].append([event["stream_id"] for event in events])
+    selected = [f"{n}-0" for n in range(1, 31) if n not in (3, 4)]
+    first = [ids for repeats in carried.values() for ids in repeats[:1]]
+    assert sorted(first) == sorted([selected[:10], selected[10:20], selected[20:]])  # filtered first, 10 a request
+    retried = next(repeats for repeats in carried.values() if "9-0" in repeats[0])
+    assert len(retried) == 2 and retried[0] == retried[1]  # retried whole: the same events under the same key
+    letters = await redis_client("XRANGE", delivery_dead_key("farcaster", "1", "files"), "-", "+")
+    assert [fields[b"entry_id"].decode() for _, fields in letters] == selected[10:20]  # each event of the refused request
+    assert all(b"HTTP 422: no thanks" in fields[b"reason"] for _, fields in letters)
 
 
 async def test_the_circuit_breaker_opens_sends_nothing_while_open_then_closes(redis_server, redis_client):
@@ -197,24 +232,42 @@ async def test_ethereum_retractions_are_signed_events_and_each_endpoint_gets_wha
     assert retract["fields"]["address"] == a and retract["fields"]["log_index"] == 1
 
 
+def by_event(requests: list[Request]) -> dict[str, list[bytes]]:
+    """Every event of every batched request, checked (signature, the request's key, each event's
+    id), by its stream id: each as its own canonical JSON."""
+    out: dict[str, list[bytes]] = collections.defaultdict(list)
+    for request in requests:
+        assert verify(SECRET.encode(), request.body, request.signature) and request.batched, request
+        events = events_of(request.body)
+        assert request.key == batch_key("farcaster", "1", [event["stream_id"] for event in events])
+        for event in events:
+            assert event["id"] == f"farcaster/1/{event['stream_id']}"
+            out[event["stream_id"]].append(json.dumps(event, sort_keys=True).encode())
+    return out
+
+
+@pytest.mark.parametrize("per_request", [1, 20], ids=["one-per-request", "batched"])
 async def test_kill_9_mid_delivery_then_restart_delivers_every_entry_with_the_same_key_on_repeats(
-        redis_server, redis_client, tmp_path):
+        redis_server, redis_client, tmp_path, per_request):
     await write_events(redis_server.url, "1", 1, 2000)
     async with running_receiver() as receiver:
-        pipeline = json.dumps([hook(receiver.url, secret="", secret_env="HOOK_SECRET", concurrency=4)])
+        received_events = (lambda: len(receiver.requests)) if per_request == 1 else (lambda: len(receiver.requests) * per_request)
+        pipeline = json.dumps([hook(receiver.url, secret="", secret_env="HOOK_SECRET", concurrency=4,
+                                    events_per_request=per_request)])
         flags = ["--redis-url", redis_server.url, "--set", f"deliver.pipelines={pipeline}", "--set", "deliver.claim_idle=6",
                  "--set", "deliver.claim_interval=0.2", "--set", "deliver.block_ms=100", "--set", "deliver.read_count=200",
                  "--set", "metrics.port=0", "--log-format", "json", "--consumer", "first"]
         log_path = tmp_path / "deliver.log"
         environ = {"HOOK_SECRET": SECRET}
         async with weir_process(weir_args("deliver", *flags), log_path, environ=environ) as process:
-            await wait_for(lambda: process.returncode is not None or len(receiver.requests) >= 300, timeout=60,
+            await wait_for(lambda: process.returncode is not None or received_events() >= 300, timeout=60,
                            what="delivery under way")
             assert process.returncode is None, log_path.read_text()[-3000:]
             os.kill(process.pid, signal.SIGKILL)
             await process.wait()
         pending = (await redis_client("XPENDING", partition_keys("farcaster", "1").events, "files"))["pending"]
-        assert pending > 0 and len(by_entry(receiver.requests)) < 2000  # killed with entries read, not acknowledged
+        seen = by_entry if per_request == 1 else by_event
+        assert pending > 0 and len(seen(receiver.requests)) < 2000  # killed with entries read, not acknowledged
         restart_log = tmp_path / "restart.log"
         async with weir_process(weir_args("deliver", *flags), restart_log, environ=environ) as process:
             await wait_for(functools.partial(group_done, redis_client), timeout=60, what="every entry acknowledged")
@@ -223,9 +276,9 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_entry_with_the_sa
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
                 assert await process.wait() == 0, restart_log.read_text()[-3000:]
-        received = by_entry(receiver.requests)
+        received = seen(receiver.requests)
     assert sorted(received) == sorted(await stream_ids(redis_client))  # every entry at least once
-    for requests in received.values():
-        assert len({(r.key, r.body) for r in requests}) == 1  # a repeat carries the same key and body
+    for repeats in received.values():  # a repeat carries the same key and body (batched: the same event)
+        assert len({(r.key, r.body) if isinstance(r, Request) else r for r in repeats}) == 1
     assert b"weir_deliver_entries_given_back_total" in shown and b"deliver:farcaster-webhook/1" in shown
     assert SECRET not in log_path.read_text() + restart_log.read_text() and SECRET.encode() not in shown

@@ -12,24 +12,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.helpers import ROOT
+from weir.deliver.entry_fields import EntryError
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.webhook_filter import EndpointFilter, filter_problems
-from weir.deliver.webhook_messages import KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, signed_headers, verify_signature
+from weir.deliver.webhook_messages import (KEY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_of, idempotency_key,
+                                           request_of, requests_of, signed_headers, verify_signature)
 from weir.deliver.webhook_outcome import EXCERPT_BYTES, Outcome, Verdict, outcome_of_status, retry_backoff, settle
 from weir.deliver.webhook_settings import webhook_problems
 
 
-def documented_recipe():
-    """The ``verify`` function of docs/delivery.md's verification recipe, executed as a receiver would paste it."""
+def documented_recipe(name: str = "verify"):
+    """A function (``verify``, ``events_of``) of docs/delivery.md's verification recipe, executed as a
+    receiver would paste it."""
     text = (ROOT / "docs" / "delivery.md").read_text()
     block = re.search(r"<!-- verification recipe[^>]*-->\n```python\n(.*?)```", text, re.S)
     assert block, "docs/delivery.md has no verification recipe block"
     namespace: dict = {}
     exec(compile(block[1], "docs/delivery.md (verification recipe)", "exec"), namespace)
-    return namespace["verify"]
+    return namespace[name]
 
 
 verify = documented_recipe()
+events_of = documented_recipe("events_of")
 secrets = st.binary(min_size=1, max_size=64)
 bodies = st.binary(max_size=300)
 timestamps = st.integers(1_000_000_000, 4_000_000_000)
@@ -84,6 +88,7 @@ def test_the_body_carries_the_entry_decoded_and_is_the_same_bytes_every_time(fie
     body = body_of(source="farcaster", partition="1", entry_id=entry_id, fields=fields)
     assert body == body_of(source="farcaster", partition="1", entry_id=entry_id, fields=dict(reversed(fields.items())))
     parsed = json.loads(body)
+    assert body == json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()  # canonical
     assert parsed["id"] == f"farcaster/1/{entry_id}" and parsed["stream_id"] == entry_id
     assert (parsed["position"], parsed["sub"]) == (position, sub)
     assert parsed["type"] == "farcaster." + fields[b"kind"].decode() and parsed["kind"] == fields[b"kind"].decode()
@@ -92,6 +97,50 @@ def test_the_body_carries_the_entry_decoded_and_is_the_same_bytes_every_time(fie
     for name in (b"fid", b"block"):
         assert parsed["fields"].get(name.decode()) == (int(fields[name]) if name in fields else None)
     assert parsed["fields"].get("shard") == (fields[b"shard"].decode() if b"shard" in fields else None)
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 12))
+def test_requests_carry_the_selected_entries_in_order_each_once_at_most_n_each(selected, per_request):
+    """``selected``: whether the filters select each entry of the offer (and it has a body)."""
+    ids = [f"{n}-{n % 3}" for n in range(len(selected))]
+    sendable = {entry_id for entry_id, chosen in zip(ids, selected) if chosen}
+    requests = requests_of(ids, sendable=sendable, per_request=per_request)
+    assert [entry_id for request in requests for entry_id in request] == [i for i in ids if i in sendable]
+    assert all(1 <= len(request) <= per_request for request in requests)
+    assert all(len(request) == per_request for request in requests[:-1])  # only the last one may be short
+
+
+@given(st.lists(farcaster_fields, min_size=1, max_size=8), st.booleans())
+def test_a_request_carries_each_events_own_body_and_the_recipe_reads_both_forms(many_fields, batched):
+    ids = [f"{n + 1}-0" for n in range(len(many_fields))]
+    bodies = {i: body_of(source="farcaster", partition="1", entry_id=i, fields=f) for i, f in zip(ids, many_fields)}
+    carried = ids if batched else ids[:1]
+    key, body = request_of("farcaster", "1", carried, bodies, batched=batched)
+    assert events_of(body) == [json.loads(bodies[i]) for i in carried]  # each event as it is alone, with its own id
+    assert verify(b"k", body, signed_headers(secret=b"k", key=key, timestamp=1_764_000_000, body=body)[SIGNATURE_HEADER],
+                  now=1_764_000_000)
+    if not batched:
+        assert key == idempotency_key("farcaster", "1", ids[0]) and body == bodies[ids[0]]  # today's request exactly
+    else:  # the key is the request's: the same for the same events, another for others
+        assert key == request_of("farcaster", "1", list(carried), bodies, batched=True)[0]
+        if len(ids) > 1:
+            assert key != request_of("farcaster", "1", ids[1:], bodies, batched=True)[0]
+            assert key != request_of("farcaster", "1", ids[:-1], bodies, batched=True)[0]
+
+
+@given(st.sampled_from(["farcaster", "atproto", "ethereum", "other"]), st.text(max_size=6),
+       st.dictionaries(st.sampled_from([b"kind", b"data", b"key", b"fid", b"block", b"did", b"chain", b"decoded", b"x\"\n"]),
+                       st.one_of(st.binary(max_size=20), st.text(max_size=10).map(str.encode),
+                                 st.integers(0, 2**64).map(lambda n: b"%d" % n), st.just(b'{"a":[1,"\xc3\xa9"]}'))),
+       st.one_of(st.none(), st.floats(0, 1e11, exclude_max=True).map(lambda x: repr(x).encode())))
+def test_every_body_is_canonical_json_whatever_its_fields(source, partition, fields, ts):
+    """The body written key by key is what json.dumps(sort_keys=True, compact) gives for it."""
+    fields = {b"kind": b"k", **fields, **({b"ts": ts} if ts is not None else {})}
+    try:
+        body = body_of(source=source, partition=partition, entry_id="5-1", fields=fields)
+    except EntryError:  # a routing field not of its type (a test above checks those)
+        return
+    assert body == json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def test_an_ethereum_retraction_is_its_own_event_with_the_decoded_json():
@@ -157,6 +206,12 @@ def test_one_filter_selects_the_entries_whose_field_is_one_of_its_values(chosen,
         assert got == (raw.isdigit() and int(raw) in values)
     else:
         assert got == (raw.decode() in values)
+
+
+def test_a_fid_of_thousands_of_digits_is_not_selected_and_raises_nothing():
+    # Past int()'s limit for text (4,300 digits), a plain ValueError crashed the offer of its batch.
+    assert not endpoint_filter(fids=[7]).selects({b"fid": b"7" * 5000})
+    assert endpoint_filter(fids=[7]).selects({b"fid": b"7"})
 
 
 def test_filters_that_do_not_fit_the_source_are_config_errors():

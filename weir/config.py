@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit
 import attrs
 
 from weir.codecs.farcaster_keys import HUB_EVENT_TYPE_BY_NAME, MESSAGE_TYPE_BY_NAME
+from weir.deliver.decisions import partition_problem
 from weir.deliver.settings import PARQUET_COMPRESSIONS, TARGET_KINDS, DeliverPipelineSettings, DeliverSettings
 from weir.sinks.keys import validate_name, validate_prefix
 from weir.redact import redact_url
@@ -570,6 +571,15 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
     for key in ("max_deliveries", "read_count", "block_ms"):
         if getattr(deliver, key) < 1:
             fail(f"deliver.{key}", f"must be at least 1, got {getattr(deliver, key)}")
+    # Past these, Redis refuses the value (XAUTOCLAIM's min-idle, XREADGROUP's BLOCK) or a batch
+    # outgrows memory, and every actor would crash on its first call: one line here instead.
+    if 0 < deliver.claim_idle < 1:  # below, commits are dropped as unsafe, again and again
+        fail("deliver.claim_idle",
+             f"must be at least 1 (a commit, fsync and rename, must fit in a third of it), got {deliver.claim_idle}")
+    for key, most, why in (("claim_idle", 31_536_000, "a year"), ("block_ms", 60_000, "the socket waits as long"),
+                           ("read_count", 100_000, "a batch is held in memory")):
+        if getattr(deliver, key) > most:
+            fail(f"deliver.{key}", f"must be at most {most} ({why}), got {getattr(deliver, key)}")
     if deliver.consumer:
         try:
             validate_name("consumer", deliver.consumer)
@@ -588,6 +598,9 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
                 validate_name(what, value)
             except ValueError as exc:  # the message names the setting and the value
                 fail("deliver.pipelines", f"{where}: {exc}")
+        for partition in pipe.partitions:
+            if "/" in partition:  # partition=<it> is a directory of the Parquet files
+                fail("deliver.pipelines", f"{where}: {partition_problem(partition)}")
         name = pipe.name or f"{pipe.source}-{pipe.target}"
         if name in names:
             fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")

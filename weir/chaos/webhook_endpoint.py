@@ -7,7 +7,9 @@ pipeline's secret (:func:`~weir.deliver.webhook_messages.verify_signature`, the 
 ``Weir-Timestamp``), and recorded as :class:`~weir.chaos.delivery_check.Received` — the partition and
 stream id its body carries, its ``Weir-Idempotency-Key`` — for the delivery checker; a bad signature
 is answered 401 and recorded as forged, and a key that is not the body's ``id``
-(``<source>/<partition>/<stream id>``) as mismatched (the run fails on any of either). While a fault is applied, every
+(``<source>/<partition>/<stream id>``; a batch's: weir.deliver.webhook_messages.batch_key of its
+events), or an event whose ``id`` is not its own, as mismatched (the run fails on any of either).
+Each event of a batch is recorded on its own, under its ``id``. While a fault is applied, every
 request is answered by it instead, and counted:
 
 - ``error_500``: status 500;
@@ -27,7 +29,7 @@ import attrs
 from weir.chaos.delivery_check import Received
 from weir.chaos.schedule import TimedFault
 from weir.chaos.webhook_receiver import CLOSE, HANG, Answer, Request
-from weir.deliver.webhook_messages import verify_signature
+from weir.deliver.webhook_messages import batch_key, verify_signature
 
 __all__ = ["ChaosEndpoint"]
 
@@ -64,10 +66,18 @@ class ChaosEndpoint:
         if not (signed and verify_signature(self.secret, request.body, request.signature, now=time.time())):
             self.forged.append(request.key)
             return 401, b"bad signature"
-        body = json.loads(request.body)
-        if not request.key == body.get("id") == f"{body.get('source')}/{body['partition']}/{body['stream_id']}":
+        events = request.events
+        if request.batched:
+            first = events[0] if events else {}
+            expected = batch_key(str(first.get("source")), str(first.get("partition")), [e["stream_id"] for e in events])
+        else:
+            expected = events[0].get("id")
+        if request.key != expected or any(e.get("id") != f"{e.get('source')}/{e['partition']}/{e['stream_id']}"
+                                          for e in events):
             self.mismatched.append(request.key)
-        self.accepted.append(Received(partition=str(body["partition"]), entry_id=str(body["stream_id"]), key=request.key))
+        for event in events:  # what a receiver deduplicates on: each event's signed id
+            self.accepted.append(Received(partition=str(event["partition"]), entry_id=str(event["stream_id"]),
+                                          key=str(event["id"])))
         return 200
 
     async def apply_fault(self, fault: TimedFault):  # type: ignore[no-untyped-def]

@@ -34,6 +34,17 @@ class Request:
     def stream_id(self) -> str:
         return json.loads(self.body)["stream_id"]
 
+    @property
+    def batched(self) -> bool:
+        """Whether the body is a batch, ``{"events": [...]}`` (events_per_request > 1)."""
+        return list(json.loads(self.body)) == ["events"]
+
+    @property
+    def events(self) -> list[dict]:
+        """The events the request carries: its body, or each item of a batch's ``events``."""
+        body = json.loads(self.body)
+        return body["events"] if list(body) == ["events"] else [body]
+
 
 Answer = int | tuple[int, bytes] | str
 
@@ -80,7 +91,7 @@ class Receiver:
 
     async def _read_request(self, stream: trio.SocketStream, connection: h11.Connection) -> Request | None:
         headers: dict[bytes, bytes] = {}
-        body = b""
+        body = bytearray()  # a batched request's body comes in many pieces
         while True:
             event = connection.next_event()
             if event is h11.NEED_DATA:
@@ -95,7 +106,8 @@ class Receiver:
             elif isinstance(event, h11.EndOfMessage):
                 return Request(key=headers.get(b"weir-idempotency-key", b"").decode(),
                                 timestamp=headers.get(b"weir-timestamp", b"").decode(),
-                                signature=headers.get(b"weir-signature", b"").decode(), body=body, at=trio.current_time())
+                                signature=headers.get(b"weir-signature", b"").decode(), body=bytes(body),
+                               at=trio.current_time())
             elif isinstance(event, h11.ConnectionClosed):
                 return None
 

@@ -17,10 +17,11 @@ import trio
 
 from weir.actors.nurseries import open_unwrapping_nursery
 from weir.actors.stopping import until_stopped
-from weir.deliver.decisions import FailureMemory, parse_entry_id, safe_to_commit, triage
+from weir.deliver.decisions import FailureMemory, parse_entry_id, safe_to_commit, triage, twin_alive
 from weir.deliver.group import ConsumerGroup, Entry
 from weir.deliver.settings import DeliverSettings
 from weir.deliver.target import Prepared, Target
+from weir.errors import Fatal
 from weir.sinks.redis_sink import SinkUnavailable
 from weir.supervision import Backoff
 
@@ -29,6 +30,11 @@ T = TypeVar("T")
 log = logging.getLogger("weir.deliver")
 
 _CLAIM_PAGES = 10  # XAUTOCLAIM pages per pass at most: new entries are not starved by a long backlog
+
+
+class ConsumerInUse(Fatal):
+    """Another live instance reads the group under this instance's consumer name: taking over its
+    pending entries would write them twice."""
 
 
 @attrs.define(eq=False)
@@ -75,16 +81,23 @@ class PartitionDelivery:
     held: set[str] = attrs.field(factory=set)  # offered to the target, not yet committed or dropped
     undecided: list[Prepared] = attrs.field(factory=list)  # prepared, neither committed nor aborted yet
     ahead: list[Entry] = attrs.field(factory=list)  # read ahead, not yet offered (see _read_ahead)
+    # Entries offered together when the target raised: offered one at a time from then on (kept
+    # across restarts of this actor), so the one that raises is found and dead-lettered alone.
+    suspects: set[str] = attrs.field(factory=set)
+    twin_checked: bool = False  # at the first run only: a later restart's predecessor is this process's own
+    twin: ConsumerInUse | None = None  # found: every restart raises it again at once
+    group_seen: bool = False  # the group existed for an earlier run of this actor
 
     async def run(self, stopping: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         target = self.make_target()
         self.held.clear()  # a new target holds nothing (a crashed one's files were dropped)
         self.ahead.clear()  # entries a crashed run read ahead are pending to this consumer: read again
         try:
-            await self._patiently(self.group.ensure_group, self.start)
+            await self._ensure_group()
             await target.recover()
             task_status.started()
             async with until_stopped(stopping):
+                await self._refuse_a_twin()
                 await self._take_over_own_pending(target)
                 await self._loop(target)
             # An ordered stop: what is buffered, and the batch read ahead, is committed and
@@ -137,6 +150,41 @@ class PartitionDelivery:
                 self.ahead = entries
                 await send.send(entries)
 
+    async def _ensure_group(self) -> None:
+        """The group, created at ``start`` for a new pipeline; one that vanished under this actor
+        (deleted, Redis restarted without it) is created again at "0": from "$" the entries in its
+        open files and all written since would never be read (the targets' own records, Parquet's
+        committed files, JetStream's Msg-Id, a receiver's key, take the repeats)."""
+        start = "0" if self.group_seen else self.start
+        if await self._patiently(self.group.ensure_group, start) and self.group_seen:
+            log.warning("%s: consumer group %r of %s was gone: created again, reading the stream from its start",
+                        self.name, self.group.group, self.group.stream,
+                        extra={"event": "deliver_group_recreated", "pipeline": self.name})
+        self.group_seen = True
+
+    async def _refuse_a_twin(self) -> None:
+        """Before taking over this consumer name's pending entries: if another live instance
+        reads under the same name (a fixed --consumer scaled to two replicas), both would write
+        them. Checked once per process; the instance that starts second stops (Fatal)."""
+        if self.twin is not None:
+            raise self.twin
+        if self.twin_checked:
+            return
+        before = await self._patiently(self.group.consumer_seen)
+        if before is not None:  # the name was used before: by a dead predecessor, or a live twin
+            wait = 2 * self.settings.block_ms / 1000 + 1
+            started = trio.current_time()
+            await trio.sleep(wait)
+            after = await self._patiently(self.group.consumer_seen)
+            if after is not None and twin_alive(idle_before_ms=before[1], idle_after_ms=after[1],
+                                                waited_ms=(trio.current_time() - started) * 1000):
+                self.twin = ConsumerInUse(
+                    f"{self.name}: another live instance reads group {self.group.group!r} of {self.group.stream} as "
+                    f"consumer {self.group.consumer!r} (it read while this one waited {wait:g}s): give each "
+                    f"instance its own deliver.consumer (--consumer)")
+                raise self.twin
+        self.twin_checked = True
+
     async def _take_over_own_pending(self, target: Target) -> None:
         """Entries this consumer name had pending before the (re)start: delivered again."""
         after = "0"
@@ -180,6 +228,7 @@ class PartitionDelivery:
             await self._patiently(self.group.dead_letter, by_id[entry_id], reason, deliveries[entry_id])
             self.stats.dead_lettered += 1
             self.failures.forget([entry_id])
+            self.suspects.discard(entry_id)
             log.warning("%s: entry %s dead-lettered: %s", self.name, entry_id, reason,
                         extra={"event": "deliver_dead_letter", "pipeline": self.name, "entry_id": entry_id, "reason": reason})
         await self._offer(target, [by_id[entry_id] for entry_id in decision.deliver])
@@ -200,11 +249,8 @@ class PartitionDelivery:
             await self._patiently(self.group.ack, sorted(durable, key=parse_entry_id))
             self.stats.skipped += len(durable)
             entries = [entry for entry in entries if entry.entry_id not in durable]
-        refused = await target.offer(entries)
-        given_back = set(target.given_back())
-        self.held.update(entry.entry_id for entry in entries
-                         if entry.entry_id not in refused and entry.entry_id not in given_back)
-        self.stats.given_back += len(given_back)
+        refused = await self._offer_isolating(target, entries)
+        self._release_given_back(target)
         for entry_id, reason in refused.items():
             self.failures.remember(entry_id, reason)
             log.warning("%s: target refused entry %s: %s", self.name, entry_id, reason,
@@ -217,8 +263,45 @@ class PartitionDelivery:
         if due is not None and trio.current_time() >= due:
             await self._commit(target, trio.current_time())
 
+    async def _offer_isolating(self, target: Target, entries: Sequence[Entry]) -> dict[str, str]:
+        """``target.offer``, suspects one at a time after the others are committed (see
+        ``suspects``); the entries the target took are held."""
+        alone = [entry for entry in entries if entry.entry_id in self.suspects]
+        together = [entry for entry in entries if entry.entry_id not in self.suspects]
+        refused = await self._offer_or_suspect(target, together) if together else {}
+        if alone:
+            await self._commit(target, trio.current_time(), everything=True)  # durable before a suspect's turn
+        for entry in alone:
+            refused |= await self._offer_or_suspect(target, [entry])
+            self.suspects.discard(entry.entry_id)  # it went through alone
+        return refused
+
+    async def _offer_or_suspect(self, target: Target, batch: list[Entry]) -> dict[str, str]:
+        """An exception from the target (a bug some entry triggers) marks the batch as suspects, or
+        is remembered as the refusal of an entry offered alone (dead-lettered then after
+        max_deliveries, with that reason), and is re-raised: the actor restarts on a fresh target.
+        Without this every restart re-read the entry's whole batch, and its neighbours were
+        dead-lettered with it."""
+        try:
+            refused = await target.offer(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self.failures.remember(batch[0].entry_id, f"crashed the deliverer ({type(exc).__name__})")
+            self.suspects.update(entry.entry_id for entry in batch)
+            raise
+        self.held.update(entry.entry_id for entry in batch if entry.entry_id not in refused)
+        return refused
+
+    def _release_given_back(self, target: Target) -> None:
+        """Entries the target gave back (now, or from an earlier offer: a Parquet file that could
+        not be written) are no longer held: they stay pending and come back through a claim pass."""
+        given_back = target.given_back()
+        self.held.difference_update(given_back)
+        self.stats.given_back += len(given_back)
+
     async def _commit(self, target: Target, now: float, *, everything: bool = False) -> None:
         self.undecided += await target.prepare(now, everything=everything)  # with any a cancel left undecided
+        self._release_given_back(target)
         while self.undecided:
             prepared = self.undecided[0]
             self.held.difference_update(prepared.entry_ids)  # committed or dropped below: no longer held

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence, Set
 
 import attrs
 
+from weir.sinks.keys import validate_name
+
 _ENTRY_ID = re.compile(r"(\d+)-(\d+)\Z")
 
 
@@ -132,6 +134,27 @@ def safe_to_commit(idle_ms: Sequence[int | None], *, claim_idle: float) -> bool:
     """
     limit = claim_idle * 1000 * 2 / 3
     return all(idle is not None and idle < limit for idle in idle_ms)
+
+
+def twin_alive(*, idle_before_ms: int, idle_after_ms: int, waited_ms: float) -> bool:
+    """Whether another live instance reads under this consumer name: its idle time (XINFO
+    CONSUMERS) went back while this instance, just started, waited without touching the group.
+    A live instance reads at least every block_ms, so a wait of twice that sees it read in the
+    wait's second half; a dead one's idle time only grows by the wait."""
+    return idle_after_ms < idle_before_ms + waited_ms / 2
+
+
+def partition_problem(partition: str) -> str | None:
+    """Why ``partition`` cannot be delivered (None: it can): a name that cannot be in a Redis key,
+    or one with a ``/`` (``partition=<it>`` is a directory of the Parquet files: ``x/../..``
+    would leave them)."""
+    try:
+        validate_name("partition", partition)
+    except ValueError as exc:
+        return str(exc)
+    if "/" in partition:
+        return f"partition {partition!r} cannot be a directory name: it contains '/'"
+    return None
 
 
 class SortedIds:

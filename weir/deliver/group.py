@@ -53,16 +53,19 @@ class ConsumerGroup:
         self.group = group
         self.consumer = consumer
 
-    async def ensure_group(self, start: str) -> None:
-        """Create the group at ``start`` ("0" or "$") unless it exists (the stream too, empty)."""
-        await call_redis(self._url, self._ensure_aio, start)
+    async def ensure_group(self, start: str) -> bool:
+        """Create the group at ``start`` ("0" or "$") unless it exists (the stream too, empty);
+        whether it was created."""
+        return await call_redis(self._url, self._ensure_aio, start)
 
-    async def _ensure_aio(self, start: str) -> None:
+    async def _ensure_aio(self, start: str) -> bool:
         try:
             await self._client.xgroup_create(self.stream, self.group, id=start, mkstream=True)
         except rex.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
 
     async def read_new(self, count: int, block_ms: int) -> list[Entry]:
         """Entries never delivered to the group (``>``), waiting up to ``block_ms`` for some."""
@@ -137,14 +140,33 @@ class ConsumerGroup:
         await call_redis(self._url, self._dead_letter_aio, entry, reason, deliveries)
 
     async def _dead_letter_aio(self, entry: Entry, reason: str, deliveries: int) -> None:
-        letter: dict[Any, Any] = {"entry_id": entry.entry_id, "reason": reason, "deliveries": deliveries,
-                                  "group": self.group, "consumer": self.consumer}
+        # Bytes names, as the entry's: an entry's own "reason" field must not replace weir's.
+        letter: dict[bytes, Any] = {b"entry_id": entry.entry_id, b"reason": reason, b"deliveries": deliveries,
+                                    b"group": self.group, b"consumer": self.consumer}
         for name, value in entry.fields.items():
             letter.setdefault(name, value)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_stream, letter)
             pipe.xack(self.stream, self.group, entry.entry_id)
             await pipe.execute()
+
+    async def consumer_seen(self) -> tuple[int, int] | None:
+        """This consumer name's pending count and milliseconds since it last read or claimed
+        (XINFO CONSUMERS); None: no such consumer in the group (or no group yet)."""
+        consumers = await call_redis(self._url, self._consumers_aio)
+        for consumer in consumers:
+            fields = {_text(name): value for name, value in consumer.items()}
+            if _text(fields["name"]) == self.consumer:
+                return int(fields["pending"]), int(fields["idle"])
+        return None
+
+    async def _consumers_aio(self) -> list[dict[Any, Any]]:
+        try:
+            return await self._client.xinfo_consumers(self.stream, self.group)
+        except rex.ResponseError as exc:
+            if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
+                return []
+            raise
 
     async def info(self) -> GroupInfo | None:
         """XINFO GROUPS of the stream: this group's pending count and lag (None: no such group)."""

@@ -29,6 +29,7 @@ from weir.config import ConfigError
 from weir.deliver.group import Entry
 from weir.deliver.nats_messages import Message, MessageError, message_of, stream_mismatch
 from weir.deliver.nats_publisher import CONNECT_WITHIN, NatsPublisher, NatsUnavailable
+from weir.deliver.nats_wire import message_size
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.target import Prepared
 from weir.redact import redact_text, redact_url
@@ -151,6 +152,7 @@ class NatsTarget:
                 attempt += 1
                 continue
             self._publisher = NatsPublisher(self.pipe.url, name=f"weir-{self.consumer}", ack_timeout=self.pipe.ack_timeout)
+            await self._publisher.connect()  # learns the server's max_payload, which offer checks
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
         return set()  # JetStream drops what it already has (same Msg-Id inside the duplicate window)
@@ -164,10 +166,23 @@ class NatsTarget:
             except MessageError as exc:
                 refused[entry.entry_id] = str(exc)
                 continue
+            too_large = self._too_large(message)
+            if too_large:  # the server would refuse it on every try: the partition would stall on it
+                refused[entry.entry_id] = too_large
+                continue
             self._buffer.append((entry.entry_id, message))
         if self._buffer and self._since is None:
             self._since = self._clock()
         return refused
+
+    def _too_large(self, message: Message) -> str:
+        limit = self._publisher.max_payload if self._publisher is not None else None
+        if limit is None:  # not connected yet: the publisher refuses it per window, and the next offer here
+            return ""
+        size = message_size(message)
+        if size <= limit:
+            return ""
+        return f"message of {size} bytes (headers and payload) is larger than the server's max_payload ({limit} bytes)"
 
     def given_back(self) -> list[str]:
         return []  # every entry offered is buffered or refused

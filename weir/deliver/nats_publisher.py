@@ -28,6 +28,7 @@ from weir.deliver.nats_wire import (
     ServerAddress,
     ack_problem,
     connect_command,
+    message_size,
     publish_window,
     read_ops,
     reply_token,
@@ -97,6 +98,14 @@ class NatsPublisher:
         self._connection: _Connection | None = None
         self._lost = False  # a live connection broke: say so when one is made again
         self._last_error = ""
+        self.max_payload: int | None = None  # the largest message the server takes (its last INFO); None: not yet connected
+
+    async def connect(self) -> None:
+        """Connect now, if NATS can be reached (so ``max_payload`` is known before the first offer)."""
+        try:
+            await self._connected()
+        except NatsUnavailable:
+            pass  # said once by _connected; the first window connects again
 
     async def send(self, messages: Sequence[Message]) -> Window:
         """Write ``messages`` (connecting first if need be) without waiting for anything: a
@@ -107,9 +116,10 @@ class NatsPublisher:
         except NatsUnavailable as exc:
             window.reason = str(exc)
             return window
-        window.refused = [m for m in window.messages if len(m.payload) > connection.max_payload]
+        # Normally refused earlier (NatsTarget.offer): here only when the server's limit shrank since.
+        window.refused = [m for m in window.messages if message_size(m) > connection.max_payload]
         if window.refused:
-            window.messages = [m for m in window.messages if len(m.payload) <= connection.max_payload]
+            window.messages = [m for m in window.messages if message_size(m) <= connection.max_payload]
             window.reason = f"a message larger than the server's max_payload ({connection.max_payload} bytes)"
             window.answers = [None] * len(window.messages)
         window.first = connection.next_token
@@ -202,6 +212,7 @@ class NatsPublisher:
                     stream = connection.stream = trio.SSLStream(stream, context, server_hostname=address.host)
                     await stream.do_handshake()
                 connection.max_payload = int(info.get("max_payload", connection.max_payload))
+                self.max_payload = connection.max_payload
                 await _send(connection, connect_command(address, name=self._name, tls=tls)
                             + subscribe_command(connection.reply_prefix + ".*", _REPLY_SID) + b"PING\r\n")
                 while not any(op[0] == "PONG" for op in await _receive(connection, answer=True)):

@@ -74,6 +74,11 @@ def header_block(headers: dict[str, str]) -> bytes:
     return (_HEADER_START + "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) + "\r\n").encode()
 
 
+def message_size(message: Message) -> int:
+    """What a server weighs against its ``max_payload``: the header block and the payload."""
+    return len(header_block(message.headers)) + len(message.payload)
+
+
 def publish_window(messages: Sequence[Message], reply_prefix: str, first_token: int) -> bytes:
     """The HPUB commands of ``messages``, message ``i`` asking for its reply on
     ``<reply_prefix>.<first_token + i>``."""

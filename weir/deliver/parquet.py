@@ -6,7 +6,7 @@ Layout (Hive-style, so DuckDB and pyarrow datasets read the path parts as column
 
 ``first`` / ``last`` are the lowest and highest stream ids in the file (also in the footer's
 key-value metadata, ``weir.first_id`` / ``weir.last_id``, with ``weir.rows``). Commit protocol: rows
-are written to ``.part-<consumer>-<n>.parquet.tmp`` in the hour's directory (locked with flock while
+are written to ``.part-<consumer>-<pid>-<random>-<n>.parquet.tmp`` in the hour's directory (locked with flock while
 open), the file is closed and fsynced, renamed to its final name, the directory fsynced; only then
 does the core acknowledge the entries. An entry read again after a crash is looked up in the
 committed files of its hour and acknowledged without being written twice.
@@ -83,6 +83,8 @@ class ParquetTarget:
         self._clock = clock
         self._open: dict[str, _OpenFile] = {}
         self._serial = itertools.count()
+        self._token = os.urandom(4).hex()
+        self._given_back: list[str] = []  # entries no file could take (a full disk), for given_back()
         self._committed_ids: OrderedDict[Path, pa.Array] = OrderedDict()
         self._cached_ids = 0
         self._spans: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
@@ -155,11 +157,28 @@ class ParquetTarget:
     def _ids_in(self, path: Path) -> pa.Array:
         ids = self._committed_ids.get(path)
         if ids is None:
-            ids = pq.read_table(path, columns=["stream_id"]).column("stream_id").combine_chunks()
+            try:
+                ids = pq.read_table(path, columns=["stream_id"]).column("stream_id").combine_chunks()
+            except FileNotFoundError:  # moved away since the listing: it holds nothing here
+                return pa.array([], pa.string())
+            except pa.ArrowException as exc:  # not a Parquet file, or not one with weir's stream_id
+                ids = self._unreadable(path, repr(exc))
+            else:
+                if ids.type != pa.string():
+                    ids = self._unreadable(path, f"its stream_id column is {ids.type}, not string")
             self._remember_ids(path, ids)
         else:
             self._committed_ids.move_to_end(path)
         return ids
+
+    def _unreadable(self, path: Path, why: str) -> pa.Array:
+        """A file named like a committed one that is not weir's (a damaged copy, a foreign file):
+        it proves no entry delivered, so its range is written again rather than the partition
+        stalling on it; said once (its empty id set is cached like any file's ids)."""
+        log.warning("%s is named like a committed file but cannot be read as one (%s): the entries of its range "
+                    "are delivered to files of their own; move it away", path, why,
+                    extra={"event": "deliver_unreadable_file", "path": str(path), "error": why})
+        return pa.array([], pa.string())
 
     def _remember_ids(self, path: Path, ids: pa.Array) -> None:
         self._committed_ids[path] = ids
@@ -173,6 +192,7 @@ class ParquetTarget:
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         refused: dict[str, str] = {}
         full: list[_OpenFile] = []
+        unwritable: dict[str, tuple[OSError, list[str]]] = {}  # hours whose file could not be created
         for entry, hour in zip(entries, hours_of(entry.fields for entry in entries)):
             try:
                 row = self.schema.values(entry.entry_id, entry.fields)
@@ -180,21 +200,51 @@ class ParquetTarget:
                 refused[entry.entry_id] = str(exc)
                 continue
             file = self._open.get(hour)
+            if file is None and hour in unwritable:
+                unwritable[hour][1].append(entry.entry_id)
+                continue
             if file is None:
-                file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
+                try:
+                    file = self._open[hour] = await trio.to_thread.run_sync(self._new_file, hour, self._clock())
+                except OSError as exc:  # a full or read-only disk: the hour's entries wait, pending
+                    unwritable[hour] = (exc, [entry.entry_id])
+                    continue
             file.buffer.append(row)
             file.entry_ids.append(entry.entry_id)
             if len(file.buffer) >= self.row_group_rows:
                 full.append(file)
+        for hour, (exc, entry_ids) in unwritable.items():
+            self._cannot_write(self.partition_dir / f"hour={hour}", exc, entry_ids)
         for file in dict.fromkeys(full):
-            await self._write_row_groups(file)
+            try:
+                await self._write_row_groups(file)
+            except OSError as exc:
+                await self._drop(file, exc)
         return refused
+
+    async def _drop(self, file: _OpenFile, exc: OSError) -> None:
+        """A file that cannot be written (a full disk): deleted, its entries given back."""
+        del self._open[file.hour]
+        await trio.to_thread.run_sync(_discard, file)
+        self._cannot_write(file.temp, exc, file.entry_ids)
+
+    def _cannot_write(self, path: Path, exc: OSError, entry_ids: list[str]) -> None:
+        """Entries left pending, not crashed on: a restart would read them again, and each read
+        counts as a delivery towards the dead-letter stream; a claim pass brings them back after
+        claim_idle instead (the core: given_back)."""
+        self._given_back += entry_ids
+        log.warning("cannot write %s (%s): %d entries left pending, delivered again after claim_idle", path, exc,
+                    len(entry_ids), extra={"event": "deliver_write_failed", "path": str(path), "error": str(exc),
+                                           "entries": len(entry_ids)})
 
     def _new_file(self, hour: str, opened_at: float) -> _OpenFile:
         hour_dir = self.partition_dir / f"hour={hour}"
         hour_dir.mkdir(parents=True, exist_ok=True)
-        temp = hour_dir / f".part-{self.consumer}-{os.getpid()}-{next(self._serial)}{_TEMP_SUFFIX}"
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # The token: two instances under one consumer name (a fixed --consumer scaled to two
+        # replicas, both pid 1 in their containers) must not pick the same name; O_EXCL: never
+        # truncate a file another writer has open.
+        temp = hour_dir / f".part-{self.consumer}-{os.getpid()}-{self._token}-{next(self._serial)}{_TEMP_SUFFIX}"
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: nobody else can hold it
         return _OpenFile(hour=hour, temp=temp, lock_fd=fd, buffer=RowBuffer(self.schema), opened_at=opened_at)
 
@@ -212,7 +262,8 @@ class ParquetTarget:
         file.writer.write_table(table, row_group_size=len(table))
 
     def given_back(self) -> list[str]:
-        return []  # every entry offered is buffered or refused
+        given_back, self._given_back = self._given_back, []
+        return given_back
 
     def next_due(self) -> float | None:
         if not self._open:
@@ -224,9 +275,13 @@ class ParquetTarget:
                if everything or self.roll.due(rows=len(file.entry_ids), opened_at=file.opened_at, now=now)]
         prepared = []
         for file in due:
-            await _finished(file)  # before it leaves _open: if its write failed, aclose still drops it
+            try:
+                await _finished(file)  # before it leaves _open: if its write failed, aclose still drops it
+                await trio.to_thread.run_sync(self._close_file, file)
+            except OSError as exc:
+                await self._drop(file, exc)
+                continue
             del self._open[file.hour]
-            await trio.to_thread.run_sync(self._close_file, file)
             prepared.append(Prepared(entry_ids=tuple(file.entry_ids), handle=file))
         return prepared
 

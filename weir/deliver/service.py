@@ -26,7 +26,7 @@ from weir.app import REDIS_URL_FILE
 from weir.bridge import call_asyncio, open_asyncio_loop
 from weir.config import Config, ConfigError
 from weir.deliver.actor import DeliveryStats, PartitionDelivery
-from weir.deliver.decisions import RollPolicy
+from weir.deliver.decisions import RollPolicy, partition_problem
 from weir.deliver.group import ConsumerGroup
 from weir.deliver.monitor import DeliveryViews, sample_groups
 from weir.deliver.settings import DeliverPipelineSettings
@@ -196,7 +196,19 @@ async def _discover(client: aioredis.Redis, shown_url: str, prefix: str, source:
         return [key async for key in client.scan_iter(match=pattern, count=1000, _type="stream")]
 
     keys = await call_redis(shown_url, scan)
-    partitions = sorted({key.decode()[len(head):-len("}:events")] for key in keys})
+    partitions = []
+    for key in sorted(set(keys)):
+        try:
+            partition = key.decode()[len(head):-len("}:events")]
+        except UnicodeDecodeError:
+            partition, problem = repr(key), "its key is not UTF-8"
+        else:
+            problem = partition_problem(partition)  # a key weir did not write: its name may be a path out
+        if problem is None:
+            partitions.append(partition)
+        else:
+            log.warning("%s partition stream %r skipped: %s", source, partition, problem,
+                        extra={"event": "deliver_partition_skipped", "source": source, "partition": partition})
     if not partitions:
         raise ConfigError(f"deliver.pipelines: no {source} partition stream under prefix {prefix!r} in {shown_url} "
                           f"yet: set partitions = [...] or start after weir has written some")

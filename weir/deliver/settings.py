@@ -51,6 +51,7 @@ class DeliverPipelineSettings:
     breaker_failures: int = 5  # consecutive failed tries that open the endpoint's circuit breaker
     breaker_reset: float = 5.0  # seconds it stays open before one trial request (doubling after a failed trial …
     breaker_max_reset: float = 30.0  # … up to this)
+    events_per_request: int = 1  # 1: one event per POST, its object the body; N > 1: up to N as {"events": [...]}
     # Which entries go to the endpoint (every non-empty filter must match; within one, any value)
     kinds: tuple[str, ...] = ()  # the entry's kind (MERGE_MESSAGE, commit, log, retract, …)
     fids: tuple[int, ...] = ()  # Farcaster: the fid field

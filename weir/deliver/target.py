@@ -63,8 +63,9 @@ class Target(Protocol):
 
     def given_back(self) -> list[str]:
         """Ids offered since the last call that the target neither took nor refused (a webhook
-        endpoint that did not answer in time): the core stops holding them, and they stay pending,
-        to be delivered again after deliver.claim_idle without counting as refusals."""
+        endpoint that did not answer in time), or took and then could not write (a Parquet file on
+        a full disk; the core also asks after ``prepare``): the core stops holding them, and they
+        stay pending, to be delivered again after deliver.claim_idle without counting as refusals."""
 
     def next_due(self) -> float | None:
         """``trio.current_time()`` at which ``prepare`` has work, or None while nothing is buffered."""

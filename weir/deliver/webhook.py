@@ -1,10 +1,12 @@
-"""The webhook target: each selected entry POSTed, signed, to the pipeline's endpoint (at least once).
+"""The webhook target: each selected entry POSTed, signed, to the pipeline's endpoint (at least once),
+one per request or ``events_per_request`` at a time.
 
-A thin shell over the decisions in webhook_filter.py (which entries), webhook_messages.py (body,
-idempotency key, signature) and webhook_outcome.py (what a status means, backoff); the circuit
-breaker is weir.supervision's. The work happens in ``offer``: every entry of the batch is sent,
-``concurrency`` requests at a time for the whole endpoint, each tried up to ``attempts`` times
-with backoff while the endpoint answers 5xx / 408 / 429 or not at all. Then:
+A thin shell over the decisions in webhook_filter.py (which entries), webhook_messages.py (which
+entries in which request, body, idempotency key, signature) and webhook_outcome.py (what a status
+means, backoff); the circuit breaker is weir.supervision's. The work happens in ``offer``: every
+entry of the batch is sent, ``concurrency`` requests at a time for the whole endpoint, each request
+tried up to ``attempts`` times with backoff while the endpoint answers 5xx / 408 / 429 or not at
+all. Then, for each entry of the request (a batched request's entries share its fate):
 
 - delivered (2xx), or not selected by the filters: prepared, so the core acknowledges them
   (``commit`` has nothing left to do: the POST was the delivery);
@@ -14,7 +16,7 @@ with backoff while the endpoint answers 5xx / 408 / 429 or not at all. Then:
   delivers them again after claim_idle.
 
 A crash between a POST and the acknowledgement sends the entry again: at least once, with the same
-``Weir-Idempotency-Key`` every time.
+``id`` in its body every time (and, unbatched, the same ``Weir-Idempotency-Key``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from weir.deliver.group import Entry
 from weir.deliver.settings import DeliverPipelineSettings
 from weir.deliver.target import Prepared
 from weir.deliver.webhook_filter import EndpointFilter
-from weir.deliver.webhook_messages import body_of, idempotency_key, signed_headers
+from weir.deliver.webhook_messages import body_of, request_of, requests_of, signed_headers
 from weir.deliver.webhook_outcome import Outcome, Verdict, excerpt_of, outcome_of_status, retry_backoff, settle
 from weir.redact import REDACTED, redact_text, redact_url
 from weir.supervision import BreakerState, CircuitBreaker
@@ -102,6 +104,7 @@ class WebhookTarget:
         self._wall = wall
         self._backoff = retry_backoff(self.pipe)
         self._client: httpx.AsyncClient | None = None
+        self._url = httpx.URL(self.pipe.url)  # parsed once, not on every request
         self._done: list[str] = []  # delivered or not selected: acknowledged at the next prepare
         self._since: float | None = None
         self._given_back: list[str] = []
@@ -115,7 +118,7 @@ class WebhookTarget:
                                              headers={"User-Agent": "weir", "Accept-Encoding": "identity"})
 
     async def already_delivered(self, entries: Sequence[Entry]) -> set[str]:
-        return set()  # the receiver deduplicates by Weir-Idempotency-Key
+        return set()  # the receiver deduplicates by each event's id
 
     async def offer(self, entries: Sequence[Entry]) -> dict[str, str]:
         refused: dict[str, str] = {}
@@ -129,11 +132,15 @@ class WebhookTarget:
             except EntryError as exc:
                 refused[entry.entry_id] = str(exc)
         outcomes: dict[str, Outcome] = {}
+        per_request = self.pipe.events_per_request
+        offered = [entry.entry_id for entry in entries]
+        requests = requests_of(offered, sendable=bodies.keys(), per_request=per_request)
         with trio.move_on_after(self.offer_within):
             async with trio.open_nursery() as nursery:
-                for entry_id, body in bodies.items():
-                    nursery.start_soon(self._deliver, entry_id, body, outcomes)
-        settled = settle([entry.entry_id for entry in entries], sent=bodies.keys(), unsendable=refused, outcomes=outcomes)
+                for entry_ids in requests:
+                    key, body = request_of(self.source, self.partition, entry_ids, bodies, batched=per_request > 1)
+                    nursery.start_soon(self._deliver, entry_ids, key, body, outcomes)
+        settled = settle(offered, sent=bodies.keys(), unsendable=refused, outcomes=outcomes)
         self._done += settled.done
         given_back = settled.given_back
         if given_back:
@@ -152,9 +159,9 @@ class WebhookTarget:
         given_back, self._given_back = self._given_back, []
         return given_back
 
-    async def _deliver(self, entry_id: str, body: bytes, outcomes: dict[str, Outcome]) -> None:
-        """Try one entry up to ``attempts`` times; its last outcome lands in ``outcomes``."""
-        key = idempotency_key(self.source, self.partition, entry_id)
+    async def _deliver(self, entry_ids: tuple[str, ...], key: str, body: bytes, outcomes: dict[str, Outcome]) -> None:
+        """Try one request up to ``attempts`` times, the same body each time; its last outcome is
+        each of its entries' in ``outcomes`` (a batch is delivered, refused or given back whole)."""
         breaker = self.endpoint.breaker
         for attempt in range(self.pipe.attempts):
             if attempt:
@@ -170,7 +177,7 @@ class WebhookTarget:
                     if trial:
                         breaker.release_trial()
                     raise
-            outcomes[entry_id] = outcome
+            outcomes.update(dict.fromkeys(entry_ids, outcome))
             if outcome.verdict is not Verdict.RETRY:
                 breaker.record_success()  # a refusal is an answer: the endpoint is up
                 return
@@ -184,7 +191,7 @@ class WebhookTarget:
         start = bytearray()  # the body's first bytes as sent (never decompressed: no expansion)
         with trio.move_on_after(self.pipe.timeout):  # the whole request (httpx's timeouts are per read)
             try:
-                async with self._client.stream("POST", self.pipe.url, content=body, headers=headers) as response:
+                async with self._client.stream("POST", self._url, content=body, headers=headers) as response:
                     status = response.status_code
                     # Read to its end (the connection stays reusable; stopping early would leave
                     # httpcore's generators half-run), keeping only the first bytes: memory stays

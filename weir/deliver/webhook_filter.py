@@ -45,7 +45,8 @@ class EndpointFilter:
             return False
         if self.fids:
             fid = fields.get(b"fid", b"")
-            if not (fid.isdigit() and int(fid) in self.fids):
+            # at most 20 digits (a uint64): int() of over 4,300 digits raises, which crashed the offer
+            if not (len(fid) <= 20 and fid.isdigit() and int(fid) in self.fids):
                 return False
         if self.collections or self.collection_prefixes:
             collection = fields.get(b"collection", b"").decode("utf-8", errors="replace")

@@ -33,7 +33,7 @@ def webhook_problems(pipe: DeliverPipelineSettings, *, claim_idle: float) -> lis
     if pipe.breaker_max_reset < pipe.breaker_reset:
         problems.append(f"breaker_max_reset: must be at least breaker_reset ({pipe.breaker_reset:g}), "
                         f"got {pipe.breaker_max_reset}")
-    for key in ("concurrency", "attempts", "breaker_failures"):
+    for key in ("concurrency", "attempts", "breaker_failures", "events_per_request"):
         if getattr(pipe, key) < 1:
             problems.append(f"{key}: must be at least 1, got {getattr(pipe, key)}")
     if pipe.timeout * 3 > claim_idle:
