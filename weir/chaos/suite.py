@@ -12,7 +12,8 @@ four processes and real sockets (here with the Farcaster source):
 
 1. start redis-server (embedded binary, AOF on, ``appendfsync always``) and a proxy in front of
    it, the source's simulator and proxy (:meth:`ChaosSource.open`), and ``weir run`` through the
-   proxies;
+   proxies (what the source offers is computed in a thread meanwhile); every simulator holds its
+   live phase until weir connects;
 2. once weir persists (or at once, for a fault that must precede start-up) run the schedule;
 3. wait for a full drain: every partition's durable cursor is the source's final cursor (polled,
    with a timeout — a hang fails the scenario);
@@ -41,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -412,17 +413,26 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
     source = scenario.source
     load = scenario.load()
     partitions = list(source.partitions)
-    offered = await trio.to_thread.run_sync(source.offered, load)
-    last = tuple(offered[p].final_cursor for p in partitions)
+    phases: dict[str, float] = {}  # where the run's time went: seconds from `began` at each step
+
+    def mark(step: str) -> None:
+        phases[step] = round(time.monotonic() - began, 2)
+
     problems: list[str] = []
     measures: dict[str, Any] = {}
     records: list[FaultRecord] = []
     seed = scenario.schedule.seed
     delivery_report: DeliveryReport | None = None
     redis_config = RedisServerConfig(data_dir=workdir / "redis", appendfsync="always")
-    async with open_embedded_redis(redis_config) as redis, source.open(load, workdir, seed) as network, \
+    # what the source offers is computed while the processes start (it is needed from the drain on)
+    async with _in_thread(source.offered, load) as offered_result, open_embedded_redis(redis_config) as redis, \
+            source.open(load, workdir, seed) as network, \
             open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link, \
             _open_delivery(scenario, workdir, redis_link.redis_url, redis.url) as delivery:  # fmt: skip
+        mark("processes_up")
+        offered = await offered_result()
+        mark("offered")
+        last = tuple(offered[p].final_cursor for p in partitions)
         metrics_port = _free_port()
         settings = (*BASE_SETTINGS, *source.settings, f"metrics.port={metrics_port}", *scenario.settings)
         args = weir_run_command(redis_link.redis_url, network.weir_args, settings) + ["--log-format", "json", "--log-level", "INFO"]
@@ -434,6 +444,9 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
 
         def drained() -> bool:
             return bool(sampler.samples) and sampler.samples[-1].cursors == last
+
+        async def is_drained() -> bool:
+            return drained() if network.drained is None else await network.drained(redis.url)
 
         async def drain(timeout: float) -> bool:
             if network.drained is None:
@@ -460,6 +473,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                         await delivery.start()
                     if not await wait_until(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
                         problems.append(f"weir persisted nothing within {start_timeout:g} s of starting")
+                    mark("first_persisted")
                     if delivery is not None and not await delivery.wait_ready(start_timeout):
                         problems.append(f"weir deliver made no consumer group within {start_timeout:g} s of starting")
                     await run_schedule(scenario.schedule, targets, records=records)
@@ -467,6 +481,11 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 await wait_until(lambda: len(records) == len(scenario.schedule.faults)
                             and all(r.cleared_at is not None for r in records), timeout=scenario.schedule.end + 60)
                 faults_done = trio.current_time()
+                mark("faults_done")
+                if scenario.exits is None and await is_drained():
+                    # nothing arrived after the last fault: its recovery was not measured
+                    problems.append(f"the load was over before the last fault cleared (tail {scenario.tail:g} s): "
+                                    "nothing was left to recover")
                 if scenario.exits is not None:
                     # weir must stop by itself (a fatal error): its exit, not a drain, ends the run
                     if not await wait_until(lambda: not weir.running, timeout=scenario.drain_timeout):
@@ -482,6 +501,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                     )
                 else:
                     measures["drain_after_last_fault_s"] = round(trio.current_time() - faults_done, 2)
+                mark("drained")
                 if scenario.exits is None:
                     code = await weir.terminate(timeout=15)
                     if code != 0:
@@ -489,7 +509,9 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 if delivery is not None:
                     delivery_report, delivery_problems = await delivery.finish(measures)
                     problems += delivery_problems
+                mark("terminated")
                 problems += await network.finish(offered)
+                mark("source_finished")
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -504,6 +526,9 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
             supervision=supervision, process_restarts=weir.starts - 1, wall_offset=wall_offset,
             reconnects=reconnects, schedule=scenario.schedule.to_json(), compare=network.compare,
         )  # fmt: skip
+        mark("checked")
+    mark("closed")
+    measures["phases_s"] = phases
     origin = sampler.samples[0].at if sampler.samples else 0.0
     windows = fault_windows(records, sampler.samples, origin, supervision=supervision, wall_offset=wall_offset)
     problems += judge_windows(windows)
@@ -522,6 +547,30 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         problems=tuple(problems), elapsed_s=time.monotonic() - began, measures=measures,
         log_path=str(weir.log_path), delivery=delivery_report,
     )  # fmt: skip
+
+
+@asynccontextmanager
+async def _in_thread(compute: Callable[..., Any], *args: Any) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """Run ``compute(*args)`` in a worker thread while the body goes on; yields ``result``, which
+    waits for it (an error in it is raised there, or as the block exits)."""
+    box: list[Any] = []
+    done = trio.Event()
+
+    async def run() -> None:
+        try:
+            box.append(await trio.to_thread.run_sync(compute, *args))
+        finally:
+            done.set()
+
+    async def result() -> Any:
+        await done.wait()
+        if not box:
+            raise RuntimeError(f"{getattr(compute, '__qualname__', compute)} failed")
+        return box[0]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        yield result
 
 
 @asynccontextmanager
