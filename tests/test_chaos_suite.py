@@ -188,6 +188,25 @@ def test_a_window_whose_memory_grew_past_the_limit_fails_the_scenario():
     assert late.startswith("recovery 6.00 s after [redis_link:timeout@1+30s] exceeds the 5 s target")
 
 
+def test_a_run_whose_load_ended_before_its_last_ingestion_fault_cleared_fails():
+    from weir.chaos.delivery import Delivery
+    from weir.chaos.delivery_targets import PARQUET
+    from weir.chaos.schedule import Schedule
+    from weir.chaos.suite import Scenario, Window, judge_tail
+
+    def window(fault, end, recovery):  # type: ignore[no-untyped-def]
+        return Window(faults=(fault,), start=end - 1, end=end, recovery_s=recovery, target_s=5.0)
+
+    plain = Scenario(name="s", label="s", schedule=Schedule())
+    hang = window("redis_link:timeout@1+3s", 4.0, 0.2)
+    assert judge_tail(plain, [window("weir:kill@0.5+0.2s", 0.7, None), hang]) == []  # only the last one counts
+    (problem,) = judge_tail(plain, [hang, window("weir:kill@4+0.2s", 4.2, None)])
+    assert problem.startswith("nothing was persisted after [weir:kill@4+0.2s] cleared: the load was over (tail 1 s)")
+    delivering = Scenario(name="d", label="d", schedule=Schedule(), delivery=Delivery(target=PARQUET))
+    assert judge_tail(delivering, [hang, window("deliver:kill@2+0.3s", 5.0, None)]) == []  # the delivery checker's
+    assert judge_tail(Scenario(name="x", label="x", schedule=Schedule(), exits=3), [window("node:reorg@1+0s", 1, None)]) == []
+
+
 def test_expectations_match_json_log_events_by_name_and_field():
     from weir.chaos.suite import unmet_expectations
 

@@ -106,3 +106,17 @@ async def test_concurrent_calls_and_a_batch_on_one_connection_each_get_their_own
                 assert chain.headers[header["hash"]] == header and from_quantity(header["number"]) > HISTORY
             # The connection still works after all that.
             assert from_quantity(await rpc.call("eth_chainId")) == 41
+
+
+async def test_the_node_can_hold_its_chain_until_a_client_connects():
+    """live_after_connect (the chaos suite's load): only the history exists until someone connects;
+    without it the chain grows from the node's start."""
+    held = EthereumSimConfig(chain_id=42, seed=3, block_time=0, history=5, blocks=20, live_after_connect=True)
+    async with simulated(held, attrs.evolve(held, live_after_connect=False)) as (waiting, free):
+        for _ in range(50):  # block_time 0: a free-running node makes a block per checkpoint
+            await trio.lowlevel.checkpoint()
+        assert waiting.chain.produced == 0 and free.chain.produced > 0
+        async with open_rpc(waiting.url, connect_timeout=5, request_timeout=2) as rpc:
+            with trio.fail_after(10):
+                await waiting.finished.wait()
+            assert from_quantity(await rpc.call("eth_blockNumber")) == 5 + 20

@@ -104,8 +104,8 @@ def test_framing_is_validated() -> None:
         SnapchainSimConfig(framing="tiny")
 
 
-@pytest.mark.parametrize("framing", ["packed", "one"])
-def test_framing_reaches_a_simulator_process(framing: str) -> None:
-    config = SnapchainSimConfig(shards=1, rate=0, history=10, total=10, framing=framing)
+@pytest.mark.parametrize(("framing", "live_after_subscribe"), [("packed", False), ("one", True)])
+def test_framing_reaches_a_simulator_process(framing: str, live_after_subscribe: bool) -> None:
+    config = SnapchainSimConfig(shards=1, rate=0, history=10, total=10, framing=framing, live_after_subscribe=live_after_subscribe)
     args = build_parser().parse_args(snapchain_args(config)[3:])  # past "python -m weir.sim"
     assert config_from_args(args) == config

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import attrs
 import grpclib.client
 import pytest
 import trio
@@ -167,6 +168,24 @@ def test_live_only_without_from_id() -> None:
             assert scan_hub_event(events[0]).event_type == BLOCK_CONFIRMED  # live starts at a block
 
     run(scenario)
+
+
+def test_live_production_can_wait_for_the_first_subscribe() -> None:
+    """With live_after_subscribe only the history exists until a client subscribes (the chaos
+    suite's load then starts when weir listens); without it production starts with the server."""
+    held = SnapchainSimConfig(shards=1, seed=5, rate=0, history=30, total=300, live_after_subscribe=True)
+
+    async def scenario(config: SnapchainSimConfig) -> int:
+        async with simulator(config) as (sim, channel):
+            for _ in range(50):  # rate 0: a free-running producer releases a block per turn of the loop
+                await asyncio.sleep(0)
+            before = sim.logs[1].released
+            events = await collect(channel, SubscribeRequest(event_types=ALL_TYPES, from_id=0, shard_index=1), 300)
+            assert [(scan_hub_event(e).event_id, e) for e in events] == generate_offered(config, 1, 300)
+            return before
+
+    assert run(lambda: scenario(held)) == 30
+    assert run(lambda: scenario(attrs.evolve(held, live_after_subscribe=False))) > 30
 
 
 def test_event_types_filter() -> None:

@@ -122,7 +122,7 @@ class EthereumSource:
             logs_per_block=self.logs_per_block, history=load.history // self.logs_per_block,
             blocks=math.ceil(load.seconds / block_time), reorg_every=self.reorg_every,
             max_reorg_depth=self.max_reorg_depth, reannounce=self.reannounce,
-            lagging_backend=self.lagging_backend, max_range=self.max_range,
+            lagging_backend=self.lagging_backend, max_range=self.max_range, live_after_connect=True,
         )  # fmt: skip
 
     def chain_settings(self, url: str, block_time: float) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class FarcasterSource:
     def sim_config(self, load: Load) -> SnapchainSimConfig:
         return SnapchainSimConfig(
             shards=self.shards, seed=load.seed & 0x7FFFFFFF, rate=load.rate, history=load.history,
-            total=load.history + int(load.rate * load.seconds),
+            total=load.history + int(load.rate * load.seconds), live_after_subscribe=True,
         )  # fmt: skip
 
     def offered(self, load: Load) -> dict[str, Offer]:

@@ -13,11 +13,14 @@ from weir.chaos.farcaster import FARCASTER
 from weir.chaos.schedule import Schedule, TimedFault
 from weir.chaos.source import ChaosSource, Load
 
-__all__ = ["REDIS_OUTAGE_LOGS", "Scenario", "fault"]
+__all__ = ["LIVE_LEAD_S", "REDIS_OUTAGE_LOGS", "Scenario", "fault"]
 
 #: What a Redis outage must make weir say, whatever the source (docs/observability.md): the persist
 #: actor notices the failed write, and says so again when a write succeeds.
 REDIS_OUTAGE_LOGS = ("sink_unavailable", "sink_available")
+#: Seconds of live load before the schedule's clock starts: the simulators start their live phase
+#: when weir connects, and the schedule counts from weir's first persisted event, a moment later.
+LIVE_LEAD_S = 0.5
 
 
 def fault(target: str, kind: str, start: float, duration: float = 0.0, **params: object) -> TimedFault:
@@ -38,7 +41,8 @@ class Scenario:
             Farcaster, two simulated Snapchain shards).
         rate: events/s per partition the simulator produces (after ``history`` that exist at its start).
         history: events per partition that exist when the simulator starts.
-        tail: seconds of production left after the last fault clears (so recovery is measurable).
+        tail: seconds of production left after the last fault clears, so recovery is measured
+            while events still arrive (the engine fails a run whose load was over before that).
         before_start: apply the schedule's first fault *before* starting weir (Redis down at start-up).
         settings: extra ``--set`` for weir (after the engine's and the source's settings).
         checks: extra verdicts under a slow Redis link: ``memory_bounded`` (RSS does not grow with the
@@ -65,7 +69,7 @@ class Scenario:
     source: ChaosSource = FARCASTER
     rate: float = 1000.0
     history: int = 500
-    tail: float = 2.0
+    tail: float = 1.0
     before_start: bool = False
     settings: tuple[str, ...] = ()
     checks: tuple[str, ...] = ()
@@ -84,6 +88,8 @@ class Scenario:
                              f"(it has {', '.join(sorted(provided))})")
 
     def load(self) -> Load:
-        # start-up (~1.5 s until weir persists) + the schedule + the tail, at `rate`; the schedule's
+        # every simulator holds its live phase until weir first connects: from there, up to the
+        # first persisted event (LIVE_LEAD_S) + the schedule + the tail, at `rate`; the schedule's
         # seed, so `weir chaos --schedule '<json>'` replays the very same data
-        return Load(seed=self.schedule.seed, rate=self.rate, history=self.history, seconds=1.5 + self.schedule.end + self.tail)
+        return Load(seed=self.schedule.seed, rate=self.rate, history=self.history,
+                    seconds=LIVE_LEAD_S + self.schedule.end + self.tail)

@@ -22,8 +22,9 @@ A new source (e.g. AT Protocol, Ethereum) is an attrs frozen class providing:
   the cursor a full drain leaves (:class:`Offer`; positions are the source's own: event id, seq,
   ``time_us``, sequence number);
 - ``open(load, workdir, seed)``: an async context manager that starts the simulator (as a
-  process, so a run can be judged like production) and a :func:`~weir.chaos.proxy.open_proxy` in
-  front of it, and yields a :class:`RunningSource`.
+  process, so a run can be judged like production; its history ready, its live phase held until
+  weir connects, so the load runs under the schedule however long weir takes to start) and a
+  :func:`~weir.chaos.proxy.open_proxy` in front of it, and yields a :class:`RunningSource`.
 
 The engine calls the final drain done when every partition's sampled cursor equals its
 :attr:`Offer.final_cursor`, unless the running source gives its own ``drained`` test; and it judges
@@ -53,7 +54,9 @@ class Load:
         seed: the data's seed (the schedule's, so a replayed schedule gets the same data).
         rate: events/s per partition once the history is out.
         history: events per partition that exist when the simulator starts.
-        seconds: how long it produces at ``rate`` (start-up + the schedule + the tail).
+        seconds: how long it produces at ``rate``, from when weir first connects (the simulator
+            holds its live phase until then): the lead to weir's first persisted event, the
+            schedule and the tail.
     """
 
     seed: int

@@ -12,7 +12,8 @@ four processes and real sockets (here with the Farcaster source):
 
 1. start redis-server (embedded binary, AOF on, ``appendfsync always``) and a proxy in front of
    it, the source's simulator and proxy (:meth:`ChaosSource.open`), and ``weir run`` through the
-   proxies;
+   proxies (what the source offers is computed in a thread meanwhile); every simulator holds its
+   live phase until weir connects;
 2. once weir persists (or at once, for a fault that must precede start-up) run the schedule;
 3. wait for a full drain: every partition's durable cursor is the source's final cursor (polled,
    with a timeout — a hang fails the scenario);
@@ -41,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,21 @@ def judge_windows(windows: Iterable[Window]) -> list[str]:
     return problems
 
 
+def judge_tail(scenario: Scenario, windows: Sequence[Window]) -> list[str]:
+    """A run must persist events after its last fault on ingestion clears (the tail's load), or
+    that fault's recovery was not measured. Faults on a delivery's targets are judged by the
+    delivery checker instead; a run in which weir stops by itself has no tail."""
+    if scenario.exits is not None:
+        return []
+    delivery_targets = set(scenario.delivery.schedule_targets) if scenario.delivery is not None else set()
+    ingestion = [w for w in windows if any(f.partition(":")[0] not in delivery_targets for f in w.faults)]
+    last = max(ingestion, key=lambda w: w.end, default=None)
+    if last is None or last.recovery_s is not None:
+        return []
+    return [f"nothing was persisted after [{', '.join(last.faults)}] cleared: the load was over (tail "
+            f"{scenario.tail:g} s), so its recovery was not measured"]
+
+
 @attrs.define(eq=False)
 class MetricsSampler:
     """Scrapes weir's /metrics every ``interval`` s: events received (source) and persisted (sink)."""
@@ -412,17 +428,26 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
     source = scenario.source
     load = scenario.load()
     partitions = list(source.partitions)
-    offered = await trio.to_thread.run_sync(source.offered, load)
-    last = tuple(offered[p].final_cursor for p in partitions)
+    phases: dict[str, float] = {}  # where the run's time went: seconds from `began` at each step
+
+    def mark(step: str) -> None:
+        phases[step] = round(time.monotonic() - began, 2)
+
     problems: list[str] = []
     measures: dict[str, Any] = {}
     records: list[FaultRecord] = []
     seed = scenario.schedule.seed
     delivery_report: DeliveryReport | None = None
     redis_config = RedisServerConfig(data_dir=workdir / "redis", appendfsync="always")
-    async with open_embedded_redis(redis_config) as redis, source.open(load, workdir, seed) as network, \
+    # what the source offers is computed while the processes start (it is needed from the drain on)
+    async with _in_thread(source.offered, load) as offered_result, open_embedded_redis(redis_config) as redis, \
+            source.open(load, workdir, seed) as network, \
             open_proxy("127.0.0.1", redis.port, seed=seed + 1) as redis_link, \
             _open_delivery(scenario, workdir, redis_link.redis_url, redis.url) as delivery:  # fmt: skip
+        mark("processes_up")
+        offered = await offered_result()
+        mark("offered")
+        last = tuple(offered[p].final_cursor for p in partitions)
         metrics_port = _free_port()
         settings = (*BASE_SETTINGS, *source.settings, f"metrics.port={metrics_port}", *scenario.settings)
         args = weir_run_command(redis_link.redis_url, network.weir_args, settings) + ["--log-format", "json", "--log-level", "INFO"]
@@ -460,6 +485,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                         await delivery.start()
                     if not await wait_until(lambda: bool(sampler.samples) and sampler.samples[-1].persisted > 0, start_timeout):
                         problems.append(f"weir persisted nothing within {start_timeout:g} s of starting")
+                    mark("first_persisted")
                     if delivery is not None and not await delivery.wait_ready(start_timeout):
                         problems.append(f"weir deliver made no consumer group within {start_timeout:g} s of starting")
                     await run_schedule(scenario.schedule, targets, records=records)
@@ -467,6 +493,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 await wait_until(lambda: len(records) == len(scenario.schedule.faults)
                             and all(r.cleared_at is not None for r in records), timeout=scenario.schedule.end + 60)
                 faults_done = trio.current_time()
+                mark("faults_done")
                 if scenario.exits is not None:
                     # weir must stop by itself (a fatal error): its exit, not a drain, ends the run
                     if not await wait_until(lambda: not weir.running, timeout=scenario.drain_timeout):
@@ -482,6 +509,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                     )
                 else:
                     measures["drain_after_last_fault_s"] = round(trio.current_time() - faults_done, 2)
+                mark("drained")
                 if scenario.exits is None:
                     code = await weir.terminate(timeout=15)
                     if code != 0:
@@ -489,7 +517,9 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
                 if delivery is not None:
                     delivery_report, delivery_problems = await delivery.finish(measures)
                     problems += delivery_problems
+                mark("terminated")
                 problems += await network.finish(offered)
+                mark("source_finished")
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -504,9 +534,13 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
             supervision=supervision, process_restarts=weir.starts - 1, wall_offset=wall_offset,
             reconnects=reconnects, schedule=scenario.schedule.to_json(), compare=network.compare,
         )  # fmt: skip
+        mark("checked")
+    mark("closed")
+    measures["phases_s"] = phases
     origin = sampler.samples[0].at if sampler.samples else 0.0
     windows = fault_windows(records, sampler.samples, origin, supervision=supervision, wall_offset=wall_offset)
     problems += judge_windows(windows)
+    problems += judge_tail(scenario, windows)
     for r in records:
         if r.fault.kind == "term" and r.outcome != 0:
             problems.append(f"{r.fault.describe()}: weir exited with {r.outcome} on SIGTERM under load (expected 0)")
@@ -522,6 +556,30 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         problems=tuple(problems), elapsed_s=time.monotonic() - began, measures=measures,
         log_path=str(weir.log_path), delivery=delivery_report,
     )  # fmt: skip
+
+
+@asynccontextmanager
+async def _in_thread(compute: Callable[..., Any], *args: Any) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """Run ``compute(*args)`` in a worker thread while the body goes on; yields ``result``, which
+    waits for it (an error in it is raised there, or as the block exits)."""
+    box: list[Any] = []
+    done = trio.Event()
+
+    async def run() -> None:
+        try:
+            box.append(await trio.to_thread.run_sync(compute, *args))
+        finally:
+            done.set()
+
+    async def result() -> Any:
+        await done.wait()
+        if not box:
+            raise RuntimeError(f"{getattr(compute, '__qualname__', compute)} failed")
+        return box[0]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        yield result
 
 
 @asynccontextmanager

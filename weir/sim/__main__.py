@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--pregenerate", action="store_true", help="generate all --total events before serving")
     snap.add_argument("--framing", choices=FRAMINGS, default="packed",
                       help="Subscribe messages per HTTP/2 DATA frame: packed (many, as a node catching a subscriber up) or one")
+    snap.add_argument("--live-after-subscribe", action="store_true",
+                      help="hold live production (after --history) until the first Subscribe")
     snap.add_argument("--record", default="", help="file written at exit: the ids (and a digest) of every event offered")
     snap.add_argument("--control", default="", help="file read on SIGUSR2: a gRPC status name to fail calls with, or empty")
     snap.add_argument("--log-level", default="WARNING")
@@ -69,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> SnapchainSimConfig:
         max_block_events=args.max_block_events,
         pregenerate=args.pregenerate,
         framing=args.framing,
+        live_after_subscribe=args.live_after_subscribe,
     )
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import json
 import logging
 import re
@@ -97,6 +98,8 @@ class AtprotoSim:
         self.seqs = [event.seq for event in self.events]
         self.js_messages = [(time_us, message) for event in self.events for time_us, message in event.jetstream]
         self.js_times = [time_us for time_us, _ in self.js_messages]
+        # messages of events[:i + 1]: a commit's ops are released together, however many it has
+        self.js_released = list(itertools.accumulate(len(event.jetstream) for event in self.events))
         self.released = len(self.events) if not config.rate else min(config.history, len(self.events))
         # Test hook (reorder_at_cutover): once set to an Event, a Jetstream connection sends the
         # late (held back) messages only after it is set; a test stops weir in between.
@@ -334,7 +337,7 @@ class AtprotoSim:
         compressor = None
         if query.get("compress", ["false"])[0] == "true":
             compressor = zstandard.ZstdCompressor(dict_data=zstandard.ZstdCompressionDict(self.dictionary))
-        released_messages = lambda: bisect.bisect_right(self.js_times, self.events[self.released - 1].time_us + 10) if self.released else 0  # noqa: E731
+        released_messages = lambda: self.js_released[self.released - 1] if self.released else 0  # noqa: E731
         index = released_messages() if cursor is None else bisect.bisect_left(self.js_times, cursor)
         sent = 0
 

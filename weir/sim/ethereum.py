@@ -111,6 +111,10 @@ class EthereumSimConfig:
         reannounce: after every ``eth_subscribe("newHeads")``, push the node's last this-many heads
             again, oldest first (as a load-balanced provider does): blocks the client may already
             hold, at and below its cursor (0: none).
+        live_after_connect: hold production (the ``blocks`` after ``history``) until the first
+            client connects, so the chain grows from when someone listens, not from when the node
+            starts (the chaos suite: its load then runs under the fault schedule however long the
+            ingestor takes to start).
 
     At run time, :meth:`EthereumSim.mute_heads` stops pushing heads to the subscriptions that exist
     (the connection stays open and blocks keep coming): a stuck ``newHeads`` subscription.
@@ -140,6 +144,7 @@ class EthereumSimConfig:
     lagging_backend: int = 0
     fat_block_every: int = 0
     fat_logs: int = 200
+    live_after_connect: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.min_reorg_depth <= self.max_reorg_depth:
@@ -343,6 +348,7 @@ class EthereumSim:
     _sub_counter: int = 0
     _accepted: int = 0
     lagging_caught_up: bool = False  # the chain stopped and the lagging backend has every block
+    connected: trio.Event = attrs.Factory(trio.Event)  # a first client connected (config.live_after_connect)
     _order_rng: random.Random = attrs.Factory(lambda: random.Random(7))
     _delay_rng: random.Random = attrs.Factory(lambda: random.Random(11))
 
@@ -405,6 +411,8 @@ class EthereumSim:
     async def produce(self) -> None:
         """Grow the chain every ``block_time`` until ``blocks`` were produced."""
         cfg = self.config
+        if cfg.live_after_connect:
+            await self.connected.wait()
         while cfg.blocks is None or self.chain.produced < cfg.blocks:
             await trio.sleep(cfg.block_time)
             if self.paused:
@@ -473,6 +481,7 @@ class EthereumSim:
             await request.reject(503, body=b"node unavailable")
             return
         ws = await request.accept()
+        self.connected.set()
         outbox_send, outbox_receive = trio.open_memory_channel[str](4096)
         self._accepted += 1
         lagging = self._accepted % 2 == 0 and not self.lagging_caught_up  # round robin over two backends

@@ -52,6 +52,7 @@ def add_parser(networks: argparse._SubParsersAction) -> None:
                      help="every second connection is served by a backend this many blocks behind")
     eth.add_argument("--control", default="", help="file read on SIGUSR2: a JSON command (see the module docstring)")
     eth.add_argument("--reannounce", type=int, default=0, help="push the last N heads again after every subscribe")
+    eth.add_argument("--live-after-connect", action="store_true", help="hold production (after --history) until a client connects")
     eth.add_argument("--record", default="", help="write the final canonical chain here on exit")
     eth.add_argument("--log-level", default="WARNING")
 
@@ -65,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> EthereumSimConfig:
         max_reorg_depth=args.max_reorg_depth, max_logs=args.max_logs, drop_every=args.drop_every, contracts=args.contracts,
         malformed_log_every=args.malformed_log_every, malformed_header_every=args.malformed_header_every,
         reannounce=args.reannounce, max_range=args.max_range, lagging_backend=args.lagging_backend,
+        live_after_connect=args.live_after_connect,
     )
 
 

@@ -156,6 +156,10 @@ class SnapchainSimConfig:
         framing: how Subscribe messages go into HTTP/2 DATA frames: ``packed`` (every ready
             message in one write, many per frame, as a tonic node does while a subscriber catches
             up) or ``one`` (one message per DATA frame, as a live tail at a low rate receives).
+        live_after_subscribe: hold live production (what comes after ``history``) until the first
+            Subscribe, so the live phase's clock starts when a client listens, not when the
+            server starts (the chaos suite: its load then runs under the fault schedule however
+            long the ingestor takes to start).
     """
 
     shards: int = attrs.field(default=2, validator=_positive)
@@ -172,6 +176,7 @@ class SnapchainSimConfig:
     pregenerate: bool = False
     injections: tuple[Injection, ...] = ()
     framing: str = attrs.field(default="packed", validator=attrs.validators.in_(FRAMINGS))
+    live_after_subscribe: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.total is not None and self.history > self.total:

@@ -74,6 +74,8 @@ def snapchain_args(config: SnapchainSimConfig, host: str = "127.0.0.1", port: in
             args += [flag, str(value)]
     if config.pregenerate:
         args.append("--pregenerate")
+    if config.live_after_subscribe:
+        args.append("--live-after-subscribe")
     if config.first_block != 1 or config.genesis_time != SnapchainSimConfig().genesis_time:
         raise ValueError("first_block and genesis_time cannot be passed to a simulator process")
     return args
@@ -275,6 +277,8 @@ def ethereum_args(config: EthereumSimConfig, host: str = "127.0.0.1", port: int 
         "--reannounce", str(config.reannounce), "--max-range", str(config.max_range),
         "--lagging-backend", str(config.lagging_backend),
     ]
+    if config.live_after_connect:
+        args.append("--live-after-connect")
     if record:
         args += ["--record", record]
     return args

@@ -235,6 +235,7 @@ class SnapchainSim:
         self._streams: dict[asyncio.Task[object], bool] = {}  # open Subscribe handlers -> dropped?
         self._error: Status | None = None
         self._any_changed = asyncio.Event()
+        self._subscribed = asyncio.Event()  # set by the first Subscribe (config.live_after_subscribe)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -270,6 +271,8 @@ class SnapchainSim:
     async def _produce(self, shard_log: ShardLog) -> None:
         rate = self.config.rate
         loop = asyncio.get_running_loop()
+        if self.config.live_after_subscribe:
+            await self._subscribed.wait()
         started = loop.time()
         first = shard_log.released
         while True:
@@ -326,6 +329,7 @@ class SnapchainSim:
     async def _subscribe(self, stream: grpclib.server.Stream) -> None:  # type: ignore[type-arg]
         request: SubscribeRequest | None = await stream.recv_message()
         assert request is not None
+        self._subscribed.set()
         self._check_injected_error()
         logs = [self._shard_log(request.shard_index)] if request.shard_index is not None else list(self.logs.values())
         event_types = frozenset(int(t) for t in request.event_types)
