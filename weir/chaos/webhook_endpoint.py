@@ -20,7 +20,6 @@ request is answered by it instead, and counted:
 from __future__ import annotations
 
 import collections
-import json
 import time
 from typing import Any
 
