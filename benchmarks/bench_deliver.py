@@ -361,8 +361,8 @@ def main() -> None:
     parser.add_argument("--codecs", type=lambda v: v.split(","), default=["zstd", "snappy", "gzip", "none"])
     parser.add_argument("--row-groups", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 50_000, 100_000])
     parser.add_argument("--file-rows", type=int, default=100_000)
-    parser.add_argument("--read-count", type=int, default=1000, help="deliver.read_count")
-    parser.add_argument("--in-flight", type=int, default=1000, help="NATS in_flight")
+    parser.add_argument("--read-count", type=int, default=5000, help="deliver.read_count")
+    parser.add_argument("--in-flight", type=int, default=5000, help="NATS in_flight")
     parser.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[8, 32],
                         help="webhook concurrency (requests in flight), one cell each")
     parser.add_argument("--events-per-request", type=lambda v: [int(x) for x in v.split(",")], default=[1],

@@ -155,7 +155,7 @@ file_age = 60   # a Parquet option: not checked against claim_idle for a NATS pi
 """)
     pipe = config.deliver.pipelines[0]
     assert (pipe.subject, pipe.stream, pipe.duplicate_window, pipe.in_flight) == (
-        "weir.{source}.{partition}.{kind}", "WEIR", 300.0, 1000)
+        "weir.{source}.{partition}.{kind}", "WEIR", 300.0, 5000)
     assert pipe.nats_stream_subjects() == ("weir.>",)
 
 

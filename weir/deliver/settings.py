@@ -38,7 +38,7 @@ class DeliverPipelineSettings:
     stream: str = "WEIR"  # created at start if missing; checked (subjects, duplicate_window) if present
     stream_subjects: tuple[str, ...] = ()  # default: the subject's literal leading tokens + ">" ("weir.>")
     duplicate_window: float = 300.0  # seconds JetStream remembers a Nats-Msg-Id (replays inside it are dropped)
-    in_flight: int = 1000  # publishes sent before their acknowledgements are awaited
+    in_flight: int = 5000  # publishes sent before their acknowledgements are awaited
     ack_timeout: float = 5.0  # seconds to wait for a window's acknowledgements before sending again
     # Webhook target (target = "webhook"): url is the endpoint's http:// or https:// URL (docs/delivery.md, Webhooks)
     secret: str = attrs.field(default="", repr=False)  # the HMAC-SHA256 key; never shown anywhere
@@ -76,7 +76,7 @@ class DeliverSettings:
     claim_idle: float = 60.0
     claim_interval: float = 5.0  # seconds between XAUTOCLAIM passes
     max_deliveries: int = 5  # an entry delivered this many times without being accepted is dead-lettered
-    read_count: int = 1000  # entries per XREADGROUP / XAUTOCLAIM
+    read_count: int = 5000  # entries per XREADGROUP / XAUTOCLAIM
     block_ms: int = 1000  # how long one XREADGROUP waits for new entries
     # `weir run` also runs these pipelines, as one more child of its root supervisor (pipelines
     # without partitions then deliver the partitions weir ingests).
