@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from weir.deliver.decisions import Claimed, parse_entry_id
-from weir.deliver.stream_replies import Entry, Fields, call_packed, entries_of, pack, pending_rows
-from weir.sinks.redis_sink import call_redis
+from weir.deliver.stream_replies import Entry, Fields, entries_of, pack, pending_rows
+from weir.sinks.redis_sink import call_packed, call_redis
 
 __all__ = ["ConsumerGroup", "Entry", "Fields", "GroupInfo"]
 _ACK_PAGE = 10_000  # ids per XACK: a file's worth in one command would be a multi-MB request

@@ -1,11 +1,11 @@
-"""The delivery loop's stream commands, sent packed and read raw (asyncio side, pure parsing).
+"""The delivery loop's stream commands, packed, and their raw replies parsed (pure).
 
 redis-py turned each XREADGROUP entry into a dict through generic helpers, each XPENDING row into
 a dict of four names, and encoded each XACK id in Python: ~10 µs per entry, more than the
 Redis round trips themselves (docs/performance.md, "Delivery"). Here a command is packed by
-hiredis in one call and sent on a pooled connection as the sink sends EVALSHA
-(weir/sinks/redis_sink.py); its reply is hiredis's plain lists, parsed in one pass. The parsers
-are property-tested against redis-py's own (tests/test_deliver_stream_replies.py).
+hiredis in one call and sent by ``weir.sinks.redis_sink.call_packed``, as the sink sends
+EVALSHA; its reply is hiredis's plain lists, parsed in one pass. The parsers are property-tested
+against redis-py's own (tests/test_deliver_stream_replies.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import hiredis
-import redis.asyncio as aioredis
 
 Fields = dict[bytes, bytes]
 
@@ -30,21 +29,6 @@ class Entry(NamedTuple):
 def pack(*args: str | bytes | int) -> bytes:
     """One command in RESP, packed in C (ids as str: hiredis encodes them)."""
     return hiredis.pack_command(args)
-
-
-async def call_packed(client: aioredis.Redis, command: bytes) -> Any:
-    """Send a packed command on a pooled connection; its raw reply (no redis-py callback).
-
-    An error reply is raised as redis-py raises it; a connection that failed mid-command was
-    disconnected by redis-py, and the pool reconnects it on next use.
-    """
-    pool = client.connection_pool
-    conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(command)
-        return await conn.read_response()
-    finally:
-        await pool.release(conn)
 
 
 def entries_of(reply: Any) -> tuple[list[Entry], list[str]]:

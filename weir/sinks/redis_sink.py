@@ -140,6 +140,21 @@ class SinkBehind(Exception):
         self.expected = expected
 
 
+async def call_packed(client: aioredis.Redis, command: bytes) -> Any:
+    """Send a command packed in RESP on a pooled connection; its raw reply (no redis-py callback).
+
+    An error reply is raised as redis-py raises it; a connection that failed mid-command was
+    disconnected by redis-py, and the pool reconnects it on next use.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(command)
+        return await conn.read_response()
+    finally:
+        await pool.release(conn)
+
+
 class RedisSink:
     """Writes batches of one source's partitions to Redis.
 
@@ -431,22 +446,14 @@ class RedisSink:
 
     async def _eval_aio(self, command: bytes) -> list[Any]:
         """Send a packed EVALSHA on a pooled connection; on NOSCRIPT load the script and resend."""
-        pool = self._require_client().connection_pool
-        conn = await pool.get_connection()
+        client = self._require_client()
         try:
-            await conn.send_packed_command(command)
-            try:
-                return await conn.read_response()
-            except rex.NoScriptError:
-                # First use on this server, or it restarted or flushed its scripts.
-                await conn.send_packed_command(_SCRIPT_LOAD)
-                await conn.read_response()
-                await conn.send_packed_command(command)
-                return await conn.read_response()
-        finally:
-            # A connection that failed mid-command was disconnected by redis-py; the pool
-            # reconnects it on next use.
-            await pool.release(conn)
+            return await call_packed(client, command)
+        except rex.NoScriptError:
+            # First use on this server, or it restarted or flushed its scripts (server-wide: any
+            # connection of the pool loads it for all).
+            await call_packed(client, _SCRIPT_LOAD)
+            return await call_packed(client, command)
 
     # -- plumbing ----------------------------------------------------------------------------
 
