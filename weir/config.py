@@ -598,9 +598,10 @@ def _validate_deliver(deliver: DeliverSettings, fail: Any) -> None:
                 validate_name(what, value)
             except ValueError as exc:  # the message names the setting and the value
                 fail("deliver.pipelines", f"{where}: {exc}")
-        for partition in pipe.partitions:
-            if "/" in partition:  # partition=<it> is a directory of the Parquet files
-                fail("deliver.pipelines", f"{where}: {partition_problem(partition)}")
+        for partition in pipe.partitions:  # partition=<it> is a directory of the Parquet files
+            problem = partition_problem(partition)
+            if problem is not None:
+                fail("deliver.pipelines", f"{where}: {problem}")
         name = pipe.name or f"{pipe.source}-{pipe.target}"
         if name in names:
             fail("deliver.pipelines", f"{where}: name {name!r} is used by two pipelines (set name = ... on one)")

@@ -31,7 +31,7 @@ ROUTING: dict[str, tuple[tuple[str, str], ...]] = {
 }
 BUILT_IN = ("kind", "data", "key", "ts")
 _UINT64_MAX = (1 << 64) - 1
-_UINT64_DIGITS = 20  # a longer decimal is not a uint64 (leading zeros aside, which weir never writes)
+UINT64_DIGITS = 20  # a longer decimal is not a uint64 (leading zeros aside, which weir never writes)
 
 
 def columns_of(source: str) -> tuple[str, ...]:
@@ -84,7 +84,7 @@ def entry_values(source: str, entry_id: str, fields: Mapping[bytes, bytes]) -> t
             values.append(None)
         elif uint64:
             # The length first: int() refuses text of over 4,300 digits with a plain ValueError.
-            if not (raw.isdigit() and len(raw) <= _UINT64_DIGITS and int(raw) <= _UINT64_MAX):
+            if not (raw.isdigit() and len(raw) <= UINT64_DIGITS and int(raw) <= _UINT64_MAX):
                 raise EntryError(f"entry {entry_id}: {shown} {raw[:40]!r} is not a uint64")
             values.append(int(raw))
         else:

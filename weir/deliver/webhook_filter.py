@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from weir.deliver.entry_fields import UINT64_DIGITS
 from weir.deliver.settings import DeliverPipelineSettings
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
@@ -45,8 +46,8 @@ class EndpointFilter:
             return False
         if self.fids:
             fid = fields.get(b"fid", b"")
-            # at most 20 digits (a uint64): int() of over 4,300 digits raises, which crashed the offer
-            if not (len(fid) <= 20 and fid.isdigit() and int(fid) in self.fids):
+            # the length first: int() of over 4,300 digits raises, which crashed the offer
+            if not (len(fid) <= UINT64_DIGITS and fid.isdigit() and int(fid) in self.fids):
                 return False
         if self.collections or self.collection_prefixes:
             collection = fields.get(b"collection", b"").decode("utf-8", errors="replace")
