@@ -287,3 +287,22 @@ def test_weir_chaos_prints_the_table_and_exits_1_when_a_scenario_fails(monkeypat
     assert "1/2 scenarios passed" in out and "FAILED b" in out and "replay: weir chaos b" in out
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
     assert cli.main(["chaos", "a"]) == 0
+
+
+def test_the_in_flight_bound_follows_the_settings_and_the_pipeline_channels():
+    from weir.actors.pipeline import FILTER_TO_BATCH, SOURCE_TO_FILTER
+    from weir.chaos.backpressure import in_flight_bound
+
+    chunks = 3 + SOURCE_TO_FILTER + FILTER_TO_BATCH
+    assert in_flight_bound("farcaster", ("batch.max_events=200",)) == chunks * 512 + 2 * (200 + 512)
+    # the last setting wins, as on weir's command line
+    assert in_flight_bound("farcaster", ("farcaster.read_batch=100", "farcaster.read_batch=10")) == chunks * 10 + 2 * (500 + 10)
+    assert in_flight_bound("ethereum", ()) is None
+
+
+def test_a_source_holding_more_than_the_buffers_can_fails_the_stall_check():
+    from weir.chaos.suite import MetricsSampler
+
+    metrics = MetricsSampler(port=0, points=[(0.0, 0, 0), (1.0, 900, 100), (2.0, 1200, 150), (3.0, 1300, 900)])
+    assert metrics.peak_held(0.5, 2.5) == 1050
+    assert metrics.peak_held(3.5, 4.0) is None

@@ -69,3 +69,55 @@ def test_parts_keep_every_event_in_order_and_the_last_cursor(shape, limit) -> No
         for other in parts:
             if other is not part:
                 assert not positions & {e.position for chunk in other for e in chunk.events}
+
+
+def test_a_big_chunk_after_small_ones_is_cut_at_the_middle_event() -> None:
+    # Under backpressure the network delivers a few small chunks and then one big one: the halves
+    # must each hold about half the events, or every retry would still carry the big chunk.
+    small = [Chunk(partition="p", events=[ev(i)], through=i) for i in (1, 2, 3)]
+    big = Chunk(partition="p", events=[ev(i) for i in range(4, 104)], through=110)
+    first, second = halve([*small, big])
+    assert sum(len(c.events) for c in first) == 51
+    assert sum(len(c.events) for c in second) == 52
+    assert first[-1].through == 51 and second[-1].through == 110
+
+
+def test_an_uncuttable_chunk_goes_to_the_half_it_unbalances_least() -> None:
+    a = Chunk(partition="p", events=[ev(1)], through=1)
+    tokened = Chunk(partition="p", events=[ev(i) for i in range(2, 12)], through=11, token="11:0xab")
+    b = Chunk(partition="p", events=[ev(12)], through=12)
+    assert halve([a, tokened, b, b, b, b, b, b]) == [[a, tokened], [b, b, b, b, b, b]]
+    assert halve([a, a, a, a, a, a, tokened, b]) == [[a, a, a, a, a, a], [tokened, b]]
+
+
+def _batch(shape: list[list[int]], tokens: list[bool]) -> list[Chunk]:
+    batch, position = [], 0
+    for counts, tokened in zip(shape, tokens):  # each chunk: positions with 1..4 events each
+        events = []
+        for count in counts:
+            position += 1
+            events += [ev(position, sub) for sub in range(count)]
+        position += 1  # a filtered event after each chunk
+        batch.append(Chunk(partition="p", events=events, through=position, token="t" if tokened else ""))
+    return batch
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=6))
+def test_halves_of_single_event_positions_differ_by_at_most_one_event(sizes) -> None:
+    batch = _batch([[1] * n for n in sizes], [False] * len(sizes))
+    halves = halve(batch)
+    total = sum(sizes)
+    if halves is None:
+        assert total < 2 and len(batch) < 2
+        return
+    first, second = (sum(len(c.events) for c in half) for half in halves)
+    assert first + second == total
+    if total >= 2:
+        assert abs(first - second) <= 1
+
+
+@given(chunks, st.lists(st.booleans(), min_size=5, max_size=5), st.integers(1, 8))
+def test_a_part_over_the_limit_cannot_be_cut_further(shape, tokens, limit) -> None:
+    for part in _split_to(_batch(shape, tokens), limit):
+        if sum(len(c.events) for c in part) > limit:
+            assert halve(part) is None

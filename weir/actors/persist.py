@@ -201,8 +201,10 @@ class _Writer:
             except SinkUnavailable as exc:
                 self._failed(partition, part, exc)
                 if exc.timed_out and (halves := halve(part)) is not None:
-                    parts[0:1] = halves
-                    self.part_limit = _events(halves[0])
+                    # Every write from here on holds at most what the first half holds, not just
+                    # the two halves of this part: the parts after it were cut to the old limit.
+                    self.part_limit = max(1, _events(halves[0]))
+                    parts = _split_to([chunk for each in (*halves, *parts[1:]) for chunk in each], self.part_limit)
                     shrunk = True
                     log.info("partition %s: a write timed out; retrying in parts of at most %d events",
                              partition, self.part_limit, extra={"event": "write_split", "partition": partition,
@@ -305,26 +307,58 @@ def _split_to(batch: list[Chunk], limit: int | None) -> list[list[Chunk]]:
 
 
 def halve(batch: list[Chunk]) -> list[list[Chunk]] | None:
-    """Split a batch in two, in order, or None when it cannot be split.
+    """Split a batch in two, in order, with about half its events in each, or None when it cannot be split.
 
-    Several chunks split between chunks. One chunk splits between two positions (never inside
-    one: a position's events are written together), and only when it carries no token — a token
-    describes the source's state after the whole chunk, so its first half could not store one.
-    The first half's cursor is its last event's position; dead letters go with the half whose
-    positions cover theirs (unknown positions with the first), so none is skipped as already
-    durable.
+    The cut falls inside the chunk that holds the middle event when that chunk can be cut (see
+    :func:`_cut_chunk`), else at the chunk boundary nearer the middle. Halving by events, not by
+    chunks, matters under backpressure: the network then delivers a few small chunks followed by
+    one big one, and a split by chunk count would peel off the small ones while every retry still
+    carried the big one (the chaos suite saw four 1 s timeouts in a row that way).
     """
-    if len(batch) > 1:
+    target = _events(batch) // 2
+    if target == 0:  # fewer than two events: chunks of filtered positions only
+        if len(batch) < 2:
+            return None
         middle = len(batch) // 2
         return [batch[:middle], batch[middle:]]
-    chunk = batch[0]
+    seen = 0
+    for i, chunk in enumerate(batch):
+        size = len(chunk.events)
+        if seen + size <= target:
+            seen += size
+            continue
+        if seen == target:  # the middle falls on this chunk's start (seen > 0, so i > 0)
+            return [batch[:i], batch[i:]]
+        cut = _cut_chunk(chunk, target - seen)
+        if cut is not None:
+            first, second = cut
+            return [[*batch[:i], first], [second, *batch[i + 1 :]]]
+        # This chunk stays whole: put it in the half where it unbalances the least.
+        before_possible, after_possible = i > 0, i < len(batch) - 1
+        if before_possible and (not after_possible or target - seen <= seen + size - target):
+            return [batch[:i], batch[i:]]
+        if after_possible:
+            return [batch[: i + 1], batch[i + 1 :]]
+        return None
+    raise AssertionError("the middle event lies in some chunk")
+
+
+def _cut_chunk(chunk: Chunk, want: int) -> tuple[Chunk, Chunk] | None:
+    """``chunk`` cut in two near its ``want``-th event, or None when it cannot be cut.
+
+    A cut falls between two positions, never inside one (a position's events are written
+    together), and only in a chunk without a token: a token describes the source's state after
+    the whole chunk, so its first part could not store one. The first part's cursor is its last
+    event's position; dead letters go with the part whose positions cover theirs (unknown
+    positions with the first), so none is skipped as already durable.
+    """
     events = chunk.events
     if chunk.token or len(events) < 2:
         return None
-    middle = len(events) // 2
-    cut = next((i for i in range(middle, len(events)) if events[i].position != events[i - 1].position), None)
+    want = min(max(want, 1), len(events) - 1)
+    cut = next((i for i in range(want, len(events)) if events[i].position != events[i - 1].position), None)
     if cut is None:
-        cut = next((i for i in range(middle - 1, 0, -1) if events[i].position != events[i - 1].position), None)
+        cut = next((i for i in range(want - 1, 0, -1) if events[i].position != events[i - 1].position), None)
     if cut is None:
         return None
     through = events[cut - 1].position
@@ -335,4 +369,4 @@ def halve(batch: list[Chunk]) -> list[list[Chunk]] | None:
         dead=[d for d in chunk.dead if d.position is None or d.position <= through],
     )
     second = attrs.evolve(chunk, events=events[cut:], dead=[d for d in chunk.dead if d.position is not None and d.position > through])
-    return [[first], [second]]
+    return first, second

@@ -50,6 +50,7 @@ from typing import Any
 import attrs
 import trio
 
+from weir.chaos.backpressure import in_flight_bound
 from weir.chaos.checker import (
     RunReport,
     RunSampler,
@@ -108,8 +109,6 @@ WINDOW_SETTLE_S = 1.0
 #: just before the window by at most this (what was measured: at most ~8 MiB, under the 8 s slow
 #: Redis; buffers are bounded, so a fault's length must not show in memory).
 RSS_WINDOW_GROWTH_LIMIT_KB = 32 * 1024
-#: Under a stalled Redis the source must read at most this fraction of what the network offers.
-SOURCE_SLOWDOWN = 0.5
 
 #: weir's settings in every scenario, whatever the source (tuned for fast recovery; docs/resilience.md
 #: says why); the source adds its own (:attr:`ChaosSource.settings`).
@@ -384,6 +383,11 @@ class MetricsSampler:
                     pass  # not listening yet, or restarting
             await trio.sleep(self.interval)
 
+    def peak_held(self, start: float, end: float) -> int | None:
+        """The most events read but not yet persisted at any scrape between ``start`` and ``end``."""
+        inside = [int(received - persisted) for at, received, persisted in self.points if start <= at <= end]
+        return max(inside) if inside else None
+
     def rate(self, start: float, end: float, column: int = 1) -> float | None:
         """Counter increase per second between ``start`` and ``end`` (None: too few points)."""
         inside = [p for p in self.points if start <= p[0] <= end]
@@ -545,7 +549,7 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, start_timeout: floa
         if r.fault.kind == "term" and r.outcome != 0:
             problems.append(f"{r.fault.describe()}: weir exited with {r.outcome} on SIGTERM under load (expected 0)")
     if "memory_bounded" in scenario.checks or "source_slowed" in scenario.checks:
-        _judge_stall(scenario, records, sampler, metrics, measures, problems)
+        _judge_stall(scenario, settings, records, sampler, metrics, measures, problems)
     problems += judge_supervision(scenario, report)
     problems += [f"expected weir to log {e!r} during the run; it did not" for e in unmet_expectations(log_text, scenario.expect)]
     if delivery is not None:
@@ -631,8 +635,8 @@ def unmet_expectations(log_text: str, expect: Sequence[str]) -> list[str]:
     return [wanted for wanted in expect if not any(matches(entry, wanted) for entry in events)]
 
 
-def _judge_stall(scenario: Scenario, records: Sequence[FaultRecord], sampler: RunSampler, metrics: MetricsSampler,
-                 measures: dict[str, Any], problems: list[str]) -> None:
+def _judge_stall(scenario: Scenario, settings: Sequence[str], records: Sequence[FaultRecord], sampler: RunSampler,
+                 metrics: MetricsSampler, measures: dict[str, Any], problems: list[str]) -> None:
     """Memory and source rate while the Redis link is slowed (the scenario's first fault)."""
     stall = next((r for r in records if r.fault.target == "redis_link"), None)
     if stall is None or stall.cleared_at is None:
@@ -657,21 +661,29 @@ def _judge_stall(scenario: Scenario, records: Sequence[FaultRecord], sampler: Ru
         offered_rate = scenario.rate * len(scenario.source.partitions)
         during = metrics.rate(start + settle, end)
         persisted = metrics.rate(start + settle, end, column=2)
+        before = metrics.rate(start - 1.0, start)
         measures["offered_rate"] = offered_rate
+        measures["source_rate_before_stall"] = None if before is None else round(before)
         measures["source_rate_during_stall"] = None if during is None else round(during)
         measures["persist_rate_during_stall"] = None if persisted is None else round(persisted)
-        before = metrics.rate(start - 1.0, start)
-        measures["source_rate_before_stall"] = None if before is None else round(before)
         if "sink_progress" in scenario.checks and (persisted is None or persisted <= 0):
             problems.append(
                 f"no progress while Redis was slow but reachable: {persisted} events/s persisted between "
                 f"{settle:g} s into the slow period and its end (every write attempt timed out and was retried whole)"
             )
-        if during is None:
-            problems.append("source rate: too few /metrics scrapes during the stall")
-        elif during > SOURCE_SLOWDOWN * offered_rate:
-            problems.append(f"the source did not slow down: it read {during:.0f} ev/s during the stall, "
-                            f"the network offers {offered_rate:.0f} ev/s (limit {SOURCE_SLOWDOWN:g}×)")
+        bound = in_flight_bound(scenario.source.name, settings)
+        held = metrics.peak_held(start, end)
+        measures["peak_held_events"] = held
+        if bound is None:
+            problems.append(f"source_slowed: no in-flight bound is known for source {scenario.source.name!r}")
+        elif held is None:
+            problems.append("source slowdown: too few /metrics scrapes during the stall")
+        else:
+            limit = bound * len(scenario.source.partitions)
+            measures["held_limit_events"] = limit
+            if held > limit:
+                problems.append(f"the source did not slow down: it held {held} events read but not persisted during "
+                                f"the stall, more than the pipeline's buffers can hold ({limit})")
 
 
 # -- generated schedules --------------------------------------------------------------------------
