@@ -320,6 +320,7 @@ class ShardReader:
         verify = self.verify
         defer = self.defer_verify
         limit = self.max_message_bytes
+        partition = self.partition
         filtered = 0
         accepted = 0
         consumed = len(payloads)
@@ -379,19 +380,25 @@ class ShardReader:
                     self.stats.invalid_messages += 1
                     dead.append(self._dead(payload, invalid, event_id, received))
                     continue
-            fields: dict[str, object] = {"block": keys.block_number}
-            if keys.fid:
-                fields["fid"] = keys.fid
-            if keys.msg_type:
-                fields["type"] = MESSAGE_TYPES.get(keys.msg_type, str(keys.msg_type))
+            fid, msg_type = keys.fid, keys.msg_type
+            fields: dict[str, object]
+            if fid and msg_type:  # a message's event: one dict display, not three insertions
+                fields = {"block": keys.block_number, "fid": fid, "type": MESSAGE_TYPES.get(msg_type) or str(msg_type)}
+            else:
+                fields = {"block": keys.block_number}
+                if fid:
+                    fields["fid"] = fid
+                if msg_type:
+                    fields["type"] = MESSAGE_TYPES.get(msg_type) or str(msg_type)
+            timestamp = keys.timestamp
             event = Event(
                 source=SOURCE,
-                partition=self.partition,
+                partition=partition,
                 position=event_id,
-                kind=HUB_EVENT_TYPES.get(keys.event_type, str(keys.event_type)),
+                kind=HUB_EVENT_TYPES.get(keys.event_type) or str(keys.event_type),
                 key=keys.msg_hash,
                 payload=payload,
-                timestamp=float(keys.timestamp + FARCASTER_EPOCH_UNIX) if keys.timestamp else 0.0,
+                timestamp=float(timestamp + FARCASTER_EPOCH_UNIX) if timestamp else 0.0,
                 received=received,
                 fields=fields,
             )

@@ -8,6 +8,8 @@ Field numbers: shared/notes/protocols.md §1 (and protos/*.proto).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 from weir.codecs.farcaster_upb import available as _upb_available
@@ -73,9 +75,12 @@ class BlockCounts:
     counts_by_type: dict[int, int]
 
 
-@attrs.frozen(slots=True)
-class HubEventKeys:
-    """The routing keys of one HubEvent; zero / empty where the event has no such field."""
+class HubEventKeys(NamedTuple):
+    """The routing keys of one HubEvent; zero / empty where the event has no such field.
+
+    A NamedTuple, not an attrs class: one is made per event on the hot path, and a tuple is made
+    in ~0.4 µs against ~1.1 µs for a frozen attrs class of nine fields.
+    """
 
     event_type: int
     event_id: int
@@ -86,6 +91,9 @@ class HubEventKeys:
     msg_type: int
     msg_hash: bytes
     block: BlockCounts | None
+
+
+_keys_from_tuple = tuple.__new__  # HubEventKeys from a tuple of its nine fields, without the call
 
 
 class _Unusual(Exception):
@@ -107,7 +115,7 @@ def scan_hub_event(buf: bytes) -> HubEventKeys:
     if upb_available:
         found = upb_keys(buf)
         if found is not None:
-            return HubEventKeys(*found, None)
+            return _keys_from_tuple(HubEventKeys, (*found, None))
     try:
         return _scan_common(buf)
     except (_Unusual, IndexError, WireError):

@@ -69,15 +69,14 @@ def upb_keys(buf: bytes) -> KeyTuple | None:
     fid = msg_type = 0
     msg_hash = b""
     if body in _MESSAGE_BODIES:
-        message_body = getattr(event, body)
-        if message_body.HasField("message"):
-            message = message_body.message
-            if message.HasField("data"):
-                data = message.data
-                fid, msg_type = data.fid, data.type
-            elif message.HasField("data_bytes"):
-                return None
-            msg_hash = message.hash
+        # An absent message or data reads as an empty one (fid, type 0, hash b""), which are the
+        # keys of one without them: HasField is asked only where that is not enough.
+        message = getattr(event, body).message
+        data = message.data
+        fid, msg_type = data.fid, data.type
+        if not (fid or msg_type) and not message.HasField("data") and message.HasField("data_bytes"):
+            return None
+        msg_hash = message.hash
     elif body == "merge_on_chain_event_body":
         fid = event.merge_on_chain_event_body.on_chain_event.fid
     elif body is not None:  # username proofs, BLOCK_CONFIRMED

@@ -351,6 +351,10 @@ class RedisSink:
         count = 0
         field_args = 0
         dead: list[bytes] = []
+        # Values repeat within a batch (a block's number and timestamp, message types, active fids):
+        # each is packed once per batch. Ints and strs are cached apart (1 == True == 1.0 as keys).
+        packed_ints: dict[int, bytes] = {}
+        last_time = last_ts = None
         for chunk in chunks:
             if chunk.partition != partition:
                 raise ValueError(f"chunk of partition {chunk.partition!r} in a batch for {partition!r}")
@@ -372,24 +376,26 @@ class RedisSink:
                     or event.source != source
                 ):
                     raise ValueError(_bad_event(event, source, partition, chunk_through))
-                kind = packed_strs.get(event.kind) or self._pack_str(event.kind)
-                pos = b"%d" % position
-                stream_id = b"%b-%d" % (pos, sub)
+                timestamp = event.timestamp
+                # Only a positive float reuses the last one's text: 5 == 5.0 and -0.0 == 0.0 are
+                # written differently.
+                if timestamp != last_time or type(timestamp) is not float or not timestamp > 0.0:
+                    last_ts = _bulk(str(timestamp).encode())
+                    last_time = timestamp
                 payload = event.payload
                 key = event.key
-                ts = str(event.timestamp).encode()
                 fields = event.fields
                 n_fields = len(fields)
                 append(
                     _EVENT
                     % (
-                        len(pos), pos,
-                        len(stream_id), stream_id,
+                        len(b"%d" % position), position,
+                        len(b"%d-%d" % (position, sub)), position, sub,
                         _FIELD_COUNTS[n_fields] if n_fields < 64 else _bulk(b"%d" % (8 + 2 * n_fields)),
-                        kind,
+                        packed_strs.get(event.kind) or self._pack_str(event.kind),
                         len(payload), payload,
                         len(key), key,
-                        len(ts), ts,
+                        last_ts,
                     )
                 )  # fmt: skip
                 if n_fields:
@@ -397,10 +403,14 @@ class RedisSink:
                     for name, value in fields.items():
                         append(packed_strs.get(name) or self._pack_str(name))
                         if type(value) is int:
-                            value = b"%d" % value
-                        elif type(value) is not bytes:
-                            value = str(value).encode()
-                        append(b"$%d\r\n%b\r\n" % (len(value), value))
+                            packed = packed_ints.get(value)
+                            if packed is None:
+                                packed = packed_ints[value] = _bulk(b"%d" % value)
+                        elif type(value) is str:
+                            packed = packed_strs.get(value) or self._pack_str(value)
+                        else:
+                            packed = _bulk(value if type(value) is bytes else str(value).encode())
+                        append(packed)
                 count += 1
             for letter in chunk.dead:
                 position = letter.position
@@ -527,11 +537,11 @@ def _bulk_str(value: str) -> bytes:
 # One event in ARGV: position, stream id, N, then N field/value arguments (kind, data, key, ts,
 # then Event.fields). N is packed from _FIELD_COUNTS, the kind arrives pre-packed.
 _EVENT = (
-    b"$%d\r\n%b\r\n$%d\r\n%b\r\n%b"
+    b"$%d\r\n%d\r\n$%d\r\n%d-%d\r\n%b"
     b"$4\r\nkind\r\n%b"
     b"$4\r\ndata\r\n$%d\r\n%b\r\n"
     b"$3\r\nkey\r\n$%d\r\n%b\r\n"
-    b"$2\r\nts\r\n$%d\r\n%b\r\n"
+    b"$2\r\nts\r\n%b"
 )
 _FIELD_COUNTS = [_bulk(b"%d" % (8 + 2 * extra)) for extra in range(64)]
 _EVALSHA_HEAD = _bulk(b"EVALSHA") + _bulk(PERSIST_SHA.encode()) + _bulk(b"3")
