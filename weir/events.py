@@ -48,6 +48,35 @@ class Event:
         return f"{self.position}-{self.sub}"
 
 
+# Each slot's setter, in field order: what a frozen attrs __init__ does, without its keyword call.
+_EVENT_FIELDS = ("source", "partition", "position", "sub", "kind", "key", "payload", "timestamp", "received", "fields")
+if tuple(field.name for field in attrs.fields(Event)) != _EVENT_FIELDS:  # pragma: no cover - a guard for editors
+    raise ImportError("weir.events.event_of no longer matches Event's fields: update both")
+_EVENT_SETTERS = tuple(getattr(Event, name).__set__ for name in _EVENT_FIELDS)
+_new_event = Event.__new__
+
+
+def event_of(
+    source: str, partition: str, position: int, sub: int, kind: str, key: bytes, payload: bytes,
+    timestamp: float, received: float, fields: dict[str, Any],
+) -> Event:
+    """``Event(...)`` with every field given by position (in the order declared), for readers'
+    hot loops: ~1.1 µs against ~1.7 µs for the keyword call of attrs' frozen ``__init__``."""
+    event = _new_event(Event)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = _EVENT_SETTERS
+    s0(event, source)
+    s1(event, partition)
+    s2(event, position)
+    s3(event, sub)
+    s4(event, kind)
+    s5(event, key)
+    s6(event, payload)
+    s7(event, timestamp)
+    s8(event, received)
+    s9(event, fields)
+    return event
+
+
 @attrs.frozen(slots=True, kw_only=True)
 class DeadLetter:
     """Network data that could not be parsed, kept with the reason instead of being dropped.

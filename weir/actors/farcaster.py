@@ -44,7 +44,7 @@ from weir.codecs.farcaster_keys import (
 )
 from weir.codecs.protowire import VARINT, WireError, iter_fields, read_varint
 from weir.config import FarcasterSettings
-from weir.events import Chunk, DeadLetter, Event
+from weir.events import Chunk, DeadLetter, Event, event_of
 from weir.observability.progress import ProgressSample
 from weir.redact import redact_url
 from weir.supervision import Backoff, CircuitBreaker
@@ -321,6 +321,7 @@ class ShardReader:
         defer = self.defer_verify
         limit = self.max_message_bytes
         partition = self.partition
+        observe = self.detector.observe
         filtered = 0
         accepted = 0
         consumed = len(payloads)
@@ -350,9 +351,9 @@ class ShardReader:
                 for gap in self.detector.observe(_bare_keys(event_type, position)):
                     self._report(gap)
                 continue
-            event_id = keys.event_id
-            verdict = judge(event_id, last_id=last_id, event_type=keys.event_type, block_field=keys.block_number,
-                            shard_field=keys.shard, confirmed_block=keys.block.block_number if keys.block else None,
+            event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, block = keys
+            verdict = judge(event_id, last_id=last_id, event_type=event_type, block_field=block_number,
+                            shard_field=shard, confirmed_block=block.block_number if block else None,
                             may_hold=may_hold)
             if verdict.action != ACCEPT:
                 if verdict.action == HOLD:
@@ -366,10 +367,10 @@ class ShardReader:
                 continue
             last_id = event_id
             accepted += 1
-            for gap in self.detector.observe(keys):
+            for gap in observe(keys):
                 self._report(gap)
-            if keys.event_type in _MESSAGE_EVENTS and not keys.msg_hash:
-                dead.append(self._dead(payload, f"{HUB_EVENT_TYPES[keys.event_type]} event carries no message", event_id, received))
+            if event_type in _MESSAGE_EVENTS and not msg_hash:
+                dead.append(self._dead(payload, f"{HUB_EVENT_TYPES[event_type]} event carries no message", event_id, received))
                 continue
             if keep is not None and not keep(keys):
                 filtered += 1
@@ -380,27 +381,26 @@ class ShardReader:
                     self.stats.invalid_messages += 1
                     dead.append(self._dead(payload, invalid, event_id, received))
                     continue
-            fid, msg_type = keys.fid, keys.msg_type
             fields: dict[str, object]
             if fid and msg_type:  # a message's event: one dict display, not three insertions
-                fields = {"block": keys.block_number, "fid": fid, "type": MESSAGE_TYPES.get(msg_type) or str(msg_type)}
+                fields = {"block": block_number, "fid": fid, "type": MESSAGE_TYPES.get(msg_type) or str(msg_type)}
             else:
-                fields = {"block": keys.block_number}
+                fields = {"block": block_number}
                 if fid:
                     fields["fid"] = fid
                 if msg_type:
                     fields["type"] = MESSAGE_TYPES.get(msg_type) or str(msg_type)
-            timestamp = keys.timestamp
-            event = Event(
-                source=SOURCE,
-                partition=partition,
-                position=event_id,
-                kind=HUB_EVENT_TYPES.get(keys.event_type) or str(keys.event_type),
-                key=keys.msg_hash,
-                payload=payload,
-                timestamp=float(timestamp + FARCASTER_EPOCH_UNIX) if timestamp else 0.0,
-                received=received,
-                fields=fields,
+            event = event_of(
+                SOURCE,
+                partition,
+                event_id,
+                0,  # sub
+                HUB_EVENT_TYPES.get(event_type) or str(event_type),
+                msg_hash,  # key
+                payload,
+                float(timestamp + FARCASTER_EPOCH_UNIX) if timestamp else 0.0,
+                received,
+                fields,
             )
             events.append(event)
             if verify and defer:
