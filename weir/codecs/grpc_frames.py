@@ -14,6 +14,8 @@ framing at all (a flag other than 0 or 1) raises.
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 
 #: The largest message accepted by default: gRPC's default receive limit (Snapchain events are KiBs).
@@ -36,6 +38,9 @@ class SkippedMessage:
     size: int
     head: bytes
     why: str
+
+
+_PREFIX = struct.Struct(">BI")  # a gRPC message's compressed flag and length
 
 
 class MessageSplitter:
@@ -87,16 +92,18 @@ class MessageSplitter:
             buf = data
         size = len(buf)
         pos = 0
+        prefix = _PREFIX.unpack_from  # one call for flag and length (per message: the hot loop)
+        max_message = self._max_message
+        append = messages.append
         while size - pos >= 5:
-            flag = buf[pos]
-            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            if flag > 1:
-                raise GrpcFrameError(f"bad gRPC message flag {flag} (expected 0)")
-            if flag or length > self._max_message:
+            flag, length = prefix(buf, pos)
+            if flag or length > max_message:
+                if flag > 1:
+                    raise GrpcFrameError(f"bad gRPC message flag {flag} (expected 0)")
                 why = (
                     "compressed, but no compression was negotiated"
                     if flag
-                    else f"above the {self._max_message}-byte limit"
+                    else f"above the {max_message}-byte limit"
                 )
                 self._skip_left, self._skip_head, self._skip_size, self._skip_why = length, b"", length, why
                 rest = self._skip(buf[pos + 5 :], messages)
@@ -106,7 +113,7 @@ class MessageSplitter:
             if end > size:
                 self._need = 5 + length
                 break
-            messages.append(buf[pos + 5 : end])
+            append(buf[pos + 5 : end])
             pos = end
         if pos < size:
             self._pieces.append(buf[pos:])
