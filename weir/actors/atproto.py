@@ -303,13 +303,13 @@ class FirehoseReader(_ReaderBase):
                 stats.duplicates_skipped += 1
                 continue
             verdict = judge.judge(seq)
-            if verdict.action == REPLAY:
-                stats.duplicates_skipped += 1
-                continue
             if verdict.action != ACCEPT:
-                self._implausible(frame, f"{decoded.type} seq {seq}: {verdict.reason}", verdict, dead, received)
+                if verdict.action == REPLAY:
+                    stats.duplicates_skipped += 1
+                else:
+                    self._implausible(frame, f"{decoded.type} seq {seq}: {verdict.reason}", verdict, dead, received)
                 continue
-            self._accepted()
+            stats.refused = None  # what self._accepted() does, without the call on every frame
             last = seq
             last_time = decoded.time or last_time
             self.progress += 1
