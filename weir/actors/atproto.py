@@ -253,18 +253,18 @@ class FirehoseReader(_ReaderBase):
         last = self.last_id
         last_time = ""  # the accepted frame's time, read once per chunk (for the progress lag)
         keep, max_frame, max_blocks, max_ops = self.keep, self.max_frame, self.max_blocks, self.max_ops
-        judge, stats = self.judge, self.stats
+        judge, stats, advance_rev = self.judge, self.stats, self.revs.advance
         for frame in frames:
-            if isinstance(frame, OversizedMessage):
-                seq = seq_of_head(_bytes_of(frame.head))  # from the whole head the transport kept
-                head, reason = self._over_limit(frame, None, self.max_frame)
-                last = self._bad(head, reason, seq, last, dead, received)
-                continue
-            if isinstance(frame, str):
-                frame = frame.encode()
-                failure: FrameError | None = FrameError("text message on the firehose (frames are binary)")
-            else:
-                failure = None
+            failure: FrameError | None = None
+            if type(frame) is not bytes:  # rare: tested apart, so a binary frame costs one test
+                if isinstance(frame, OversizedMessage):
+                    seq = seq_of_head(_bytes_of(frame.head))  # from the whole head the transport kept
+                    head, reason = self._over_limit(frame, None, self.max_frame)
+                    last = self._bad(head, reason, seq, last, dead, received)
+                    continue
+                if isinstance(frame, str):
+                    frame = frame.encode()
+                    failure = FrameError("text message on the firehose (frames are binary)")
             try:
                 if failure is not None:
                     raise failure
@@ -316,13 +316,14 @@ class FirehoseReader(_ReaderBase):
             if not decoded.wanted:
                 stats.filtered += max(1, decoded.total_ops)
                 continue
-            if kind in ("commit", "sync"):
-                if not self.revs.advance(decoded.did, decoded.rev, allow_equal=kind == "sync"):
-                    self._stale(f"{decoded.type} seq", seq, decoded.did, decoded.rev)
-                    continue
-            if kind == "commit":
-                stats.filtered += decoded.total_ops - len(decoded.ops)
-                if not decoded.ops:
+            is_commit = kind == "commit"
+            if (is_commit or kind == "sync") and not advance_rev(decoded.did, decoded.rev, allow_equal=not is_commit):
+                self._stale(f"{decoded.type} seq", seq, decoded.did, decoded.rev)
+                continue
+            if is_commit:
+                ops = decoded.ops
+                stats.filtered += decoded.total_ops - len(ops)
+                if not ops:
                     continue
                 timestamp = _timestamp(decoded.time)
                 try:

@@ -29,6 +29,7 @@ HEAD_BYTES = 64 << 10  # of a frame too large to keep: enough for the ops and se
 ACTIONS = frozenset({"create", "update", "delete"})
 KINDS = ("commit", "identity", "account", "sync")
 _COMMIT_HEADER = {"op": 1, "t": "#commit"}
+_COMMIT_TYPES = (int, str, str, str, list, bytes)  # of a commit's seq, repo, time, rev, ops and blocks
 _KIND_BY_TYPE = {"#commit": "commit", "#identity": "identity", "#account": "account", "#sync": "sync", "#info": "info"}
 
 
@@ -61,10 +62,16 @@ class RecordFilter:
     dids: frozenset[str] = frozenset()
     actions: frozenset[str] = frozenset()
     kinds: frozenset[str] = frozenset()
-    # Derived once, not per frame (the decoder asks for every commit): whether ops are filtered at
-    # all, and the exact NSIDs when they are the whole op filter (no prefixes, no actions), else None.
+    # Derived once, not per frame (the decoder asks for every commit): whether every commit's repo
+    # is wanted, whether ops are filtered at all, and the exact NSIDs when they are the whole op
+    # filter (no prefixes, no actions), else None.
+    every_commit: bool = attrs.field(init=False, eq=False, repr=False)
     filters_ops: bool = attrs.field(init=False, eq=False, repr=False)
     only_collections: frozenset[str] | None = attrs.field(init=False, eq=False, repr=False)
+
+    @every_commit.default
+    def _every_commit(self) -> bool:
+        return not self.dids and (not self.kinds or "commit" in self.kinds)
 
     @filters_ops.default
     def _filters_ops(self) -> bool:
@@ -170,10 +177,13 @@ def decode_frame(
         raise FrameError(f"frame holds {len(values)} DAG-CBOR values, expected 2 (header, body)")
     header, body = values
     if header == _COMMIT_HEADER and type(body) is dict:  # most frames: a commit, its fields tested in one go
-        seq, did, time, rev, ops, blocks = body.get("seq"), body.get("repo"), body.get("time"), body.get("rev"), body.get("ops"), body.get("blocks")
-        if (type(seq) is int and seq >= 0 and type(did) is str and did.startswith("did:") and type(time) is str and type(rev) is str
-                and rev and type(ops) is list and type(blocks) is bytes and len(ops) <= max_ops and len(blocks) <= max_blocks):
-            if not keep.wants_repo("commit", did):
+        try:
+            seq, did, time, rev, ops, blocks = body["seq"], body["repo"], body["time"], body["rev"], body["ops"], body["blocks"]
+        except KeyError:
+            seq = None  # a field missing: the checks below say which
+        if (seq is not None and (type(seq), type(did), type(time), type(rev), type(ops), type(blocks)) == _COMMIT_TYPES and seq >= 0
+                and did.startswith("did:") and rev and len(ops) <= max_ops and len(blocks) <= max_blocks):
+            if not (keep.every_commit or keep.wants_repo("commit", did)):
                 return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), 0, body, 0, False))
             only = keep.only_collections
             if only is not None:  # the first look _kept_ops takes at each op, taken here: most commits have no op wanted
