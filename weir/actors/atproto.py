@@ -254,6 +254,7 @@ class FirehoseReader(_ReaderBase):
         last_time = ""  # the accepted frame's time, read once per chunk (for the progress lag)
         keep, max_frame, max_blocks, max_ops = self.keep, self.max_frame, self.max_blocks, self.max_ops
         judge, stats, advance_rev = self.judge, self.stats, self.revs.advance
+        accepted = 0  # frames that advanced the position, added to self.progress after the loop
         for frame in frames:
             failure: FrameError | None = None
             if type(frame) is not bytes:  # rare: tested apart, so a binary frame costs one test
@@ -312,7 +313,7 @@ class FirehoseReader(_ReaderBase):
             stats.refused = None  # what self._accepted() does, without the call on every frame
             last = seq
             last_time = decoded.time or last_time
-            self.progress += 1
+            accepted += 1
             if not decoded.wanted:
                 stats.filtered += max(1, decoded.total_ops)
                 continue
@@ -351,6 +352,7 @@ class FirehoseReader(_ReaderBase):
                     continue
             events.append(Event(source=SOURCE, partition=self.partition, position=seq, kind=kind, payload=payload,
                                 timestamp=timestamp, received=received, fields=fields))
+        self.progress += accepted
         if last_time:
             self.stats.position_time = _timestamp(last_time) or self.stats.position_time
         return self._finish(events, dead, last, len(frames))

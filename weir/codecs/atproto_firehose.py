@@ -29,7 +29,6 @@ HEAD_BYTES = 64 << 10  # of a frame too large to keep: enough for the ops and se
 ACTIONS = frozenset({"create", "update", "delete"})
 KINDS = ("commit", "identity", "account", "sync")
 _COMMIT_HEADER = {"op": 1, "t": "#commit"}
-_COMMIT_TYPES = (int, str, str, str, list, bytes)  # of a commit's seq, repo, time, rev, ops and blocks
 _KIND_BY_TYPE = {"#commit": "commit", "#identity": "identity", "#account": "account", "#sync": "sync", "#info": "info"}
 
 
@@ -108,7 +107,8 @@ KEEP_ALL = RecordFilter()
 # Frame's 11 fields); both are as immutable.
 
 
-_new_frame = tuple.__new__  # a Frame from all 11 fields, without the generated __new__ (half the cost)
+# A Frame (RecordOp) from all its fields, without the generated __new__'s Python call: half the cost.
+_new_frame = _new_op = tuple.__new__
 
 
 class RecordOp(NamedTuple):
@@ -173,16 +173,17 @@ def decode_frame(
         if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         raise FrameError(f"frame is not DAG-CBOR: {_short(exc)}") from None
-    if len(values) != 2:
-        raise FrameError(f"frame holds {len(values)} DAG-CBOR values, expected 2 (header, body)")
-    header, body = values
+    try:
+        header, body = values
+    except ValueError:
+        raise FrameError(f"frame holds {len(values)} DAG-CBOR values, expected 2 (header, body)") from None
     if header == _COMMIT_HEADER and type(body) is dict:  # most frames: a commit, its fields tested in one go
         try:
             seq, did, time, rev, ops, blocks = body["seq"], body["repo"], body["time"], body["rev"], body["ops"], body["blocks"]
         except KeyError:
             seq = None  # a field missing: the checks below say which
-        if (seq is not None and (type(seq), type(did), type(time), type(rev), type(ops), type(blocks)) == _COMMIT_TYPES and seq >= 0
-                and did.startswith("did:") and rev and len(ops) <= max_ops and len(blocks) <= max_blocks):
+        if (type(seq) is int and type(did) is str and type(time) is str and type(rev) is str and type(ops) is list and type(blocks) is bytes
+                and seq >= 0 and did.startswith("did:") and rev and len(ops) <= max_ops and len(blocks) <= max_blocks):
             if not (keep.every_commit or keep.wants_repo("commit", did)):
                 return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), 0, body, 0, False))
             only = keep.only_collections
@@ -317,7 +318,7 @@ def _kept_ops(ops: list[Any], blocks: bytes, keep: RecordFilter, seq: int) -> tu
             record = find_block(blocks, cid)
             if record is None:  # a broken CAR, a missing block, a bad hash, or find_block gave up
                 unresolved.append(len(records))
-        records.append(RecordOp(index, action, collection, rkey, cid, record))
+        records.append(_new_op(RecordOp, (index, action, collection, rkey, cid, record)))
     if unresolved:  # after every op was validated: a malformed op is the error to report, before any block
         _resolve_by_walking_the_car(records, unresolved, blocks, seq)
     return tuple(records)
