@@ -188,10 +188,10 @@ def decode_frame(
                 return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), 0, body, 0, False))
             only = keep.only_collections
             if only is not None:  # the first look _kept_ops takes at each op, taken here: most commits have no op wanted
-                for op in ops:
+                for entry in ops:
                     try:
-                        path = op["path"]
-                        op["action"]
+                        path = entry["path"]
+                        entry["action"]
                         if path[: path.index("/")] in only:
                             break
                     except (TypeError, KeyError, ValueError, AttributeError):
