@@ -54,6 +54,7 @@ class RecordFilter:
         dids: repositories to keep (also applied to identity/account/sync events).
         actions: ``create`` / ``update`` / ``delete`` to keep.
         kinds: event kinds to keep (``commit``, ``identity``, ``account``, ``sync``).
+        every_commit, filters_ops, only_collections: derived from the above at construction.
     """
 
     collections: frozenset[str] = frozenset()
