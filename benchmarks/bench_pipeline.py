@@ -141,7 +141,14 @@ class _Instruments:
         self.write_seconds: list[float] = []
         self.gc_seconds = [0.0, 0.0, 0.0]
         self.gc_counts = [0, 0, 0]
+        self.gc_pauses: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each collection
         self._gc_started = 0.0
+        # Where the tail comes from (per write and per chunk, not per event): each write's
+        # (partition, start, end, [(receipt, events) of its chunks]), the trio task steps longer
+        # than LONG_STEP (end, seconds, task), and each verification hand-over (end, seconds, items).
+        self.writes: list[tuple[str, float, float, list[tuple[float, int]]]] = []
+        self.long_steps: list[tuple[float, float, str, float]] = []  # (end, seconds, where, CPU seconds)
+        self.verify_calls: list[tuple[float, float, int]] = []
         self.recording = False
 
     def install(self) -> None:
@@ -149,6 +156,8 @@ class _Instruments:
 
         from weir.actors import farcaster
         from weir.sinks.redis_sink import RedisSink
+
+        import trio
 
         instruments = self
         original_read = farcaster.ShardReader.read
@@ -161,13 +170,32 @@ class _Instruments:
         async def write(self, partition, chunks, **options):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
             result = await original_write(self, partition, chunks, **options)
-            instruments.write_seconds.append(time.perf_counter() - started)
+            ended = time.perf_counter()
+            instruments.write_seconds.append(ended - started)
+            if instruments.recording:  # trio's clock is perf_counter plus an offset: one timeline
+                offset = time.perf_counter() - trio.current_time()
+                instruments.writes.append((partition, started, ended, [
+                    (chunk.events[0].received + offset, len(chunk.events)) for chunk in chunks if chunk.events]))
             instruments.write_events.append(sum(len(chunk.events) for chunk in chunks))
             instruments.write_chunks.append(len(chunks))
             return result
 
         farcaster.ShardReader.read = read
         RedisSink.write = write
+
+        from weir.actors.verify_workers import ProcessVerifier
+
+        original_verdicts = ProcessVerifier.verdicts
+
+        async def verdicts(self, items):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            result = await original_verdicts(self, items)
+            if instruments.recording:
+                ended = time.perf_counter()
+                instruments.verify_calls.append((ended, ended - started, len(items)))
+            return result
+
+        ProcessVerifier.verdicts = verdicts
 
         def on_gc(phase: str, info: dict) -> None:
             if not instruments.recording:
@@ -176,8 +204,10 @@ class _Instruments:
                 instruments._gc_started = time.perf_counter()
             else:
                 generation = info["generation"]
-                instruments.gc_seconds[generation] += time.perf_counter() - instruments._gc_started
+                ended = time.perf_counter()
+                instruments.gc_seconds[generation] += ended - instruments._gc_started
                 instruments.gc_counts[generation] += 1
+                instruments.gc_pauses.append((ended, ended - instruments._gc_started, generation))
 
         gc.callbacks.append(on_gc)
 
@@ -190,7 +220,102 @@ class _Instruments:
             "redis_write_busy_s": sum(self.write_seconds),
             "gc_collections": self.gc_counts,
             "gc_seconds": self.gc_seconds,
+            "gc_pause_ms": {k: (v * 1000 if k != "count" else v) for k, v in _summary([p for _, p, _ in self.gc_pauses]).items()},
+            "tail": self.tail(),
         }
+
+    def tail(self) -> dict:
+        """Where the slowest 1 % of events spent their time, against all events (means, ms).
+
+        Each chunk's receipt -> durable is cut into: waiting for the partition's previous write to
+        end (it was in flight when the chunk arrived), the hand-over (from then, or from receipt,
+        to the start of its own write: verification, channels, batch policy, scheduling) and its
+        own write. Also how much of that time the process spent in GC or in trio task steps longer
+        than LONG_STEP (a step blocks every other task, so it stalls all partitions).
+        """
+        rows = []  # (latency, events, behind, handover, write, gc, long steps)
+        previous_end: dict[str, float] = {}
+        pauses = sorted((end - seconds, end) for end, seconds, _ in self.gc_pauses)
+        steps = sorted((end - seconds, end) for end, seconds, _, _ in self.long_steps)
+
+        def overlap(spans: list[tuple[float, float]], start: float, end: float) -> float:
+            return sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans if e > start and s < end)
+
+        for partition, started, ended, chunks in self.writes:
+            before = previous_end.get(partition, -1e300)
+            previous_end[partition] = ended
+            for received, events in chunks:
+                behind = max(0.0, min(before, started) - received)
+                rows.append((ended - received, events, behind, started - received - behind, ended - started,
+                             overlap(pauses, received, ended), overlap(steps, received, ended)))
+        if not rows:
+            return {}
+        rows.sort()
+        total = sum(r[1] for r in rows)
+        cut, seen = len(rows), 0
+        for i in range(len(rows) - 1, -1, -1):
+            seen += rows[i][1]
+            if seen >= total / 100:
+                cut = i
+                break
+        names = ("latency", "behind_write", "handover", "own_write", "in_gc", "in_long_steps")
+
+        def means(selected: list[tuple]) -> dict[str, float]:
+            weight = sum(r[1] for r in selected)
+            columns = (0, 2, 3, 4, 5, 6)
+            return {name: 1000 * sum(r[c] * r[1] for r in selected) / weight for name, c in zip(names, columns)}
+
+        slow_steps: dict[str, list[float]] = {}
+        slow_cpu: dict[str, float] = {}
+        for _, seconds, where, cpu in self.long_steps:
+            slow_steps.setdefault(where, []).append(seconds)
+            slow_cpu[where] = slow_cpu.get(where, 0.0) + cpu
+        by_size: dict[str, list[float]] = {}  # a write's duration by its events: what a big batch costs
+        for _, started, ended, chunks in self.writes:
+            events = sum(n for _, n in chunks)
+            bucket = next(f"<={b}" for b in (10, 50, 100, 200, 500, 1000, 1 << 30) if events <= b)
+            by_size.setdefault(bucket, []).append(ended - started)
+        return {
+            "write_ms_by_events": {k: {"count": len(v), "p50": 1000 * sorted(v)[len(v) // 2], "max": 1000 * max(v)}
+                                   for k, v in by_size.items()},
+            "all_ms": means(rows),
+            "slowest_1pct_ms": means(rows[cut:]),
+            "long_steps": {task: {"count": len(v), "max_ms": 1000 * max(v), "total_ms": 1000 * sum(v), "cpu_ms": 1000 * slow_cpu[task]}
+                           for task, v in sorted(slow_steps.items(), key=lambda kv: -sum(kv[1]))[:6]},
+            "verify_calls": {**{k: (v * 1000 if k != "count" else v) for k, v in _summary([d for _, d, _ in self.verify_calls]).items()},
+                             "items_mean": sum(n for _, _, n in self.verify_calls) / max(1, len(self.verify_calls))},
+        }
+
+
+LONG_STEP = 0.002  # seconds: a trio task step longer than this is recorded (it stalls every task)
+
+
+class _LongSteps:
+    """A trio instrument that records task steps longer than LONG_STEP as (end, seconds, where).
+
+    ``where`` names the task and the innermost coroutine it is suspended in after the step, and
+    says how much of the step was this thread's CPU (the rest: the OS ran something else).
+    """
+
+    def __init__(self, into: list[tuple[float, float, str]], recording) -> None:  # type: ignore[no-untyped-def]
+        self.into = into
+        self.recording = recording
+        self.started: float | None = None
+        self.cpu = 0.0
+
+    def before_task_step(self, task) -> None:  # type: ignore[no-untyped-def]
+        self.started = time.perf_counter()
+        self.cpu = time.thread_time()
+
+    def after_task_step(self, task) -> None:  # type: ignore[no-untyped-def]
+        ended = time.perf_counter()
+        if self.started is None or ended - self.started <= LONG_STEP or not self.recording():
+            return
+        coro, inner = task.coro, None
+        while coro is not None and hasattr(coro, "cr_code"):
+            inner, coro = coro, coro.cr_await
+        where = task.name.rpartition(".")[2] + ("/" + inner.cr_code.co_name if inner is not None else "")
+        self.into.append((ended, ended - self.started, where, time.thread_time() - self.cpu))
 
 
 async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
@@ -230,6 +355,7 @@ async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
         peer_cpu0 = {name: _proc_cpu(pid) for name, pid in peers.items()}
         children0 = _children_cpu(set(peers.values()))
         busy0 = machine_busy_s()
+        trio.lowlevel.add_instrument(_LongSteps(instruments.long_steps, lambda: instruments.recording))
         instruments.recording = True
         t0 = trio.current_time()
         cpu0 = time.process_time()
@@ -237,6 +363,10 @@ async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
         async with trio.open_nursery() as nursery:
             stopping = trio.Event()
             service = await nursery.start(functools.partial(serve, config, stopping=stopping))
+            if spec.get("gc", "run") == "run":  # as `weir run` does once its service has started (weir/cli.py)
+                from weir.collector import freeze_startup_heap
+
+                freeze_startup_heap()
             t_started = trio.current_time()
             with trio.fail_after(spec["timeout"]):
                 while True:
@@ -303,7 +433,7 @@ def worker_main(spec: dict) -> int:
     instruments = _Instruments()
     instruments.install()
     rss_after_import = peak_rss_kb()["vm_hwm_kb"]
-    gc_setting = spec.get("gc", "default")
+    gc_setting = spec.get("gc", "run")
     if gc_setting == "freeze":
         gc.collect()
         gc.freeze()
@@ -691,6 +821,20 @@ def render_details(results: dict) -> str:
             f"write p50 {r['redis_write_ms'].get('p50', 0):.1f} ms, persist busy {r['redis_write_busy_s'] / r['elapsed_s'] / len(r['cursors']):.0%} per partition); "
             f"GC {r['gc_collections']} collections, {gc_total * 1000:.0f} ms; restarts {r['restarts']}, gaps {r['gaps']}"
         )
+        if r.get("tail"):
+            t = r["tail"]
+            for label, key in (("all events", "all_ms"), ("slowest 1 %", "slowest_1pct_ms")):
+                m = t[key]
+                lines.append(
+                    f"  {label}: receipt->durable {m['latency']:.1f} ms = behind a write in flight {m['behind_write']:.1f} "
+                    f"+ hand-over {m['handover']:.1f} + own write {m['own_write']:.1f}; of it in GC {m['in_gc']:.1f}, "
+                    f"in trio steps > {LONG_STEP * 1000:.0f} ms {m['in_long_steps']:.1f}"
+                )
+            steps = ", ".join(f"{task} {v['count']}x max {v['max_ms']:.0f} ms (CPU {v['cpu_ms'] / max(v['total_ms'], 1e-9):.0%})"
+                              for task, v in t["long_steps"].items())
+            lines.append(f"  long trio steps: {steps or 'none'}; GC pause max {r['gc_pause_ms'].get('max', 0):.1f} ms"
+                         + (f"; verify hand-overs p50 {t['verify_calls']['p50']:.1f} / p99 {t['verify_calls']['p99']:.1f} ms, "
+                            f"{t['verify_calls']['items_mean']:.0f} items" if t["verify_calls"].get("count") else ""))
     return "\n".join(lines)
 
 
@@ -705,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter-fraction", type=float, default=0.01)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="weir config override, e.g. farcaster.read_batch=2048")
-    parser.add_argument("--gc", default="default", help="weir worker GC: default | freeze | off | threshold=N")
+    parser.add_argument("--gc", default="run", help="weir worker GC: run (as `weir run`: the start-up heap frozen once "
+                        "serve has started) | default (Python's) | freeze (before serve) | off | threshold=N")
     parser.add_argument("--profile", choices=("none", "pyinstrument", "cprofile"), default="none",
                         help="profile weir's workers (unfiltered, filtered); figures are then not comparable")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds a scenario may take")
