@@ -363,10 +363,6 @@ async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
         async with trio.open_nursery() as nursery:
             stopping = trio.Event()
             service = await nursery.start(functools.partial(serve, config, stopping=stopping))
-            if spec.get("gc", "run") == "run":  # as `weir run` does once its service has started (weir/cli.py)
-                from weir.collector import freeze_startup_heap
-
-                freeze_startup_heap()
             t_started = trio.current_time()
             with trio.fail_after(spec["timeout"]):
                 while True:
@@ -433,7 +429,7 @@ def worker_main(spec: dict) -> int:
     instruments = _Instruments()
     instruments.install()
     rss_after_import = peak_rss_kb()["vm_hwm_kb"]
-    gc_setting = spec.get("gc", "run")
+    gc_setting = spec.get("gc", "freeze")
     if gc_setting == "freeze":
         gc.collect()
         gc.freeze()
@@ -849,8 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter-fraction", type=float, default=0.01)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="weir config override, e.g. farcaster.read_batch=2048")
-    parser.add_argument("--gc", default="run", help="weir worker GC: run (as `weir run`: the start-up heap frozen once "
-                        "serve has started) | default (Python's) | freeze (before serve) | off | threshold=N")
+    parser.add_argument("--gc", default="freeze", help="weir worker GC: freeze (the imported heap frozen before serve, "
+                        "as `weir run` does: weir/collector.py) | default (Python's) | off | threshold=N")
     parser.add_argument("--profile", choices=("none", "pyinstrument", "cprofile"), default="none",
                         help="profile weir's workers (unfiltered, filtered); figures are then not comparable")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds a scenario may take")

@@ -278,7 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
     configure_logging(level, config.log_format)
     if args.command == "run":
-        return run_until_signalled(config, on_started=_freeze_then(_live_progress(config)))
+        from weir.collector import freeze_startup_heap
+
+        freeze_startup_heap()  # after the imports: what they built is never walked again
+        return run_until_signalled(config, on_started=_live_progress(config))
     if args.command == "deliver":
         from weir.deliver.collector import tune_for_batches
         from weir.deliver.service import serve_deliver
@@ -334,20 +337,6 @@ def _live_progress(config: Config) -> Callable[..., Awaitable[None]] | None:
         await show_live_progress(service.partitions, LiveLine(sys.stderr, tty=True))
 
     return show
-
-
-def _freeze_then(on_started: Callable[..., Awaitable[None]] | None) -> Callable[..., Awaitable[None]]:
-    """``weir run``'s start hook: once every pipeline has started (their lazy imports done),
-    freeze the start-up heap (weir/collector.py), then run ``on_started`` if any."""
-
-    async def started(service: Any, stopping: trio.Event) -> None:
-        from weir.collector import freeze_startup_heap
-
-        freeze_startup_heap()
-        if on_started is not None:
-            await on_started(service, stopping)
-
-    return started
 
 
 def run_until_signalled(config: Config, **serve_options: Any) -> int:

@@ -1,7 +1,7 @@
 """Python's garbage collector for weir's long-running services (measured: docs/performance.md).
 
-A full (generation-2) collection walks every tracked object: at start-up weir builds a few hundred
-thousand (modules, classes, the gRPC, Redis and protobuf stacks) that live as long as the process.
+A full (generation-2) collection walks every tracked object: the imports alone build a few hundred
+thousand (modules, classes, functions) that live as long as the process.
 Walking them again made each full collection a ~40 ms pause of every pipeline at 10,000 events/s
 (session 9). Frozen, they are never walked again, and the pause falls to ~13 ms with the same RSS:
 nothing else about collection changes (the thresholds stay Python's defaults for ``weir run``).
