@@ -19,8 +19,12 @@ filtered    Same offered events, ``farcaster.fids`` = 1 % of the fids that occur
             of those fids (the expected fids come from the wire scanner and are cross-checked against
             the typed betterproto2 decode on a sample).
 latency     A live simulator at ``--rate`` events/s in total (history 0, ``--latency-seconds`` worth),
-            started by the weir worker right before it subscribes. p50/p99/max of receipt -> durable
-            from PipelineStats.latencies (receipt = when the list of events entered trio).
+            started by the weir worker right before it subscribes; it goes live at the first
+            Subscribe. p50/p99/max of receipt -> durable from PipelineStats.latencies (receipt = when
+            the list of events entered trio), and of release -> durable (from when the simulator
+            released each event, so waiting before trio counts too). Below the table, where the
+            slowest 1 % spent their time (behind a write in flight, hand-over, own write, GC, long
+            trio task steps).
 
 weir against other ingesters (Shuttle, a grpcio + redis-py pipeline) is benchmarks/peers/run.py.
 The benchmark needs only weir's own dependencies; ``--profile pyinstrument`` needs pyinstrument.
@@ -141,7 +145,14 @@ class _Instruments:
         self.write_seconds: list[float] = []
         self.gc_seconds = [0.0, 0.0, 0.0]
         self.gc_counts = [0, 0, 0]
+        self.gc_pauses: list[tuple[float, float, int]] = []  # (end, seconds, generation) of each collection
         self._gc_started = 0.0
+        # Where the tail comes from (per write and per chunk, not per event): each write's
+        # (partition, start, end, [(receipt, events) of its chunks]), the trio task steps longer
+        # than LONG_STEP (end, seconds, task), and each verification hand-over (end, seconds, items).
+        self.writes: list[tuple[str, float, float, list[tuple[float, int, int, int]]]] = []  # chunk: (receipt, events, first and last position)
+        self.long_steps: list[tuple[float, float, str, float]] = []  # (end, seconds, where, CPU seconds)
+        self.verify_calls: list[tuple[float, float, int]] = []
         self.recording = False
 
     def install(self) -> None:
@@ -149,6 +160,8 @@ class _Instruments:
 
         from weir.actors import farcaster
         from weir.sinks.redis_sink import RedisSink
+
+        import trio
 
         instruments = self
         original_read = farcaster.ShardReader.read
@@ -161,13 +174,33 @@ class _Instruments:
         async def write(self, partition, chunks, **options):  # type: ignore[no-untyped-def]
             started = time.perf_counter()
             result = await original_write(self, partition, chunks, **options)
-            instruments.write_seconds.append(time.perf_counter() - started)
+            ended = time.perf_counter()
+            instruments.write_seconds.append(ended - started)
+            if instruments.recording:  # trio's clock is perf_counter plus an offset: one timeline
+                offset = time.perf_counter() - trio.current_time()
+                instruments.writes.append((partition, started, ended, [
+                    (chunk.events[0].received + offset, len(chunk.events), chunk.events[0].position, chunk.events[-1].position)
+                    for chunk in chunks if chunk.events]))
             instruments.write_events.append(sum(len(chunk.events) for chunk in chunks))
             instruments.write_chunks.append(len(chunks))
             return result
 
         farcaster.ShardReader.read = read
         RedisSink.write = write
+
+        from weir.actors.verify_workers import ProcessVerifier
+
+        original_verdicts = ProcessVerifier.verdicts
+
+        async def verdicts(self, items):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            result = await original_verdicts(self, items)
+            if instruments.recording:
+                ended = time.perf_counter()
+                instruments.verify_calls.append((ended, ended - started, len(items)))
+            return result
+
+        ProcessVerifier.verdicts = verdicts
 
         def on_gc(phase: str, info: dict) -> None:
             if not instruments.recording:
@@ -176,8 +209,10 @@ class _Instruments:
                 instruments._gc_started = time.perf_counter()
             else:
                 generation = info["generation"]
-                instruments.gc_seconds[generation] += time.perf_counter() - instruments._gc_started
+                ended = time.perf_counter()
+                instruments.gc_seconds[generation] += ended - instruments._gc_started
                 instruments.gc_counts[generation] += 1
+                instruments.gc_pauses.append((ended, ended - instruments._gc_started, generation))
 
         gc.callbacks.append(on_gc)
 
@@ -190,7 +225,107 @@ class _Instruments:
             "redis_write_busy_s": sum(self.write_seconds),
             "gc_collections": self.gc_counts,
             "gc_seconds": self.gc_seconds,
+            "gc_pause_ms": {k: (v * 1000 if k != "count" else v) for k, v in _summary([p for _, p, _ in self.gc_pauses]).items()},
+            "tail": self.tail(),
+            # (partition, first position, last position, events, receipt, durable) per chunk, on
+            # perf_counter's clock (CLOCK_MONOTONIC, shared with the simulator's process): the driver
+            # times each event from when the simulator released it (_release_to_durable).
+            "chunk_times": [(partition, first, last, n, received, ended) for partition, _, ended, chunks in self.writes
+                            for received, n, first, last in chunks],
         }
+
+    def tail(self) -> dict:
+        """Where the slowest 1 % of events spent their time, against all events (means, ms).
+
+        Each chunk's receipt -> durable is cut into: waiting for the partition's previous write to
+        end (it was in flight when the chunk arrived), the hand-over (from then, or from receipt,
+        to the start of its own write: verification, channels, batch policy, scheduling) and its
+        own write. Also how much of that time the process spent in GC or in trio task steps longer
+        than LONG_STEP (a step blocks every other task, so it stalls all partitions).
+        """
+        rows = []  # (latency, events, behind, handover, write, gc, long steps)
+        previous_end: dict[str, float] = {}
+        pauses = sorted((end - seconds, end) for end, seconds, _ in self.gc_pauses)
+        steps = sorted((end - seconds, end) for end, seconds, _, _ in self.long_steps)
+
+        def overlap(spans: list[tuple[float, float]], start: float, end: float) -> float:
+            return sum(max(0.0, min(end, e) - max(start, s)) for s, e in spans if e > start and s < end)
+
+        for partition, started, ended, chunks in self.writes:
+            before = previous_end.get(partition, -1e300)
+            previous_end[partition] = ended
+            for received, events, _, _ in chunks:
+                behind = max(0.0, min(before, started) - received)
+                rows.append((ended - received, events, behind, started - received - behind, ended - started,
+                             overlap(pauses, received, ended), overlap(steps, received, ended)))
+        if not rows:
+            return {}
+        rows.sort()
+        total = sum(r[1] for r in rows)
+        cut, seen = len(rows), 0
+        for i in range(len(rows) - 1, -1, -1):
+            seen += rows[i][1]
+            if seen >= total / 100:
+                cut = i
+                break
+        names = ("latency", "behind_write", "handover", "own_write", "in_gc", "in_long_steps")
+
+        def means(selected: list[tuple]) -> dict[str, float]:
+            weight = sum(r[1] for r in selected)
+            columns = (0, 2, 3, 4, 5, 6)
+            return {name: 1000 * sum(r[c] * r[1] for r in selected) / weight for name, c in zip(names, columns)}
+
+        slow_steps: dict[str, list[float]] = {}
+        slow_cpu: dict[str, float] = {}
+        for _, seconds, where, cpu in self.long_steps:
+            slow_steps.setdefault(where, []).append(seconds)
+            slow_cpu[where] = slow_cpu.get(where, 0.0) + cpu
+        by_size: dict[str, list[float]] = {}  # a write's duration by its events: what a big batch costs
+        for _, started, ended, chunks in self.writes:
+            events = sum(chunk[1] for chunk in chunks)
+            bucket = next(f"<={b}" for b in (10, 50, 100, 200, 500, 1000, 1 << 30) if events <= b)
+            by_size.setdefault(bucket, []).append(ended - started)
+        return {
+            "write_ms_by_events": {k: {"count": len(v), "p50": 1000 * sorted(v)[len(v) // 2], "max": 1000 * max(v)}
+                                   for k, v in by_size.items()},
+            "all_ms": means(rows),
+            "slowest_1pct_ms": means(rows[cut:]),
+            "long_steps": {task: {"count": len(v), "max_ms": 1000 * max(v), "total_ms": 1000 * sum(v), "cpu_ms": 1000 * slow_cpu[task]}
+                           for task, v in sorted(slow_steps.items(), key=lambda kv: -sum(kv[1]))[:6]},
+            "verify_calls": {**{k: (v * 1000 if k != "count" else v) for k, v in _summary([d for _, d, _ in self.verify_calls]).items()},
+                             "items_mean": sum(n for _, _, n in self.verify_calls) / max(1, len(self.verify_calls))},
+        }
+
+
+LONG_STEP = 0.002  # seconds: a trio task step longer than this is recorded (it stalls every task)
+
+
+class _LongSteps:
+    """A trio instrument that records task steps longer than LONG_STEP as (end, seconds, where).
+
+    ``where`` names the task and the innermost coroutine it is suspended in after the step, and
+    says how much of the step was this thread's CPU (the rest: the OS ran something else).
+    """
+
+    def __init__(self, into: list[tuple[float, float, str]], recording) -> None:  # type: ignore[no-untyped-def]
+        self.into = into
+        self.recording = recording
+        self.started: float | None = None
+        self.cpu = 0.0
+
+    def before_task_step(self, task) -> None:  # type: ignore[no-untyped-def]
+        self.started = time.perf_counter()
+        self.cpu = time.thread_time()
+
+    def after_task_step(self, task) -> None:  # type: ignore[no-untyped-def]
+        ended = time.perf_counter()
+        if self.started is None or ended - self.started <= LONG_STEP or not self.recording():
+            return
+        coro, inner = task.coro, None
+        while coro is not None and hasattr(coro, "cr_code"):
+            inner, coro = coro, coro.cr_await
+        where = task.name.rpartition(".")[2] + ("/" + inner.cr_code.co_name if inner is not None else "")
+        self.into.append((ended, ended - self.started, where, time.thread_time() - self.cpu))
 
 
 async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
@@ -230,6 +365,7 @@ async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
         peer_cpu0 = {name: _proc_cpu(pid) for name, pid in peers.items()}
         children0 = _children_cpu(set(peers.values()))
         busy0 = machine_busy_s()
+        trio.lowlevel.add_instrument(_LongSteps(instruments.long_steps, lambda: instruments.recording))
         instruments.recording = True
         t0 = trio.current_time()
         cpu0 = time.process_time()
@@ -303,7 +439,7 @@ def worker_main(spec: dict) -> int:
     instruments = _Instruments()
     instruments.install()
     rss_after_import = peak_rss_kb()["vm_hwm_kb"]
-    gc_setting = spec.get("gc", "default")
+    gc_setting = spec.get("gc", "freeze")
     if gc_setting == "freeze":
         gc.collect()
         gc.freeze()
@@ -343,6 +479,8 @@ def worker_main(spec: dict) -> int:
                     stats.sort_stats("tottime").print_stats(45)
                     stats.sort_stats("cumulative").print_stats(60)
     result.update(instruments.report())
+    if spec.get("sim") is None:  # only the live simulator releases events on a known schedule
+        del result["chunk_times"]
     result.update(
         scenario=spec["scenario"],
         **peak_rss_kb(),
@@ -371,6 +509,39 @@ def _compute_expected(sim_config, shards: int, count: int) -> dict:
         offered[shard] = events
         fids[shard] = [scan_hub_event(payload).fid for _, payload in events]
     return {"offered": offered, "fids": fids}
+
+
+def _release_to_durable(chunk_times: list, offered: dict[int, list[tuple[int, bytes]]], rate: float) -> dict:
+    """p50/p99/max (ms) of release -> durable: from when the live simulator released each event to
+    when its write returned, so the time an event waited before entering trio (in the socket, in
+    grpclib's buffer while the reader was busy) counts too, which receipt -> durable leaves out.
+
+    The simulator releases each shard's blocks on a schedule: the block whose first event is the
+    i-th of the shard at ``start + i / rate``. ``start`` is not reported across processes; it is
+    taken as the latest value every receipt allows (no event is received before its release), so
+    the figures are lower bounds by at most the smallest receipt delay. Events released before the
+    shard's first receipt (before weir had subscribed) are left out.
+    """
+    latencies: list[float] = []
+    by_shard: dict[int, list] = {}
+    for partition, first, last, n, received, ended in chunk_times:
+        by_shard.setdefault(int(partition.rpartition("/")[2]), []).append((first, last, n, received, ended))
+    for shard, chunks in by_shard.items():
+        index = {event_id: i for i, (event_id, _) in enumerate(offered[shard])}
+        ids = [event_id for event_id, _ in offered[shard]]
+
+        def released_at(i: int) -> float:  # the offset of event i's block from the start, seconds
+            return index[(ids[i] >> 14) << 14] / rate
+
+        start = min(received - released_at(index[first]) for first, _, _, received, _ in chunks)
+        first_receipt = min(received for _, _, _, received, _ in chunks)
+        for first, last, n, _, ended in chunks:
+            lo, hi = index[first], index[last]
+            if hi - lo + 1 != n:  # not a contiguous run of offered events: cannot be timed this way
+                continue
+            latencies.extend(ended - release for i in range(lo, hi + 1)
+                             if (release := start + released_at(i)) >= first_receipt)
+    return {k: (v * 1000 if k != "count" else v) for k, v in _summary(latencies).items()}
 
 
 def _typed_fid(event) -> int:  # type: ignore[no-untyped-def]
@@ -610,13 +781,17 @@ async def driver(args: argparse.Namespace) -> dict:
             f"{live_total * shards:,} events")
 
         async def latency(server):
+            # Live from the first Subscribe: released from the simulator's start, the events of
+            # weir's own start-up (~2 % of them) reached it as a catch-up burst of 512-event reads and
+            # 200-500-event writes, which set the p99 of a 10 s run (docs/performance.md, session 9).
             sim_fields = {"shards": shards, "seed": args.seed, "rate": per_shard_rate, "history": 0,
-                          "total": live_total, "pregenerate": True}
+                          "total": live_total, "pregenerate": True, "live_after_subscribe": True}
             spec = weir_spec("latency", sim=sim_fields, redis_url=server.url,
                              expected_last={str(k): v for k, v in live_last.items()}, peer_pids={"redis": server.pid})
             result = await _run_subprocess(_worker_argv(spec), args.timeout + args.latency_seconds + 120)
             result["offered"] = sum(map(len, live_offered["offered"].values()))
             result["offered_rate"] = args.rate
+            result["release_to_durable_ms"] = _release_to_durable(result.pop("chunk_times"), live_offered["offered"], per_shard_rate)
             result["verify"] = await trio.to_thread.run_sync(_verify_weir, server.url, live_offered["offered"], live_last)
             return result
 
@@ -661,6 +836,9 @@ def render_table(results: dict) -> str:
         rows.append((f"Latency receipt->durable at {r['offered_rate']:,.0f} ev/s: p50", f"{lat['p50']:.1f} ms", "", ""))
         rows.append(("  p99", f"{lat['p99']:.1f} ms", f"<= {TARGETS['latency_p99_ms']:.0f} ms", met(lat["p99"] <= TARGETS["latency_p99_ms"])))
         rows.append(("  max", f"{lat['max']:.1f} ms", "", ""))
+        if r.get("release_to_durable_ms", {}).get("count"):
+            rel = r["release_to_durable_ms"]
+            rows.append(("  from the simulator's release: p50 / p99 / max", f"{rel['p50']:.1f} / {rel['p99']:.1f} / {rel['max']:.1f} ms", "", ""))
         rows.append(("  persisted / offered", f"{r['verify']['persisted']:,} / {r['offered']:,}", "equal", met(r["verify"]["ok"])))
     for name in ("unfiltered", "filtered", "latency"):
         if name in s:
@@ -691,6 +869,20 @@ def render_details(results: dict) -> str:
             f"write p50 {r['redis_write_ms'].get('p50', 0):.1f} ms, persist busy {r['redis_write_busy_s'] / r['elapsed_s'] / len(r['cursors']):.0%} per partition); "
             f"GC {r['gc_collections']} collections, {gc_total * 1000:.0f} ms; restarts {r['restarts']}, gaps {r['gaps']}"
         )
+        if r.get("tail"):
+            t = r["tail"]
+            for label, key in (("all events", "all_ms"), ("slowest 1 %", "slowest_1pct_ms")):
+                m = t[key]
+                lines.append(
+                    f"  {label}: receipt->durable {m['latency']:.1f} ms = behind a write in flight {m['behind_write']:.1f} "
+                    f"+ hand-over {m['handover']:.1f} + own write {m['own_write']:.1f}; of it in GC {m['in_gc']:.1f}, "
+                    f"in trio steps > {LONG_STEP * 1000:.0f} ms {m['in_long_steps']:.1f}"
+                )
+            steps = ", ".join(f"{task} {v['count']}x max {v['max_ms']:.0f} ms (CPU {v['cpu_ms'] / max(v['total_ms'], 1e-9):.0%})"
+                              for task, v in t["long_steps"].items())
+            lines.append(f"  long trio steps: {steps or 'none'}; GC pause max {r['gc_pause_ms'].get('max', 0):.1f} ms"
+                         + (f"; verify hand-overs p50 {t['verify_calls']['p50']:.1f} / p99 {t['verify_calls']['p99']:.1f} ms, "
+                            f"{t['verify_calls']['items_mean']:.0f} items" if t["verify_calls"].get("count") else ""))
     return "\n".join(lines)
 
 
@@ -705,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter-fraction", type=float, default=0.01)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="weir config override, e.g. farcaster.read_batch=2048")
-    parser.add_argument("--gc", default="default", help="weir worker GC: default | freeze | off | threshold=N")
+    parser.add_argument("--gc", default="freeze", help="weir worker GC: freeze (the imported heap frozen before serve, "
+                        "as `weir run` does: weir/collector.py) | default (Python's) | off | threshold=N")
     parser.add_argument("--profile", choices=("none", "pyinstrument", "cprofile"), default="none",
                         help="profile weir's workers (unfiltered, filtered); figures are then not comparable")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds a scenario may take")

@@ -125,6 +125,23 @@ def test_filter_applies_before_records_and_keeps_op_indexes():
     assert all(op.collection != bad.collection for op in frame.ops)
 
 
+NSIDS = st.sampled_from(["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "app.bsky.feed.*", "app.*", "x"])
+
+
+@settings(max_examples=200)
+@given(st.lists(NSIDS, max_size=3), st.lists(st.sampled_from(["create", "update", "delete"]), max_size=2),
+       st.lists(st.sampled_from(["did:plc:a", "did:plc:b"]), max_size=1), st.lists(st.sampled_from(["commit", "identity"]), max_size=1),
+       st.sampled_from(["create", "delete"]), NSIDS, st.sampled_from(["did:plc:a", "did:plc:b"]))
+def test_derived_filter_attributes_answer_as_the_filter_does(collections, actions, dids, kinds, action, collection, did):
+    """The decoder's shortcuts (every_commit, filters_ops, only_collections) give wants_repo's and wants_op's answers."""
+    keep = RecordFilter.build(collections=collections, actions=actions, dids=dids, kinds=kinds)
+    if keep.every_commit:
+        assert keep.wants_repo("commit", did)
+    assert keep.filters_ops == any(not keep.wants_op(a, c) for a in ("create", "update", "delete") for c in ("app.bsky.feed.post", "x", "y.z"))
+    if keep.only_collections is not None:
+        assert (collection in keep.only_collections) == keep.wants_op(action, collection)
+
+
 def test_did_filter_keeps_only_the_wanted_repos_of_every_kind():
     """``atproto.dids``: only those repos' commits and identity/account/sync events come out; other
     repos' frames are counted as filtered and never looked into (their corrupt records are no dead letters)."""

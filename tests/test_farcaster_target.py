@@ -157,3 +157,38 @@ def test_the_alpn_reader_sees_a_context_without_alpn():
     assert alpn_offered(client_hello(context, "snapchain.example")) == []
     context.set_alpn_protocols(["http/1.1", "h2"])
     assert alpn_offered(client_hello(context, "snapchain.example")) == [b"http/1.1", b"h2"]
+
+
+# -- what the first connection needs is loaded before the pipelines start ------------------------
+
+_LOADED_BY_PARTITIONS = r"""
+import random, sys
+import trio
+from weir.config import load_config
+from weir.networks.base import NetworkContext
+from weir.networks.farcaster import FarcasterNetwork
+from weir.supervision import Backoff, CircuitBreaker
+
+wanted = ["grpclib.client", "h2.connection", "weir.actors.grpc_channel", "weir.protos.snapchain"]
+import betterproto2
+if betterproto2.pydantic is not None:  # betterproto2 uses pydantic when it is installed
+    wanted.append("pydantic.dataclasses")
+config = load_config(environ={}, overrides={"farcaster.url": "http://127.0.0.1:9", "farcaster.shards": "1,2"})
+network = FarcasterNetwork(config, NetworkContext(backoff=Backoff(initial=0.1, maximum=1), rng=random.Random(),
+                                                  redis_breaker=CircuitBreaker("redis")))
+before = [name for name in wanted if name in sys.modules]
+partitions = trio.run(network.partitions)
+print(partitions, before, [name for name in wanted if name not in sys.modules])
+"""
+
+
+def test_partitions_loads_the_grpc_stack_so_the_first_connection_does_not_stall_the_pipelines():
+    # Measured: imported by the first connection, these took ~120 ms of CPU in one asyncio callback
+    # while live events queued (docs/performance.md, session 9). A fresh process, so nothing the
+    # test run imported before hides it.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _LOADED_BY_PARTITIONS], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "['1', '2'] [] []"

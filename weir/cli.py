@@ -278,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"  # the demo's output is its progress line; logs only when something goes wrong
     configure_logging(level, config.log_format)
     if args.command == "run":
+        from weir.collector import freeze_startup_heap
+
+        freeze_startup_heap()  # after the imports: what they built is never walked again
         return run_until_signalled(config, on_started=_live_progress(config))
     if args.command == "deliver":
         from weir.deliver.collector import tune_for_batches

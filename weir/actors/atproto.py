@@ -253,18 +253,19 @@ class FirehoseReader(_ReaderBase):
         last = self.last_id
         last_time = ""  # the accepted frame's time, read once per chunk (for the progress lag)
         keep, max_frame, max_blocks, max_ops = self.keep, self.max_frame, self.max_blocks, self.max_ops
-        judge, stats = self.judge, self.stats
+        judge, stats, advance_rev = self.judge, self.stats, self.revs.advance
+        accepted = 0  # frames that advanced the position, added to self.progress after the loop
         for frame in frames:
-            if isinstance(frame, OversizedMessage):
-                seq = seq_of_head(_bytes_of(frame.head))  # from the whole head the transport kept
-                head, reason = self._over_limit(frame, None, self.max_frame)
-                last = self._bad(head, reason, seq, last, dead, received)
-                continue
-            if isinstance(frame, str):
-                frame = frame.encode()
-                failure: FrameError | None = FrameError("text message on the firehose (frames are binary)")
-            else:
-                failure = None
+            failure: FrameError | None = None
+            if type(frame) is not bytes:  # rare: tested apart, so a binary frame costs one test
+                if isinstance(frame, OversizedMessage):
+                    seq = seq_of_head(_bytes_of(frame.head))  # from the whole head the transport kept
+                    head, reason = self._over_limit(frame, None, self.max_frame)
+                    last = self._bad(head, reason, seq, last, dead, received)
+                    continue
+                if isinstance(frame, str):
+                    frame = frame.encode()
+                    failure = FrameError("text message on the firehose (frames are binary)")
             try:
                 if failure is not None:
                     raise failure
@@ -303,26 +304,27 @@ class FirehoseReader(_ReaderBase):
                 stats.duplicates_skipped += 1
                 continue
             verdict = judge.judge(seq)
-            if verdict.action == REPLAY:
-                stats.duplicates_skipped += 1
-                continue
             if verdict.action != ACCEPT:
-                self._implausible(frame, f"{decoded.type} seq {seq}: {verdict.reason}", verdict, dead, received)
+                if verdict.action == REPLAY:
+                    stats.duplicates_skipped += 1
+                else:
+                    self._implausible(frame, f"{decoded.type} seq {seq}: {verdict.reason}", verdict, dead, received)
                 continue
-            self._accepted()
+            stats.refused = None  # what self._accepted() does, without the call on every frame
             last = seq
             last_time = decoded.time or last_time
-            self.progress += 1
+            accepted += 1
             if not decoded.wanted:
                 stats.filtered += max(1, decoded.total_ops)
                 continue
-            if kind in ("commit", "sync"):
-                if not self.revs.advance(decoded.did, decoded.rev, allow_equal=kind == "sync"):
-                    self._stale(f"{decoded.type} seq", seq, decoded.did, decoded.rev)
-                    continue
-            if kind == "commit":
-                stats.filtered += decoded.total_ops - len(decoded.ops)
-                if not decoded.ops:
+            is_commit = kind == "commit"
+            if (is_commit or kind == "sync") and not advance_rev(decoded.did, decoded.rev, allow_equal=not is_commit):
+                self._stale(f"{decoded.type} seq", seq, decoded.did, decoded.rev)
+                continue
+            if is_commit:
+                ops = decoded.ops
+                stats.filtered += decoded.total_ops - len(ops)
+                if not ops:
                     continue
                 timestamp = _timestamp(decoded.time)
                 try:
@@ -350,6 +352,7 @@ class FirehoseReader(_ReaderBase):
                     continue
             events.append(Event(source=SOURCE, partition=self.partition, position=seq, kind=kind, payload=payload,
                                 timestamp=timestamp, received=received, fields=fields))
+        self.progress += accepted
         if last_time:
             self.stats.position_time = _timestamp(last_time) or self.stats.position_time
         return self._finish(events, dead, last, len(frames))

@@ -115,6 +115,20 @@ def _grpclib_reset_is_a_network_fault() -> Iterator[None]:
         raise ConnectionResetError(f"connection lost while opening the call ({exc})") from exc
 
 
+def load_transport() -> None:
+    """Import the gRPC stack and run GetInfo's message code once, before any pipeline runs.
+
+    Done lazily by the first connection, it took ~120 ms of CPU (grpclib, h2, betterproto2, and
+    pydantic, which betterproto2 imports on first use when installed) in one asyncio callback:
+    every partition's pipeline stalled while live events queued (docs/performance.md, session 9).
+    """
+    from weir.actors.grpc_channel import CoalescingChannel  # noqa: F401
+    from weir.codecs.grpc_raw import RawBytesCodec  # noqa: F401
+    from weir.protos.snapchain import GetInfoResponse, ShardInfo
+
+    GetInfoResponse.parse(bytes(GetInfoResponse(num_shards=1, shard_infos=[ShardInfo(shard_id=1, max_height=1)])))
+
+
 async def _get_info_aio(target: GrpcTarget, timeout: float):
     from weir.protos.snapchain import GetInfoRequest, HubServiceStub
 

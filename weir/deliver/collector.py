@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gc
 
+from weir.collector import freeze_startup_heap
+
 YOUNG_COLLECTION_EVERY = 100_000  # allocations (Python's default: 700)
 
 
@@ -21,7 +23,6 @@ def tune_for_batches() -> None:
     """Freeze what exists now and make young collections rare, for the whole process: called by
     ``weir deliver`` (weir/cli.py) once its modules are imported, not by serve_deliver, which
     also runs inside ``weir run`` (deliver.with_run) and tests. Idempotent."""
-    gc.collect()  # not to freeze garbage
-    gc.freeze()
+    freeze_startup_heap()
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, YOUNG_COLLECTION_EVERY), middle, old)

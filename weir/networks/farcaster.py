@@ -15,6 +15,7 @@ from weir.actors.farcaster import (
     ShardStats,
     discover_shards,
     is_transient,
+    load_transport,
     run_shard_connection,
 )
 from weir.actors.filter import Predicate
@@ -69,6 +70,7 @@ class FarcasterNetwork:
         return config.farcaster.enabled
 
     async def partitions(self) -> list[str]:
+        load_transport()  # here, before the pipelines start, not in their first connection
         if self.settings.shards:
             return [str(shard) for shard in self.settings.shards]
         return [str(shard) for shard in await self._discover()]
