@@ -79,3 +79,12 @@ def test_the_packed_command_is_the_plain_encoding_of_every_argument(chunks: list
     assert sink._pack_evalsha(PART, chunks, expect) == reference(sink, chunks, expect)
     # Twice with the same sink: what the first call cached changes nothing.
     assert sink._pack_evalsha(PART, chunks, expect) == reference(sink, chunks, expect)
+
+
+def test_a_float_timestamp_after_an_equal_int_is_written_as_a_float() -> None:
+    # Found by the property above: 5 then 5.0 reused "5" for the float.
+    sink = RedisSink("redis://127.0.0.1:1/0", source=SOURCE)
+    events = [Event(source=SOURCE, partition=PART, position=1, sub=sub, kind="MERGE_MESSAGE", payload=b"x", timestamp=ts)
+              for sub, ts in enumerate([5, 5.0, 5.0])]
+    chunks = [Chunk(partition=PART, events=events, through=1)]
+    assert sink._pack_evalsha(PART, chunks, None) == reference(sink, chunks, None)

@@ -354,6 +354,7 @@ class RedisSink:
         # Values repeat within a batch (a block's number and timestamp, message types, active fids):
         # each is packed once per batch. Ints and strs are cached apart (1 == True == 1.0 as keys).
         packed_ints: dict[int, bytes] = {}
+        packed_texts: dict[str, bytes] = {}
         last_time = last_ts = None
         for chunk in chunks:
             if chunk.partition != partition:
@@ -377,11 +378,11 @@ class RedisSink:
                 ):
                     raise ValueError(_bad_event(event, source, partition, chunk_through))
                 timestamp = event.timestamp
-                # Only a positive float reuses the last one's text: 5 == 5.0 and -0.0 == 0.0 are
-                # written differently.
+                # Only a positive float reuses the text of the last one, itself a float: 5 == 5.0
+                # and -0.0 == 0.0 are written differently.
                 if timestamp != last_time or type(timestamp) is not float or not timestamp > 0.0:
                     last_ts = _bulk(str(timestamp).encode())
-                    last_time = timestamp
+                    last_time = timestamp if type(timestamp) is float else None
                 payload = event.payload
                 key = event.key
                 fields = event.fields
@@ -407,7 +408,11 @@ class RedisSink:
                             if packed is None:
                                 packed = packed_ints[value] = _bulk(b"%d" % value)
                         elif type(value) is str:
-                            packed = packed_strs.get(value) or self._pack_str(value)
+                            # per batch, not in the sink's cache: values are many (DIDs, rkeys) and
+                            # would crowd out the kinds and names that cache is for
+                            packed = packed_texts.get(value)
+                            if packed is None:
+                                packed = packed_texts[value] = _bulk_str(value)
                         else:
                             packed = _bulk(value if type(value) is bytes else str(value).encode())
                         append(packed)
