@@ -81,6 +81,11 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def _summary_ms(seconds: list[float]) -> dict[str, float]:
+    """:func:`_summary` of durations in seconds, given in milliseconds (the count as it is)."""
+    return {k: (v * 1000 if k != "count" else v) for k, v in _summary(seconds).items()}
+
+
 def peak_rss_kb() -> dict[str, int]:
     """This process's peak RSS in KiB: VmHWM (of this program image) and ru_maxrss.
 
@@ -221,11 +226,11 @@ class _Instruments:
             "bridge_list_sizes": _summary([float(x) for x in self.read_sizes]),
             "redis_batch_events": _summary([float(x) for x in self.write_events]),
             "redis_batch_chunks": _summary([float(x) for x in self.write_chunks]),
-            "redis_write_ms": {k: (v * 1000 if k != "count" else v) for k, v in _summary(self.write_seconds).items()},
+            "redis_write_ms": _summary_ms(self.write_seconds),
             "redis_write_busy_s": sum(self.write_seconds),
             "gc_collections": self.gc_counts,
             "gc_seconds": self.gc_seconds,
-            "gc_pause_ms": {k: (v * 1000 if k != "count" else v) for k, v in _summary([p for _, p, _ in self.gc_pauses]).items()},
+            "gc_pause_ms": _summary_ms([p for _, p, _ in self.gc_pauses]),
             "tail": self.tail(),
             # (partition, first position, last position, events, receipt, durable) per chunk, on
             # perf_counter's clock (CLOCK_MONOTONIC, shared with the simulator's process): the driver
@@ -292,7 +297,7 @@ class _Instruments:
             "slowest_1pct_ms": means(rows[cut:]),
             "long_steps": {task: {"count": len(v), "max_ms": 1000 * max(v), "total_ms": 1000 * sum(v), "cpu_ms": 1000 * slow_cpu[task]}
                            for task, v in sorted(slow_steps.items(), key=lambda kv: -sum(kv[1]))[:6]},
-            "verify_calls": {**{k: (v * 1000 if k != "count" else v) for k, v in _summary([d for _, d, _ in self.verify_calls]).items()},
+            "verify_calls": {**_summary_ms([d for _, d, _ in self.verify_calls]),
                              "items_mean": sum(n for _, _, n in self.verify_calls) / max(1, len(self.verify_calls))},
         }
 
@@ -421,7 +426,7 @@ async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
         machine_busy_cores=None if busy0 is None or busy1 is None else (busy1 - busy0) / elapsed,
         weir_children_cores=(children1 - children0) / elapsed,
         load_average=os.getloadavg(),
-        latency_ms={k: (v * 1000 if k != "count" else v) for k, v in _summary(latencies).items()},
+        latency_ms=_summary_ms(latencies),
         measured_window_s=window,
     )
     return out
@@ -541,7 +546,7 @@ def _release_to_durable(chunk_times: list, offered: dict[int, list[tuple[int, by
                 continue
             latencies.extend(ended - release for i in range(lo, hi + 1)
                              if (release := start + released_at(i)) >= first_receipt)
-    return {k: (v * 1000 if k != "count" else v) for k, v in _summary(latencies).items()}
+    return _summary_ms(latencies)
 
 
 def _typed_fid(event) -> int:  # type: ignore[no-untyped-def]

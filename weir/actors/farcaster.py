@@ -362,7 +362,7 @@ class ShardReader:
                 last_id = position
                 accepted += 1
                 # It was received (and kept, as a dead letter): the block's counts include it.
-                for gap in self.detector.observe(_bare_keys(event_type, position)):
+                for gap in observe(_bare_keys(event_type, position)):
                     self._report(gap)
                 continue
             event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, block = keys

@@ -637,7 +637,7 @@ def unmet_expectations(log_text: str, expect: Sequence[str]) -> list[str]:
 
 def _judge_stall(scenario: Scenario, settings: Sequence[str], records: Sequence[FaultRecord], sampler: RunSampler,
                  metrics: MetricsSampler, measures: dict[str, Any], problems: list[str]) -> None:
-    """Memory and source rate while the Redis link is slowed (the scenario's first fault)."""
+    """Memory, sink progress and what the source holds while the Redis link is slowed (the scenario's first fault)."""
     stall = next((r for r in records if r.fault.target == "redis_link"), None)
     if stall is None or stall.cleared_at is None:
         problems.append("no Redis-link stall to judge")
