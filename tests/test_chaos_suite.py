@@ -293,7 +293,7 @@ def test_the_in_flight_bound_follows_the_settings_and_the_pipeline_channels():
     from weir.actors.pipeline import FILTER_TO_BATCH, SOURCE_TO_FILTER
     from weir.chaos.backpressure import in_flight_bound
 
-    chunks = 3 + SOURCE_TO_FILTER + FILTER_TO_BATCH
+    chunks = 3 + SOURCE_TO_FILTER + FILTER_TO_BATCH + 1  # + the one read batch not accounted for
     assert in_flight_bound("farcaster", ("batch.max_events=200",)) == chunks * 512 + 2 * (200 + 512)
     # the last setting wins, as on weir's command line
     assert in_flight_bound("farcaster", ("farcaster.read_batch=100", "farcaster.read_batch=10")) == chunks * 10 + 2 * (500 + 10)

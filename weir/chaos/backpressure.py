@@ -36,7 +36,11 @@ def in_flight_bound(source: str, settings: Sequence[str]) -> int | None:
     max_events = _setting(settings, "batch.max_events", BatchSettings().max_events)
     assert max_events is not None
     chunks = 1 + SOURCE_TO_FILTER + 1 + FILTER_TO_BATCH + 1  # source, channel, filter, channel, carried over
-    return chunks * read_batch + 2 * (max_events + read_batch)
+    # + one read batch not accounted for: CI measured 7,990 held against the 7,968 counted above for
+    # two partitions (session 9); where the extra sits is not found yet. A widened channel (100
+    # chunks) still shows: 10,079 held.
+    unaccounted = 1
+    return (chunks + unaccounted) * read_batch + 2 * (max_events + read_batch)
 
 
 def _setting(settings: Sequence[str], name: str, default: int | None) -> int | None:
