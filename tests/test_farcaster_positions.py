@@ -216,3 +216,59 @@ def test_the_reader_leaves_what_follows_a_held_id_for_the_next_read():
     rest = reader.read(held, received=0.0)
     assert [e.position for e in chunk.events + rest.events] == [id_ for id_, _ in events]
     assert reader.stats.received == len(events) and reader.stats.dead_letters == 0
+
+
+@settings(max_examples=400)
+@given(
+    height=st.none() | st.integers(0, 1 << 20),
+    bad_in_row=st.integers(0, 2),
+    last_id=st.none() | st.integers(0, 1 << 34),
+    step=st.integers(-3, 1 << 15),
+    event_type=st.sampled_from([MERGE_MESSAGE, BLOCK_CONFIRMED, 2, 9]),
+    block_field=st.sampled_from(["none", "same", "other"]),
+    shard_field=st.sampled_from([0, SHARD, SHARD + 1]),
+    may_hold=st.booleans(),
+)
+def test_the_steady_block_is_what_judge_accepts_without_a_change(
+    height, bad_in_row, last_id, step, event_type, block_field, shard_field, may_hold
+) -> None:
+    """The reader decides events of ``steady_block`` inline: judge() must agree and stay as it was."""
+    judge = PositionJudge(shard=SHARD, max_block_jump=JUMP, max_bad_in_row=5, height=height, bad_in_row=bad_in_row)
+    steady = judge.steady_block(last_id)
+    event_id = max(0, (last_id or 0) + step)
+    block = event_id >> 14
+    field = {"none": 0, "same": block, "other": block + 1}[block_field]
+    inline = (
+        steady is not None and block == steady and event_id > last_id and event_type != BLOCK_CONFIRMED
+        and (not field or field == steady) and (not shard_field or shard_field == SHARD)
+    )
+    before = (judge.height, judge.bad_in_row)
+    verdict = judge.judge(event_id, last_id=last_id, event_type=event_type, block_field=field,
+                          shard_field=shard_field, may_hold=may_hold)
+    if inline:
+        assert verdict.action == ACCEPT
+        assert (judge.height, judge.bad_in_row) == before
+    if steady is not None:
+        assert steady == last_id >> 14
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.sampled_from([MERGE_MESSAGE, BLOCK_CONFIRMED, 2, 9])),
+                max_size=30),
+       st.none() | st.integers(0, 4 << 14))
+def test_open_counts_are_what_observe_adds_to(events, resume_from) -> None:
+    """An event of the open block other than BLOCK_CONFIRMED: no gap, one more of its type."""
+    from weir.codecs.farcaster_keys import BlockCounts, HubEventKeys
+
+    detector = GapDetector()
+    detector.subscribed_from(resume_from)
+    for block, seq, event_type in events:
+        event_id = block << 14 | seq
+        body = BlockCounts(block, 3, {MERGE_MESSAGE: 3}) if event_type == BLOCK_CONFIRMED else None
+        keys = HubEventKeys(event_type, event_id, SHARD, block, 0, 0, 0, b"", body)
+        counts = detector.open_counts(block)
+        expected = None if counts is None else {**counts, event_type: counts.get(event_type, 0) + 1}
+        gaps = detector.observe(keys)
+        if counts is not None and event_type != BLOCK_CONFIRMED:
+            assert gaps == []
+            assert detector.open_counts(block) == expected

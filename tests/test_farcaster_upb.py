@@ -58,6 +58,9 @@ def test_typed_encodings_read_alike_and_common_shapes_take_the_c_path(case) -> N
     body = event.merge_message_body or event.prune_message_body or event.revoke_message_body
     if body is not None and body.message.data is not None:
         assert took_c_path  # the hot path's events: a message with its data
+    proof = event.merge_username_proof_body
+    if proof is not None and proof.username_proof_message.data is not None:
+        assert took_c_path
     if event.merge_on_chain_event_body is not None:
         assert took_c_path
 

@@ -336,17 +336,26 @@ class ShardReader:
         limit = self.max_message_bytes
         partition = self.partition
         observe = self.detector.observe
+        # The next events of the block in progress (the common case) are judged and counted inline;
+        # ``steady`` is that block while the judge and gap detector say nothing else can happen.
+        judge_shard = self.judge.shard
+        steady = self.judge.steady_block(last_id)
+        counts = self.detector.open_counts(steady)
+        if counts is None:
+            steady = None
         filtered = 0
         accepted = 0
         consumed = len(payloads)
         for index, payload in enumerate(payloads):
             if type(payload) is not bytes or len(payload) > limit:
+                steady = None  # judged and observed the long way: decide the next one so too
                 before, last_id = last_id, self._skipped(payload, last_id, dead, received)
                 accepted += last_id != before
                 continue
             try:
                 keys = scan_hub_event(payload)
             except WireError as exc:
+                steady = None
                 event_type, position = recover_type_and_id(payload)
                 reason = f"malformed HubEvent: {exc}"
                 if position is None:
@@ -366,23 +375,37 @@ class ShardReader:
                     self._report(gap)
                 continue
             event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, block = keys
-            verdict = judge(event_id, last_id=last_id, event_type=event_type, block_field=block_number,
-                            shard_field=shard, confirmed_block=block.block_number if block else None,
-                            may_hold=may_hold)
-            if verdict.action != ACCEPT:
-                if verdict.action == HOLD:
-                    self.held = payloads[index:]
-                    consumed = index
-                    break
-                if verdict.action == REPLAY:
-                    self.stats.duplicates_skipped += 1  # a node replaying what we already have
-                else:
-                    self._implausible(payload, verdict.reason, verdict, dead, received)
-                continue
+            if (
+                event_id >> 14 == steady
+                and event_id > last_id  # type: ignore[operator]  # steady implies a last id
+                and event_type != BLOCK_CONFIRMED
+                and (not block_number or block_number == steady)
+                and (not shard or shard == judge_shard)
+            ):
+                counts[event_type] = counts.get(event_type, 0) + 1  # type: ignore[index]
+            else:
+                steady = None
+                verdict = judge(event_id, last_id=last_id, event_type=event_type, block_field=block_number,
+                                shard_field=shard, confirmed_block=block.block_number if block else None,
+                                may_hold=may_hold)
+                if verdict.action != ACCEPT:
+                    if verdict.action == HOLD:
+                        self.held = payloads[index:]
+                        consumed = index
+                        break
+                    if verdict.action == REPLAY:
+                        self.stats.duplicates_skipped += 1  # a node replaying what we already have
+                    else:
+                        self._implausible(payload, verdict.reason, verdict, dead, received)
+                    continue
+                for gap in observe(keys):
+                    self._report(gap)
+                steady = self.judge.steady_block(event_id)
+                counts = self.detector.open_counts(steady)
+                if counts is None:
+                    steady = None
             last_id = event_id
             accepted += 1
-            for gap in observe(keys):
-                self._report(gap)
             if event_type in _MESSAGE_EVENTS and not msg_hash:
                 dead.append(self._dead(payload, f"{HUB_EVENT_TYPES[event_type]} event carries no message", event_id, received))
                 continue

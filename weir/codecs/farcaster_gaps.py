@@ -59,6 +59,14 @@ class GapDetector:
         self._announced = None
         self._counts = {}
 
+    def open_counts(self, block: int | None) -> dict[int, int] | None:
+        """The per-type counts of ``block`` while the detector is inside it with nothing else to
+        check, else None: then observing an event of that block other than a BLOCK_CONFIRMED finds
+        no gap and only adds one to its type's count, which the reader does inline."""
+        if block is None or block != self._block or self._resume_from is not None:
+            return None
+        return self._counts
+
     def observe(self, keys: HubEventKeys) -> list[Gap]:
         gaps: list[Gap] = []
         block, seq = split_event_id(keys.event_id)

@@ -64,6 +64,7 @@ _MESSAGE_BODIES = frozenset({3, 4, 5, 13})
 _USERNAME_PROOF_BODY = 8
 _ON_CHAIN_BODY = 11
 _BLOCK_CONFIRMED_BODY = 16
+_BLOCK_CONFIRMED_HEAD = bytes([1 << 3 | VARINT, BLOCK_CONFIRMED])  # type = BLOCK_CONFIRMED, as field 1
 
 
 @attrs.frozen(slots=True)
@@ -112,7 +113,9 @@ def scan_hub_event(buf: bytes) -> HubEventKeys:
         WireError: the bytes are not a well-formed HubEvent (truncated, bad varint, bad wire type,
             or no id).
     """
-    if upb_available:
+    # BLOCK_CONFIRMED (type 11, written first) is left to the Python path at once: upb never
+    # reads it exactly (weir/codecs/farcaster_upb.py), so trying it first only costs.
+    if upb_available and not buf.startswith(_BLOCK_CONFIRMED_HEAD):
         found = upb_keys(buf)
         if found is not None:
             return _keys_from_tuple(HubEventKeys, (*found, None))
@@ -132,12 +135,25 @@ def _scan_common(buf: bytes) -> HubEventKeys:
     pos = 0
     event_type = event_id = shard = block_number = timestamp = fid = msg_type = 0
     msg_hash = b""
+    block = None
     saw_id = False
     while pos < end:
         key = buf[pos]
         pos += 1
-        if key >= 0x80:  # field >= 16 (BLOCK_CONFIRMED's body): rare, strict path
-            raise _Unusual
+        if key >= 0x80:  # field >= 16: BLOCK_CONFIRMED's body (0x82 0x01), anything else is rare
+            if key != 0x82 or buf[pos] != 0x01:
+                raise _Unusual
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                length, pos = read_varint(buf, pos + 1, end)
+            stop = pos + length
+            if stop > end:
+                raise _Unusual
+            block = _block_confirmed_common(buf, pos, stop)
+            pos = stop
+            continue
         wire_type = key & 7
         if wire_type == VARINT:
             value = buf[pos]
@@ -176,7 +192,63 @@ def _scan_common(buf: bytes) -> HubEventKeys:
             raise _Unusual
     if pos != end or not saw_id:
         raise _Unusual
-    return HubEventKeys(event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, None)
+    return HubEventKeys(event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, block)
+
+
+def _block_confirmed_common(buf: bytes, pos: int, end: int) -> BlockCounts:
+    """BlockConfirmedBody in its common shape (one-byte tags, map entries of a key and a value):
+    one per block, so it is worth a fast path (~4x cheaper than the strict scanner's)."""
+    block_number = total = 0
+    counts: dict[int, int] = {}
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key == 0x32:  # field 6: one entry of event_counts_by_type
+            entry_end = pos + 1 + buf[pos]
+            if buf[pos] >= 0x80 or entry_end > end:
+                raise _Unusual
+            pos += 1
+            count_key = count = 0
+            while pos < entry_end:
+                entry_key = buf[pos]
+                value = buf[pos + 1]
+                if value < 0x80:
+                    pos += 2
+                else:
+                    value, pos = read_varint(buf, pos + 1, entry_end)
+                if entry_key == 0x08:
+                    count_key = value - (1 << 64) if value >= 1 << 63 else value  # int32, sign-extended
+                elif entry_key == 0x10:
+                    count = value
+                else:
+                    raise _Unusual
+            if pos != entry_end:
+                raise _Unusual
+            counts[count_key] = count
+        elif key >= 0x80:
+            raise _Unusual
+        elif key & 7 == VARINT:
+            value = buf[pos]
+            if value < 0x80:
+                pos += 1
+            else:
+                value, pos = read_varint(buf, pos, end)
+            if key == 0x08:
+                block_number = value
+            elif key == 0x28:
+                total = value
+        elif key & 7 == LEN:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            pos += length
+        else:
+            raise _Unusual
+    if pos != end:
+        raise _Unusual
+    return BlockCounts(block_number, total, counts)
 
 
 def _message_in_body_common(buf: bytes, pos: int, end: int) -> tuple[int, int, bytes]:

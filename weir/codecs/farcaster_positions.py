@@ -111,6 +111,19 @@ class PositionJudge:
             self.height = block
         return _ACCEPTED
 
+    def steady_block(self, last_id: int | None) -> int | None:
+        """The block of ``last_id`` while any later event of it is plainly accepted, else None.
+
+        Then ``judge`` accepts an event of that block with an id above ``last_id``, other than a
+        BLOCK_CONFIRMED, whose block and shard fields are 0 or agree, and changes nothing: no bad id
+        is being counted, and the height is already at the block. The reader decides those events
+        inline (tests/test_farcaster_positions.py checks the two agree).
+        """
+        if last_id is None or self.bad_in_row or self.height is None:
+            return None
+        block = last_id >> 14
+        return block if block <= self.height else None
+
     def _inconsistency(
         self, event_id: int, event_type: int | None, block_field: int, shard_field: int, confirmed_block: int | None
     ) -> str | None:

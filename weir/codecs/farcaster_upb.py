@@ -18,7 +18,8 @@ routed instead of dead-lettered; verification (``farcaster.verify``) still refus
 message that carries one, and checks the keys against the signed message.
 
 Rare shapes left to the scanner: a Message with ``data_bytes`` and no ``data`` (keys come from the
-serialized bytes), username proofs, BLOCK_CONFIRMED (per-type counts), negative enum values (upb
+serialized bytes), BLOCK_CONFIRMED (per-type counts, and prost writes its body before the fields
+numbered below it, which upb does not), negative enum values (upb
 sign-extends, the scanner reads the unsigned varint), an event without an id.
 
 Sans-IO: bytes in, a tuple out. The descriptors are weir's own .proto files, compiled by
@@ -79,7 +80,19 @@ def upb_keys(buf: bytes) -> KeyTuple | None:
         msg_hash = message.hash
     elif body == "merge_on_chain_event_body":
         fid = event.merge_on_chain_event_body.on_chain_event.fid
-    elif body is not None:  # username proofs, BLOCK_CONFIRMED
+    elif body == "merge_username_proof_body":
+        # As the scanner reads it: the proof's message when it names a fid, else the proof's fid.
+        proof_body = event.merge_username_proof_body
+        message = proof_body.username_proof_message
+        data = message.data
+        fid = data.fid
+        if fid:
+            msg_type, msg_hash = data.type, message.hash
+        elif not message.HasField("data") and message.HasField("data_bytes"):
+            return None
+        else:
+            fid = proof_body.username_proof.fid
+    elif body is not None:  # BLOCK_CONFIRMED
         return None
     if event_type < 0 or msg_type < 0:
         return None
