@@ -8,13 +8,14 @@ import contextlib
 import itertools
 
 import grpclib.client
+import grpclib.config
 import pytest
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from weir.actors.grpc_bulk import bulk_capable, message_lists
+from weir.actors.grpc_bulk import ACK_EVERY, bulk_capable, message_lists
 from weir.codecs.grpc_frames import GrpcFrameError, MessageSplitter, SkippedMessage
 from weir.codecs.grpc_raw import RawBytesCodec
 from weir.protos.snapchain import HubEventType, SubscribeRequest
@@ -113,9 +114,11 @@ def test_a_huge_message_is_skipped_without_being_held():
 
 
 @contextlib.asynccontextmanager
-async def subscribed(config: SnapchainSimConfig, port_of=lambda port: port):
+async def subscribed(config: SnapchainSimConfig, port_of=lambda port: port, window: int | None = None):
     sim, port = await serve_snapchain(config)
-    channel = grpclib.client.Channel("127.0.0.1", port_of(port), codec=RawBytesCodec())
+    windows = {} if window is None else {"http2_connection_window_size": window, "http2_stream_window_size": window}
+    channel = grpclib.client.Channel("127.0.0.1", port_of(port), codec=RawBytesCodec(),
+                                     config=grpclib.config.Configuration(**windows))
     try:
         async with channel.request("/HubService/Subscribe", Cardinality.UNARY_STREAM, SubscribeRequest, bytes) as stream:
             await stream.send_message(SubscribeRequest(event_types=ALL_TYPES, from_id=0, shard_index=1), end=True)
@@ -161,6 +164,33 @@ def test_bulk_reading_gives_grpclibs_messages_in_lists_bounded_by_max_messages()
             # a list stops once it reaches 100, within the DATA chunk that got it there
             assert max(len(batch) for batch in lists) < 100 + 100
             assert len(lists) >= 3000 // 200
+
+            await node_ends_the_stream(sim, reader, stream)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("window", [65_535, None], ids=["smallest window", "default 4 MiB window"])
+def test_acknowledgements_come_in_large_steps_and_never_leave_the_peer_stuck(window):
+    """Acknowledged in steps of ACK_EVERY and whenever the reader would wait: a stream many windows
+    long (~1 MB through the smallest window HTTP/2 allows) arrives whole, every byte acknowledged."""
+    config = SnapchainSimConfig(shards=1, seed=5, rate=0, history=3000, total=3000)
+
+    async def scenario() -> None:
+        async with subscribed(config, window=window) as (sim, stream):
+            buffer = stream._stream.buffer
+            acks: list[int] = []
+            ack = buffer._ack_callback
+            buffer._ack_callback = lambda size: (acks.append(size), ack(size))
+            lists: list[list[bytes]] = []
+            reader = message_lists(stream, max_messages=20)
+            while sum(map(len, lists)) < 3000:
+                lists.append(await reader.__anext__())
+            assert [m for batch in lists for m in batch] == [event for _, event in sim.offered(1)]
+            # what is not acknowledged yet is less than a step (5 bytes of gRPC prefix per message)
+            taken = sum(len(m) + 5 for batch in lists for m in batch)
+            assert 0 <= taken - sum(acks) < ACK_EVERY
+            assert len(acks) < len(lists) / 2  # not one per list
 
             await node_ends_the_stream(sim, reader, stream)
 
