@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from weir.actors.batch import BatchPolicy, run_batch
 from weir.actors.filter import run_filter
@@ -120,6 +123,21 @@ async def test_batch_flushes_at_max_age(autojump_clock) -> None:
     assert batches[0][0] - first_sent[0] == pytest.approx(0.2, abs=1e-6)
 
 
+async def test_batch_flushes_at_max_age_when_the_float_difference_falls_short(autojump_clock) -> None:
+    # (1.5 + 0.2) - 1.5 < 0.2 in floats: judged as ``now - since >= max_age`` the batch was never
+    # due at its own deadline, and the actor spun there (time stood still under the mock clock).
+    policy = BatchPolicy(max_events=1000, max_bytes=1 << 20, max_age=0.2, eager=False)
+    assert (1.5 + 0.2) - 1.5 < 0.2
+
+    async def feed(send):
+        await trio.sleep_until(1.5)
+        await send.send(make_chunk([1]))
+        await trio.sleep(1.0)
+
+    batches = await _collect_batches(policy, feed)
+    assert batches == [(1.5 + 0.2, [1])]
+
+
 async def test_eager_batch_hands_over_at_once_when_the_sink_is_idle(autojump_clock) -> None:
     policy = BatchPolicy(max_events=1000, max_bytes=1 << 20, max_age=10.0, eager=True)
     t0 = trio.current_time()
@@ -146,3 +164,27 @@ async def test_eager_batch_groups_while_the_sink_is_busy(autojump_clock) -> None
     flat = [t for _, b in batches for t in b]
     assert flat == list(range(1, 11))  # order kept, nothing lost or doubled
     assert len(batches) < 10 and max(len(b) for _, b in batches) >= 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=25), max_events=st.integers(1, 60), eager=st.booleans(),
+       gap=st.sampled_from([0.0, 0.01, 0.3]), consumer_delay=st.sampled_from([0.0, 0.02, 1.0]))
+def test_a_batch_holds_at_most_max_events_minus_one_plus_a_chunk(sizes, max_events, eager, gap, consumer_delay) -> None:
+    """What the chaos suite's in-flight bound counts for each of the batch and persist actors
+    (weir/chaos/backpressure.py): a batch goes once it reaches max_events, so it holds at most
+    max_events - 1 events plus the chunk that got it there, however the sink keeps up."""
+    policy = BatchPolicy(max_events=max_events, max_bytes=1 << 20, max_age=0.2, eager=eager)
+    size_of: dict[int, int] = {}
+
+    async def feed(send):
+        position = 0
+        for size in sizes:
+            await send.send(make_chunk(list(range(position + 1, position + size + 1))))
+            position += size
+            size_of[position] = size
+            await trio.sleep(gap)
+
+    collect = functools.partial(_collect_batches, policy, feed, consumer_delay=consumer_delay)
+    batches = trio.run(collect, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert [t for _, b in batches for t in b] == list(size_of)  # every chunk once, in order
+    assert max(sum(size_of[t] for t in b) for _, b in batches) <= max_events - 1 + max(sizes)

@@ -68,7 +68,9 @@ async def run_batch(
         while True:
             if pending.chunks:
                 full = pending.events >= policy.max_events or pending.bytes >= policy.max_bytes
-                due = trio.current_time() - pending.since >= policy.max_age
+                # The same sum as the deadline below: ``now - since >= max_age`` can stay False at
+                # the deadline itself (float rounding), and the loop then spun without yielding time.
+                due = trio.current_time() >= pending.since + policy.max_age
                 if full or due:
                     await send.send(pending.take())
                     continue

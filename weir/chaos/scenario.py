@@ -46,8 +46,8 @@ class Scenario:
         before_start: apply the schedule's first fault *before* starting weir (Redis down at start-up).
         settings: extra ``--set`` for weir (after the engine's and the source's settings).
         checks: extra verdicts under a slow Redis link: ``memory_bounded`` (RSS does not grow with the
-            stall's length), ``source_slowed`` (what the source read but Redis has not yet taken stays
-            within what the pipeline's buffers hold: :mod:`weir.chaos.backpressure`; a run without a filter),
+            stall's length), ``source_slowed`` (what the source read and is not yet out of the pipeline
+            stays within what the pipeline's buffers hold: :mod:`weir.chaos.backpressure`),
             ``sink_progress`` (events are still persisted while the link is slow).
         expect: log events weir must write during the run, so a scenario proves the behaviour the
             docs describe, not only the outcome: ``"event"`` or ``"event:field~text"`` (a JSON log

@@ -50,7 +50,7 @@ from typing import Any
 import attrs
 import trio
 
-from weir.chaos.backpressure import in_flight_bound
+from weir.chaos.backpressure import LEFT_THE_PIPELINE, in_flight_bound
 from weir.chaos.checker import (
     RunReport,
     RunSampler,
@@ -366,26 +366,26 @@ def judge_tail(scenario: Scenario, windows: Sequence[Window]) -> list[str]:
 
 @attrs.define(eq=False)
 class MetricsSampler:
-    """Scrapes weir's /metrics every ``interval`` s: events received (source) and persisted (sink)."""
+    """Scrapes weir's /metrics every ``interval`` s: events received (source), persisted (sink), and
+    out of the pipeline (persisted or not appended by design: :data:`LEFT_THE_PIPELINE`)."""
 
     port: int
     interval: float = 0.1
-    points: list[tuple[float, float, float]] = attrs.Factory(list)  # (trio time, received, persisted)
+    points: list[tuple[float, float, float, float]] = attrs.Factory(list)  # (trio time, received, persisted, left)
 
     async def run(self) -> None:
         while True:
             with trio.move_on_after(1.0):
                 try:
                     text = await _http_get("127.0.0.1", self.port, "/metrics")
-                    self.points.append((trio.current_time(), _metric_sum(text, "weir_events_received_total"),
-                                        _metric_sum(text, "weir_events_persisted_total")))
+                    self.points.append((trio.current_time(), *held_counts(text)))
                 except (OSError, trio.BrokenResourceError, ValueError):
                     pass  # not listening yet, or restarting
             await trio.sleep(self.interval)
 
     def peak_held(self, start: float, end: float) -> int | None:
-        """The most events read but not yet persisted at any scrape between ``start`` and ``end``."""
-        inside = [int(received - persisted) for at, received, persisted in self.points if start <= at <= end]
+        """The most events read and not yet out of the pipeline at any scrape between ``start`` and ``end``."""
+        inside = [int(received - left) for at, received, _, left in self.points if start <= at <= end]
         return max(inside) if inside else None
 
     def rate(self, start: float, end: float, column: int = 1) -> float | None:
@@ -408,6 +408,12 @@ async def _http_get(host: str, port: int, path: str) -> str:
     if not head.startswith(b"HTTP/1.1 200"):
         raise ValueError(head[:40])
     return body.decode(errors="replace")
+
+
+def held_counts(text: str) -> tuple[float, float, float]:
+    """(received, persisted, left the pipeline) over every partition, from a /metrics text."""
+    left = sum(_metric_sum(text, name) for name in LEFT_THE_PIPELINE)
+    return _metric_sum(text, "weir_events_received_total"), _metric_sum(text, "weir_events_persisted_total"), left
 
 
 def _metric_sum(text: str, name: str) -> float:
@@ -682,7 +688,7 @@ def _judge_stall(scenario: Scenario, settings: Sequence[str], records: Sequence[
             limit = bound * len(scenario.source.partitions)
             measures["held_limit_events"] = limit
             if held > limit:
-                problems.append(f"the source did not slow down: it held {held} events read but not persisted during "
+                problems.append(f"the source did not slow down: it held {held} events read but not out of the pipeline during "
                                 f"the stall, more than the pipeline's buffers can hold ({limit})")
 
 
