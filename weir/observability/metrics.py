@@ -92,7 +92,7 @@ class ServiceCollector(Collector):
         received = counter("weir_events_received", "Events (payloads) read from the network by the source, replays included.")
         filtered = counter("weir_events_filtered", "Events dropped by the filter (their position still advances the cursor).")
         persisted = counter("weir_events_persisted", "Events appended to the Redis stream (durable).")
-        skipped = counter("weir_events_skipped", "Events not appended because they were already durable (a replay).")
+        skipped = counter("weir_events_skipped", "Events not appended because they were already durable (a replay, or the retry of a timed-out write that landed).")
         dead = counter("weir_events_dead_lettered", "Malformed events appended to the dead-letter stream (durable).")
         gaps = counter("weir_gaps", "Gaps detected in the network's stream (events that can no longer be replayed).")
         missed = counter("weir_gap_missed_events", "Events known to be missing because of gaps (when the gap says how many).")
