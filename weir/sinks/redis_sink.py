@@ -387,11 +387,13 @@ class RedisSink:
                 key = event.key
                 fields = event.fields
                 n_fields = len(fields)
+                position_text = b"%d" % position
+                sub_text = b"0" if sub == 0 else b"%d" % sub
                 append(
                     _EVENT
                     % (
-                        len(b"%d" % position), position,
-                        len(b"%d-%d" % (position, sub)), position, sub,
+                        len(position_text), position_text,
+                        len(position_text) + 1 + len(sub_text), position_text, sub_text,
                         _FIELD_COUNTS[n_fields] if n_fields < 64 else _bulk(b"%d" % (8 + 2 * n_fields)),
                         packed_strs.get(event.kind) or self._pack_str(event.kind),
                         len(payload), payload,
@@ -542,7 +544,7 @@ def _bulk_str(value: str) -> bytes:
 # One event in ARGV: position, stream id, N, then N field/value arguments (kind, data, key, ts,
 # then Event.fields). N is packed from _FIELD_COUNTS, the kind arrives pre-packed.
 _EVENT = (
-    b"$%d\r\n%d\r\n$%d\r\n%d-%d\r\n%b"
+    b"$%d\r\n%b\r\n$%d\r\n%b-%b\r\n%b"
     b"$4\r\nkind\r\n%b"
     b"$4\r\ndata\r\n$%d\r\n%b\r\n"
     b"$3\r\nkey\r\n$%d\r\n%b\r\n"
