@@ -157,6 +157,7 @@ class _Instruments:
         # than LONG_STEP (end, seconds, task), and each verification hand-over (end, seconds, items).
         self.writes: list[tuple[str, float, float, list[tuple[float, int, int, int]]]] = []  # chunk: (receipt, events, first and last position)
         self.long_steps: list[tuple[float, float, str, float]] = []  # (end, seconds, where, CPU seconds)
+        self.steps_timed = False
         self.verify_calls: list[tuple[float, float, int]] = []
         self.recording = False
 
@@ -295,6 +296,7 @@ class _Instruments:
                                    for k, v in by_size.items()},
             "all_ms": means(rows),
             "slowest_1pct_ms": means(rows[cut:]),
+            "steps_timed": self.steps_timed,
             "long_steps": {task: {"count": len(v), "max_ms": 1000 * max(v), "total_ms": 1000 * sum(v), "cpu_ms": 1000 * slow_cpu[task]}
                            for task, v in sorted(slow_steps.items(), key=lambda kv: -sum(kv[1]))[:6]},
             "verify_calls": {**_summary_ms([d for _, d, _ in self.verify_calls]),
@@ -370,7 +372,11 @@ async def _run_weir(spec: dict, instruments: _Instruments) -> dict:
         peer_cpu0 = {name: _proc_cpu(pid) for name, pid in peers.items()}
         children0 = _children_cpu(set(peers.values()))
         busy0 = machine_busy_s()
-        trio.lowlevel.add_instrument(_LongSteps(instruments.long_steps, lambda: instruments.recording))
+        if spec["scenario"] == "latency":
+            # Timing every task step costs two clock reads per step (~5-25 % of weir's CPU in the
+            # throughput scenarios, which `weir run` does not pay): only where the tail is the question.
+            trio.lowlevel.add_instrument(_LongSteps(instruments.long_steps, lambda: instruments.recording))
+            instruments.steps_timed = True
         instruments.recording = True
         t0 = trio.current_time()
         cpu0 = time.process_time()
@@ -885,6 +891,8 @@ def render_details(results: dict) -> str:
                 )
             steps = ", ".join(f"{task} {v['count']}x max {v['max_ms']:.0f} ms (CPU {v['cpu_ms'] / max(v['total_ms'], 1e-9):.0%})"
                               for task, v in t["long_steps"].items())
+            if not t.get("steps_timed", True):
+                steps = "not timed (the latency scenario times them)"
             lines.append(f"  long trio steps: {steps or 'none'}; GC pause max {r['gc_pause_ms'].get('max', 0):.1f} ms"
                          + (f"; verify hand-overs p50 {t['verify_calls']['p50']:.1f} / p99 {t['verify_calls']['p99']:.1f} ms, "
                             f"{t['verify_calls']['items_mean']:.0f} items" if t["verify_calls"].get("count") else ""))
