@@ -19,6 +19,8 @@ replayed first next time). docs/security.md ("Fuzzing") lists what was found.
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import json
 import os
 import re
@@ -33,6 +35,7 @@ from typing import Any
 import attrs
 import pytest
 import zstandard
+from google.protobuf.message import DecodeError
 from atproto_firehose_before import decode_frame_before, find_block_before
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -42,6 +45,7 @@ from weir.actors.farcaster import recover_type_and_id
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import FrameError, RecordFilter, decode_frame
 from weir.codecs.atproto_jetstream import JetstreamDecoder
+from weir.codecs.farcaster_info import parse_get_info
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder, parse_header, parse_log
 from weir.codecs.farcaster_keys import MERGE_MESSAGE, scan_hub_event, scan_hub_event_strict
 from weir.codecs.farcaster_validity import InvalidMessage, verify_message
@@ -373,12 +377,32 @@ def test_message_validity_raises_only_invalid_message(data: bytes) -> None:
         assert verified is not None
 
 
+@functools.cache
+def upb_get_info() -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    raw = importlib.resources.files("weir.protos").joinpath("snapchain.binpb").read_bytes()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(raw).file:
+        pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("GetInfoResponse"))
+
+
 @fuzz(600)
 @given(st.binary(max_size=100) | mutated(GET_INFO, inflate_protobuf))
 @example(b"1\xc2\xb0\xf8x!\x14+")  # betterproto2 raised KeyError('string')
 @example(b"\x06\n\x9f\xee\x8e\xd4UD\xa2")  # ... and UnicodeDecodeError, EOFError
 def test_a_garbled_get_info_reply_raises_wire_error(data: bytes) -> None:
     refused_or_returned(lambda: RawBytesCodec().decode(data, GetInfoResponse), WireError)
+    read = refused_or_returned(lambda: parse_get_info(data), WireError)  # what weir run reads
+    # The protobuf package's C parser as the oracle (betterproto2 is laxer: it reads a varint sent
+    # for a message field); where both read the bytes, they read the same shards.
+    upb = refused_or_returned(lambda: upb_get_info().FromString(data), DecodeError)
+    if upb is not None and read is not None:
+        assert read.num_shards == upb.num_shards
+        assert read.shard_infos == tuple((s.shard_id, s.max_height) for s in upb.shard_infos)
+    if data in GET_INFO:
+        assert read is not None and read.height_of(1) == 9 and read.height_of(2) is None
 
 
 # --- gRPC framing ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from weir.actors.stopping import until_stopped
 from weir.actors.verify_workers import ProcessVerifier, open_process_verifier
 from weir.bridge import call_asyncio, pump_batches, trio_sender
 from weir.codecs.farcaster_gaps import Gap, GapDetector, split_event_id
+from weir.codecs.farcaster_info import NodeInfo, parse_get_info
 from weir.codecs.farcaster_positions import ACCEPT, HOLD, REFUSE, REPLAY, PositionJudge, PositionVerdict
 from weir.codecs.farcaster_validity import hub_event_invalidity
 from weir.codecs.grpc_frames import KEEP_BYTES, MAX_MESSAGE, SkippedMessage
@@ -121,21 +122,27 @@ def load_transport() -> None:
     Done lazily by the first connection, it took ~120 ms of CPU (grpclib, h2, betterproto2, and
     pydantic, which betterproto2 imports on first use when installed) in one asyncio callback:
     every partition's pipeline stalled while live events queued (docs/performance.md, session 9).
+    GetInfo's reply is now read without betterproto2 (weir/codecs/farcaster_info.py).
     """
+    from grpclib.const import Cardinality  # noqa: F401
+
     from weir.actors.grpc_channel import CoalescingChannel  # noqa: F401
     from weir.codecs.grpc_raw import RawBytesCodec  # noqa: F401
-    from weir.protos.snapchain import GetInfoResponse, ShardInfo
-
-    GetInfoResponse.parse(bytes(GetInfoResponse(num_shards=1, shard_infos=[ShardInfo(shard_id=1, max_height=1)])))
 
 
-async def _get_info_aio(target: GrpcTarget, timeout: float):
-    from weir.protos.snapchain import GetInfoRequest, HubServiceStub
+async def _get_info_aio(target: GrpcTarget, timeout: float) -> NodeInfo:
+    from grpclib.const import Cardinality
 
     with _grpclib_reset_is_a_network_fault():  # around close() too: it meets the same missing transport
         channel = _open_channel(target)
         try:
-            return await HubServiceStub(channel).get_info(GetInfoRequest(), timeout=timeout)
+            async with channel.request("/HubService/GetInfo", Cardinality.UNARY_UNARY, bytes, bytes,
+                                       timeout=timeout) as stream:
+                await stream.send_message(b"", end=True)  # GetInfoRequest has no fields
+                reply = await stream.recv_message()
+            if reply is None:
+                raise WireError("GetInfo ended without a reply")
+            return parse_get_info(reply)
         finally:
             channel.close()
 
@@ -143,8 +150,7 @@ async def _get_info_aio(target: GrpcTarget, timeout: float):
 async def announced_height(target: GrpcTarget, shard: int, *, timeout: float) -> int | None:
     """The block height the node announces for ``shard`` (GetInfo's ShardInfo.max_height), if any."""
     info = await call_asyncio(_get_info_aio, target, timeout)
-    heights = [s.max_height for s in info.shard_infos if s.shard_id == shard]
-    return heights[0] if heights and heights[0] else None
+    return info.height_of(shard)
 
 
 async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[int]:
@@ -152,7 +158,7 @@ async def discover_shards(target: GrpcTarget, *, timeout: float = 10.0) -> list[
     info = await call_asyncio(_get_info_aio, target, timeout)
     if info.num_shards:
         return list(range(1, info.num_shards + 1))
-    return sorted(s.shard_id for s in info.shard_infos if s.shard_id > 0)
+    return sorted(shard_id for shard_id, _ in info.shard_infos if shard_id > 0)
 
 
 async def _subscribe_aio(target: GrpcTarget, request_bytes: bytes, deliver, settings: FarcasterSettings) -> None:
