@@ -335,9 +335,10 @@ class FirehoseReader(_ReaderBase):
                     self._stale(f"{decoded.type} seq", seq, did, rev)
                     continue
                 ops = decoded.ops
-                filtered += decoded.total_ops - len(ops)
                 if not ops:
+                    filtered += decoded.total_ops
                     continue
+                filtered += decoded.total_ops - len(ops)
                 timestamp = _timestamp(decoded.time)
                 try:
                     events.extend(self._commit_events(decoded, timestamp, received))

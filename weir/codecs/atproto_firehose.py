@@ -192,7 +192,7 @@ def decode_frame(
         except KeyError:
             seq = None  # a field missing: the checks below say which
         if (type(seq) is int and type(did) is str and type(time) is str and type(rev) is str and type(ops) is list and type(blocks) is bytes
-                and seq >= 0 and did.startswith("did:") and rev and len(ops) <= max_ops and len(blocks) <= max_blocks):
+                and seq >= 0 and did.startswith("did:") and rev and (total := len(ops)) <= max_ops and len(blocks) <= max_blocks):
             if not (keep.every_commit or keep.wants_repo("commit", did)):
                 return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), 0, body, 0, False))
             only = keep.only_paths
@@ -206,8 +206,8 @@ def decode_frame(
                     except (TypeError, KeyError, ValueError, AttributeError):
                         break  # malformed (a path not a string, or a field missing): _kept_ops says how
                 else:  # every op dropped at the first look, as _kept_ops would drop it
-                    return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), len(ops), body, 0, True))
-            return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, _kept_ops(ops, blocks, keep, seq), len(ops), body, 0, True))
+                    return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), total, body, 0, True))
+            return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, _kept_ops(ops, blocks, keep, seq), total, body, 0, True))
     # Any other frame, or a commit with a field amiss: the checks one by one, which say what is wrong
     # (where they all pass, they give the Frame the lines above give).
     if not isinstance(header, dict) or not isinstance(body, dict):
