@@ -142,6 +142,19 @@ def test_derived_filter_attributes_answer_as_the_filter_does(collections, action
         assert (collection in keep.only_collections) == keep.wants_op(action, collection)
 
 
+@settings(max_examples=100)
+@given(st.lists(NSIDS | st.sampled_from(["a/b", "app.bsky.feed.post/"]), max_size=3), st.lists(st.sampled_from(["create", "delete"]), max_size=1),
+       NSIDS, st.sampled_from(["/3k", "/a/b", "x/3k", "", "//"]))
+def test_only_paths_answer_as_the_first_part_of_a_path(collections, actions, collection, rest):
+    """``only_paths`` (the decoder's first look at an op's path): a path with a slash starts with one of
+    them exactly when the part before its first slash is one of ``only_collections``."""
+    keep = RecordFilter.build(collections=collections, actions=actions)
+    assert (keep.only_paths is None) == (keep.only_collections is None)
+    path = collection + rest
+    if keep.only_paths is not None and "/" in path:
+        assert path.startswith(keep.only_paths) == (path[: path.index("/")] in keep.only_collections)
+
+
 def test_did_filter_keeps_only_the_wanted_repos_of_every_kind():
     """``atproto.dids``: only those repos' commits and identity/account/sync events come out; other
     repos' frames are counted as filtered and never looked into (their corrupt records are no dead letters)."""

@@ -37,14 +37,18 @@ import pytest
 import zstandard
 from google.protobuf.message import DecodeError
 from atproto_firehose_before import decode_frame_before, find_block_before
+from atproto_reader_before import FirehoseReaderBefore
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from weir.actors import atproto as atproto_actor
 from weir.actors.farcaster import recover_type_and_id
+from weir.actors.ws_bounded import OversizedMessage
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import FrameError, RecordFilter, decode_frame
 from weir.codecs.atproto_jetstream import JetstreamDecoder
+from weir.codecs.atproto_order import RevTracker
+from weir.codecs.atproto_positions import SeqJudge
 from weir.codecs.farcaster_info import parse_get_info
 from weir.codecs.ethereum_logs import EventAbi, LogDecoder, parse_header, parse_log
 from weir.codecs.farcaster_keys import MERGE_MESSAGE, scan_hub_event, scan_hub_event_strict
@@ -629,6 +633,74 @@ def test_tuned_decoder_on_the_recorded_relay_frames(keep: RecordFilter) -> None:
     for frame in ALL_RECORDED_FRAMES:
         assert frame_outcome(decode_frame, frame, keep) == frame_outcome(decode_frame_before, frame, keep)
     assert reader_outcome(ALL_RECORDED_FRAMES, keep, decode_frame) == reader_outcome(ALL_RECORDED_FRAMES, keep, decode_frame_before)
+
+
+# --- the tuned firehose reader against the one before (tests/atproto_reader_before.py) --------------
+
+DIDS = ["did:plc:a", "did:plc:b"]
+REVS = ["3k1", "3k2", "3k3"]
+
+
+@st.composite
+def firehose_reads(draw: Any) -> list[list[bytes | str | OversizedMessage]]:
+    """Up to three reads of frames from the simulated and recorded ones with their seqs stepping on
+    from the last (forward by one or a few, repeated, back, or far ahead), their DID and rev drawn
+    from a few (a DID's rev goes forward, stays or goes back); among them #info frames, text
+    messages, frames over the transport's limit and mutated frames."""
+    seq = draw(st.integers(0, 6))
+    reads = []
+    for _ in range(draw(st.integers(1, 3))):
+        frames: list[bytes | str | OversizedMessage] = []
+        for _ in range(draw(st.integers(0, 5))):
+            kind = draw(st.sampled_from(["renumbered"] * 8 + ["mutated", "info", "text", "oversized"]))
+            if kind == "info":
+                name = draw(st.sampled_from(["OutdatedCursor", "Other"]))
+                frames.append(cbor.encode({"op": 1, "t": "#info"}) + cbor.encode({"name": name}))
+            elif kind == "text":
+                frames.append("{}")
+            elif kind == "mutated":
+                frames.append(draw(mutated(FRAMES)))
+            else:
+                frame = draw(st.sampled_from(FRAMES))
+                header, at = cbor.decode_prefix(frame, 0)
+                body = cbor.decode(frame[at:])
+                seq = max(0, seq + draw(st.sampled_from([1, 1, 1, 2, 0, -1, -3, 5_000, 10**7])))
+                body["seq"] = seq
+                body["repo" if header.get("t") == "#commit" else "did"] = draw(st.sampled_from(DIDS))
+                if "rev" in body:
+                    body["rev"] = draw(st.sampled_from(REVS))
+                renumbered = cbor.encode(header) + cbor.encode(body)
+                frames.append(OversizedMessage(size=9_000_000, head=renumbered[:200]) if kind == "oversized" else renumbered)
+        reads.append(frames)
+    return reads
+
+
+def reader_state(reader_class: type[atproto_actor.FirehoseReader], reads: list[list[Any]], keep: RecordFilter,
+                 judged: tuple[int | None, bool, int], revs: list[tuple[str, str, int]], capacity: int) -> tuple[Any, ...]:
+    """What a reader of ``reader_class`` hands on for ``reads`` and the state it is left in, from a judge
+    at (last, skip_announced, bad_in_row) and a rev table of ``capacity`` holding ``revs``."""
+    tracker = RevTracker(capacity=capacity)
+    for did, rev, at in revs:
+        tracker.advance(did, rev, at=at)
+    judge = SeqJudge(max_bad_in_row=3, max_jump=1000, last=judged[0], skip_announced=judged[1], bad_in_row=judged[2])
+    stats = atproto_actor.AtprotoStats(refused="refused before")
+    reader = reader_class(partition="p", stats=stats, keep=keep, judge=judge, revs=tracker, last_id=judged[0])
+    chunks = [reader.read(frames, float(n)) for n, frames in enumerate(reads)]
+    return ([(c.events, c.dead, c.through) if c else None for c in chunks], reader._unplaced, reader.last_id, reader.progress,
+            reader.consecutive_bad, reader.longest_bad_run, reader.refusal, str(reader.relay_error), attrs.asdict(reader.stats),
+            (judge.last, judge.skip_announced, judge.bad_in_row), list(tracker.entries().items()))
+
+
+@fuzz(300)
+@given(firehose_reads(), st.sampled_from(EQUIVALENCE_FILTERS),
+       st.sampled_from([(None, False, 0), (0, False, 0), (3, False, 0), (3, True, 0), (1, False, 1), (4, True, 2)]),
+       st.lists(st.tuples(st.sampled_from(DIDS), st.sampled_from(REVS), st.sampled_from([0, 0, 5])), max_size=3),
+       st.integers(1, 3))
+def test_tuned_reader_hands_on_what_the_one_before_did(reads: list[list[Any]], keep: RecordFilter, judged: tuple[int | None, bool, int],
+                                                       revs: list[tuple[str, str, int]], capacity: int) -> None:
+    """Events, dead letters, cursor, counts, the judge's state and the rev table (its eviction order too)."""
+    assert reader_state(atproto_actor.FirehoseReader, reads, keep, judged, revs, capacity) == \
+        reader_state(FirehoseReaderBefore, reads, keep, judged, revs, capacity)
 
 
 # --- Jetstream JSON and zstd ------------------------------------------------------------------------

@@ -405,6 +405,9 @@ def find_block(car: bytes, cid: bytes) -> bytes | None:
     lengths would otherwise cost a hash of up to the whole CAR per repetition (2 MB of them took
     15 s); past that budget the answer is None and the linear walk of :func:`index_car` decides.
     """
+    digest = _sha256_digest(cid)
+    if digest is None:  # verify_block accepts no block for this CID: no search can find one
+        return None
     size = len(car)
     width = len(cid)
     budget = size
@@ -419,7 +422,7 @@ def find_block(car: bytes, cid: bytes) -> bytes | None:
                     if budget < 0:
                         return None
                     block = car[at + width : at + length]
-                    if verify_block(cid, block) is None:
+                    if hashlib.sha256(block).digest() == digest:  # what verify_block checks, its digest taken once
                         return block
                 start -= 1
                 if start < 0 or at - start > 3 or car[start] < 0x80:
@@ -429,15 +432,21 @@ def find_block(car: bytes, cid: bytes) -> bytes | None:
     return None
 
 
+def _sha256_digest(cid: bytes) -> bytes | None:
+    """The sha-256 digest ``cid`` names, as :func:`verify_block` reads it; None if it names none."""
+    if len(cid) == 34 and cid[0] == 0x12:
+        return cid[2:]
+    if len(cid) == 36 and cid[0] == 0x01 and cid[2] == SHA2_256 and cid[3] == 0x20:
+        return cid[4:]
+    return None
+
+
 def verify_block(cid: bytes, block: bytes) -> str | None:
     """None if ``block`` hashes to ``cid``; otherwise why not (one line)."""
-    if len(cid) == 34 and cid[0] == 0x12:
-        digest = cid[2:]
-    elif len(cid) >= 4 and cid[0] == 0x01:
-        if cid[2] != SHA2_256 or cid[3] != 0x20 or len(cid) != 36:
+    digest = _sha256_digest(cid)
+    if digest is None:
+        if len(cid) >= 4 and cid[0] == 0x01:
             return f"CID {cid_to_str(cid)} uses an unsupported hash"
-        digest = cid[4:]
-    else:
         return f"unsupported CID {cid.hex()[:16]}"
     if hashlib.sha256(block).digest() != digest:
         return f"block does not match its CID {cid_to_str(cid)} (sha-256 differs)"

@@ -54,7 +54,7 @@ class RecordFilter:
         dids: repositories to keep (also applied to identity/account/sync events).
         actions: ``create`` / ``update`` / ``delete`` to keep.
         kinds: event kinds to keep (``commit``, ``identity``, ``account``, ``sync``).
-        every_commit, filters_ops, only_collections: derived from the above at construction.
+        every_commit, filters_ops, only_collections, only_paths: derived from the above at construction.
     """
 
     collections: frozenset[str] = frozenset()
@@ -68,6 +68,9 @@ class RecordFilter:
     every_commit: bool = attrs.field(init=False, eq=False, repr=False)
     filters_ops: bool = attrs.field(init=False, eq=False, repr=False)
     only_collections: frozenset[str] | None = attrs.field(init=False, eq=False, repr=False)
+    # With only_collections: the path prefixes ("nsid/") of those NSIDs; one without a slash starts
+    # with one of them exactly when the part before its first slash is one of them.
+    only_paths: tuple[str, ...] | None = attrs.field(init=False, eq=False, repr=False)
 
     @every_commit.default
     def _every_commit(self) -> bool:
@@ -80,6 +83,11 @@ class RecordFilter:
     @only_collections.default
     def _only_collections(self) -> frozenset[str] | None:
         return self.collections if self.collections and not (self.prefixes or self.actions) else None
+
+    @only_paths.default
+    def _only_paths(self) -> tuple[str, ...] | None:
+        only = self.only_collections
+        return None if only is None else tuple(sorted(c + "/" for c in only if "/" not in c))  # an NSID with a slash never is a path's first part
 
     @classmethod
     def build(cls, *, collections=(), dids=(), actions=(), kinds=()) -> RecordFilter:
@@ -184,22 +192,22 @@ def decode_frame(
         except KeyError:
             seq = None  # a field missing: the checks below say which
         if (type(seq) is int and type(did) is str and type(time) is str and type(rev) is str and type(ops) is list and type(blocks) is bytes
-                and seq >= 0 and did.startswith("did:") and rev and len(ops) <= max_ops and len(blocks) <= max_blocks):
+                and seq >= 0 and did.startswith("did:") and rev and (total := len(ops)) <= max_ops and len(blocks) <= max_blocks):
             if not (keep.every_commit or keep.wants_repo("commit", did)):
                 return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), 0, body, 0, False))
-            only = keep.only_collections
+            only = keep.only_paths
             if only is not None:  # the first look _kept_ops takes at each op, taken here: most commits have no op wanted
                 for entry in ops:
                     try:
                         path = entry["path"]
                         entry["action"]
-                        if path[: path.index("/")] in only:
+                        if path.startswith(only) or "/" not in path:  # wanted, or malformed
                             break
                     except (TypeError, KeyError, ValueError, AttributeError):
-                        break  # malformed: _kept_ops says how
+                        break  # malformed (a path not a string, or a field missing): _kept_ops says how
                 else:  # every op dropped at the first look, as _kept_ops would drop it
-                    return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), len(ops), body, 0, True))
-            return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, _kept_ops(ops, blocks, keep, seq), len(ops), body, 0, True))
+                    return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, (), total, body, 0, True))
+            return _new_frame(Frame, ("commit", "#commit", seq, did, time, rev, _kept_ops(ops, blocks, keep, seq), total, body, 0, True))
     # Any other frame, or a commit with a field amiss: the checks one by one, which say what is wrong
     # (where they all pass, they give the Frame the lines above give).
     if not isinstance(header, dict) or not isinstance(body, dict):
@@ -291,6 +299,8 @@ def _kept_ops(ops: list[Any], blocks: bytes, keep: RecordFilter, seq: int) -> tu
     unresolved: list[int] = []  # where in records an op's block was not found by find_block
     for index, op in enumerate(ops):
         if wants_op is not None:  # cheap look at the path first: ops the filter drops are not validated further
+            # An op this look finds wanted is wanted (the checks below read the same fields); one it
+            # cannot read fails the checks below: so no second look after them.
             try:
                 path = op["path"]
                 action = op["action"]
@@ -313,8 +323,6 @@ def _kept_ops(ops: list[Any], blocks: bytes, keep: RecordFilter, seq: int) -> tu
             cid = record = None
         elif not isinstance(cid, bytes):
             raise FrameError(f"#commit seq {seq}: op {index} ({action} {path[:100]}) has no CID", seq)
-        if wants_op is not None and not wants_op(action, collection):
-            continue
         if cid is not None:
             record = find_block(blocks, cid)
             if record is None:  # a broken CAR, a missing block, a bad hash, or find_block gave up

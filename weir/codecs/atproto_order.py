@@ -49,6 +49,12 @@ class RevTracker:
     capacity: int = 1_000_000
     _revs: dict[str, tuple[str, int]] = attrs.Factory(dict)
 
+    def entries(self) -> dict[str, tuple[str, int]]:
+        """The table itself, DID -> (rev, at), oldest update first: for the firehose reader, which
+        applies :meth:`advance`'s common cases inline (a new DID with room left; a rev above a
+        firehose rev) and calls it for the rest."""
+        return self._revs
+
     def last(self, did: str) -> str | None:
         entry = self._revs.get(did)
         return None if entry is None else entry[0]
