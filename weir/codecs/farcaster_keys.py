@@ -185,7 +185,9 @@ def _scan_common(buf: bytes) -> HubEventKeys:
             field = key >> 3
             if field in _MESSAGE_BODIES:
                 fid, msg_type, msg_hash = _message_in_body_common(buf, pos, stop)
-            elif field == _USERNAME_PROOF_BODY or field == _ON_CHAIN_BODY:
+            elif field == _ON_CHAIN_BODY:
+                fid = _on_chain_fid_common(buf, pos, stop)
+            elif field == _USERNAME_PROOF_BODY:
                 raise _Unusual
             pos = stop
         else:
@@ -193,6 +195,65 @@ def _scan_common(buf: bytes) -> HubEventKeys:
     if pos != end or not saw_id:
         raise _Unusual
     return HubEventKeys(event_type, event_id, shard, block_number, timestamp, fid, msg_type, msg_hash, block)
+
+
+def _on_chain_fid_common(buf: bytes, pos: int, end: int) -> int:
+    """MergeOnChainEventBody → on_chain_event (field 1) → fid (field 8), read as the strict
+    scanner reads it (the first of each, nothing after it looked at). upb never reads these
+    exactly: prost writes OnChainEvent's oneof body before tx_index (13), upb after it."""
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key == 0x0A:  # on_chain_event
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise _Unusual
+            while pos < stop:
+                key = buf[pos]
+                pos += 1
+                if key >= 0x80:
+                    raise _Unusual
+                if key & 7 == VARINT:
+                    value = buf[pos]
+                    if value < 0x80:
+                        pos += 1
+                    else:
+                        value, pos = read_varint(buf, pos, stop)
+                    if key == 0x40:  # fid
+                        return value
+                elif key & 7 == LEN:
+                    length = buf[pos]
+                    if length < 0x80:
+                        pos += 1
+                    else:
+                        length, pos = read_varint(buf, pos, stop)
+                    pos += length
+                else:
+                    raise _Unusual
+            if pos != stop:
+                raise _Unusual
+            return 0
+        if key >= 0x80:
+            raise _Unusual
+        if key & 7 == VARINT:
+            pos = pos + 1 if buf[pos] < 0x80 else read_varint(buf, pos, end)[1]
+        elif key & 7 == LEN:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = read_varint(buf, pos, end)
+            pos += length
+        else:
+            raise _Unusual
+    if pos != end:
+        raise _Unusual
+    return 0
 
 
 def _block_confirmed_common(buf: bytes, pos: int, end: int) -> BlockCounts:
