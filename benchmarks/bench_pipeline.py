@@ -681,6 +681,7 @@ async def driver(args: argparse.Namespace) -> dict:
             "events": per_shard * shards,
             "latency_rate": args.rate,
             "latency_seconds": args.latency_seconds,
+            "framing": args.framing,
             "weir_overrides": overrides,
             "gc": args.gc,
             "profile": args.profile,
@@ -693,7 +694,7 @@ async def driver(args: argparse.Namespace) -> dict:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     replay = SnapchainSimConfig(
-        shards=shards, seed=args.seed, rate=0, history=per_shard, total=per_shard, pregenerate=True
+        shards=shards, seed=args.seed, rate=0, history=per_shard, total=per_shard, pregenerate=True, framing=args.framing
     )
     scratch = Path(tempfile.mkdtemp(prefix="weir-bench-"))
 
@@ -908,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10_000.0, help="latency scenario: offered events/s in total")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--filter-fraction", type=float, default=0.01)
+    parser.add_argument("--framing", choices=("packed", "one"), default="packed",
+                        help="unfiltered/filtered: the node's HTTP/2 framing (many messages per DATA frame, or one each)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="weir config override, e.g. farcaster.read_batch=2048")
     parser.add_argument("--gc", default="freeze", help="weir worker GC: freeze (the imported heap frozen before serve, "
