@@ -84,12 +84,6 @@ if redis.call('EXISTS', events_key) == 1 then
   end
 end
 
-local xadd = {'XADD', events_key}
-if maxlen ~= '' then
-  xadd = {'XADD', events_key, 'MAXLEN', '~', maxlen}
-end
-local base = #xadd
-
 local appended, skipped, stale, dead_appended = 0, 0, 0, 0
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
@@ -110,11 +104,12 @@ for _ = 1, tonumber(ARGV[5]) do
       skipped = skipped + 1
       stale = stale + 1
     else
-      xadd[base + 1] = id
-      for j = 0, n - 1 do
-        xadd[base + 2 + j] = ARGV[first + j]
+      -- the fields straight from ARGV: no copy into a table per event
+      if maxlen == '' then
+        redis.call('XADD', events_key, id, unpack(ARGV, first, first + n - 1))
+      else
+        redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, id, unpack(ARGV, first, first + n - 1))
       end
-      redis.call(unpack(xadd, 1, base + 1 + n))
       top_ms, top_seq = position, sub
       appended = appended + 1
     end
