@@ -8,6 +8,8 @@ import asyncio
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
+from hypothesis import given
+from hypothesis import strategies as st
 
 from weir.actors.grpc_bulk import message_lists
 from weir.actors.grpc_channel import CoalescingChannel, CoalescingH2Protocol
@@ -50,3 +52,18 @@ def test_messages_sent_one_per_frame_arrive_whole_in_merged_frames():
             await sim.wait_closed()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@given(st.binary(max_size=200), st.none() | st.integers(0, 255), st.booleans())
+def test_a_data_frames_repr_is_hyperframes_own(data, pad, end_stream) -> None:
+    """weir's cheaper DATA frame repr (h2 formats every frame it receives) writes hyperframe's text."""
+    from hyperframe.frame import DataFrame, _raw_data_repr
+
+    import weir.actors.grpc_channel  # noqa: F401  (installs it)
+
+    frame = DataFrame(1, data, flags=["END_STREAM"] if end_stream else [])
+    if pad is not None:
+        frame.flags.add("PADDED")
+        frame.pad_length = pad
+    assert frame._body_repr() == _raw_data_repr(frame.serialize_body())
+    assert repr(frame).endswith(_raw_data_repr(frame.serialize_body()))
