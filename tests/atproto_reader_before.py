@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from weir.actors.atproto import SOURCE, FirehoseReader, _bytes_of, _timestamp, log
+from weir.actors.atproto import SOURCE, FirehoseReader, RelayError, _bytes_of, _timestamp, log
 from weir.actors.ws_bounded import OversizedMessage
 from weir.codecs import atproto_cbor as cbor
 from weir.codecs.atproto_firehose import FrameError, OverLimit, decode_frame, seq_of_head
 from weir.codecs.atproto_json import record_json
 from weir.codecs.atproto_positions import ACCEPT, REPLAY
-from weir.events import Chunk, DeadLetter, Event
+from weir.events import Chunk, Event
 
 
 class FirehoseReaderBefore(FirehoseReader):
