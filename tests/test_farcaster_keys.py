@@ -159,26 +159,32 @@ def test_scan_message_alone() -> None:
     assert scan_message(bytes(message)) == (77, int(MessageType.LINK_ADD), b"\x09" * 20)
 
 
+def damage(payload: bytes, data) -> bytes:
+    """``payload`` with maybe one byte changed, then cut anywhere."""
+    damaged = bytearray(payload)
+    if damaged and data.draw(st.booleans()):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    return bytes(damaged[: data.draw(st.integers(0, len(damaged)))])
+
+
+def assert_reads_as_the_strict_scanner(payload: bytes) -> None:
+    from weir.codecs.farcaster_keys import scan_hub_event_strict
+
+    try:
+        expected = scan_hub_event_strict(payload)
+    except WireError as exc:
+        with pytest.raises(WireError) as info:
+            scan_hub_event(payload)
+        assert str(info.value) == str(exc)
+    else:
+        assert scan_hub_event(payload) == expected
+
+
 @settings(max_examples=300)
 @given(hub_events(), st.data())
 def test_fast_path_agrees_with_the_strict_scanner_on_damaged_events(case, data) -> None:
     """Truncations and byte flips: the fast path gives the strict scanner's answer or its error."""
-    from weir.codecs.farcaster_keys import scan_hub_event_strict
-
-    payload = bytearray(bytes(case[0]))
-    if payload and data.draw(st.booleans()):
-        index = data.draw(st.integers(0, len(payload) - 1))
-        payload[index] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(payload)))
-    damaged = bytes(payload[:cut])
-    try:
-        expected = scan_hub_event_strict(damaged)
-    except WireError as exc:
-        with pytest.raises(WireError) as info:
-            scan_hub_event(damaged)
-        assert str(info.value) == str(exc)
-    else:
-        assert scan_hub_event(damaged) == expected
+    assert_reads_as_the_strict_scanner(damage(bytes(case[0]), data))
 
 
 @functools.cache
@@ -193,17 +199,4 @@ def _simulated_events() -> list[bytes]:
 @settings(max_examples=300)
 @given(st.data())
 def test_python_paths_agree_with_the_strict_scanner_on_damaged_simulated_events(data) -> None:
-    from weir.codecs.farcaster_keys import scan_hub_event_strict
-
-    payload = bytearray(data.draw(st.sampled_from(_simulated_events())))
-    if data.draw(st.booleans()):
-        payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
-    damaged = bytes(payload[: data.draw(st.integers(0, len(payload)))])
-    try:
-        expected = scan_hub_event_strict(damaged)
-    except WireError as exc:
-        with pytest.raises(WireError) as info:
-            scan_hub_event(damaged)
-        assert str(info.value) == str(exc)
-    else:
-        assert scan_hub_event(damaged) == expected
+    assert_reads_as_the_strict_scanner(damage(data.draw(st.sampled_from(_simulated_events())), data))
