@@ -200,3 +200,11 @@ def _simulated_events() -> list[bytes]:
 @given(st.data())
 def test_python_paths_agree_with_the_strict_scanner_on_damaged_simulated_events(data) -> None:
     assert_reads_as_the_strict_scanner(damage(data.draw(st.sampled_from(_simulated_events())), data))
+
+
+def test_an_on_chain_event_ending_in_the_fids_tag_is_refused_as_the_strict_scanner_does() -> None:
+    """Its fid must not be read from the bytes after it (found in review: fid 96, the next tag)."""
+    damaged = bytes.fromhex("0809108180015a030a0140" "60017001")
+    with pytest.raises(WireError, match="truncated varint"):
+        scan_hub_event(damaged)
+    assert_reads_as_the_strict_scanner(damaged)

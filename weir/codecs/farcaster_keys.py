@@ -219,11 +219,7 @@ def _on_chain_fid_common(buf: bytes, pos: int, end: int) -> int:
                 if key >= 0x80:
                     raise _Unusual
                 if key & 7 == VARINT:
-                    value = buf[pos]
-                    if value < 0x80:
-                        pos += 1
-                    else:
-                        value, pos = read_varint(buf, pos, stop)
+                    value, pos = read_varint(buf, pos, stop)  # bounded: the fid is returned at once
                     if key == 0x40:  # fid
                         return value
                 elif key & 7 == LEN:
